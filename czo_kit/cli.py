@@ -1,0 +1,173 @@
+"""The ``czo-kit`` command line. Plugins add commands through ``czo_register_commands``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from czo_kit import __version__
+from czo_kit.errors import CzoError
+
+__all__ = ["build_cli", "main"]
+
+
+@contextmanager
+def _kit(**overrides: Any) -> Iterator[Any]:
+    from czo_kit.kit import Kit
+
+    try:
+        kit = Kit.from_env(**overrides)
+    except CzoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        yield kit
+    finally:
+        kit.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="czo-kit")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Logging level (default: CZO_LOG_LEVEL, else WARNING).",
+)
+def cli(log_level: str | None) -> None:
+    """czo-kit: run and inspect a c-zo installation.
+
+    Settings come from CZO_* environment variables (CZO_DATABASE_URL, CZO_SECRET_KEY, ...);
+    with none set, everything runs embedded on SQLite in the current directory.
+    """
+    import os
+
+    level = log_level or os.environ.get("CZO_LOG_LEVEL") or "WARNING"
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def plugins_command(as_json: bool) -> None:
+    """List loaded plugins, the hooks each implements and what each registers."""
+    from czo_kit.plugins import create_plugin_manager, describe_plugins, load_plugins
+    from czo_kit.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        manager = load_plugins(
+            create_plugin_manager(), allow=settings.plugins, block=settings.disable_plugins
+        )
+    except CzoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    infos = describe_plugins(manager)
+    if as_json:
+        click.echo(json.dumps([info.__dict__ for info in infos], indent=2))
+        return
+    for info in infos:
+        origin = f"{info.distribution} {info.version or ''}".strip() if info.distribution else "registered by hand"
+        click.echo(click.style(info.name, bold=True) + f"  ({origin})")
+        click.echo(f"  implements: {', '.join(info.hooks) or 'none'}")
+        for what, names in sorted(info.registers.items()):
+            if names:
+                click.echo(f"  {what}: {', '.join(names)}")
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Create tables and run schema migrations for every loaded module."""
+
+
+@db_group.command("init")
+def db_init() -> None:
+    """Create the tables of every loaded module (existing tables are kept).
+
+    A module whose tables are all new has its migrations marked applied; a module that
+    already had tables gets its pending migrations applied instead.
+    """
+    with _kit() as kit:
+        report = kit.create_tables()
+        if not report:
+            click.echo("no module registers models; nothing to create")
+        for module, actions in report.items():
+            click.echo(f"{module}: {'; '.join(actions) if actions else 'up to date'}")
+
+
+@db_group.command("migrate")
+@click.argument("module", required=False)
+def db_migrate(module: str | None) -> None:
+    """Apply pending migrations of MODULE (default: every module), in order."""
+    with _kit() as kit:
+        try:
+            applied = kit.migrations.up(module)
+        except CzoError as exc:
+            raise click.ClickException(str(exc)) from exc
+        for name, done in applied.items():
+            click.echo(f"{name}: {', '.join(done) if done else 'up to date'}")
+
+
+@db_group.command("status")
+def db_status() -> None:
+    """Show each module's migrations and whether they are applied."""
+    with _kit() as kit:
+        for module, rows in kit.migrations.status().items():
+            click.echo(click.style(module, bold=True))
+            for row in rows:
+                state = f"applied {row.applied:%Y-%m-%d %H:%M}" if row.applied else "pending"
+                click.echo(f"  {row.name}: {state}")
+
+
+@db_group.command("makemigrations")
+@click.argument("module")
+@click.argument("name")
+def db_makemigrations(module: str, name: str) -> None:
+    """Write MODULE's next migration, NAME, from how its models differ from the database."""
+    with _kit() as kit:
+        try:
+            path = kit.migrations.make(module, name)
+        except CzoError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"wrote {path}; review it, then run: czo-kit db migrate" if path else "no changes")
+
+
+@cli.command("demo")
+@click.option(
+    "--database-url",
+    default=None,
+    help="Database to run the demo on (default: a fresh SQLite file in a temporary directory).",
+)
+def demo_command(database_url: str | None) -> None:
+    """Walk through the kit with the example modules, on an embedded database, and report."""
+    from czo_kit.demo import run_demo
+
+    try:
+        run_demo(database_url=database_url, echo=click.echo)
+    except CzoError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def build_cli() -> click.Group:
+    """The root command with every plugin's commands added."""
+    from czo_kit.plugins import load_plugins
+
+    try:
+        manager = load_plugins()
+    except CzoError as exc:
+        click.echo(f"warning: plugins not loaded: {exc}", err=True)
+        return cli
+    manager.hook.czo_register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    return build_cli().main(args=argv, prog_name="czo-kit", standalone_mode=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What every repository object shares: its model and database, options, and composition.
+
+Builders return small objects (``Queries``, ``Mutations``, ``Repository``). They compose with
+``|``: two builders of the same model give an object with both sets of methods; a mapping of
+functions adds methods, each receiving the composed repository as its first argument.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+import peewee
+
+from czo_kit.db._sql import ModelInfo, model_info
+
+__all__ = ["RepositoryBase", "register_composition"]
+
+M = TypeVar("M", bound=peewee.Model)
+Self = TypeVar("Self", bound="RepositoryBase[Any]")
+
+# (set of part names) -> class that has exactly those parts' methods.
+_COMPOSITIONS: dict[frozenset[str], type[RepositoryBase[Any]]] = {}
+
+
+def register_composition(parts: frozenset[str], cls: type[RepositoryBase[Any]]) -> None:
+    """Declare which class results from composing builders with these parts."""
+    _COMPOSITIONS[parts] = cls
+
+
+class RepositoryBase(Generic[M]):
+    """Model, database, options and extra functions; composes with ``|``."""
+
+    PARTS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        model: type[M],
+        *,
+        db: peewee.Database,
+        options: Mapping[str, Any] | None = None,
+        extras: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> None:
+        if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+            raise TypeError(f"expected a peewee Model class, got {model!r}")
+        if not isinstance(db, peewee.Database):
+            raise TypeError(f"db must be a peewee.Database, got {type(db).__name__}")
+        self.model: type[M] = model
+        self.db: peewee.Database = db
+        self._info: ModelInfo[M] = model_info(model, db)
+        self._options: dict[str, Any] = dict(options or {})
+        self._extras: dict[str, Callable[..., Any]] = {}
+        self._setup()
+        for name, fn in (extras or {}).items():
+            self._bind_extra(name, fn)
+
+    def _setup(self) -> None:
+        """Read ``self._options`` into attributes; parts override and chain to super()."""
+
+    def _bind_extra(self, name: str, fn: Callable[..., Any]) -> None:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise ValueError(f"extra function name {name!r} must be a public identifier")
+        if not callable(fn):
+            raise TypeError(f"extra {name!r} must be callable, got {fn!r}")
+        self._extras[name] = fn
+        # An instance attribute shadows a method of the same name: extras may override.
+        setattr(self, name, types.MethodType(fn, self))
+
+    # -- composition --------------------------------------------------------------------
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, RepositoryBase):
+            return _compose(self, other)
+        if isinstance(other, Mapping):
+            return _compose_extras(self, other)
+        return NotImplemented
+
+    def __ror__(self, other: Any) -> Any:
+        if isinstance(other, Mapping):
+            return _compose_extras(self, other)
+        return NotImplemented
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        # Only reached for names that are not methods or extras: say what exists.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{type(self).__name__} of {self.model.__name__} has no {name!r}; "
+            f"available: {', '.join(self.functions())}"
+        )
+
+    def functions(self) -> list[str]:
+        """Every public function of this repository, built-in and extra."""
+        names = {n for n in dir(type(self)) if not n.startswith("_") and callable(getattr(type(self), n))}
+        names.discard("functions")
+        names.update(self._extras)
+        return sorted(names)
+
+    def __repr__(self) -> str:
+        extras = f", extras={sorted(self._extras)}" if self._extras else ""
+        return f"{type(self).__name__}({self.model.__name__}{extras})"
+
+
+def _compose(left: RepositoryBase[Any], right: RepositoryBase[Any]) -> RepositoryBase[Any]:
+    if left.model is not right.model:
+        raise TypeError(
+            f"cannot compose repositories of different models: {left.model.__name__} | "
+            f"{right.model.__name__}"
+        )
+    if left.db is not right.db:
+        raise TypeError(f"cannot compose repositories of {left.model.__name__} on different databases")
+    parts = left.PARTS | right.PARTS
+    cls = _COMPOSITIONS.get(parts)
+    if cls is None:
+        raise TypeError(
+            f"no repository type combines {sorted(parts)}; known: "
+            f"{[sorted(p) for p in _COMPOSITIONS]}"
+        )
+    options = {**left._options, **right._options}
+    extras = {**left._extras, **right._extras}
+    return cls(left.model, db=left.db, options=options, extras=extras)
+
+
+def _compose_extras(base: RepositoryBase[Any], extras: Mapping[Any, Any]) -> RepositoryBase[Any]:
+    cls = type(base)
+    return cls(base.model, db=base.db, options=base._options, extras={**base._extras, **extras})

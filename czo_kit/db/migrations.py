@@ -1,0 +1,115 @@
+"""Schema migrations per module, run by Peewee's own ``playhouse.migrations`` runner.
+
+Each plugin that registers a migrations directory gets its own history table
+(``czo_migrations_<plugin>``), so numbered file names never collide between modules.
+``makemigrations`` diffs a module's models against the live database with
+``playhouse.schema_diff`` and writes the next numbered script for review.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import peewee
+from playhouse.migrations import Migration, MigrationError, Runner, template
+from playhouse.schema_diff import diff_models
+
+from czo_kit.errors import CzoError
+
+__all__ = ["Migrations", "ModuleMigrations"]
+
+
+def _history_table(module: str) -> str:
+    return "czo_migrations_" + re.sub(r"[^a-z0-9_]", "_", module.lower())
+
+
+@dataclass
+class ModuleMigrations:
+    """One module's migrations directory and models."""
+
+    module: str
+    directory: str | None
+    models: Sequence[type[peewee.Model]]
+
+
+class Migrations:
+    """Creates tables, applies pending migrations and writes new ones, module by module."""
+
+    def __init__(self, db: peewee.Database, modules: Mapping[str, ModuleMigrations]) -> None:
+        self.db = db
+        self.modules = dict(modules)
+
+    def _runner(self, module: str) -> Runner:
+        entry = self._entry(module)
+        if entry.directory is None:
+            raise CzoError(f"module {module!r} registers no migrations directory")
+        return Runner(self.db, entry.directory, table_name=_history_table(module))
+
+    def _entry(self, module: str) -> ModuleMigrations:
+        entry = self.modules.get(module)
+        if entry is None:
+            raise CzoError(
+                f"unknown module {module!r}; modules with models or migrations: "
+                f"{', '.join(sorted(self.modules)) or 'none'}"
+            )
+        return entry
+
+    def init(self) -> dict[str, list[str]]:
+        """Create missing tables. A module whose tables are all new has its migrations marked
+        applied (the tables already match the models); any other module gets its pending
+        migrations applied. Returns what happened, per module."""
+        report: dict[str, list[str]] = {}
+        for module, entry in sorted(self.modules.items()):
+            actions: list[str] = []
+            existing = [m for m in entry.models if m.table_exists()]
+            created = [m for m in entry.models if m not in existing]
+            if created:
+                self.db.create_tables(created, safe=True)
+                actions.extend(f"created table {m._meta.table_name}" for m in created)
+            if entry.directory is not None:
+                runner = self._runner(module)
+                if not existing:
+                    actions.extend(f"marked applied {name}" for name in runner.fake())
+                else:
+                    actions.extend(f"applied {name}" for name in runner.up())
+            report[module] = actions
+        return report
+
+    def status(self) -> dict[str, list[Migration]]:
+        """Every module's migrations with the time each was applied (``None`` = pending)."""
+        return {
+            module: self._runner(module).status()
+            for module, entry in sorted(self.modules.items())
+            if entry.directory is not None
+        }
+
+    def pending(self) -> dict[str, list[str]]:
+        return {
+            module: [m.name for m in rows if m.applied is None and m.path is not None]
+            for module, rows in self.status().items()
+        }
+
+    def up(self, module: str | None = None) -> dict[str, list[str]]:
+        """Apply pending migrations of one module, or of all, in numeric order."""
+        modules = [module] if module else sorted(
+            name for name, entry in self.modules.items() if entry.directory is not None
+        )
+        applied: dict[str, list[str]] = {}
+        for name in modules:
+            try:
+                applied[name] = self._runner(name).up()
+            except MigrationError as exc:
+                raise CzoError(f"migrations of {name}: {exc}") from exc
+        return applied
+
+    def make(self, module: str, name: str) -> str | None:
+        """Write the next migration of ``module`` from the difference between its models and
+        the database; returns the new file's path, or ``None`` when nothing changed."""
+        entry = self._entry(module)
+        diff = diff_models(self.db, list(entry.models))
+        if not diff:
+            return None
+        path: str = self._runner(module).create(name, template(diff))
+        return path

@@ -1,0 +1,446 @@
+"""``create_mutations``: writes for a model with optimistic locking, soft delete, hooks, events.
+
+Every write runs through ``hooks.run("<table>.<operation>", ctx, ...)`` when hooks are given,
+and emits ``<table>.created`` / ``.updated`` / ``.deleted`` / ``.restored`` / ``.hard_deleted``
+once the outermost transaction commits (never after a rollback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import peewee
+
+from czo_kit.db._base import RepositoryBase, register_composition
+from czo_kit.db._sql import Slot
+from czo_kit.db.model import utcnow
+from czo_kit.db.transactions import on_commit
+from czo_kit.errors import (
+    ConflictError,
+    InvalidDataError,
+    NotFoundError,
+    OptimisticLockError,
+)
+
+__all__ = ["EventSink", "HookRunner", "MutationContext", "Mutations", "create_mutations"]
+
+M = TypeVar("M", bound=peewee.Model)
+R = TypeVar("R")
+
+MANAGED_FIELDS = frozenset({"version", "deleted_at", "updated_at"})
+MAX_PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32,766 bound-parameter limit
+
+PAST_TENSE = {
+    "create": "created",
+    "create_many": "created",
+    "update": "updated",
+    "delete": "deleted",
+    "restore": "restored",
+    "hard_delete": "hard_deleted",
+}
+
+
+class HookRunner(Protocol):
+    """What mutations need from ``kit.hooks`` (``HookRegistry`` has it)."""
+
+    def has(self, name: str) -> bool: ...
+
+    def run(self, name: str, ctx: Any, operation: Callable[[Any], Any]) -> Any: ...
+
+
+class EventSink(Protocol):
+    """What mutations need from ``kit.events``: a synchronous ``emit(name, payload)``."""
+
+    def emit(self, name: str, payload: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass
+class MutationContext:
+    """What a mutation hook sees. ``before`` hooks may change ``data`` (or ``rows``)."""
+
+    operation: str
+    model: type[peewee.Model]
+    table: str
+    id: Any = None
+    data: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] | None = None
+    expected_version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hook_name(self) -> str:
+        return f"{self.table}.{self.operation}"
+
+
+def row_payload(row: peewee.Model) -> dict[str, Any]:
+    """A row as a plain dict of field name to Python value (foreign keys as ids)."""
+    return dict(row.__data__)
+
+
+class Mutations(RepositoryBase[M]):
+    """Write functions for one model."""
+
+    PARTS: ClassVar[frozenset[str]] = frozenset({"mutations"})
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._hooks: HookRunner | None = self._options.get("hooks")
+        self._events: EventSink | None = self._options.get("events")
+        self._after_write: list[Callable[[str, list[M]], None]] = list(
+            self._options.get("after_write", ())
+        )
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def transaction(self) -> Any:
+        """``db.atomic()``: a transaction, or a savepoint inside one. Context manager or decorator."""
+        return self.db.atomic()
+
+    def on_commit(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``fn`` after the outermost commit (dropped if its block rolls back)."""
+        return on_commit(self.db, fn)
+
+    def _run(self, ctx: MutationContext, operation: Callable[[MutationContext], R]) -> R:
+        hooks = self._hooks
+        hooked = hooks is not None and hooks.has(ctx.hook_name)
+        if hooked or self.db.in_transaction():
+            # A savepoint keeps a failed write from poisoning the caller's transaction, and
+            # hooks that write more run in the same transaction as the operation.
+            with self.db.atomic():
+                result = hooks.run(ctx.hook_name, ctx, operation) if hooked else operation(ctx)  # type: ignore[union-attr]
+                self._after_commit(ctx.operation, result)
+            return result
+        result = operation(ctx)
+        self._after_commit(ctx.operation, result)
+        return result
+
+    def _after_commit(self, operation: str, result: Any) -> None:
+        if self._events is None and not self._after_write:
+            return
+        rows: list[M] = result if isinstance(result, list) else [result]
+        events = self._events
+        name = f"{self._info.table}.{PAST_TENSE[operation]}"
+
+        def fire() -> None:
+            for callback in self._after_write:
+                callback(operation, rows)
+            if events is not None:
+                for row in rows:
+                    events.emit(name, row_payload(row))
+
+        on_commit(self.db, fire)
+
+    def _clean(self, data: Any, *, creating: bool) -> dict[str, Any]:
+        if not isinstance(data, Mapping):
+            raise InvalidDataError(
+                f"{self.model.__name__}: data must be a mapping of field to value, "
+                f"got {type(data).__name__}"
+            )
+        info = self._info
+        cleaned: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(key, peewee.Field):
+                key = key.name
+            if not isinstance(key, str):
+                raise InvalidDataError(f"{self.model.__name__}: field names must be strings, got {key!r}")
+            target = info.field_map.get(key) or info.column_map.get(key)
+            if target is None:
+                raise InvalidDataError(
+                    f"{self.model.__name__}: unknown field {key!r}; allowed: "
+                    f"{', '.join(n for n in info.names if n not in MANAGED_FIELDS)}",
+                    field=key,
+                )
+            name = target.name
+            if name in MANAGED_FIELDS:
+                raise InvalidDataError(
+                    f"{self.model.__name__}.{name} is managed by the repository and cannot be set",
+                    field=name,
+                )
+            if target is info.pk and not creating:
+                raise InvalidDataError(f"{self.model.__name__}: the primary key cannot be changed", field=name)
+            cleaned[name] = _check_value(self.model, target, value)
+        return cleaned
+
+    def _with_defaults(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Every field with a default gets it now, so compiled inserts never freeze a default."""
+        info = self._info
+        now = utcnow()
+        full = dict(data)
+        for f in info.fields:
+            if f.name in full or f is info.pk:
+                continue
+            if f.name in ("created_at", "updated_at"):
+                full[f.name] = now
+            elif f.default is not None:
+                full[f.name] = f.default() if callable(f.default) else f.default
+            elif not f.null:
+                raise InvalidDataError(
+                    f"{self.model.__name__}: required field {f.name!r} is missing", field=f.name
+                )
+        return full
+
+    def _diagnose(self, id: Any, expected_version: int | None, *, deleted_ok: bool) -> Exception:
+        """Why a targeted write changed no row: gone, or a version conflict."""
+        info = self._info
+        query = info.select_all().where(info.pk == id)
+        row = info.execute_query(query).fetchone()
+        if row is None:
+            return NotFoundError(self.model.__name__, id)
+        current = info.load(row)
+        if info.deleted_at is not None:
+            is_deleted = current.__data__.get("deleted_at") is not None
+            if is_deleted != deleted_ok:
+                return NotFoundError(self.model.__name__, id)
+        actual = current.__data__.get("version")
+        return OptimisticLockError(self.model.__name__, id, expected=expected_version or 0, actual=actual)
+
+    def _check_expected(self, expected_version: Any) -> None:
+        if expected_version is None:
+            return
+        if not self._info.versioned:
+            raise InvalidDataError(
+                f"{self.model.__name__} has no version field; expected_version cannot be checked"
+            )
+        if not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 1:
+            raise InvalidDataError(f"expected_version must be a positive integer, got {expected_version!r}")
+
+    def _write_by_id(
+        self,
+        kind: str,
+        id: Any,
+        values: dict[str, Any],
+        expected_version: int | None,
+        *,
+        deleted: bool | None,
+    ) -> M:
+        """``UPDATE ... SET <values>, version = version + 1 WHERE id = ? [AND version = ?]``."""
+        info = self._info
+        keys = tuple(sorted(values))
+        shape = (kind, keys, expected_version is not None, deleted)
+
+        def build() -> peewee.Node:
+            assignments: dict[Any, Any] = {
+                info.field_map[k]: Slot(k, info.field_map[k].db_value) for k in keys
+            }
+            if info.version is not None:
+                assignments[info.version] = info.version + 1
+            query = info.model.update(assignments).where(info.pk == Slot("__id", info.pk.db_value))
+            if expected_version is not None and info.version is not None:
+                query = query.where(info.version == Slot("__expected"))
+            if deleted is not None and info.deleted_at is not None:
+                query = query.where(info.deleted_at.is_null(not deleted))
+            return query.returning(*info.fields)
+
+        template = info.template(shape, build)
+        params = dict(values)
+        params["__id"] = id
+        params["__expected"] = expected_version
+        row = info.execute(template, params).fetchone()
+        if row is None:
+            raise self._diagnose(id, expected_version, deleted_ok=bool(deleted))
+        return info.load(row)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def create(self, data: Mapping[str, Any]) -> M:
+        """Insert one row and return it as stored (defaults and id filled in)."""
+        ctx = MutationContext("create", self.model, self._info.table, data=dict(_mapping(data)))
+        return self._run(ctx, self._create)
+
+    def _create(self, ctx: MutationContext) -> M:
+        info = self._info
+        values = self._with_defaults(self._clean(ctx.data, creating=True))
+        keys = tuple(sorted(values))
+
+        def build() -> peewee.Node:
+            row = {info.field_map[k]: Slot(k, info.field_map[k].db_value) for k in keys}
+            return info.model.insert(row).returning(*info.fields)
+
+        template = info.template(("insert", keys), build)
+        created = info.execute(template, values).fetchone()
+        return info.load(created)
+
+    def create_many(self, rows: Iterable[Mapping[str, Any]]) -> list[M]:
+        """Insert many rows with one ``INSERT ... RETURNING``; returns them in input order."""
+        if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+            raise InvalidDataError(f"rows must be a list of mappings, got {type(rows).__name__}")
+        materialised = [dict(_mapping(row)) for row in rows]
+        ctx = MutationContext("create_many", self.model, self._info.table, rows=materialised)
+        return self._run(ctx, self._create_many)
+
+    def _create_many(self, ctx: MutationContext) -> list[M]:
+        info = self._info
+        rows = [self._with_defaults(self._clean(row, creating=True)) for row in ctx.rows or []]
+        if not rows:
+            return []
+        names = sorted({name for row in rows for name in row})
+        for row in rows:
+            for name in names:
+                if name not in row:
+                    target = info.field_map[name]
+                    if target is info.pk:
+                        raise InvalidDataError(
+                            f"{self.model.__name__}: give an id to every row or to none", field=name
+                        )
+                    row[name] = None
+        fields = [info.field_map[name] for name in names]
+        per_statement = max(1, MAX_PARAMS_PER_STATEMENT // max(1, len(fields)))
+        created: list[M] = []
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            query = info.model.insert_many(
+                [tuple(row[name] for name in names) for row in chunk], fields=fields
+            ).returning(*info.fields)
+            created.extend(info.load_all(info.execute_query(query).fetchall()))
+        return created
+
+    def update(self, id: Any, data: Mapping[str, Any], *, expected_version: int | None = None) -> M:
+        """Change some fields of a live row; bumps ``version``.
+
+        With ``expected_version``, the write only happens if the row still has that version,
+        else ``OptimisticLockError``; a missing or deleted row is ``NotFoundError``.
+        """
+        self._check_expected(expected_version)
+        ctx = MutationContext(
+            "update", self.model, self._info.table, id=id, data=dict(_mapping(data)),
+            expected_version=expected_version,
+        )
+        return self._run(ctx, self._update)
+
+    def _update(self, ctx: MutationContext) -> M:
+        values = self._clean(ctx.data, creating=False)
+        if self._info.updated_at is not None:
+            values["updated_at"] = utcnow()
+        deleted = False if self._info.soft_delete else None
+        return self._write_by_id("update", ctx.id, values, ctx.expected_version, deleted=deleted)
+
+    def delete(self, id: Any, *, expected_version: int | None = None) -> M:
+        """Soft-delete (set ``deleted_at``) where the model supports it, else delete the row."""
+        self._check_expected(expected_version)
+        ctx = MutationContext(
+            "delete", self.model, self._info.table, id=id, expected_version=expected_version
+        )
+        return self._run(ctx, self._delete)
+
+    def _delete(self, ctx: MutationContext) -> M:
+        info = self._info
+        if not info.soft_delete:
+            return self._hard_delete(ctx)
+        values: dict[str, Any] = {"deleted_at": utcnow()}
+        if info.updated_at is not None:
+            values["updated_at"] = values["deleted_at"]
+        return self._write_by_id("delete", ctx.id, values, ctx.expected_version, deleted=False)
+
+    def restore(self, id: Any, *, expected_version: int | None = None) -> M:
+        """Bring a soft-deleted row back; ``ConflictError`` if a live row now holds its unique key."""
+        if not self._info.soft_delete:
+            raise InvalidDataError(f"{self.model.__name__} has no soft delete; nothing to restore")
+        self._check_expected(expected_version)
+        ctx = MutationContext(
+            "restore", self.model, self._info.table, id=id, expected_version=expected_version
+        )
+        with self.db.atomic():  # the uniqueness check and the write see the same data
+            return self._run(ctx, self._restore)
+
+    def _restore(self, ctx: MutationContext) -> M:
+        info = self._info
+        row = info.execute_query(
+            info.select_all().where(info.pk == ctx.id, info.deleted_at.is_null(False))  # type: ignore[union-attr]
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(self.model.__name__, ctx.id)
+        current = info.load(row)
+        for group in info.unique_groups:
+            condition = info.deleted_at.is_null(True) & (info.pk != ctx.id)  # type: ignore[union-attr]
+            for f in group:
+                value = current.__data__.get(f.name)
+                condition &= f.is_null(True) if value is None else (f == value)
+            taken = info.execute_query(info.model.select(peewee.SQL("1")).where(condition).limit(1)).fetchone()
+            if taken is not None:
+                names = tuple(f.name for f in group)
+                raise ConflictError(
+                    f"cannot restore {self.model.__name__} id={ctx.id!r}: another live row already "
+                    f"has the same {', '.join(names)}",
+                    fields=names,
+                )
+        values: dict[str, Any] = {"deleted_at": None}
+        if info.updated_at is not None:
+            values["updated_at"] = utcnow()
+        return self._write_by_id("restore", ctx.id, values, ctx.expected_version, deleted=True)
+
+    def hard_delete(self, id: Any) -> M:
+        """Remove the row for good (deleted or not); returns it as it was."""
+        ctx = MutationContext("hard_delete", self.model, self._info.table, id=id)
+        return self._run(ctx, self._hard_delete)
+
+    def _hard_delete(self, ctx: MutationContext) -> M:
+        info = self._info
+
+        def build() -> peewee.Node:
+            return (
+                info.model.delete()
+                .where(info.pk == Slot("__id", info.pk.db_value))
+                .returning(*info.fields)
+            )
+
+        row = info.execute(info.template(("hard_delete",), build), {"__id": ctx.id}).fetchone()
+        if row is None:
+            raise NotFoundError(self.model.__name__, ctx.id)
+        return info.load(row)
+
+
+register_composition(Mutations.PARTS, Mutations)
+
+
+def _mapping(data: Any) -> Mapping[Any, Any]:
+    if not isinstance(data, Mapping):
+        raise InvalidDataError(f"data must be a mapping of field to value, got {type(data).__name__}")
+    return data
+
+
+_BAD_VALUE_ERRORS = (ValueError, TypeError, OverflowError, decimal.InvalidOperation, AttributeError)
+
+
+def _check_value(model: type[peewee.Model], target: peewee.Field, value: Any) -> Any:
+    label = f"{model.__name__}.{target.name}"
+    if value is None:
+        if not target.null and not target.primary_key:
+            raise InvalidDataError(f"{label} cannot be null", field=target.name)
+        return None
+    if isinstance(value, peewee.Node):
+        raise InvalidDataError(f"{label}: values must be plain data, not SQL expressions", field=target.name)
+    if isinstance(target, (peewee.IntegerField, peewee.FloatField)) and isinstance(value, bool):
+        raise InvalidDataError(f"{label}: expected a number, got a boolean", field=target.name)
+    if isinstance(target, peewee.IntegerField) and not isinstance(target, peewee.ForeignKeyField):
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidDataError(f"{label}: expected an integer, got {value!r}", field=target.name)
+    if isinstance(target, peewee.CharField) and isinstance(value, str) and target.max_length:
+        if len(value) > target.max_length:
+            raise InvalidDataError(
+                f"{label}: {len(value)} characters is longer than the {target.max_length} allowed",
+                field=target.name,
+            )
+    if isinstance(target, peewee.DateTimeField) and not isinstance(value, (dt.datetime, str)):
+        raise InvalidDataError(f"{label}: expected a datetime, got {type(value).__name__}", field=target.name)
+    try:
+        target.db_value(value)
+    except _BAD_VALUE_ERRORS:
+        raise InvalidDataError(
+            f"{label}: {value!r} is not a valid {type(target).__name__} value", field=target.name
+        ) from None
+    return value
+
+
+def create_mutations(
+    model: type[M],
+    *,
+    db: peewee.Database,
+    hooks: HookRunner | None = None,
+    events: EventSink | None = None,
+) -> Mutations[M]:
+    """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``."""
+    return Mutations(model, db=db, options={"hooks": hooks, "events": events})

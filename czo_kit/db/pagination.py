@@ -1,0 +1,261 @@
+"""Offset and keyset (cursor) pagination: ``PaginatedResult``, sort parsing, signed cursors.
+
+A cursor is opaque to clients: base64url of a msgpack payload (format version, direction, a
+fingerprint of the table and sort order, the sort values of the edge row with the primary key
+last) followed by a truncated HMAC-SHA256. A cursor that was altered, made with another key,
+or made for another sort order is refused with an ``InvalidCursorError`` that says which.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+import peewee
+
+from czo_kit.db.filters import resolve_field
+from czo_kit.errors import InvalidCursorError, InvalidFilterError
+
+__all__ = [
+    "MAX_CURSOR_LENGTH",
+    "CursorCodec",
+    "PaginatedResult",
+    "SortKey",
+    "keyset_condition",
+    "parse_order",
+]
+
+T = TypeVar("T")
+
+CURSOR_VERSION = 1
+MAX_CURSOR_LENGTH = 2048
+MAX_SORT_KEYS = 8
+_MAC_BYTES = 16
+_FINGERPRINT_BYTES = 8
+
+Direction = Literal["next", "prev"]
+
+
+@dataclass(frozen=True, slots=True)
+class PaginatedResult(Generic[T]):
+    """One page of rows.
+
+    ``total`` is set in offset mode (unless skipped with ``with_total=False``) and ``None`` in
+    cursor mode. ``next_cursor`` / ``prev_cursor`` are set when there is a page that way.
+    """
+
+    items: list[T]
+    limit: int
+    offset: int | None = None
+    total: int | None = None
+    has_next: bool = False
+    has_prev: bool = False
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    field: peewee.Field
+    descending: bool
+
+    def ordering(self, *, reverse: bool = False) -> peewee.Ordering:
+        descending = self.descending != reverse
+        return self.field.desc() if descending else self.field.asc()
+
+    def spec(self) -> str:
+        name: str = self.field.name
+        return ("-" if self.descending else "") + name
+
+
+@dataclass(frozen=True, slots=True)
+class SortOrder:
+    keys: tuple[SortKey, ...]
+    fingerprint: bytes = field(repr=False)
+
+    def orderings(self, *, reverse: bool = False) -> list[peewee.Ordering]:
+        return [key.ordering(reverse=reverse) for key in self.keys]
+
+    def describe(self) -> str:
+        return ", ".join(key.spec() for key in self.keys)
+
+
+def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
+    """Normalise ``order_by`` and append the primary key as the final tie-breaker.
+
+    Accepts ``"price"``, ``"-price"``, a Peewee field, ``Product.price.desc()``, or a sequence
+    of those. Unknown fields raise ``InvalidFilterError`` naming the allowed ones.
+    """
+    if order_by is None:
+        items: Sequence[Any] = ()
+    elif isinstance(order_by, (str, peewee.Field, peewee.Ordering)):
+        items = (order_by,)
+    elif isinstance(order_by, (list, tuple)):
+        items = order_by
+    else:
+        raise InvalidFilterError(
+            f"order_by must be a field name like 'price' or '-price', a field, or a list of "
+            f"those; got {type(order_by).__name__}"
+        )
+    if len(items) > MAX_SORT_KEYS:
+        raise InvalidFilterError(f"order_by has {len(items)} keys; at most {MAX_SORT_KEYS} allowed")
+    keys: list[SortKey] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            descending = item.startswith("-")
+            name = item[1:] if descending or item.startswith("+") else item
+            resolved = resolve_field(model, name, what="order_by")
+        elif isinstance(item, peewee.Ordering):
+            node = item.node
+            if not isinstance(node, peewee.Field):
+                raise InvalidFilterError("order_by: only plain fields can be ordered on")
+            resolved = resolve_field(model, node, what="order_by")
+            descending = item.direction.upper() == "DESC"
+        elif isinstance(item, peewee.Field):
+            resolved = resolve_field(model, item, what="order_by")
+            descending = False
+        else:
+            raise InvalidFilterError(f"order_by: cannot order by {item!r}")
+        if resolved.name in seen:
+            raise InvalidFilterError(f"order_by names {resolved.name!r} twice")
+        seen.add(resolved.name)
+        keys.append(SortKey(resolved, descending))
+    pk = model._meta.primary_key
+    if not isinstance(pk, peewee.Field):
+        raise InvalidFilterError(f"{model.__name__} has no single-column primary key to page on")
+    if pk.name not in seen:
+        # The tie-breaker follows the last key's direction, so a uniform order stays uniform
+        # and the database can use a row comparison on a matching index.
+        keys.append(SortKey(pk, keys[-1].descending if keys else False))
+    spec = model._meta.table_name + ":" + ",".join(key.spec() for key in keys)
+    fingerprint = hashlib.blake2b(spec.encode(), digest_size=_FINGERPRINT_BYTES).digest()
+    return SortOrder(tuple(keys), fingerprint)
+
+
+def keyset_condition(order: SortOrder, values: Sequence[Any], *, direction: Direction) -> Any:
+    """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``."""
+    keys = order.keys
+    converted = [
+        peewee.Value(key.field.db_value(value), converter=False) for key, value in zip(keys, values)
+    ]
+    forward = direction == "next"
+    if len({key.descending for key in keys}) == 1:
+        left = peewee.Tuple(*[key.field for key in keys])
+        right = peewee.Tuple(*converted)
+        greater = keys[0].descending != forward
+        return left > right if greater else left < right
+    # Mixed directions: (a > x) OR (a = x AND b < y) OR ...
+    clauses = []
+    for i, key in enumerate(keys):
+        greater = key.descending != forward
+        term = key.field > converted[i] if greater else key.field < converted[i]
+        for prior, value in zip(keys[:i], converted[:i]):
+            term = (prior.field == value) & term
+        clauses.append(term)
+    expression = clauses[0]
+    for clause in clauses[1:]:
+        expression = expression | clause
+    return expression
+
+
+def _value_type(f: peewee.Field) -> Any:
+    target = f.rel_field if isinstance(f, peewee.ForeignKeyField) else f
+    if isinstance(target, (peewee.IntegerField,)):
+        return int
+    if isinstance(target, peewee.BooleanField):
+        return bool
+    if isinstance(target, peewee.FloatField):
+        return float
+    if isinstance(target, peewee.DecimalField):
+        return decimal.Decimal
+    if isinstance(target, peewee.DateTimeField):
+        return dt.datetime
+    if isinstance(target, peewee.DateField):
+        return dt.date
+    if isinstance(target, peewee.UUIDField):
+        return uuid.UUID
+    if isinstance(target, (peewee.CharField, peewee.TextField)):
+        return str
+    return Any
+
+
+class CursorCodec:
+    """Signs and checks cursors for one model with one key."""
+
+    def __init__(self, key: bytes) -> None:
+        # A dedicated sub-key, so a cursor MAC can never be replayed as any other signature.
+        self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def encode(self, order: SortOrder, values: Sequence[Any], direction: Direction) -> str:
+        payload = self._encoder.encode(
+            (CURSOR_VERSION, direction[0], order.fingerprint, list(values))
+        )
+        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        token: str = base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+        return token
+
+    def decode(self, order: SortOrder, token: Any) -> tuple[Direction, list[Any]]:
+        if not isinstance(token, str):
+            raise InvalidCursorError(f"cursor must be a string, got {type(token).__name__}")
+        if not token:
+            raise InvalidCursorError("cursor is empty")
+        if len(token) > MAX_CURSOR_LENGTH:
+            raise InvalidCursorError(
+                f"cursor is {len(token)} characters long; a valid one is under {MAX_CURSOR_LENGTH}"
+            )
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidCursorError("cursor is not valid base64url; pass it back unchanged") from None
+        if len(raw) <= _MAC_BYTES:
+            raise InvalidCursorError("cursor is truncated")
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        if not hmac.compare_digest(mac, expected):
+            raise InvalidCursorError(
+                "cursor signature does not match: it was altered, or signed with another "
+                "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
+            )
+        types = tuple(_value_type(key.field) for key in order.keys)
+        try:
+            version, direction, fingerprint, values = msgspec.msgpack.decode(
+                payload, type=tuple[int, str, bytes, list[Any]]
+            )
+        except msgspec.DecodeError:
+            raise InvalidCursorError("cursor payload is malformed") from None
+        if version != CURSOR_VERSION:
+            raise InvalidCursorError(f"cursor format version {version} is not supported")
+        if fingerprint != order.fingerprint:
+            raise InvalidCursorError(
+                f"cursor was made for another sort order; this query orders by "
+                f"{order.describe()} (start again without a cursor)"
+            )
+        if direction not in ("n", "p") or len(values) != len(types):
+            raise InvalidCursorError("cursor payload is malformed")
+        try:
+            typed = msgspec.convert(values, tuple[types], strict=False)  # type: ignore[valid-type]
+        except msgspec.ValidationError:
+            raise InvalidCursorError("cursor values do not match the sort fields") from None
+        return ("next" if direction == "n" else "prev"), list(typed)
+
+
+def edge_values(order: SortOrder, row: Any) -> list[Any]:
+    """The sort values of ``row`` (a model instance), in ``order``."""
+    return [row.__data__.get(key.field.name) for key in order.keys]

@@ -1,0 +1,50 @@
+"""``create_repository``: queries and mutations of one model in one object."""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypeVar
+
+import peewee
+
+from czo_kit.db._base import register_composition
+from czo_kit.db.mutations import EventSink, HookRunner, Mutations
+from czo_kit.db.queries import DEFAULT_LIMIT, MAX_LIMIT, Queries
+
+__all__ = ["Repository", "create_repository"]
+
+M = TypeVar("M", bound=peewee.Model)
+
+
+class Repository(Queries[M], Mutations[M]):
+    """Every query and mutation of one model (what ``queries | mutations`` gives)."""
+
+    PARTS: ClassVar[frozenset[str]] = Queries.PARTS | Mutations.PARTS
+
+
+register_composition(Repository.PARTS, Repository)
+
+
+def create_repository(
+    model: type[M],
+    *,
+    db: peewee.Database,
+    hooks: HookRunner | None = None,
+    events: EventSink | None = None,
+    secret_key: str | bytes | None = None,
+    default_limit: int = DEFAULT_LIMIT,
+    max_limit: int = MAX_LIMIT,
+) -> Repository[M]:
+    """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``."""
+    if not 1 <= default_limit <= max_limit:
+        raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
+    return Repository(
+        model,
+        db=db,
+        options={
+            "secret_key": secret_key,
+            "default_limit": default_limit,
+            "max_limit": max_limit,
+            "hooks": hooks,
+            "events": events,
+        },
+    )

@@ -1,0 +1,77 @@
+"""The embedded default database: SQLite in WAL mode, foreign keys on, RETURNING enabled."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+
+from czo_kit.db.transactions import TransactionalDatabaseMixin
+from czo_kit.errors import ConfigurationError
+from czo_kit.hookspecs import RegisterDatabaseBackend, hookimpl
+
+if TYPE_CHECKING:
+    from czo_kit.settings import Settings
+
+__all__ = ["SqliteDatabase", "create_sqlite_database", "parse_sqlite_url"]
+
+_OPTIONS = {"timeout": float, "synchronous": str, "journal_mode": str, "cache_size": int}
+
+
+class SqliteDatabase(TransactionalDatabaseMixin, peewee.SqliteDatabase):
+    """``peewee.SqliteDatabase`` with savepoint-aware ``on_commit``."""
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc:
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: expected 'sqlite:///relative/path.db', "
+            "'sqlite:////absolute/path.db' or 'sqlite:///:memory:' (no host part)",
+            variable="CZO_DATABASE_URL",
+        )
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not path:
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: no file path; use 'sqlite:///czo.sqlite3'",
+            variable="CZO_DATABASE_URL",
+        )
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        convert = _OPTIONS.get(key)
+        if convert is None:
+            raise ConfigurationError(
+                f"invalid SQLite URL option {key!r}; allowed: {', '.join(sorted(_OPTIONS))}",
+                variable="CZO_DATABASE_URL",
+            )
+        try:
+            options[key] = convert(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid SQLite URL option {key}={value!r}: expected {convert.__name__}",
+                variable="CZO_DATABASE_URL",
+            ) from None
+    return path, options
+
+
+def create_sqlite_database(url: str, *, settings: Settings) -> peewee.Database:
+    path, options = parse_sqlite_url(url)
+    pragmas = {
+        "journal_mode": options.get("journal_mode", "wal"),
+        "foreign_keys": 1,
+        "synchronous": options.get("synchronous", "normal"),
+        "cache_size": options.get("cache_size", -16000),  # 16 MiB
+    }
+    return SqliteDatabase(
+        path,
+        pragmas=pragmas,
+        timeout=options.get("timeout", 10.0),
+        returning_clause=True,
+    )
+
+
+@hookimpl
+def czo_register_database_backends(register: RegisterDatabaseBackend) -> None:
+    register("sqlite", create_sqlite_database)

@@ -1,0 +1,111 @@
+"""The whole extension surface of czo-kit: every hookspec, and the markers plugins use.
+
+A plugin is any module or object with functions decorated by ``@hookimpl`` whose names match a
+spec below. Registration hooks pass a *collector* (``register``) instead of asking for a return
+value, so one implementation can register any number of things.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import peewee
+
+    from czo_kit.hooks import HookRegistry
+    from czo_kit.kit import Kit
+    from czo_kit.services import ServiceRegistry
+    from czo_kit.settings import Settings
+
+__all__ = [
+    "PROJECT_NAME",
+    "DatabaseFactory",
+    "RegisterDatabaseBackend",
+    "RegisterMigrations",
+    "RegisterModel",
+    "hookimpl",
+    "hookspec",
+]
+
+PROJECT_NAME = "czo_kit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+class DatabaseFactory(Protocol):
+    """Builds a Peewee database for a URL; ``settings`` carries pool sizes and timeouts."""
+
+    def __call__(self, url: str, *, settings: Settings) -> peewee.Database: ...
+
+
+class RegisterDatabaseBackend(Protocol):
+    def __call__(self, scheme: str, factory: DatabaseFactory) -> None: ...
+
+
+class RegisterModel(Protocol):
+    def __call__(self, *models: type[peewee.Model]) -> None: ...
+
+
+class RegisterMigrations(Protocol):
+    def __call__(self, directory: str) -> None: ...
+
+
+@hookspec
+def czo_register_database_backends(register: RegisterDatabaseBackend) -> None:
+    """Register database backends: ``register("sqlite", factory)``.
+
+    The scheme of ``CZO_DATABASE_URL`` picks the factory. A later registration of the same
+    scheme replaces an earlier one, so mark a replacement ``@hookimpl(trylast=True)``.
+    """
+
+
+@hookspec
+def czo_register_models(register: RegisterModel) -> None:
+    """Declare a module's models: ``register(Product, Variant)``.
+
+    The kit binds them to ``kit.db``; ``czo-kit db init`` creates their tables.
+    """
+
+
+@hookspec
+def czo_register_migrations(register: RegisterMigrations) -> None:
+    """Declare the plugin's directory of schema migrations: ``register(path)``.
+
+    It holds numbered ``playhouse.migrations`` scripts (``0002_add_sku.py`` defining
+    ``up(migrator, db)``), applied in order by ``czo-kit db migrate`` and recorded in a
+    history table of the plugin's own; ``czo-kit db makemigrations`` writes new ones.
+    """
+
+
+@hookspec
+def czo_register_hooks(hooks: HookRegistry) -> None:
+    """Add before / after / on_error hooks: ``hooks.before("product.create", fn)``."""
+
+
+@hookspec
+def czo_register_services(registry: ServiceRegistry) -> None:
+    """Register singletons other modules look up by type.
+
+    ``registry.register_factory(ProductRepository, make_repo)``; a factory may take the
+    ``svcs.Container`` and fetch the ``Kit`` (or anything else) from it.
+    """
+
+
+@hookspec
+def czo_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``czo-kit`` command line: ``@cli.command()`` or ``cli.add_command``."""
+
+
+@hookspec
+def czo_startup(kit: Kit) -> None:
+    """Called once the kit is wired (database bound, services registered)."""
+
+
+@hookspec
+def czo_shutdown(kit: Kit) -> None:
+    """Called when the kit closes, before its connections are released."""
+

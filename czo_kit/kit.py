@@ -1,0 +1,199 @@
+"""``Kit``: the host object a process builds once. It loads plugins, opens the database,
+binds every module's models, collects hooks and services, and closes it all again."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import peewee
+import pluggy
+
+from czo_kit.db.migrations import Migrations, ModuleMigrations
+from czo_kit.errors import ConfigurationError, PluginError
+from czo_kit.hookspecs import DatabaseFactory
+from czo_kit.hooks import HookRegistry
+from czo_kit.plugins import create_plugin_manager, load_plugins
+from czo_kit.services import ServiceRegistry
+from czo_kit.settings import Settings
+
+__all__ = ["Kit"]
+
+log = logging.getLogger(__name__)
+
+
+class Kit:
+    """Everything a module needs, wired from settings and plugins.
+
+    ``Kit()`` reads the environment; ``Kit(Settings(...))`` takes explicit settings. Use it as
+    a context manager, or call ``close()``. ``plugins=`` registers extra plugin objects by
+    hand (tests, embedding) on top of the built-in and installed ones.
+    """
+
+    db: peewee.Database
+    hooks: HookRegistry
+    plugins: pluggy.PluginManager
+    services: ServiceRegistry
+    settings: Settings
+    migrations: Migrations
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        plugins: Iterable[object] = (),
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._closed = False
+        self._lock = threading.Lock()
+        if plugin_manager is None:
+            plugin_manager = load_plugins(
+                create_plugin_manager(),
+                allow=self.settings.plugins,
+                block=self.settings.disable_plugins,
+                extra=plugins,
+            )
+        else:
+            for plugin in plugins:
+                if not plugin_manager.is_registered(plugin):
+                    plugin_manager.register(plugin)
+        self.plugins = plugin_manager
+        hook = self.plugins.hook
+
+        self.database_backends: dict[str, DatabaseFactory] = {}
+        hook.czo_register_database_backends(register=self._register_backend)
+        self.db = self._open_database(self.settings.database_url)
+        key = self.settings.secret_key
+        if key is None:
+            log.warning(
+                "CZO_SECRET_KEY is not set: using a random key for this process; cursors "
+                "(and later tokens) it signs will not survive a restart"
+            )
+            self.secret_key = secrets.token_bytes(32)
+        else:
+            self.secret_key = key.encode()
+        setattr(self.db, "czo_secret_key", self.secret_key)
+
+        self.models: dict[str, list[type[peewee.Model]]] = {}
+        migration_dirs: dict[str, str] = {}
+        for impl in hook.czo_register_models.get_hookimpls():
+            impl.function(register=self._model_registrar(impl.plugin_name))
+        for impl in hook.czo_register_migrations.get_hookimpls():
+            impl.function(register=self._migration_registrar(impl.plugin_name, migration_dirs))
+        all_models = [m for models in self.models.values() for m in models]
+        if all_models:
+            self.db.bind(all_models)
+        modules = {
+            name: ModuleMigrations(name, migration_dirs.get(name), self.models.get(name, []))
+            for name in sorted(set(self.models) | set(migration_dirs))
+        }
+        self.migrations = Migrations(self.db, modules)
+
+        self.hooks = HookRegistry()
+        hook.czo_register_hooks(hooks=self.hooks)
+
+        self.services = ServiceRegistry()
+        self.services.register_value(Kit, self)
+        self.services.register_value(Settings, self.settings)
+        self.services.register_value(peewee.Database, self.db)
+        self.services.register_value(HookRegistry, self.hooks)
+        hook.czo_register_services(registry=self.services)
+
+        hook.czo_startup(kit=self)
+
+    # -- construction helpers -----------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Kit:
+        """A kit from ``CZO_*`` environment variables; keyword arguments override them."""
+        return cls(Settings.from_env(**overrides))
+
+    def _register_backend(self, scheme: str, factory: DatabaseFactory) -> None:
+        if not isinstance(scheme, str) or not scheme.isidentifier() and "+" not in scheme:
+            raise PluginError(f"database backend scheme must be a word like 'sqlite', got {scheme!r}")
+        if not callable(factory):
+            raise PluginError(f"database backend {scheme!r}: factory {factory!r} is not callable")
+        self.database_backends[scheme.lower()] = factory
+
+    def _open_database(self, url: str) -> peewee.Database:
+        scheme = urlsplit(url).scheme.lower()
+        factory = self.database_backends.get(scheme)
+        if factory is None:
+            raise ConfigurationError(
+                f"invalid setting CZO_DATABASE_URL: no database backend for scheme {scheme!r}; "
+                f"allowed: {', '.join(sorted(self.database_backends)) or 'none (all blocked?)'}",
+                variable="CZO_DATABASE_URL",
+            )
+        db = factory(url, settings=self.settings)
+        if not isinstance(db, peewee.Database):
+            raise PluginError(f"database backend {scheme!r} returned {db!r}, not a peewee.Database")
+        return db
+
+    def _model_registrar(self, plugin: str) -> Any:
+        def register(*models: type[peewee.Model]) -> None:
+            for model in models:
+                if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+                    raise PluginError(f"plugin {plugin!r} registered {model!r}, which is not a peewee Model")
+                bucket = self.models.setdefault(plugin, [])
+                if model not in bucket:
+                    bucket.append(model)
+
+        return register
+
+    def _migration_registrar(self, plugin: str, into: dict[str, str]) -> Any:
+        def register(directory: str) -> None:
+            if plugin in into and into[plugin] != str(directory):
+                raise PluginError(f"plugin {plugin!r} registered two migration directories")
+            into[plugin] = str(directory)
+
+        return register
+
+    # -- conveniences -------------------------------------------------------------------
+
+    def all_models(self) -> list[type[peewee.Model]]:
+        """Every model registered by every plugin."""
+        return [m for models in self.models.values() for m in models]
+
+    def create_tables(self) -> dict[str, list[str]]:
+        """``czo-kit db init``: create missing tables, then settle each module's migrations."""
+        return self.migrations.init()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tell plugins (``czo_shutdown``), close services, release database connections."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.plugins.hook.czo_shutdown(kit=self)
+        finally:
+            self.services.close()
+            close_all = getattr(self.db, "close_all", None)
+            if callable(close_all):
+                close_all()
+            if not self.db.is_closed():
+                self.db.close()
+
+    def __enter__(self) -> Kit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        url = urlsplit(self.settings.database_url)
+        shown = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@")) if url.password else url
+        return f"<Kit db={shown.geturl()!r} plugins={len(self.plugins.get_plugins())}>"

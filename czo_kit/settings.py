@@ -1,0 +1,223 @@
+"""Settings of a kit, validated with msgspec, read from ``CZO_*`` environment variables.
+
+A bad value is a ``ConfigurationError`` that names the variable, the value and what is allowed.
+The defaults need no server at all: SQLite in the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from czo_kit.errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "CZO_"
+
+log = logging.getLogger(__name__)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+# Variables with the CZO_ prefix that are read by something other than Settings (test
+# configuration, tools), so an unknown-variable warning does not fire for them.
+_FOREIGN_VARIABLES = frozenset({"CZO_TEST_DATABASE_URL", "CZO_TEST_REDIS_URL"})
+
+_validating = threading.local()
+
+PoolSize = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Configuration of one kit. Each field is read from ``CZO_<FIELD NAME IN CAPITALS>``.
+
+    Build it with ``Settings.from_env()`` or ``Settings(field=value, ...)``; both validate.
+    """
+
+    database_url: str = "sqlite:///czo.sqlite3"
+    """Where the data lives: ``sqlite:///path.db`` (embedded default) or
+    ``postgresql://user:password@host:port/dbname``. Plugins can add schemes."""
+
+    db_pool_size: PoolSize = 10
+    """Most connections a pooled backend (PostgreSQL) keeps open."""
+
+    db_pool_timeout: Seconds = 10.0
+    """Seconds a thread waits for a free pooled connection before failing."""
+
+    db_stale_timeout: Seconds = 300.0
+    """Seconds after which an idle pooled connection is closed rather than reused."""
+
+    secret_key: str | None = None
+    """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
+    random key is made per process, so cursors do not survive a restart."""
+
+    plugins: tuple[str, ...] | None = None
+    """Allow-list of installed (entry-point) plugins to load, comma-separated. Unset loads
+    every installed plugin; an empty value loads none. Built-in plugins always load unless
+    blocked by ``disable_plugins``."""
+
+    disable_plugins: tuple[str, ...] = ()
+    """Block-list of plugins, built-in or installed, comma-separated."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Level of the ``czo_kit`` loggers set up by the CLI."""
+
+    # Settings that hold secrets: never printed, logged or shown in a repr.
+    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset({"secret_key"})
+
+    def __post_init__(self) -> None:
+        # msgspec does not validate keyword construction; do it here so that
+        # Settings(db_pool_size="x") fails as loudly as the environment would.
+        if getattr(_validating, "active", False):
+            return
+        _validating.active = True
+        try:
+            data = msgspec.structs.asdict(self)
+            try:
+                msgspec.convert(data, type(self), strict=True)
+            except msgspec.ValidationError as exc:
+                field, message = _split_error(exc)
+                raise ConfigurationError(
+                    f"invalid setting {field}={_show(field, data.get(field))}: "
+                    f"{_explain(type(self), field, message)}",
+                    variable=_env_name(field),
+                ) from None
+        finally:
+            _validating.active = False
+        _check_semantics(self, naming=lambda f: f)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={_show(name, getattr(self, name))}" for name in self.__struct_fields__
+        )
+        return f"Settings({shown})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``CZO_*`` variables; ``overrides`` win over the environment."""
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        hints = _field_types(cls)
+        for name in cls.__struct_fields__:
+            variable = _env_name(name)
+            if variable in env:
+                data[name] = _parse_raw(hints[name], env[variable])
+        _warn_unknown(cls, env)
+        data.update(overrides)
+        _validating.active = True
+        try:
+            settings = msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            field, message = _split_error(exc)
+            raw = env.get(_env_name(field), data.get(field))
+            raise ConfigurationError(
+                f"invalid setting {_env_name(field)}={_show(field, raw)}: "
+                f"{_explain(cls, field, message)}",
+                variable=_env_name(field),
+            ) from None
+        finally:
+            _validating.active = False
+        _check_semantics(settings, naming=_env_name)
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated like the original)."""
+        return msgspec.structs.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting, secrets masked: safe to print or log."""
+        return {
+            name: ("***" if name in self.SECRET_FIELDS and getattr(self, name) else value)
+            for name, value in msgspec.structs.asdict(self).items()
+        }
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _show(field: str, value: Any) -> str:
+    if field in Settings.SECRET_FIELDS and value:
+        return "'***'"
+    return repr(value)
+
+
+def _field_types(cls: type[Settings]) -> dict[str, Any]:
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name: f.type for f in info.fields}
+
+
+def _parse_raw(kind: msgspec.inspect.Type, raw: str) -> Any:
+    """Turn an environment string into the shape msgspec expects for ``kind``."""
+    base = kind
+    if isinstance(base, msgspec.inspect.UnionType):
+        non_none = [t for t in base.types if not isinstance(t, msgspec.inspect.NoneType)]
+        base = non_none[0] if len(non_none) == 1 else base
+    if isinstance(base, msgspec.inspect.BoolType):
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        return raw  # left for msgspec to reject with the standard message
+    if isinstance(base, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    return raw.strip()
+
+
+def _split_error(exc: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(exc)
+    message, sep, path = text.rpartition(" - at `$.")
+    if not sep:
+        return "?", text
+    field = path.rstrip("`").split("[", 1)[0].split(".", 1)[0]
+    return field, message
+
+
+def _explain(cls: type[Settings], field: str, message: str) -> str:
+    kind = _field_types(cls).get(field)
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        allowed = ", ".join(str(v) for v in kind.values)
+        return f"{message.rstrip('.')}; allowed: {allowed}"
+    return message
+
+
+def _check_semantics(settings: Settings, *, naming: Any) -> None:
+    url = settings.database_url
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        raise ConfigurationError(
+            f"invalid setting {naming('database_url')}={url!r}: expected a URL such as "
+            "'sqlite:///czo.sqlite3' or 'postgresql://user@host:5432/dbname'",
+            variable=_env_name("database_url"),
+        )
+    key = settings.secret_key
+    if key is not None and len(key) < 32:
+        raise ConfigurationError(
+            f"invalid setting {naming('secret_key')}: it must be at least 32 characters "
+            f"long (got {len(key)}); generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`",
+            variable=_env_name("secret_key"),
+        )
+
+
+def _warn_unknown(cls: type[Settings], env: Mapping[str, str]) -> None:
+    known = {_env_name(name) for name in cls.__struct_fields__}
+    for variable in env:
+        if not variable.startswith(ENV_PREFIX) or variable in known:
+            continue
+        if variable in _FOREIGN_VARIABLES:
+            continue
+        close = difflib.get_close_matches(variable, sorted(known), n=1, cutoff=0.85)
+        if close:
+            log.warning("unknown setting %s is ignored; did you mean %s?", variable, close[0])

@@ -1,0 +1,6 @@
+"""Example c-zo module: products, scoped per shop, soft-deleted, versioned."""
+
+from czo_product.models import Product
+from czo_product.repository import ProductRepository, build_product_repository
+
+__all__ = ["Product", "ProductRepository", "build_product_repository"]

@@ -1,0 +1,54 @@
+"""The product module's plugin: models, migrations, hooks and its repository service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import svcs
+
+from czo_kit import Kit, hookimpl
+from czo_kit.db.mutations import MutationContext
+from czo_kit.hooks import HookRegistry
+from czo_kit.services import ServiceRegistry
+from czo_product.models import Product
+from czo_product.repository import ProductRepository, build_product_repository, slugify
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@hookimpl
+def czo_register_models(register: Any) -> None:
+    register(Product)
+
+
+@hookimpl
+def czo_register_migrations(register: Any) -> None:
+    register(str(MIGRATIONS))
+
+
+def _fill_slug(data: dict[str, Any]) -> None:
+    if not data.get("slug") and isinstance(data.get("name"), str):
+        data["slug"] = slugify(data["name"])
+
+
+def _default_slug(ctx: MutationContext) -> None:
+    # Products created without a slug get one from their name.
+    _fill_slug(ctx.data)
+    for row in ctx.rows or ():
+        _fill_slug(row)
+
+
+@hookimpl
+def czo_register_hooks(hooks: HookRegistry) -> None:
+    hooks.before("product.create", _default_slug)
+    hooks.before("product.create_many", _default_slug)
+
+
+@hookimpl
+def czo_register_services(registry: ServiceRegistry) -> None:
+    def factory(container: svcs.Container) -> Any:
+        kit = container.get(Kit)
+        return build_product_repository(kit.db, hooks=kit.hooks)
+
+    registry.register_factory(ProductRepository, factory)

@@ -1,0 +1,43 @@
+"""The product repository: the kit's builders, extended by composition."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Annotated, Any
+
+from czo_kit.db import Repository, create_mutations, create_queries
+from czo_kit.db.mutations import EventSink, HookRunner
+from czo_product.models import Product
+
+import peewee
+
+ProductRepository = Annotated[Repository[Product], "czo_product.repository"]
+"""Service key: ``kit.services.get_abstract(ProductRepository)``."""
+
+
+def slugify(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-") or "product"
+
+
+def find_by_slug(repo: Any, shop_id: int, slug: str) -> Product | None:
+    """The live product of ``shop_id`` with this slug, or ``None``."""
+    result: Product | None = repo.find_one({"shop_id": shop_id, "slug": slug})
+    return result
+
+
+def list_for_shop(repo: Any, shop_id: int, **page: Any) -> Any:
+    """A page of a shop's products, cheapest first."""
+    return repo.find_many({"shop_id": shop_id}, order_by=["price"], **page)
+
+
+def build_product_repository(
+    db: peewee.Database, *, hooks: HookRunner | None = None, events: EventSink | None = None
+) -> Repository[Product]:
+    repo: Repository[Product] = (
+        create_queries(Product, db=db)
+        | create_mutations(Product, db=db, hooks=hooks, events=events)
+        | {"find_by_slug": find_by_slug, "list_for_shop": list_for_shop}
+    )
+    return repo
