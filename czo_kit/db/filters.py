@@ -7,13 +7,13 @@ names the key, not a driver error. A Peewee expression is accepted as-is (it is 
 
 from __future__ import annotations
 
-import decimal
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import peewee
 
+from czo_kit.db._values import coerce
 from czo_kit.errors import InvalidFilterError
 
 __all__ = ["MAX_CONDITIONS", "MAX_IN_VALUES", "OPERATORS", "compile_where", "resolve_field"]
@@ -30,7 +30,6 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "lte": operator.le, "gt": operator.gt, "gte": operator.ge,
 }
 _COLLECTIONS = (list, tuple, set, frozenset)
-_BAD_VALUE_ERRORS = (ValueError, TypeError, OverflowError, decimal.InvalidOperation, AttributeError)
 
 
 def resolve_field(model: type[peewee.Model], name: Any, *, what: str = "filter") -> peewee.Field:
@@ -74,7 +73,7 @@ def _split_key(model: type[peewee.Model], key: Any) -> tuple[peewee.Field, str]:
     return resolve_field(model, name), op
 
 
-def _check_scalar(key: str, field: peewee.Field, value: Any) -> None:
+def _check_scalar(key: str, field: peewee.Field, value: Any) -> Any:
     if isinstance(value, peewee.Node):
         raise InvalidFilterError(
             f"filter {key!r}: values must be plain data, not SQL expressions; "
@@ -86,11 +85,10 @@ def _check_scalar(key: str, field: peewee.Field, value: Any) -> None:
             "use __in for a list"
         )
     try:
-        field.db_value(value)
-    except _BAD_VALUE_ERRORS:
+        return coerce(field, value)
+    except ValueError as exc:
         raise InvalidFilterError(
-            f"filter {key!r}: {value!r} is not a valid value for {type(field).__name__} "
-            f"{field.name!r}"
+            f"filter {key!r}: not a valid value for {type(field).__name__} {field.name!r}: {exc}"
         ) from None
 
 
@@ -114,8 +112,7 @@ def _condition(db: peewee.Database | None, key: str, field: peewee.Field, op: st
             if op == "ne":
                 return field.is_null(False)
             raise InvalidFilterError(f"filter {key!r}: cannot compare with None; use __is_null")
-        _check_scalar(key, field, value)
-        return _COMPARE[op](field, value)
+        return _COMPARE[op](field, _check_scalar(key, field, value))
     if op in ("in", "not_in"):
         if not isinstance(value, _COLLECTIONS):
             raise InvalidFilterError(
@@ -125,11 +122,11 @@ def _condition(db: peewee.Database | None, key: str, field: peewee.Field, op: st
             raise InvalidFilterError(
                 f"filter {key!r}: {len(value)} values is more than the {MAX_IN_VALUES} allowed"
             )
-        items = list(value)
-        for item in items:
+        items = []
+        for item in value:
             if item is None:
                 raise InvalidFilterError(f"filter {key!r}: None is not allowed in a list; use __is_null")
-            _check_scalar(key, field, item)
+            items.append(_check_scalar(key, field, item))
         if not items:
             # IN () matches nothing and NOT IN () matches everything, on every database.
             return peewee.SQL("1 = 0") if op == "in" else peewee.SQL("1 = 1")

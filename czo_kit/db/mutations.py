@@ -7,8 +7,7 @@ once the outermost transaction commits (never after a rollback).
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -17,6 +16,7 @@ import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
+from czo_kit.db._values import coerce
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import (
@@ -106,15 +106,28 @@ class Mutations(RepositoryBase[M]):
 
     def _run(self, ctx: MutationContext, operation: Callable[[MutationContext], R]) -> R:
         hooks = self._hooks
-        hooked = hooks is not None and hooks.has(ctx.hook_name)
-        if hooked or self.db.in_transaction():
-            # A savepoint keeps a failed write from poisoning the caller's transaction, and
-            # hooks that write more run in the same transaction as the operation.
+        if hooks is not None and hooks.has(ctx.hook_name):
+            written: list[R] = []
+
+            def guarded(current: MutationContext) -> R:
+                # Its own savepoint: if the write fails, error hooks can still use the database.
+                with self.db.atomic():
+                    result = operation(current)
+                written.append(result)
+                return result
+
+            # Hooks that write more share the operation's transaction.
             with self.db.atomic():
-                result = hooks.run(ctx.hook_name, ctx, operation) if hooked else operation(ctx)  # type: ignore[union-attr]
-                self._after_commit(ctx.operation, result)
-            return result
-        result = operation(ctx)
+                final: R = hooks.run(ctx.hook_name, ctx, guarded)
+                if written:  # announce what was written, not a value an error hook recovered
+                    self._after_commit(ctx.operation, written[0])
+            return final
+        if self.db.in_transaction():
+            # A savepoint keeps a failed write from poisoning the caller's transaction.
+            with self.db.atomic():
+                result = operation(ctx)
+        else:
+            result = operation(ctx)
         self._after_commit(ctx.operation, result)
         return result
 
@@ -290,12 +303,15 @@ class Mutations(RepositoryBase[M]):
         fields = [info.field_map[name] for name in names]
         per_statement = max(1, MAX_PARAMS_PER_STATEMENT // max(1, len(fields)))
         created: list[M] = []
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            query = info.model.insert_many(
-                [tuple(row[name] for name in names) for row in chunk], fields=fields
-            ).returning(*info.fields)
-            created.extend(info.load_all(info.execute_query(query).fetchall()))
+        # Past SQLite's bound-parameter limit the rows go in several statements, then in one
+        # transaction so the call stays all-or-nothing.
+        with self.db.atomic() if len(rows) > per_statement else contextlib.nullcontext():
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start : start + per_statement]
+                query = info.model.insert_many(
+                    [tuple(row[name] for name in names) for row in chunk], fields=fields
+                ).returning(*info.fields)
+                created.extend(info.load_all(info.execute_query(query).fetchall()))
         return created
 
     def update(self, id: Any, data: Mapping[str, Any], *, expected_version: int | None = None) -> M:
@@ -402,37 +418,16 @@ def _mapping(data: Any) -> Mapping[Any, Any]:
     return data
 
 
-_BAD_VALUE_ERRORS = (ValueError, TypeError, OverflowError, decimal.InvalidOperation, AttributeError)
-
-
 def _check_value(model: type[peewee.Model], target: peewee.Field, value: Any) -> Any:
     label = f"{model.__name__}.{target.name}"
     if value is None:
         if not target.null and not target.primary_key:
             raise InvalidDataError(f"{label} cannot be null", field=target.name)
         return None
-    if isinstance(value, peewee.Node):
-        raise InvalidDataError(f"{label}: values must be plain data, not SQL expressions", field=target.name)
-    if isinstance(target, (peewee.IntegerField, peewee.FloatField)) and isinstance(value, bool):
-        raise InvalidDataError(f"{label}: expected a number, got a boolean", field=target.name)
-    if isinstance(target, peewee.IntegerField) and not isinstance(target, peewee.ForeignKeyField):
-        if isinstance(value, float) and not value.is_integer():
-            raise InvalidDataError(f"{label}: expected an integer, got {value!r}", field=target.name)
-    if isinstance(target, peewee.CharField) and isinstance(value, str) and target.max_length:
-        if len(value) > target.max_length:
-            raise InvalidDataError(
-                f"{label}: {len(value)} characters is longer than the {target.max_length} allowed",
-                field=target.name,
-            )
-    if isinstance(target, peewee.DateTimeField) and not isinstance(value, (dt.datetime, str)):
-        raise InvalidDataError(f"{label}: expected a datetime, got {type(value).__name__}", field=target.name)
     try:
-        target.db_value(value)
-    except _BAD_VALUE_ERRORS:
-        raise InvalidDataError(
-            f"{label}: {value!r} is not a valid {type(target).__name__} value", field=target.name
-        ) from None
-    return value
+        return coerce(target, value)
+    except ValueError as exc:
+        raise InvalidDataError(f"{label}: {exc}", field=target.name) from None
 
 
 def create_mutations(

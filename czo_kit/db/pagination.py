@@ -76,6 +76,9 @@ class SortKey:
 
     def ordering(self, *, reverse: bool = False) -> peewee.Ordering:
         descending = self.descending != reverse
+        if self.field.null:
+            # NULL sorts as the greatest value on every database: last going up, first going down.
+            return self.field.desc(nulls="first") if descending else self.field.asc(nulls="last")
         return self.field.desc() if descending else self.field.asc()
 
     def spec(self) -> str:
@@ -152,26 +155,46 @@ def keyset_condition(order: SortOrder, values: Sequence[Any], *, direction: Dire
     """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``."""
     keys = order.keys
     converted = [
-        peewee.Value(key.field.db_value(value), converter=False) for key, value in zip(keys, values)
+        None if value is None else peewee.Value(key.field.db_value(value), converter=False)
+        for key, value in zip(keys, values)
     ]
     forward = direction == "next"
-    if len({key.descending for key in keys}) == 1:
+    if len({key.descending for key in keys}) == 1 and not any(key.field.null for key in keys):
+        # One direction, no NULLs: a row comparison, which an index on the keys serves.
         left = peewee.Tuple(*[key.field for key in keys])
         right = peewee.Tuple(*converted)
         greater = keys[0].descending != forward
         return left > right if greater else left < right
-    # Mixed directions: (a > x) OR (a = x AND b < y) OR ...
+    # General case: (a > x) OR (a = x AND b < y) OR ..., where NULL is the greatest value.
     clauses = []
     for i, key in enumerate(keys):
-        greater = key.descending != forward
-        term = key.field > converted[i] if greater else key.field < converted[i]
+        term = _beyond(key.field, converted[i], greater=key.descending != forward)
+        if term is None:
+            continue
         for prior, value in zip(keys[:i], converted[:i]):
-            term = (prior.field == value) & term
+            term = _same(prior.field, value) & term
         clauses.append(term)
+    if not clauses:
+        return peewee.SQL("1 = 0")
     expression = clauses[0]
     for clause in clauses[1:]:
         expression = expression | clause
     return expression
+
+
+def _same(f: peewee.Field, value: Any) -> Any:
+    return f.is_null(True) if value is None else f == value
+
+
+def _beyond(f: peewee.Field, value: Any, *, greater: bool) -> Any:
+    """Rows whose ``f`` is strictly greater (or smaller) than ``value``, NULL being greatest."""
+    if greater:
+        if value is None:
+            return None  # nothing is greater than NULL
+        return (f > value) | f.is_null(True) if f.null else f > value
+    if value is None:
+        return f.is_null(False)  # every value is smaller than NULL
+    return f < value
 
 
 def _value_type(f: peewee.Field) -> Any:
@@ -233,7 +256,10 @@ class CursorCodec:
                 "cursor signature does not match: it was altered, or signed with another "
                 "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
             )
-        types = tuple(_value_type(key.field) for key in order.keys)
+        types = tuple(
+            _value_type(key.field) | None if key.field.null else _value_type(key.field)
+            for key in order.keys
+        )
         try:
             version, direction, fingerprint, values = msgspec.msgpack.decode(
                 payload, type=tuple[int, str, bytes, list[Any]]

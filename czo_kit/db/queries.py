@@ -11,6 +11,7 @@ import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
+from czo_kit.db._values import coerce
 from czo_kit.db.filters import MAX_IN_VALUES, compile_where
 from czo_kit.db.pagination import (
     CursorCodec,
@@ -68,18 +69,17 @@ class Queries(RepositoryBase[M]):
 
     # -- single rows --------------------------------------------------------------------
 
-    def _check_id(self, id: Any) -> None:
-        info = self._info
-        if id is None or isinstance(id, (bool, list, tuple, dict, set, peewee.Node)):
-            raise InvalidFilterError(f"{self.model.__name__} id: {id!r} is not a valid id")
+    def _check_id(self, id: Any) -> Any:
+        if id is None:
+            raise InvalidFilterError(f"{self.model.__name__} id: None is not a valid id")
         try:
-            info.pk.db_value(id)
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidFilterError(f"{self.model.__name__} id: {id!r} is not a valid id") from None
+            return coerce(self._info.pk, id)
+        except ValueError as exc:
+            raise InvalidFilterError(f"{self.model.__name__} id {id!r}: {exc}") from None
 
     def find_by_id(self, id: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> M | None:
         """The row with this primary key, or ``None``."""
-        self._check_id(id)
+        id = self._check_id(id)
         info = self._info
         mode = (with_deleted, only_deleted)
 
@@ -110,8 +110,7 @@ class Queries(RepositoryBase[M]):
             return []
         if len(wanted) > MAX_IN_VALUES:
             raise InvalidFilterError(f"{len(wanted)} ids is more than the {MAX_IN_VALUES} allowed")
-        for id in wanted:
-            self._check_id(id)
+        wanted = [self._check_id(id) for id in wanted]
         info = self._info
         query = info.select_all().where(info.pk.in_(list(dict.fromkeys(wanted))))
         clause = info.deleted_clause(with_deleted=with_deleted, only_deleted=only_deleted)
@@ -123,7 +122,7 @@ class Queries(RepositoryBase[M]):
         for id in wanted:
             row = found.get(id)
             if row is None:
-                row = found.get(pk_python(info.pk.db_value(id)))  # type: ignore[no-untyped-call]
+                row = found.get(pk_python(info.pk.db_value(id)))
             if row is not None:
                 result.append(row)
         return result
@@ -224,7 +223,6 @@ class Queries(RepositoryBase[M]):
         has_next = len(rows) > size
         items = rows[:size]
         total = self._count_query(base) if with_total else None
-        cursorable = not any(key.field.null for key in order.keys)
         return PaginatedResult(
             items=items,
             limit=size,
@@ -234,11 +232,11 @@ class Queries(RepositoryBase[M]):
             has_prev=offset > 0,
             next_cursor=(
                 self._codec.encode(order, edge_values(order, items[-1]), "next")
-                if has_next and items and cursorable else None
+                if has_next and items else None
             ),
             prev_cursor=(
                 self._codec.encode(order, edge_values(order, items[0]), "prev")
-                if offset > 0 and items and cursorable else None
+                if offset > 0 and items else None
             ),
         )
 
@@ -251,12 +249,6 @@ class Queries(RepositoryBase[M]):
         with_deleted: bool,
         only_deleted: bool,
     ) -> PaginatedResult[M]:
-        nullable = [key.field.name for key in order.keys if key.field.null]
-        if nullable:
-            raise InvalidFilterError(
-                f"cursor pagination needs sort fields that cannot be NULL; {', '.join(nullable)} "
-                "can. Order by non-null fields, or pass offset= for offset pagination"
-            )
         info = self._info
         query = self._select(where, with_deleted, only_deleted)
         direction = "next"

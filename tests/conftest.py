@@ -1,0 +1,104 @@
+"""Shared fixtures: real PostgreSQL (and later Redis) from the environment, SQLite in tmp.
+
+Locally a missing server skips its tests; under CI (``CI=true``) it fails them, so a broken
+service can never pass as a green run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+
+from czo_kit.settings import Settings
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_URL = os.environ.get("CZO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SECRET = "test-secret-key-" + "k" * 32
+
+
+def service_unavailable(what: str, detail: str) -> None:
+    """Skip locally, fail under CI: a test for a real server must never pass without it."""
+    message = f"{what} is not reachable ({detail})"
+    if CI:
+        pytest.fail(message + "; CI=true requires every service", pytrace=False)
+    pytest.skip(message)
+
+
+def _pg_connect_error(url: str) -> str | None:
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        return "psycopg2 is not installed"
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    dbname, params = parse_postgresql_url(url)
+    try:
+        conn = psycopg2.connect(dbname=dbname, connect_timeout=3, **params)
+    except psycopg2.Error as exc:
+        return str(exc).strip()
+    conn.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> str:
+    error = _pg_connect_error(PG_URL)
+    if error:
+        service_unavailable(f"PostgreSQL at {PG_URL}", error)
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def pg_schema(pg_base_url: str) -> Iterator[str]:
+    """A private schema for this test session, so runs never see each other's tables."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    schema = f"czotest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    dbname, params = parse_postgresql_url(pg_base_url)
+    conn = psycopg2.connect(dbname=dbname, **params)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield schema
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_base_url: str, pg_schema: str) -> str:
+    """``CZO_TEST_DATABASE_URL`` with ``search_path`` set to this session's schema."""
+    separator = "&" if "?" in pg_base_url else "?"
+    return pg_base_url + separator + urlencode({"options": f"-csearch_path={pg_schema}"})
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    return f"sqlite:///{os.path.join(os.fspath(tmp_path), 'test.sqlite3')}"
+
+
+@pytest.fixture
+def settings_for():  # type: ignore[no-untyped-def]
+    """Build validated settings for a database URL with the test secret key."""
+
+    def make(url: str, **changes: object) -> Settings:
+        return Settings(database_url=url, secret_key=SECRET, **changes)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn: the embedded default and the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
