@@ -45,7 +45,24 @@ _EXPORTS = {
     "PluginError": "czo_kit.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "hookimpl", "hookspec", "__version__"])
+__all__ = [
+    "ConfigurationError",
+    "ConflictError",
+    "CzoError",
+    "HookName",
+    "HookRegistry",
+    "InvalidCursorError",
+    "InvalidDataError",
+    "InvalidFilterError",
+    "Kit",
+    "NotFoundError",
+    "OptimisticLockError",
+    "PluginError",
+    "Settings",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -58,7 +58,30 @@ _EXPORTS = {
     "Migrations": "czo_kit.db.migrations",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Migrations",
+    "Model",
+    "MutationContext",
+    "Mutations",
+    "OPERATORS",
+    "PaginatedResult",
+    "Queries",
+    "Repository",
+    "RepositoryBase",
+    "SoftDeleteModel",
+    "TimestampedModel",
+    "TransactionalDatabaseMixin",
+    "UTCDateTimeField",
+    "VersionedModel",
+    "compile_where",
+    "create_mutations",
+    "create_queries",
+    "create_repository",
+    "in_transaction",
+    "on_commit",
+    "transaction",
+    "utcnow",
+]
 
 
 def __getattr__(name: str) -> Any:

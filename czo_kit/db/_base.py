@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import peewee
 
@@ -81,14 +81,17 @@ class RepositoryBase(Generic[M]):
             return _compose_extras(self, other)
         return NotImplemented
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        # Only reached for names that are not methods or extras: say what exists.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"{type(self).__name__} of {self.model.__name__} has no {name!r}; "
-            f"available: {', '.join(self.functions())}"
-        )
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so that mypy still flags a misspelt built-in function;
+        # typed code that calls extras declares them in a Protocol.
+        def __getattr__(self, name: str) -> Callable[..., Any]:
+            # Only reached for names that are not methods or extras: say what exists.
+            if name.startswith("_"):
+                raise AttributeError(name)
+            raise AttributeError(
+                f"{type(self).__name__} of {self.model.__name__} has no {name!r}; "
+                f"available: {', '.join(self.functions())}"
+            )
 
     def functions(self) -> list[str]:
         """Every public function of this repository, built-in and extra."""

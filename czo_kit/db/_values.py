@@ -116,7 +116,7 @@ def coerce(field: peewee.Field, value: Any) -> Any:
             return value
         raise ValueError(f"expected bytes, got {_kind(value)}")
     try:
-        target.db_value(value)  # type: ignore[no-untyped-call]
+        target.db_value(value)
     except (ValueError, TypeError, OverflowError, decimal.InvalidOperation, AttributeError):
         raise ValueError(f"{value!r} is not a valid {type(target).__name__} value") from None
     return value

@@ -122,7 +122,7 @@ class Queries(RepositoryBase[M]):
         for id in wanted:
             row = found.get(id)
             if row is None:
-                row = found.get(pk_python(info.pk.db_value(id)))
+                row = found.get(pk_python(info.pk.db_value(id)))  # type: ignore[no-untyped-call]
             if row is not None:
                 result.append(row)
         return result

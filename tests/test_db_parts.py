@@ -1,0 +1,134 @@
+"""Smaller guarantees of czo_kit.db: lazy imports, transactions on any Peewee database, UTC."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Callable
+
+import peewee
+import pytest
+
+from czo_kit.db import Model, create_repository, on_commit, transaction
+from czo_kit.db.model import UTCDateTimeField
+from czo_kit.default_plugins.sqlite import create_sqlite_database, parse_sqlite_url
+from czo_kit.errors import ConfigurationError
+from czo_kit.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("statement", "absent"),
+    [
+        ("from czo_kit.db import create_queries", ["czo_kit.db.mutations", "czo_kit.db.repository"]),
+        ("from czo_kit.db import create_mutations", ["czo_kit.db.queries", "czo_kit.db.pagination"]),
+        ("import czo_kit", ["czo_kit.db", "czo_kit.kit", "peewee"]),
+    ],
+)
+def test_importing_one_builder_does_not_import_the_others(statement: str, absent: list[str]) -> None:
+    code = f"{statement}\nimport sys\nprint(','.join(m for m in {absent!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_on_commit_works_on_a_plain_peewee_database() -> None:
+    db = peewee.SqliteDatabase(":memory:")
+    ran: list[str] = []
+    on_commit(db, lambda: ran.append("outside"))
+    assert ran == ["outside"]
+    with db.atomic():
+        on_commit(db, lambda: ran.append("inside"))
+        assert ran == ["outside"]
+    assert ran == ["outside", "inside"]
+
+
+def test_transaction_works_as_a_decorator(sqlite_url: str, settings_for: Callable[..., Settings]) -> None:
+    db = create_sqlite_database(sqlite_url, settings=settings_for(sqlite_url))
+    ran: list[int] = []
+
+    @transaction(db)
+    def work(n: int) -> int:
+        assert db.in_transaction()
+        on_commit(db, lambda: ran.append(n))
+        assert n not in ran  # held until the decorated call commits
+        return n * 2
+
+    assert work(3) == 6 and work(4) == 8
+    assert ran == [3, 4]
+    db.close()
+
+
+def test_a_failing_on_commit_callback_does_not_stop_the_others(
+    sqlite_url: str, settings_for: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = create_sqlite_database(sqlite_url, settings=settings_for(sqlite_url))
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    with db.atomic():
+        on_commit(db, broken)
+        on_commit(db, lambda: ran.append("second"))
+    assert ran == ["second"]
+    assert "on_commit callback" in caplog.text and "boom" in caplog.text
+    db.close()
+
+
+class Stamp(Model):
+    at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "czo_test_stamp"
+
+
+def test_datetimes_are_stored_as_utc_and_come_back_aware(database_url: str, settings_for: Callable[..., Settings]) -> None:
+    factory = create_sqlite_database
+    if not database_url.startswith("sqlite"):
+        from czo_kit.default_plugins.postgres import create_postgresql_database as factory  # type: ignore[assignment]
+    db = factory(database_url, settings=settings_for(database_url))
+    db.bind([Stamp])
+    db.create_tables([Stamp])
+    try:
+        repo = create_repository(Stamp, db=db)
+        paris = dt.timezone(dt.timedelta(hours=1))
+        local = dt.datetime(2026, 5, 1, 13, 30, tzinfo=paris)
+        row = repo.get_by_id(repo.create({"at": local}).id)
+        assert row.at == local and row.at.tzinfo == dt.timezone.utc and row.at.hour == 12
+        naive = repo.get_by_id(repo.create({"at": dt.datetime(2026, 5, 1, 9, 0)}).id)
+        assert naive.at == dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.timezone.utc)
+        assert repo.count({"at__gte": dt.datetime(2026, 5, 1, 11, 0, tzinfo=dt.timezone.utc)}) == 1
+    finally:
+        db.drop_tables([Stamp])
+        db.close()
+        getattr(db, "close_all", lambda: None)()
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "options"),
+    [
+        ("sqlite:///czo.sqlite3", "czo.sqlite3", {}),
+        ("sqlite:////var/data/czo.db", "/var/data/czo.db", {}),
+        ("sqlite:///:memory:", ":memory:", {}),
+        ("sqlite:///a.db?timeout=2.5&journal_mode=delete", "a.db", {"timeout": 2.5, "journal_mode": "delete"}),
+    ],
+)
+def test_sqlite_urls(url: str, path: str, options: dict[str, object]) -> None:
+    assert parse_sqlite_url(url) == (path, options)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://host/czo.db", "sqlite:///", "sqlite:///a.db?pragma=evil", "sqlite:///a.db?timeout=soon"],
+)
+def test_bad_sqlite_urls_name_the_setting(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_sqlite_url(url)
+    assert info.value.variable == "CZO_DATABASE_URL"
+
+
+def test_sqlite_backend_turns_on_wal_and_foreign_keys(sqlite_url: str, settings_for: Callable[..., Settings]) -> None:
+    db = create_sqlite_database(sqlite_url, settings=settings_for(sqlite_url))
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    db.close()
