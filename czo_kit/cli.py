@@ -16,6 +16,8 @@ from czo_kit.errors import CzoError
 
 __all__ = ["build_cli", "main"]
 
+_LEVELS = ("CRITICAL", "DEBUG", "ERROR", "INFO", "WARNING")
+
 
 @contextmanager
 def _kit(**overrides: Any) -> Iterator[Any]:
@@ -27,6 +29,8 @@ def _kit(**overrides: Any) -> Iterator[Any]:
         raise click.ClickException(str(exc)) from exc
     try:
         yield kit
+    except CzoError as exc:  # every command reports the kit's own errors the same way
+        raise click.ClickException(str(exc)) from exc
     finally:
         kit.close()
 
@@ -47,8 +51,14 @@ def cli(log_level: str | None) -> None:
     """
     import os
 
-    level = log_level or os.environ.get("CZO_LOG_LEVEL") or "WARNING"
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    level = (log_level or os.environ.get("CZO_LOG_LEVEL") or "WARNING").strip().upper()
+    if level not in _LEVELS:
+        # Only the environment can get here (--log-level is a Choice); fail like Settings does.
+        raise click.ClickException(
+            f"invalid setting CZO_LOG_LEVEL={os.environ.get('CZO_LOG_LEVEL')!r}: "
+            f"allowed: {', '.join(_LEVELS)}"
+        )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @cli.command("plugins")

@@ -35,6 +35,11 @@ class _Report:
         self.echo(f"   ok  {text}")
 
 
+def _tail(cursor: str | None) -> str:
+    # Cursors share a leading header (format, sort order); their ends tell them apart.
+    return f"..{cursor[-12:]}" if cursor else "-"
+
+
 def run_demo(*, database_url: str | None = None, echo: Echo = print) -> None:
     """Run the demo; raises ``CzoError`` if the example plugins are not installed."""
     with tempfile.TemporaryDirectory(prefix="czo-demo-") as tmp:
@@ -62,7 +67,10 @@ def _run(url: str, report: _Report) -> None:
                 "pip install ./plugins/czo-product"
             ) from None
         if "czo_product" not in kit.models:
-            raise CzoError("the czo_product plugin is installed but not loaded (check CZO_PLUGINS)")
+            raise CzoError(
+                "the czo_product plugin is installed but not loaded "
+                "(check CZO_PLUGINS and CZO_DISABLE_PLUGINS)"
+            )
 
         report.section(f"Database ({url.split('://', 1)[0]})")
         for module, actions in kit.create_tables().items():
@@ -99,7 +107,7 @@ def _run(url: str, report: _Report) -> None:
             seen += len(page.items)
             report.line(
                 f"page {number}: {page.items[0].price / 100:.2f} .. {page.items[-1].price / 100:.2f} "
-                f"({len(page.items)} rows) next_cursor={(page.next_cursor or '-')[:16]}"
+                f"({len(page.items)} rows) next_cursor={_tail(page.next_cursor)}"
             )
             if not page.has_next:
                 break

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import click
     import peewee
 
+    from czo_kit.cache.driver import CacheDriver
     from czo_kit.hooks import HookRegistry
     from czo_kit.kit import Kit
     from czo_kit.services import ServiceRegistry
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROJECT_NAME",
+    "CacheDriverFactory",
     "DatabaseFactory",
+    "RegisterCacheDriver",
     "RegisterDatabaseBackend",
     "RegisterMigrations",
     "RegisterModel",
@@ -46,6 +49,16 @@ class RegisterDatabaseBackend(Protocol):
     def __call__(self, scheme: str, factory: DatabaseFactory) -> None: ...
 
 
+class CacheDriverFactory(Protocol):
+    """Builds a cache driver for a URL such as ``redis://host:6379/0``."""
+
+    def __call__(self, url: str, *, settings: Settings) -> CacheDriver: ...
+
+
+class RegisterCacheDriver(Protocol):
+    def __call__(self, scheme: str, factory: CacheDriverFactory) -> None: ...
+
+
 class RegisterModel(Protocol):
     def __call__(self, *models: type[peewee.Model]) -> None: ...
 
@@ -60,6 +73,15 @@ def czo_register_database_backends(register: RegisterDatabaseBackend) -> None:
 
     The scheme of ``CZO_DATABASE_URL`` picks the factory. A later registration of the same
     scheme replaces an earlier one, so mark a replacement ``@hookimpl(trylast=True)``.
+    """
+
+
+@hookspec
+def czo_register_cache_drivers(register: RegisterCacheDriver) -> None:
+    """Register cache drivers: ``register("redis", factory)``.
+
+    The scheme of ``CZO_CACHE_URL`` picks the factory; the driver implements
+    ``czo_kit.cache.CacheDriver`` and should pass ``czo_kit.testing.CacheDriverContract``.
     """
 
 

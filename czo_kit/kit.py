@@ -14,13 +14,14 @@ from urllib.parse import urlsplit
 import peewee
 import pluggy
 
+from czo_kit.cache import CacheManager, create_cache
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
 from czo_kit.hooks import HookRegistry
 from czo_kit.plugins import create_plugin_manager, load_plugins
 from czo_kit.services import ServiceRegistry
-from czo_kit.settings import Settings
+from czo_kit.settings import Settings, redact_url
 
 __all__ = ["Kit"]
 
@@ -35,6 +36,7 @@ class Kit:
     hand (tests, embedding) on top of the built-in and installed ones.
     """
 
+    cache: CacheManager
     db: peewee.Database
     hooks: HookRegistry
     plugins: pluggy.PluginManager
@@ -98,11 +100,14 @@ class Kit:
         self.hooks = HookRegistry()
         hook.czo_register_hooks(hooks=self.hooks)
 
+        self.cache = create_cache(settings=self.settings, plugins=self.plugins)
+
         self.services = ServiceRegistry()
         self.services.register_value(Kit, self)
         self.services.register_value(Settings, self.settings)
         self.services.register_value(peewee.Database, self.db)
         self.services.register_value(HookRegistry, self.hooks)
+        self.services.register_value(CacheManager, self.cache)
         hook.czo_register_services(registry=self.services)
 
         hook.czo_startup(kit=self)
@@ -176,6 +181,7 @@ class Kit:
             self.plugins.hook.czo_shutdown(kit=self)
         finally:
             self.services.close()
+            self.cache.close()
             close_all = getattr(self.db, "close_all", None)
             if callable(close_all):
                 close_all()
@@ -194,6 +200,5 @@ class Kit:
         self.close()
 
     def __repr__(self) -> str:
-        url = urlsplit(self.settings.database_url)
-        shown = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@")) if url.password else url
-        return f"<Kit db={shown.geturl()!r} plugins={len(self.plugins.get_plugins())}>"
+        shown = redact_url(self.settings.database_url)
+        return f"<Kit db={shown!r} plugins={len(self.plugins.get_plugins())}>"

@@ -40,6 +40,8 @@ ENTRY_POINT_GROUP = "czo_kit"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "czo_kit.default_plugins.sqlite",
     "czo_kit.default_plugins.postgres",
+    "czo_kit.default_plugins.memory_cache",
+    "czo_kit.default_plugins.redis_cache",
 )
 
 PluginManager = pluggy.PluginManager
@@ -187,7 +189,7 @@ def _label(obj: Any) -> str:
 def _recorder(hook: str) -> tuple[Any, list[str]] | None:
     """A stand-in collector for a registration hook that writes down what is registered."""
     seen: list[str] = []
-    if hook == "czo_register_database_backends":
+    if hook in ("czo_register_database_backends", "czo_register_cache_drivers"):
         return (lambda scheme, factory: seen.append(scheme)), seen
     if hook == "czo_register_models":
         return (lambda *models: seen.extend(_label(m) for m in models)), seen
@@ -231,6 +233,7 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
 
 _ARGUMENT = {
     "czo_register_database_backends": "register",
+    "czo_register_cache_drivers": "register",
     "czo_register_models": "register",
     "czo_register_migrations": "register",
     "czo_register_services": "registry",

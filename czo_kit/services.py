@@ -53,13 +53,15 @@ class ServiceRegistry:
     def get(self, *svc_types: Any) -> Any:
         """The singleton for each type; ``ServiceNotFoundError`` names a missing one."""
         try:
-            return self._container.get(*svc_types)
+            found = self._container.get(*svc_types)
         except svcs.exceptions.ServiceNotFoundError as exc:
             known = ", ".join(sorted(_name(t) for t in self._types)) or "none"
             raise ServiceNotFoundError(
                 f"no service registered for {_name(exc.args[0]) if exc.args else svc_types}; "
                 f"registered: {known}"
             ) from None
+        # svcs returns a list for several types; the signature (and svcs's own) promises a tuple.
+        return tuple(found) if len(svc_types) > 1 else found
 
     def get_abstract(self, svc_type: Any) -> Any:
         """Like ``get`` for a key that is not a class (``Annotated``, ``NewType``, Protocols)."""
@@ -91,4 +93,7 @@ def _safe(registry: svcs.Registry, svc_type: Any) -> bool:
 
 
 def _name(svc_type: Any) -> str:
+    metadata = getattr(svc_type, "__metadata__", None)
+    if metadata:  # Annotated[...] keys all share the qualname "Annotated": show their label
+        return str(metadata[0])
     return getattr(svc_type, "__qualname__", None) or repr(svc_type)

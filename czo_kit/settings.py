@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,7 +19,7 @@ import msgspec
 
 from czo_kit.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "Settings", "redact_url"]
 
 ENV_PREFIX = "CZO_"
 
@@ -32,6 +33,10 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 _FOREIGN_VARIABLES = frozenset({"CZO_TEST_DATABASE_URL", "CZO_TEST_REDIS_URL"})
 
 _validating = threading.local()
+
+# Values echoed in an error are cut to this many characters, so that a hostile or mistaken
+# multi-megabyte variable does not flood a log.
+_SHOWN_CHARS = 80
 
 PoolSize = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
@@ -55,6 +60,28 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     db_stale_timeout: Seconds = 300.0
     """Seconds after which an idle pooled connection is closed rather than reused."""
+
+    cache_url: str = "memory://"
+    """Where the cache lives: ``memory://`` (in-process, development) or
+    ``redis://[:password@]host:6379/0`` (production). Plugins can add schemes."""
+
+    cache_prefix: str = "czo:"
+    """Prefix of every cache key, so several installations can share one Redis."""
+
+    cache_default_ttl: Seconds = 300.0
+    """Seconds a cached value stays fresh when the caller gives no TTL."""
+
+    cache_timeout: Seconds = 0.25
+    """Seconds to wait for the cache server before treating a call as a miss."""
+
+    cache_lock_timeout: Seconds = 10.0
+    """Lease, in seconds, of the lock that lets one process compute a cold key."""
+
+    cache_max_entries: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 10_000
+    """Most entries the memory cache keeps (least recently used go first)."""
+
+    cache_strict: bool = False
+    """Raise when the cache server is unreachable, instead of degrading to misses."""
 
     secret_key: str | None = None
     """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
@@ -87,7 +114,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             except msgspec.ValidationError as exc:
                 field, message = _split_error(exc)
                 raise ConfigurationError(
-                    f"invalid setting {field}={_show(field, data.get(field))}: "
+                    f"invalid setting {field}={_clip(_show(field, data.get(field)))}: "
                     f"{_explain(type(self), field, message)}",
                     variable=_env_name(field),
                 ) from None
@@ -112,15 +139,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             if variable in env:
                 data[name] = _parse_raw(hints[name], env[variable])
         _warn_unknown(cls, env)
+        unknown = sorted(set(overrides) - set(cls.__struct_fields__))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], cls.__struct_fields__, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"Settings.from_env() got unknown setting(s) {', '.join(map(repr, unknown))}{hint} "
+                f"(settings: {', '.join(cls.__struct_fields__)})"
+            )
         data.update(overrides)
         _validating.active = True
         try:
             settings = msgspec.convert(data, cls, strict=False)
         except msgspec.ValidationError as exc:
             field, message = _split_error(exc)
-            raw = env.get(_env_name(field), data.get(field))
+            # Show what the caller gave: the override if there is one, else the raw variable.
+            raw = overrides[field] if field in overrides else env.get(_env_name(field))
             raise ConfigurationError(
-                f"invalid setting {_env_name(field)}={_show(field, raw)}: "
+                f"invalid setting {_env_name(field)}={_clip(_show(field, raw))}: "
                 f"{_explain(cls, field, message)}",
                 variable=_env_name(field),
             ) from None
@@ -134,11 +170,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return msgspec.structs.replace(self, **changes)
 
     def public_dict(self) -> dict[str, Any]:
-        """Every setting, secrets masked: safe to print or log."""
+        """Every setting, secrets and URL passwords masked: safe to print or log."""
         return {
-            name: ("***" if name in self.SECRET_FIELDS and getattr(self, name) else value)
+            name: (
+                "***"
+                if name in self.SECRET_FIELDS and value
+                else redact_url(value) if isinstance(value, str) else value
+            )
             for name, value in msgspec.structs.asdict(self).items()
         }
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not parseable as a URL (an unclosed IPv6 bracket, ...)
+        password = None
+    if password:
+        return url.replace(f":{password}@", ":***@", 1)
+    # Malformed URLs (postgresql//user:pw@host) have no parsed password; mask the pattern.
+    return re.sub(r"(?<=:)[^:/@\s]+(?=@)", "***", url)
 
 
 def _env_name(field: str) -> str:
@@ -148,7 +200,13 @@ def _env_name(field: str) -> str:
 def _show(field: str, value: Any) -> str:
     if field in Settings.SECRET_FIELDS and value:
         return "'***'"
-    return repr(value)
+    return repr(redact_url(value) if isinstance(value, str) else value)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _field_types(cls: type[Settings]) -> dict[str, Any]:
@@ -189,17 +247,38 @@ def _explain(cls: type[Settings], field: str, message: str) -> str:
     if isinstance(kind, msgspec.inspect.LiteralType):
         allowed = ", ".join(str(v) for v in kind.values)
         return f"{message.rstrip('.')}; allowed: {allowed}"
+    if isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+        # msgspec says "Expected `int`, got `str`" for "x" and "Expected `int` >= 1" for "0";
+        # one sentence naming the whole allowed range serves both.
+        noun = "an integer" if isinstance(kind, msgspec.inspect.IntType) else "a number"
+        bounds = [
+            f"{op} {bound:g}"
+            for op, bound in ((">", kind.gt), (">=", kind.ge), ("<", kind.lt), ("<=", kind.le))
+            if bound is not None
+        ]
+        return f"expected {noun}{' ' + ' and '.join(bounds) if bounds else ''}"
     return message
 
 
 def _check_semantics(settings: Settings, *, naming: Any) -> None:
     url = settings.database_url
-    parts = urlsplit(url)
-    if not parts.scheme or "://" not in url:
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # an unclosed IPv6 bracket and the like
+        scheme = ""
+    if not scheme or "://" not in url:
         raise ConfigurationError(
-            f"invalid setting {naming('database_url')}={url!r}: expected a URL such as "
+            f"invalid setting {naming('database_url')}={_clip(_show('database_url', url))}: "
+            "expected a URL such as "
             "'sqlite:///czo.sqlite3' or 'postgresql://user@host:5432/dbname'",
             variable=_env_name("database_url"),
+        )
+    cache_url = settings.cache_url
+    if "://" not in cache_url:
+        raise ConfigurationError(
+            f"invalid setting {naming('cache_url')}={_clip(_show('cache_url', cache_url))}: "
+            "expected a URL such as 'memory://' or 'redis://127.0.0.1:6379/0'",
+            variable=_env_name("cache_url"),
         )
     key = settings.secret_key
     if key is not None and len(key) < 32:

@@ -17,6 +17,7 @@ from czo_kit.settings import Settings
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_URL = os.environ.get("CZO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CZO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SECRET = "test-secret-key-" + "k" * 32
 
 
@@ -102,3 +103,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """``CZO_TEST_REDIS_URL`` (default database 15 of the local server), checked reachable."""
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        service_unavailable("Redis", "redis-py is not installed")
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {REDIS_URL}", str(exc))
+    return REDIS_URL

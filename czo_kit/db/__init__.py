@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from czo_kit.db.pagination import PaginatedResult
     from czo_kit.db.queries import Queries, create_queries
     from czo_kit.db.repository import Repository, create_repository
+    from czo_kit.db.cached import CachedQueries, CachedRepository, create_cached_queries
     from czo_kit.db.transactions import (
         TransactionalDatabaseMixin,
         in_transaction,
@@ -46,6 +47,9 @@ _EXPORTS = {
     "Mutations": "czo_kit.db.mutations",
     "MutationContext": "czo_kit.db.mutations",
     "create_repository": "czo_kit.db.repository",
+    "create_cached_queries": "czo_kit.db.cached",
+    "CachedQueries": "czo_kit.db.cached",
+    "CachedRepository": "czo_kit.db.cached",
     "Repository": "czo_kit.db.repository",
     "RepositoryBase": "czo_kit.db._base",
     "PaginatedResult": "czo_kit.db.pagination",
@@ -59,6 +63,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CachedQueries",
+    "CachedRepository",
+    "create_cached_queries",
     "Migrations",
     "Model",
     "MutationContext",

@@ -7,7 +7,10 @@ with named slots where the values go, and kept; later calls only fill the parame
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -97,6 +100,7 @@ class ModelInfo(Generic[M]):
             (i, f.name, f.python_value) for i, f in enumerate(self.fields) if _needs_conversion(f)
         )
         self._templates: dict[Any, SqlTemplate] = {}
+        self._row_type: Any = None
         self._lock = threading.Lock()
         self.unique_groups: tuple[tuple[peewee.Field, ...], ...] = _unique_groups(model)
 
@@ -118,6 +122,26 @@ class ModelInfo(Generic[M]):
 
     def load_all(self, rows: Sequence[Sequence[Any]]) -> list[M]:
         return [self.load(row) for row in rows]
+
+    def values_of(self, obj: M) -> list[Any]:
+        """An instance's Python values in field order (what the row cache stores)."""
+        data = obj.__data__
+        return [data.get(name) for name in self.names]
+
+    def from_values(self, values: Sequence[Any]) -> M:
+        """An instance from Python values in field order, as ``values_of`` gave them."""
+        obj: M = object.__new__(self.model)
+        obj.__data__ = dict(zip(self.names, values, strict=True))
+        obj._dirty = set()  # type: ignore[attr-defined]
+        obj.__rel__ = {}
+        return obj
+
+    @property
+    def row_type(self) -> Any:
+        """The msgspec type of one row's values, so cached rows decode to exact types."""
+        if self._row_type is None:
+            self._row_type = tuple[tuple(python_type(f) for f in self.fields)]  # type: ignore[misc]
+        return self._row_type
 
     # -- statements ---------------------------------------------------------------------
 
@@ -180,6 +204,32 @@ def _unique_groups(model: type[peewee.Model]) -> tuple[tuple[peewee.Field, ...],
             if fields:
                 groups.append(fields)
     return tuple(groups)
+
+
+def python_type(f: peewee.Field) -> Any:
+    """The Python type a field's values have (``None`` allowed when the field is nullable)."""
+    target = f.rel_field if isinstance(f, peewee.ForeignKeyField) else f
+    kind: Any = Any
+    for field_type, python in _PYTHON_TYPES:
+        if isinstance(target, field_type):
+            kind = python
+            break
+    return kind | None if f.null and kind is not Any else kind
+
+
+_PYTHON_TYPES: tuple[tuple[type[peewee.Field], Any], ...] = (
+    (peewee.BooleanField, bool),
+    (peewee.IntegerField, int),
+    (peewee.FloatField, float),
+    (peewee.DecimalField, decimal.Decimal),
+    (peewee.DateTimeField, dt.datetime),
+    (peewee.DateField, dt.date),
+    (peewee.TimeField, dt.time),
+    (peewee.UUIDField, uuid.UUID),
+    (peewee.BlobField, bytes),
+    (peewee.CharField, str),
+    (peewee.TextField, str),
+)
 
 
 _infos: dict[tuple[type[peewee.Model], int], ModelInfo[Any]] = {}

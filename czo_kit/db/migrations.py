@@ -73,9 +73,10 @@ class Migrations:
                 # Only tables made here from today's models make the migrations redundant; a
                 # module without models has nothing that stands in for its migrations.
                 if created and not existing:
-                    actions.extend(f"marked applied {name}" for name in runner.fake())
+                    marked = self._apply(module, runner, fake=True)
+                    actions.extend(f"marked applied {name}" for name in marked)
                 else:
-                    actions.extend(f"applied {name}" for name in runner.up())
+                    actions.extend(f"applied {name}" for name in self._apply(module, runner))
             report[module] = actions
         return report
 
@@ -98,13 +99,26 @@ class Migrations:
         modules = [module] if module else sorted(
             name for name, entry in self.modules.items() if entry.directory is not None
         )
-        applied: dict[str, list[str]] = {}
-        for name in modules:
+        return {name: self._apply(name, self._runner(name)) for name in modules}
+
+    def _apply(self, module: str, runner: Runner, *, fake: bool = False) -> list[str]:
+        """Run (or only record) pending migrations; a failure names the module and the file."""
+        pending = [m.name for m in runner.status() if m.applied is None and m.path is not None]
+        try:
+            done: list[str] = runner.fake() if fake else runner.up()
+        except MigrationError as exc:
+            raise CzoError(f"migrations of {module}: {exc}") from exc
+        except peewee.DatabaseError as exc:
             try:
-                applied[name] = self._runner(name).up()
-            except MigrationError as exc:
-                raise CzoError(f"migrations of {name}: {exc}") from exc
-        return applied
+                applied = runner.applied()
+            except peewee.DatabaseError:
+                applied = {}
+            failed = next((name for name in pending if name not in applied), "?")
+            raise CzoError(
+                f"migrations of {module}: {failed} failed: {exc}; the migrations before it "
+                "are applied, it and those after it are not"
+            ) from exc
+        return done
 
     def make(self, module: str, name: str) -> str | None:
         """Write the next migration of ``module`` from the difference between its models and

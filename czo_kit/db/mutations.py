@@ -16,6 +16,7 @@ import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
+from czo_kit.db._tags import list_tag, row_tag
 from czo_kit.db._values import coerce
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
@@ -50,6 +51,12 @@ class HookRunner(Protocol):
     def has(self, name: str) -> bool: ...
 
     def run(self, name: str, ctx: Any, operation: Callable[[Any], Any]) -> Any: ...
+
+
+class CacheInvalidator(Protocol):
+    """What mutations need from ``kit.cache`` to drop cached reads of the rows they change."""
+
+    def invalidate_tags(self, tags: Iterable[str]) -> None: ...
 
 
 class EventSink(Protocol):
@@ -93,6 +100,19 @@ class Mutations(RepositoryBase[M]):
         self._after_write: list[Callable[[str, list[M]], None]] = list(
             self._options.get("after_write", ())
         )
+        cache = self._options.get("cache")
+        if cache is not None:
+            self._after_write.insert(0, self._invalidator(cache))
+
+    def _invalidator(self, cache: CacheInvalidator) -> Callable[[str, list[M]], None]:
+        table = self._info.table
+        pk = self._info.pk.name
+
+        def invalidate(operation: str, rows: list[M]) -> None:
+            # Runs at commit, before events: listeners that read back see the new rows.
+            cache.invalidate_tags([list_tag(table), *(row_tag(table, r.__data__[pk]) for r in rows)])
+
+        return invalidate
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -436,6 +456,11 @@ def create_mutations(
     db: peewee.Database,
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
+    cache: CacheInvalidator | None = None,
 ) -> Mutations[M]:
-    """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``."""
-    return Mutations(model, db=db, options={"hooks": hooks, "events": events})
+    """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``.
+
+    With ``cache``, each committed write invalidates the cached reads of
+    ``create_cached_queries`` for the rows it changed and the table's lists and counts.
+    """
+    return Mutations(model, db=db, options={"hooks": hooks, "events": events, "cache": cache})

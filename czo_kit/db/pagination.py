@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
-import decimal
 import hashlib
 import hmac
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -22,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 import peewee
 
+from czo_kit.db._sql import python_type
 from czo_kit.db.filters import resolve_field
 from czo_kit.errors import InvalidCursorError, InvalidFilterError
 
@@ -197,27 +195,6 @@ def _beyond(f: peewee.Field, value: Any, *, greater: bool) -> Any:
     return f < value
 
 
-def _value_type(f: peewee.Field) -> Any:
-    target = f.rel_field if isinstance(f, peewee.ForeignKeyField) else f
-    if isinstance(target, (peewee.IntegerField,)):
-        return int
-    if isinstance(target, peewee.BooleanField):
-        return bool
-    if isinstance(target, peewee.FloatField):
-        return float
-    if isinstance(target, peewee.DecimalField):
-        return decimal.Decimal
-    if isinstance(target, peewee.DateTimeField):
-        return dt.datetime
-    if isinstance(target, peewee.DateField):
-        return dt.date
-    if isinstance(target, peewee.UUIDField):
-        return uuid.UUID
-    if isinstance(target, (peewee.CharField, peewee.TextField)):
-        return str
-    return Any
-
-
 class CursorCodec:
     """Signs and checks cursors for one model with one key."""
 
@@ -256,10 +233,7 @@ class CursorCodec:
                 "cursor signature does not match: it was altered, or signed with another "
                 "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
             )
-        types = tuple(
-            _value_type(key.field) | None if key.field.null else _value_type(key.field)
-            for key in order.keys
-        )
+        types = tuple(python_type(key.field) for key in order.keys)
         try:
             version, direction, fingerprint, values = msgspec.msgpack.decode(
                 payload, type=tuple[int, str, bytes, list[Any]]

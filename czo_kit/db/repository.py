@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import peewee
 
 from czo_kit.db._base import register_composition
 from czo_kit.db.mutations import EventSink, HookRunner, Mutations
 from czo_kit.db.queries import DEFAULT_LIMIT, MAX_LIMIT, Queries
+
+if TYPE_CHECKING:
+    from czo_kit.cache.manager import CacheManager
 
 __all__ = ["Repository", "create_repository"]
 
@@ -28,23 +31,32 @@ def create_repository(
     model: type[M],
     *,
     db: peewee.Database,
+    cache: CacheManager | None = None,
+    ttl: float | None = None,
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
     secret_key: str | bytes | None = None,
     default_limit: int = DEFAULT_LIMIT,
     max_limit: int = MAX_LIMIT,
 ) -> Repository[M]:
-    """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``."""
+    """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``.
+
+    With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds) and writes
+    invalidate them after commit.
+    """
     if not 1 <= default_limit <= max_limit:
         raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
-    return Repository(
-        model,
-        db=db,
-        options={
-            "secret_key": secret_key,
-            "default_limit": default_limit,
-            "max_limit": max_limit,
-            "hooks": hooks,
-            "events": events,
-        },
-    )
+    options = {
+        "secret_key": secret_key,
+        "default_limit": default_limit,
+        "max_limit": max_limit,
+        "hooks": hooks,
+        "events": events,
+        "cache": cache,
+        "ttl": ttl,
+    }
+    if cache is not None:
+        from czo_kit.db.cached import CachedRepository
+
+        return CachedRepository(model, db=db, options=options)
+    return Repository(model, db=db, options=options)

@@ -1,19 +1,4 @@
-"""Contract test suites for plugin authors, and small test doubles.
-
-A database backend passes when a subclass of ``DatabaseBackendContract`` that provides a
-``db`` fixture (a fresh, empty database using ``TransactionalDatabaseMixin``) runs green::
-
-    from czo_kit.testing import DatabaseBackendContract
-
-    class TestMyBackend(DatabaseBackendContract):
-        @pytest.fixture
-        def db(self):
-            database = create_my_database("mydb://...", settings=Settings())
-            yield database
-            database.close()
-
-Needs pytest (``pip install 'czo-kit[dev]'``).
-"""
+"""The database backend contract: repository behaviour every backend must show."""
 
 from __future__ import annotations
 
@@ -39,6 +24,7 @@ from czo_kit.errors import (
 from czo_kit.hooks import HookRegistry
 
 __all__ = [
+    "CONTRACT_MODELS",
     "ContractItem",
     "ContractPlain",
     "ContractSoft",

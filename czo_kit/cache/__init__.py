@@ -1,0 +1,71 @@
+"""``czo_kit.cache``: one cache API over pluggable drivers (memory for development, Redis in
+production): TTLs, tags, namespaces, bulk operations, stampede protection, stale-while-
+revalidate, and misses instead of exceptions when the backend is down."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from czo_kit.cache.driver import CacheDriver, CacheUnavailable
+from czo_kit.cache.manager import CacheManager
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from czo_kit.settings import Settings
+
+__all__ = ["CacheDriver", "CacheManager", "CacheUnavailable", "cache_drivers", "create_cache"]
+
+
+def cache_drivers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """Scheme -> driver factory, from every plugin's ``czo_register_cache_drivers``."""
+    from czo_kit.plugins import load_plugins
+
+    found: dict[str, Any] = {}
+    pm = manager if manager is not None else load_plugins()
+
+    def register(scheme: str, factory: Any) -> None:
+        if not isinstance(scheme, str) or not scheme:
+            raise ValueError(f"cache driver scheme must be a non-empty string, got {scheme!r}")
+        if not callable(factory):
+            raise TypeError(f"cache driver {scheme!r}: factory {factory!r} is not callable")
+        found[scheme.lower()] = factory
+
+    pm.hook.czo_register_cache_drivers(register=register)
+    return found
+
+
+def create_cache(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    plugins: pluggy.PluginManager | None = None,
+    **options: Any,
+) -> CacheManager:
+    """A ``CacheManager`` for ``url`` (``memory://``, ``redis://host:6379/0``, or a scheme a
+    plugin registers). ``options`` override settings: ``prefix``, ``default_ttl``, ``strict``,
+    ``lock_timeout``, ``retry_after``."""
+    from czo_kit.errors import ConfigurationError
+    from czo_kit.settings import Settings
+
+    base = settings if settings is not None else Settings.from_env()
+    target = url or base.cache_url
+    scheme = urlsplit(target).scheme.lower()
+    drivers = cache_drivers(plugins)
+    factory = drivers.get(scheme)
+    if factory is None:
+        raise ConfigurationError(
+            f"invalid setting CZO_CACHE_URL: no cache driver for scheme {scheme!r} in {target!r}; "
+            f"allowed: {', '.join(sorted(drivers)) or 'none'}",
+            variable="CZO_CACHE_URL",
+        )
+    driver = factory(target, settings=base)
+    return CacheManager(
+        driver,
+        prefix=options.pop("prefix", base.cache_prefix),
+        default_ttl=options.pop("default_ttl", base.cache_default_ttl),
+        strict=options.pop("strict", base.cache_strict),
+        lock_timeout=options.pop("lock_timeout", base.cache_lock_timeout),
+        **options,
+    )

@@ -1,0 +1,592 @@
+"""``CacheManager``: one cache API over any driver, with TTLs, tags, namespaces, cache-aside
+with stampede protection, stale-while-revalidate, and graceful degradation.
+
+Every entry is an envelope: a one-line header (created, fresh-until and stale-until times in
+milliseconds, and the version of each tag it depends on) and a msgpack payload. Invalidating a
+tag changes its version, so every entry that recorded the old version is invalid at once
+without touching those entries; a tag version that has gone missing also invalidates.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from czo_kit.cache.driver import HEADER_MAGIC, CacheDriver, CacheUnavailable
+from czo_kit.cache.glob import escape_glob
+
+__all__ = ["CacheManager"]
+
+log = logging.getLogger("czo_kit.cache")
+
+T = TypeVar("T")
+
+MAX_KEY_LENGTH = 512
+MAX_TAG_LENGTH = 256
+MAX_TTL = 10 * 365 * 86400.0
+_BAD_KEY = re.compile(r"[\x00-\x1f\x7f]")
+_GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
+_GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
+_MISSING: Any = object()
+
+STAT_NAMES = (
+    "hits", "misses", "stale_served", "refreshes", "refresh_errors", "errors",
+    "sets", "deletes", "invalidations", "lock_waits", "decode_errors",
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Flight:
+    """One in-process computation of a key that other threads wait on."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Shared:
+    """State shared by a root manager and all its namespaces."""
+
+    def __init__(
+        self,
+        driver: CacheDriver,
+        *,
+        prefix: str,
+        default_ttl: float,
+        strict: bool,
+        lock_timeout: float,
+        retry_after: float,
+    ) -> None:
+        self.driver = driver
+        self.prefix = prefix
+        self.tag_prefix = prefix + "tag:"
+        self.lock_prefix = prefix + "lock:"
+        self.default_ttl = default_ttl
+        self.strict = strict
+        self.lock_timeout = lock_timeout
+        self.retry_after = retry_after
+        self.encoder = msgspec.msgpack.Encoder()
+        self.any_decoder = msgspec.msgpack.Decoder()
+        self.decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+        self.counts = dict.fromkeys(STAT_NAMES, 0)
+        self.count_lock = threading.Lock()
+        self.outage = False
+        self.down_until = 0.0
+        self.flights: dict[str, _Flight] = {}
+        self.flights_lock = threading.Lock()
+        self.refreshing: set[str] = set()
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.closed = False
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.count_lock:
+            self.counts[name] += n
+
+    def decoder(self, kind: Any) -> msgspec.msgpack.Decoder[Any]:
+        if kind is None:
+            return self.any_decoder
+        decoder = self.decoders.get(kind)
+        if decoder is None:
+            decoder = self.decoders[kind] = msgspec.msgpack.Decoder(kind)
+        return decoder
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        if self.executor is None:
+            with self.flights_lock:
+                if self.executor is None:
+                    self.executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=4, thread_name_prefix="czo-cache-refresh"
+                    )
+        self.executor.submit(fn)
+
+
+class CacheManager:
+    """The cache API. Create one with ``create_cache(url)``; namespaces share its driver.
+
+    ``strict=False`` (the default) turns a driver outage into misses and no-op writes,
+    counted in ``stats()`` and logged once per outage; ``strict=True`` raises instead.
+    """
+
+    def __init__(
+        self,
+        driver: CacheDriver,
+        *,
+        prefix: str = "czo:",
+        default_ttl: float = 300.0,
+        strict: bool = False,
+        lock_timeout: float = 10.0,
+        retry_after: float = 1.0,
+    ) -> None:
+        if not isinstance(prefix, str) or _BAD_KEY.search(prefix):
+            raise ValueError(f"cache prefix must be a plain string, got {prefix!r}")
+        self._shared = _Shared(
+            driver,
+            prefix=prefix,
+            default_ttl=_check_ttl(default_ttl, "default_ttl"),
+            strict=strict,
+            lock_timeout=_check_ttl(lock_timeout, "lock_timeout"),
+            retry_after=retry_after,
+        )
+        self._path: tuple[str, ...] = ()
+        self._key_prefix = prefix
+        self._ns_tags: tuple[str, ...] = ()
+
+    # -- structure ----------------------------------------------------------------------
+
+    @property
+    def driver(self) -> CacheDriver:
+        return self._shared.driver
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The namespace names from the root to this view (empty for the root)."""
+        return self._path
+
+    def namespace(self, name: str) -> CacheManager:
+        """A view whose keys live under ``name``; nestable. Clearing it is one tag bump."""
+        if not isinstance(name, str) or not _GOOD_NAMESPACE.fullmatch(name):
+            raise ValueError(
+                f"namespace names are letters, digits, '_', '.', '-'; got {name!r}"
+            )
+        child = object.__new__(CacheManager)
+        child._shared = self._shared
+        child._path = (*self._path, name)
+        child._key_prefix = self._key_prefix + name + ":"
+        child._ns_tags = (*self._ns_tags, "ns:" + ":".join(child._path))
+        return child
+
+    def key(self, key: str) -> str:
+        """The full storage key of ``key`` in this namespace."""
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"cache keys are non-empty strings, got {key!r}")
+        if len(key) > MAX_KEY_LENGTH or _BAD_KEY.search(key):
+            raise ValueError(
+                f"cache key {key[:40]!r}... must be at most {MAX_KEY_LENGTH} characters "
+                "without control characters"
+            )
+        return self._key_prefix + key
+
+    # -- outage handling ----------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T], fallback: T) -> T:
+        shared = self._shared
+        if shared.down_until and time.monotonic() < shared.down_until:
+            shared.count("errors")
+            if shared.strict:
+                raise CacheUnavailable("cache backend is down (retrying shortly)")
+            return fallback
+        try:
+            result = fn()
+        except CacheUnavailable as exc:
+            shared.count("errors")
+            shared.down_until = time.monotonic() + shared.retry_after
+            if not shared.outage:
+                shared.outage = True
+                log.warning("cache unavailable, serving without it until it is back: %s", exc)
+            if shared.strict:
+                raise
+            return fallback
+        if shared.outage:
+            shared.outage = False
+            shared.down_until = 0.0
+            log.warning("cache is reachable again")
+        return result
+
+    # -- envelopes ----------------------------------------------------------------------
+
+    def _encode(self, value: Any) -> bytes:
+        try:
+            return self._shared.encoder.encode(value)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise TypeError(
+                f"cannot cache a {type(value).__name__}: values must be msgspec-encodable "
+                f"(dict, list, str, numbers, datetime, Decimal, UUID, Struct, dataclass); {exc}"
+            ) from None
+
+    def _envelope(
+        self, payload: bytes, ttl: float, swr: float | None, tags: Sequence[str], versions: Sequence[bytes]
+    ) -> tuple[bytes, int]:
+        now = _now_ms()
+        fresh = now + math.ceil(ttl * 1000)
+        stale = fresh + (math.ceil(swr * 1000) if swr else 0)
+        spec = b",".join(tag.encode() + b"=" + version for tag, version in zip(tags, versions))
+        header = b"CZ1|%d|%d|%d|%s\n" % (now, fresh, stale, spec)
+        return header + payload, stale - now
+
+    def _open(self, raw: bytes) -> tuple[int, int, bytes] | None:
+        """(fresh-until, stale-until, payload) of an envelope, or None if it is not one."""
+        newline = raw.find(b"\n")
+        if newline < 0 or not raw.startswith(HEADER_MAGIC):
+            return None
+        parts = raw[:newline].split(b"|", 4)
+        try:
+            return int(parts[2]), int(parts[3]), raw[newline + 1 :]
+        except (IndexError, ValueError):
+            return None
+
+    def _decode(self, payload: bytes, kind: Any) -> Any:
+        try:
+            return self._shared.decoder(kind).decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._shared.count("decode_errors")
+            log.debug("cached value does not decode as %r: %s", kind, exc)
+            return _MISSING
+
+    def _all_tags(self, tags: Iterable[str]) -> list[str]:
+        extra = _check_tags(tags)
+        return [*self._ns_tags, *extra] if self._ns_tags else extra
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _lookup(self, full_keys: Sequence[str]) -> list[bytes | None]:
+        shared = self._shared
+        missing: list[bytes | None] = [None] * len(full_keys)
+        return self._call(lambda: shared.driver.get_many(full_keys, shared.tag_prefix), missing)
+
+    @overload
+    def get(self, key: str, default: Any = None, *, type: None = None) -> Any: ...
+
+    @overload
+    def get(self, key: str, default: T | None = None, *, type: type[T]) -> T | None: ...
+
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The fresh value of ``key`` (decoded as ``type`` if given), else ``default``."""
+        raw = self._lookup([self.key(key)])[0]
+        shared = self._shared
+        if raw is not None:
+            opened = self._open(raw)
+            if opened is not None and _now_ms() < opened[0]:
+                value = self._decode(opened[2], type)
+                if value is not _MISSING:
+                    shared.count("hits")
+                    return value
+        shared.count("misses")
+        return default
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` holds a fresh value."""
+        raw = self._lookup([self.key(key)])[0]
+        if raw is None:
+            return False
+        opened = self._open(raw)
+        return opened is not None and _now_ms() < opened[0]
+
+    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """The fresh values among ``keys``, in one round trip; missing keys are left out."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        raws = self._lookup([self.key(k) for k in wanted])
+        now = _now_ms()
+        found: dict[str, Any] = {}
+        for key, raw in zip(wanted, raws):
+            if raw is None:
+                continue
+            opened = self._open(raw)
+            if opened is None or now >= opened[0]:
+                continue
+            value = self._decode(opened[2], type)
+            if value is not _MISSING:
+                found[key] = value
+        self._shared.count("hits", len(found))
+        self._shared.count("misses", len(wanted) - len(found))
+        return found
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _versions(self, tags: Sequence[str]) -> list[bytes] | None:
+        if not tags:
+            return []
+        shared = self._shared
+        return self._call(lambda: shared.driver.tag_versions(tags, shared.tag_prefix), None)
+
+    def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
+        """Store ``value`` for ``ttl`` seconds (float, millisecond precision), tagged."""
+        self.set_many({key: value}, ttl=ttl, tags=tags)
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()) -> None:
+        """Store several values with one TTL and tag set: one round trip for the values."""
+        ttl_s = self._shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        all_tags = self._all_tags(tags)
+        items = [(self.key(k), self._encode(v)) for k, v in mapping.items()]
+        if not items:
+            return
+        versions = self._versions(all_tags)
+        if versions is None:
+            return  # unreachable: nothing can be stored
+        self._store(items, ttl_s, None, all_tags, versions)
+
+    def _store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        ttl: float,
+        swr: float | None,
+        tags: Sequence[str],
+        versions: Sequence[bytes],
+    ) -> None:
+        shared = self._shared
+        batch = []
+        for full, payload in items:
+            envelope, ttl_ms = self._envelope(payload, ttl, swr, tags, versions)
+            batch.append((full, envelope, ttl_ms))
+        self._call(lambda: shared.driver.set_many(batch), None)
+        shared.count("sets", len(batch))
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed."""
+        return self.delete_many([key]) > 0
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove keys in one round trip; how many existed."""
+        full = [self.key(k) for k in keys]
+        if not full:
+            return 0
+        removed = self._call(lambda: self._shared.driver.delete_many(full), 0)
+        self._shared.count("deletes", removed)
+        return removed
+
+    def invalidate(self, pattern: str) -> int:
+        """Remove keys of this namespace matching a glob ``pattern`` (SCAN + UNLINK batches)."""
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_KEY_LENGTH:
+            raise ValueError(f"invalidate needs a glob pattern such as 'product:*', got {pattern!r}")
+        full = escape_glob(self._key_prefix) + pattern
+        removed = self._call(lambda: self._shared.driver.delete_matching(full), 0)
+        self._shared.count("invalidations")
+        return removed
+
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        """Invalidate every entry carrying any of ``tags``: one version bump per tag."""
+        checked = _check_tags(tags)
+        if not checked:
+            return
+        shared = self._shared
+        self._call(lambda: shared.driver.bump_tags(checked, shared.tag_prefix), None)
+        shared.count("invalidations", len(checked))
+
+    def clear(self) -> None:
+        """Empty this namespace (one tag bump), or, at the root, every key under the prefix."""
+        shared = self._shared
+        if self._ns_tags:
+            self._call(lambda: shared.driver.bump_tags([self._ns_tags[-1]], shared.tag_prefix), None)
+        else:
+            self._call(lambda: shared.driver.delete_matching(escape_glob(shared.prefix) + "*"), 0)
+        shared.count("invalidations")
+
+    # -- cache-aside --------------------------------------------------------------------
+
+    def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], T],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        stale_while_revalidate: float | None = None,
+        *,
+        type: Any = None,
+    ) -> T:
+        """The cached value of ``key``, or ``factory()`` stored for ``ttl`` seconds.
+
+        However many threads and processes ask for a cold key at once, ``factory`` runs once:
+        threads of one process wait for one computation, processes for a lock with a lease.
+        With ``stale_while_revalidate``, an expired value is still served for that many
+        seconds while one background refresh runs.
+        """
+        shared = self._shared
+        ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        swr = None if stale_while_revalidate is None else _check_ttl(stale_while_revalidate, "stale_while_revalidate")
+        all_tags = self._all_tags(tags)
+        full = self.key(key)
+        raw = self._lookup([full])[0]
+        if raw is not None:
+            opened = self._open(raw)
+            if opened is not None:
+                fresh_until, stale_until, payload = opened
+                now = _now_ms()
+                if now < stale_until:
+                    value = self._decode(payload, type)
+                    if value is not _MISSING:
+                        if now < fresh_until:
+                            shared.count("hits")
+                            return value  # type: ignore[no-any-return]
+                        shared.count("stale_served")
+                        self._refresh_later(full, factory, ttl_s, swr, all_tags)
+                        return value  # type: ignore[no-any-return]
+        shared.count("misses")
+        return self._single_flight(full, factory, ttl_s, swr, all_tags, type)
+
+    def _single_flight(
+        self,
+        full: str,
+        factory: Callable[[], T],
+        ttl: float,
+        swr: float | None,
+        tags: Sequence[str],
+        kind: Any,
+    ) -> T:
+        shared = self._shared
+        with shared.flights_lock:
+            flight = shared.flights.get(full)
+            leader = flight is None
+            if flight is None:
+                flight = shared.flights[full] = _Flight()
+        if not leader:
+            if not flight.event.wait(timeout=shared.lock_timeout * 3):
+                return self._compute(full, factory, ttl, swr, tags, kind)
+            if flight.error is not None:
+                raise flight.error
+            return flight.value  # type: ignore[no-any-return]
+        try:
+            flight.value = self._compute(full, factory, ttl, swr, tags, kind)
+            return flight.value  # type: ignore[no-any-return]
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            flight.event.set()
+            with shared.flights_lock:
+                shared.flights.pop(full, None)
+
+    def _compute(
+        self,
+        full: str,
+        factory: Callable[[], T],
+        ttl: float,
+        swr: float | None,
+        tags: Sequence[str],
+        kind: Any,
+    ) -> T:
+        """Compute under the distributed lock; while another process holds it, wait for its value."""
+        shared = self._shared
+        driver = shared.driver
+        token = secrets.token_hex(16)
+        lock_key = shared.lock_prefix + full
+        lease_ms = math.ceil(shared.lock_timeout * 1000)
+        give_up = time.monotonic() + 2 * shared.lock_timeout
+        acquired = self._call(lambda: driver.acquire_lock(lock_key, token, lease_ms), None)
+        delay = 0.005
+        waited = False
+        while acquired is False:
+            if not waited:
+                shared.count("lock_waits")
+                waited = True
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+            raw = self._lookup([full])[0]
+            if raw is not None:
+                opened = self._open(raw)
+                if opened is not None and _now_ms() < opened[0]:
+                    value = self._decode(opened[2], kind)
+                    if value is not _MISSING:
+                        return value  # type: ignore[no-any-return]
+            if time.monotonic() >= give_up:
+                # Holders keep failing to produce a value: compute it ourselves, unlocked.
+                acquired = None
+                break
+            # Succeeds once the holder releases, or once its lease runs out if it died.
+            acquired = self._call(lambda: driver.acquire_lock(lock_key, token, lease_ms), None)
+        try:
+            versions = self._versions(tags)  # before the factory: old data never looks fresh
+            value = factory()
+            if versions is not None:
+                self._store([(full, self._encode(value))], ttl, swr, tags, versions)
+            return value
+        finally:
+            if acquired:
+                self._call(lambda: driver.release_lock(lock_key, token), False)
+
+    def _refresh_later(
+        self, full: str, factory: Callable[[], Any], ttl: float, swr: float | None, tags: Sequence[str]
+    ) -> None:
+        shared = self._shared
+        with shared.flights_lock:
+            if full in shared.refreshing or shared.closed:
+                return
+            shared.refreshing.add(full)
+
+        def refresh() -> None:
+            driver = shared.driver
+            token = secrets.token_hex(16)
+            lock_key = shared.lock_prefix + full
+            try:
+                acquired = self._call(
+                    lambda: driver.acquire_lock(lock_key, token, math.ceil(shared.lock_timeout * 1000)), None
+                )
+                if acquired is False:
+                    return  # another process is refreshing it
+                try:
+                    versions = self._versions(tags)
+                    value = factory()
+                    if versions is not None:
+                        self._store([(full, self._encode(value))], ttl, swr, tags, versions)
+                    shared.count("refreshes")
+                finally:
+                    if acquired:
+                        self._call(lambda: driver.release_lock(lock_key, token), False)
+            except Exception:
+                shared.count("refresh_errors")
+                log.warning("background refresh of %r failed; still serving the stale value", full, exc_info=True)
+            finally:
+                with shared.flights_lock:
+                    shared.refreshing.discard(full)
+
+        shared.submit(refresh)
+
+    # -- introspection and lifecycle ----------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation (shared by every namespace of one cache)."""
+        with self._shared.count_lock:
+            return dict(self._shared.counts)
+
+    def ping(self) -> bool:
+        """Whether the backend answers."""
+        return self._call(self._shared.driver.ping, False)
+
+    def close(self) -> None:
+        """Stop background refreshes and release the driver's connections."""
+        shared = self._shared
+        shared.closed = True
+        if shared.executor is not None:
+            shared.executor.shutdown(wait=True, cancel_futures=True)
+        shared.driver.close()
+
+    def __repr__(self) -> str:
+        where = ":".join(self._path) or "root"
+        return f"<CacheManager {type(self._shared.driver).__name__} {where}>"
+
+
+def _check_ttl(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_TTL:
+        raise ValueError(f"{name} must be more than 0 and at most {MAX_TTL:.0f} seconds, got {value!r}")
+    return float(value)
+
+
+def _check_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise ValueError(f"tags must be a list of strings, not a single string {tags!r}")
+    checked = []
+    for tag in tags:
+        if not isinstance(tag, str) or len(tag) > MAX_TAG_LENGTH or not _GOOD_TAG.fullmatch(tag):
+            raise ValueError(
+                f"invalid tag {tag!r}: tags are 1-{MAX_TAG_LENGTH} characters without spaces, "
+                "control characters, ',', '=' or '|'"
+            )
+        checked.append(tag)
+    return list(dict.fromkeys(checked))

@@ -1,0 +1,298 @@
+"""``create_cached_queries``: the read functions of ``create_queries``, served from the cache.
+
+Rows are cached as their field values (msgpack, decoded back to exact types), never as ORM
+objects. A row is cached under its id with the tag ``db:<table>:<id>``; every other read
+(``find_one``, ``find_many``, ``count``, ``exists``) under a hash of its arguments with the
+tag ``db:<table>:list``. Mutations built with ``cache=`` bump those tags once their
+transaction commits, so a read after a committed write never sees the old row, and a reader
+that raced the write cannot store the old row as fresh (tag versions are snapshotted before
+the database is read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import peewee
+
+from czo_kit.cache.manager import CacheManager
+from czo_kit.db._base import register_composition
+from czo_kit.db._tags import id_token, list_tag, row_tag
+from czo_kit.db.mutations import Mutations
+from czo_kit.db.repository import Repository
+from czo_kit.db.pagination import PaginatedResult
+from czo_kit.db.queries import DEFAULT_LIMIT, MAX_LIMIT, Queries
+from czo_kit.errors import InvalidCursorError, InvalidFilterError
+
+__all__ = ["CachedQueries", "CachedRepository", "create_cached_queries", "list_tag", "row_tag"]
+
+M = TypeVar("M", bound=peewee.Model)
+
+_KEY_ENCODER = msgspec.msgpack.Encoder()
+
+
+
+class CachedQueries(Queries[M]):
+    """``Queries`` whose answers come from the cache while fresh."""
+
+    PARTS: ClassVar[frozenset[str]] = frozenset({"cached_queries"})
+
+    def _setup(self) -> None:
+        super()._setup()
+        cache = self._options.get("cache")
+        if not isinstance(cache, CacheManager):
+            raise TypeError(f"cache must be a CacheManager, got {type(cache).__name__}")
+        self._cache: CacheManager = cache.namespace("db").namespace(self._info.table)
+        self._ttl: float | None = self._options.get("ttl")
+        self._row_type = self._info.row_type
+        # A page type per model, so cached rows decode straight to their exact types.
+        self._page_type = msgspec.defstruct(
+            f"{self.model.__name__}Page",
+            [
+                ("rows", list[self._row_type]),  # type: ignore[name-defined]
+                ("limit", int),
+                ("offset", int | None),
+                ("total", int | None),
+                ("has_next", bool),
+                ("has_prev", bool),
+                ("next_cursor", str | None),
+                ("prev_cursor", str | None),
+            ],
+            array_like=True,
+        )
+        self._list_tags = [list_tag(self._info.table)]
+
+    def _arguments_key(self, method: str, where: Any, extra: tuple[Any, ...]) -> str:
+        """A digest of a read's arguments; Peewee expressions are keyed by their SQL."""
+        if where is None or isinstance(where, dict):
+            try:
+                items = sorted(where.items()) if where else []
+                blob = _KEY_ENCODER.encode((method, items, extra))
+            except (TypeError, msgspec.EncodeError):
+                blob = b""
+            if blob:
+                return method + ":" + hashlib.blake2b(blob, digest_size=16).hexdigest()
+        query = self._select(where, True, False)  # raises InvalidFilterError on bad input
+        sql, params = self.db.get_sql_context().sql(query).query()
+        try:
+            blob = _KEY_ENCODER.encode((method, sql, [str(p) for p in params], extra))
+        except (TypeError, msgspec.EncodeError):
+            raise InvalidFilterError(f"cannot build a cache key for where={where!r}") from None
+        return method + ":" + hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    # -- rows by id ---------------------------------------------------------------------
+
+    def _cached_values(self, id: Any) -> list[Any] | None:
+        info = self._info
+
+        def load() -> list[Any] | None:
+            row = Queries.find_by_id(self, id, with_deleted=True)
+            return info.values_of(row) if row is not None else None
+
+        values: list[Any] | None = self._cache.get_or_set(
+            f"r:{id_token(id)}", load, ttl=self._ttl, tags=[row_tag(info.table, id)], type=self._row_type | None
+        )
+        return values
+
+    def _visible(self, row: M | None, with_deleted: bool, only_deleted: bool) -> M | None:
+        info = self._info
+        info.deleted_clause(with_deleted=with_deleted, only_deleted=only_deleted)  # validates flags
+        if row is None or info.deleted_at is None or with_deleted:
+            return row
+        deleted = row.__data__.get("deleted_at") is not None
+        return row if deleted == only_deleted else None
+
+    def find_by_id(self, id: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> M | None:
+        id = self._check_id(id)
+        values = self._cached_values(id)
+        row = self._info.from_values(values) if values is not None else None
+        return self._visible(row, with_deleted, only_deleted)
+
+    def find_by_ids(
+        self, ids: Iterable[Any], *, with_deleted: bool = False, only_deleted: bool = False
+    ) -> list[M]:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
+        wanted = [self._check_id(id) for id in ids]
+        info = self._info
+        unique = list(dict.fromkeys(wanted))
+        cached = self._cache.get_many([f"r:{id_token(id)}" for id in unique], type=self._row_type | None)
+        rows: dict[Any, M | None] = {}
+        missing = []
+        for id in unique:
+            key = f"r:{id_token(id)}"
+            if key in cached:
+                values = cached[key]
+                rows[id] = info.from_values(values) if values is not None else None
+            else:
+                missing.append(id)
+        if missing:
+            # One query for every miss, then each row stored under its own tag.
+            found = {
+                row.__data__[info.pk.name]: row
+                for row in Queries.find_by_ids(self, missing, with_deleted=True)
+            }
+            for id in missing:
+                row = found.get(id)
+                rows[id] = row
+                self._cache.set(
+                    f"r:{id_token(id)}",
+                    info.values_of(row) if row is not None else None,
+                    ttl=self._ttl,
+                    tags=[row_tag(info.table, id)],
+                )
+        result = []
+        for id in wanted:
+            visible = self._visible(rows.get(id), with_deleted, only_deleted)
+            if visible is not None:
+                result.append(visible)
+        return result
+
+    # -- everything else ----------------------------------------------------------------
+
+    def find_one(
+        self,
+        where: Any,
+        *,
+        order_by: Any = None,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+    ) -> M | None:
+        info = self._info
+        key = self._arguments_key("one", where, (_order_key(order_by), with_deleted, only_deleted))
+
+        def load() -> list[Any] | None:
+            row = Queries.find_one(
+                self, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
+            )
+            return info.values_of(row) if row is not None else None
+
+        values = self._cache.get_or_set(key, load, ttl=self._ttl, tags=self._list_tags, type=self._row_type | None)
+        return info.from_values(values) if values is not None else None
+
+    def find_many(
+        self,
+        where: Any = None,
+        *,
+        order_by: Any = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
+        with_total: bool = True,
+        with_deleted: bool = False,
+        only_deleted: bool = False,
+    ) -> PaginatedResult[M]:
+        info = self._info
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidCursorError(f"cursor must be a string, got {type(cursor).__name__}")
+        key = self._arguments_key(
+            "many",
+            where,
+            (_order_key(order_by), limit, offset, cursor, with_total, with_deleted, only_deleted),
+        )
+
+        def load() -> Any:
+            page = Queries.find_many(
+                self,
+                where,
+                order_by=order_by,
+                limit=limit,
+                offset=offset,
+                cursor=cursor,
+                with_total=with_total,
+                with_deleted=with_deleted,
+                only_deleted=only_deleted,
+            )
+            return self._page_type(
+                [info.values_of(row) for row in page.items],
+                page.limit, page.offset, page.total, page.has_next, page.has_prev,
+                page.next_cursor, page.prev_cursor,
+            )
+
+        page = self._cache.get_or_set(key, load, ttl=self._ttl, tags=self._list_tags, type=self._page_type)
+        return PaginatedResult(
+            items=[info.from_values(values) for values in page.rows],
+            limit=page.limit,
+            offset=page.offset,
+            total=page.total,
+            has_next=page.has_next,
+            has_prev=page.has_prev,
+            next_cursor=page.next_cursor,
+            prev_cursor=page.prev_cursor,
+        )
+
+    def count(self, where: Any = None, *, with_deleted: bool = False, only_deleted: bool = False) -> int:
+        key = self._arguments_key("count", where, (with_deleted, only_deleted))
+        result: int = self._cache.get_or_set(
+            key,
+            lambda: Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            ttl=self._ttl,
+            tags=self._list_tags,
+            type=int,
+        )
+        return result
+
+    def exists(self, where: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> bool:
+        key = self._arguments_key("exists", where, (with_deleted, only_deleted))
+        result: bool = self._cache.get_or_set(
+            key,
+            lambda: Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            ttl=self._ttl,
+            tags=self._list_tags,
+            type=bool,
+        )
+        return result
+
+
+def _order_key(order_by: Any) -> Any:
+    if order_by is None or isinstance(order_by, str):
+        return order_by
+    if isinstance(order_by, (list, tuple)):
+        return [_order_key(item) for item in order_by]
+    if isinstance(order_by, peewee.Field):
+        return order_by.name
+    if isinstance(order_by, peewee.Ordering) and isinstance(order_by.node, peewee.Field):
+        return ("-" if order_by.direction.upper() == "DESC" else "") + order_by.node.name
+    return repr(order_by)
+
+
+class CachedRepository(CachedQueries[M], Repository[M]):
+    """Cached reads plus writes that invalidate them: ``create_repository(..., cache=)``."""
+
+    PARTS: ClassVar[frozenset[str]] = CachedQueries.PARTS | Mutations.PARTS
+
+
+register_composition(CachedQueries.PARTS, CachedQueries)
+register_composition(CachedRepository.PARTS, CachedRepository)
+
+
+def create_cached_queries(
+    model: type[M],
+    *,
+    db: peewee.Database,
+    cache: CacheManager,
+    ttl: float | None = None,
+    secret_key: str | bytes | None = None,
+    default_limit: int = DEFAULT_LIMIT,
+    max_limit: int = MAX_LIMIT,
+) -> CachedQueries[M]:
+    """``create_queries`` served from ``cache`` for ``ttl`` seconds (the cache's default if None).
+
+    Compose with ``create_mutations(..., cache=cache)`` so that writes invalidate.
+    """
+    if not 1 <= default_limit <= max_limit:
+        raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
+    return CachedQueries(
+        model,
+        db=db,
+        options={
+            "cache": cache,
+            "ttl": ttl,
+            "secret_key": secret_key,
+            "default_limit": default_limit,
+            "max_limit": max_limit,
+        },
+    )

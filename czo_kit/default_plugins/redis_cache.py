@@ -1,0 +1,222 @@
+"""The production cache driver: Redis through redis-py, one round trip per operation.
+
+Tag checks run server-side in a Lua script, in the same round trip as the read. Timeouts are
+short and retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the
+manager turns ``CacheUnavailable`` into misses. Not for Redis Cluster (tag keys are read from
+scripts without being declared).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from czo_kit.cache.driver import CacheUnavailable
+from czo_kit.errors import ConfigurationError
+from czo_kit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import redis
+
+    from czo_kit.settings import Settings
+
+__all__ = ["RedisDriver", "create_redis_driver"]
+
+T = TypeVar("T")
+
+_GET_MANY = """
+local prefix = ARGV[1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, 4) == 'CZ1|' then
+    local nl = string.find(v, '\\n', 1, true)
+    if nl then
+      local spec = string.match(string.sub(v, 1, nl - 1), '^CZ1|[^|]*|[^|]*|[^|]*|(.*)$')
+      if spec and spec ~= '' then
+        for tag, version in string.gmatch(spec, '([^,=]+)=([^,]*)') do
+          if redis.call('GET', prefix .. tag) ~= version then
+            v = false
+            break
+          end
+        end
+      end
+    end
+  end
+  out[i] = v
+end
+return out
+"""
+
+_TAG_VERSIONS = """
+local prefix = ARGV[1]
+local seed = ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local key = prefix .. ARGV[i]
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, seed .. (i - 2), 'NX')
+    v = redis.call('GET', key)
+  end
+  out[i - 2] = v
+end
+return out
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_OUTAGE_REPLIES = ("OOM", "LOADING", "READONLY", "MISCONF", "MASTERDOWN", "BUSY")
+
+
+class RedisDriver:
+    """A ``CacheDriver`` over one Redis database."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        import redis as redis_module
+
+        self._redis = redis_module
+        self.client = client
+        self._get_many = client.register_script(_GET_MANY)
+        self._tag_versions = client.register_script(_TAG_VERSIONS)
+        self._release = client.register_script(_RELEASE)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        errors = self._redis.exceptions
+        try:
+            return fn()
+        except (errors.ConnectionError, errors.TimeoutError) as exc:
+            raise CacheUnavailable(f"Redis unreachable: {exc}") from exc
+        except errors.ResponseError as exc:
+            if str(exc).startswith(_OUTAGE_REPLIES):
+                raise CacheUnavailable(f"Redis refused the command: {exc}") from exc
+            raise
+
+    def get_many(self, keys: Sequence[str], tag_prefix: str) -> list[bytes | None]:
+        if not keys:
+            return []
+        result: list[bytes | None] = self._call(lambda: self._get_many(keys=list(keys), args=[tag_prefix]))
+        # Lua drops trailing nils from arrays; pad back to one answer per key.
+        if len(result) < len(keys):
+            result = list(result) + [None] * (len(keys) - len(result))
+        return result
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        if not items:
+            return
+        if len(items) == 1:
+            key, value, ttl_ms = items[0]
+            self._call(lambda: self.client.set(key, value, px=ttl_ms if ttl_ms > 0 else None))
+            return
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value, ttl_ms in items:
+                pipe.set(key, value, px=ttl_ms if ttl_ms > 0 else None)
+            pipe.execute()
+
+        self._call(run)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        removed: int = self._call(lambda: self.client.unlink(*keys))
+        return removed
+
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+        if not tags:
+            return []
+        seed = str(secrets.randbits(40))
+        versions: list[bytes] = self._call(
+            lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
+        )
+        return versions
+
+    def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
+        if not tags:
+            return
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.incr(tag_prefix + tag)
+            pipe.execute()
+
+        self._call(run)
+
+    def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
+        def run() -> int:
+            removed = 0
+            pending: list[Any] = []
+            # SCAN visits a few keys per call and UNLINK frees memory in the background,
+            # so neither blocks other clients the way KEYS or DEL on a big set would.
+            for key in self.client.scan_iter(match=pattern, count=batch):
+                pending.append(key)
+                if len(pending) >= batch:
+                    removed += self.client.unlink(*pending)
+                    pending.clear()
+            if pending:
+                removed += self.client.unlink(*pending)
+            return removed
+
+        result: int = self._call(run)
+        return result
+
+    def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms)))
+
+    def release_lock(self, key: str, token: str) -> bool:
+        return bool(self._call(lambda: self._release(keys=[key], args=[token])))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(self.client.ping))
+        except CacheUnavailable:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def create_redis_driver(url: str, *, settings: Settings) -> RedisDriver:
+    """``redis://[:password@]host:port/db`` (``rediss://`` for TLS)."""
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ConfigurationError(
+            "CZO_CACHE_URL is a Redis URL but redis-py is not installed; install it with: "
+            "pip install 'czo-kit[redis]'",
+            variable="CZO_CACHE_URL",
+        ) from None
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigurationError(
+            f"invalid Redis URL for CZO_CACHE_URL: no host; expected 'redis://host:6379/0'",
+            variable="CZO_CACHE_URL",
+        )
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.cache_timeout,
+            socket_connect_timeout=settings.cache_timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name="czo-kit-cache",
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Redis URL for CZO_CACHE_URL: {exc}", variable="CZO_CACHE_URL") from None
+    return RedisDriver(client)
+
+
+@hookimpl
+def czo_register_cache_drivers(register: Any) -> None:
+    register("redis", create_redis_driver)
+    register("rediss", create_redis_driver)

@@ -1,0 +1,355 @@
+"""The cache driver contract: what ``CacheManager`` must do on top of any driver.
+
+Subclass ``CacheDriverContract`` and provide a ``driver`` fixture (a fresh ``CacheDriver``);
+every test runs through a ``CacheManager`` with a prefix of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from czo_kit.cache.driver import HEADER_MAGIC, CacheDriver
+from czo_kit.cache.manager import CacheManager
+
+__all__ = ["CacheDriverContract", "wait_until"]
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+class Product(msgspec.Struct):
+    id: int
+    name: str
+    price: decimal.Decimal
+    created: dt.datetime
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Counter:
+    """A factory that counts its calls, optionally slow or failing."""
+
+    def __init__(self, value: Any = "computed", *, delay: float = 0.0, fail: bool = False) -> None:
+        self.value = value
+        self.delay = delay
+        self.fail = fail
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)  # stands for a slow database query
+        if self.fail:
+            raise RuntimeError("factory failed")
+        return self.value
+
+
+class CacheDriverContract:
+    """Behaviour every cache driver must show, through ``CacheManager``."""
+
+    @pytest.fixture
+    def driver(self) -> Iterator[CacheDriver]:
+        raise NotImplementedError("subclasses provide a driver fixture")
+
+    @pytest.fixture
+    def cache(self, driver: CacheDriver) -> Iterator[CacheManager]:
+        manager = CacheManager(driver, prefix=f"ct{uuid.uuid4().hex[:10]}:", lock_timeout=2.0)
+        yield manager
+        manager.clear()
+
+    # -- basics -------------------------------------------------------------------------
+
+    def test_set_get_has_delete(self, cache: CacheManager) -> None:
+        assert cache.get("k") is None and cache.get("k", "fallback") == "fallback"
+        assert not cache.has("k")
+        cache.set("k", {"a": 1, "b": [1, 2, "three"]})
+        assert cache.get("k") == {"a": 1, "b": [1, 2, "three"]}
+        assert cache.has("k")
+        cache.set("k", "replaced")
+        assert cache.get("k") == "replaced"
+        assert cache.delete("k") is True
+        assert cache.delete("k") is False
+        assert cache.get("k") is None
+
+    def test_ttl_in_fractions_of_a_second(self, cache: CacheManager) -> None:
+        cache.set("short", 1, ttl=0.3)
+        cache.set("long", 2, ttl=60)
+        assert cache.get("short") == 1
+        assert wait_until(lambda: cache.get("short") is None, timeout=5)
+        assert cache.get("long") == 2
+
+    def test_values_round_trip_through_msgpack(self, cache: CacheManager) -> None:
+        when = dt.datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
+        product = Product(1, "Mug", decimal.Decimal("12.50"), when)
+        cache.set("product", product)
+        assert cache.get("product", type=Product) == product
+        cache.set("point", Point(1, 2.5))
+        assert cache.get("point", type=Point) == Point(1, 2.5)
+        cache.set("points", [Point(1, 1.0), Point(2, 2.0)])
+        assert cache.get("points", type=list[Point]) == [Point(1, 1.0), Point(2, 2.0)]
+        nested = {"when": when, "items": [1, 2.5, None, True, "x"], "raw": b"\x00\x01"}
+        cache.set("nested", nested)
+        assert cache.get("nested") == nested
+        cache.set("price", decimal.Decimal("0.10"))
+        assert cache.get("price", type=decimal.Decimal) == decimal.Decimal("0.10")
+        cache.set("day", dt.date(2026, 1, 2))
+        assert cache.get("day", type=dt.date) == dt.date(2026, 1, 2)
+
+    def test_unencodable_values_are_refused_and_bad_types_are_misses(self, cache: CacheManager) -> None:
+        with pytest.raises(TypeError):
+            cache.set("k", object())
+        with pytest.raises(TypeError):
+            cache.set("k", {1, 2}.__iter__())
+        cache.set("text", "not a product")
+        before = cache.stats()["decode_errors"]
+        assert cache.get("text", type=Product) is None
+        assert cache.stats()["decode_errors"] == before + 1
+
+    def test_entries_carry_the_shared_envelope(self, cache: CacheManager, driver: CacheDriver) -> None:
+        cache.set("k", [1, 2], ttl=30, tags=["t:1"])
+        raw = driver.get_many([cache.key("k")], cache._shared.tag_prefix)[0]
+        assert raw is not None and raw.startswith(HEADER_MAGIC)
+        header = raw.split(b"\n", 1)[0].split(b"|")
+        created, fresh, stale = int(header[1]), int(header[2]), int(header[3])
+        assert fresh - created == 30_000 and stale == fresh
+        assert header[4].startswith(b"t:1=")
+
+    # -- bulk ---------------------------------------------------------------------------
+
+    def test_bulk_operations(self, cache: CacheManager) -> None:
+        cache.set_many({"a": 1, "b": 2, "c": 3}, ttl=30, tags=["bulk"])
+        assert cache.get_many(["a", "b", "missing", "c", "a"]) == {"a": 1, "b": 2, "c": 3}
+        assert cache.get_many([]) == {}
+        assert cache.delete_many(["a", "b", "missing"]) == 2
+        assert cache.get_many(["a", "b", "c"]) == {"c": 3}
+        cache.invalidate_tags(["bulk"])
+        assert cache.get_many(["c"]) == {}
+        cache.set_many({})
+        assert cache.delete_many([]) == 0
+
+    # -- tags ---------------------------------------------------------------------------
+
+    def test_tags_invalidate_every_entry_carrying_them(self, cache: CacheManager) -> None:
+        cache.set("p1", 1, tags=["product:1", "shop:1"])
+        cache.set("p2", 2, tags=["product:2", "shop:1"])
+        cache.set("p3", 3, tags=["product:3", "shop:2"])
+        cache.invalidate_tags(["product:1"])
+        assert cache.get("p1") is None and cache.get("p2") == 2
+        cache.invalidate_tags(["shop:1"])
+        assert cache.get("p2") is None and cache.get("p3") == 3
+        cache.invalidate_tags([])
+        cache.invalidate_tags(["never-used"])
+        assert cache.get("p3") == 3
+        cache.set("p1", 10, tags=["product:1"])  # set again after invalidation: fresh
+        assert cache.get("p1") == 10
+
+    def test_a_missing_tag_version_means_invalid(self, cache: CacheManager, driver: CacheDriver) -> None:
+        cache.set("k", "v", tags=["evictable"])
+        assert cache.get("k") == "v"
+        driver.delete_many([cache._shared.tag_prefix + "evictable"])  # as if evicted
+        assert cache.get("k") is None
+        cache.set("k", "v2", tags=["evictable"])
+        assert cache.get("k") == "v2"
+
+    def test_tag_versions_are_snapshotted_before_the_factory_runs(self, cache: CacheManager) -> None:
+        def compute_while_data_changes() -> str:
+            # The data changes (and is invalidated) while the old value is being computed.
+            cache.invalidate_tags(["row:1"])
+            return "computed from old data"
+
+        assert cache.get_or_set("row", compute_while_data_changes, tags=["row:1"]) == "computed from old data"
+        fresh = Counter("recomputed")
+        assert cache.get_or_set("row", fresh, tags=["row:1"]) == "recomputed"
+        assert fresh.calls == 1
+        assert cache.get_or_set("row", fresh, tags=["row:1"]) == "recomputed"
+        assert fresh.calls == 1
+
+    # -- namespaces and patterns --------------------------------------------------------
+
+    def test_namespaces_isolate_and_clear_in_one_step(self, cache: CacheManager) -> None:
+        products = cache.namespace("product")
+        variants = products.namespace("variant")
+        orders = cache.namespace("order")
+        cache.set("1", "root")
+        products.set("1", "product")
+        variants.set("1", "variant")
+        orders.set("1", "order")
+        assert [c.get("1") for c in (cache, products, variants, orders)] == ["root", "product", "variant", "order"]
+        assert products.key("1") != variants.key("1") != cache.key("1")
+        products.clear()  # the namespace and everything nested in it
+        assert [c.get("1") for c in (cache, products, variants, orders)] == ["root", None, None, "order"]
+        products.set("2", "again")
+        assert products.get("2") == "again"
+        cache.clear()
+        assert [c.get(k) for c, k in ((cache, "1"), (orders, "1"), (products, "2"))] == [None, None, None]
+        for bad in ("", "a b", "a*", "a:b", 5):
+            with pytest.raises(ValueError):
+                cache.namespace(bad)  # type: ignore[arg-type]
+
+    def test_invalidate_by_glob_pattern(self, cache: CacheManager) -> None:
+        for key in ("p:1", "p:2", "p:10", "q:1", "a*b", "aXb"):
+            cache.set(key, key)
+        assert cache.invalidate("p:?") == 2
+        assert cache.get("p:10") == "p:10" and cache.get("p:1") is None
+        assert cache.invalidate("a\\*b") == 1
+        assert cache.get("aXb") == "aXb" and cache.get("a*b") is None
+        ns = cache.namespace("ns")
+        ns.set("p:1", "inside")
+        assert ns.invalidate("*") == 1
+        assert cache.get("q:1") == "q:1"
+        for bad in ("", 5, "x" * 1000):
+            with pytest.raises(ValueError):
+                cache.invalidate(bad)  # type: ignore[arg-type]
+
+    # -- cache-aside --------------------------------------------------------------------
+
+    def test_get_or_set_calls_the_factory_only_on_a_miss(self, cache: CacheManager) -> None:
+        factory = Counter({"v": 1})
+        assert cache.get_or_set("k", factory, ttl=30) == {"v": 1}
+        assert cache.get_or_set("k", factory, ttl=30) == {"v": 1}
+        assert factory.calls == 1
+        assert cache.get_or_set("typed", lambda: Point(1, 2.0), type=Point) == Point(1, 2.0)
+        assert cache.get_or_set("typed", lambda: Point(9, 9.0), type=Point) == Point(1, 2.0)
+
+    def test_a_failing_factory_caches_nothing(self, cache: CacheManager) -> None:
+        with pytest.raises(RuntimeError):
+            cache.get_or_set("k", Counter(fail=True))
+        assert cache.get("k") is None
+        assert cache.get_or_set("k", Counter("ok")) == "ok"
+
+    def test_fifty_threads_asking_for_a_cold_key_run_the_factory_once(self, cache: CacheManager) -> None:
+        factory = Counter("expensive", delay=0.2)
+        start = threading.Barrier(50)
+        results: list[Any] = []
+
+        def ask() -> None:
+            start.wait(timeout=10)
+            results.append(cache.get_or_set("cold", factory, ttl=30))
+
+        threads = [threading.Thread(target=ask) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert results == ["expensive"] * 50
+        assert factory.calls == 1
+
+    def test_a_lock_held_elsewhere_is_waited_for(self, cache: CacheManager, driver: CacheDriver) -> None:
+        # Another process holds the lock and is computing the value.
+        lock_key = cache._shared.lock_prefix + cache.key("shared")
+        assert driver.acquire_lock(lock_key, "other-process", 5_000)
+        assert not driver.acquire_lock(lock_key, "third", 5_000)
+        factory = Counter("mine")
+
+        def other_process_finishes() -> None:
+            time.sleep(0.2)  # the other process's computation
+            cache.set("shared", "theirs", ttl=30)
+            assert driver.release_lock(lock_key, "other-process")
+
+        worker = threading.Thread(target=other_process_finishes)
+        worker.start()
+        assert cache.get_or_set("shared", factory, ttl=30) == "theirs"
+        worker.join()
+        assert factory.calls == 0
+        assert cache.stats()["lock_waits"] >= 1
+
+    def test_a_dead_lock_holder_blocks_no_one_past_its_lease(self, cache: CacheManager, driver: CacheDriver) -> None:
+        lock_key = cache._shared.lock_prefix + cache.key("orphan")
+        assert driver.acquire_lock(lock_key, "crashed-process", 300)  # never released
+        started = time.monotonic()
+        assert cache.get_or_set("orphan", Counter("recovered"), ttl=30) == "recovered"
+        assert time.monotonic() - started < 2.0  # the 0.3 s lease, not the 2 s lock timeout
+
+    def test_locks_release_only_with_their_token(self, driver: CacheDriver) -> None:
+        key = f"lock-{uuid.uuid4().hex}"
+        assert driver.acquire_lock(key, "a", 5_000)
+        assert not driver.release_lock(key, "b")
+        assert not driver.acquire_lock(key, "b", 5_000)
+        assert driver.release_lock(key, "a")
+        assert driver.acquire_lock(key, "b", 5_000)
+        assert driver.release_lock(key, "b")
+
+    # -- stale-while-revalidate ---------------------------------------------------------
+
+    def test_stale_values_are_served_while_one_refresh_runs(self, cache: CacheManager) -> None:
+        assert cache.get_or_set("swr", Counter("v1"), ttl=0.2, stale_while_revalidate=30) == "v1"
+        assert wait_until(lambda: not cache.has("swr"))  # past its fresh time, still stored
+        refresh = Counter("v2", delay=0.2)
+        started = time.monotonic()
+        served = [cache.get_or_set("swr", refresh, ttl=30, stale_while_revalidate=30) for _ in range(20)]
+        assert time.monotonic() - started < 0.2  # nobody waited for the refresh
+        assert served == ["v1"] * 20
+        assert wait_until(lambda: cache.get("swr") == "v2")
+        assert refresh.calls == 1
+        stats = cache.stats()
+        assert stats["stale_served"] >= 20 and stats["refreshes"] >= 1
+
+    def test_a_failing_refresh_keeps_serving_stale(self, cache: CacheManager) -> None:
+        cache.get_or_set("swr", Counter("old"), ttl=0.2, stale_while_revalidate=30)
+        assert wait_until(lambda: not cache.has("swr"))
+        broken = Counter(fail=True)
+        assert cache.get_or_set("swr", broken, ttl=30, stale_while_revalidate=30) == "old"
+        assert wait_until(lambda: cache.stats()["refresh_errors"] >= 1)
+        assert cache.get_or_set("swr", broken, ttl=30, stale_while_revalidate=30) == "old"
+
+    # -- input checks -------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", ["", "x" * 513, "a\nb", "tab\there", "\x00", 5, None, b"bytes"])
+    def test_bad_keys_are_refused(self, cache: CacheManager, key: Any) -> None:
+        with pytest.raises(ValueError):
+            cache.get(key)
+        with pytest.raises(ValueError):
+            cache.set(key, 1)
+
+    @pytest.mark.parametrize(
+        "tags", ["product:1", ["a,b"], ["a b"], ["a=b"], ["a|b"], [""], ["x" * 257], [5], [None]]
+    )
+    def test_bad_tags_are_refused(self, cache: CacheManager, tags: Any) -> None:
+        with pytest.raises(ValueError):
+            cache.set("k", 1, tags=tags)
+        with pytest.raises(ValueError):
+            cache.invalidate_tags(tags)
+
+    @pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf"), True, "60", 10**10])
+    def test_bad_ttls_are_refused(self, cache: CacheManager, ttl: Any) -> None:
+        with pytest.raises(ValueError):
+            cache.set("k", 1, ttl=ttl)
+        with pytest.raises(ValueError):
+            cache.get_or_set("k", lambda: 1, ttl=ttl)
+        with pytest.raises(ValueError):
+            cache.get_or_set("k", lambda: 1, stale_while_revalidate=ttl)
+
+    def test_stats_count_hits_and_misses(self, cache: CacheManager) -> None:
+        base = cache.stats()
+        cache.get("nope")
+        cache.set("yes", 1)
+        cache.get("yes")
+        cache.get_many(["yes", "nope"])
+        stats = cache.stats()
+        assert stats["hits"] - base["hits"] == 2
+        assert stats["misses"] - base["misses"] == 2
+        assert stats["sets"] - base["sets"] == 1
+        assert cache.ping() is True
