@@ -212,7 +212,7 @@ class HookRegistry:
 
     def run(self, name: str | HookName[Any, Any], ctx: Any, operation: Callable[[Any], Any]) -> Any:
         """Run ``operation(ctx)`` wrapped in the hooks registered for ``name``."""
-        chain = self._chains.get(name if type(name) is str else _name_of(name))
+        chain = self._chains.get(name if type(name) is str and name else _name_of(name))
         if chain is None:
             return operation(ctx)
         try:

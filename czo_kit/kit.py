@@ -65,12 +65,32 @@ class Kit:
             for plugin in plugins:
                 if not plugin_manager.is_registered(plugin):
                     plugin_manager.register(plugin)
+            try:
+                plugin_manager.check_pending()
+            except pluggy.PluginValidationError as exc:
+                raise PluginError(f"{exc}; every @hookimpl must match a hookspec") from exc
         self.plugins = plugin_manager
         hook = self.plugins.hook
 
         self.database_backends: dict[str, DatabaseFactory] = {}
         hook.czo_register_database_backends(register=self._register_backend)
         self.db = self._open_database(self.settings.database_url)
+        try:
+            self._wire()
+        except BaseException:
+            # A plugin failed half-way: release what was opened before re-raising.
+            cache = getattr(self, "cache", None)
+            if cache is not None:
+                cache.close()
+            close_all = getattr(self.db, "close_all", None)
+            if callable(close_all):
+                close_all()
+            if not self.db.is_closed():
+                self.db.close()
+            raise
+
+    def _wire(self) -> None:
+        hook = self.plugins.hook
         key = self.settings.secret_key
         if key is None:
             log.warning(

@@ -104,6 +104,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         # msgspec does not validate keyword construction; do it here so that
         # Settings(db_pool_size="x") fails as loudly as the environment would.
+        # Lists given for tuple fields become tuples, so Settings stays hashable and frozen.
+        for name in ("plugins", "disable_plugins"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                msgspec.structs.force_setattr(self, name, tuple(value))
         if getattr(_validating, "active", False):
             return
         _validating.active = True

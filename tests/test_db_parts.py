@@ -132,3 +132,9 @@ def test_sqlite_backend_turns_on_wal_and_foreign_keys(sqlite_url: str, settings_
     assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
     db.close()
+
+
+def test_a_password_in_a_bad_sqlite_url_is_not_echoed() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_sqlite_url("sqlite://admin:hunter2@host/czo.db")
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)

@@ -478,3 +478,8 @@ def test_concurrent_registration_keeps_every_handler() -> None:
         assert [i for w, i in tags if w == worker] == list(range(100))
     # And the resulting order is stable from run to run.
     assert hooks.run("op", [], identity) == tags
+
+
+def test_run_refuses_an_empty_name_like_registration_does() -> None:
+    with pytest.raises(ValueError):
+        HookRegistry().run("", 1, lambda ctx: ctx)

@@ -660,3 +660,35 @@ def test_short_lived_containers_share_the_registry(make_kit: Callable[..., Kit])
         assert container.get(Kit) is kit
     assert peewee.Database in kit.services
     assert object not in kit.services
+
+
+def test_a_plugin_failing_at_startup_leaves_no_open_connection(sqlite_url: str) -> None:
+    from czo_kit import hookimpl
+
+    opened: list[peewee.Database] = []
+
+    class Failing:
+        @hookimpl
+        def czo_startup(self, kit: Kit) -> None:
+            opened.append(kit.db)
+            kit.db.connect(reuse_if_open=True)
+            raise RuntimeError("plugin broke at startup")
+
+    with pytest.raises(RuntimeError, match="plugin broke"):
+        Kit(Settings(database_url=sqlite_url, secret_key="s" * 40), plugins=[Failing()])
+    assert opened and opened[0].is_closed()
+
+
+def test_extra_plugins_on_a_given_manager_are_validated(sqlite_url: str) -> None:
+    from czo_kit import hookimpl
+    from czo_kit.errors import PluginError
+    from czo_kit.plugins import create_plugin_manager, load_plugins
+
+    class Misspelt:
+        @hookimpl
+        def czo_startpu(self, kit: Kit) -> None:  # typo: matches no hookspec
+            raise AssertionError("never called")
+
+    manager = load_plugins(create_plugin_manager())
+    with pytest.raises(PluginError, match="czo_startpu"):
+        Kit(Settings(database_url=sqlite_url, secret_key="s" * 40), plugin_manager=manager, plugins=[Misspelt()])

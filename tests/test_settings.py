@@ -376,3 +376,9 @@ def test_settings_round_trip_through_msgspec() -> None:
     settings = Settings(db_pool_size=4, plugins=("a",))
     data = msgspec.to_builtins(settings)
     assert msgspec.convert(data, Settings) == settings
+
+
+def test_lists_given_for_plugin_settings_become_tuples() -> None:
+    settings = Settings(plugins=["a", "b"], disable_plugins=["c"])  # type: ignore[arg-type]
+    assert settings.plugins == ("a", "b") and settings.disable_plugins == ("c",)
+    assert hash(settings) == hash(Settings(plugins=("a", "b"), disable_plugins=("c",)))

@@ -10,6 +10,7 @@ import peewee
 from czo_kit.db.transactions import TransactionalDatabaseMixin
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import RegisterDatabaseBackend, hookimpl
+from czo_kit.settings import redact_url
 
 if TYPE_CHECKING:
     from czo_kit.settings import Settings
@@ -28,14 +29,14 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc:
         raise ConfigurationError(
-            f"invalid SQLite URL {url!r}: expected 'sqlite:///relative/path.db', "
+            f"invalid SQLite URL {redact_url(url)!r}: expected 'sqlite:///relative/path.db', "
             "'sqlite:////absolute/path.db' or 'sqlite:///:memory:' (no host part)",
             variable="CZO_DATABASE_URL",
         )
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path:
         raise ConfigurationError(
-            f"invalid SQLite URL {url!r}: no file path; use 'sqlite:///czo.sqlite3'",
+            f"invalid SQLite URL {redact_url(url)!r}: no file path; use 'sqlite:///czo.sqlite3'",
             variable="CZO_DATABASE_URL",
         )
     options: dict[str, Any] = {}
