@@ -145,6 +145,100 @@ def db_makemigrations(module: str, name: str) -> None:
         click.echo(f"wrote {path}; review it, then run: czo-kit db migrate" if path else "no changes")
 
 
+@cli.command("worker")
+@click.option("-w", "--workers", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Worker threads (or processes) running tasks.")
+@click.option("-k", "--worker-type", type=click.Choice(["thread", "process", "greenlet"]),
+              default="thread", show_default=True, help="How workers run.")
+@click.option("--sweep-interval", type=click.FloatRange(0.1, 86400), default=None,
+              help="Seconds between sweeps for lost events (default: CZO_EVENTS_SWEEP_INTERVAL).")
+def worker_command(workers: int, worker_type: str, sweep_interval: float | None) -> None:
+    """Run the queue consumer: deliver async events, retry failures, recover after crashes.
+
+    Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
+    events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM.
+    """
+    from czo_kit.events.queue import Sweeper
+
+    with _kit() as kit:
+        if kit.queue is None or kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue to consume")
+        interval = sweep_interval or kit.settings.events_sweep_interval
+        sweeper = Sweeper(kit.outbox, interval)
+        consumer = kit.queue.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
+        if worker_type == "process":
+            # Forked workers must open their own database connections.
+            close_all = getattr(kit.db, "close_all", None)
+            if callable(close_all):
+                close_all()
+            kit.db.close()
+        click.echo(f"czo-kit worker: {workers} {worker_type} worker(s) on queue {kit.settings.queue_name!r}; "
+                   f"sweeping every {interval:g}s", err=True)
+        sweeper.start()
+        try:
+            consumer.run()
+        finally:
+            sweeper.stop()
+
+
+@cli.group("events")
+def events_group() -> None:
+    """Inspect async event deliveries, and replay dead letters."""
+
+
+@events_group.command("status")
+def events_status() -> None:
+    """Count deliveries by state (queued, running, retry, done, dead)."""
+    with _kit() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: async events run in-process, nothing is recorded")
+        stats = kit.outbox.stats()
+        if not stats:
+            click.echo("no deliveries recorded")
+        for state, count in sorted(stats.items()):
+            click.echo(f"{state:<8} {count}")
+
+
+@events_group.command("dead")
+@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def events_dead(include_replayed: bool, limit: int) -> None:
+    """List deliveries that exhausted their retries, newest first."""
+    with _kit() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: there are no dead letters")
+        letters = kit.outbox.dead_letters(include_replayed=include_replayed, limit=limit)
+        if not letters:
+            click.echo("no dead letters")
+        for letter in letters:
+            replayed = f" (replayed {letter.replayed_at:%Y-%m-%d %H:%M})" if letter.replayed_at else ""
+            click.echo(
+                f"{letter.id}  {letter.died_at:%Y-%m-%d %H:%M:%S}  {letter.name}  -> {letter.subscriber}  "
+                f"after {letter.attempts} attempt(s): {letter.error}{replayed}"
+            )
+
+
+@events_group.command("replay")
+@click.argument("dead_letter_id", type=click.IntRange(1))
+def events_replay(dead_letter_id: int) -> None:
+    """Send dead letter DEAD_LETTER_ID again, with a fresh set of retries."""
+    with _kit() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: there is nothing to replay")
+        delivery = kit.outbox.replay(dead_letter_id)
+        click.echo(f"dead letter {dead_letter_id} queued again (delivery {delivery})")
+
+
+@events_group.command("sweep")
+def events_sweep() -> None:
+    """Re-queue events and deliveries that a crash left behind (the worker does this too)."""
+    with _kit() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue")
+        counts = kit.outbox.sweep()
+        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
+
+
 @cli.command("demo")
 @click.option(
     "--database-url",

@@ -44,15 +44,22 @@ def run_demo(*, database_url: str | None = None, echo: Echo = print) -> None:
     """Run the demo; raises ``CzoError`` if the example plugins are not installed."""
     with tempfile.TemporaryDirectory(prefix="czo-demo-") as tmp:
         url = database_url or f"sqlite:///{os.path.join(tmp, 'czo-demo.sqlite3')}"
-        _run(url, _Report(echo))
+        queue = f"sqlite:///{os.path.join(tmp, 'czo-demo-queue.sqlite3')}"
+        _run(url, queue, _Report(echo))
 
 
-def _run(url: str, report: _Report) -> None:
+def _run(url: str, queue_url: str, report: _Report) -> None:
     from czo_kit.kit import Kit
     from czo_kit.plugins import describe_plugins
     from czo_kit.settings import Settings
 
-    settings = Settings.from_env(database_url=url, secret_key=os.environ.get("CZO_SECRET_KEY") or "demo-" + "x" * 40)
+    settings = Settings.from_env(
+        database_url=url,
+        queue_url=queue_url,
+        cache_url="memory://",
+        events_retry_base=0.5,
+        secret_key=os.environ.get("CZO_SECRET_KEY") or "demo-" + "x" * 40,
+    )
     report.echo("czo-kit demo")
     with Kit(settings) as kit:
         report.section("Plugins")
@@ -149,5 +156,84 @@ def _run(url: str, report: _Report) -> None:
         found = products.find_by_slug(shop, "mug-3")
         report.ok(f"find_by_slug(1, 'mug-3') -> #{found.id if found else None}, an extra function composed with |")
 
+        _events_part(kit, products, report)
+
         elapsed = time.perf_counter() - report.started
         report.section(f"Done in {elapsed:.2f}s")
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _events_part(kit: Any, products: Any, report: _Report) -> None:
+    """Hooks, sync events, and async events through the queue, with the order module."""
+    if "czo_order" not in kit.models:
+        report.section("Events (skipped: pip install ./plugins/czo-order to see modules talk)")
+        return
+    from czo_order import OrderService
+
+    from czo_kit.events import EventContext
+
+    report.section("Hooks")
+    audit: list[str] = []
+    off_before = kit.hooks.before("product.update", lambda ctx: audit.append(f"before update #{ctx.id} {ctx.data}"))
+    off_after = kit.hooks.after(
+        "product.update", lambda result, ctx: audit.append(f"after update -> version {result.version}")
+    )
+    mug = products.find_by_slug(1, "mug-2")
+    products.update(mug.id, {"price": mug.price + 100}, expected_version=mug.version)
+    off_before()
+    off_after()
+    for line in audit:
+        report.ok(line)
+
+    report.section("Events in-process (emit)")
+    seen: list[EventContext] = []
+    off = kit.events.on("inventory.low", lambda payload, ctx: seen.append(ctx))
+    with kit.events.correlation("request-42"):
+        ctx = kit.events.emit("inventory.low", {"sku": "MUG-2", "left": 3}, actor="user:7")
+    off()
+    report.ok(f"handler ran at once: event {ctx.event_id} (UUIDv7), actor {ctx.actor}, "
+              f"correlation {ctx.correlation_id}")
+
+    report.section("Events through the queue (emit_async, durable outbox, one consumer)")
+    orders = kit.services.get(OrderService)
+    espresso = products.find_by_slug(1, "espresso-cup")
+    mug5 = products.find_by_slug(1, "mug-5")
+    order = orders.place(shop_id=1, customer_email="ada@example.com", items=[(espresso, 2), (mug5, 1)])
+    report.ok(f"order #{order.id}: 2 x {espresso.name}, 1 x {mug5.name}, total {order.total / 100:.2f}")
+
+    attempts: list[int] = []
+
+    def flaky_audit(event: Any, ctx: EventContext) -> None:
+        if event.id != mug5.id:
+            return  # earlier deletes of this demo are in the queue too
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("audit service briefly unavailable")
+
+    off = kit.events.on("product.deleted", flaky_audit, id="demo.flaky_audit")
+    try:
+        with kit.db.atomic():
+            products.delete(mug5.id)  # product.deleted goes to the outbox in this transaction
+            queued = kit.outbox.stats()
+        report.ok(f"deleted {mug5.name}: event written to the outbox with the delete; deliveries so far: {queued or 'none'}")
+        with kit.consumer(workers=2, sweep_interval=1.0):
+            delivered = _wait(
+                lambda: not any(line.product_available for line in orders.lines_of(order.id) if line.product_id == mug5.id)
+                and 2 in attempts
+            )
+        lines = orders.lines_of(order.id)
+        for line in lines:
+            state = "available" if line.product_available else "product deleted"
+            report.ok(f"order line {line.product_name}: {state}")
+        report.ok(f"order module reacted through its own plugin: {'yes' if delivered else 'NOT YET'}")
+        report.ok(f"a failing subscriber was retried alone: attempts {attempts}; deliveries {kit.outbox.stats()}")
+    finally:
+        off()

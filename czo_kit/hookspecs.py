@@ -15,7 +15,10 @@ if TYPE_CHECKING:
     import click
     import peewee
 
+    import huey
+
     from czo_kit.cache.driver import CacheDriver
+    from czo_kit.events.emitter import EventEmitter
     from czo_kit.hooks import HookRegistry
     from czo_kit.kit import Kit
     from czo_kit.services import ServiceRegistry
@@ -25,7 +28,9 @@ __all__ = [
     "PROJECT_NAME",
     "CacheDriverFactory",
     "DatabaseFactory",
+    "QueueFactory",
     "RegisterCacheDriver",
+    "RegisterQueueBackend",
     "RegisterDatabaseBackend",
     "RegisterMigrations",
     "RegisterModel",
@@ -59,6 +64,16 @@ class RegisterCacheDriver(Protocol):
     def __call__(self, scheme: str, factory: CacheDriverFactory) -> None: ...
 
 
+class QueueFactory(Protocol):
+    """Builds the kit's Huey instance for a URL; ``name`` is the queue's name."""
+
+    def __call__(self, url: str, *, settings: Settings, name: str) -> huey.Huey: ...
+
+
+class RegisterQueueBackend(Protocol):
+    def __call__(self, scheme: str, factory: QueueFactory) -> None: ...
+
+
 class RegisterModel(Protocol):
     def __call__(self, *models: type[peewee.Model]) -> None: ...
 
@@ -86,6 +101,15 @@ def czo_register_cache_drivers(register: RegisterCacheDriver) -> None:
 
 
 @hookspec
+def czo_register_queue_backends(register: RegisterQueueBackend) -> None:
+    """Register queue backends for async events: ``register("redis", factory)``.
+
+    The scheme of ``CZO_QUEUE_URL`` picks the factory, which returns a ``huey.Huey`` whose
+    storage honours priority (an empty ``CZO_QUEUE_URL`` means no queue at all).
+    """
+
+
+@hookspec
 def czo_register_models(register: RegisterModel) -> None:
     """Declare a module's models: ``register(Product, Variant)``.
 
@@ -106,6 +130,17 @@ def czo_register_migrations(register: RegisterMigrations) -> None:
 @hookspec
 def czo_register_hooks(hooks: HookRegistry) -> None:
     """Add before / after / on_error hooks: ``hooks.before("product.create", fn)``."""
+
+
+@hookspec
+def czo_register_events(events: EventEmitter, kit: Kit) -> None:
+    """Subscribe to events: ``events.on(ProductDeleted, handler)``.
+
+    Called in every process that builds a kit (web and worker alike), so whoever emits never
+    decides who listens, and async deliveries find their handler in the worker. ``kit`` is
+    the kit being built (its services are ready once it has started), for handlers that need
+    them; implementations may leave the argument out.
+    """
 
 
 @hookspec

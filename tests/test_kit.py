@@ -36,6 +36,10 @@ def make_kit(database_url: str, settings_for: SettingsFor) -> Iterator[Callable[
     kits: list[Kit] = []
 
     def make(*, plugins: list[object] | tuple[object, ...] = (), **changes: Any) -> Kit:
+        # Only the product module and the test's own plugins: the outcome must not depend on
+        # which other modules happen to be installed.
+        changes.setdefault("plugins", ("czo_product",))
+        changes.setdefault("disable_plugins", ("events",))
         kit = Kit(settings_for(database_url, **changes), plugins=plugins)
         kits.append(kit)
         return kit

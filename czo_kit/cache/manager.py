@@ -554,8 +554,20 @@ class CacheManager:
             return dict(self._shared.counts)
 
     def ping(self) -> bool:
-        """Whether the backend answers."""
-        return self._call(self._shared.driver.ping, False)
+        """Whether the backend answers (never raises, even when strict)."""
+        driver = self._shared.driver
+
+        def check() -> bool:
+            # Drivers answer a failed ping with False rather than raise; treat it as the outage
+            # it is, or a failed ping would end the outage (logging a recovery) while it goes on.
+            if not driver.ping():
+                raise CacheUnavailable("cache backend did not answer a ping")
+            return True
+
+        try:
+            return self._call(check, False)
+        except CacheUnavailable:  # only a strict cache lets it through
+            return False
 
     def close(self) -> None:
         """Stop background refreshes and release the driver's connections."""

@@ -97,6 +97,9 @@ class Mutations(RepositoryBase[M]):
         super()._setup()
         self._hooks: HookRunner | None = self._options.get("hooks")
         self._events: EventSink | None = self._options.get("events")
+        self._async_events: bool = bool(self._options.get("async_events", False))
+        if self._async_events and not callable(getattr(self._events, "emit_async", None)):
+            raise TypeError("async_events=True needs events= with an emit_async method (kit.events)")
         self._after_write: list[Callable[[str, list[M]], None]] = list(
             self._options.get("after_write", ())
         )
@@ -142,8 +145,9 @@ class Mutations(RepositoryBase[M]):
                 if written:  # announce what was written, not a value an error hook recovered
                     self._after_commit(ctx.operation, written[0])
             return final
-        if self.db.in_transaction():
-            # A savepoint keeps a failed write from poisoning the caller's transaction.
+        if self.db.in_transaction() or (self._async_events and self._events is not None):
+            # A savepoint keeps a failed write from poisoning the caller's transaction; with
+            # async events, the event's outbox row must commit together with the write.
             with self.db.atomic():
                 result = operation(ctx)
         else:
@@ -157,6 +161,13 @@ class Mutations(RepositoryBase[M]):
         rows: list[M] = result if isinstance(result, list) else [result]
         events = self._events
         name = f"{self._info.table}.{PAST_TENSE[operation]}"
+        if events is not None and self._async_events:
+            # Written to the outbox now, inside the write's transaction: durable, and gone
+            # with it on rollback. The outbox relays it after commit.
+            emit_async = getattr(events, "emit_async")
+            for row in rows:
+                emit_async(name, row_payload(row))
+            events = None
 
         def fire() -> None:
             for callback in self._after_write:
@@ -165,7 +176,8 @@ class Mutations(RepositoryBase[M]):
                 for row in rows:
                     events.emit(name, row_payload(row))
 
-        on_commit(self.db, fire)
+        if self._after_write or events is not None:
+            on_commit(self.db, fire)
 
     def _clean(self, data: Any, *, creating: bool) -> dict[str, Any]:
         if not isinstance(data, Mapping):
@@ -457,10 +469,15 @@ def create_mutations(
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
     cache: CacheInvalidator | None = None,
+    async_events: bool = False,
 ) -> Mutations[M]:
     """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``.
 
     With ``cache``, each committed write invalidates the cached reads of
     ``create_cached_queries`` for the rows it changed and the table's lists and counts.
+    With ``async_events=True``, events go out with ``events.emit_async`` (through the durable
+    outbox, in the write's own transaction) instead of ``emit`` after commit.
     """
-    return Mutations(model, db=db, options={"hooks": hooks, "events": events, "cache": cache})
+    return Mutations(
+        model, db=db, options={"hooks": hooks, "events": events, "cache": cache, "async_events": async_events}
+    )

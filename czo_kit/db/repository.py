@@ -35,6 +35,7 @@ def create_repository(
     ttl: float | None = None,
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
+    async_events: bool = False,
     secret_key: str | bytes | None = None,
     default_limit: int = DEFAULT_LIMIT,
     max_limit: int = MAX_LIMIT,
@@ -52,6 +53,7 @@ def create_repository(
         "max_limit": max_limit,
         "hooks": hooks,
         "events": events,
+        "async_events": async_events,
         "cache": cache,
         "ttl": ttl,
     }

@@ -189,18 +189,22 @@ def create_memory_driver(url: str, *, settings: Settings) -> MemoryDriver:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key != "max_entries":
             raise ConfigurationError(
-                f"invalid memory cache URL option {key!r}; allowed: max_entries",
+                f"invalid setting CZO_CACHE_URL={url!r}: unknown memory cache option {key!r}; "
+                "allowed: max_entries",
                 variable="CZO_CACHE_URL",
             )
         try:
             options["max_entries"] = int(value)
         except ValueError:
             raise ConfigurationError(
-                f"invalid memory cache URL option max_entries={value!r}: expected an integer",
+                f"invalid setting CZO_CACHE_URL={url!r}: max_entries={value!r} is not an integer",
                 variable="CZO_CACHE_URL",
             ) from None
     if options["max_entries"] < 1:
-        raise ConfigurationError("memory cache max_entries must be at least 1", variable="CZO_CACHE_URL")
+        raise ConfigurationError(
+            f"invalid setting CZO_CACHE_URL={url!r}: max_entries must be at least 1",
+            variable="CZO_CACHE_URL",
+        )
     return MemoryDriver(max_entries=options["max_entries"])
 
 

@@ -1,6 +1,15 @@
 """Example c-zo module: products, scoped per shop, soft-deleted, versioned."""
 
+from czo_product.events import ProductCreated, ProductDeleted, ProductRestored, ProductUpdated
 from czo_product.models import Product
 from czo_product.repository import ProductRepository, build_product_repository
 
-__all__ = ["Product", "ProductRepository", "build_product_repository"]
+__all__ = [
+    "Product",
+    "ProductCreated",
+    "ProductDeleted",
+    "ProductRepository",
+    "ProductRestored",
+    "ProductUpdated",
+    "build_product_repository",
+]

@@ -11,6 +11,7 @@ from czo_kit import Kit, hookimpl
 from czo_kit.db.mutations import MutationContext
 from czo_kit.hooks import HookRegistry
 from czo_kit.services import ServiceRegistry
+from czo_product import events as _events  # noqa: F401  (declares the product.* event types)
 from czo_product.models import Product
 from czo_product.repository import ProductRepository, build_product_repository, slugify
 
@@ -49,6 +50,10 @@ def czo_register_hooks(hooks: HookRegistry) -> None:
 def czo_register_services(registry: ServiceRegistry) -> None:
     def factory(container: svcs.Container) -> Any:
         kit = container.get(Kit)
-        return build_product_repository(kit.db, hooks=kit.hooks)
+        # With a queue, product events go through the durable outbox, in the write's
+        # transaction; without one they still reach listeners after commit.
+        return build_product_repository(
+            kit.db, hooks=kit.hooks, events=kit.events, async_events=kit.queue is not None
+        )
 
     registry.register_factory(ProductRepository, factory)

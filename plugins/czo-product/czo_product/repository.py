@@ -6,11 +6,11 @@ import re
 import unicodedata
 from typing import Annotated, Any
 
+import peewee
+
 from czo_kit.db import Repository, create_mutations, create_queries
 from czo_kit.db.mutations import EventSink, HookRunner
 from czo_product.models import Product
-
-import peewee
 
 ProductRepository = Annotated[Repository[Product], "czo_product.repository"]
 """Service key: ``kit.services.get_abstract(ProductRepository)``."""
@@ -33,11 +33,16 @@ def list_for_shop(repo: Any, shop_id: int, **page: Any) -> Any:
 
 
 def build_product_repository(
-    db: peewee.Database, *, hooks: HookRunner | None = None, events: EventSink | None = None
+    db: peewee.Database,
+    *,
+    hooks: HookRunner | None = None,
+    events: EventSink | None = None,
+    async_events: bool = False,
 ) -> Repository[Product]:
+    """Queries, mutations (through hooks, announcing ``product.*`` events) and extras."""
     repo: Repository[Product] = (
         create_queries(Product, db=db)
-        | create_mutations(Product, db=db, hooks=hooks, events=events)
+        | create_mutations(Product, db=db, hooks=hooks, events=events, async_events=async_events)
         | {"find_by_slug": find_by_slug, "list_for_shop": list_for_shop}
     )
     return repo

@@ -1,0 +1,68 @@
+"""Queue backends for async events: Huey on SQLite (embedded default) or on Redis.
+
+Both honour priority (``SqliteHuey`` orders by it; on Redis the kit uses ``PriorityRedisHuey``,
+since plain ``RedisHuey`` ignores it). Both use the msgspec serializer: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from huey import PriorityRedisHuey, SqliteHuey
+
+from czo_kit.default_plugins.sqlite import parse_sqlite_url
+from czo_kit.errors import ConfigurationError
+from czo_kit.events.queue import MsgspecSerializer
+from czo_kit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from huey import Huey
+
+    from czo_kit.settings import Settings
+
+__all__ = ["create_redis_queue", "create_sqlite_queue"]
+
+
+def create_sqlite_queue(url: str, *, settings: Settings, name: str) -> Huey:
+    """``sqlite:///czo-queue.sqlite3``: a queue file next to the application."""
+    try:
+        path, options = parse_sqlite_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(str(exc).replace("SQLite URL", "SQLite queue URL"), variable="CZO_QUEUE_URL") from None
+    if path == ":memory:":
+        raise ConfigurationError(
+            "CZO_QUEUE_URL cannot be an in-memory SQLite database: the worker would not see it",
+            variable="CZO_QUEUE_URL",
+        )
+    return SqliteHuey(
+        name,
+        filename=path,
+        results=False,
+        utc=True,
+        serializer=MsgspecSerializer(),
+        timeout=options.get("timeout", 10.0),
+    )
+
+
+def create_redis_queue(url: str, *, settings: Settings, name: str) -> Huey:
+    """``redis://host:6379/0``: a priority-ordered queue in Redis."""
+    if not urlsplit(url).hostname:
+        raise ConfigurationError(
+            "invalid CZO_QUEUE_URL: no host; expected 'redis://host:6379/0'", variable="CZO_QUEUE_URL"
+        )
+    return PriorityRedisHuey(
+        name,
+        url=url,
+        results=False,
+        utc=True,
+        serializer=MsgspecSerializer(),
+        client_name="czo-kit-queue",
+    )
+
+
+@hookimpl
+def czo_register_queue_backends(register: Any) -> None:
+    register("sqlite", create_sqlite_queue)
+    register("redis", create_redis_queue)
+    register("rediss", create_redis_queue)

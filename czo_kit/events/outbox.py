@@ -1,0 +1,485 @@
+"""Durable async events: an outbox written in the caller's transaction, one delivery record
+per (event, subscriber), retries with backoff and jitter, a dead-letter table, and a sweep
+that recovers whatever a crash left behind.
+
+The life of an event::
+
+    emit_async  -> outbox row (same transaction as the business write)        state pending
+    commit      -> relay enqueues a dispatch task, marks the row               state queued
+    dispatch    -> one delivery row per subscriber, one deliver task each      state dispatched
+    deliver     -> claim (queued/retry -> running, with a lease), run, record  done | retry | dead
+
+Every step is idempotent, so the sweep may re-enqueue anything that looks stuck: a delivery is
+only run by whoever flips it to ``running``. Handlers get at-least-once delivery: a worker
+killed mid-handler leaves a ``running`` row whose lease runs out, and the sweep runs it again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+from czo_kit._faults import fault_point
+from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.db.transactions import on_commit
+from czo_kit.events.types import EventContext
+
+if TYPE_CHECKING:
+    from czo_kit.events.emitter import EventEmitter
+
+__all__ = [
+    "EVENT_MODELS",
+    "DeadLetter",
+    "EventDelivery",
+    "EventOutbox",
+    "Outbox",
+    "OutboxSettings",
+    "ProcessedEvent",
+]
+
+log = logging.getLogger("czo_kit.events")
+
+
+class _Base(peewee.Model):
+    class Meta:
+        legacy_table_names = False
+
+
+class EventOutbox(_Base):
+    """An async event, written in the transaction that emitted it."""
+
+    event_id = peewee.CharField(max_length=36, primary_key=True)
+    name = peewee.CharField(max_length=200)
+    payload = peewee.BlobField()
+    actor = peewee.CharField(max_length=200, null=True)
+    correlation_id = peewee.CharField(max_length=64)
+    causation_id = peewee.CharField(max_length=36, null=True)
+    created_at = UTCDateTimeField()
+    deliver_at = UTCDateTimeField()
+    retries = peewee.IntegerField()
+    priority = peewee.IntegerField()
+    state = peewee.CharField(max_length=16, default="pending")
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "czo_event_outbox"
+        indexes = ((("state", "updated_at"), False),)
+
+
+class EventDelivery(_Base):
+    """One subscriber's delivery of one event: the unit that is retried and recovered."""
+
+    id = peewee.BigAutoField()
+    event_id = peewee.CharField(max_length=36, index=True)
+    subscriber = peewee.CharField(max_length=460)
+    state = peewee.CharField(max_length=16, default="queued")
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField()
+    priority = peewee.IntegerField(default=50)
+    next_attempt_at = UTCDateTimeField(null=True)
+    lease_until = UTCDateTimeField(null=True)
+    last_error = peewee.TextField(null=True)
+    created_at = UTCDateTimeField()
+    updated_at = UTCDateTimeField()
+    finished_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "czo_event_delivery"
+        indexes = (
+            (("event_id", "subscriber"), True),
+            (("state", "updated_at"), False),
+        )
+
+
+class DeadLetter(_Base):
+    """A delivery that exhausted its retries; ``czo-kit events replay ID`` sends it again."""
+
+    id = peewee.BigAutoField()
+    delivery_id = peewee.BigIntegerField(index=True)
+    event_id = peewee.CharField(max_length=36)
+    name = peewee.CharField(max_length=200)
+    subscriber = peewee.CharField(max_length=460)
+    attempts = peewee.IntegerField()
+    error = peewee.TextField(null=True)
+    died_at = UTCDateTimeField()
+    replayed_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "czo_event_dead_letter"
+
+
+class ProcessedEvent(_Base):
+    """Markers written by ``idempotent`` handlers, in the same transaction as their effects."""
+
+    key = peewee.CharField(max_length=500, primary_key=True)
+    processed_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "czo_event_processed"
+
+
+EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent)
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    retry_base: float = 2.0
+    """Seconds before the first retry; doubled each time, with jitter."""
+    retry_max: float = 3600.0
+    """Longest wait between two attempts."""
+    lease: float = 300.0
+    """Seconds a delivery may run before the sweep assumes its worker died."""
+    relay_grace: float = 10.0
+    """Seconds after which a committed but unqueued event is re-queued by the sweep."""
+
+
+class Enqueuer:
+    """What the outbox needs from the queue (``czo_kit.events.queue.HueyQueue`` has it)."""
+
+    def dispatch(self, event_id: str, *, delay: float, priority: int) -> None:
+        raise NotImplementedError
+
+    def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
+        raise NotImplementedError
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Seconds before retry number ``attempt`` (1 = first retry): exponential, full jitter
+    over the upper half so two failing subscribers do not retry in lockstep."""
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class Outbox:
+    """The durable transport of one kit: ``publish`` for producers, the rest for workers."""
+
+    def __init__(
+        self,
+        db: peewee.Database,
+        queue: Enqueuer,
+        emitter: EventEmitter,
+        settings: OutboxSettings | None = None,
+    ) -> None:
+        self.db = db
+        self.queue = queue
+        self.emitter = emitter
+        self.settings = settings or OutboxSettings()
+        self._sweep_lock = threading.Lock()
+        self._tables_ready = False
+
+    def ensure_tables(self) -> None:
+        """Create the event tables if they are missing (they are the kit's own, not a module's),
+        so that the embedded default works without ``czo-kit db init``. Checked once per
+        process, on first use, so building a kit never touches the database."""
+        if self._tables_ready:
+            return
+        existing = set(self.db.get_tables())
+        missing = [m for m in EVENT_MODELS if m._meta.table_name not in existing]
+        if missing:
+            with self.db.bind_ctx(missing):
+                self.db.create_tables(missing, safe=True)
+        self._tables_ready = True
+
+    # -- producer side ------------------------------------------------------------------
+
+    def publish(self, ctx: EventContext, payload: bytes, *, delay: float, retries: int, priority: int) -> None:
+        self.ensure_tables()
+        now = utcnow()
+        EventOutbox.insert(
+            event_id=ctx.event_id,
+            name=ctx.name,
+            payload=payload,
+            actor=ctx.actor,
+            correlation_id=ctx.correlation_id,
+            causation_id=ctx.causation_id,
+            created_at=ctx.timestamp,
+            deliver_at=now + dt.timedelta(seconds=delay),
+            retries=retries,
+            priority=priority,
+            state="pending",
+            updated_at=now,
+        ).execute(self.db)
+        on_commit(self.db, lambda: self._relay(ctx.event_id, delay, priority))
+
+    def _relay(self, event_id: str, delay: float, priority: int) -> None:
+        fault_point("events.relay")  # tests kill the producer here: committed, not queued
+        try:
+            self.queue.dispatch(event_id, delay=delay, priority=priority)
+        except Exception:
+            log.warning("could not queue event %s; the sweep will retry it", event_id, exc_info=True)
+            return
+        (
+            EventOutbox.update(state="queued", updated_at=utcnow())
+            .where((EventOutbox.event_id == event_id) & (EventOutbox.state == "pending"))
+            .execute(self.db)
+        )
+
+    # -- worker side --------------------------------------------------------------------
+
+    def dispatch(self, event_id: str) -> int:
+        """Create a delivery per current subscriber and queue each; returns how many queued."""
+        self.ensure_tables()
+        row = EventOutbox.select().where(EventOutbox.event_id == event_id).first(self.db)
+        if row is None:
+            log.warning("dispatch of unknown event %s ignored", event_id)
+            return 0
+        now = utcnow()
+        subscribers = self.emitter.subscribers(row.name)
+        with self.db.atomic():
+            if subscribers:
+                EventDelivery.insert_many(
+                    [
+                        {
+                            "event_id": event_id,
+                            "subscriber": sub.id,
+                            "state": "queued",
+                            "max_attempts": row.retries + 1,
+                            "priority": row.priority,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for sub in subscribers
+                    ]
+                ).on_conflict_ignore().execute(self.db)
+            EventOutbox.update(state="dispatched", updated_at=now).where(
+                EventOutbox.event_id == event_id
+            ).execute(self.db)
+        queued = list(
+            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+            .where((EventDelivery.event_id == event_id) & (EventDelivery.state == "queued"))
+            .tuples()
+            .execute(self.db)
+        )
+        for delivery_id, priority in queued:
+            self.queue.deliver(delivery_id, delay=0, priority=priority)
+        return len(queued)
+
+    def _claim(self, delivery_id: int) -> EventDelivery | None:
+        now = utcnow()
+        lease_until = now + dt.timedelta(seconds=self.settings.lease)
+        query = (
+            EventDelivery.update(
+                state="running",
+                attempts=EventDelivery.attempts + 1,
+                lease_until=lease_until,
+                updated_at=now,
+            )
+            .where(
+                (EventDelivery.id == delivery_id)
+                & (EventDelivery.state.in_(("queued", "retry")))
+            )
+            .returning(EventDelivery)
+        )
+        rows = list(query.execute(self.db))
+        return rows[0] if rows else None
+
+    def deliver(self, delivery_id: int) -> str:
+        """Run one delivery if it is still due; returns the state it ends in (or ``skipped``)."""
+        self.ensure_tables()
+        delivery = self._claim(delivery_id)
+        if delivery is None:
+            return "skipped"  # done, dead, or running elsewhere: a duplicate task
+        event = EventOutbox.select().where(EventOutbox.event_id == delivery.event_id).first(self.db)
+        sub = self.emitter.subscription(delivery.subscriber)
+        if event is None or sub is None:
+            reason = "event row is gone" if event is None else f"no subscriber {delivery.subscriber!r} in this worker"
+            return self._finish_dead(delivery, event, reason)
+        ctx = EventContext(
+            event_id=event.event_id,
+            name=event.name,
+            timestamp=event.created_at,
+            actor=event.actor,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            attempt=delivery.attempts,
+        )
+        try:
+            value = self.emitter.decode(event.name, bytes(event.payload))
+            self.emitter.run_subscription(sub, value, ctx)
+        except Exception as exc:
+            log.warning(
+                "delivery %s of %s to %s failed (attempt %d of %d): %r",
+                delivery.id, event.name, sub.id, delivery.attempts, delivery.max_attempts, exc,
+            )
+            if delivery.attempts >= delivery.max_attempts:
+                return self._finish_dead(delivery, event, repr(exc))
+            wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
+            now = utcnow()
+            EventDelivery.update(
+                state="retry",
+                next_attempt_at=now + dt.timedelta(seconds=wait),
+                lease_until=None,
+                last_error=repr(exc)[:2000],
+                updated_at=now,
+            ).where(EventDelivery.id == delivery.id).execute(self.db)
+            self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+            return "retry"
+        now = utcnow()
+        EventDelivery.update(state="done", finished_at=now, lease_until=None, updated_at=now).where(
+            EventDelivery.id == delivery.id
+        ).execute(self.db)
+        return "done"
+
+    def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str) -> str:
+        now = utcnow()
+        with self.db.atomic():
+            EventDelivery.update(
+                state="dead", finished_at=now, lease_until=None, last_error=error[:2000], updated_at=now
+            ).where(EventDelivery.id == delivery.id).execute(self.db)
+            DeadLetter.insert(
+                delivery_id=delivery.id,
+                event_id=delivery.event_id,
+                name=event.name if event is not None else "?",
+                subscriber=delivery.subscriber,
+                attempts=delivery.attempts,
+                error=error[:2000],
+                died_at=now,
+            ).execute(self.db)
+        log.error("event %s to %s is dead after %d attempt(s): %s", delivery.event_id, delivery.subscriber, delivery.attempts, error)
+        return "dead"
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-queue what a crash left behind. Safe to run anywhere, any time, repeatedly."""
+        if not self._sweep_lock.acquire(blocking=False):
+            return {}
+        try:
+            return self._sweep()
+        finally:
+            self._sweep_lock.release()
+
+    def _sweep(self) -> dict[str, int]:
+        self.ensure_tables()
+        now = utcnow()
+        grace = now - dt.timedelta(seconds=self.settings.relay_grace)
+        stale = now - dt.timedelta(seconds=self.settings.lease)
+        counts = {"events": 0, "recovered": 0, "requeued": 0}
+
+        # Committed but never queued (producer died after commit), or queued long ago but
+        # never dispatched (the dispatch task was lost).
+        events = list(
+            EventOutbox.select(EventOutbox.event_id, EventOutbox.deliver_at, EventOutbox.priority)
+            .where(
+                ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
+                | ((EventOutbox.state == "queued") & (EventOutbox.updated_at < stale) & (EventOutbox.deliver_at < stale))
+            )
+            .tuples()
+            .execute(self.db)
+        )
+        for event_id, deliver_at, priority in events:
+            delay = max(0.0, (deliver_at - now).total_seconds())
+            self.queue.dispatch(event_id, delay=delay, priority=priority)
+            EventOutbox.update(state="queued", updated_at=utcnow()).where(
+                EventOutbox.event_id == event_id
+            ).execute(self.db)
+            counts["events"] += 1
+
+        # Running past its lease: the worker died mid-handler. Run it again (at least once).
+        recovered = list(
+            EventDelivery.update(state="queued", lease_until=None, updated_at=now)
+            .where((EventDelivery.state == "running") & (EventDelivery.lease_until < now))
+            .returning(EventDelivery.id, EventDelivery.priority)
+            .tuples()
+            .execute(self.db)
+        )
+        for delivery_id, priority in recovered:
+            self.queue.deliver(delivery_id, delay=0, priority=priority)
+        counts["recovered"] = len(recovered)
+
+        # Queued, or due for a retry, for longer than a lease: the task was lost (popped by a
+        # worker that died before claiming it, or dropped with a queue that was wiped).
+        lost = list(
+            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+            .where(
+                ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
+                | ((EventDelivery.state == "retry") & (EventDelivery.next_attempt_at < stale))
+            )
+            .tuples()
+            .execute(self.db)
+        )
+        for delivery_id, priority in lost:
+            EventDelivery.update(updated_at=now).where(EventDelivery.id == delivery_id).execute(self.db)
+            self.queue.deliver(delivery_id, delay=0, priority=priority)
+        counts["requeued"] = len(lost)
+        if any(counts.values()):
+            log.warning("event sweep re-queued %s", counts)
+        return counts
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+        self.ensure_tables()
+        query = DeadLetter.select().order_by(DeadLetter.id.desc()).limit(limit)
+        if not include_replayed:
+            query = query.where(DeadLetter.replayed_at.is_null(True))
+        return list(query.execute(self.db))
+
+    def replay(self, dead_letter_id: int) -> int:
+        """Send a dead delivery again with a fresh set of attempts; returns the delivery id."""
+        self.ensure_tables()
+        from czo_kit.errors import NotFoundError
+
+        letter = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
+        if letter is None:
+            raise NotFoundError("DeadLetter", dead_letter_id)
+        now = utcnow()
+        with self.db.atomic():
+            EventDelivery.update(
+                state="queued", attempts=0, next_attempt_at=None, lease_until=None,
+                finished_at=None, updated_at=now,
+            ).where(EventDelivery.id == letter.delivery_id).execute(self.db)
+            DeadLetter.update(replayed_at=now).where(DeadLetter.id == letter.id).execute(self.db)
+        priority = (
+            EventDelivery.select(EventDelivery.priority).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
+        )
+        on_commit(self.db, lambda: self.queue.deliver(letter.delivery_id, delay=0, priority=priority or 50))
+        return int(letter.delivery_id)
+
+    def stats(self) -> dict[str, int]:
+        """How many deliveries are in each state."""
+        self.ensure_tables()
+        rows = (
+            EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id))
+            .group_by(EventDelivery.state)
+            .tuples()
+            .execute(self.db)
+        )
+        return {state: count for state, count in rows}
+
+
+def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a handler's database effects happen once per event, however often it is delivered.
+
+    The handler runs in a transaction together with an insert of a marker keyed by the
+    subscriber and ``ctx.event_id``; a redelivery finds the marker and does nothing.
+    """
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        label = f"{getattr(handler, '__module__', '?')}:{getattr(handler, '__qualname__', repr(handler))}"
+
+        def wrapper(payload: Any, ctx: EventContext) -> Any:
+            marker = (key(ctx) if key is not None else f"{label}|{ctx.event_id}")[:500]
+            with db.atomic():
+                try:
+                    with db.atomic():  # a savepoint: a duplicate marker must not abort the rest
+                        ProcessedEvent.insert(key=marker, processed_at=utcnow()).execute(db)
+                except peewee.IntegrityError:
+                    log.info("event %s already processed by %s; skipped", ctx.event_id, label)
+                    return None
+                return handler(payload, ctx)
+
+        wrapper.__module__ = getattr(handler, "__module__", wrapper.__module__)
+        wrapper.__qualname__ = getattr(handler, "__qualname__", wrapper.__qualname__)
+        wrapper.__name__ = getattr(handler, "__name__", wrapper.__name__)
+        wrapper.__doc__ = handler.__doc__
+        return wrapper
+
+    return decorate

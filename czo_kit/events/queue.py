@@ -1,0 +1,201 @@
+"""The kit's Huey queue: a msgspec serializer (no pickle), the event tasks under fixed names,
+an in-process consumer for tests and the demo, and the background sweeper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from huey import Huey
+from huey.registry import Message
+from huey.serializer import Serializer
+
+from czo_kit.events.outbox import Enqueuer
+
+if TYPE_CHECKING:
+    from czo_kit.events.outbox import Outbox
+
+__all__ = ["DISPATCH_TASK", "DELIVER_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer", "Sweeper"]
+
+log = logging.getLogger("czo_kit.events")
+
+DISPATCH_TASK = "czo_events_dispatch"
+DELIVER_TASK = "czo_events_deliver"
+
+
+class _WireMessage(msgspec.Struct, array_like=True):
+    """Huey's ``Message`` as msgpack. Task arguments are plain ids, never user objects."""
+
+    id: str
+    name: str
+    eta: dt.datetime | None
+    retries: int | None
+    retry_delay: float | None
+    priority: float | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    on_complete: _WireMessage | None = None
+    on_error: _WireMessage | None = None
+    expires: float | dt.datetime | None = None
+    expires_resolved: dt.datetime | None = None
+    timeout: float | None = None
+    chord_config: list[Any] | None = None
+    retry_backoff: float | None = None
+
+
+def _to_wire(message: Any) -> _WireMessage | None:
+    if message is None:
+        return None
+    return _WireMessage(
+        id=message.id,
+        name=message.name,
+        eta=message.eta,
+        retries=message.retries,
+        retry_delay=message.retry_delay,
+        priority=message.priority,
+        args=list(message.args or ()),
+        kwargs=dict(message.kwargs or {}),
+        on_complete=_to_wire(message.on_complete),
+        on_error=_to_wire(message.on_error),
+        expires=message.expires.total_seconds() if isinstance(message.expires, dt.timedelta) else message.expires,
+        expires_resolved=message.expires_resolved,
+        timeout=message.timeout,
+        chord_config=list(message.chord_config) if message.chord_config else None,
+        retry_backoff=message.retry_backoff,
+    )
+
+
+def _from_wire(wire: _WireMessage | None) -> Any:
+    if wire is None:
+        return None
+    return Message(
+        wire.id, wire.name, wire.eta, wire.retries, wire.retry_delay, wire.priority,
+        tuple(wire.args), wire.kwargs, _from_wire(wire.on_complete), _from_wire(wire.on_error),
+        wire.expires, wire.expires_resolved, wire.timeout,
+        tuple(wire.chord_config) if wire.chord_config else None, wire.retry_backoff,
+    )
+
+
+class MsgspecSerializer(Serializer):  # type: ignore[misc]
+    """Huey serializer that writes msgpack with msgspec instead of pickling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(_WireMessage)
+        self._any = msgspec.msgpack.Decoder()
+
+    def _serialize(self, data: Any) -> bytes:
+        if isinstance(data, Message):
+            return b"M" + self._encoder.encode(_to_wire(data))
+        return b"V" + self._encoder.encode(data)  # results and errors, when stored at all
+
+    def _deserialize(self, data: bytes) -> Any:
+        kind, body = data[:1], data[1:]
+        if kind == b"M":
+            return _from_wire(self._decoder.decode(body))
+        if kind == b"V":
+            return self._any.decode(body)
+        raise ValueError("queue message is not in czo-kit's msgpack format")
+
+
+class HueyQueue(Enqueuer):
+    """Registers the event tasks on ``huey`` and enqueues them for the outbox."""
+
+    def __init__(self, huey: Huey) -> None:
+        self.huey = huey
+        self.outbox: Outbox | None = None
+
+        def dispatch(event_id: str) -> None:
+            self._outbox().dispatch(event_id)
+
+        def deliver(delivery_id: int) -> None:
+            self._outbox().deliver(int(delivery_id))
+
+        self._dispatch = huey.task(name=DISPATCH_TASK)(dispatch)
+        self._deliver = huey.task(name=DELIVER_TASK)(deliver)
+
+    def _outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise RuntimeError("the event queue is not attached to an outbox")
+        return self.outbox
+
+    def dispatch(self, event_id: str, *, delay: float, priority: int) -> None:
+        self.huey.enqueue(self._dispatch.s(event_id, delay=delay or None, priority=priority))
+
+    def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
+        self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
+
+
+class Sweeper:
+    """Runs ``outbox.sweep()`` every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, outbox: Outbox, interval: float) -> None:
+        self.outbox = outbox
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="czo-event-sweeper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.outbox.sweep()
+            except Exception:
+                log.exception("event sweep failed; trying again in %ss", self.interval)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+class InProcessConsumer:
+    """A Huey consumer on threads of this process (tests, the demo, small installations).
+
+    ``czo-kit worker`` is the production entry point; this one installs no signal handlers.
+    """
+
+    def __init__(self, huey: Huey, *, workers: int = 2, outbox: Outbox | None = None, sweep_interval: float = 1.0) -> None:
+        self.consumer = huey.create_consumer(
+            workers=workers, periodic=False, initial_delay=0.01, backoff=1.2, max_delay=0.25,
+            scheduler_interval=1, check_worker_health=False,
+        )
+        self.sweeper = Sweeper(outbox, sweep_interval) if outbox is not None else None
+        self._started = False
+
+    def start(self) -> InProcessConsumer:
+        if self._started:
+            return self
+        consumer = self.consumer
+        consumer.scheduler.start()
+        for _, worker in consumer.worker_threads:
+            worker.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        self.consumer.stop(graceful=True)
+        self._started = False
+
+    def __enter__(self) -> InProcessConsumer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,211 @@
+"""Event types and the context every delivery carries.
+
+``class ProductCreated(Event, name="product.created")`` declares a typed event: a msgspec Struct
+with a name. Declared names are kept in a process-wide registry so that an event emitted by
+name, or decoded in a worker, is checked against (and turned into) its type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from czo_kit.errors import CzoError
+
+__all__ = [
+    "Event",
+    "EventContext",
+    "EventError",
+    "EventHandlerError",
+    "InvalidEventError",
+    "Priority",
+    "event_type",
+    "uuid7",
+]
+
+
+class EventError(CzoError):
+    """Base of the errors raised by the event system."""
+
+
+class InvalidEventError(EventError, ValueError):
+    """An event name or payload is not acceptable (the message says which field and why)."""
+
+
+class EventHandlerError(EventError):
+    """Raised by ``emit`` in strict mode when handlers failed; ``errors`` holds each one."""
+
+    def __init__(self, name: str, errors: list[tuple[str, BaseException]]) -> None:
+        listed = "; ".join(f"{sub}: {exc!r}" for sub, exc in errors)
+        super().__init__(f"{len(errors)} handler(s) of {name!r} failed: {listed}")
+        self.errors = errors
+
+
+class Priority(enum.IntEnum):
+    """Our priority scale (0-100, higher runs first), mapped onto the queue's own."""
+
+    LOW = 10
+    NORMAL = 50
+    HIGH = 80
+    CRITICAL = 100
+
+
+_registry: dict[str, type[Event]] = {}
+_registry_lock = threading.Lock()
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-:")
+
+
+def check_event_name(name: Any) -> str:
+    """``name`` if it is a valid event name (``product.created``), else ``InvalidEventError``."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not set(name) <= _NAME_CHARS:
+        raise InvalidEventError(
+            f"invalid event name {name!r}: use 1-200 lowercase letters, digits and '._-:' "
+            "(for example 'product.created')"
+        )
+    return name
+
+
+class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+    """Takes the ``name=`` class keyword, which msgspec's own metaclass would reject."""
+
+    def __new__(mcls, *args: Any, **kwargs: Any) -> Any:
+        event_name = kwargs.pop("name", None)
+        cls = super().__new__(mcls, *args, **kwargs)
+        if event_name is not None:
+            check_event_name(event_name)
+            cls.__event_name__ = event_name
+            with _registry_lock:
+                existing = _registry.get(event_name)
+                if existing is not None and (existing.__module__, existing.__qualname__) != (
+                    cls.__module__,
+                    cls.__qualname__,
+                ):
+                    raise InvalidEventError(
+                        f"event name {event_name!r} is already declared by "
+                        f"{existing.__module__}.{existing.__qualname__}"
+                    )
+                _registry[event_name] = cls
+        return cls
+
+    def __init__(cls, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("name", None)
+        super().__init__(*args, **kwargs)
+
+
+class Event(msgspec.Struct, kw_only=True, metaclass=_EventMeta):
+    """Base of typed events: ``class ProductCreated(Event, name="product.created"): id: int``."""
+
+    __event_name__: ClassVar[str] = ""
+
+    if TYPE_CHECKING:
+
+        def __init_subclass__(cls, *, name: str = ..., **kwargs: Any) -> None: ...
+
+
+def event_type(name: str) -> type[Event] | None:
+    """The ``Event`` class declared for ``name``, if any."""
+    return _registry.get(name)
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every declared event name and its class."""
+    return dict(_registry)
+
+
+_last_ms = 0
+_seq = 0
+_uuid_lock = threading.Lock()
+
+
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): 48-bit millisecond time, then randomness; sorts by creation time.
+
+    Within one millisecond a 12-bit counter keeps ids from one process in order.
+    """
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000
+    with _uuid_lock:
+        if ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _seq = 0
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+    return str(uuid.UUID(int=value))
+
+
+class EventContext(msgspec.Struct, frozen=True, kw_only=True):
+    """Who, when and why of one event; every handler receives it with the payload."""
+
+    event_id: str
+    name: str
+    timestamp: dt.datetime
+    actor: str | None = None
+    correlation_id: str
+    causation_id: str | None = None
+    attempt: int = 1
+    """1 for the first delivery; higher when an async delivery is retried or recovered."""
+    errors: tuple[str, ...] = ()
+    """Set on the context ``emit`` returns: one line per failed handler."""
+
+
+def payload_for(name: str, payload: Any) -> Any:
+    """Check ``payload`` against the type declared for ``name`` and return it in that type.
+
+    Without a declared type, a mapping is accepted as-is (it must be msgpack-encodable for
+    ``emit_async``).
+    """
+    kind = _registry.get(name)
+    if isinstance(payload, Event):
+        declared = type(payload).__event_name__
+        if declared and declared != name:
+            raise InvalidEventError(f"{type(payload).__name__} is event {declared!r}, not {name!r}")
+        return validate(payload)
+    if kind is None:
+        if not isinstance(payload, Mapping):
+            raise InvalidEventError(
+                f"event {name!r}: payload must be a mapping or an Event, got {type(payload).__name__}"
+            )
+        return payload
+    try:
+        return msgspec.convert(payload, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidEventError(f"event {name!r}: payload does not match {kind.__name__}: {exc}") from None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def validate(event: Event) -> Event:
+    """``event`` itself if every field holds a value of its declared type.
+
+    msgspec does not check types when a Struct is constructed; a round trip through its
+    typed decoder does, cheaply.
+    """
+    kind = type(event)
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    try:
+        decoder.decode(_encoder.encode(event))
+    except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
+        raise InvalidEventError(
+            f"event {kind.__event_name__ or kind.__name__!r}: payload does not match "
+            f"{kind.__name__}: {exc}"
+        ) from None
+    return event

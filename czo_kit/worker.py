@@ -1,0 +1,34 @@
+"""The kit's Huey instance for ``huey_consumer czo_kit.worker.huey``.
+
+Importing this module builds a kit from the environment (``CZO_*``), with every plugin's
+event subscriptions, so the consumer can deliver async events. ``czo-kit worker`` is the same
+consumer plus the sweep; under ``huey_consumer`` the sweep starts with the first worker.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from huey import Huey
+
+from czo_kit.events.queue import Sweeper
+from czo_kit.kit import Kit
+
+__all__ = ["huey", "kit"]
+
+kit = Kit.from_env()
+if kit.queue is None or kit.outbox is None:
+    raise RuntimeError("CZO_QUEUE_URL is empty: there is no queue for a consumer to run")
+
+huey: Huey = kit.queue
+_sweeper = Sweeper(kit.outbox, kit.settings.events_sweep_interval)
+_started = threading.Lock()
+
+
+def _start_sweeper() -> None:
+    # Every worker runs start-up hooks; only the first starts the sweeper of this process.
+    if _started.acquire(blocking=False):
+        _sweeper.start()
+
+
+huey.on_startup()(_start_sweeper)

@@ -1,0 +1,39 @@
+"""Orders and their lines."""
+
+from __future__ import annotations
+
+import peewee
+
+from czo_kit.db import Model
+
+OPEN_STATES = ("open", "awaiting_payment")
+
+
+class Order(Model):
+    """An order of one shop. Amounts are integer minor units (cents)."""
+
+    shop_id = peewee.IntegerField(index=True)
+    customer_email = peewee.CharField(max_length=254)
+    status = peewee.CharField(max_length=20, default="open")
+    total = peewee.IntegerField(default=0)
+    currency = peewee.CharField(max_length=3, default="EUR")
+    paid_amount = peewee.IntegerField(default=0)
+    payment_reference = peewee.CharField(max_length=200, null=True)
+
+    class Meta:
+        table_name = "order"
+
+
+class OrderLine(Model):
+    """A product in an order, with the price it had when ordered."""
+
+    order = peewee.ForeignKeyField(Order, backref="lines", on_delete="CASCADE")
+    shop_id = peewee.IntegerField(index=True)
+    product_id = peewee.BigIntegerField(index=True)
+    product_name = peewee.CharField(max_length=200)
+    quantity = peewee.IntegerField()
+    unit_price = peewee.IntegerField()
+    product_available = peewee.BooleanField(default=True)
+
+    class Meta:
+        table_name = "order_line"

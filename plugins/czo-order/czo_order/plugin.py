@@ -1,0 +1,54 @@
+"""The order module's plugin: models, migrations, services, and product event handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import svcs
+
+from czo_kit import Kit, hookimpl
+from czo_kit.events import EventContext, EventEmitter
+from czo_order.models import Order, OrderLine
+from czo_order.repository import OrderRepository, OrderService, build_order_service
+from czo_product.events import ProductDeleted, ProductRestored
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+
+@hookimpl
+def czo_register_models(register: Any) -> None:
+    register(Order, OrderLine)
+
+
+@hookimpl
+def czo_register_migrations(register: Any) -> None:
+    register(str(MIGRATIONS))
+
+
+@hookimpl
+def czo_register_events(events: EventEmitter, kit: Kit) -> None:
+    def on_product_deleted(event: ProductDeleted, ctx: EventContext) -> None:
+        """Open order lines of a deleted product are marked unavailable."""
+        kit.services.get(OrderService).set_product_availability(event.shop_id, event.id, available=False)
+
+    def on_product_restored(event: ProductRestored, ctx: EventContext) -> None:
+        """...and available again when the product comes back."""
+        kit.services.get(OrderService).set_product_availability(event.shop_id, event.id, available=True)
+
+    # Setting a flag is idempotent, so an at-least-once redelivery is harmless. The ids are
+    # explicit: they name these handlers in delivery records, across deployments.
+    events.on(ProductDeleted, on_product_deleted, id="czo_order.mark_lines_unavailable")
+    events.on(ProductRestored, on_product_restored, id="czo_order.mark_lines_available")
+
+
+@hookimpl
+def czo_register_services(registry: Any) -> None:
+    def factory(container: svcs.Container) -> OrderService:
+        kit = container.get(Kit)
+        return build_order_service(kit.db, hooks=kit.hooks, events=kit.events, async_events=kit.queue is not None)
+
+    registry.register_factory(OrderService, factory)
+    registry.register_factory(OrderRepository, lambda container: container.get(OrderService).orders)
+

@@ -1,0 +1,90 @@
+"""Order repositories, built with the kit's builders, and the order service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import peewee
+
+from czo_kit.db import Repository, create_repository
+from czo_kit.db.mutations import EventSink, HookRunner
+from czo_kit.errors import InvalidDataError, NotFoundError
+from czo_order.models import OPEN_STATES, Order, OrderLine
+
+OrderRepository = Annotated[Repository[Order], "czo_order.repository"]
+"""Service key of the order repository."""
+
+
+@dataclass
+class OrderService:
+    """Creating orders from products, and reacting to product changes."""
+
+    db: peewee.Database
+    orders: Repository[Order]
+    lines: Repository[OrderLine]
+
+    def place(self, *, shop_id: int, customer_email: str, items: Sequence[tuple[Any, int]]) -> Order:
+        """An open order for ``items`` (pairs of a product row and a quantity), in one transaction."""
+        if not items:
+            raise InvalidDataError("an order needs at least one line", field="items")
+        with self.db.atomic():
+            total = sum(int(product.price) * quantity for product, quantity in items)
+            order = self.orders.create(
+                {"shop_id": shop_id, "customer_email": customer_email, "total": total}
+            )
+            self.lines.create_many(
+                [
+                    {
+                        "order": order.id,
+                        "shop_id": shop_id,
+                        "product_id": product.id,
+                        "product_name": product.name,
+                        "quantity": quantity,
+                        "unit_price": product.price,
+                    }
+                    for product, quantity in items
+                ]
+            )
+        return order
+
+    def lines_of(self, order_id: int) -> list[OrderLine]:
+        return self.lines.find_many({"order": order_id}, order_by="id", limit=500).items
+
+    def set_product_availability(self, shop_id: int, product_id: int, available: bool) -> int:
+        """Mark the lines of open orders holding ``product_id``; returns how many changed."""
+        open_orders = [
+            o.id for o in self.orders.find_many({"shop_id": shop_id, "status__in": list(OPEN_STATES)}, limit=500).items
+        ]
+        if not open_orders:
+            return 0
+        changed = 0
+        for line in self.lines.find_many(
+            {"product_id": product_id, "order__in": open_orders, "product_available": not available}, limit=500
+        ).items:
+            self.lines.update(line.id, {"product_available": available})
+            changed += 1
+        return changed
+
+    def record_payment(self, *, shop_id: int, order_id: int, amount: int, reference: str) -> Order:
+        """Record a payment; the order is paid once the payments cover its total."""
+        order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
+        if order is None:
+            raise NotFoundError("Order", order_id)
+        paid = int(order.paid_amount) + int(amount)
+        status = "paid" if paid >= int(order.total) else order.status
+        return self.orders.update(
+            order.id,
+            {"paid_amount": paid, "payment_reference": reference, "status": status},
+            expected_version=order.version,
+        )
+
+
+def build_order_service(
+    db: peewee.Database, *, hooks: HookRunner | None = None, events: EventSink | None = None,
+    async_events: bool = False,
+) -> OrderService:
+    orders = create_repository(Order, db=db, hooks=hooks, events=events, async_events=async_events)
+    lines = create_repository(OrderLine, db=db, hooks=hooks)
+    return OrderService(db=db, orders=orders, lines=lines)
