@@ -22,17 +22,24 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "Call",
+    "Check",
     "Comparison",
+    "Pair",
     "Summary",
+    "compose_report",
     "environment",
+    "environment_line",
+    "format_checks",
     "format_ratio",
     "format_table",
     "format_us",
     "percentile",
     "render",
+    "run_pairs",
     "summarize",
     "time_interleaved",
     "time_round_robin",
+    "to_json",
 ]
 
 _ns = time.perf_counter_ns
@@ -160,6 +167,7 @@ class Comparison:
     target: float | None = None  # the kit p50 / baseline p50 must be at most this
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline: str = ""  # what the kit is compared with, when a table mixes baselines
 
     @property
     def ratio(self) -> float:
@@ -168,6 +176,65 @@ class Comparison:
     @property
     def met(self) -> bool | None:
         return None if self.target is None else self.ratio <= self.target
+
+
+@dataclass
+class Pair:
+    """One table row to measure: the kit call and its baseline, timed alternately.
+
+    Pairs with the same ``group`` are timed in one round-robin loop (every call once per
+    iteration, in a shuffled order), so ratios between them compare figures taken side by side.
+    ``check(kit_result, base_result)`` runs once before timing and raises ``AssertionError``
+    when the two sides did different work.
+    """
+
+    name: str
+    kit: Call
+    base: Call
+    baseline: str
+    iterations: int
+    warmup: int
+    target: float | None = None
+    note: str = ""
+    group: str = ""
+    check: Callable[[Any, Any], None] | None = None
+
+
+def run_pairs(
+    pairs: Sequence[Pair], *, progress: Callable[[str], None] = lambda text: None
+) -> list[Comparison]:
+    """Time every pair (grouped as declared), in declaration order of the groups."""
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.group or pair.name, []).append(pair)
+    rows: list[Comparison] = []
+    for group in groups.values():
+        iterations = max(p.iterations for p in group)
+        warmup = max(p.warmup for p in group)
+        progress(", ".join(p.name for p in group) + f": {iterations:,} x {2 * len(group)} calls")
+        mismatches = []
+        for pair in group:
+            mismatch = ""
+            if pair.check is not None:
+                index = -warmup - 2  # before the warm-up: never an input the timing uses
+                kit_result = pair.kit.fn(pair.kit.arg(index))
+                base_result = pair.base.fn(pair.base.arg(index))
+                try:
+                    pair.check(kit_result, base_result)
+                except AssertionError as exc:
+                    mismatch = str(exc)  # still timed, but reported
+            mismatches.append(mismatch)
+        calls = [call for pair in group for call in (pair.kit, pair.base)]
+        samples = time_round_robin(calls, iterations=iterations, warmup=warmup)
+        for j, (pair, mismatch) in enumerate(zip(group, mismatches)):
+            row = Comparison(
+                pair.name, summarize(samples[2 * j]), summarize(samples[2 * j + 1]),
+                pair.target, pair.note, baseline=pair.baseline,
+            )
+            if mismatch:
+                row.extra["mismatch"] = mismatch
+            rows.append(row)
+    return rows
 
 
 def format_us(value: float) -> str:
@@ -189,26 +256,97 @@ def format_table(
     kit_label: str = "kit",
     base_label: str = "raw",
     markdown: bool = False,
+    show_calls: bool = False,
 ) -> str:
-    """The comparison as an aligned text table, or as a GitHub markdown table."""
+    """The comparison as an aligned text table, or as a GitHub markdown table.
+
+    When any row names its ``baseline``, a second column says what each row is compared with;
+    ``show_calls`` adds how many calls were timed per side.
+    """
+    with_baseline = any(row.baseline for row in rows)
     header = [
         "operation",
+        *(["baseline"] if with_baseline else []),
         f"{kit_label} p50", f"{kit_label} p95", f"{kit_label} p99",
         f"{base_label} p50", f"{base_label} p95", f"{base_label} p99",
         "ratio", "target", "met?",
+        *(["calls"] if show_calls else []),
     ]
     body = [
         [
             row.operation,
+            *([row.baseline] if with_baseline else []),
             format_us(row.kit.p50), format_us(row.kit.p95), format_us(row.kit.p99),
             format_us(row.base.p50), format_us(row.base.p95), format_us(row.base.p99),
             format_ratio(row.ratio),
             "" if row.target is None else f"<= {row.target:.2f}x",
             _met(row.met),
+            *([f"{row.kit.n:,}"] if show_calls else []),
         ]
         for row in rows
     ]
-    return render(header, body, markdown=markdown, numeric_from=1)
+    return render(header, body, markdown=markdown, numeric_from=2 if with_baseline else 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A target that is not a p50 ratio: an absolute latency, a throughput, a derived ratio.
+
+    ``value`` must be below ``limit`` (strictly), or at least ``limit`` when ``at_least``.
+    """
+
+    what: str
+    value: float
+    limit: float
+    unit: str = "µs"  # "µs", "ms", "x" (a ratio), "/s"
+    at_least: bool = False
+    note: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value < self.limit
+
+    def show(self, value: float) -> str:
+        if self.unit == "x":
+            return format_ratio(value)
+        if self.unit == "µs":
+            return format_us(value) + " µs"
+        return f"{value:,.0f} {self.unit}" if value >= 100 else f"{value:,.2f} {self.unit}"
+
+
+def format_checks(checks: Sequence[Check], *, markdown: bool = False) -> str:
+    """Targets other than p50 ratios: what, measured, target, met?"""
+    body = [
+        [
+            check.what,
+            check.show(check.value),
+            (">= " if check.at_least else "< ") + check.show(check.limit),
+            "yes" if check.met else "NO",
+        ]
+        for check in checks
+    ]
+    return render(["target", "measured", "limit", "met?"], body, markdown=markdown, numeric_from=1)
+
+
+def environment_line(env: dict[str, str], *, markdown: bool) -> str:
+    if markdown:
+        return "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())
+    return "  ".join(f"{k}={v}" for k, v in env.items())
+
+
+def to_json(row: Comparison) -> dict[str, Any]:
+    """One comparison with its ratio and verdict, for ``--json``."""
+    return {
+        "operation": row.operation,
+        "baseline": row.baseline,
+        "kit": {name: getattr(row.kit, name) for name in Summary.__slots__},
+        "base": {name: getattr(row.base, name) for name in Summary.__slots__},
+        "ratio": row.ratio,
+        "target": row.target,
+        "met": row.met,
+        "note": row.note,
+        "extra": row.extra,
+    }
 
 
 def render(
@@ -274,4 +412,56 @@ def environment(distributions: Sequence[str] = ()) -> dict[str, str]:
         revision = ""
     if revision:
         info["commit"] = revision
+        try:
+            changed = subprocess.run(
+                ["git", "status", "--porcelain", "--", "czo_kit"],
+                capture_output=True, text=True, timeout=5,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            ).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError):
+            changed = []
+        if changed:
+            # The figures are of the working tree, not of the commit alone.
+            info["commit"] += f" + uncommitted changes to {len(changed)} file(s) in czo_kit/"
     return info
+
+
+def compose_report(
+    env: dict[str, str],
+    sections: Sequence[tuple[str, Sequence[Comparison]]],
+    checks: Sequence[Check],
+    *,
+    notes: Sequence[str] = (),
+    markdown: bool,
+    elapsed: float,
+) -> str:
+    """Environment, one table per section, the other targets, notes, and what was missed."""
+    parts = [environment_line(env, markdown=markdown), ""]
+    rows = [row for _, section in sections for row in section]
+    show_calls = len({row.kit.n for row in rows}) > 1
+    for title, section in sections:
+        if not section:
+            continue
+        parts.append(f"**{title}**" if markdown else f"== {title}")
+        parts.append("")
+        parts.append(format_table(section, kit_label="kit", base_label="base", markdown=markdown,
+                                  show_calls=show_calls))
+        parts.append("")
+    if checks:
+        parts.append("**Other targets**" if markdown else "== Other targets")
+        parts.append("")
+        parts.append(format_checks(checks, markdown=markdown))
+        parts.append("")
+    for row in rows:
+        if "mismatch" in row.extra:
+            parts.append(f"RESULTS DIFFER in {row.operation!r}: {row.extra['mismatch']}")
+    parts.extend(notes)
+    missed = [row.operation for row in rows if row.met is False]
+    missed += [check.what for check in checks if not check.met]
+    samples = "in the calls column" if show_calls else f"{rows[0].kit.n:,}" if rows else "none"
+    parts.append(
+        "Latencies in microseconds; ratio = kit p50 / base p50 (below 1: the kit is faster). "
+        f"Calls timed per side: {samples}."
+    )
+    parts.append(f"Targets missed: {', '.join(missed) if missed else 'none'}. Run took {elapsed:.0f} s.")
+    return "\n".join(parts)

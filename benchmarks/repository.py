@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import peewee
 
+from benchmarks import _pg
 from benchmarks._stats import (
     Call,
     Comparison,
@@ -44,7 +44,7 @@ from benchmarks._stats import (
 )
 from czo_kit.db import Model, create_repository
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_URL = _pg.DEFAULT_DATABASE_URL
 DEFAULT_SCHEMA = "czo_bench"
 SECRET = "czo-bench-secret-" + "x" * 32
 
@@ -111,23 +111,11 @@ class Case:
 
 
 def schema_url(base_url: str, schema: str) -> str:
-    separator = "&" if "?" in base_url else "?"
-    return base_url + separator + urlencode({"options": f"-csearch_path={schema}"})
+    return _pg.schema_url(base_url, schema)
 
 
 def _admin(base_url: str, sql: str) -> None:
-    import psycopg2
-
-    from czo_kit.default_plugins.postgres import parse_postgresql_url
-
-    dbname, params = parse_postgresql_url(base_url)
-    conn = psycopg2.connect(dbname=dbname, connect_timeout=10, **params)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+    _pg.admin_sql(base_url, sql)
 
 
 def open_database(base_url: str, schema: str) -> peewee.Database:

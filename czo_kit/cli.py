@@ -164,7 +164,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None)
         if kit.queue is None or kit.outbox is None:
             raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue to consume")
         interval = sweep_interval or kit.settings.events_sweep_interval
-        sweeper = Sweeper(kit.outbox, interval)
+        sweeper = Sweeper(kit.outbox, interval, kit.webhooks)
         consumer = kit.queue.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
         if worker_type == "process":
             # Forked workers must open their own database connections.
@@ -174,7 +174,16 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None)
             kit.db.close()
         click.echo(f"czo-kit worker: {workers} {worker_type} worker(s) on queue {kit.settings.queue_name!r}; "
                    f"sweeping every {interval:g}s", err=True)
-        sweeper.start()
+        # Start the sweep only once the consumer has started (forked) its workers: a child
+        # forked while the sweeper thread holds a database connection or a lock inherits
+        # them, and with -k process its first write then fails or hangs.
+        start_consumer = consumer.start
+
+        def start_then_sweep() -> None:
+            start_consumer()
+            sweeper.start()
+
+        consumer.start = start_then_sweep
         try:
             consumer.run()
         finally:
@@ -237,6 +246,141 @@ def events_sweep() -> None:
             raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue")
         counts = kit.outbox.sweep()
         click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True, help="Request threads.")
+def serve_command(host: str, port: int, threads: int) -> None:
+    """Serve the HTTP API (apps, and every module's routes) with waitress."""
+    from waitress import serve
+
+    from czo_kit.http.api import create_api
+
+    with _kit() as kit:
+        click.echo(f"czo-kit API on http://{host}:{port}/api/ ({threads} threads)", err=True)
+        serve(create_api(kit), host=host, port=port, threads=threads, ident="czo-kit")
+
+
+@cli.group("users")
+def users_group() -> None:
+    """Users of the built-in permission service and their API tokens."""
+
+
+@users_group.command("token")
+@click.argument("user_id")
+@click.option("--ttl", type=click.FloatRange(60, 366 * 86400), default=3600.0, show_default=True,
+              help="Seconds the token stays valid.")
+def users_token(user_id: str, ttl: float) -> None:
+    """Print a signed API token for USER_ID (the default authenticator's kind)."""
+    from czo_kit.http.auth import issue_user_token
+
+    with _kit() as kit:
+        if kit.settings.secret_key is None:
+            raise click.ClickException("set CZO_SECRET_KEY first: tokens signed with a per-process key die with it")
+        click.echo(issue_user_token(kit.secret_key, user_id, ttl=ttl))
+
+
+@users_group.command("grant")
+@click.argument("user_id")
+@click.argument("shop_id", type=click.IntRange(1))
+@click.argument("role")
+def users_grant(user_id: str, shop_id: int, role: str) -> None:
+    """Give USER_ID the ROLE in SHOP_ID (built-in permission service)."""
+    from czo_kit.apps.permissions import DefaultPermissionService
+
+    with _kit() as kit:
+        service = kit.permission_service
+        if not isinstance(service, DefaultPermissionService):
+            raise click.ClickException("roles are managed by the installed auth module, not by czo-kit")
+        service.grant(user_id, shop_id, role)
+        click.echo(f"user {user_id} is {role} in shop {shop_id}")
+
+
+@cli.group("apps")
+def apps_group() -> None:
+    """Install, list and remove apps, shop by shop."""
+
+
+@apps_group.command("list")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+def apps_list(shop_id: int) -> None:
+    """List the apps installed in a shop."""
+    with _kit() as kit:
+        rows = kit.apps.list(shop_id)
+        if not rows:
+            click.echo(f"no apps in shop {shop_id}")
+        for row in rows:
+            click.echo(f"{row.app_id}  {row.name} {row.version}  installed {row.installed_at:%Y-%m-%d %H:%M} by {row.installed_by}")
+
+
+@apps_group.command("install")
+@click.argument("manifest_url")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+@click.option("--user", "user_id", required=True, help="Installing user (must hold apps:manage and every permission asked).")
+def apps_install(manifest_url: str, shop_id: int, user_id: str) -> None:
+    """Install the app whose manifest is at MANIFEST_URL. The token is printed once."""
+    with _kit() as kit:
+        result = kit.apps.install(shop_id=shop_id, installer_id=user_id, manifest_url=manifest_url)
+        click.echo(f"installed {result.app_id} in shop {shop_id}")
+        click.echo(f"app token (shown once): {result.token}")
+
+
+@apps_group.command("uninstall")
+@click.argument("app_id")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+def apps_uninstall(app_id: str, shop_id: int) -> None:
+    """Remove APP_ID from a shop, with its tokens and pending webhooks."""
+    with _kit() as kit:
+        kit.apps.uninstall(shop_id=shop_id, app_id=app_id)
+        click.echo(f"uninstalled {app_id} from shop {shop_id}")
+
+
+@cli.group("webhooks")
+def webhooks_group() -> None:
+    """Inspect webhook deliveries and send failed ones again."""
+
+
+def _print_deliveries(rows: list[Any]) -> None:
+    if not rows:
+        click.echo("no deliveries")
+    for row in rows:
+        status = row.last_status if row.last_status is not None else "-"
+        click.echo(
+            f"{row.id}  {row.state:<9} {row.event_name:<20} shop {row.shop_id}  -> {row.target_url}  "
+            f"attempts {row.attempts}/{row.max_attempts}  last {status}{'  ' + row.last_error if row.last_error else ''}"
+        )
+
+
+@webhooks_group.command("deliveries")
+@click.option("--state", type=click.Choice(["queued", "running", "retry", "delivered", "dead"]), default=None)
+@click.option("--shop", "shop_id", type=click.IntRange(1), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+def webhooks_deliveries(state: str | None, shop_id: int | None, limit: int) -> None:
+    """List recent deliveries, newest first."""
+    with _kit() as kit:
+        _print_deliveries(kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit))
+
+
+@webhooks_group.command("dead")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+def webhooks_dead(limit: int) -> None:
+    """List deliveries that failed for good (dead letters)."""
+    with _kit() as kit:
+        _print_deliveries(kit.webhooks.deliveries(state="dead", limit=limit))
+
+
+@webhooks_group.command("redeliver")
+@click.argument("delivery_id", type=click.IntRange(1), required=False)
+@click.option("--all", "all_dead", is_flag=True, help="Redeliver every dead delivery.")
+def webhooks_redeliver(delivery_id: int | None, all_dead: bool) -> None:
+    """Queue DELIVERY_ID (or --all dead ones) again with a fresh set of attempts."""
+    if (delivery_id is None) == (not all_dead):
+        raise click.UsageError("give a DELIVERY_ID or --all, not both")
+    with _kit() as kit:
+        ids = kit.webhooks.redeliver(delivery_id, all_dead=all_dead)
+        click.echo(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
 
 
 @cli.command("demo")

@@ -58,6 +58,7 @@ def _run(url: str, queue_url: str, report: _Report) -> None:
         queue_url=queue_url,
         cache_url="memory://",
         events_retry_base=0.5,
+        apps_allow_private_urls=True,  # the demo's app runs on 127.0.0.1
         secret_key=os.environ.get("CZO_SECRET_KEY") or "demo-" + "x" * 40,
     )
     report.echo("czo-kit demo")
@@ -157,6 +158,7 @@ def _run(url: str, queue_url: str, report: _Report) -> None:
         report.ok(f"find_by_slug(1, 'mug-3') -> #{found.id if found else None}, an extra function composed with |")
 
         _events_part(kit, products, report)
+        _apps_part(kit, products, report)
 
         elapsed = time.perf_counter() - report.started
         report.section(f"Done in {elapsed:.2f}s")
@@ -237,3 +239,66 @@ def _events_part(kit: Any, products: Any, report: _Report) -> None:
         report.ok(f"a failing subscriber was retried alone: attempts {attempts}; deliveries {kit.outbox.stats()}")
     finally:
         off()
+
+
+def _apps_part(kit: Any, products: Any, report: _Report) -> None:
+    """Install the payment app through the API, order, and watch the payment come back."""
+    try:
+        from czo_app_stripe import create_app
+    except ImportError:
+        report.section("Apps (skipped: pip install ./plugins/czo-app-stripe to see the payment app)")
+        return
+    if "czo_order" not in kit.models:
+        return
+    import json
+
+    import urllib3
+
+    from czo_kit.http import BackgroundServer, create_api, issue_user_token
+    from czo_order import OrderService
+
+    report.section("Apps: a payment app installed per shop, signed webhooks, app tokens")
+    kit.permission_service.grant("admin", 1, "owner")
+    api = BackgroundServer(create_api(kit)).start()
+    wsgi, stripe = create_app(public_url="", czo_api_url=api.url)
+    app_server = BackgroundServer(wsgi)
+    stripe.public_url = app_server.url
+    app_server.start()
+    http = urllib3.PoolManager()
+    try:
+        admin = issue_user_token(kit.secret_key, "admin")
+        response = http.request(
+            "POST", f"{api.url}/api/apps/install",
+            body=json.dumps({"manifestUrl": f"{app_server.url}/manifest", "shopId": 1}).encode(),
+            headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+        )
+        report.ok(f"POST /api/apps/install as shop owner -> HTTP {response.status}: "
+                  f"{json.loads(response.data)['app']['appId']} with {json.loads(response.data)['app']['permissions']}")
+        installed = stripe.installations.get(1)
+        report.ok(f"the app received its token at its token_target_url (…{installed.token[-4:] if installed else '?'}), "
+                  "stored by c-zo only as a hash")
+        nobody = issue_user_token(kit.secret_key, "mallory")
+        denied = http.request("GET", f"{api.url}/api/apps?shopId=1", headers={"Authorization": f"Bearer {nobody}"})
+        report.ok(f"a user without rights lists apps -> HTTP {denied.status}")
+        other = http.request(
+            "POST", f"{api.url}/api/shops/2/orders/1/payments", body=b'{"amount": 1, "reference": "x"}',
+            headers={"Authorization": f"Bearer {installed.token if installed else ''}", "Content-Type": "application/json"},
+        )
+        report.ok(f"the app tries to pay an order of another shop -> HTTP {other.status}")
+
+        orders = kit.services.get(OrderService)
+        mug = products.find_by_slug(1, "mug-7")
+        with kit.consumer(workers=2, sweep_interval=1.0):
+            order = orders.place(shop_id=1, customer_email="grace@example.com", items=[(mug, 3)])
+            report.ok(f"order #{order.id} placed: {order.total / 100:.2f} EUR; order.created goes out as a webhook")
+            paid = _wait(lambda: orders.orders.get_by_id(order.id).status == "paid", timeout=30)
+        final = orders.orders.get_by_id(order.id)
+        report.ok(f"the app verified the X-CZO-Signature, charged, and called back with its token: "
+                  f"order #{final.id} is {final.status} (reference {final.payment_reference})"
+                  if paid else f"payment not recorded yet ({stripe.errors})")
+        for delivery in kit.webhooks.deliveries(shop_id=1, limit=3):
+            report.ok(f"webhook {delivery.message_id}: {delivery.state} after {delivery.attempts} attempt(s), HTTP {delivery.last_status}")
+    finally:
+        http.clear()
+        app_server.stop()
+        api.stop()

@@ -9,15 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ConfigurationError",
     "ConflictError",
     "CzoError",
     "InvalidCursorError",
     "InvalidDataError",
     "InvalidFilterError",
+    "ManifestError",
     "NotFoundError",
     "OptimisticLockError",
+    "PermissionDeniedError",
     "PluginError",
+    "UnsafeURLError",
+    "WebhookSignatureError",
 ]
 
 
@@ -82,3 +87,31 @@ class InvalidDataError(CzoError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ManifestError(CzoError, ValueError):
+    """An app manifest is malformed or could not be fetched; ``path`` names the field."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+class UnsafeURLError(CzoError, ValueError):
+    """An outbound URL is malformed, or points at a loopback, private or link-local address."""
+
+
+class PermissionDeniedError(CzoError):
+    """The caller lacks permissions; ``missing`` lists ``resource:action`` pairs."""
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class AuthenticationError(CzoError):
+    """Credentials are missing, malformed, unknown, revoked or expired."""
+
+
+class WebhookSignatureError(CzoError, ValueError):
+    """A webhook signature header is missing, malformed, stale, or does not match."""

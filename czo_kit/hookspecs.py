@@ -7,6 +7,7 @@ value, so one implementation can register any number of things.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import pluggy
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
     import huey
 
+    from czo_kit.apps.extensions import DashboardRegistry
+    from czo_kit.apps.permissions import PermissionRegistry
+    from czo_kit.http.api import ApiRoutes
+    from czo_kit.http.auth import UserIdentity
     from czo_kit.cache.driver import CacheDriver
     from czo_kit.events.emitter import EventEmitter
     from czo_kit.hooks import HookRegistry
@@ -29,6 +34,7 @@ __all__ = [
     "CacheDriverFactory",
     "DatabaseFactory",
     "QueueFactory",
+    "RegisterAuthenticator",
     "RegisterCacheDriver",
     "RegisterQueueBackend",
     "RegisterDatabaseBackend",
@@ -72,6 +78,10 @@ class QueueFactory(Protocol):
 
 class RegisterQueueBackend(Protocol):
     def __call__(self, scheme: str, factory: QueueFactory) -> None: ...
+
+
+class RegisterAuthenticator(Protocol):
+    def __call__(self, fn: Callable[[str, Kit], UserIdentity | None], *, priority: int = 0) -> None: ...
 
 
 class RegisterModel(Protocol):
@@ -144,12 +154,48 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
 
 
 @hookspec
+def czo_register_permissions(register: PermissionRegistry) -> None:
+    """Declare resources, roles and event rules, or provide the permission service.
+
+    ``register.resource("order", ["read", "write"])``, ``register.role("staff", {"order":
+    ["read"]})``, ``register.event("order.created", resource="order", sensitive={"email":
+    ("customer", "read")})``; an auth module replaces the built-in ``PermissionService``
+    (``shop_members``) with ``register.service(factory, priority=0)``.
+    """
+
+
+@hookspec
 def czo_register_services(registry: ServiceRegistry) -> None:
     """Register singletons other modules look up by type.
 
     ``registry.register_factory(ProductRepository, make_repo)``; a factory may take the
     ``svcs.Container`` and fetch the ``Kit`` (or anything else) from it.
     """
+
+
+@hookspec
+def czo_register_authenticators(register: RegisterAuthenticator) -> None:
+    """Tell the HTTP API who a bearer token belongs to: ``register(fn, priority=0)``.
+
+    ``fn(token, kit)`` returns a ``czo_kit.http.UserIdentity``, ``None`` if the token is not
+    its kind, or raises ``AuthenticationError``. Higher priority is asked first; the built-in
+    signed user tokens have priority -100. App tokens (``czo_app_...``) are the kit's own.
+    """
+
+
+@hookspec
+def czo_register_http_routes(api: ApiRoutes, kit: Kit) -> None:
+    """Add routes to the HTTP API: ``api.add_route("/api/shops/{shop_id:int}/...", resource)``.
+
+    Resources are Falcon resources; ``czo_kit.http.require_app(req, "order", "write",
+    shop_id=...)`` and ``require_user(req)`` check who is calling.
+    """
+
+
+@hookspec
+def czo_register_dashboard(register: DashboardRegistry, kit: Kit) -> None:
+    """Say what each dashboard mount's page is about: ``register.context(Mount.ORDER_DETAILS,
+    fn)`` with ``fn(kit, shop_id, object_id)`` returning a ``DashboardContext`` (or ``None``)."""
 
 
 @hookspec

@@ -16,10 +16,14 @@ import pluggy
 
 from huey import Huey
 
+from czo_kit.apps.net import OutboundHTTP
+from czo_kit.apps.permissions import PermissionRegistry, PermissionService
+from czo_kit.apps.registry import AppRegistry
+from czo_kit.apps.webhooks import WebhookDispatcher, WebhookSettings
 from czo_kit.cache import CacheManager, create_cache
 from czo_kit.events.emitter import EventEmitter
 from czo_kit.events.outbox import Outbox, OutboxSettings
-from czo_kit.events.queue import HueyQueue, InProcessConsumer
+from czo_kit.events.queue import HueyQueue, InProcessConsumer, WebhookQueue
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
@@ -154,6 +158,33 @@ class Kit:
             self.events.transport = self.outbox
         hook.czo_register_events(events=self.events, kit=self)
 
+        self.permissions = PermissionRegistry()
+        hook.czo_register_permissions(register=self.permissions)
+        self.http = OutboundHTTP(
+            allow_private=settings.apps_allow_private_urls,
+            read_timeout=settings.webhooks_timeout,
+        )
+        self.apps = AppRegistry(
+            self.db, permissions=self.permissions, permission_service=lambda: self.permission_service, http=self.http
+        )
+        self.webhooks = WebhookDispatcher(
+            self.db,
+            self.apps,
+            self.permissions,
+            self.http,
+            WebhookSettings(
+                schedule=tuple(settings.webhooks_retry_schedule),
+                lease=settings.webhooks_lease,
+                breaker_threshold=settings.webhooks_breaker_threshold,
+                breaker_cooldown=settings.webhooks_breaker_cooldown,
+                read_timeout=settings.webhooks_timeout,
+            ),
+        )
+        if self.queue is not None:
+            self.queue_tasks.webhooks = self.webhooks
+            self.webhooks.queue = WebhookQueue(self.queue_tasks)
+        self.events.tap(self.webhooks.on_event)
+
         self.services = ServiceRegistry()
         self.services.register_value(Kit, self)
         self.services.register_value(Settings, self.settings)
@@ -161,6 +192,9 @@ class Kit:
         self.services.register_value(HookRegistry, self.hooks)
         self.services.register_value(CacheManager, self.cache)
         self.services.register_value(EventEmitter, self.events)
+        self.services.register_value(AppRegistry, self.apps)
+        self.services.register_value(WebhookDispatcher, self.webhooks)
+        self.services.register_value(PermissionRegistry, self.permissions)
         hook.czo_register_services(registry=self.services)
 
         hook.czo_startup(kit=self)
@@ -200,13 +234,24 @@ class Kit:
             raise PluginError(f"queue backend {scheme!r} returned {queue!r}, not a huey.Huey")
         return queue
 
+    @property
+    def permission_service(self) -> PermissionService:
+        """What users hold in shops: the registered ``PermissionService`` (built on first use,
+        so a kit whose permission plugin is blocked still starts)."""
+        service = self.__dict__.get("_permission_service")
+        if service is None:
+            service = self.__dict__["_permission_service"] = self.permissions.build_service(self)
+        return service
+
     def consumer(self, *, workers: int = 2, sweep_interval: float | None = None) -> InProcessConsumer:
         """A consumer running on threads of this process (tests, the demo); ``czo-kit worker``
         is the production one. Use it as a context manager."""
         if self.queue is None:
             raise ConfigurationError("this kit has no queue (CZO_QUEUE_URL is empty)", variable="CZO_QUEUE_URL")
         interval = self.settings.events_sweep_interval if sweep_interval is None else sweep_interval
-        return InProcessConsumer(self.queue, workers=workers, outbox=self.outbox, sweep_interval=interval)
+        return InProcessConsumer(
+            self.queue, workers=workers, outbox=self.outbox, sweep_interval=interval, also_sweep=self.webhooks
+        )
 
     def _open_database(self, url: str) -> peewee.Database:
         scheme = urlsplit(url).scheme.lower()
@@ -265,6 +310,7 @@ class Kit:
             self.services.close()
             self.cache.close()
             self.events.close()
+            self.http.close()
             if self.queue is not None:
                 self.queue.storage.close()
             close_all = getattr(self.db, "close_all", None)

@@ -44,6 +44,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "czo_kit.default_plugins.redis_cache",
     "czo_kit.default_plugins.huey_queue",
     "czo_kit.default_plugins.events",
+    "czo_kit.default_plugins.permissions",
+    "czo_kit.default_plugins.http_auth",
 )
 
 PluginManager = pluggy.PluginManager
@@ -207,6 +209,38 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
                 seen.append(_label(svc_type))
 
         return _Recorder(), seen
+    if hook == "czo_register_dashboard":
+
+        class _Dashboard:
+            def context(self, mount: Any, provider: Any) -> None:
+                seen.append(str(getattr(mount, "value", mount)))
+
+        return _Dashboard(), seen
+    if hook == "czo_register_authenticators":
+        return (lambda fn, **kw: seen.append(_label(fn))), seen
+    if hook == "czo_register_http_routes":
+
+        class _Routes:
+            def add_route(self, path: str, resource: Any, **kw: Any) -> None:
+                seen.append(path)
+
+        return _Routes(), seen
+    if hook == "czo_register_permissions":
+
+        class _Permissions:
+            def resource(self, name: str, actions: Any, **kw: Any) -> None:
+                seen.append(f"resource {name}")
+
+            def role(self, name: str, grants: Any) -> None:
+                seen.append(f"role {name}")
+
+            def event(self, name: str, **kw: Any) -> None:
+                seen.append(f"event {name}")
+
+            def service(self, factory: Any, **kw: Any) -> None:
+                seen.append("permission service")
+
+        return _Permissions(), seen
     if hook == "czo_register_events":
 
         class _Events:
@@ -250,6 +284,10 @@ _ARGUMENT = {
     "czo_register_cache_drivers": "register",
     "czo_register_queue_backends": "register",
     "czo_register_events": "events",
+    "czo_register_permissions": "register",
+    "czo_register_authenticators": "register",
+    "czo_register_http_routes": "api",
+    "czo_register_dashboard": "register",
     "czo_register_models": "register",
     "czo_register_migrations": "register",
     "czo_register_services": "registry",

@@ -108,6 +108,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events_strict: bool = False
     """``emit`` raises handler errors (after running every handler) instead of logging them."""
 
+    apps_allow_private_urls: bool = False
+    """Let app URLs (manifest, webhooks, token target) reach loopback, private and link-local
+    addresses. Only for local development, tests and the demo."""
+
+    webhooks_retry_schedule: Annotated[
+        tuple[Annotated[float, msgspec.Meta(gt=0, le=86400)], ...], msgspec.Meta(min_length=1, max_length=50)
+    ] = (10.0, 60.0, 300.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    """Seconds before each webhook retry (comma-separated); attempts = retries + 1."""
+
+    webhooks_lease: Seconds = 120.0
+    """Seconds a webhook attempt may take before the sweep assumes its worker died."""
+
+    webhooks_breaker_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    """Consecutive failures of one target after which its deliveries are paused."""
+
+    webhooks_breaker_cooldown: Seconds = 60.0
+    """Seconds a failing target is paused before one probe delivery is tried."""
+
+    webhooks_timeout: Seconds = 10.0
+    """Seconds to wait for a webhook target's answer (connecting: at most 2 s)."""
+
     secret_key: str | None = None
     """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
     random key is made per process, so cursors do not survive a restart."""

@@ -21,7 +21,7 @@ if kit.queue is None or kit.outbox is None:
     raise RuntimeError("CZO_QUEUE_URL is empty: there is no queue for a consumer to run")
 
 huey: Huey = kit.queue
-_sweeper = Sweeper(kit.outbox, kit.settings.events_sweep_interval)
+_sweeper = Sweeper(kit.outbox, kit.settings.events_sweep_interval, kit.webhooks)
 _started = threading.Lock()
 
 

@@ -1,11 +1,14 @@
-"""The cache driver contract on the built-in drivers: memory and a real Redis."""
+"""The cache driver contract on the built-in drivers (memory, a real Redis) and on a
+third-party driver installed as a plugin."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 
 import pytest
 
+from czo_kit.cache import cache_drivers, create_cache
 from czo_kit.cache.driver import CacheDriver
 from czo_kit.default_plugins.memory_cache import MemoryDriver
 from czo_kit.default_plugins.redis_cache import create_redis_driver
@@ -28,3 +31,22 @@ class TestRedisDriver(CacheDriverContract):
         driver = create_redis_driver(redis_url, settings=Settings(cache_url=redis_url))
         yield driver
         driver.close()
+
+
+class TestEntryPointPluginDriver(CacheDriverContract):
+    """A third-party driver (tests/plugins/czo-test-cache, pip-installed) found through its
+    ``czo_kit`` entry point by ``create_cache``, exactly as a user's plugin would be."""
+
+    @pytest.fixture
+    def driver(self) -> Iterator[CacheDriver]:
+        manager = create_cache("dictcache://", settings=Settings(cache_url="dictcache://"))
+        assert type(manager.driver).__module__ == "czo_test_cache.plugin"
+        yield manager.driver
+        manager.close()
+
+    def test_the_plugin_is_installed_as_an_entry_point(self) -> None:
+        found = {ep.name: ep.value for ep in entry_points(group="czo_kit")}
+        assert found.get("czo_test_cache") == "czo_test_cache.plugin", (
+            "install the test plugin: pip install -e tests/plugins/czo-test-cache"
+        )
+        assert "dictcache" in cache_drivers()

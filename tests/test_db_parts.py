@@ -138,3 +138,31 @@ def test_a_password_in_a_bad_sqlite_url_is_not_echoed() -> None:
     with pytest.raises(ConfigurationError) as info:
         parse_sqlite_url("sqlite://admin:hunter2@host/czo.db")
     assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_composition_keeps_options_set_on_either_side(sqlite_url: str, settings_for: Callable[..., Settings]) -> None:
+    from czo_kit.cache import CacheManager
+    from czo_kit.db import CachedRepository, create_cached_queries, create_mutations
+    from czo_kit.default_plugins.memory_cache import MemoryDriver
+    from czo_kit.testing import CONTRACT_MODELS, ContractItem
+
+    db = create_sqlite_database(sqlite_url, settings=settings_for(sqlite_url))
+    db.bind(CONTRACT_MODELS)
+    db.create_tables(CONTRACT_MODELS)
+    cache = CacheManager(MemoryDriver())
+    try:
+        row = create_mutations(ContractItem, db=db).create({"shop_id": 1, "name": "a", "slug": "a", "price": 1})
+        for repo in (
+            create_cached_queries(ContractItem, db=db, cache=cache) | create_mutations(ContractItem, db=db),
+            create_mutations(ContractItem, db=db) | create_cached_queries(ContractItem, db=db, cache=cache),
+        ):
+            assert isinstance(repo, CachedRepository)
+            found = repo.find_by_id(row.id)
+            assert found is not None
+            price = found.price + 1
+            repo.update(row.id, {"price": price})  # must invalidate the cached row
+            again = repo.find_by_id(row.id)
+            assert again is not None and again.price == price
+    finally:
+        cache.close()
+        db.close()

@@ -116,6 +116,103 @@ def test_hook_czo_register_events(sqlite_url: str, settings_for: SettingsFor) ->
         assert seen == [("gadget.shipped", True)]
 
 
+def test_hook_czo_register_permissions(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from czo_kit.apps.permissions import PermissionRegistry
+
+    class Shipping:
+        @hookimpl
+        def czo_register_permissions(self, register: PermissionRegistry) -> None:
+            register.resource("shipment", ["read", "write"])
+            register.role("courier", {"shipment": ["read"]})
+            register.event("shipment.sent", resource="shipment", sensitive={"address": ("customer", "read")})
+
+    class FixedPermissions:
+        def permissions(self, user_id: str, shop_id: int) -> frozenset[tuple[str, str]]:
+            return frozenset({("shipment", "read")}) if user_id == "ann" else frozenset()
+
+    class AuthModule:
+        @hookimpl
+        def czo_register_permissions(self, register: PermissionRegistry) -> None:
+            register.service(lambda kit: FixedPermissions(), priority=10)
+
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Shipping()]) as kit:
+        assert kit.permissions.resources["shipment"] == frozenset({"read", "write"})
+        assert kit.permissions.rule_for("shipment.sent").sensitive == {"address": ("customer", "read")}
+        kit.permission_service.grant("bob", 3, "courier")  # the built-in service, shop_members
+        assert kit.permission_service.permissions("bob", 3) == frozenset({("shipment", "read")})
+        assert kit.permission_service.permissions("bob", 4) == frozenset()
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Shipping(), AuthModule()]) as kit:
+        assert isinstance(kit.permission_service, FixedPermissions)  # the higher priority wins
+        assert kit.permission_service.permissions("ann", 1) == frozenset({("shipment", "read")})
+
+
+def test_hook_czo_register_authenticators(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from falcon import testing
+
+    from czo_kit.http import UserIdentity, create_api
+
+    class Sessions:
+        @hookimpl
+        def czo_register_authenticators(self, register: Any) -> None:
+            register(lambda token, kit: UserIdentity("ann") if token == "session-123" else None, priority=5)
+
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Sessions()]) as kit:
+        kit.permission_service.grant("ann", 1, "viewer")
+        client = testing.TestClient(create_api(kit))
+        ok = client.simulate_get("/api/apps", params={"shopId": "1"}, headers={"Authorization": "Bearer session-123"})
+        assert ok.status_code == 200 and ok.json == {"apps": []}
+        bad = client.simulate_get("/api/apps", params={"shopId": "1"}, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+
+
+def test_hook_czo_register_http_routes(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from falcon import testing
+
+    from czo_kit.http import create_api
+
+    class Ping:
+        def on_get(self, req: Any, resp: Any, shop_id: int) -> None:
+            resp.media = {"shop": shop_id}
+
+    class Routes:
+        @hookimpl
+        def czo_register_http_routes(self, api: Any, kit: Kit) -> None:
+            api.add_route("/api/shops/{shop_id:int}/ping", Ping())
+
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Routes()]) as kit:
+        client = testing.TestClient(create_api(kit))
+        assert client.simulate_get("/api/shops/7/ping").json == {"shop": 7}
+
+
+def test_hook_czo_register_dashboard(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from falcon import testing
+
+    from czo_kit.apps.extensions import DashboardContext, Mount
+    from czo_kit.http import create_api, issue_user_token
+
+    def product_page(kit: Kit, shop_id: int, product_id: int | None) -> DashboardContext | None:
+        if product_id != 5:
+            return None
+        return DashboardContext(title="Kettle <b>", resource="product", data={"product": {"id": 5}},
+                                summary={"Price": "<script>x</script>"})
+
+    class Pages:
+        @hookimpl
+        def czo_register_dashboard(self, register: Any, kit: Kit) -> None:
+            register.context(Mount.PRODUCT_DETAILS, product_page)
+
+    settings = settings_for(sqlite_url, queue_url="", plugins=(), disable_plugins=("events",))
+    with Kit(settings, plugins=[Pages()]) as kit:
+        kit.permission_service.grant("ann", 1, "viewer")
+        client = testing.TestClient(create_api(kit))
+        cookie = {"Cookie": f"czo_session={issue_user_token(kit.secret_key, 'ann')}"}
+        page = client.simulate_get("/dashboard/shops/1/products/5", headers=cookie)
+        assert page.status_code == 200
+        assert "<title>Kettle &lt;b&gt; - c-zo</title>" in page.text
+        assert "&lt;script&gt;x&lt;/script&gt;" in page.text and "<script>x" not in page.text
+        assert client.simulate_get("/dashboard/shops/1/products/6", headers=cookie).status_code == 404
+
+
 class Gadget(Model):
     label = peewee.CharField(max_length=30)
 

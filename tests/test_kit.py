@@ -39,7 +39,7 @@ def make_kit(database_url: str, settings_for: SettingsFor) -> Iterator[Callable[
         # Only the product module and the test's own plugins: the outcome must not depend on
         # which other modules happen to be installed.
         changes.setdefault("plugins", ("czo_product",))
-        changes.setdefault("disable_plugins", ("events",))
+        changes.setdefault("disable_plugins", ("events", "permissions"))
         kit = Kit(settings_for(database_url, **changes), plugins=plugins)
         kits.append(kit)
         return kit

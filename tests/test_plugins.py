@@ -294,11 +294,15 @@ def test_describe_plugins_reports_registrations() -> None:
     assert product.distribution == "czo-product"
     assert product.version == metadata.version("czo-product")
     assert product.hooks == [
+        "czo_register_dashboard",
         "czo_register_hooks",
         "czo_register_migrations",
         "czo_register_models",
+        "czo_register_permissions",
         "czo_register_services",
     ]
+    assert product.registers["permissions"] == ["resource product", "role staff"]
+    assert product.registers["dashboard"] == ["PRODUCT_DETAILS", "PRODUCT_LIST"]
     assert product.registers["models"] == ["Product"]
     assert product.registers["services"] == ["czo_product.repository"]
     assert product.registers["hooks"] == ["before product.create", "before product.create_many"]

@@ -429,6 +429,48 @@ class CacheManager:
         shared.count("misses")
         return self._single_flight(full, factory, ttl_s, swr, all_tags, type)
 
+    def get_or_set_many(
+        self,
+        keys: Mapping[str, Iterable[str]],
+        factory: Callable[[list[str]], Mapping[str, Any]],
+        ttl: float | None = None,
+        *,
+        type: Any = None,
+    ) -> dict[str, Any]:
+        """Cache-aside for many keys, each mapped to its own tags: the fresh values in one
+        round trip, the rest from one ``factory(missing_keys)`` call, stored in one more.
+
+        As in ``get_or_set``, tag versions are read before ``factory`` runs, so values computed
+        from data that changes meanwhile are never stored as fresh. Keys the factory leaves
+        out are neither stored nor returned. There is no stampede lock: the factory is meant
+        to be one cheap batch query.
+        """
+        shared = self._shared
+        ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        tagged = {key: self._all_tags(tags) for key, tags in keys.items()}
+        found = self.get_many(tagged, type=type)
+        missing = [key for key in tagged if key not in found]
+        if not missing:
+            return found
+        tags = list(dict.fromkeys(tag for key in missing for tag in tagged[key]))
+        versions = self._versions(tags)
+        computed = factory(missing)
+        if versions is not None:
+            version_of = dict(zip(tags, versions))
+            batch = []
+            for key in missing:
+                if key in computed:
+                    envelope, ttl_ms = self._envelope(
+                        self._encode(computed[key]), ttl_s, None, tagged[key],
+                        [version_of[tag] for tag in tagged[key]],
+                    )
+                    batch.append((self.key(key), envelope, ttl_ms))
+            if batch:
+                self._call(lambda: shared.driver.set_many(batch), None)
+                shared.count("sets", len(batch))
+        found.update((key, computed[key]) for key in missing if key in computed)
+        return found
+
     def _single_flight(
         self,
         full: str,

@@ -120,7 +120,12 @@ def _compose(left: RepositoryBase[Any], right: RepositoryBase[Any]) -> Repositor
             f"no repository type combines {sorted(parts)}; known: "
             f"{[sorted(p) for p in _COMPOSITIONS]}"
         )
-    options = {**left._options, **right._options}
+    # An option the right side leaves unset (None) does not erase the left side's value:
+    # cached_queries(cache=c) | mutations() keeps the cache, whichever order they come in.
+    options = dict(left._options)
+    for key, value in right._options.items():
+        if value is not None or key not in options:
+            options[key] = value
     extras = {**left._extras, **right._extras}
     return cls(left.model, db=left.db, options=options, extras=extras)
 

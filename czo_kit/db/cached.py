@@ -6,7 +6,7 @@ objects. A row is cached under its id with the tag ``db:<table>:<id>``; every ot
 tag ``db:<table>:list``. Mutations built with ``cache=`` bump those tags once their
 transaction commits, so a read after a committed write never sees the old row, and a reader
 that raced the write cannot store the old row as fresh (tag versions are snapshotted before
-the database is read).
+the database is read). Inside a transaction, reads skip the cache and go to the database.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ class CachedQueries(Queries[M]):
         )
         self._list_tags = [list_tag(self._info.table)]
 
+    def _uncached(self) -> bool:
+        """Whether to read the database directly: inside a transaction it may hold this
+        connection's own uncommitted writes, which a cached row would hide, and which a row
+        cached on a miss would publish to every reader, and keep after a rollback."""
+        return bool(self.db.in_transaction())
+
     def _arguments_key(self, method: str, where: Any, extra: tuple[Any, ...]) -> str:
         """A digest of a read's arguments; Peewee expressions are keyed by their SQL."""
         if where is None or isinstance(where, dict):
@@ -107,6 +113,8 @@ class CachedQueries(Queries[M]):
 
     def find_by_id(self, id: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> M | None:
         id = self._check_id(id)
+        if self._uncached():
+            return Queries.find_by_id(self, id, with_deleted=with_deleted, only_deleted=only_deleted)
         values = self._cached_values(id)
         row = self._info.from_values(values) if values is not None else None
         return self._visible(row, with_deleted, only_deleted)
@@ -117,33 +125,33 @@ class CachedQueries(Queries[M]):
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
         wanted = [self._check_id(id) for id in ids]
+        if self._uncached():
+            return Queries.find_by_ids(self, wanted, with_deleted=with_deleted, only_deleted=only_deleted)
         info = self._info
-        unique = list(dict.fromkeys(wanted))
-        cached = self._cache.get_many([f"r:{id_token(id)}" for id in unique], type=self._row_type | None)
-        rows: dict[Any, M | None] = {}
-        missing = []
-        for id in unique:
-            key = f"r:{id_token(id)}"
-            if key in cached:
-                values = cached[key]
-                rows[id] = info.from_values(values) if values is not None else None
-            else:
-                missing.append(id)
-        if missing:
-            # One query for every miss, then each row stored under its own tag.
+        id_of = {f"r:{id_token(id)}": id for id in dict.fromkeys(wanted)}
+
+        def load(missing: list[str]) -> dict[str, list[Any] | None]:
+            # One query for every miss; each row is then stored under its own tag.
+            missing_ids = [id_of[key] for key in missing]
             found = {
                 row.__data__[info.pk.name]: row
-                for row in Queries.find_by_ids(self, missing, with_deleted=True)
+                for row in Queries.find_by_ids(self, missing_ids, with_deleted=True)
             }
-            for id in missing:
-                row = found.get(id)
-                rows[id] = row
-                self._cache.set(
-                    f"r:{id_token(id)}",
-                    info.values_of(row) if row is not None else None,
-                    ttl=self._ttl,
-                    tags=[row_tag(info.table, id)],
-                )
+            return {
+                key: info.values_of(found[id]) if id in found else None
+                for key, id in zip(missing, missing_ids)
+            }
+
+        cached = self._cache.get_or_set_many(
+            {key: [row_tag(info.table, id)] for key, id in id_of.items()},
+            load,
+            ttl=self._ttl,
+            type=self._row_type | None,
+        )
+        rows: dict[Any, M | None] = {}
+        for key, id in id_of.items():
+            values = cached.get(key)
+            rows[id] = info.from_values(values) if values is not None else None
         result = []
         for id in wanted:
             visible = self._visible(rows.get(id), with_deleted, only_deleted)
@@ -161,6 +169,10 @@ class CachedQueries(Queries[M]):
         with_deleted: bool = False,
         only_deleted: bool = False,
     ) -> M | None:
+        if self._uncached():
+            return Queries.find_one(
+                self, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
+            )
         info = self._info
         key = self._arguments_key("one", where, (_order_key(order_by), with_deleted, only_deleted))
 
@@ -185,6 +197,11 @@ class CachedQueries(Queries[M]):
         with_deleted: bool = False,
         only_deleted: bool = False,
     ) -> PaginatedResult[M]:
+        if self._uncached():
+            return Queries.find_many(
+                self, where, order_by=order_by, limit=limit, offset=offset, cursor=cursor,
+                with_total=with_total, with_deleted=with_deleted, only_deleted=only_deleted,
+            )
         info = self._info
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidCursorError(f"cursor must be a string, got {type(cursor).__name__}")
@@ -225,6 +242,8 @@ class CachedQueries(Queries[M]):
         )
 
     def count(self, where: Any = None, *, with_deleted: bool = False, only_deleted: bool = False) -> int:
+        if self._uncached():
+            return Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("count", where, (with_deleted, only_deleted))
         result: int = self._cache.get_or_set(
             key,
@@ -236,6 +255,8 @@ class CachedQueries(Queries[M]):
         return result
 
     def exists(self, where: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> bool:
+        if self._uncached():
+            return Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("exists", where, (with_deleted, only_deleted))
         result: bool = self._cache.get_or_set(
             key,

@@ -150,8 +150,10 @@ class Mutations(RepositoryBase[M]):
             # async events, the event's outbox row must commit together with the write.
             with self.db.atomic():
                 result = operation(ctx)
-        else:
-            result = operation(ctx)
+                # Inside the block: an async event's outbox row commits with the write.
+                self._after_commit(ctx.operation, result)
+            return result
+        result = operation(ctx)
         self._after_commit(ctx.operation, result)
         return result
 

@@ -104,6 +104,7 @@ class EventEmitter:
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder()
         self._timers: set[threading.Timer] = set()
+        self._taps: tuple[Callable[[EventContext, Any], Any], ...] = ()
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -136,11 +137,12 @@ class EventEmitter:
         name = _name_of(event)
         with self._lock:
             subs = self._subs.get(name, ())
-            keep = tuple(s for s in subs if s.handler is not handler)
+            # ``==``, not ``is``: a bound method is a new object on every attribute access.
+            keep = tuple(s for s in subs if s.handler != handler)
             if len(keep) == len(subs):
                 return False
             for sub in subs:
-                if sub.handler is handler:
+                if sub.handler == handler:
                     sub.active = False
                     self._by_id.pop(sub.id, None)
             self._store(name, keep)
@@ -188,9 +190,44 @@ class EventEmitter:
         """The subscription with this id (as stored in async delivery records)."""
         return self._by_id.get(sub_id)
 
+    def claim_once(self, sub: Subscription) -> bool:
+        """For async dispatch: take a ``once`` subscription for one event, if still active.
+
+        It stops receiving new events but stays findable by id, so its delivery (and the
+        delivery's retries) can still run; ``release_once`` forgets it when that is over.
+        """
+        with self._lock:
+            if not sub.active:
+                return False
+            sub.active = False
+            self._store(sub.name, tuple(s for s in self._subs.get(sub.name, ()) if s is not sub))
+            return True
+
+    def release_once(self, sub: Subscription) -> None:
+        """Forget a ``once`` subscription whose async delivery has finished."""
+        if not sub.once:
+            return
+        with self._lock:
+            if self._by_id.get(sub.id) is sub:
+                del self._by_id[sub.id]
+
     def names(self) -> list[str]:
         """Every event name with at least one subscriber."""
         return sorted(self._subs)
+
+    def tap(self, fn: Callable[[EventContext, Any], Any]) -> Unsubscribe:
+        """Call ``fn(ctx, payload)`` for every event, at emit time, in the emitting thread and
+        transaction, before handlers run or the event is queued. The kit's webhook dispatcher
+        records deliveries this way, atomically with the write that caused the event; an
+        exception from a tap propagates to the emitter."""
+        with self._lock:
+            self._taps = (*self._taps, fn)
+
+        def untap() -> None:
+            with self._lock:
+                self._taps = tuple(t for t in self._taps if t is not fn)
+
+        return untap
 
     # -- context ------------------------------------------------------------------------
 
@@ -238,6 +275,8 @@ class EventEmitter:
         """Run every handler of the event now; returns its context, ``errors`` listing failures."""
         name, value = self._normalize(event, payload)
         ctx = self._context(name, actor)
+        for tap in self._taps:
+            tap(ctx, value)
         failures = self._run_handlers(self._subs.get(name, ()), value, ctx)
         if not failures:
             return ctx
@@ -306,6 +345,8 @@ class EventEmitter:
             encoded = self._encoder.encode(value)
         except (TypeError, msgspec.EncodeError) as exc:
             raise InvalidEventError(f"event {name!r}: payload cannot be encoded for the queue: {exc}") from None
+        for tap in self._taps:
+            tap(ctx, value)
         if self.transport is not None:
             self.transport.publish(ctx, encoded, delay=delay_s, retries=tries, priority=level)
             return ctx

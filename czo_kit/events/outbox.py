@@ -185,6 +185,13 @@ class Outbox:
         if missing:
             with self.db.bind_ctx(missing):
                 self.db.create_tables(missing, safe=True)
+            if self.db.in_transaction():
+                # Created in the caller's transaction: they exist only once it commits.
+                on_commit(self.db, self._mark_tables_ready)
+                return
+        self._tables_ready = True
+
+    def _mark_tables_ready(self) -> None:
         self._tables_ready = True
 
     # -- producer side ------------------------------------------------------------------
@@ -231,7 +238,8 @@ class Outbox:
             log.warning("dispatch of unknown event %s ignored", event_id)
             return 0
         now = utcnow()
-        subscribers = self.emitter.subscribers(row.name)
+        # A ``once`` subscription is claimed by the first event dispatched to it.
+        subscribers = [s for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
         with self.db.atomic():
             if subscribers:
                 EventDelivery.insert_many(
@@ -309,6 +317,7 @@ class Outbox:
                 delivery.id, event.name, sub.id, delivery.attempts, delivery.max_attempts, exc,
             )
             if delivery.attempts >= delivery.max_attempts:
+                self.emitter.release_once(sub)
                 return self._finish_dead(delivery, event, repr(exc))
             wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
             now = utcnow()
@@ -325,6 +334,7 @@ class Outbox:
         EventDelivery.update(state="done", finished_at=now, lease_until=None, updated_at=now).where(
             EventDelivery.id == delivery.id
         ).execute(self.db)
+        self.emitter.release_once(sub)
         return "done"
 
     def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str) -> str:
@@ -430,6 +440,16 @@ class Outbox:
         letter = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
         if letter is None:
             raise NotFoundError("DeadLetter", dead_letter_id)
+        state = (
+            EventDelivery.select(EventDelivery.state).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
+        )
+        if letter.replayed_at is not None or state != "dead":
+            from czo_kit.errors import ConflictError
+
+            raise ConflictError(
+                f"dead letter {dead_letter_id} was already replayed (its delivery is {state or 'gone'}); "
+                "a delivery is replayed once per death"
+            )
         now = utcnow()
         with self.db.atomic():
             EventDelivery.update(

@@ -24,6 +24,7 @@ log = logging.getLogger("czo_kit.events")
 
 DISPATCH_TASK = "czo_events_dispatch"
 DELIVER_TASK = "czo_events_deliver"
+WEBHOOK_TASK = "czo_webhooks_deliver"
 
 
 class _WireMessage(msgspec.Struct, array_like=True):
@@ -108,6 +109,7 @@ class HueyQueue(Enqueuer):
     def __init__(self, huey: Huey) -> None:
         self.huey = huey
         self.outbox: Outbox | None = None
+        self.webhooks: Any = None
 
         def dispatch(event_id: str) -> None:
             self._outbox().dispatch(event_id)
@@ -115,8 +117,14 @@ class HueyQueue(Enqueuer):
         def deliver(delivery_id: int) -> None:
             self._outbox().deliver(int(delivery_id))
 
+        def deliver_webhook(delivery_id: int) -> None:
+            if self.webhooks is None:
+                raise RuntimeError("the queue is not attached to a webhook dispatcher")
+            self.webhooks.deliver(int(delivery_id))
+
         self._dispatch = huey.task(name=DISPATCH_TASK)(dispatch)
         self._deliver = huey.task(name=DELIVER_TASK)(deliver)
+        self._deliver_webhook = huey.task(name=WEBHOOK_TASK)(deliver_webhook)
 
     def _outbox(self) -> Outbox:
         if self.outbox is None:
@@ -130,11 +138,23 @@ class HueyQueue(Enqueuer):
         self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
 
 
-class Sweeper:
-    """Runs ``outbox.sweep()`` every ``interval`` seconds on a daemon thread."""
+class WebhookQueue:
+    """Enqueues webhook deliveries on the kit's queue (the task is registered by HueyQueue)."""
 
-    def __init__(self, outbox: Outbox, interval: float) -> None:
+    def __init__(self, queue: HueyQueue) -> None:
+        self.queue = queue
+
+    def deliver(self, delivery_id: int, *, delay: float) -> None:
+        self.queue.huey.enqueue(self.queue._deliver_webhook.s(int(delivery_id), delay=delay or None, priority=60))
+
+
+class Sweeper:
+    """Runs ``sweep()`` of the outbox (and of any other given recoverer, such as the webhook
+    dispatcher) every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, outbox: Any, interval: float, *others: Any) -> None:
         self.outbox = outbox
+        self.others = [o for o in others if o is not None]
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,10 +167,11 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.outbox.sweep()
-            except Exception:
-                log.exception("event sweep failed; trying again in %ss", self.interval)
+            for target in (self.outbox, *self.others):
+                try:
+                    target.sweep()
+                except Exception:
+                    log.exception("sweep of %r failed; trying again in %ss", target, self.interval)
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
@@ -166,12 +187,15 @@ class InProcessConsumer:
     ``czo-kit worker`` is the production entry point; this one installs no signal handlers.
     """
 
-    def __init__(self, huey: Huey, *, workers: int = 2, outbox: Outbox | None = None, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self, huey: Huey, *, workers: int = 2, outbox: Outbox | None = None, sweep_interval: float = 1.0,
+        also_sweep: Any = None,
+    ) -> None:
         self.consumer = huey.create_consumer(
             workers=workers, periodic=False, initial_delay=0.01, backoff=1.2, max_delay=0.25,
             scheduler_interval=1, check_worker_health=False,
         )
-        self.sweeper = Sweeper(outbox, sweep_interval) if outbox is not None else None
+        self.sweeper = Sweeper(outbox, sweep_interval, also_sweep) if outbox is not None else None
         self._started = False
 
     def start(self) -> InProcessConsumer:

@@ -73,12 +73,20 @@ def check_event_name(name: Any) -> str:
     return name
 
 
-class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
+if TYPE_CHECKING:
+    # Named for mypy, so that it sees Event's metaclass as msgspec's own and accepts
+    # ``class X(Event, name="x.y")`` in module code (``type(...)`` as a base is opaque to it).
+    _StructMeta = msgspec.StructMeta
+else:
+    _StructMeta = type(msgspec.Struct)
+
+
+class _EventMeta(_StructMeta):
     """Takes the ``name=`` class keyword, which msgspec's own metaclass would reject."""
 
     def __new__(mcls, *args: Any, **kwargs: Any) -> Any:
         event_name = kwargs.pop("name", None)
-        cls = super().__new__(mcls, *args, **kwargs)
+        cls: Any = super().__new__(mcls, *args, **kwargs)
         if event_name is not None:
             check_event_name(event_name)
             cls.__event_name__ = event_name
@@ -101,7 +109,11 @@ class _EventMeta(type(msgspec.Struct)):  # type: ignore[misc]
 
 
 class Event(msgspec.Struct, kw_only=True, metaclass=_EventMeta):
-    """Base of typed events: ``class ProductCreated(Event, name="product.created"): id: int``."""
+    """Base of typed events: ``class ProductCreated(Event, name="product.created"): id: int``.
+
+    Every handler receives the same object: treat it as read-only (declare a subclass
+    ``frozen=True`` to have that enforced).
+    """
 
     __event_name__: ClassVar[str] = ""
 

@@ -44,6 +44,32 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
 
 
 @hookimpl
+def czo_register_permissions(register: Any) -> None:
+    register.resource("order", ["read", "write"], description="orders of a shop")
+    register.resource("customer", ["read"], description="customers' personal data")
+    register.role("staff", {"order": ["read", "write"], "customer": ["read"]})
+    # An app needs order:read to hear about orders, and customer:read to see who ordered.
+    for name in ("order.created", "order.updated", "order.deleted"):
+        register.event(name, resource="order", action="read", sensitive={"customer_email": ("customer", "read")})
+
+
+@hookimpl
+def czo_register_http_routes(api: Any, kit: Kit) -> None:
+    from czo_order.http import PaymentsResource
+
+    api.add_route("/api/shops/{shop_id:int}/orders/{order_id:int}/payments", PaymentsResource(kit))
+
+
+@hookimpl
+def czo_register_dashboard(register: Any, kit: Kit) -> None:
+    from czo_kit.apps.extensions import Mount
+    from czo_order.dashboard import order_details, order_list
+
+    register.context(Mount.ORDER_DETAILS, order_details)
+    register.context(Mount.ORDER_LIST, order_list)
+
+
+@hookimpl
 def czo_register_services(registry: Any) -> None:
     def factory(container: svcs.Container) -> OrderService:
         kit = container.get(Kit)

@@ -7,7 +7,7 @@ import datetime as dt
 from czo_kit.events import Event
 
 
-class ProductEvent(Event, frozen=True):
+class ProductEvent(Event):
     """The product row as it is after the change."""
 
     id: int
@@ -21,17 +21,17 @@ class ProductEvent(Event, frozen=True):
     deleted_at: dt.datetime | None = None
 
 
-class ProductCreated(ProductEvent, name="product.created", frozen=True):
+class ProductCreated(ProductEvent, name="product.created"):
     pass
 
 
-class ProductUpdated(ProductEvent, name="product.updated", frozen=True):
+class ProductUpdated(ProductEvent, name="product.updated"):
     pass
 
 
-class ProductDeleted(ProductEvent, name="product.deleted", frozen=True):
+class ProductDeleted(ProductEvent, name="product.deleted"):
     pass
 
 
-class ProductRestored(ProductEvent, name="product.restored", frozen=True):
+class ProductRestored(ProductEvent, name="product.restored"):
     pass

@@ -47,6 +47,21 @@ def czo_register_hooks(hooks: HookRegistry) -> None:
 
 
 @hookimpl
+def czo_register_permissions(register: Any) -> None:
+    register.resource("product", ["read", "write"], description="the shop's catalogue")
+    register.role("staff", {"product": ["read", "write"]})
+
+
+@hookimpl
+def czo_register_dashboard(register: Any, kit: Kit) -> None:
+    from czo_kit.apps.extensions import Mount
+    from czo_product.dashboard import product_details, product_list
+
+    register.context(Mount.PRODUCT_DETAILS, product_details)
+    register.context(Mount.PRODUCT_LIST, product_list)
+
+
+@hookimpl
 def czo_register_services(registry: ServiceRegistry) -> None:
     def factory(container: svcs.Container) -> Any:
         kit = container.get(Kit)

@@ -1,0 +1,606 @@
+"""czo_kit.events and czo_kit.hooks against blinker, pluggy and raw Huey, in the same run.
+
+    python -m benchmarks.events            # full run, about two minutes
+    python -m benchmarks.events --quick    # smoke run, seconds
+    python -m benchmarks.events --markdown # tables as markdown (for docs/benchmarks.md)
+
+In-process parts (``emit``, ``HookRegistry.run``) need nothing. The async parts need Redis,
+``CZO_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/14``; the test suite uses db 15),
+and PostgreSQL, ``CZO_BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``): the kit's outbox tables live in the scratch
+schema ``czo_bench_events`` (dropped at the end), a second kit keeps its outbox in a temporary
+SQLite file, and every Huey queue is named ``czo_bench_<pid>_...`` and deleted at the end.
+
+The kit's consumer is the in-process one, ``kit.consumer(workers=4, sweep_interval=3600)``
+(Huey worker threads in this process); raw Huey gets the same consumer settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from benchmarks import _pg
+from benchmarks._stats import (
+    Call,
+    Check,
+    Comparison,
+    Pair,
+    compose_report,
+    environment,
+    render,
+    run_pairs,
+    summarize,
+    time_round_robin,
+    to_json,
+)
+from czo_kit.events import Event, EventEmitter
+from czo_kit.hooks import HookRegistry
+
+SECRET = "czo-bench-secret-" + "x" * 32
+DEFAULT_SCHEMA = "czo_bench_events"
+
+BLINKER_TARGET = 1.5  # emit p50 / blinker send p50
+EMIT10_P99_LIMIT = 50.0  # µs
+HOOKS_P99_LIMIT = 20.0  # µs, the wrapped call's p99 (an upper bound on the overhead)
+ENQUEUE_P95_LIMIT_MS = 1.0
+HUEY_BASELINES_TASKS_S = 1_520  # docs: BASELINES, raw Huey no-op tasks, 4 worker threads
+
+WORKERS = 4
+THROUGHPUT_EVENTS = 2_000
+LATENCY_EVENTS = 300
+
+
+class BenchTyped1(Event, name="bench.typed1"):  # type: ignore[metaclass]  # Event metaclass vs msgspec StructMeta, see docs
+    id: int
+    sku: str
+    price: int
+    currency: str
+    active: bool
+
+
+class BenchTyped10(Event, name="bench.typed10"):  # type: ignore[metaclass]  # Event metaclass vs msgspec StructMeta, see docs
+    id: int
+    sku: str
+    price: int
+    currency: str
+    active: bool
+
+
+class BenchEnqueue(Event, name="bench.enqueue"):  # type: ignore[metaclass]  # Event metaclass vs msgspec StructMeta, see docs
+    id: int
+    sku: str
+
+
+class BenchThroughput(Event, name="bench.throughput"):  # type: ignore[metaclass]  # Event metaclass vs msgspec StructMeta, see docs
+    seq: int
+
+
+class BenchLatency(Event, name="bench.latency"):  # type: ignore[metaclass]  # Event metaclass vs msgspec StructMeta, see docs
+    seq: int
+
+
+MAPPING: dict[str, Any] = {"id": 1, "sku": "SKU-1", "price": 1999, "currency": "EUR", "active": True}
+SENDER = object()
+
+
+def _no_op_handlers(count: int) -> list[Callable[..., None]]:
+    """``count`` distinct no-op functions (blinker keys receivers by identity)."""
+
+    def make() -> Callable[..., None]:
+        def handler(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return handler
+
+    return [make() for _ in range(count)]
+
+
+# -- in-process: emit, hooks --------------------------------------------------------------
+
+
+def _emit(emitter: EventEmitter, *args: Any) -> Call:
+    return Call(lambda _: emitter.emit(*args))
+
+
+def _send(signal: Any, payload: Any) -> Call:
+    return Call(lambda _: signal.send(SENDER, payload=payload))
+
+
+def emit_pairs(n: Callable[[int], int], w: Callable[[int], int]) -> list[Pair]:
+    import blinker
+
+    emitter = EventEmitter()
+    signals = blinker.Namespace()
+    pairs = []
+    for count, typed in ((1, BenchTyped1), (10, BenchTyped10)):
+        handlers = _no_op_handlers(count)
+        mapped = f"bench.mapped{count}"
+        signal = signals.signal(f"bench.{count}")
+        for k, handler in enumerate(handlers):
+            emitter.on(typed, handler, id=f"noop-{k}")
+            emitter.on(mapped, handler, id=f"noop-{k}")
+            signal.connect(handler)
+        event = typed(**MAPPING)
+
+        def checker(name: Any, count: int = count) -> Callable[[Any, list[Any]], None]:
+            def check(kit: Any, base: list[Any]) -> None:
+                if kit.errors or len(emitter.subscribers(name)) != count or len(base) != count:
+                    raise AssertionError(f"expected {count} handlers on both sides, got "
+                                         f"{len(emitter.subscribers(name))} and {len(base)}")
+
+            return check
+
+        label = f"{count} handler" + ("s" if count > 1 else "")
+        pairs.append(Pair(
+            f"emit typed Event, {label}", _emit(emitter, event), _send(signal, event),
+            f"blinker send, {count} receiver" + ("s" if count > 1 else ""), n(20000), w(2000), BLINKER_TARGET,
+            group="emit", check=checker(typed), note="Event struct, validated; blinker: send(sender, payload=event)",
+        ))
+        pairs.append(Pair(
+            f"emit by name + mapping, {label}", _emit(emitter, mapped, MAPPING), _send(signal, MAPPING),
+            f"blinker send, {count} receiver" + ("s" if count > 1 else ""), n(20000), w(2000), BLINKER_TARGET,
+            group="emit", check=checker(mapped), note="undeclared name: the mapping is passed as is",
+        ))
+    return pairs
+
+
+def hook_rows(n: Callable[[int], int], w: Callable[[int], int], progress: Callable[[str], None]) -> list[Comparison]:
+    """HookRegistry.run with 3 + 3 no-op hooks, a plain call and a pluggy hook, in one loop."""
+    import pluggy
+
+    hooks = HookRegistry()
+    for fn in _no_op_handlers(3):
+        hooks.before("bench.op", fn)
+    for fn in _no_op_handlers(3):
+        hooks.after("bench.op", fn)
+
+    def operation(ctx: dict[str, Any]) -> int:
+        return 42
+
+    ctx = {"id": 1, "price": 1999}
+    spec = pluggy.HookspecMarker("czobench")
+    impl = pluggy.HookimplMarker("czobench")
+
+    class Spec:
+        @spec
+        def bench_op(self, ctx: dict[str, Any]) -> Any:
+            """A no-op hook with six implementations."""
+
+    pm = pluggy.PluginManager("czobench")
+    pm.add_hookspecs(Spec)
+    for k in range(6):
+        pm.register(type(f"Plugin{k}", (), {"bench_op": impl(lambda self, ctx: None)})(), name=f"plugin{k}")
+    call_hook = pm.hook.bench_op
+    if hooks.run("bench.op", ctx, operation) != 42 or call_hook(ctx=ctx) != []:
+        raise AssertionError("hooks did not run as set up")
+    iterations, warmup = n(20000), w(2000)
+    progress(f"HookRegistry.run, plain call, pluggy: {iterations:,} x 3 calls")
+    run, plain, plug = time_round_robin(
+        [Call(lambda _: hooks.run("bench.op", ctx, operation)), Call(lambda _: operation(ctx)),
+         Call(lambda _: call_hook(ctx=ctx))],
+        iterations=iterations, warmup=warmup,
+    )
+    kit = summarize(run)
+    return [
+        Comparison("HookRegistry.run, 3 before + 3 after", kit, summarize(plain), baseline="plain call",
+                   note="no-op hooks and operation"),
+        Comparison("HookRegistry.run, 3 before + 3 after", kit, summarize(plug),
+                   baseline="pluggy hook call, 6 impls", note="context: pluggy's own per-call cost"),
+    ]
+
+
+# -- async: outbox + Huey on Redis --------------------------------------------------------
+
+
+class Queues:
+    """Names of every Huey queue one run creates, so that the run can delete them."""
+
+    def __init__(self) -> None:
+        stem = f"czo_bench_{os.getpid()}_"
+        self.kit = stem + "kit"
+        self.sqlite = stem + "sqlite"
+        self.raw = stem + "raw"
+        self.pattern = f"huey.*.{stem}*"
+
+
+POOL_SIZE = 32  # see pooled_in_use: every stopped consumer keeps workers + 1 connections
+
+
+def make_kit(database_url: str, redis_url: str, queue: str) -> Any:
+    from czo_kit.kit import Kit
+    from czo_kit.settings import Settings
+
+    settings = Settings(
+        database_url=database_url, queue_url=redis_url, queue_name=queue, cache_url="memory://",
+        secret_key=SECRET, plugins=(), events_sweep_interval=3600.0, db_pool_size=POOL_SIZE,
+    )
+    return Kit(settings)
+
+
+def pooled_in_use(kit: Any) -> int | None:
+    """Connections the kit's pool counts as checked out (None for an unpooled database)."""
+    in_use = getattr(kit.db, "_in_use", None)
+    return None if in_use is None else len(in_use)
+
+
+class RawHuey:
+    """A plain PriorityRedisHuey (pickle serializer), with tasks that count and time themselves."""
+
+    def __init__(self, url: str, name: str) -> None:
+        from huey import PriorityRedisHuey
+
+        self.huey = PriorityRedisHuey(name, url=url, results=False, utc=True)
+        self.lock = threading.Lock()
+        self.count = 0
+        self.goal = 0
+        self.done = threading.Event()
+        self.seen: dict[int, int] = {}
+        self.arrived = threading.Event()
+
+        @self.huey.task(name="bench_noop")  # type: ignore[untyped-decorator]
+        def noop(event_id: str) -> None:
+            return None
+
+        @self.huey.task(name="bench_count")  # type: ignore[untyped-decorator]
+        def count(seq: int) -> None:
+            with self.lock:
+                self.count += 1
+                if self.count >= self.goal:
+                    self.done.set()
+
+        @self.huey.task(name="bench_latency")  # type: ignore[untyped-decorator]
+        def latency(seq: int) -> None:
+            self.seen[seq] = time.perf_counter_ns()
+            self.arrived.set()
+
+        self.noop, self.count_task, self.latency = noop, count, latency
+
+    def enqueue(self, event_id: str) -> None:
+        self.huey.enqueue(self.noop.s(event_id, priority=50))
+
+
+def emit_async_pairs(kits: dict[str, Any], raw: RawHuey, n: Callable[[int], int], w: Callable[[int], int]) -> list[Pair]:
+    ids = [str(uuid.uuid4()) for _ in range(max(n(2000), 1) + w(100) + 10)]
+
+    def event(i: int) -> BenchEnqueue:
+        return BenchEnqueue(id=i, sku=f"SKU-{i}")
+
+    def raw_id(i: int) -> str:
+        return ids[i % len(ids)]
+
+    pairs = []
+    for label, kit in kits.items():
+        if kit.db.in_transaction():
+            raise RuntimeError("emit_async must be measured outside a transaction")
+        pairs.append(Pair(
+            f"emit_async ({label} outbox)", Call(kit.events.emit_async, event),
+            Call(raw.enqueue, raw_id), "Huey enqueue (PriorityRedisHuey)", n(2000), w(100), None,
+            group="emit_async",
+            note="outside a transaction: INSERT outbox row, enqueue dispatch, UPDATE state",
+        ))
+    return pairs
+
+
+def _wait_stats(kit: Any, goal: int, timeout: float, poll: float = 0.02) -> tuple[float, dict[str, int]]:
+    deadline = time.perf_counter() + timeout
+    while True:
+        stats = kit.outbox.stats()
+        now = time.perf_counter()
+        if stats.get("done", 0) + stats.get("dead", 0) >= goal or now > deadline:
+            return now, stats
+        time.sleep(poll)
+
+
+def throughput(kit: Any, raw: RawHuey, *, events: int, rounds: int,
+               progress: Callable[[str], None]) -> dict[str, Any]:
+    """Events through the kit's consumer vs raw Huey no-op tasks, same consumer settings."""
+    from czo_kit.events.queue import InProcessConsumer
+
+    handled = [0]
+    handled_at = [0.0]
+    lock = threading.Lock()
+
+    def on_event(payload: Any, ctx: Any) -> None:
+        with lock:
+            handled[0] += 1
+            handled_at[0] = time.perf_counter()
+
+    kit.events.on(BenchThroughput, on_event, id="bench-throughput")
+    out: dict[str, Any] = {"kit": [], "raw": [], "events": events, "workers": WORKERS,
+                           "pool_in_use": [pooled_in_use(kit)]}
+    order = ["raw", "kit", "kit", "raw"] if rounds > 1 else ["kit", "raw"]
+    for side in order[: 2 * rounds]:
+        if side == "kit":
+            _reset_outbox(kit)
+            handled[0] = 0
+            progress(f"throughput: emitting {events:,} async events")
+            started = time.perf_counter()
+            for i in range(events):
+                kit.events.emit_async(BenchThroughput(seq=i))
+            produced = time.perf_counter() - started
+            progress(f"throughput: kit consumer, {WORKERS} workers")
+            consumer = kit.consumer(workers=WORKERS, sweep_interval=3600)
+            started = time.perf_counter()
+            consumer.start()
+            try:
+                finished, stats = _wait_stats(kit, events, timeout=600)
+            finally:
+                consumer.stop()
+                out["pool_in_use"].append(pooled_in_use(kit))
+            elapsed = finished - started
+            if stats.get("done", 0) != events:
+                raise RuntimeError(f"only {stats} of {events} deliveries finished")
+            out["kit"].append({
+                "seconds": elapsed, "events_per_s": events / elapsed,
+                "handlers_done_s": handled_at[0] - started, "produce_per_s": events / produced,
+                "handled": handled[0],
+            })
+        else:
+            raw.huey.flush()
+            with raw.lock:
+                raw.count, raw.goal = 0, events
+                raw.done.clear()
+            for i in range(events):
+                raw.huey.enqueue(raw.count_task.s(i, priority=50))
+            progress(f"throughput: raw Huey consumer, {WORKERS} workers, {events:,} tasks")
+            consumer = InProcessConsumer(raw.huey, workers=WORKERS)
+            started = time.perf_counter()
+            consumer.start()
+            try:
+                if not raw.done.wait(timeout=600):
+                    raise RuntimeError(f"raw Huey ran only {raw.count} of {events} tasks")
+                elapsed = time.perf_counter() - started
+            finally:
+                consumer.stop()
+            out["raw"].append({"seconds": elapsed, "tasks_per_s": events / elapsed})
+    return out
+
+
+def _reset_outbox(kit: Any) -> None:
+    from czo_kit.events.outbox import EVENT_MODELS
+
+    kit.queue.flush()
+    for model in EVENT_MODELS:
+        model.delete().execute(kit.db)
+
+
+def latency(kit: Any, raw: RawHuey, *, count: int, progress: Callable[[str], None],
+            pool_log: list[int | None]) -> Comparison:
+    """Enqueue-to-handler, one event at a time, with both consumers already running."""
+    from czo_kit.events.queue import InProcessConsumer
+
+    seen: dict[int, int] = {}
+    arrived = threading.Event()
+
+    def on_event(payload: BenchLatency, ctx: Any) -> None:
+        seen[payload.seq] = time.perf_counter_ns()
+        arrived.set()
+
+    kit.events.on(BenchLatency, on_event, id="bench-latency")
+    _reset_outbox(kit)
+    raw.huey.flush()
+    kit_ns: list[int] = []
+    raw_ns: list[int] = []
+    progress(f"latency: {count:,} events per side, one at a time")
+    kit_consumer = kit.consumer(workers=WORKERS, sweep_interval=3600)
+    raw_consumer = InProcessConsumer(raw.huey, workers=WORKERS)
+    kit_consumer.start()
+    raw_consumer.start()
+    warmup = 20 if count > 50 else 3
+    try:
+        time.sleep(0.5)  # workers blocked on BZPOPMIN
+        for i in range(-warmup, count):
+            sides = ("kit", "raw") if i % 2 == 0 else ("raw", "kit")
+            for side in sides:
+                seq = i + warmup
+                if side == "kit":
+                    arrived.clear()
+                    start = time.perf_counter_ns()
+                    kit.events.emit_async(BenchLatency(seq=seq))
+                    if not arrived.wait(timeout=30):
+                        raise RuntimeError(f"kit event {seq} never reached its handler")
+                    if i >= 0:
+                        kit_ns.append(seen[seq] - start)
+                else:
+                    raw.arrived.clear()
+                    start = time.perf_counter_ns()
+                    raw.huey.enqueue(raw.latency.s(seq, priority=50))
+                    if not raw.arrived.wait(timeout=30):
+                        raise RuntimeError(f"raw task {seq} never ran")
+                    if i >= 0:
+                        raw_ns.append(raw.seen[seq] - start)
+                # Let the kit's worker record the delivery as done before the next event.
+                time.sleep(0.01)
+        _, stats = _wait_stats(kit, count + warmup, timeout=30)
+    finally:
+        kit_consumer.stop()
+        raw_consumer.stop()
+        pool_log.append(pooled_in_use(kit))
+    row = Comparison(
+        f"emit_async → handler ({WORKERS} workers running)", summarize(kit_ns), summarize(raw_ns),
+        baseline="Huey enqueue → task", note="one event at a time; the handler notes perf_counter",
+    )
+    row.extra["delivery_states"] = stats
+    return row
+
+
+def format_throughput(result: dict[str, Any], *, markdown: bool) -> str:
+    kit_rates = [r["events_per_s"] for r in result["kit"]]
+    raw_rates = [r["tasks_per_s"] for r in result["raw"]]
+    kit_rate = statistics.mean(kit_rates)
+    raw_rate = statistics.mean(raw_rates)
+    produce = statistics.mean(r["produce_per_s"] for r in result["kit"])
+    body = [
+        ["kit: async events delivered (dispatch + deliver tasks each)",
+         " / ".join(f"{v:,.0f}" for v in kit_rates), f"{kit_rate:,.0f}", f"{kit_rate / raw_rate:.2f}x"],
+        ["kit: Huey tasks run (2 per event)", " / ".join(f"{2 * v:,.0f}" for v in kit_rates),
+         f"{2 * kit_rate:,.0f}", f"{2 * kit_rate / raw_rate:.2f}x"],
+        ["raw Huey: no-op tasks", " / ".join(f"{v:,.0f}" for v in raw_rates), f"{raw_rate:,.0f}", "1.00x"],
+        ["raw Huey no-op tasks, BASELINES.md (4 threads)", "", f"{HUEY_BASELINES_TASKS_S:,}",
+         f"{HUEY_BASELINES_TASKS_S / raw_rate:.2f}x"],
+        ["kit: emit_async, producer side (one thread)", " / ".join(f"{r['produce_per_s']:,.0f}" for r in result["kit"]),
+         f"{produce:,.0f}", ""],
+    ]
+    return render(["per second", "runs", "mean", "vs raw Huey"], body, markdown=markdown)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def run(
+    redis_url: str,
+    database_url: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    quick: bool = False,
+    progress: Callable[[str], None] = lambda text: None,
+) -> tuple[list[tuple[str, list[Comparison]]], list[Check], list[str], dict[str, Any]]:
+    import redis
+
+    def n(full: int) -> int:
+        return 40 if quick else full
+
+    def w(full: int) -> int:
+        return 5 if quick else full
+
+    rows = run_pairs(emit_pairs(n, w), progress=progress)
+    by_name = {row.operation: row for row in rows}
+    hooks = hook_rows(n, w, progress)
+    rows += hooks
+
+    queues = Queues()
+    client = redis.Redis.from_url(redis_url)
+    client.ping()
+    _pg.fresh_schema(database_url, schema)
+    tmp = tempfile.TemporaryDirectory(prefix="czo-bench-events-")
+    kits: dict[str, Any] = {}
+    raw: RawHuey | None = None
+    try:
+        raw = RawHuey(redis_url, queues.raw)
+        # One kit at a time: a kit binds the (process-wide) event models to its database, so
+        # a SQLite kit's outbox writes fail once a PostgreSQL kit is built (see the docs).
+        kits["SQLite"] = make_kit(f"sqlite:///{tmp.name}/bench.sqlite3", redis_url, queues.sqlite)
+        async_rows = run_pairs(emit_async_pairs(kits, raw, n, w), progress=progress)
+        kits.pop("SQLite").close()
+        kits["PostgreSQL"] = pg = make_kit(_pg.schema_url(database_url, schema), redis_url, queues.kit)
+        (path,) = pg.db.execute_sql("SHOW search_path").fetchone()
+        if path.strip('"') != schema:
+            raise RuntimeError(f"search_path is {path!r}, expected {schema!r}")
+        async_rows += run_pairs(emit_async_pairs(kits, raw, n, w), progress=progress)
+        _reset_outbox(pg)
+        result = throughput(pg, raw, events=200 if quick else THROUGHPUT_EVENTS, rounds=1 if quick else 2,
+                            progress=progress)
+        latency_row = latency(pg, raw, count=20 if quick else LATENCY_EVENTS, progress=progress,
+                              pool_log=result["pool_in_use"])
+    finally:
+        for kit in kits.values():
+            kit.close()
+        if raw is not None:
+            raw.huey.storage.close()
+        removed = _pg.delete_redis_keys(client, [queues.pattern])
+        progress(f"deleted {removed:,} Redis keys")
+        client.close()
+        tmp.cleanup()
+        _pg.drop_schema(database_url, schema)
+
+    pg_enqueue = next(r for r in async_rows if "PostgreSQL" in r.operation)
+    sqlite_enqueue = next(r for r in async_rows if "SQLite" in r.operation)
+    hooks_row = hooks[0]
+    kit_rate = statistics.mean(r["events_per_s"] for r in result["kit"])
+    checks = [
+        Check("emit typed Event, 10 handlers: p99", by_name["emit typed Event, 10 handlers"].kit.p99, EMIT10_P99_LIMIT),
+        Check("emit by name + mapping, 10 handlers: p99", by_name["emit by name + mapping, 10 handlers"].kit.p99,
+              EMIT10_P99_LIMIT),
+        Check("HookRegistry.run 3+3: p99 (bounds the overhead)", hooks_row.kit.p99, HOOKS_P99_LIMIT),
+        Check("emit_async (PostgreSQL outbox): p95", pg_enqueue.kit.p95 / 1000, ENQUEUE_P95_LIMIT_MS, unit="ms"),
+        Check("emit_async (SQLite outbox): p95", sqlite_enqueue.kit.p95 / 1000, ENQUEUE_P95_LIMIT_MS, unit="ms"),
+    ]
+    notes = [
+        f"HookRegistry.run overhead over the plain call: p50 {hooks_row.kit.p50 - hooks_row.base.p50:.1f} µs, "
+        f"p99 {hooks_row.kit.p99 - hooks_row.base.p99:.1f} µs.",
+        f"End-to-end: {result['events']:,} async events, one no-op subscriber, in-process consumer with "
+        f"{WORKERS} worker threads, PostgreSQL outbox, Redis queue; timed from consumer start until "
+        f"outbox.stats() shows every delivery done (polled every 20 ms). Kit: {kit_rate:,.0f} events/s.",
+        "PostgreSQL pool connections checked out, at the start and after each kit consumer stopped: "
+        + " → ".join(str(v) for v in result["pool_in_use"])
+        + f" (pool size {POOL_SIZE}; the kit's default is 10). Stopped consumers do not give their "
+        "worker and sweeper threads' connections back.",
+    ]
+    sections = [
+        ("emit vs blinker", [r for r in rows if r.operation.startswith("emit")]),
+        ("Hooks", [r for r in rows if r.operation.startswith("HookRegistry")]),
+        ("emit_async enqueue (Redis queue)", async_rows),
+        ("Enqueue to handler", [latency_row]),
+    ]
+    return sections, checks, notes, result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.events", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (40 calls per side)")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"scratch schema (default {DEFAULT_SCHEMA})")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    args = parser.parse_args(argv)
+    import peewee
+    import psycopg2
+    import redis
+
+    redis_url, database_url = _pg.redis_url(), _pg.database_url()
+    env = environment(["blinker", "pluggy", "huey", "redis", "msgspec", "peewee", "psycopg2-binary"])
+    started = time.monotonic()
+    try:
+        sections, checks, notes, result = run(
+            redis_url, database_url, schema=args.schema, quick=args.quick,
+            progress=lambda text: print(text, file=sys.stderr, flush=True),
+        )
+    except redis.exceptions.ConnectionError as exc:
+        print(f"Redis at {redis_url} is not usable ({exc}); set CZO_BENCH_REDIS_URL", file=sys.stderr)
+        return 2
+    except (peewee.OperationalError, psycopg2.OperationalError) as exc:
+        print(f"PostgreSQL at {database_url} is not usable ({str(exc).strip()}); set CZO_BENCH_DATABASE_URL",
+              file=sys.stderr)
+        return 2
+    elapsed = time.monotonic() - started
+    text = compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed)
+    head, _, tail = text.partition("\n**Other targets**" if args.markdown else "\n== Other targets")
+    throughput_table = format_throughput(result, markdown=args.markdown)
+    title = "**End-to-end throughput**" if args.markdown else "== End-to-end throughput"
+    print(head + f"\n{title}\n\n{throughput_table}\n" + ("\n**Other targets**" if args.markdown else "\n== Other targets") + tail)
+    rows = [row for _, section in sections for row in section]
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "environment": env,
+                    "quick": args.quick,
+                    "results": [to_json(row) for row in rows],
+                    "checks": [
+                        {"what": c.what, "value": c.value, "limit": c.limit, "unit": c.unit,
+                         "at_least": c.at_least, "met": c.met}
+                        for c in checks
+                    ],
+                    "throughput": result,
+                    "notes": notes,
+                },
+                f,
+                indent=2,
+                default=str,
+            )
+    return 1 if any("mismatch" in row.extra for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Outbound HTTP for apps: URL checks, addresses pinned after validation, size and time limits.
+
+Every outbound URL (manifest, token target, webhook target) must be ``http(s)`` with a host.
+Its host is resolved once and every address it resolves to must be public, unless private
+addresses are allowed (``CZO_APPS_ALLOW_PRIVATE_URLS``, for tests and the demo). The request
+then connects to the address that was checked, so a DNS answer that changes between the check
+and the connection (DNS rebinding) cannot reach an internal service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+
+from czo_kit.errors import UnsafeURLError
+
+__all__ = ["HTTPResponse", "OutboundHTTP", "Target", "is_public_address", "parse_target"]
+
+USER_AGENT = "czo-kit/0.1 (+https://github.com/c-zo)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked outbound URL: where to connect, and what to ask for."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def origin(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        port = "" if self.port == default else f":{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}{port}"
+
+
+def parse_target(url: Any, *, what: str = "URL") -> Target:
+    """Split and check the shape of an outbound URL (no network access)."""
+    if not isinstance(url, str) or not url or len(url) > 2000:
+        raise UnsafeURLError(f"{what} must be a URL string of at most 2000 characters, got {str(url)[:80]!r}")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise UnsafeURLError(f"{what} {url[:80]!r} contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURLError(f"{what} {url[:80]!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURLError(f"{what} {url[:80]!r} must use http or https")
+    if not parts.hostname:
+        raise UnsafeURLError(f"{what} {url[:80]!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURLError(f"{what} must not carry credentials")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(
+        url=url,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        path=path,
+    )
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a globally routable unicast address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+@dataclass
+class HTTPResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    truncated: bool
+    duration: float
+    url: str
+
+
+@dataclass
+class _Resolved:
+    addresses: list[str]
+    expires: float
+
+
+@dataclass
+class OutboundHTTP:
+    """A small, careful HTTP client (urllib3 pools, one per checked address, kept alive)."""
+
+    allow_private: bool = False
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    user_agent: str = USER_AGENT
+    dns_ttl: float = 60.0
+    _pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = field(default_factory=dict)
+    _dns: dict[tuple[str, int], _Resolved] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, url: str, *, what: str = "URL") -> Target:
+        """Parse ``url`` and check every address its host resolves to."""
+        target = parse_target(url, what=what)
+        self.resolve(target, what=what)
+        return target
+
+    def resolve(self, target: Target, *, what: str = "URL") -> list[str]:
+        key = (target.host, target.port)
+        now = time.monotonic()
+        cached = self._dns.get(key)
+        if cached is not None and cached.expires > now:
+            return cached.addresses
+        try:
+            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise UnsafeURLError(f"{what} host {target.host!r} does not resolve: {exc}") from None
+        addresses = sorted({str(info[4][0]) for info in infos})
+        if not addresses:
+            raise UnsafeURLError(f"{what} host {target.host!r} has no address")
+        if not self.allow_private:
+            blocked = [a for a in addresses if not is_public_address(a)]
+            if blocked:
+                raise UnsafeURLError(
+                    f"{what} {target.url[:80]!r} resolves to a loopback, private or link-local "
+                    f"address ({', '.join(blocked)}); set CZO_APPS_ALLOW_PRIVATE_URLS=true only "
+                    "for local development and tests"
+                )
+        self._dns[key] = _Resolved(addresses, now + self.dns_ttl)
+        return addresses
+
+    def _pool(self, target: Target, address: str) -> urllib3.HTTPConnectionPool:
+        key = (target.scheme, target.host, target.port, address)
+        pool = self._pools.get(key)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(key)
+                if pool is None:
+                    if target.scheme == "https":
+                        pool = urllib3.HTTPSConnectionPool(
+                            address, target.port, maxsize=10, block=False,
+                            server_hostname=target.host, assert_hostname=target.host,
+                            cert_reqs="CERT_REQUIRED",
+                        )
+                    else:
+                        pool = urllib3.HTTPConnectionPool(address, target.port, maxsize=10, block=False)
+                    self._pools[key] = pool
+        return pool
+
+    def request(
+        self,
+        method: str,
+        url: str | Target,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        max_bytes: int = 1024 * 1024,
+        deadline: float | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        what: str = "URL",
+    ) -> HTTPResponse:
+        """One request, no redirects followed. Reads at most ``max_bytes`` of the body and gives
+        up after ``deadline`` seconds in total (``TimeoutError``)."""
+        target = url if isinstance(url, Target) else parse_target(url, what=what)
+        address = self.resolve(target, what=what)[0]
+        host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+        if ":" in target.host:
+            host_header = f"[{target.host}]" + ("" if target.port in (80, 443) else f":{target.port}")
+        sent = {"Host": host_header, "User-Agent": self.user_agent}
+        sent.update(headers or {})
+        started = time.monotonic()
+        limit = started + (deadline if deadline is not None else (connect_timeout or self.connect_timeout) + 2 * (read_timeout or self.read_timeout))
+        response = self._pool(target, address).urlopen(
+            method,
+            target.path,
+            body=body,
+            headers=sent,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            timeout=urllib3.Timeout(
+                connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
+            ),
+        )
+        chunks: list[bytes] = []
+        size = 0
+        truncated = False
+        try:
+            while True:
+                if time.monotonic() > limit:
+                    raise TimeoutError(f"{what} {target.url[:80]!r} took longer than {limit - started:.1f}s")
+                # read1 returns what one receive brought: read(n) would wait for n bytes, so a
+                # server trickling its body could hold the request far past the deadline.
+                chunk = response.read1(16384)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    truncated = True
+                    break
+        finally:
+            if truncated or time.monotonic() > limit:
+                response.close()  # do not reuse a connection with unread data
+            else:
+                response.release_conn()
+        data = b"".join(chunks)
+        return HTTPResponse(
+            status=response.status,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=data[:max_bytes],
+            truncated=truncated,
+            duration=time.monotonic() - started,
+            url=target.url,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()

@@ -1,0 +1,523 @@
+"""``AppRegistry``: apps installed per shop, their tokens and their webhook secrets.
+
+Installing checks the manifest against what the installer holds, writes the installation,
+its first token and its webhook subscriptions in one transaction, and hands the token to the
+app's ``token_target_url`` before that transaction commits: a failure anywhere leaves no
+half-installed app. Reinstalling an installed app is a ``ConflictError``; uninstall first.
+Tokens are shown once and stored as a SHA-256 hash plus their last four characters.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import peewee
+
+from czo_kit.apps.manifest import AppManifest, parse_manifest
+from czo_kit.apps.net import OutboundHTTP
+from czo_kit.apps.permissions import (
+    APP_MANAGEMENT,
+    Pair,
+    PermissionRegistry,
+    PermissionService,
+    allows,
+    format_pairs,
+)
+from czo_kit.apps.signing import new_webhook_secret
+from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.errors import (
+    AuthenticationError,
+    ConflictError,
+    ManifestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsafeURLError,
+)
+
+__all__ = [
+    "APP_MODELS",
+    "AppInstallation",
+    "AppPrincipal",
+    "AppRegistry",
+    "AppSecret",
+    "AppToken",
+    "AppWebhook",
+    "InstallResult",
+    "TOKEN_PREFIX",
+]
+
+log = logging.getLogger("czo_kit.apps")
+
+TOKEN_PREFIX = "czo_app_"
+_TOKEN_BYTES = 32
+
+
+class _Base(peewee.Model):
+    class Meta:
+        legacy_table_names = False
+
+
+class AppInstallation(_Base):
+    id = peewee.BigAutoField()
+    shop_id = peewee.IntegerField(index=True)
+    app_id = peewee.CharField(max_length=64)
+    name = peewee.CharField(max_length=200)
+    version = peewee.CharField(max_length=40)
+    manifest = peewee.TextField()
+    permissions = peewee.TextField()
+    app_url = peewee.CharField(max_length=2000)
+    installed_by = peewee.CharField(max_length=100)
+    installed_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "czo_app_installation"
+        indexes = ((("shop_id", "app_id"), True),)
+
+
+class AppToken(_Base):
+    id = peewee.BigAutoField()
+    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="tokens")
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    last4 = peewee.CharField(max_length=4)
+    name = peewee.CharField(max_length=100)
+    created_at = UTCDateTimeField()
+    revoked_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "czo_app_token"
+
+
+class AppWebhook(_Base):
+    id = peewee.BigAutoField()
+    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="webhooks")
+    shop_id = peewee.IntegerField(index=True)
+    name = peewee.CharField(max_length=64)
+    events = peewee.TextField()
+    target_url = peewee.CharField(max_length=2000)
+    is_active = peewee.BooleanField(default=True)
+
+    class Meta:
+        table_name = "czo_app_webhook"
+
+
+class AppSecret(_Base):
+    """Webhook signing secrets; the one without ``expires_at`` is current."""
+
+    id = peewee.BigAutoField()
+    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="secrets")
+    secret = peewee.CharField(max_length=100)
+    created_at = UTCDateTimeField()
+    expires_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "czo_app_secret"
+
+
+APP_MODELS: tuple[type[peewee.Model], ...] = (AppInstallation, AppToken, AppWebhook, AppSecret)
+
+
+@dataclass(frozen=True)
+class AppPrincipal:
+    """Who a request is when it carries an app token."""
+
+    installation_id: int
+    app_id: str
+    shop_id: int
+    permissions: frozenset[Pair]
+    token_id: int
+
+    def has(self, resource: str, action: str) -> bool:
+        return allows(self.permissions, resource, action)
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What ``install`` returns. ``token`` is shown this once and never stored in clear."""
+
+    installation: AppInstallation
+    token: str
+    webhook_secret: str
+
+    @property
+    def app_id(self) -> str:
+        return str(self.installation.app_id)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+class AppRegistry:
+    """Install, list, authenticate and uninstall apps, shop by shop."""
+
+    def __init__(
+        self,
+        db: peewee.Database,
+        *,
+        permissions: PermissionRegistry,
+        permission_service: PermissionService | Callable[[], PermissionService],
+        http: OutboundHTTP,
+    ) -> None:
+        self.db = db
+        self.permissions = permissions
+        self._permission_service = permission_service
+        self.http = http
+        self._ready = False
+
+    def ensure_tables(self) -> None:
+        if self._ready:
+            return
+        existing = set(self.db.get_tables())
+        missing = [m for m in APP_MODELS if m._meta.table_name not in existing]
+        if missing:
+            with self.db.bind_ctx(missing):
+                self.db.create_tables(missing, safe=True)
+        self._ready = True
+
+    @property
+    def permission_service(self) -> PermissionService:
+        service = self._permission_service
+        if isinstance(service, PermissionService):
+            return service
+        return service()
+
+    # -- manifests ----------------------------------------------------------------------
+
+    def fetch_manifest(self, url: str) -> AppManifest:
+        """GET a manifest: JSON only, at most 1 MiB, a few seconds, redirects on the same host."""
+        from czo_kit.apps.manifest import MAX_MANIFEST_BYTES
+
+        current = url
+        for _ in range(4):
+            try:
+                target = self.http.check(current, what="manifest URL")
+                response = self.http.request(
+                    "GET", target, headers={"Accept": "application/json"},
+                    max_bytes=MAX_MANIFEST_BYTES, deadline=10.0, read_timeout=5.0, what="manifest URL",
+                )
+            except UnsafeURLError as exc:
+                raise ManifestError(str(exc), path="manifestUrl") from None
+            except (TimeoutError, OSError, Exception) as exc:  # urllib3 errors subclass Exception
+                if isinstance(exc, ManifestError):
+                    raise
+                raise ManifestError(f"could not fetch the manifest from {current[:100]!r}: {exc}", path="manifestUrl") from None
+            if response.status in (301, 302, 303, 307, 308):
+                location = response.headers.get("location", "")
+                from urllib.parse import urljoin, urlsplit
+
+                following = urljoin(current, location)
+                if urlsplit(following).hostname != urlsplit(url).hostname:
+                    raise ManifestError(
+                        f"the manifest URL redirects to another host ({urlsplit(following).hostname}); "
+                        "only redirects on the same host are followed",
+                        path="manifestUrl",
+                    )
+                current = following
+                continue
+            if response.status != 200:
+                raise ManifestError(f"fetching the manifest returned HTTP {response.status}", path="manifestUrl")
+            if response.truncated:
+                raise ManifestError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes", path="manifestUrl")
+            kind = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if kind != "application/json" and not kind.endswith("+json"):
+                raise ManifestError(
+                    f"the manifest must be served as application/json, not {kind or 'no content type'}",
+                    path="manifestUrl",
+                )
+            return parse_manifest(response.body)
+        raise ManifestError("the manifest URL redirects too many times", path="manifestUrl")
+
+    # -- install ------------------------------------------------------------------------
+
+    def _check_grants(self, manifest: AppManifest, installer_id: str, shop_id: int) -> frozenset[Pair]:
+        asked = manifest.permission_pairs()
+        if any(allows({pair}, *APP_MANAGEMENT) for pair in asked):
+            raise PermissionDeniedError(
+                "an app can never be granted apps:manage (installing and removing apps)",
+                missing=("apps:manage",),
+            )
+        unknown = self.permissions.unknown(asked)
+        if unknown:
+            raise ManifestError(
+                f"unknown permissions {', '.join(format_pairs(unknown))}; declared: "
+                + ", ".join(f"{r}:{'|'.join(sorted(a))}" for r, a in sorted(self.permissions.resources.items())),
+                path="$.permissions",
+            )
+        held = self.permission_service.permissions(installer_id, shop_id)
+        if not allows(held, *APP_MANAGEMENT):
+            raise PermissionDeniedError(
+                f"user {installer_id} cannot manage apps in shop {shop_id}", missing=("apps:manage",)
+            )
+        missing = [pair for pair in asked if not allows(held, *pair)]
+        if missing:
+            raise PermissionDeniedError(
+                f"user {installer_id} does not hold every permission the app asks for; missing: "
+                f"{', '.join(format_pairs(missing))}",
+                missing=format_pairs(missing),
+            )
+        for i, webhook in enumerate(manifest.webhooks):
+            for event in webhook.events:
+                rule = self.permissions.rule_for(event)
+                if not allows(asked, rule.resource, rule.action):
+                    raise PermissionDeniedError(
+                        f"webhook {webhook.name!r} subscribes to {event!r}, which needs "
+                        f"{rule.resource}:{rule.action}, but the app does not ask for it",
+                        missing=(f"{rule.resource}:{rule.action}",),
+                    )
+        for i, extension in enumerate(manifest.extensions):
+            extra = {(p.resource, a) for p in extension.permissions for a in p.actions} - asked
+            if extra:
+                raise ManifestError(
+                    f"the extension asks for {', '.join(format_pairs(extra))}, which the app itself does not",
+                    path=f"$.extensions[{i}].permissions",
+                )
+        return asked
+
+    def install(
+        self,
+        *,
+        shop_id: int,
+        installer_id: str | int,
+        manifest_url: str | None = None,
+        manifest: AppManifest | dict[str, Any] | None = None,
+    ) -> InstallResult:
+        """Install an app in a shop; ``PermissionDeniedError`` lists what the installer lacks."""
+        if (manifest_url is None) == (manifest is None):
+            raise ManifestError("give either manifest_url or manifest, not both or neither", path="manifestUrl")
+        if not isinstance(shop_id, int) or isinstance(shop_id, bool) or shop_id < 1:
+            raise ManifestError(f"shop id must be a positive integer, got {shop_id!r}", path="shopId")
+        if manifest is None:
+            assert manifest_url is not None
+            parsed = self.fetch_manifest(manifest_url)
+        elif isinstance(manifest, AppManifest):
+            parsed = manifest
+        else:
+            parsed = parse_manifest(manifest)
+        installer = str(installer_id)
+        granted = self._check_grants(parsed, installer, shop_id)
+        targets = [(f"$.webhooks[{i}].target_url", w.target_url) for i, w in enumerate(parsed.webhooks)]
+        if parsed.token_target_url:
+            targets.append(("$.token_target_url", parsed.token_target_url))
+        for path, target in targets:
+            try:
+                self.http.check(target, what="webhook or token URL")
+            except UnsafeURLError as exc:
+                raise ManifestError(str(exc), path=path) from None
+        self.ensure_tables()
+        token = new_token()
+        secret = new_webhook_secret()
+        now = utcnow()
+        with self.db.atomic():
+            if AppInstallation.select().where(
+                (AppInstallation.shop_id == shop_id) & (AppInstallation.app_id == parsed.id)
+            ).exists(self.db):
+                raise ConflictError(
+                    f"app {parsed.id!r} is already installed in shop {shop_id}; uninstall it first",
+                    fields=("shop_id", "app_id"),
+                )
+            installation_id = AppInstallation.insert(
+                shop_id=shop_id,
+                app_id=parsed.id,
+                name=parsed.name,
+                version=parsed.version,
+                manifest=parsed.to_json().decode(),
+                permissions=json.dumps(sorted(f"{r}:{a}" for r, a in granted)),
+                app_url=parsed.app_url,
+                installed_by=installer,
+                installed_at=now,
+            ).execute(self.db)
+            AppToken.insert(
+                installation=installation_id, token_hash=hash_token(token), last4=token[-4:],
+                name="default", created_at=now,
+            ).execute(self.db)
+            AppSecret.insert(installation=installation_id, secret=secret, created_at=now).execute(self.db)
+            for webhook in parsed.webhooks:
+                AppWebhook.insert(
+                    installation=installation_id, shop_id=shop_id, name=webhook.name,
+                    events=json.dumps(webhook.events), target_url=webhook.target_url,
+                    is_active=webhook.is_active,
+                ).execute(self.db)
+            installation: AppInstallation = (
+                AppInstallation.select().where(AppInstallation.id == installation_id).get(self.db)
+            )
+            if parsed.token_target_url:
+                # Inside the transaction: if the app cannot take its token, nothing is installed.
+                self._send_token(parsed.token_target_url, installation, token, secret)
+        log.info("installed app %s (%s) in shop %s", parsed.id, parsed.version, shop_id)
+        return InstallResult(installation=installation, token=token, webhook_secret=secret)
+
+    def _send_token(self, url: str, installation: AppInstallation, token: str, secret: str) -> None:
+        body = msgspec.json.encode(
+            {
+                "auth_token": token,
+                "webhook_secret": secret,
+                "shop_id": installation.shop_id,
+                "app_id": installation.app_id,
+                "installation_id": installation.id,
+            }
+        )
+        headers = {
+            "Content-Type": "application/json",
+            # The same key on every retry, so the app can recognise a repeated delivery; random
+            # too, since ids can be reused (SQLite, after an uninstall) and differ per deployment.
+            "Idempotency-Key": f"install-{installation.id}-{secrets.token_hex(16)}",
+        }
+        last_error = ""
+        for attempt in range(3):
+            try:
+                response = self.http.request("POST", url, body=body, headers=headers, max_bytes=1024, what="token URL")
+            except (UnsafeURLError, TimeoutError, OSError, Exception) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= response.status < 300:
+                    return
+                last_error = f"HTTP {response.status}"
+                if response.status < 500 and response.status not in (408, 429):
+                    break
+            time.sleep(0.2 * (attempt + 1))
+        raise ManifestError(
+            f"the app did not accept its token at token_target_url ({last_error}); nothing was installed",
+            path="$.token_target_url",
+        )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, shop_id: int, app_id: str) -> AppInstallation:
+        self.ensure_tables()
+        row: AppInstallation | None = AppInstallation.select().where(
+            (AppInstallation.shop_id == shop_id) & (AppInstallation.app_id == app_id)
+        ).first(self.db)
+        if row is None:
+            raise NotFoundError("App", f"{app_id} in shop {shop_id}")
+        return row
+
+    def list(self, shop_id: int) -> builtins.list[AppInstallation]:
+        """The apps installed in one shop, oldest first."""
+        self.ensure_tables()
+        return list(
+            AppInstallation.select().where(AppInstallation.shop_id == shop_id).order_by(AppInstallation.id).execute(self.db)
+        )
+
+    def manifest_of(self, installation: AppInstallation) -> AppManifest:
+        return parse_manifest(str(installation.manifest))
+
+    def uninstall(self, *, shop_id: int, app_id: str) -> None:
+        """Remove the app, its tokens, secrets, subscriptions and pending webhooks, at once."""
+        installation = self.get(shop_id, app_id)
+        AppInstallation.delete().where(AppInstallation.id == installation.id).execute(self.db)
+        log.info("uninstalled app %s from shop %s", app_id, shop_id)
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def create_token(self, *, shop_id: int, app_id: str, name: str = "token") -> tuple[int, str]:
+        """A new token for an installed app: ``(token id, token)``; the token is shown once."""
+        installation = self.get(shop_id, app_id)
+        token = new_token()
+        token_id = AppToken.insert(
+            installation=installation.id, token_hash=hash_token(token), last4=token[-4:],
+            name=name[:100], created_at=utcnow(),
+        ).execute(self.db)
+        return int(token_id), token
+
+    def tokens(self, *, shop_id: int, app_id: str) -> builtins.list[AppToken]:
+        installation = self.get(shop_id, app_id)
+        return list(AppToken.select().where(AppToken.installation == installation.id).order_by(AppToken.id).execute(self.db))
+
+    def revoke_token(self, *, shop_id: int, app_id: str, token_id: int) -> None:
+        installation = self.get(shop_id, app_id)
+        changed = AppToken.update(revoked_at=utcnow()).where(
+            (AppToken.id == token_id) & (AppToken.installation == installation.id) & AppToken.revoked_at.is_null(True)
+        ).execute(self.db)
+        if not changed:
+            raise NotFoundError("AppToken", token_id)
+
+    def authenticate(self, token: Any) -> AppPrincipal:
+        """The app behind ``token``; ``AuthenticationError`` for anything else. Never cached,
+        so a revoked token or an uninstalled app is refused at once."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or not 40 <= len(token) <= 100:
+            raise AuthenticationError("not an app token")
+        self.ensure_tables()
+        digest = hash_token(token)
+        row = (
+            AppToken.select(AppToken, AppInstallation)
+            .join(AppInstallation)
+            .where((AppToken.token_hash == digest) & AppToken.revoked_at.is_null(True))
+            .first(self.db)
+        )
+        # The lookup is by hash; comparing the stored hash again costs nothing and keeps the
+        # final decision constant-time whatever the database does.
+        if row is None or not hmac.compare_digest(str(row.token_hash), digest):
+            raise AuthenticationError("unknown or revoked app token")
+        installation = row.installation
+        pairs = frozenset(tuple(item.split(":", 1)) for item in json.loads(str(installation.permissions)))
+        return AppPrincipal(
+            installation_id=int(installation.id),
+            app_id=str(installation.app_id),
+            shop_id=int(installation.shop_id),
+            permissions=pairs,
+            token_id=int(row.id),
+        )
+
+    # -- webhook secrets ----------------------------------------------------------------
+
+    def secrets_for(self, installation_id: int) -> builtins.list[str]:
+        """Secrets to sign with: the current one first, then any still in their grace period."""
+        now = utcnow()
+        rows = list(
+            AppSecret.select()
+            .where(
+                (AppSecret.installation == installation_id)
+                & (AppSecret.expires_at.is_null(True) | (AppSecret.expires_at > now))
+            )
+            .order_by(AppSecret.expires_at.is_null(False), AppSecret.id.desc())
+            .execute(self.db)
+        )
+        return [str(r.secret) for r in rows]
+
+    def rotate_webhook_secret(self, *, shop_id: int, app_id: str, grace: float = 86400.0) -> str:
+        """A new current secret; the old one keeps signing (as a second ``v1=``) for ``grace`` s."""
+        installation = self.get(shop_id, app_id)
+        now = utcnow()
+        secret = new_webhook_secret()
+        with self.db.atomic():
+            AppSecret.update(expires_at=now + dt.timedelta(seconds=grace)).where(
+                (AppSecret.installation == installation.id) & AppSecret.expires_at.is_null(True)
+            ).execute(self.db)
+            AppSecret.insert(installation=installation.id, secret=secret, created_at=now).execute(self.db)
+            AppSecret.delete().where(
+                (AppSecret.installation == installation.id) & (AppSecret.expires_at <= now)
+            ).execute(self.db)
+        return secret
+
+    def subscriptions(self, shop_id: int) -> builtins.list[AppWebhook]:
+        """Active webhook subscriptions of one shop (with their installation)."""
+        self.ensure_tables()
+        return list(
+            AppWebhook.select(AppWebhook, AppInstallation)
+            .join(AppInstallation)
+            .where((AppWebhook.shop_id == shop_id) & (AppWebhook.is_active == True))  # noqa: E712
+            .execute(self.db)
+        )
+
+    def granted(self, installation: AppInstallation) -> frozenset[Pair]:
+        return frozenset(tuple(item.split(":", 1)) for item in json.loads(str(installation.permissions)))
+
+
+def events_of(webhook: AppWebhook) -> Iterable[str]:
+    events: list[str] = json.loads(str(webhook.events))
+    return events

@@ -1,0 +1,476 @@
+"""``WebhookDispatcher``: signed HTTP deliveries of kit events to the apps of a shop.
+
+When an event carrying a ``shop_id`` is emitted, each active subscription of that shop gets a
+delivery row, in the emitting transaction (next to the event's outbox row), holding the JSON
+body built once (so its ``id`` is stable across retries). After commit each delivery is queued.
+A worker claims it with a lease, signs it afresh, POSTs it, and records the attempt. 2xx is
+delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with jitter
+(``Retry-After`` honoured); any other answer is dead at once. A target that keeps failing is
+paused by a circuit breaker: its deliveries wait, they are not dropped, and one probe goes out
+after the cool-down. The sweep recovers deliveries a crashed worker left ``running``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+import peewee
+import urllib3
+
+from czo_kit.apps.net import OutboundHTTP, parse_target
+from czo_kit.apps.registry import AppInstallation, AppRegistry, events_of
+from czo_kit.apps.signing import sign
+from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.db.transactions import on_commit
+from czo_kit.errors import NotFoundError, UnsafeURLError
+from czo_kit.events.emitter import as_mapping
+from czo_kit.events.types import EventContext, uuid7
+
+if TYPE_CHECKING:
+    from czo_kit.apps.permissions import PermissionRegistry
+
+__all__ = ["DEFAULT_SCHEDULE", "WEBHOOK_MODELS", "WebhookAttempt", "WebhookDelivery", "WebhookDispatcher"]
+
+log = logging.getLogger("czo_kit.webhooks")
+
+DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
+"""Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
+
+USER_AGENT = "czo-kit-webhooks/0.1"
+RESPONSE_EXCERPT = 1024
+
+
+class _Base(peewee.Model):
+    class Meta:
+        legacy_table_names = False
+
+
+class WebhookDelivery(_Base):
+    id = peewee.BigAutoField()
+    message_id = peewee.CharField(max_length=48, unique=True)
+    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="deliveries")
+    shop_id = peewee.IntegerField(index=True)
+    webhook_name = peewee.CharField(max_length=64)
+    event_id = peewee.CharField(max_length=36)
+    event_name = peewee.CharField(max_length=200)
+    target_url = peewee.CharField(max_length=2000)
+    origin = peewee.CharField(max_length=300)
+    body = peewee.BlobField()
+    state = peewee.CharField(max_length=16, default="queued")
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField()
+    next_attempt_at = UTCDateTimeField(null=True)
+    lease_until = UTCDateTimeField(null=True)
+    last_status = peewee.IntegerField(null=True)
+    last_error = peewee.TextField(null=True)
+    created_at = UTCDateTimeField()
+    updated_at = UTCDateTimeField()
+    delivered_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "czo_webhook_delivery"
+        indexes = ((("state", "updated_at"), False),)
+
+
+class WebhookAttempt(_Base):
+    id = peewee.BigAutoField()
+    delivery = peewee.ForeignKeyField(WebhookDelivery, on_delete="CASCADE", backref="attempt_log")
+    attempt = peewee.IntegerField()
+    at = UTCDateTimeField()
+    status = peewee.IntegerField(null=True)
+    duration_ms = peewee.FloatField()
+    response = peewee.TextField(null=True)
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "czo_webhook_attempt"
+
+
+class WebhookCircuit(_Base):
+    origin = peewee.CharField(max_length=300, primary_key=True)
+    failures = peewee.IntegerField(default=0)
+    opened_until = UTCDateTimeField(null=True)
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "czo_webhook_circuit"
+
+
+WEBHOOK_MODELS: tuple[type[peewee.Model], ...] = (WebhookDelivery, WebhookAttempt, WebhookCircuit)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    lease: float = 120.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 60.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+
+
+class WebhookEnqueuer(Protocol):
+    """How deliveries reach workers (the Huey task registered by the kit)."""
+
+    def deliver(self, delivery_id: int, *, delay: float) -> None: ...
+
+
+def _retry_after(value: str | None, now: dt.datetime) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 86400.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, min((when - now).total_seconds(), 86400.0))
+
+
+class WebhookDispatcher:
+    """Turns events into signed deliveries, and delivers them."""
+
+    def __init__(
+        self,
+        db: peewee.Database,
+        apps: AppRegistry,
+        permissions: PermissionRegistry,
+        http: OutboundHTTP,
+        settings: WebhookSettings | None = None,
+    ) -> None:
+        self.db = db
+        self.apps = apps
+        self.permissions = permissions
+        self.http = http
+        self.settings = settings or WebhookSettings()
+        self.queue: WebhookEnqueuer | None = None
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._encoder = msgspec.json.Encoder()
+
+    def ensure_tables(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            self.apps.ensure_tables()
+            existing = set(self.db.get_tables())
+            missing = [m for m in WEBHOOK_MODELS if m._meta.table_name not in existing]
+            if missing:
+                with self.db.bind_ctx(missing):
+                    self.db.create_tables(missing, safe=True)
+            self._ready = True
+
+    # -- from events to deliveries --------------------------------------------------------
+
+    def on_event(self, ctx: EventContext, value: Any) -> int:
+        """Record a delivery for every subscription of the event's shop; called by the event
+        emitter inside the emitting transaction. Returns how many were recorded."""
+        data = as_mapping(value)
+        shop_id = data.get("shop_id")
+        if not isinstance(shop_id, int) or isinstance(shop_id, bool):
+            return 0  # not a shop event: no app hears it
+        self.ensure_tables()
+        subscriptions = [w for w in self.apps.subscriptions(shop_id) if ctx.name in events_of(w)]
+        if not subscriptions:
+            return 0
+        rule = self.permissions.rule_for(ctx.name)
+        now = utcnow()
+        rows = []
+        for webhook in subscriptions:
+            installation = webhook.installation
+            granted = self.apps.granted(installation)
+            if not _allows(granted, rule.resource, rule.action):
+                continue  # permissions narrowed since the install: stay silent
+            visible = {
+                key: item for key, item in data.items()
+                if key not in rule.sensitive or _allows(granted, *rule.sensitive[key])
+            }
+            message_id = "msg_" + uuid7().replace("-", "")
+            body = self._encoder.encode(
+                {
+                    "id": message_id,
+                    "event": ctx.name,
+                    "event_id": ctx.event_id,
+                    "shop_id": shop_id,
+                    "occurred_at": ctx.timestamp,
+                    "data": visible,
+                }
+            )
+            rows.append(
+                {
+                    "message_id": message_id,
+                    "installation": installation.id,
+                    "shop_id": shop_id,
+                    "webhook_name": webhook.name,
+                    "event_id": ctx.event_id,
+                    "event_name": ctx.name,
+                    "target_url": webhook.target_url,
+                    "origin": parse_target(webhook.target_url).origin,
+                    "body": body,
+                    "state": "queued",
+                    "max_attempts": len(self.settings.schedule) + 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        if not rows:
+            return 0
+        ids = [
+            row[0]
+            for row in WebhookDelivery.insert_many(rows).returning(WebhookDelivery.id).tuples().execute(self.db)
+        ]
+        on_commit(self.db, lambda: self._enqueue_all(ids))
+        return len(ids)
+
+    def _enqueue_all(self, ids: Sequence[int]) -> None:
+        if self.queue is None:
+            log.warning("%d webhook deliveries recorded but no queue is configured; run a worker", len(ids))
+            return
+        for delivery_id in ids:
+            try:
+                self.queue.deliver(delivery_id, delay=0)
+            except Exception:
+                log.warning("could not queue webhook delivery %s; the sweep will", delivery_id, exc_info=True)
+
+    # -- delivering ---------------------------------------------------------------------
+
+    def _circuit_wait(self, origin: str, now: dt.datetime) -> float:
+        circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
+        if circuit is None or circuit.opened_until is None or circuit.opened_until <= now:
+            return 0.0
+        remaining: float = (circuit.opened_until - now).total_seconds()
+        return remaining
+
+    def _circuit_result(self, origin: str, ok: bool, now: dt.datetime) -> None:
+        if ok:
+            WebhookCircuit.delete().where(WebhookCircuit.origin == origin).execute(self.db)
+            return
+        circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
+        failures = (circuit.failures if circuit is not None else 0) + 1
+        opened = None
+        if failures >= self.settings.breaker_threshold:
+            opened = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
+            if circuit is None or circuit.opened_until is None or circuit.opened_until <= now:
+                log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.settings.breaker_cooldown)
+        (
+            WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
+            .on_conflict(
+                conflict_target=[WebhookCircuit.origin],
+                update={WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened, WebhookCircuit.updated_at: now},
+            )
+            .execute(self.db)
+        )
+
+    def deliver(self, delivery_id: int) -> str:
+        """Attempt one delivery; returns the state it ends in (or ``skipped``/``paused``)."""
+        self.ensure_tables()
+        now = utcnow()
+        delivery = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
+        if delivery is None or delivery.state not in ("queued", "retry"):
+            return "skipped"
+        wait = self._circuit_wait(str(delivery.origin), now)
+        if wait > 0:
+            # Paused, not failed: no attempt is used up, and the delivery waits for the probe.
+            WebhookDelivery.update(next_attempt_at=now + dt.timedelta(seconds=wait), updated_at=now).where(
+                WebhookDelivery.id == delivery_id
+            ).execute(self.db)
+            if self.queue is not None:
+                self.queue.deliver(delivery_id, delay=wait + random.uniform(0, 1))
+            return "paused"
+        claimed = list(
+            WebhookDelivery.update(
+                state="running",
+                attempts=WebhookDelivery.attempts + 1,
+                lease_until=now + dt.timedelta(seconds=self.settings.lease),
+                updated_at=now,
+            )
+            .where((WebhookDelivery.id == delivery_id) & WebhookDelivery.state.in_(("queued", "retry")))
+            .returning(WebhookDelivery)
+            .execute(self.db)
+        )
+        if not claimed:
+            return "skipped"
+        delivery = claimed[0]
+        secrets_ = self.apps.secrets_for(int(delivery.installation_id))
+        body = bytes(delivery.body)
+        headers = sign(body, secrets_, message_id=str(delivery.message_id)) if secrets_ else {}
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "X-CZO-Event": str(delivery.event_name),
+                "X-CZO-Event-Id": str(delivery.event_id),
+                "X-CZO-Shop-Id": str(delivery.shop_id),
+                "X-CZO-Delivery-Attempt": str(delivery.attempts),
+            }
+        )
+        status: int | None = None
+        excerpt: str | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        started = utcnow()
+        try:
+            self.http.check(str(delivery.target_url), what="webhook target")
+            response = self.http.request(
+                "POST", str(delivery.target_url), body=body, headers=headers,
+                max_bytes=RESPONSE_EXCERPT, connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout, what="webhook target",
+            )
+            status = response.status
+            excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
+            retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
+        except UnsafeURLError as exc:
+            error = str(exc)
+            return self._record(delivery, started, None, None, error, final=True)
+        except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if status is not None and 200 <= status < 300:
+            return self._record(delivery, started, status, excerpt, None, final=False, delivered=True)
+        retryable = status is None or status >= 500 or status in (408, 429)
+        if not retryable:
+            error = f"HTTP {status}: not retried (only network errors, 5xx, 408 and 429 are)"
+            return self._record(delivery, started, status, excerpt, error, final=True)
+        return self._record(delivery, started, status, excerpt, error or f"HTTP {status}", final=False, retry_after=retry_after)
+
+    def _record(
+        self,
+        delivery: WebhookDelivery,
+        started: dt.datetime,
+        status: int | None,
+        excerpt: str | None,
+        error: str | None,
+        *,
+        final: bool,
+        delivered: bool = False,
+        retry_after: float | None = None,
+    ) -> str:
+        now = utcnow()
+        duration = (now - started).total_seconds() * 1000
+        attempt = int(delivery.attempts)
+        exhausted = attempt >= int(delivery.max_attempts)
+        if delivered:
+            state, delay = "delivered", None
+        elif final or exhausted:
+            state, delay = "dead", None
+        else:
+            base = self.settings.schedule[min(attempt - 1, len(self.settings.schedule) - 1)]
+            delay = retry_after if retry_after is not None else random.uniform(base * 0.8, base * 1.2)
+            state = "retry"
+        with self.db.atomic():
+            WebhookAttempt.insert(
+                delivery=delivery.id, attempt=attempt, at=started, status=status,
+                duration_ms=round(duration, 2), response=excerpt, error=(error or None) and error[:2000],
+            ).execute(self.db)
+            WebhookDelivery.update(
+                state=state,
+                last_status=status,
+                last_error=(error or None) and error[:2000],
+                lease_until=None,
+                next_attempt_at=now + dt.timedelta(seconds=delay) if delay is not None else None,
+                delivered_at=now if delivered else None,
+                updated_at=now,
+            ).where(WebhookDelivery.id == delivery.id).execute(self.db)
+        if status is not None or error is not None:
+            self._circuit_result(str(delivery.origin), delivered or (status is not None and status < 500 and status not in (408, 429)), now)
+        if state == "retry" and self.queue is not None and delay is not None:
+            self.queue.deliver(int(delivery.id), delay=delay)
+        if state == "dead":
+            log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, delivery.target_url, attempt, error)
+        return state
+
+    # -- recovery and operations --------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Re-queue deliveries a crash left behind (``running`` past the lease, queued and lost)."""
+        self.ensure_tables()
+        now = utcnow()
+        stale = now - dt.timedelta(seconds=self.settings.lease)
+        recovered = list(
+            WebhookDelivery.update(state="queued", lease_until=None, updated_at=now)
+            .where((WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
+            .returning(WebhookDelivery.id)
+            .tuples()
+            .execute(self.db)
+        )
+        lost = list(
+            WebhookDelivery.select(WebhookDelivery.id)
+            .where(
+                ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
+                | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
+            )
+            .tuples()
+            .execute(self.db)
+        )
+        ids = [r[0] for r in recovered] + [r[0] for r in lost]
+        if lost:
+            WebhookDelivery.update(updated_at=now).where(WebhookDelivery.id.in_([r[0] for r in lost])).execute(self.db)
+        if self.queue is not None:
+            for delivery_id in ids:
+                self.queue.deliver(delivery_id, delay=0)
+        counts = {"recovered": len(recovered), "requeued": len(lost)}
+        if ids:
+            log.warning("webhook sweep re-queued %s", counts)
+        return counts
+
+    def deliveries(self, *, state: str | None = None, shop_id: int | None = None, limit: int = 50) -> list[WebhookDelivery]:
+        self.ensure_tables()
+        query = WebhookDelivery.select().order_by(WebhookDelivery.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(WebhookDelivery.state == state)
+        if shop_id is not None:
+            query = query.where(WebhookDelivery.shop_id == shop_id)
+        return list(query.execute(self.db))
+
+    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
+        self.ensure_tables()
+        return list(
+            WebhookAttempt.select().where(WebhookAttempt.delivery == delivery_id).order_by(WebhookAttempt.id).execute(self.db)
+        )
+
+    def redeliver(self, delivery_id: int | None = None, *, all_dead: bool = False) -> list[int]:
+        """Queue a delivery again (any state but running), or every dead one, with fresh attempts."""
+        self.ensure_tables()
+        now = utcnow()
+        if all_dead:
+            ids = [r[0] for r in WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.state == "dead").tuples().execute(self.db)]
+        else:
+            row = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
+            if row is None:
+                raise NotFoundError("WebhookDelivery", delivery_id)
+            ids = [int(row.id)]
+        if ids:
+            WebhookDelivery.update(
+                state="queued", attempts=0, next_attempt_at=None, lease_until=None, updated_at=now
+            ).where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state != "running")).execute(self.db)
+            on_commit(self.db, lambda: self._enqueue_all(ids))
+        return ids
+
+    def stats(self) -> dict[str, int]:
+        self.ensure_tables()
+        rows = (
+            WebhookDelivery.select(WebhookDelivery.state, peewee.fn.COUNT(WebhookDelivery.id))
+            .group_by(WebhookDelivery.state).tuples().execute(self.db)
+        )
+        return {state: count for state, count in rows}
+
+
+def _allows(held: frozenset[tuple[str, str]], resource: str, action: str) -> bool:
+    from czo_kit.apps.permissions import allows
+
+    return allows(held, resource, action)
+
+
+def payload_of(delivery: WebhookDelivery) -> Mapping[str, Any]:
+    """The JSON body of a delivery, decoded (for inspection and tests)."""
+    decoded: Mapping[str, Any] = msgspec.json.decode(bytes(delivery.body))
+    return decoded

@@ -1,0 +1,296 @@
+"""The kit's small HTTP API (Falcon, WSGI): app management for users, and routes that
+modules add for apps (``czo_register_http_routes``).
+
+Errors map to statuses the same way everywhere: 400 with the field path for bad bodies or
+parameters, 401 for missing or bad credentials, 403 for missing permissions (listing them),
+404, 409 for conflicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import falcon
+import msgspec
+
+from czo_kit.apps.manifest import validation_error_path
+from czo_kit.apps.extensions import EXTENSION_TOKEN_PREFIX, verify_extension_token
+from czo_kit.apps.permissions import APP_MANAGEMENT, allows, format_pairs
+from czo_kit.apps.registry import TOKEN_PREFIX, AppPrincipal
+from czo_kit.errors import (
+    AuthenticationError,
+    ConflictError,
+    CzoError,
+    InvalidDataError,
+    InvalidFilterError,
+    ManifestError,
+    NotFoundError,
+    OptimisticLockError,
+    PermissionDeniedError,
+    UnsafeURLError,
+)
+from czo_kit.http.auth import USER_TOKEN_PREFIX, UserIdentity, verify_user_token
+
+if TYPE_CHECKING:
+    from czo_kit.kit import Kit
+
+__all__ = ["ApiRoutes", "create_api", "read_json", "require_app", "require_user"]
+
+log = logging.getLogger("czo_kit.http")
+
+T = TypeVar("T")
+MAX_BODY = 1024 * 1024
+Authenticator = Callable[[str, "Kit"], UserIdentity | None]
+
+
+@dataclass
+class ApiRoutes:
+    """What ``czo_register_http_routes`` receives: add Falcon resources under ``/api``."""
+
+    app: falcon.App[Any, Any]
+    kit: Kit
+    paths: list[str] = field(default_factory=list)
+
+    def add_route(self, path: str, resource: object, **kwargs: Any) -> None:
+        if not path.startswith("/api/"):
+            raise ValueError(f"module routes live under /api/, got {path!r}")
+        self.app.add_route(path, resource, **kwargs)
+        self.paths.append(path)
+
+
+def read_json(req: falcon.Request, kind: type[T]) -> T:
+    """The request body decoded as ``kind``; 400 naming the field when it does not fit."""
+    if req.content_length is not None and req.content_length > MAX_BODY:
+        raise falcon.HTTPContentTooLarge(title="Body too large", description=f"at most {MAX_BODY} bytes")
+    raw = req.bounded_stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise falcon.HTTPContentTooLarge(title="Body too large", description=f"at most {MAX_BODY} bytes")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise _bad_request(*validation_error_path(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _bad_request(f"the body is not valid JSON: {exc}", "$") from None
+
+
+def _bad_request(message: str, path: str) -> falcon.HTTPError:
+    return falcon.HTTPBadRequest(title="Invalid request", description=message, code=path)
+
+
+def _token(req: falcon.Request) -> str | None:
+    header = req.get_header("Authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def require_user(req: falcon.Request) -> UserIdentity:
+    user: UserIdentity | None = req.context.user
+    if user is None:
+        raise AuthenticationError("a user token is required (Authorization: Bearer czo_user_...)")
+    return user
+
+
+def require_app(req: falcon.Request, resource: str, action: str, *, shop_id: int) -> Any:
+    """The calling app, if it holds ``action`` on ``resource`` in ``shop_id``; else 401/403."""
+    principal: Any = req.context.app
+    if principal is None:
+        raise AuthenticationError("an app token is required (Authorization: Bearer czo_app_...)")
+    if principal.shop_id != shop_id:
+        raise PermissionDeniedError(f"app {principal.app_id} is not installed in shop {shop_id}")
+    if not principal.has(resource, action):
+        raise PermissionDeniedError(
+            f"app {principal.app_id} lacks {resource}:{action}", missing=(f"{resource}:{action}",)
+        )
+    return principal
+
+
+class _AuthMiddleware:
+    def __init__(self, kit: Kit, authenticators: list[Authenticator]) -> None:
+        self.kit = kit
+        self.authenticators = authenticators
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.user = None
+        req.context.app = None
+        token = _token(req)
+        if token is None:
+            return
+        if token.startswith(TOKEN_PREFIX):
+            req.context.app = self.kit.apps.authenticate(token)
+            return
+        if token.startswith(EXTENSION_TOKEN_PREFIX):
+            principal = verify_extension_token(self.kit.secret_key, token)
+            # Uninstalling the app ends its extensions' tokens at once.
+            self.kit.apps.get(principal.shop_id, principal.app_id)
+            req.context.app = principal
+            return
+        for authenticate in self.authenticators:
+            identity = authenticate(token, self.kit)
+            if identity is not None:
+                req.context.user = identity
+                return
+        raise AuthenticationError("the bearer token is not valid")
+
+
+def default_authenticator(token: str, kit: Kit) -> UserIdentity | None:
+    """Signed user tokens issued by ``czo-kit users token`` (the documented default)."""
+    if not token.startswith(USER_TOKEN_PREFIX):
+        return None
+    return verify_user_token(kit.secret_key, token)
+
+
+def _is_page(req: falcon.Request) -> bool:
+    return req.path.startswith("/dashboard/") and not req.path.startswith("/dashboard/api/")
+
+
+def _handle(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]) -> None:
+    status, body = _error_body(ex)
+    if _is_page(req):
+        from czo_kit.http.dashboard import page_error
+
+        page_error(req, resp, status, str(body.get("message", "")))
+        return
+    if status == falcon.HTTP_401:
+        resp.set_header("WWW-Authenticate", 'Bearer realm="czo"')
+    resp.status = status
+    resp.media = body
+
+
+def _error_body(ex: Exception) -> tuple[str, dict[str, Any]]:
+    if isinstance(ex, AuthenticationError):
+        return falcon.HTTP_401, {"error": "unauthorized", "message": str(ex)}
+    if isinstance(ex, PermissionDeniedError):
+        return falcon.HTTP_403, {"error": "forbidden", "message": str(ex), "missing": list(ex.missing)}
+    if isinstance(ex, NotFoundError):
+        return falcon.HTTP_404, {"error": "not_found", "message": str(ex)}
+    if isinstance(ex, (ConflictError, OptimisticLockError)):
+        return falcon.HTTP_409, {"error": "conflict", "message": str(ex)}
+    if isinstance(ex, ManifestError):
+        return falcon.HTTP_400, {"error": "invalid_manifest", "message": str(ex), "field": ex.path}
+    if isinstance(ex, InvalidDataError):
+        return falcon.HTTP_400, {"error": "invalid", "message": str(ex), "field": ex.field}
+    if isinstance(ex, (InvalidFilterError, UnsafeURLError)):
+        return falcon.HTTP_400, {"error": "invalid", "message": str(ex)}
+    return falcon.HTTP_400, {"error": "invalid", "message": str(ex)}
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict[str, Any]) -> None:
+    if _is_page(req):
+        from czo_kit.http.dashboard import page_error
+
+        page_error(req, resp, str(ex.status), ex.description or ex.title or "")
+        return
+    resp.status = ex.status
+    body: dict[str, Any] = {"error": (ex.title or "error").lower().replace(" ", "_"), "message": ex.description or ex.title}
+    if ex.code is not None:
+        body["field"] = ex.code
+    resp.media = body
+
+
+class _InstallBody(msgspec.Struct, forbid_unknown_fields=True):
+    manifestUrl: str  # noqa: N815 - the API's JSON field names are camelCase
+    shopId: int  # noqa: N815
+
+
+def _shop_param(req: falcon.Request) -> int:
+    raw = req.get_param("shopId")
+    if raw is None:
+        raise _bad_request("the shopId query parameter is required", "shopId")
+    # isascii: str.isdigit() also accepts other scripts' digits, which int() then reads.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
+        raise _bad_request(f"shopId must be a positive integer, got {raw[:20]!r}", "shopId")
+    return int(raw)
+
+
+def _check_user(kit: Kit, user: UserIdentity, shop_id: int, resource: str, action: str) -> None:
+    held = kit.permission_service.permissions(user.user_id, shop_id)
+    if not allows(held, resource, action):
+        raise PermissionDeniedError(
+            f"user {user.user_id} lacks {resource}:{action} in shop {shop_id}",
+            missing=format_pairs([(resource, action)]),
+        )
+
+
+def _app_json(row: Any) -> dict[str, Any]:
+    return {
+        "appId": row.app_id,
+        "shopId": row.shop_id,
+        "name": row.name,
+        "version": row.version,
+        "installedBy": row.installed_by,
+        "installedAt": row.installed_at.isoformat(),
+        "permissions": msgspec.json.decode(str(row.permissions)),
+    }
+
+
+class _AppsResource:
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        user = require_user(req)
+        shop_id = _shop_param(req)
+        _check_user(self.kit, user, shop_id, "apps", "read")
+        resp.media = {"apps": [_app_json(row) for row in self.kit.apps.list(shop_id)]}
+
+
+class _InstallResource:
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        user = require_user(req)
+        body = read_json(req, _InstallBody)
+        if body.shopId < 1:
+            raise _bad_request("shopId must be a positive integer", "$.shopId")
+        _check_user(self.kit, user, body.shopId, *APP_MANAGEMENT)
+        result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
+        resp.status = falcon.HTTP_201
+        resp.media = {"app": _app_json(result.installation)}
+
+
+class _AppResource:
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
+        user = require_user(req)
+        shop_id = _shop_param(req)
+        _check_user(self.kit, user, shop_id, *APP_MANAGEMENT)
+        self.kit.apps.uninstall(shop_id=shop_id, app_id=app_id)
+        resp.status = falcon.HTTP_204
+
+
+class _Health:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+def create_api(kit: Kit) -> falcon.App[Any, Any]:
+    """The WSGI application: built-in routes plus every module's ``czo_register_http_routes``."""
+    authenticators: list[tuple[int, Authenticator]] = []
+
+    def register(fn: Authenticator, *, priority: int = 0) -> None:
+        authenticators.append((priority, fn))
+
+    kit.plugins.hook.czo_register_authenticators(register=register)
+    ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
+    app = falcon.App(middleware=[_AuthMiddleware(kit, ordered)])
+    app.add_error_handler(CzoError, _handle)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_route("/api/health", _Health())
+    app.add_route("/api/apps", _AppsResource(kit))
+    app.add_route("/api/apps/install", _InstallResource(kit))
+    app.add_route("/api/apps/{app_id}", _AppResource(kit))
+    kit.plugins.hook.czo_register_http_routes(api=ApiRoutes(app, kit), kit=kit)
+    from czo_kit.http.dashboard import add_dashboard
+
+    add_dashboard(app, kit)
+    return app

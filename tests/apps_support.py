@@ -1,0 +1,218 @@
+"""Helpers shared by the app-system tests: scripted HTTP receivers on loopback, manifests,
+and a kit wired for apps (private URLs allowed, a small retry schedule).
+
+The receivers are ``http.server.ThreadingHTTPServer`` with HTTP/1.1 keep-alive and Nagle off
+(see ``BASELINES.md``: without it every request stalls ~44 ms).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+
+from czo_kit import Kit
+from czo_kit.settings import Settings
+
+OWNER = "owner-1"
+APP_TABLES = (
+    "czo_webhook_attempt",
+    "czo_webhook_delivery",
+    "czo_webhook_circuit",
+    "czo_app_token",
+    "czo_app_webhook",
+    "czo_app_secret",
+    "czo_app_installation",
+    "shop_members",
+)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok": true}'
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay: float = 0.0
+
+
+Script = Callable[[Request], Reply]
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client going away mid-request (a killed worker, a timed-out attempt) is expected.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class Receiver:
+    """A loopback HTTP server answering with ``script(request)`` and recording every request."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script: Script = script or (lambda request: Reply())
+        self.requests: list[Request] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Request(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
+                with receiver.lock:
+                    receiver.requests.append(request)
+                reply = receiver.script(request)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def posts(self, path: str | None = None) -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if r.method == "POST" and (path is None or r.path == path)]
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def manifest(
+    base: str,
+    *,
+    app_id: str = "acme",
+    permissions: list[dict[str, Any]] | None = None,
+    events: list[str] | None = None,
+    token_target: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A valid manifest whose webhook posts ``events`` to ``<base>/hook``."""
+    data: dict[str, Any] = {
+        "id": app_id,
+        "name": "Acme app",
+        "version": "1.0.0",
+        "about": "test app",
+        "app_url": base + "/",
+        "permissions": permissions
+        if permissions is not None
+        else [{"resource": "order", "actions": ["read", "write"], "scope": "shop"}],
+        "webhooks": [
+            {"name": "orders", "events": events or ["order.created"], "target_url": base + "/hook", "is_active": True}
+        ],
+    }
+    if token_target:
+        data["token_target_url"] = base + "/token"
+    data.update(extra)
+    return data
+
+
+def reset_app_tables(url: str) -> None:
+    """PostgreSQL tables live for the whole session: start each test from empty app tables."""
+    if not url.startswith("postgres"):
+        return
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    dbname, params = parse_postgresql_url(url)
+    db = peewee.PostgresqlDatabase(dbname, **params)
+    try:
+        with db.atomic():
+            for table in APP_TABLES:
+                db.execute_sql(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+    finally:
+        db.close()
+
+
+def app_settings(settings_for: Callable[..., Settings], url: str, queue_dir: str, **changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "apps_allow_private_urls": True,
+        "queue_url": f"sqlite:///{os.path.join(queue_dir, 'queue.sqlite3')}",
+        "webhooks_retry_schedule": (0.2, 0.2, 0.2),
+        "webhooks_timeout": 2.0,
+        "events_sweep_interval": 0.5,
+    }
+    values.update(changes)
+    return settings_for(url, **values)
+
+
+@contextmanager
+def app_kit(settings: Settings) -> Iterator[Kit]:
+    reset_app_tables(settings.database_url)
+    kit = Kit(settings)
+    try:
+        kit.create_tables()
+        kit.webhooks.ensure_tables()
+        kit.permission_service.grant(OWNER, 1, "owner")
+        kit.permission_service.grant(OWNER, 2, "owner")
+        yield kit
+    finally:
+        kit.close()
+
+
+def raw_rows(kit: Kit, table: str) -> list[dict[str, Any]]:
+    cursor = kit.db.execute_sql(f'SELECT * FROM "{table}"')
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition") -> None:
+    from czo_kit.testing.cache import wait_until
+
+    assert wait_until(condition, timeout=timeout, interval=0.02), f"timed out after {timeout}s waiting for {what}"

@@ -1,0 +1,1 @@
+"""A test-only czo-kit plugin: a cache driver registered under the ``dictcache`` scheme."""

@@ -1,0 +1,581 @@
+"""The Redis cache driver beyond the shared contract, on real servers: outages and slow
+servers, stampedes across processes, invalidating 100,000 keys without blocking Redis, one
+round trip per bulk operation, and tag invalidation that costs one INCR per tag.
+
+Tests that kill, pause or count the commands of a server start a private ``redis-server``
+on a free port, so they never disturb (or get disturbed by) anything else using Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from czo_kit.cache import CacheManager, CacheUnavailable, create_cache
+from czo_kit.settings import Settings
+from czo_kit.testing.cache import wait_until
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - the dev extra installs it; the redis_url fixture reports it
+    redis = None
+
+pytestmark = pytest.mark.redis
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A throwaway ``redis-server`` (no persistence) that a test may kill and restart."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.process is None
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probe = self.client(timeout=0.2)
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited with {process.returncode}")
+            try:
+                return bool(probe.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            assert wait_until(answers, timeout=10), f"redis-server on port {self.port} never answered"
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            probe.close()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self, *, timeout: float = 5.0) -> Any:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def command_calls(self, client: Any) -> dict[str, int]:
+        """How many times each command ran on this server: ``{"incr": 3, ...}``."""
+        stats = client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary(redis_url: str) -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (needed to start private servers)"
+        if CI:
+            pytest.fail(message + "; CI=true requires it", pytrace=False)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def private_redis(redis_server_binary: str) -> Iterator[PrivateRedis]:
+    """A server of this test's own, which it may kill and restart."""
+    server = PrivateRedis(redis_server_binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def quiet_redis(redis_server_binary: str) -> Iterator[PrivateRedis]:
+    """A server of this module's own, so command statistics count only what tests do."""
+    server = PrivateRedis(redis_server_binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def make_cache() -> Iterator[Callable[..., CacheManager]]:
+    made: list[CacheManager] = []
+
+    def make(url: str, *, timeout: float = 1.0, **options: Any) -> CacheManager:
+        options.setdefault("prefix", f"rt{uuid.uuid4().hex[:10]}:")
+        manager = create_cache(url, settings=Settings(cache_url=url, cache_timeout=timeout), **options)
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close()
+
+
+def unavailable_records(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "czo_kit.cache" and text in r.getMessage()]
+
+
+# -- a server that goes away ------------------------------------------------------------------
+
+
+def test_an_outage_degrades_to_misses_is_logged_once_and_recovers(
+    private_redis: PrivateRedis, make_cache: Callable[..., CacheManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"out{uuid.uuid4().hex[:8]}:"
+    cache = make_cache(private_redis.url, timeout=0.1, retry_after=0.05, prefix=prefix)
+    strict = make_cache(private_redis.url, timeout=0.1, retry_after=0.05, strict=True, prefix=prefix)
+    cache.set("k", "before", tags=["t"])
+    assert cache.get("k") == "before" and strict.get("k") == "before"
+    caplog.set_level(logging.WARNING, logger="czo_kit.cache")
+
+    private_redis.kill()
+    errors_before = cache.stats()["errors"]
+    computed: list[int] = []
+    rounds = 0
+    stop = time.monotonic() + 0.5  # ten retry windows: the driver is really tried again and again
+    while time.monotonic() < stop or rounds < 10:
+        rounds += 1
+        assert cache.get("k") is None
+        assert cache.get("k", "default") == "default"
+        assert cache.get_or_set("k", lambda: computed.append(1) or "computed", tags=["t"]) == "computed"
+        assert cache.get_many(["k", "other"]) == {}
+        assert cache.has("k") is False
+        cache.set("k", "written while down", tags=["t"])
+        cache.set_many({"a": 1, "b": 2})
+        assert cache.delete("k") is False
+        assert cache.delete_many(["a", "b"]) == 0
+        assert cache.invalidate("*") == 0
+        cache.invalidate_tags(["t"])
+        cache.clear()
+        assert cache.ping() is False
+        time.sleep(0.01)  # spread the calls over several retry windows
+    assert len(computed) == rounds  # the factory's value was served every time
+    assert cache.stats()["errors"] >= errors_before + 10 * rounds
+    assert len(unavailable_records(caplog, "cache unavailable")) == 1
+    assert unavailable_records(caplog, "reachable again") == []
+
+    with pytest.raises(CacheUnavailable):
+        strict.get("k")
+    with pytest.raises(CacheUnavailable):
+        strict.set("k", "v")
+    with pytest.raises(CacheUnavailable):
+        strict.get_or_set("k", lambda: "never stored")
+
+    private_redis.start()  # same port, empty
+
+    def recovered(manager: CacheManager) -> Callable[[], bool]:
+        def check() -> bool:
+            try:
+                manager.set("back", "yes")
+                return manager.get("back") == "yes"
+            except CacheUnavailable:
+                return False
+
+        return check
+
+    assert wait_until(recovered(cache), timeout=10)
+    assert wait_until(recovered(strict), timeout=10)
+    assert len(unavailable_records(caplog, "reachable again")) == 2  # once per cache
+    assert cache.get_or_set("k", lambda: "fresh", tags=["t"]) == "fresh"
+    assert cache.get("k") == "fresh"
+
+
+def test_a_failed_ping_during_an_outage_is_not_taken_for_recovery(
+    private_redis: PrivateRedis, make_cache: Callable[..., CacheManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(private_redis.url, timeout=0.1, retry_after=0.05)
+    cache.set("k", 1)
+    caplog.set_level(logging.WARNING, logger="czo_kit.cache")
+    private_redis.kill()
+    assert cache.get("k") is None  # the outage starts
+    for _ in range(3):
+        # Past the retry window, so that ping() really asks the (dead) server.
+        assert wait_until(lambda: time.monotonic() > cache._shared.down_until)
+        assert cache.ping() is False
+        assert cache.get("k") is None
+    assert len(unavailable_records(caplog, "cache unavailable")) == 1
+    assert unavailable_records(caplog, "reachable again") == []
+    private_redis.start()
+    assert wait_until(cache.ping, timeout=10)
+    assert len(unavailable_records(caplog, "reachable again")) == 1
+
+
+def test_a_slow_server_costs_a_short_timeout_not_a_hang(
+    private_redis: PrivateRedis, make_cache: Callable[..., CacheManager]
+) -> None:
+    cache = make_cache(private_redis.url, timeout=0.1)  # skips the backend for 1 s after an error
+    eager = make_cache(private_redis.url, timeout=0.1, retry_after=1e-6)  # tries it on every call
+    for manager in (cache, eager):
+        manager.set("k", "v")
+        assert manager.get("k") == "v"
+    admin = private_redis.client()
+    try:
+        # Every client's commands now wait 2 s (CLIENT UNPAUSE would wait too: let it run out).
+        assert admin.client_pause(2000)
+    finally:
+        admin.close()
+
+    def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+        started = time.monotonic()
+        result = call()
+        return result, time.monotonic() - started
+
+    value, took = timed(lambda: cache.get("k", "default"))
+    assert value == "default" and took < 0.3, f"get took {took:.3f} s with a 0.1 s timeout"
+    assert cache.stats()["errors"] == 1
+    value, took = timed(lambda: cache.get_or_set("k", lambda: "computed"))
+    assert value == "computed" and took < 0.05  # within retry_after: not even tried
+    assert cache.stats()["errors"] > 1
+
+    errors_before = eager.stats()["errors"]
+    calls: list[tuple[str, Callable[[], Any], Any]] = [
+        ("get", lambda: eager.get("k", "default"), "default"),
+        ("get_many", lambda: eager.get_many(["k"]), {}),
+        ("set", lambda: eager.set("k", "new", tags=["t"]), None),
+        ("delete", lambda: eager.delete("k"), False),
+        ("get_or_set", lambda: eager.get_or_set("k", lambda: "computed"), "computed"),  # read, lock, tags
+    ]
+    for name, call, expected in calls:
+        value, took = timed(call)
+        assert value == expected, name
+        assert took < 0.6, f"{name} took {took:.3f} s with a 0.1 s timeout"
+    assert eager.stats()["errors"] >= errors_before + len(calls)  # each one went to Redis and timed out
+
+    # Once the server answers again, so does the cache (a key of its own: whether Redis still
+    # ran the commands that timed out is not this test's business).
+    assert wait_until(lambda: cache.get_or_set("after", lambda: "again") == "again" and cache.has("after"))
+
+
+# -- stampedes across processes ---------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys, threading, time
+    import redis
+    from czo_kit.cache import create_cache
+    from czo_kit.settings import Settings
+
+    url, prefix, mode, lock_timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    client = redis.Redis.from_url(url)
+    cache = create_cache(url, settings=Settings(cache_url=url), prefix=prefix, lock_timeout=lock_timeout)
+
+    def wait_for(key):
+        deadline = time.monotonic() + 30
+        while not client.exists(key):
+            if time.monotonic() > deadline:
+                sys.exit("gave up waiting for " + key)
+            time.sleep(0.002)
+
+    try:
+        if mode == "stampede":
+            def factory():
+                client.incr(prefix + "factory-calls")
+                time.sleep(0.2)  # a slow query
+                return {"computed_by": os.getpid()}
+
+            results = []
+            start = threading.Barrier(50)
+
+            def ask():
+                start.wait(timeout=30)
+                results.append(cache.get_or_set("cold", factory, ttl=30))
+
+            client.incr(prefix + "ready")
+            wait_for(prefix + "go")
+            threads = [threading.Thread(target=ask) for _ in range(50)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            print(json.dumps({"results": results, "lock_waits": cache.stats()["lock_waits"]}))
+        else:
+            def hang():
+                client.set(prefix + "in-factory", os.getpid())
+                time.sleep(60)  # killed in here, holding the lock
+                return "never"
+
+            cache.get_or_set("orphan", hang, ttl=30)
+    finally:
+        cache.close()
+        client.close()
+    """
+)
+
+
+@pytest.fixture
+def worker_script(tmp_path: Path) -> Path:
+    path = tmp_path / "cache_worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+@pytest.fixture
+def scratch_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on the shared test Redis, removed afterwards."""
+    prefix = f"rt{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
+def spawn(script: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def reap(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def test_two_processes_of_fifty_threads_run_the_factory_once(
+    redis_url: str, scratch_prefix: str, worker_script: Path
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    processes = [spawn(worker_script, redis_url, scratch_prefix, "stampede", "10") for _ in range(2)]
+    try:
+        assert wait_until(lambda: int(client.get(scratch_prefix + "ready") or 0) == 2, timeout=30)
+        client.set(scratch_prefix + "go", 1)  # both processes start asking at once
+        outputs = []
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+            outputs.append(json.loads(out))
+        calls = int(client.get(scratch_prefix + "factory-calls") or 0)
+    finally:
+        reap(processes)
+        client.close()
+    assert calls == 1
+    values = [value for output in outputs for value in output["results"]]
+    assert len(values) == 100
+    assert len({value["computed_by"] for value in values}) == 1  # everyone got the one value
+    assert sum(output["lock_waits"] for output in outputs) >= 1  # the other process waited for it
+
+
+def test_a_lock_holder_killed_mid_factory_blocks_no_one_past_its_lease(
+    redis_url: str, scratch_prefix: str, worker_script: Path, make_cache: Callable[..., CacheManager]
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    holder = spawn(worker_script, redis_url, scratch_prefix, "hold", "1.0")  # a 1 s lease
+    try:
+        assert wait_until(lambda: bool(client.exists(scratch_prefix + "in-factory")), timeout=30)
+        lock_key = scratch_prefix + "lock:" + scratch_prefix + "orphan"
+        assert 0 < client.pttl(lock_key) <= 1000  # it holds the lock, with the short lease
+        holder.kill()  # kill -9 while it holds the lock
+        holder.wait(timeout=10)
+        # This process waits 10 s before giving up on a holder, so only the lease can free it.
+        cache = make_cache(redis_url, prefix=scratch_prefix, lock_timeout=10.0)
+        started = time.monotonic()
+        assert cache.get_or_set("orphan", lambda: "recovered", ttl=30) == "recovered"
+        took = time.monotonic() - started
+    finally:
+        reap([holder])
+        client.close()
+    assert took < 3.0, f"waited {took:.2f} s for a dead holder's 1 s lease"
+    assert cache.stats()["lock_waits"] == 1
+    assert cache.get("orphan") == "recovered"
+
+
+# -- invalidating many keys -------------------------------------------------------------------
+
+
+def count_keys(client: Any, pattern: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=pattern, count=10_000))
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, select, sys, time
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), socket_timeout=10)
+    client.ping()
+    print("ready", flush=True)
+    samples = []
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        started = time.time()
+        client.ping()
+        samples.append((started, time.time() - started))
+    client.close()
+    print(json.dumps(samples), flush=True)
+    """
+)
+
+
+def test_invalidating_100000_keys_scans_in_batches_and_never_blocks(
+    quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager]
+) -> None:
+    client = quiet_redis.client()
+    cache = make_cache(quiet_redis.url, timeout=5.0, prefix="inv:")
+    # PING latency is measured from another process, so this process's GIL plays no part.
+    probe = subprocess.Popen(
+        [sys.executable, "-c", PROBE, str(quiet_redis.port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, 100_000, 1000):
+            pipe.mset({f"inv:product:{n}": b"x" for n in range(start, start + 1000)})
+        pipe.mset({f"inv:order:{n}": b"kept" for n in range(500)})
+        pipe.mset({f"other:product:{n}": b"kept" for n in range(500)})  # another cache, same pattern
+        pipe.execute()
+        assert count_keys(client, "inv:product:*") == 100_000
+        assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+        calls_before = quiet_redis.command_calls(client)
+
+        began = time.time()
+        removed = cache.invalidate("product:*")
+        ended = time.time()
+        out, err = probe.communicate("stop\n", timeout=30)
+        assert probe.returncode == 0, err
+        during = [latency for started, latency in json.loads(out) if began <= started <= ended]
+
+        calls_after = quiet_redis.command_calls(client)
+        assert removed == 100_000
+        assert count_keys(client, "inv:product:*") == 0
+        assert client.mget([f"inv:order:{n}" for n in range(500)]) == [b"kept"] * 500
+        assert client.mget([f"other:product:{n}" for n in range(500)]) == [b"kept"] * 500
+        worst = max(during)
+        print(f"\nPING latency while invalidating 100,000 keys in {ended - began:.2f} s: "
+              f"max {worst * 1000:.2f} ms over {len(during)} pings")
+        assert len(during) >= 20  # Redis kept answering throughout
+        assert worst < 0.050
+        assert calls_after.get("keys", 0) == calls_before.get("keys", 0) == 0  # never KEYS
+        assert calls_after["scan"] - calls_before.get("scan", 0) >= 100  # SCAN in batches
+        assert calls_after["unlink"] - calls_before.get("unlink", 0) >= 100  # freed in batches
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+        probe.communicate(timeout=30)
+        client.flushdb()
+        client.close()
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+class RoundTrips:
+    """Counts requests sent to Redis (a pipeline or a script is one)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        before = self.count
+        result = fn()
+        return result, self.count - before
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    counter = RoundTrips()
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> Any:
+        counter.count += 1
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return counter
+
+
+def test_bulk_operations_are_one_round_trip_each(
+    quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager], round_trips: RoundTrips
+) -> None:
+    cache = make_cache(quiet_redis.url)
+    # Warm up: connect, and let redis-py load each Lua script once.
+    cache.set("warm", 1, tags=["w"])
+    cache.get("warm")
+    cache.invalidate_tags(["w"])
+    cache.delete_many(["warm"])
+
+    keys = [f"k{n}" for n in range(20)]
+    values = {key: {"n": n} for n, key in enumerate(keys)}
+    assert round_trips(lambda: cache.set_many(values, ttl=60)) == (None, 1)
+    assert round_trips(lambda: cache.get_many(keys)) == (values, 1)
+    assert round_trips(lambda: cache.delete_many(keys)) == (20, 1)
+
+    tags = ["product:1", "product:2", "shop:1"]
+    assert round_trips(lambda: cache.set_many(values, ttl=60, tags=tags)) == (None, 2)  # versions + values
+    assert round_trips(lambda: cache.get_many(keys)) == (values, 1)  # the tag check is in the same script
+    assert round_trips(lambda: cache.get("k3")) == ({"n": 3}, 1)
+    assert round_trips(lambda: cache.get_or_set("k3", lambda: "unused")) == ({"n": 3}, 1)
+    five = ["product:1", "product:2", "product:3", "shop:1", "shop:2"]
+    assert round_trips(lambda: cache.invalidate_tags(five)) == (None, 1)
+    assert round_trips(lambda: cache.get("k3")) == (None, 1)
+    assert round_trips(lambda: cache.get_many(keys)) == ({}, 1)
+
+    # Batch cache-aside: one read, then one tag-version read and one pipelined write for the misses.
+    cache.set_many({key: values[key] for key in keys[:10]}, tags=["row"])
+    wanted = {key: ["row"] for key in keys}
+    compute = lambda missing: {key: values[key] for key in missing}  # noqa: E731
+    assert round_trips(lambda: cache.get_or_set_many(wanted, compute)) == (values, 3)
+    assert round_trips(lambda: cache.get_or_set_many(wanted, compute)) == (values, 1)
+
+
+def test_invalidating_a_tag_is_one_incr_however_many_keys_carry_it(
+    quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager]
+) -> None:
+    client = quiet_redis.client()
+    cache = make_cache(quiet_redis.url, timeout=5.0)
+    try:
+        cache.set("lonely", 1, tags=["few"])
+        crowd = {f"k{n}": n for n in range(10_000)}
+        cache.set_many(crowd, tags=["many"])
+        assert len(cache.get_many(crowd)) == 10_000
+
+        costs = []
+        for tag in ("few", "many"):
+            before = quiet_redis.command_calls(client)
+            cache.invalidate_tags([tag])
+            after = quiet_redis.command_calls(client)
+            costs.append({name: after[name] - before.get(name, 0) for name in after if name != "info"})
+        for cost in costs:
+            # redis-py sends INCR as INCRBY 1; nothing is deleted, scanned or rewritten.
+            assert {name: n for name, n in cost.items() if n} in ({"incr": 1}, {"incrby": 1})
+        assert cache.get("lonely") is None
+        assert cache.get_many(crowd) == {}
+    finally:
+        client.close()
