@@ -337,6 +337,51 @@ def apps_uninstall(app_id: str, shop_id: int) -> None:
         click.echo(f"uninstalled {app_id} from shop {shop_id}")
 
 
+@apps_group.command("tokens")
+@click.argument("app_id")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+def apps_tokens(app_id: str, shop_id: int) -> None:
+    """List APP_ID's tokens in a shop (their last four characters only)."""
+    with _kit() as kit:
+        for token in kit.apps.tokens(shop_id=shop_id, app_id=app_id):
+            state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
+            click.echo(f"{token.id}  {token.name:<16} ...{token.last4}  created {token.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+@apps_group.command("token")
+@click.argument("app_id")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+@click.option("--name", default="cli", show_default=True, help="A label for the token.")
+def apps_token(app_id: str, shop_id: int, name: str) -> None:
+    """Create another token for APP_ID; it is printed once."""
+    with _kit() as kit:
+        token_id, token = kit.apps.create_token(shop_id=shop_id, app_id=app_id, name=name)
+        click.echo(f"token {token_id} (shown once): {token}")
+
+
+@apps_group.command("revoke-token")
+@click.argument("app_id")
+@click.argument("token_id", type=click.IntRange(1))
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+def apps_revoke_token(app_id: str, token_id: int, shop_id: int) -> None:
+    """Revoke token TOKEN_ID of APP_ID: it stops working at once."""
+    with _kit() as kit:
+        kit.apps.revoke_token(shop_id=shop_id, app_id=app_id, token_id=token_id)
+        click.echo(f"token {token_id} of {app_id} revoked")
+
+
+@apps_group.command("rotate-secret")
+@click.argument("app_id")
+@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
+@click.option("--grace", type=click.FloatRange(0, 30 * 86400), default=86400.0, show_default=True,
+              help="Seconds the old secret keeps signing next to the new one.")
+def apps_rotate_secret(app_id: str, shop_id: int, grace: float) -> None:
+    """Give APP_ID a new webhook secret (sent to its token_target_url); the old one is kept for --grace."""
+    with _kit() as kit:
+        kit.apps.rotate_webhook_secret(shop_id=shop_id, app_id=app_id, grace=grace)
+        click.echo(f"new webhook secret for {app_id} in shop {shop_id}; the old one signs too for {grace:g}s")
+
+
 @cli.group("webhooks")
 def webhooks_group() -> None:
     """Inspect webhook deliveries and send failed ones again."""

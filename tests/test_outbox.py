@@ -130,10 +130,16 @@ def make_kit(backend: Backend, settings_for: SettingsFor) -> Iterator[Callable[.
             **changes,
         }
         kit = Kit(settings_for(backend.database_url, **options))
+        first = not kits
         kits.append(kit)
         assert kit.queue is not None and kit.outbox is not None
         kit.db.bind(list(models))
         setattr(kit, "_test_models", models)
+        if first:
+            # PostgreSQL tests share one schema per session: start from empty event tables, so
+            # an event another test left pending cannot be swept into this one.
+            with kit.db.bind_ctx(list(EVENT_MODELS)):
+                kit.db.drop_tables(list(EVENT_MODELS), safe=True)
         if create:
             # Created up front, so a consumer's sweep and the first emit never race to it.
             kit.outbox.ensure_tables()

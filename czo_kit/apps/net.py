@@ -76,8 +76,11 @@ def parse_target(url: Any, *, what: str = "URL") -> Target:
 def is_public_address(address: str) -> bool:
     """Whether ``address`` is a globally routable unicast address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address are as public as the address they carry.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            ip = embedded
     return not (
         ip.is_private
         or ip.is_loopback

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 import peewee
+import urllib3
 
 from czo_kit.apps.manifest import AppManifest, parse_manifest
 from czo_kit.apps.net import OutboundHTTP
@@ -227,6 +228,11 @@ class AppRegistry:
                         "only redirects on the same host are followed",
                         path="manifestUrl",
                     )
+                if urlsplit(url).scheme == "https" and urlsplit(following).scheme != "https":
+                    raise ManifestError(
+                        "the manifest URL redirects from https to http; that downgrade is refused",
+                        path="manifestUrl",
+                    )
                 current = following
                 continue
             if response.status != 200:
@@ -330,17 +336,24 @@ class AppRegistry:
                     f"app {parsed.id!r} is already installed in shop {shop_id}; uninstall it first",
                     fields=("shop_id", "app_id"),
                 )
-            installation_id = AppInstallation.insert(
-                shop_id=shop_id,
-                app_id=parsed.id,
-                name=parsed.name,
-                version=parsed.version,
-                manifest=parsed.to_json().decode(),
-                permissions=json.dumps(sorted(f"{r}:{a}" for r, a in granted)),
-                app_url=parsed.app_url,
-                installed_by=installer,
-                installed_at=now,
-            ).execute(self.db)
+            try:
+                with self.db.atomic():  # two installs racing: the second is a clear conflict
+                    installation_id = AppInstallation.insert(
+                        shop_id=shop_id,
+                        app_id=parsed.id,
+                        name=parsed.name,
+                        version=parsed.version,
+                        manifest=parsed.to_json().decode(),
+                        permissions=json.dumps(sorted(f"{r}:{a}" for r, a in granted)),
+                        app_url=parsed.app_url,
+                        installed_by=installer,
+                        installed_at=now,
+                    ).execute(self.db)
+            except peewee.IntegrityError:
+                raise ConflictError(
+                    f"app {parsed.id!r} is already installed in shop {shop_id}; uninstall it first",
+                    fields=("shop_id", "app_id"),
+                ) from None
             AppToken.insert(
                 installation=installation_id, token_hash=hash_token(token), last4=token[-4:],
                 name="default", created_at=now,
@@ -364,6 +377,7 @@ class AppRegistry:
     def _send_token(self, url: str, installation: AppInstallation, token: str, secret: str) -> None:
         body = msgspec.json.encode(
             {
+                "kind": "install",
                 "auth_token": token,
                 "webhook_secret": secret,
                 "shop_id": installation.shop_id,
@@ -389,7 +403,8 @@ class AppRegistry:
                 last_error = f"HTTP {response.status}"
                 if response.status < 500 and response.status not in (408, 429):
                     break
-            time.sleep(0.2 * (attempt + 1))
+            if attempt < 2:  # not after the last one: the install transaction is open
+                time.sleep(0.2 * (attempt + 1))
         raise ManifestError(
             f"the app did not accept its token at token_target_url ({last_error}); nothing was installed",
             path="$.token_target_url",
@@ -502,6 +517,28 @@ class AppRegistry:
             AppSecret.delete().where(
                 (AppSecret.installation == installation.id) & (AppSecret.expires_at <= now)
             ).execute(self.db)
+        target = self.manifest_of(installation).token_target_url
+        if target:
+            # Tell the app; until it has the new secret, the old one still signs every webhook.
+            body = msgspec.json.encode(
+                {
+                    "kind": "webhook_secret",
+                    "webhook_secret": secret,
+                    "grace_seconds": grace,
+                    "shop_id": installation.shop_id,
+                    "app_id": installation.app_id,
+                    "installation_id": installation.id,
+                }
+            )
+            try:
+                response = self.http.request(
+                    "POST", target, body=body, max_bytes=1024, what="token URL",
+                    headers={"Content-Type": "application/json", "Idempotency-Key": f"secret-{secrets.token_hex(16)}"},
+                )
+                if not 200 <= response.status < 300:
+                    log.warning("app %s did not accept its new webhook secret: HTTP %s", app_id, response.status)
+            except (UnsafeURLError, TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
+                log.warning("could not send app %s its new webhook secret: %s", app_id, exc)
         return secret
 
     def subscriptions(self, shop_id: int) -> builtins.list[AppWebhook]:

@@ -127,7 +127,7 @@ def _retry_after(value: str | None, now: dt.datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too, and float() refuses it
         return min(float(value), 86400.0)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -246,10 +246,25 @@ class WebhookDispatcher:
     # -- delivering ---------------------------------------------------------------------
 
     def _circuit_wait(self, origin: str, now: dt.datetime) -> float:
+        """Seconds this target stays paused; 0 when closed, or when this caller takes the one
+        probe allowed after a cool-down (half-open: everyone else keeps waiting)."""
         circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
-        if circuit is None or circuit.opened_until is None or circuit.opened_until <= now:
+        if circuit is None or circuit.opened_until is None:
             return 0.0
-        remaining: float = (circuit.opened_until - now).total_seconds()
+        if circuit.opened_until <= now:
+            probe_until = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
+            taken = (
+                WebhookCircuit.update(opened_until=probe_until, updated_at=now)
+                .where((WebhookCircuit.origin == origin) & (WebhookCircuit.opened_until <= now))
+                .execute(self.db)
+            )
+            if taken:
+                log.info("webhook target %s: cool-down over, sending one probe", origin)
+                return 0.0
+            circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
+            if circuit is None or circuit.opened_until is None:
+                return 0.0
+        remaining: float = max(0.0, (circuit.opened_until - now).total_seconds())
         return remaining
 
     def _circuit_result(self, origin: str, ok: bool, now: dt.datetime) -> None:
@@ -303,8 +318,12 @@ class WebhookDispatcher:
             return "skipped"
         delivery = claimed[0]
         secrets_ = self.apps.secrets_for(int(delivery.installation_id))
+        if not secrets_:
+            # Uninstalled since the claim (secrets and deliveries go with the installation):
+            # never send a webhook unsigned.
+            return "skipped"
         body = bytes(delivery.body)
-        headers = sign(body, secrets_, message_id=str(delivery.message_id)) if secrets_ else {}
+        headers = sign(body, secrets_, message_id=str(delivery.message_id))
         headers.update(
             {
                 "Content-Type": "application/json",
@@ -312,6 +331,7 @@ class WebhookDispatcher:
                 "X-CZO-Event-Id": str(delivery.event_id),
                 "X-CZO-Shop-Id": str(delivery.shop_id),
                 "X-CZO-Delivery-Attempt": str(delivery.attempts),
+                "User-Agent": USER_AGENT,
             }
         )
         status: int | None = None
@@ -331,7 +351,8 @@ class WebhookDispatcher:
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
         except UnsafeURLError as exc:
             error = str(exc)
-            return self._record(delivery, started, None, None, error, final=True)
+            # The URL is refused on our side: not the target's failure, so no circuit count.
+            return self._record(delivery, started, None, None, error, final=True, target_failed=False)
         except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if status is not None and 200 <= status < 300:
@@ -353,6 +374,7 @@ class WebhookDispatcher:
         final: bool,
         delivered: bool = False,
         retry_after: float | None = None,
+        target_failed: bool = True,
     ) -> str:
         now = utcnow()
         duration = (now - started).total_seconds() * 1000
@@ -367,11 +389,7 @@ class WebhookDispatcher:
             delay = retry_after if retry_after is not None else random.uniform(base * 0.8, base * 1.2)
             state = "retry"
         with self.db.atomic():
-            WebhookAttempt.insert(
-                delivery=delivery.id, attempt=attempt, at=started, status=status,
-                duration_ms=round(duration, 2), response=excerpt, error=(error or None) and error[:2000],
-            ).execute(self.db)
-            WebhookDelivery.update(
+            updated = WebhookDelivery.update(
                 state=state,
                 last_status=status,
                 last_error=(error or None) and error[:2000],
@@ -380,8 +398,17 @@ class WebhookDispatcher:
                 delivered_at=now if delivered else None,
                 updated_at=now,
             ).where(WebhookDelivery.id == delivery.id).execute(self.db)
-        if status is not None or error is not None:
-            self._circuit_result(str(delivery.origin), delivered or (status is not None and status < 500 and status not in (408, 429)), now)
+            if not updated:
+                # The app was uninstalled while this attempt was in flight, taking the delivery
+                # with it: nothing to record (the attempt row would have no delivery), no retry.
+                return "skipped"
+            WebhookAttempt.insert(
+                delivery=delivery.id, attempt=attempt, at=started, status=status,
+                duration_ms=round(duration, 2), response=excerpt, error=(error or None) and error[:2000],
+            ).execute(self.db)
+        if target_failed and (status is not None or error is not None):
+            answered = status is not None and status < 500 and status not in (408, 429)
+            self._circuit_result(str(delivery.origin), delivered or answered, now)
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
         if state == "dead":
@@ -395,6 +422,20 @@ class WebhookDispatcher:
         self.ensure_tables()
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
+        # A delivery whose worker kept dying on it has used its attempts: it is dead, or a
+        # poison delivery would be retried for ever.
+        exhausted = (
+            WebhookDelivery.update(
+                state="dead", lease_until=None, updated_at=now,
+                last_error="the worker stopped during the last attempt (lease expired)",
+            )
+            .where(
+                (WebhookDelivery.state == "running")
+                & (WebhookDelivery.lease_until < now)
+                & (WebhookDelivery.attempts >= WebhookDelivery.max_attempts)
+            )
+            .execute(self.db)
+        )
         recovered = list(
             WebhookDelivery.update(state="queued", lease_until=None, updated_at=now)
             .where((WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
@@ -417,7 +458,7 @@ class WebhookDispatcher:
         if self.queue is not None:
             for delivery_id in ids:
                 self.queue.deliver(delivery_id, delay=0)
-        counts = {"recovered": len(recovered), "requeued": len(lost)}
+        counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
         if ids:
             log.warning("webhook sweep re-queued %s", counts)
         return counts

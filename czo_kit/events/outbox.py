@@ -183,8 +183,16 @@ class Outbox:
         existing = set(self.db.get_tables())
         missing = [m for m in EVENT_MODELS if m._meta.table_name not in existing]
         if missing:
-            with self.db.bind_ctx(missing):
-                self.db.create_tables(missing, safe=True)
+            try:
+                # All at once, in a savepoint if the caller has a transaction: on PostgreSQL
+                # IF NOT EXISTS is not race-free, and a process that loses the race to another
+                # one starting at the same moment must undo only this attempt.
+                with self.db.atomic(), self.db.bind_ctx(missing):
+                    self.db.create_tables(missing, safe=True)
+            except (peewee.IntegrityError, peewee.ProgrammingError):
+                existing = set(self.db.get_tables())
+                if any(m._meta.table_name not in existing for m in EVENT_MODELS):
+                    raise
             if self.db.in_transaction():
                 # Created in the caller's transaction: they exist only once it commits.
                 on_commit(self.db, self._mark_tables_ready)
@@ -387,8 +395,10 @@ class Outbox:
         for event_id, deliver_at, priority in events:
             delay = max(0.0, (deliver_at - now).total_seconds())
             self.queue.dispatch(event_id, delay=delay, priority=priority)
+            # Not back from "dispatched": a worker may have dispatched it since the select
+            # (or, idle, right after the enqueue above).
             EventOutbox.update(state="queued", updated_at=utcnow()).where(
-                EventOutbox.event_id == event_id
+                (EventOutbox.event_id == event_id) & EventOutbox.state.in_(("pending", "queued"))
             ).execute(self.db)
             counts["events"] += 1
 

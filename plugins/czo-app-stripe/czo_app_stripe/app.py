@@ -101,6 +101,16 @@ class _Token:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.get_media()
+        if isinstance(body, dict) and body.get("kind") == "webhook_secret":
+            # A rotated secret: keep the token, sign-check with the new secret from now on.
+            shop_id = body.get("shop_id")
+            with self.app.lock:
+                known = self.app.installations.get(shop_id) if isinstance(shop_id, int) else None
+                if known is None or known.installation_id != body.get("installation_id"):
+                    raise falcon.HTTPNotFound(title="unknown installation")
+                known.webhook_secret = str(body["webhook_secret"])
+            resp.media = {"ok": True}
+            return
         try:
             installation = Installation(
                 shop_id=int(body["shop_id"]), installation_id=int(body["installation_id"]),

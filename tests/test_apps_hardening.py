@@ -1,0 +1,160 @@
+"""Edge cases of the app system found in review: the half-open probe, poison deliveries,
+refused URLs vs target failures, embedded IPv4 in IPv6, redirect downgrades, install races,
+and secret rotation reaching the app."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+
+from apps_support import OWNER, Receiver, Reply, app_kit, app_settings, manifest, raw_rows
+from czo_kit import Kit
+from czo_kit.apps.net import HTTPResponse, is_public_address
+from czo_kit.apps.webhooks import WebhookCircuit, WebhookDelivery
+from czo_kit.db.model import utcnow
+from czo_kit.errors import ConflictError, ManifestError
+from czo_kit.settings import Settings
+
+ORDER = {"shop_id": 1, "id": 7, "total": 1999, "currency": "EUR"}
+
+
+@pytest.fixture
+def kit(sqlite_url: str, settings_for: Callable[..., Settings], tmp_path: Path) -> Iterator[Kit]:
+    settings = app_settings(
+        settings_for, sqlite_url, str(tmp_path), webhooks_breaker_threshold=1, webhooks_breaker_cooldown=60.0
+    )
+    with app_kit(settings) as kit:
+        yield kit
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+def _deliveries(kit: Kit, count: int) -> list[int]:
+    for n in range(count):
+        kit.events.emit_async("order.created", dict(ORDER, id=n))
+    ids = sorted(d.id for d in kit.webhooks.deliveries())
+    assert len(ids) == count
+    return ids
+
+
+def _cool_down_over(kit: Kit) -> None:
+    WebhookCircuit.update(opened_until=utcnow() - dt.timedelta(seconds=1)).execute(kit.db)
+
+
+def test_after_the_cool_down_exactly_one_probe_goes_out(kit: Kit, receiver: Receiver) -> None:
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    receiver.script = lambda request: Reply(503)
+    first, second, third = _deliveries(kit, 3)  # no consumer: the test runs each attempt
+    assert kit.webhooks.deliver(first) == "retry"
+    assert len(receiver.posts("/hook")) == 1
+    assert kit.webhooks.deliver(second) == "paused"  # threshold 1: the circuit is open
+    assert len(receiver.posts("/hook")) == 1
+
+    _cool_down_over(kit)
+    assert kit.webhooks.deliver(second) == "retry"  # the probe: sent, failed, circuit open again
+    assert kit.webhooks.deliver(third) == "paused"  # everyone else waits for the next probe
+    assert len(receiver.posts("/hook")) == 2
+
+    receiver.script = lambda request: Reply(200)
+    _cool_down_over(kit)
+    assert kit.webhooks.deliver(third) == "delivered"  # a successful probe closes the circuit
+    assert raw_rows(kit, "czo_webhook_circuit") == []
+    assert kit.webhooks.deliver(first) == "delivered" and kit.webhooks.deliver(second) == "delivered"
+    attempts = {d.id: d.attempts for d in kit.webhooks.deliveries()}
+    assert attempts == {first: 2, second: 2, third: 1}  # pauses used up no attempt
+
+
+def test_a_worker_dying_on_the_last_attempt_makes_the_delivery_dead(kit: Kit, receiver: Receiver) -> None:
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    (delivery_id,) = _deliveries(kit, 1)
+    WebhookDelivery.update(
+        state="running", attempts=WebhookDelivery.max_attempts, lease_until=utcnow() - dt.timedelta(seconds=1)
+    ).where(WebhookDelivery.id == delivery_id).execute(kit.db)
+    counts = kit.webhooks.sweep()
+    assert counts["dead"] == 1 and counts["recovered"] == 0
+    (row,) = kit.webhooks.deliveries()
+    assert row.state == "dead" and "lease expired" in (row.last_error or "")
+    assert receiver.posts("/hook") == []
+
+
+def test_a_refused_url_is_dead_without_blaming_the_target(kit: Kit, receiver: Receiver) -> None:
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    (delivery_id,) = _deliveries(kit, 1)
+    kit.http.allow_private = False  # e.g. the target's DNS now points at a private address
+    kit.http._dns.clear()
+    assert kit.webhooks.deliver(delivery_id) == "dead"
+    assert receiver.posts("/hook") == []
+    assert raw_rows(kit, "czo_webhook_circuit") == []  # the breaker counts target failures only
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("2002:0a00:0001::1", False),  # 6to4 of 10.0.0.1
+        ("2002:c0a8:0101::1", False),  # 6to4 of 192.168.1.1
+        ("2002:0808:0808::1", True),  # 6to4 of 8.8.8.8
+        ("2001:0000:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo, client 192.0.2.45
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:8.8.8.8", True),
+    ],
+)
+def test_ipv6_forms_that_embed_ipv4_are_judged_by_the_ipv4(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+def test_a_manifest_redirect_from_https_to_http_is_refused(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    from czo_kit.apps import net
+
+    monkeypatch.setattr(kit.apps.http, "check", lambda url, what="URL": net.parse_target(url, what=what))
+
+    def request(method: str, url: Any, **kwargs: Any) -> HTTPResponse:
+        return HTTPResponse(301, {"location": "http://apps.example/manifest"}, b"", False, 0.01, str(url))
+
+    monkeypatch.setattr(kit.apps.http, "request", request)
+    with pytest.raises(ManifestError, match="https to http"):
+        kit.apps.fetch_manifest("https://apps.example/manifest")
+
+
+def test_two_installs_racing_end_in_a_conflict_not_a_crash(
+    kit: Kit, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    # The second install's existence check ran before the first committed: the unique index
+    # is what catches it.
+    monkeypatch.setattr(peewee.SelectBase, "exists", lambda self, database=None: False)
+    with pytest.raises(ConflictError, match="already installed"):
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    assert len(kit.apps.list(1)) == 1
+
+
+def test_a_rotated_secret_is_sent_to_the_app(kit: Kit, receiver: Receiver) -> None:
+    from falcon import testing
+
+    from czo_app_stripe import create_app
+
+    result = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url, token_target=True))
+    new = kit.apps.rotate_webhook_secret(shop_id=1, app_id="acme", grace=60)
+    install_post, rotation = receiver.posts("/token")
+    assert install_post.json()["kind"] == "install"
+    body = rotation.json()
+    assert body["kind"] == "webhook_secret" and body["webhook_secret"] == new != result.webhook_secret
+    assert body["grace_seconds"] == 60 and "auth_token" not in body
+
+    # The example payment app takes the new secret and keeps its token.
+    wsgi, state = create_app(public_url="http://app.example", czo_api_url="http://czo.example")
+    client = testing.TestClient(wsgi)
+    assert client.simulate_post("/token", json=install_post.json()).status_code == 200
+    assert client.simulate_post("/token", json=body).status_code == 200
+    installation = state.installations[1]
+    assert installation.webhook_secret == new and installation.token == result.token
+    stranger = dict(body, installation_id=999)
+    assert client.simulate_post("/token", json=stranger).status_code == 404

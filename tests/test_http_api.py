@@ -1,0 +1,508 @@
+"""The HTTP API: app management for users, the order module's payment route for apps, status
+codes for every kind of bad request; once through a real waitress server, and once through
+the whole loop with the payment app (plugins/czo-app-stripe)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import falcon.testing
+import pytest
+import urllib3
+
+from apps_support import OWNER, Receiver, Reply, app_kit, app_settings, manifest, wait_for
+from czo_kit import Kit
+from czo_kit.http import BackgroundServer, create_api, issue_user_token
+from czo_kit.settings import Settings
+from czo_order import OrderService
+
+SettingsFor = Callable[..., Settings]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def kit(db_url: str, settings_for: SettingsFor, tmp_path: Path) -> Iterator[Kit]:
+    with app_kit(app_settings(settings_for, db_url, str(tmp_path))) as kit:
+        kit.permission_service.grant("vera", 1, "viewer")
+        yield kit
+
+
+@pytest.fixture
+def client(kit: Kit) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_api(kit))
+
+
+@pytest.fixture
+def lite_kit(sqlite_url: str, settings_for: SettingsFor, tmp_path: Path) -> Iterator[Kit]:
+    """For checks of request validation, which no database changes: SQLite only."""
+    with app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        yield kit
+
+
+@pytest.fixture
+def lite_client(lite_kit: Kit) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_api(lite_kit))
+
+
+@pytest.fixture
+def app_server() -> Iterator[Receiver]:
+    """Serves an app's manifest at /manifest (and takes webhooks at /hook)."""
+    with Receiver() as server:
+        body = json.dumps(manifest(server.url)).encode()
+        server.script = lambda request: Reply(200, body) if request.path == "/manifest" else Reply(200)
+        yield server
+
+
+def user(kit: Kit, user_id: str = OWNER) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_user_token(kit.secret_key, user_id)}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def install_body(server: Receiver, shop_id: Any = 1) -> dict[str, Any]:
+    return {"manifestUrl": server.url + "/manifest", "shopId": shop_id}
+
+
+# -- app management ---------------------------------------------------------------------------
+
+
+def test_install_list_and_uninstall(kit: Kit, client: falcon.testing.TestClient, app_server: Receiver) -> None:
+    created = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit))
+    assert created.status_code == 201, created.text
+    app = created.json["app"]
+    assert (app["appId"], app["shopId"], app["installedBy"], app["version"]) == ("acme", 1, OWNER, "1.0.0")
+    assert app["permissions"] == ["order:read", "order:write"]
+    assert "token" not in created.text and "whsec_" not in created.text  # the token goes to the app only
+    assert [r.path for r in app_server.requests] == ["/manifest"]
+
+    listed = client.simulate_get("/api/apps", params={"shopId": "1"}, headers=user(kit))
+    assert listed.status_code == 200
+    assert [a["appId"] for a in listed.json["apps"]] == ["acme"]
+    assert client.simulate_get("/api/apps", params={"shopId": "2"}, headers=user(kit)).json == {"apps": []}
+    viewer = client.simulate_get("/api/apps", params={"shopId": "1"}, headers=user(kit, "vera"))
+    assert viewer.status_code == 200  # apps:read is enough to look
+
+    deleted = client.simulate_delete("/api/apps/acme", params={"shopId": "1"}, headers=user(kit))
+    assert deleted.status_code == 204
+    assert client.simulate_get("/api/apps", params={"shopId": "1"}, headers=user(kit)).json == {"apps": []}
+    assert kit.apps.list(1) == []
+
+
+def test_health_needs_no_credentials(client: falcon.testing.TestClient) -> None:
+    assert client.simulate_get("/api/health").json == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer    ",
+        "Basic b3duZXI6cGFzcw==",
+        "Token czo_user_abc",
+        "czo_user_abc.def",
+        "Bearer not-a-token",
+        "Bearer czo_user_",
+        "Bearer czo_user_abc",
+        "Bearer czo_user_!!!.???",
+        "Bearer czo_user_" + "a" * 500,
+        "Bearer czo_app_" + "a" * 43,
+    ],
+)
+def test_401_for_missing_and_malformed_credentials(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    for result in (
+        lite_client.simulate_get("/api/apps", params={"shopId": "1"}, headers=headers),
+        lite_client.simulate_post("/api/apps/install", json=install_body(app_server), headers=headers),
+        lite_client.simulate_delete("/api/apps/acme", params={"shopId": "1"}, headers=headers),
+    ):
+        assert result.status_code == 401, (authorization, result.text)
+        assert result.json["error"] == "unauthorized"
+        assert result.headers["WWW-Authenticate"] == 'Bearer realm="czo"'
+    assert app_server.requests == []
+    assert lite_kit.apps.list(1) == []
+
+
+def test_401_for_expired_and_forged_user_tokens(kit: Kit, client: falcon.testing.TestClient) -> None:
+    expired = issue_user_token(kit.secret_key, OWNER, ttl=60, now=time.time() - 3600)
+    forged = issue_user_token(b"another-secret-" + b"x" * 32, OWNER)
+    good = issue_user_token(kit.secret_key, OWNER)
+    payload, _, signature = good.partition(".")
+    other = issue_user_token(kit.secret_key, "mallory")
+    spliced = other.partition(".")[0] + "." + signature  # mallory's claims, owner's signature
+    for token, words in (
+        (expired, "expired"),
+        (forged, "signature"),
+        (spliced, "signature"),
+        (good[:-3], "signature"),
+        (payload, "malformed"),
+    ):
+        result = client.simulate_get("/api/apps", params={"shopId": "1"}, headers=bearer(token))
+        assert result.status_code == 401
+        assert words in result.json["message"]
+    assert client.simulate_get("/api/apps", params={"shopId": "1"}, headers=bearer(good)).status_code == 200
+
+
+def test_an_app_token_is_not_a_user(kit: Kit, client: falcon.testing.TestClient, app_server: Receiver) -> None:
+    token = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    result = client.simulate_get("/api/apps", params={"shopId": "1"}, headers=bearer(token))
+    assert result.status_code == 401
+    assert "user token is required" in result.json["message"]
+
+
+def test_403_lists_what_is_missing(kit: Kit, client: falcon.testing.TestClient, app_server: Receiver) -> None:
+    listed = client.simulate_get("/api/apps", params={"shopId": "1"}, headers=user(kit, "mallory"))
+    assert listed.status_code == 403
+    assert listed.json["missing"] == ["apps:read"]
+    for who in ("vera", "mallory"):
+        installed = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit, who))
+        assert installed.status_code == 403
+        assert installed.json == {"error": "forbidden", "message": installed.json["message"], "missing": ["apps:manage"]}
+    other_shop = client.simulate_post("/api/apps/install", json=install_body(app_server, 3), headers=user(kit))
+    assert other_shop.status_code == 403  # the owner of shops 1 and 2 is nobody in shop 3
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url))
+    removed = client.simulate_delete("/api/apps/acme", params={"shopId": "1"}, headers=user(kit, "vera"))
+    assert (removed.status_code, removed.json["missing"]) == (403, ["apps:manage"])
+    assert [a.app_id for a in kit.apps.list(1)] == ["acme"]
+
+
+def test_403_when_the_app_asks_more_than_the_installer_holds(
+    kit: Kit, client: falcon.testing.TestClient
+) -> None:
+    from czo_kit import hookimpl
+
+    with Receiver() as server:
+        data = manifest(server.url, permissions=[{"resource": "order", "actions": ["read"]},
+                                                 {"resource": "customer", "actions": ["read"]}])
+        server.script = lambda request: Reply(200, json.dumps(data).encode())
+
+        class Roles:
+            @hookimpl
+            def czo_register_permissions(self, register: Any) -> None:
+                register.role("app_admin", {"apps": ["manage", "read"], "order": ["read"]})
+
+        with Kit(kit.settings, plugins=[Roles()]) as roles_kit:
+            roles_kit.permission_service.grant("ann", 1, "app_admin")
+            api = falcon.testing.TestClient(create_api(roles_kit))
+            result = api.simulate_post("/api/apps/install", json=install_body(server), headers=user(roles_kit, "ann"))
+    assert result.status_code == 403
+    assert result.json["missing"] == ["customer:read"]
+    assert kit.apps.list(1) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"manifestUrl": "http://x/m", "shopId": "1"}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": True}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": 1.5}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": None}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": 0}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": -4}, "$.shopId"),
+        ({"shopId": 1}, "$.manifestUrl"),
+        ({"manifestUrl": "http://x/m"}, "$.shopId"),
+        ({"manifestUrl": 5, "shopId": 1}, "$.manifestUrl"),
+        ({"manifestUrl": "http://x/m", "shopId": 1, "admin": True}, "$.admin"),
+        ([], "$"),
+        ("install", "$"),
+    ],
+)
+def test_400_names_the_field_of_a_bad_body(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, body: Any, field: str
+) -> None:
+    result = lite_client.simulate_post("/api/apps/install", json=body, headers=user(lite_kit))
+    assert result.status_code == 400, result.text
+    assert result.json["field"] == field
+    assert result.json["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{", b"", b"not json", b"\xff\xfe", b'{"manifestUrl": "x", "shopId": 1,}'])
+def test_400_for_invalid_json(lite_kit: Kit, lite_client: falcon.testing.TestClient, raw: bytes) -> None:
+    result = lite_client.simulate_post(
+        "/api/apps/install", body=raw, headers={**user(lite_kit), "Content-Type": "application/json"}
+    )
+    assert result.status_code == 400
+    assert result.json["field"] == "$"
+    assert "not valid JSON" in result.json["message"]
+
+
+def test_413_for_a_body_over_one_mebibyte(lite_kit: Kit, lite_client: falcon.testing.TestClient) -> None:
+    huge = json.dumps({"manifestUrl": "http://x/" + "a" * (1024 * 1024), "shopId": 1}).encode()
+    result = lite_client.simulate_post("/api/apps/install", body=huge, headers={**user(lite_kit), "Content-Type": "application/json"})
+    assert result.status_code == 413
+    assert "1048576" in result.json["message"]
+
+
+def test_400_for_a_manifest_that_cannot_be_installed(
+    kit: Kit, client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    for url, field in (
+        ("ftp://example.com/manifest", "manifestUrl"),
+        (app_server.url + "/missing", "manifestUrl"),
+    ):
+        app_server.script = lambda request: Reply(404)
+        result = client.simulate_post("/api/apps/install", json={"manifestUrl": url, "shopId": 1}, headers=user(kit))
+        assert result.status_code == 400
+        assert result.json["error"] == "invalid_manifest"
+        assert result.json["field"] == field
+    bad = manifest(app_server.url)
+    bad["webhooks"][0]["events"] = ["Not An Event"]
+    app_server.script = lambda request: Reply(200, json.dumps(bad).encode())
+    result = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit))
+    assert (result.status_code, result.json["field"]) == (400, "$.webhooks[0].events[0]")
+
+
+@pytest.mark.parametrize("query", [{}, {"shopId": ""}, {"shopId": "abc"}, {"shopId": "-1"}, {"shopId": "0"},
+                                   {"shopId": "1.5"}, {"shopId": "9" * 13}, {"shopId": "١"}, {"shopId": "²"},
+                                   {"shop": "1"}])
+def test_400_for_bad_shop_id_parameters(lite_kit: Kit, lite_client: falcon.testing.TestClient, query: dict[str, str]) -> None:
+    for result in (
+        lite_client.simulate_get("/api/apps", params=query, headers=user(lite_kit)),
+        lite_client.simulate_delete("/api/apps/acme", params=query, headers=user(lite_kit)),
+    ):
+        assert result.status_code == 400, (query, result.text)
+        assert result.json["field"] == "shopId"
+
+
+def test_404_uninstalling_an_unknown_app(kit: Kit, client: falcon.testing.TestClient) -> None:
+    result = client.simulate_delete("/api/apps/ghost", params={"shopId": "1"}, headers=user(kit))
+    assert result.status_code == 404
+    assert result.json["error"] == "not_found"
+
+
+def test_409_reinstalling(kit: Kit, client: falcon.testing.TestClient, app_server: Receiver) -> None:
+    assert client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit)).status_code == 201
+    again = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit))
+    assert again.status_code == 409
+    assert "uninstall it first" in again.json["message"]
+
+
+# -- the order module's payment route, for apps -----------------------------------------------
+
+
+def place(kit: Kit, shop_id: int, total: int = 2500) -> Any:
+    orders = kit.services.get(OrderService)
+    mug = SimpleNamespace(id=7, name="Mug", price=total)
+    return orders.place(shop_id=shop_id, customer_email="grace@example.com", items=[(mug, 1)])
+
+
+def pay_path(shop_id: int, order_id: int) -> str:
+    return f"/api/shops/{shop_id}/orders/{order_id}/payments"
+
+
+def test_an_app_records_a_payment(kit: Kit, client: falcon.testing.TestClient, app_server: Receiver) -> None:
+    token = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    order = place(kit, 1)
+    result = client.simulate_post(
+        pay_path(1, order.id), json={"amount": 1000, "reference": "pi_1"}, headers=bearer(token)
+    )
+    assert result.status_code == 201, result.text
+    assert result.json["order"] == {"id": order.id, "status": "open", "paid": 1000, "total": 2500}
+    result = client.simulate_post(
+        pay_path(1, order.id), json={"amount": 1500, "reference": "pi_2", "currency": "EUR"}, headers=bearer(token)
+    )
+    assert result.json["order"]["status"] == "paid"
+    stored = kit.services.get(OrderService).orders.get_by_id(order.id)
+    assert (stored.status, stored.paid_amount, stored.payment_reference) == ("paid", 2500, "pi_2")
+    unknown = client.simulate_post(pay_path(1, 999999), json={"amount": 1, "reference": "x"}, headers=bearer(token))
+    assert unknown.status_code == 404
+
+
+def test_the_payment_route_refuses_other_shops_and_missing_permissions(
+    kit: Kit, client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    token = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    reader = kit.apps.install(
+        shop_id=1, installer_id=OWNER,
+        manifest=manifest(app_server.url, app_id="reader", permissions=[{"resource": "order", "actions": ["read"]}]),
+    ).token
+    mine, theirs = place(kit, 1), place(kit, 2)
+    body = {"amount": 100, "reference": "pi_x"}
+    other_shop = client.simulate_post(pay_path(2, theirs.id), json=body, headers=bearer(token))
+    assert other_shop.status_code == 403
+    assert "not installed in shop 2" in other_shop.json["message"]
+    # Shop 1's token naming shop 1 cannot reach shop 2's order either.
+    assert client.simulate_post(pay_path(1, theirs.id), json=body, headers=bearer(token)).status_code == 404
+    without = client.simulate_post(pay_path(1, mine.id), json=body, headers=bearer(reader))
+    assert (without.status_code, without.json["missing"]) == (403, ["order:write"])
+    as_user = client.simulate_post(pay_path(1, mine.id), json=body, headers=user(kit))
+    assert as_user.status_code == 401
+    assert client.simulate_post(pay_path(1, mine.id), json=body).status_code == 401
+    orders = kit.services.get(OrderService).orders
+    assert orders.get_by_id(mine.id).paid_amount == 0 and orders.get_by_id(theirs.id).paid_amount == 0
+
+
+def test_revoked_and_uninstalled_app_tokens_get_401(
+    kit: Kit, client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    result = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url))
+    spare_id, spare = kit.apps.create_token(shop_id=1, app_id="acme")
+    order = place(kit, 1)
+    body = {"amount": 100, "reference": "pi_x"}
+    assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(spare)).status_code == 201
+    kit.apps.revoke_token(shop_id=1, app_id="acme", token_id=spare_id)
+    revoked = client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(spare))
+    assert revoked.status_code == 401
+    assert revoked.json["error"] == "unauthorized"
+    assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 201
+    kit.apps.uninstall(shop_id=1, app_id="acme")
+    assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": "100", "reference": "pi"}, "$.amount"),
+        ({"amount": 1.5, "reference": "pi"}, "$.amount"),
+        ({"amount": 0, "reference": "pi"}, "$.amount"),
+        ({"amount": -100, "reference": "pi"}, "$.amount"),
+        ({"reference": "pi"}, "$.amount"),
+        ({"amount": 100}, "$.reference"),
+        ({"amount": 100, "reference": ""}, "$.reference"),
+        ({"amount": 100, "reference": "r" * 201}, "$.reference"),
+        ({"amount": 100, "reference": 5}, "$.reference"),
+        ({"amount": 100, "reference": "pi", "status": "paid"}, "$.status"),
+        ([100, "pi"], "$"),
+    ],
+)
+def test_400_for_bad_payment_bodies(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver, body: Any, field: str
+) -> None:
+    token = lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    order = place(lite_kit, 1)
+    result = lite_client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(token))
+    assert result.status_code == 400, result.text
+    assert result.json["field"] == field
+    invalid = lite_client.simulate_post(
+        pay_path(1, order.id), body=b"{amount", headers={**bearer(token), "Content-Type": "application/json"}
+    )
+    assert (invalid.status_code, invalid.json["field"]) == (400, "$")
+    assert lite_kit.services.get(OrderService).orders.get_by_id(order.id).paid_amount == 0
+
+
+# -- over real HTTP ---------------------------------------------------------------------------
+
+
+def test_the_api_over_a_real_waitress_server(kit: Kit, app_server: Receiver) -> None:
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False)
+    try:
+        with BackgroundServer(create_api(kit)) as server:
+            assert http.request("GET", f"{server.url}/api/health").json() == {"status": "ok"}
+            denied = http.request("GET", f"{server.url}/api/apps?shopId=1")
+            assert denied.status == 401 and denied.headers["WWW-Authenticate"] == 'Bearer realm="czo"'
+            installed = http.request(
+                "POST", f"{server.url}/api/apps/install",
+                body=json.dumps(install_body(app_server)).encode(),
+                headers={**user(kit), "Content-Type": "application/json"},
+            )
+            assert installed.status == 201, installed.data
+            assert installed.headers["Content-Type"].startswith("application/json")
+            listed = http.request("GET", f"{server.url}/api/apps?shopId=1", headers=user(kit))
+            assert [a["appId"] for a in listed.json()["apps"]] == ["acme"]
+            bad = http.request(
+                "POST", f"{server.url}/api/apps/install", body=b"{", headers={**user(kit), "Content-Type": "application/json"}
+            )
+            assert bad.status == 400 and bad.json()["field"] == "$"
+            gone = http.request("DELETE", f"{server.url}/api/apps/acme?shopId=1", headers=user(kit))
+            assert gone.status == 204
+            assert http.request("DELETE", f"{server.url}/api/apps/acme?shopId=1", headers=user(kit)).status == 404
+    finally:
+        http.clear()
+
+
+def test_the_whole_loop_with_the_payment_app(kit: Kit) -> None:
+    """As ``czo-kit demo`` shows it: install through the API, order, the app gets the signed
+    webhook, charges, and pays the order through the API with its token."""
+    from czo_app_stripe import create_app
+
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False)
+    api = BackgroundServer(create_api(kit)).start()
+    wsgi, stripe_app = create_app(public_url="", czo_api_url=api.url)
+    app_server = BackgroundServer(wsgi)
+    stripe_app.public_url = app_server.url
+    app_server.start()
+    try:
+        installed = http.request(
+            "POST", f"{api.url}/api/apps/install",
+            body=json.dumps({"manifestUrl": f"{app_server.url}/manifest", "shopId": 1}).encode(),
+            headers={**user(kit), "Content-Type": "application/json"},
+        )
+        assert installed.status == 201, installed.data
+        assert installed.json()["app"]["appId"] == "stripe"
+        installation = stripe_app.installations[1]  # the token reached its token_target_url
+        assert kit.apps.authenticate(installation.token).shop_id == 1
+
+        with kit.consumer(workers=2, sweep_interval=0.5):
+            order = place(kit, 1, total=4200)
+            orders = kit.services.get(OrderService).orders
+            wait_for(lambda: orders.get_by_id(order.id).status == "paid", timeout=20, what="the order to be paid")
+            wait_for(lambda: len(stripe_app.payments) == 1, what="the app to note its payment")
+            wait_for(lambda: kit.webhooks.stats() == {"delivered": 1}, what="the webhook to be recorded")
+        final = orders.get_by_id(order.id)
+        assert (final.status, final.paid_amount) == ("paid", 4200)
+        assert final.payment_reference == stripe_app.payments[0]["reference"]
+        assert final.payment_reference.startswith("pi_")
+        assert stripe_app.payments[0] == {
+            "shop_id": 1, "order_id": order.id, "amount": 4200, "reference": final.payment_reference,
+        }
+        assert stripe_app.errors == []
+        assert len(stripe_app.seen_webhooks) == 1
+    finally:
+        http.clear()
+        stripe_app.http.clear()
+        app_server.stop()
+        api.stop()
+
+
+def test_the_payment_app_verifies_every_webhook() -> None:
+    from czo_app_stripe import create_app
+
+    from czo_kit.apps import new_webhook_secret, parse_manifest, sign
+
+    wsgi, state = create_app(public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9")
+    app = falcon.testing.TestClient(wsgi)
+    try:
+        served = parse_manifest(app.simulate_get("/manifest").content)  # a manifest c-zo accepts
+        assert (served.id, served.token_target_url) == ("stripe", "http://pay.example.test/token")
+        secret = new_webhook_secret()
+        grant = {"auth_token": "czo_app_x", "webhook_secret": secret, "shop_id": 1, "installation_id": 3, "app_id": "stripe"}
+        assert app.simulate_post("/token", json=grant).status_code == 200
+        assert app.simulate_post("/token", json=grant).status_code == 200  # a retried token POST is fine
+        assert app.simulate_post("/token", json={"shop_id": 1}).status_code == 400
+
+        body = json.dumps({"id": "msg_1", "event": "order.updated", "shop_id": 1, "data": {"id": 1}}).encode()
+
+        def post(headers: dict[str, str], payload: bytes = body) -> Any:
+            return app.simulate_post("/webhooks", body=payload, headers={"Content-Type": "application/json", **headers})
+
+        good = sign(body, [secret], message_id="msg_1")
+        stale = sign(body, [secret], message_id="msg_1", timestamp=int(time.time()) - 600)
+        forged = sign(body, [new_webhook_secret()], message_id="msg_1")
+        tampered = body.replace(b'"id": 1', b'"id": 2')
+        assert post({"X-CZO-Shop-Id": "1"}).status_code == 401
+        assert post({"X-CZO-Shop-Id": "1", **forged}).status_code == 401
+        assert post({"X-CZO-Shop-Id": "1", **stale}).status_code == 401
+        assert post({"X-CZO-Shop-Id": "1", **good}, tampered).status_code == 401
+        assert post({"X-CZO-Shop-Id": "2", **good}).status_code == 404
+        assert post({"X-CZO-Shop-Id": "\u00b2", **good}).status_code == 404
+        assert len(state.errors) == 4 and all(e.startswith("bad signature") for e in state.errors)
+        first = post({"X-CZO-Shop-Id": "1", **good})
+        assert (first.status_code, first.json) == (200, {"received": True, "duplicate": False})
+        assert post({"X-CZO-Shop-Id": "1", **good}).json["duplicate"] is True  # deduped on its id
+        assert state.payments == []
+    finally:
+        state.http.clear()
