@@ -455,7 +455,10 @@ def compose_report(
     for row in rows:
         if "mismatch" in row.extra:
             parts.append(f"RESULTS DIFFER in {row.operation!r}: {row.extra['mismatch']}")
-    parts.extend(notes)
+    for note in notes:
+        parts.append(note)
+        if markdown:
+            parts.append("")  # one paragraph each
     missed = [row.operation for row in rows if row.met is False]
     missed += [check.what for check in checks if not check.met]
     samples = "in the calls column" if show_calls else f"{rows[0].kit.n:,}" if rows else "none"

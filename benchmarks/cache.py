@@ -1,6 +1,6 @@
 """czo_kit.cache against redis-py, dogpile.cache and the database, in the same run.
 
-    python -m benchmarks.cache            # full run, about two minutes
+    python -m benchmarks.cache            # full run, about 30 seconds
     python -m benchmarks.cache --quick    # smoke run, seconds
     python -m benchmarks.cache --markdown # tables as markdown (for docs/benchmarks.md)
 

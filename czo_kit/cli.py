@@ -152,7 +152,9 @@ def db_makemigrations(module: str, name: str) -> None:
               default="thread", show_default=True, help="How workers run.")
 @click.option("--sweep-interval", type=click.FloatRange(0.1, 86400), default=None,
               help="Seconds between sweeps for lost events (default: CZO_EVENTS_SWEEP_INTERVAL).")
-def worker_command(workers: int, worker_type: str, sweep_interval: float | None) -> None:
+@click.option("--max-delay", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Longest pause between two polls of an idle queue (seconds).")
+def worker_command(workers: int, worker_type: str, sweep_interval: float | None, max_delay: float) -> None:
     """Run the queue consumer: deliver async events, retry failures, recover after crashes.
 
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
@@ -165,7 +167,9 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None)
             raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue to consume")
         interval = sweep_interval or kit.settings.events_sweep_interval
         sweeper = Sweeper(kit.outbox, interval, kit.webhooks)
-        consumer = kit.queue.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
+        consumer = kit.queue.create_consumer(
+            workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
+        )
         if worker_type == "process":
             # Forked workers must open their own database connections.
             close_all = getattr(kit.db, "close_all", None)

@@ -156,6 +156,7 @@ class Kit:
             )
             self.queue_tasks.outbox = self.outbox
             self.events.transport = self.outbox
+            self._release_connections_after_tasks(self.queue, self.db)
         hook.czo_register_events(events=self.events, kit=self)
 
         self.permissions = PermissionRegistry()
@@ -233,6 +234,21 @@ class Kit:
         if not isinstance(queue, Huey):
             raise PluginError(f"queue backend {scheme!r} returned {queue!r}, not a huey.Huey")
         return queue
+
+    @staticmethod
+    def _release_connections_after_tasks(queue: Huey, db: peewee.Database) -> None:
+        """Give each worker's connection back to the pool after every task and at shutdown,
+        so stopped or idle workers never hold pooled connections."""
+
+        def release(*_: Any) -> None:
+            try:
+                if not db.is_closed() and not db.in_transaction():
+                    db.close()
+            except Exception:  # closing must never fail a task
+                log.debug("could not release a worker's database connection", exc_info=True)
+
+        queue.post_execute()(release)
+        queue.on_shutdown()(release)
 
     @property
     def permission_service(self) -> PermissionService:

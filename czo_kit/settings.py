@@ -87,8 +87,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Where async events wait for a worker: ``sqlite:///path`` (embedded default) or
     ``redis://host:6379/0``. Empty: no queue, ``emit_async`` runs handlers in-process."""
 
-    queue_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "czo"
-    """Name of the Huey queue (several installations can share one Redis)."""
+    queue_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,64}\Z")] = "czo"
+    """Name of the Huey queue: letters, digits and '_' (Huey drops other characters from its
+    Redis keys, so 'a-b' and 'ab' would share a queue). Installations sharing one Redis need
+    different names."""
 
     events_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     """Retries of a failing async handler before its delivery is dead-lettered."""

@@ -220,7 +220,7 @@ def test_cached_rows_are_msgpack_field_values_not_pickled_objects(
     row = repo.create(gadget(4))
     repo.find_by_id(row.id)
     key = cache.namespace("db").namespace(TABLE).key(f"r:{row.id}")
-    raw = cache.driver.get_many([key], cache._shared.tag_prefix)[0]
+    raw = cache.driver.get_many([key])[0]
     assert raw is not None and raw.startswith(HEADER_MAGIC)
     assert {tag for tag, _ in parse_tag_spec(raw)} >= {row_tag(TABLE, row.id), f"ns:db:{TABLE}"}
     payload = raw.split(b"\n", 1)[1]

@@ -659,7 +659,7 @@ def test_kill_9_during_1000_deliveries_loses_nothing(
     pg_url: str, redis_url: str, settings_for: SettingsFor, tmp_path: Path
 ) -> None:
     total = 1000
-    queue_name = f"czo-webhook-kill-{uuid.uuid4().hex[:8]}"
+    queue_name = f"czo_webhook_kill_{uuid.uuid4().hex[:8]}"
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     from conftest import SECRET as TEST_SECRET

@@ -1,7 +1,9 @@
 """The contract between ``CacheManager`` and a storage driver (memory, Redis, a plugin's own).
 
 Drivers store opaque envelopes (bytes whose first line is a header the manager writes) and
-know nothing of encoding, TTL semantics or namespaces. Each method is one round trip.
+know nothing of encoding, TTL semantics, tags or namespaces: the manager checks an entry's
+recorded tag versions against the current ones, which it reads with the entry. Each method
+is one round trip.
 A driver that cannot reach its server raises ``CacheUnavailable``; the manager then degrades.
 """
 
@@ -40,10 +42,9 @@ def parse_tag_spec(value: bytes) -> list[tuple[str, bytes]]:
 class CacheDriver(Protocol):
     """What a cache backend implements. ``tag_prefix`` + tag name is the tag's version key."""
 
-    def get_many(self, keys: Sequence[str], tag_prefix: str) -> list[bytes | None]:
-        """Values of ``keys`` in order; ``None`` for a missing key, and for an entry whose
-        recorded tag versions no longer all match the current ones (a missing version
-        counts as changed). Checking the tags is part of the same round trip."""
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of ``keys`` in order (``None`` where missing), read atomically in one round
+        trip. Tag version keys are read through it too, next to the entries they guard."""
         ...
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:

@@ -38,6 +38,9 @@ _GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
 
+_Entry = tuple[int, int, list[tuple[str, bytes]], bytes]
+"""An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload."""
+
 STAT_NAMES = (
     "hits", "misses", "stale_served", "refreshes", "refresh_errors", "errors",
     "sets", "deletes", "invalidations", "lock_waits", "decode_errors",
@@ -228,16 +231,23 @@ class CacheManager:
         header = b"CZ1|%d|%d|%d|%s\n" % (now, fresh, stale, spec)
         return header + payload, stale - now
 
-    def _open(self, raw: bytes) -> tuple[int, int, bytes] | None:
-        """(fresh-until, stale-until, payload) of an envelope, or None if it is not one."""
+    @staticmethod
+    def _open(raw: bytes) -> _Entry | None:
+        """(fresh-until, stale-until, recorded tag versions, payload) of an envelope."""
         newline = raw.find(b"\n")
         if newline < 0 or not raw.startswith(HEADER_MAGIC):
             return None
         parts = raw[:newline].split(b"|", 4)
         try:
-            return int(parts[2]), int(parts[3]), raw[newline + 1 :]
+            fresh, stale = int(parts[2]), int(parts[3])
         except (IndexError, ValueError):
             return None
+        tags: list[tuple[str, bytes]] = []
+        if parts[4]:
+            for item in parts[4].split(b","):
+                tag, _, version = item.partition(b"=")
+                tags.append((tag.decode(), version))
+        return fresh, stale, tags, raw[newline + 1 :]
 
     def _decode(self, payload: bytes, kind: Any) -> Any:
         try:
@@ -253,54 +263,79 @@ class CacheManager:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _lookup(self, full_keys: Sequence[str]) -> list[bytes | None]:
+    def _read(self, full_keys: Sequence[str], hint: Iterable[str] = ()) -> list[_Entry | None]:
+        """The envelopes of ``full_keys`` whose recorded tag versions all still hold.
+
+        The versions of the ``hint`` tags (the namespace's, and any the caller names) are read
+        in the same round trip as the values (one MGET); a tag an entry records that was not
+        hinted costs one more. A tag whose version is gone (evicted) invalidates.
+        """
         shared = self._shared
-        missing: list[bytes | None] = [None] * len(full_keys)
-        return self._call(lambda: shared.driver.get_many(full_keys, shared.tag_prefix), missing)
+        count = len(full_keys)
+        hinted = list(dict.fromkeys(hint))
+        keys = [*full_keys, *(shared.tag_prefix + tag for tag in hinted)]
+        raw = self._call(lambda: shared.driver.get_many(keys), None)
+        if raw is None:
+            return [None] * count
+        current: dict[str, bytes | None] = dict(zip(hinted, raw[count:]))
+        entries: list[_Entry | None] = []
+        unknown: list[str] = []
+        for value in raw[:count]:
+            entry = self._open(value) if value is not None else None
+            if entry is not None:
+                unknown.extend(tag for tag, _ in entry[2] if tag not in current)
+            entries.append(entry)
+        if unknown:
+            names = list(dict.fromkeys(unknown))
+            more = self._call(lambda: shared.driver.get_many([shared.tag_prefix + t for t in names]), None)
+            if more is None:
+                return [None] * count
+            current.update(zip(names, more))
+        return [
+            entry if entry is not None and all(current.get(tag) == version for tag, version in entry[2]) else None
+            for entry in entries
+        ]
 
     @overload
-    def get(self, key: str, default: Any = None, *, type: None = None) -> Any: ...
+    def get(self, key: str, default: Any = None, *, type: None = None, tags: Iterable[str] = ()) -> Any: ...
 
     @overload
-    def get(self, key: str, default: T | None = None, *, type: type[T]) -> T | None: ...
+    def get(
+        self, key: str, default: T | None = None, *, type: type[T], tags: Iterable[str] = ()
+    ) -> T | None: ...
 
-    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
-        """The fresh value of ``key`` (decoded as ``type`` if given), else ``default``."""
-        raw = self._lookup([self.key(key)])[0]
+    def get(self, key: str, default: Any = None, *, type: Any = None, tags: Iterable[str] = ()) -> Any:
+        """The fresh value of ``key`` (decoded as ``type`` if given), else ``default``.
+
+        Naming the ``tags`` the entry was stored with saves a round trip for their versions.
+        """
+        entry = self._read([self.key(key)], self._all_tags(tags))[0]
         shared = self._shared
-        if raw is not None:
-            opened = self._open(raw)
-            if opened is not None and _now_ms() < opened[0]:
-                value = self._decode(opened[2], type)
-                if value is not _MISSING:
-                    shared.count("hits")
-                    return value
+        if entry is not None and _now_ms() < entry[0]:
+            value = self._decode(entry[3], type)
+            if value is not _MISSING:
+                shared.count("hits")
+                return value
         shared.count("misses")
         return default
 
     def has(self, key: str) -> bool:
         """Whether ``key`` holds a fresh value."""
-        raw = self._lookup([self.key(key)])[0]
-        if raw is None:
-            return False
-        opened = self._open(raw)
-        return opened is not None and _now_ms() < opened[0]
+        entry = self._read([self.key(key)], self._ns_tags)[0]
+        return entry is not None and _now_ms() < entry[0]
 
-    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+    def get_many(self, keys: Iterable[str], *, type: Any = None, tags: Iterable[str] = ()) -> dict[str, Any]:
         """The fresh values among ``keys``, in one round trip; missing keys are left out."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        raws = self._lookup([self.key(k) for k in wanted])
+        entries = self._read([self.key(k) for k in wanted], self._all_tags(tags))
         now = _now_ms()
         found: dict[str, Any] = {}
-        for key, raw in zip(wanted, raws):
-            if raw is None:
+        for key, entry in zip(wanted, entries):
+            if entry is None or now >= entry[0]:
                 continue
-            opened = self._open(raw)
-            if opened is None or now >= opened[0]:
-                continue
-            value = self._decode(opened[2], type)
+            value = self._decode(entry[3], type)
             if value is not _MISSING:
                 found[key] = value
         self._shared.count("hits", len(found))
@@ -411,21 +446,19 @@ class CacheManager:
         swr = None if stale_while_revalidate is None else _check_ttl(stale_while_revalidate, "stale_while_revalidate")
         all_tags = self._all_tags(tags)
         full = self.key(key)
-        raw = self._lookup([full])[0]
-        if raw is not None:
-            opened = self._open(raw)
-            if opened is not None:
-                fresh_until, stale_until, payload = opened
-                now = _now_ms()
-                if now < stale_until:
-                    value = self._decode(payload, type)
-                    if value is not _MISSING:
-                        if now < fresh_until:
-                            shared.count("hits")
-                            return value  # type: ignore[no-any-return]
-                        shared.count("stale_served")
-                        self._refresh_later(full, factory, ttl_s, swr, all_tags)
+        entry = self._read([full], all_tags)[0]
+        if entry is not None:
+            fresh_until, stale_until, _, payload = entry
+            now = _now_ms()
+            if now < stale_until:
+                value = self._decode(payload, type)
+                if value is not _MISSING:
+                    if now < fresh_until:
+                        shared.count("hits")
                         return value  # type: ignore[no-any-return]
+                    shared.count("stale_served")
+                    self._refresh_later(full, factory, ttl_s, swr, all_tags)
+                    return value  # type: ignore[no-any-return]
         shared.count("misses")
         return self._single_flight(full, factory, ttl_s, swr, all_tags, type)
 
@@ -448,7 +481,8 @@ class CacheManager:
         shared = self._shared
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
         tagged = {key: self._all_tags(tags) for key, tags in keys.items()}
-        found = self.get_many(tagged, type=type)
+        hint = [tag for key_tags in tagged.values() for tag in key_tags]
+        found = self.get_many(tagged, type=type, tags=hint)
         missing = [key for key in tagged if key not in found]
         if not missing:
             return found
@@ -528,13 +562,11 @@ class CacheManager:
                 waited = True
             time.sleep(delay)
             delay = min(delay * 1.5, 0.1)
-            raw = self._lookup([full])[0]
-            if raw is not None:
-                opened = self._open(raw)
-                if opened is not None and _now_ms() < opened[0]:
-                    value = self._decode(opened[2], kind)
-                    if value is not _MISSING:
-                        return value  # type: ignore[no-any-return]
+            entry = self._read([full], tags)[0]
+            if entry is not None and _now_ms() < entry[0]:
+                value = self._decode(entry[3], kind)
+                if value is not _MISSING:
+                    return value  # type: ignore[no-any-return]
             if time.monotonic() >= give_up:
                 # Holders keep failing to produce a value: compute it ourselves, unlocked.
                 acquired = None

@@ -16,6 +16,7 @@ __all__ = [
     "Model",
     "SoftDeleteModel",
     "TimestampedModel",
+    "BytesField",
     "UTCDateTimeField",
     "VersionedModel",
     "has_soft_delete",
@@ -76,6 +77,25 @@ class SoftDeleteModel(TimestampedModel):
 
 class Model(VersionedModel, SoftDeleteModel):
     """The usual base: id, created_at, updated_at, version and deleted_at."""
+
+
+class BytesField(peewee.BlobField):
+    """Binary data as plain ``bytes`` on every database.
+
+    Peewee's ``BlobField`` wraps values in the driver type of the database its model was
+    bound to when the model was bound, so a model used by two kits on different databases
+    would hand PostgreSQL's wrapper to SQLite. Both drivers take ``bytes`` as they are.
+    """
+
+    def db_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        return bytes(value)
+
+    def python_value(self, value: Any) -> Any:
+        return bytes(value) if value is not None else None
 
 
 def has_soft_delete(model: type[peewee.Model]) -> bool:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from czo_kit.cache.driver import parse_tag_spec
 from czo_kit.cache.glob import glob_to_regex
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import hookimpl
@@ -81,24 +80,12 @@ class MemoryDriver:
             self._expiry = [(exp, k) for k, (_, exp) in self._data.items() if exp]
             heapq.heapify(self._expiry)
 
-    def _valid(self, value: bytes, tag_prefix: str, now: int) -> bool:
-        for tag, version in parse_tag_spec(value):
-            if self._read(tag_prefix + tag, now) != version:
-                return False
-        return True
-
     # -- CacheDriver ----------------------------------------------------------------------
 
-    def get_many(self, keys: Sequence[str], tag_prefix: str) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = _now_ms()
-        out: list[bytes | None] = []
         with self._lock:
-            for key in keys:
-                value = self._read(key, now)
-                if value is not None and not self._valid(value, tag_prefix, now):
-                    value = None
-                out.append(value)
-        return out
+            return [self._read(key, now) for key in keys]
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         now = _now_ms()

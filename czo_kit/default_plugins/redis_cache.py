@@ -1,6 +1,6 @@
 """The production cache driver: Redis through redis-py, one round trip per operation.
 
-Tag checks run server-side in a Lua script, in the same round trip as the read. Timeouts are
+Reads are plain GET / MGET (the manager checks tag versions it reads in the same MGET). Timeouts are
 short and retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the
 manager turns ``CacheUnavailable`` into misses. Not for Redis Cluster (tag keys are read from
 scripts without being declared).
@@ -25,30 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisDriver", "create_redis_driver"]
 
 T = TypeVar("T")
-
-_GET_MANY = """
-local prefix = ARGV[1]
-local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v and string.sub(v, 1, 4) == 'CZ1|' then
-    local nl = string.find(v, '\\n', 1, true)
-    if nl then
-      local spec = string.match(string.sub(v, 1, nl - 1), '^CZ1|[^|]*|[^|]*|[^|]*|(.*)$')
-      if spec and spec ~= '' then
-        for tag, version in string.gmatch(spec, '([^,=]+)=([^,]*)') do
-          if redis.call('GET', prefix .. tag) ~= version then
-            v = false
-            break
-          end
-        end
-      end
-    end
-  end
-  out[i] = v
-end
-return out
-"""
 
 _TAG_VERSIONS = """
 local prefix = ARGV[1]
@@ -84,7 +60,6 @@ class RedisDriver:
 
         self._redis = redis_module
         self.client = client
-        self._get_many = client.register_script(_GET_MANY)
         self._tag_versions = client.register_script(_TAG_VERSIONS)
         self._release = client.register_script(_RELEASE)
 
@@ -99,14 +74,16 @@ class RedisDriver:
                 raise CacheUnavailable(f"Redis refused the command: {exc}") from exc
             raise
 
-    def get_many(self, keys: Sequence[str], tag_prefix: str) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        result: list[bytes | None] = self._call(lambda: self._get_many(keys=list(keys), args=[tag_prefix]))
-        # Lua drops trailing nils from arrays; pad back to one answer per key.
-        if len(result) < len(keys):
-            result = list(result) + [None] * (len(keys) - len(result))
-        return result
+        # The client is built without decode_responses, so values are bytes (or None).
+        if len(keys) == 1:
+            key = keys[0]
+            value: Any = self._call(lambda: self.client.get(key))
+            return [value]
+        values: Any = self._call(lambda: self.client.mget(keys))
+        return list(values)
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         if not items:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from czo_kit._faults import fault_point
-from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.db.model import BytesField, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events.types import EventContext
 
@@ -57,7 +57,7 @@ class EventOutbox(_Base):
 
     event_id = peewee.CharField(max_length=36, primary_key=True)
     name = peewee.CharField(max_length=200)
-    payload = peewee.BlobField()
+    payload = BytesField()
     actor = peewee.CharField(max_length=200, null=True)
     correlation_id = peewee.CharField(max_length=64)
     causation_id = peewee.CharField(max_length=36, null=True)
@@ -148,6 +148,10 @@ class Enqueuer:
 
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         raise NotImplementedError
+
+    def pending(self) -> int:
+        """How many tasks wait in the queue (0 if unknown)."""
+        return 0
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
@@ -303,10 +307,15 @@ class Outbox:
         if delivery is None:
             return "skipped"  # done, dead, or running elsewhere: a duplicate task
         event = EventOutbox.select().where(EventOutbox.event_id == delivery.event_id).first(self.db)
+        if event is None:
+            return self._finish_dead(delivery, None, "event row is gone")
         sub = self.emitter.subscription(delivery.subscriber)
-        if event is None or sub is None:
-            reason = "event row is gone" if event is None else f"no subscriber {delivery.subscriber!r} in this worker"
-            return self._finish_dead(delivery, event, reason)
+        if sub is None:
+            # During a rolling deploy, or with per-worker plugins, another worker (or this one
+            # after its upgrade) may have the subscriber: retry rather than give up at once.
+            error = f"no subscriber {delivery.subscriber!r} in this worker"
+            log.warning("delivery %s of %s: %s", delivery.id, event.name, error)
+            return self._retry_or_die(delivery, event, error)
         ctx = EventContext(
             event_id=event.event_id,
             name=event.name,
@@ -326,24 +335,29 @@ class Outbox:
             )
             if delivery.attempts >= delivery.max_attempts:
                 self.emitter.release_once(sub)
-                return self._finish_dead(delivery, event, repr(exc))
-            wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
-            now = utcnow()
-            EventDelivery.update(
-                state="retry",
-                next_attempt_at=now + dt.timedelta(seconds=wait),
-                lease_until=None,
-                last_error=repr(exc)[:2000],
-                updated_at=now,
-            ).where(EventDelivery.id == delivery.id).execute(self.db)
-            self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
-            return "retry"
+            return self._retry_or_die(delivery, event, repr(exc))
         now = utcnow()
         EventDelivery.update(state="done", finished_at=now, lease_until=None, updated_at=now).where(
             EventDelivery.id == delivery.id
         ).execute(self.db)
         self.emitter.release_once(sub)
         return "done"
+
+    def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str) -> str:
+        """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
+        if delivery.attempts >= delivery.max_attempts:
+            return self._finish_dead(delivery, event, error)
+        wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
+        now = utcnow()
+        EventDelivery.update(
+            state="retry",
+            next_attempt_at=now + dt.timedelta(seconds=wait),
+            lease_until=None,
+            last_error=error[:2000],
+            updated_at=now,
+        ).where(EventDelivery.id == delivery.id).execute(self.db)
+        self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        return "retry"
 
     def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str) -> str:
         now = utcnow()
@@ -425,6 +439,11 @@ class Outbox:
             .tuples()
             .execute(self.db)
         )
+        if lost and self.queue.pending() > 0:
+            # Tasks are still waiting in the queue: these deliveries are most likely among them
+            # (a backlog, not a loss). Re-queueing now would only flood the queue with
+            # duplicates; once it drains, anything still queued here really was lost.
+            lost = []
         for delivery_id, priority in lost:
             EventDelivery.update(updated_at=now).where(EventDelivery.id == delivery_id).execute(self.db)
             self.queue.deliver(delivery_id, delay=0, priority=priority)

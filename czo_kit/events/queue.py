@@ -137,6 +137,10 @@ class HueyQueue(Enqueuer):
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
 
+    def pending(self) -> int:
+        count: int = self.huey.pending_count()
+        return count
+
 
 class WebhookQueue:
     """Enqueues webhook deliveries on the kit's queue (the task is registered by HueyQueue)."""
@@ -146,6 +150,9 @@ class WebhookQueue:
 
     def deliver(self, delivery_id: int, *, delay: float) -> None:
         self.queue.huey.enqueue(self.queue._deliver_webhook.s(int(delivery_id), delay=delay or None, priority=60))
+
+    def pending(self) -> int:
+        return self.queue.pending()
 
 
 class Sweeper:
@@ -172,6 +179,11 @@ class Sweeper:
                     target.sweep()
                 except Exception:
                     log.exception("sweep of %r failed; trying again in %ss", target, self.interval)
+                finally:
+                    # The sweeper sleeps most of the time: give its connection back meanwhile.
+                    db = getattr(target, "db", None)
+                    if db is not None and not db.is_closed() and not db.in_transaction():
+                        db.close()
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from czo_kit import hookimpl
-from czo_kit.cache.driver import parse_tag_spec
 from czo_kit.cache.glob import glob_to_regex
 
 __all__ = ["DictCacheDriver", "create_dict_cache"]
@@ -40,19 +39,10 @@ class DictCacheDriver:
             return None
         return item[0]
 
-    def get_many(self, keys: Sequence[str], tag_prefix: str) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = _now_ms()
-        out: list[bytes | None] = []
         with self._lock:
-            for key in keys:
-                value = self._get(key, now)
-                if value is not None:
-                    for tag, version in parse_tag_spec(value):
-                        if self._get(tag_prefix + tag, now) != version:
-                            value = None
-                            break
-                out.append(value)
-        return out
+            return [self._get(key, now) for key in keys]
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         now = _now_ms()
