@@ -326,6 +326,8 @@ class Kit:
             self.services.close()
             self.cache.close()
             self.events.close()
+            if self.outbox is not None:
+                self.outbox.close()
             self.http.close()
             if self.queue is not None:
                 self.queue.storage.close()
