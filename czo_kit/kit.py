@@ -330,7 +330,12 @@ class Kit:
                 self.outbox.close()
             self.http.close()
             if self.queue is not None:
-                self.queue.storage.close()
+                storage = self.queue.storage
+                storage.close()
+                # Huey's Redis storage has no close of its own: drop its pooled connections.
+                pool = getattr(storage, "pool", None)
+                if pool is not None:
+                    pool.disconnect()
             close_all = getattr(self.db, "close_all", None)
             if callable(close_all):
                 close_all()

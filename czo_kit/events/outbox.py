@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from czo_kit._faults import fault_point
+from czo_kit.db._sql import Slot, model_info
 from czo_kit.db.model import BytesField, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events.types import EventContext
@@ -243,63 +244,112 @@ class Outbox:
 
     # -- worker side --------------------------------------------------------------------
 
+    # Hot statements are compiled once (Peewee builds them, with named slots) and reused:
+    # building Peewee queries cost more CPU per event than the database round trips.
+
+    def _outbox_row(self, event_id: str) -> EventOutbox | None:
+        info = model_info(EventOutbox, self.db)
+        template = info.template(
+            ("outbox_by_id",),
+            lambda: info.select_all().where(EventOutbox.event_id == Slot("id", EventOutbox.event_id.db_value)),
+        )
+        row = info.execute(template, {"id": event_id}).fetchone()
+        return info.load(row) if row is not None else None
+
     def dispatch(self, event_id: str) -> int:
         """Create a delivery per current subscriber and queue each; returns how many queued."""
         self.ensure_tables()
-        row = EventOutbox.select().where(EventOutbox.event_id == event_id).first(self.db)
+        row = self._outbox_row(event_id)
         if row is None:
             log.warning("dispatch of unknown event %s ignored", event_id)
+            return 0
+        if row.state == "dispatched":
+            # A second dispatch task (the sweep raced the first): deliveries exist and are queued.
             return 0
         now = utcnow()
         # A ``once`` subscription is claimed by the first event dispatched to it.
         subscribers = [s for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        queued: list[tuple[int, int]] = []
+        info = model_info(EventOutbox, self.db)
+        mark = info.template(
+            ("outbox_dispatched",),
+            lambda: EventOutbox.update(
+                {EventOutbox.state: "dispatched", EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value)}
+            ).where(EventOutbox.event_id == Slot("id", EventOutbox.event_id.db_value)),
+        )
         with self.db.atomic():
             if subscribers:
-                EventDelivery.insert_many(
-                    [
-                        {
-                            "event_id": event_id,
-                            "subscriber": sub.id,
-                            "state": "queued",
-                            "max_attempts": row.retries + 1,
-                            "priority": row.priority,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for sub in subscribers
-                    ]
-                ).on_conflict_ignore().execute(self.db)
-            EventOutbox.update(state="dispatched", updated_at=now).where(
-                EventOutbox.event_id == event_id
-            ).execute(self.db)
-        queued = list(
-            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
-            .where((EventDelivery.event_id == event_id) & (EventDelivery.state == "queued"))
-            .tuples()
-            .execute(self.db)
-        )
+                queued = [
+                    (int(delivery_id), int(priority))
+                    for delivery_id, priority in EventDelivery.insert_many(
+                        [
+                            {
+                                "event_id": event_id,
+                                "subscriber": sub.id,
+                                "state": "queued",
+                                "max_attempts": row.retries + 1,
+                                "priority": row.priority,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for sub in subscribers
+                        ]
+                    )
+                    .on_conflict_ignore()
+                    .returning(EventDelivery.id, EventDelivery.priority)
+                    .tuples()
+                    .execute(self.db)
+                ]
+            info.execute(mark, {"now": now, "id": event_id})
+        if len(queued) < len(subscribers):
+            # Some deliveries existed already (a dispatch interrupted after its commit): queue
+            # every one still waiting; claiming makes any duplicate harmless.
+            queued = list(
+                EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+                .where((EventDelivery.event_id == event_id) & (EventDelivery.state == "queued"))
+                .tuples()
+                .execute(self.db)
+            )
         for delivery_id, priority in queued:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(queued)
 
     def _claim(self, delivery_id: int) -> EventDelivery | None:
         now = utcnow()
-        lease_until = now + dt.timedelta(seconds=self.settings.lease)
-        query = (
-            EventDelivery.update(
-                state="running",
-                attempts=EventDelivery.attempts + 1,
-                lease_until=lease_until,
-                updated_at=now,
+        info = model_info(EventDelivery, self.db)
+        template = info.template(
+            ("claim",),
+            lambda: EventDelivery.update(
+                {
+                    EventDelivery.state: "running",
+                    EventDelivery.attempts: EventDelivery.attempts + 1,
+                    EventDelivery.lease_until: Slot("lease", EventDelivery.lease_until.db_value),
+                    EventDelivery.updated_at: Slot("now", EventDelivery.updated_at.db_value),
+                }
             )
-            .where(
-                (EventDelivery.id == delivery_id)
-                & (EventDelivery.state.in_(("queued", "retry")))
-            )
-            .returning(EventDelivery)
+            .where((EventDelivery.id == Slot("id")) & (EventDelivery.state.in_(("queued", "retry"))))
+            .returning(*info.fields),
         )
-        rows = list(query.execute(self.db))
-        return rows[0] if rows else None
+        row = info.execute(
+            template,
+            {"lease": now + dt.timedelta(seconds=self.settings.lease), "now": now, "id": int(delivery_id)},
+        ).fetchone()
+        return info.load(row) if row is not None else None
+
+    def _done(self, delivery_id: int) -> None:
+        info = model_info(EventDelivery, self.db)
+        template = info.template(
+            ("done",),
+            lambda: EventDelivery.update(
+                {
+                    EventDelivery.state: "done",
+                    EventDelivery.finished_at: Slot("now", EventDelivery.finished_at.db_value),
+                    EventDelivery.lease_until: None,
+                    EventDelivery.updated_at: Slot("now", EventDelivery.updated_at.db_value),
+                }
+            ).where(EventDelivery.id == Slot("id")),
+        )
+        info.execute(template, {"now": utcnow(), "id": int(delivery_id)})
 
     def deliver(self, delivery_id: int) -> str:
         """Run one delivery if it is still due; returns the state it ends in (or ``skipped``)."""
@@ -307,7 +357,7 @@ class Outbox:
         delivery = self._claim(delivery_id)
         if delivery is None:
             return "skipped"  # done, dead, or running elsewhere: a duplicate task
-        event = EventOutbox.select().where(EventOutbox.event_id == delivery.event_id).first(self.db)
+        event = self._outbox_row(str(delivery.event_id))
         if event is None:
             return self._finish_dead(delivery, None, "event row is gone")
         sub = self.emitter.subscription(delivery.subscriber)
@@ -337,10 +387,7 @@ class Outbox:
             if delivery.attempts >= delivery.max_attempts:
                 self.emitter.release_once(sub)
             return self._retry_or_die(delivery, event, repr(exc))
-        now = utcnow()
-        EventDelivery.update(state="done", finished_at=now, lease_until=None, updated_at=now).where(
-            EventDelivery.id == delivery.id
-        ).execute(self.db)
+        self._done(int(delivery.id))
         self.emitter.release_once(sub)
         return "done"
 
