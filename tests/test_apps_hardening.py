@@ -158,3 +158,96 @@ def test_a_rotated_secret_is_sent_to_the_app(kit: Kit, receiver: Receiver) -> No
     assert installation.webhook_secret == new and installation.token == result.token
     stranger = dict(body, installation_id=999)
     assert client.simulate_post("/token", json=stranger).status_code == 404
+
+
+# -- UI extensions: manifest rules, checker, tokens, contexts ---------------------------------
+
+
+def _extension(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "label": "Payment", "mount": "ORDER_DETAILS", "target": "widget", "url": "https://app.example/ext",
+        "permissions": [{"resource": "order", "actions": ["read"]}],
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("extension", "path", "fragment"),
+    [
+        (_extension(mount="CHECKOUT_PAGE"), "$.extensions[0].mount", "allowed: ORDER_DETAILS"),
+        (_extension(target="app_page"), "$.extensions[0].target", "NAVIGATION"),
+    ],
+)
+def test_unknown_mounts_and_misplaced_app_pages_are_refused(extension: dict[str, Any], path: str, fragment: str) -> None:
+    from czo_kit.apps.manifest import parse_manifest
+
+    data = manifest("https://app.example", extensions=[extension])
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data)
+    assert info.value.path == path and fragment in str(info.value)
+
+
+def test_an_app_page_in_the_navigation_is_accepted() -> None:
+    from czo_kit.apps.manifest import parse_manifest
+
+    parsed = parse_manifest(manifest("https://app.example", extensions=[_extension(mount="NAVIGATION", target="app_page")]))
+    assert parsed.extensions[0].target == "app_page"
+
+
+def test_the_app_permission_checker() -> None:
+    from czo_kit.apps import AppPermissionChecker
+    from czo_kit.apps.registry import AppPrincipal
+
+    principal = AppPrincipal(
+        installation_id=1, app_id="acme", shop_id=3,
+        permissions=frozenset({("order", "read"), ("product", "*")}), token_id=1,
+    )
+    checker = AppPermissionChecker()
+    assert checker.has(principal, "order", "read")
+    assert not checker.has(principal, "order", "write")
+    assert checker.has(principal, "product", "write")  # the app holds every product action
+    assert not checker.has(principal, "order", "read", shop_id=4)  # only in its own shop
+    assert checker.has(principal, "order", "read", shop_id=3)
+
+
+def test_extension_tokens_are_signed_short_lived_and_audience_bound() -> None:
+    from czo_kit.apps.extensions import audience, issue_extension_token, verify_extension_token
+    from czo_kit.errors import AuthenticationError
+
+    secret = b"s" * 32
+    token, expires = issue_extension_token(
+        secret, app_id="acme", installation_id=7, shop_id=2, user_id="ann",
+        permissions=frozenset({("order", "read")}), now=1_000_000.0,
+    )
+    assert expires == 1_000_000 + 300  # minutes, not hours
+    principal = verify_extension_token(secret, token, now=1_000_100.0)
+    assert (principal.app_id, principal.shop_id, principal.user_id) == ("acme", 2, "ann")
+    assert principal.has("order", "read") and not principal.has("order", "write")
+    with pytest.raises(AuthenticationError, match="expired"):
+        verify_extension_token(secret, token, now=1_000_400.0)
+    with pytest.raises(AuthenticationError, match="signature"):
+        verify_extension_token(b"t" * 32, token, now=1_000_100.0)
+    with pytest.raises(AuthenticationError, match="audience"):
+        verify_extension_token(secret, token, now=1_000_100.0, expected_audience=audience("acme", 3))
+    body, _, signature = token.partition(".")
+    for forged in ("czo_ext_", "czo_ext_abc", body + ".", token + "x", "czo_app_" + token[8:], "x" * 3000):
+        with pytest.raises(AuthenticationError):
+            verify_extension_token(secret, forged, now=1_000_100.0)
+
+
+def test_dashboard_contexts_drop_what_the_app_may_not_see() -> None:
+    from czo_kit.apps.extensions import DashboardContext
+
+    page = DashboardContext(
+        title="Order #1",
+        resource="order",
+        data={"order": {"id": 1, "customer_email": "a@b.c", "lines": [{"sku": "A", "cost": 3}, {"sku": "B", "cost": 4}]}},
+        requires={"order.customer_email": ("customer", "read"), "order.lines.cost": ("finance", "read")},
+    )
+    reader = page.for_app(frozenset({("order", "read")}), shop_id=9)
+    assert reader == {"order": {"id": 1, "lines": [{"sku": "A"}, {"sku": "B"}]}, "shop": {"id": 9}}
+    everything = page.for_app(frozenset({("*", "*")}), shop_id=9)
+    assert everything["order"]["customer_email"] == "a@b.c" and everything["order"]["lines"][0]["cost"] == 3
+    assert page.for_app(frozenset({("product", "read")}), shop_id=9) == {"shop": {"id": 9}}
+    assert page.data["order"]["customer_email"] == "a@b.c"  # the page's own data is untouched
