@@ -432,10 +432,12 @@ def compose_report(
     checks: Sequence[Check],
     *,
     notes: Sequence[str] = (),
+    tables: Sequence[tuple[str, str]] = (),
     markdown: bool,
     elapsed: float,
 ) -> str:
-    """Environment, one table per section, the other targets, notes, and what was missed."""
+    """Environment, one table per section, any pre-rendered ``tables`` (title, text), the
+    other targets, notes, and what was missed."""
     parts = [environment_line(env, markdown=markdown), ""]
     rows = [row for _, section in sections for row in section]
     show_calls = len({row.kit.n for row in rows}) > 1
@@ -446,6 +448,11 @@ def compose_report(
         parts.append("")
         parts.append(format_table(section, kit_label="kit", base_label="base", markdown=markdown,
                                   show_calls=show_calls))
+        parts.append("")
+    for title, table in tables:
+        parts.append(f"**{title}**" if markdown else f"== {title}")
+        parts.append("")
+        parts.append(table)
         parts.append("")
     if checks:
         parts.append("**Other targets**" if markdown else "== Other targets")
