@@ -251,3 +251,21 @@ def test_dashboard_contexts_drop_what_the_app_may_not_see() -> None:
     assert everything["order"]["customer_email"] == "a@b.c" and everything["order"]["lines"][0]["cost"] == 3
     assert page.for_app(frozenset({("product", "read")}), shop_id=9) == {"shop": {"id": 9}}
     assert page.data["order"]["customer_email"] == "a@b.c"  # the page's own data is untouched
+
+
+def test_a_failed_outbox_write_leaves_no_webhook_behind(
+    kit: Kit, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+    assert kit.outbox is not None
+
+    def outbox_down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("outbox insert failed")
+
+    monkeypatch.setattr(kit.outbox, "publish", outbox_down)
+    with pytest.raises(ConnectionError):
+        kit.events.emit_async("order.created", ORDER)  # no transaction of the caller's own
+    assert kit.webhooks.deliveries() == []  # the delivery rolled back with the event
+    monkeypatch.undo()
+    kit.events.emit_async("order.created", ORDER)
+    assert len(kit.webhooks.deliveries()) == 1

@@ -17,7 +17,8 @@ import email.utils
 import logging
 import random
 import threading
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,8 +27,9 @@ import peewee
 import urllib3
 
 from czo_kit.apps.net import OutboundHTTP, parse_target
-from czo_kit.apps.registry import AppInstallation, AppRegistry, events_of
+from czo_kit.apps.registry import AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
+from czo_kit.db._sql import Slot, model_info
 from czo_kit.db.model import BytesField, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import NotFoundError, UnsafeURLError
@@ -175,23 +177,22 @@ class WebhookDispatcher:
 
     # -- from events to deliveries --------------------------------------------------------
 
-    def on_event(self, ctx: EventContext, value: Any) -> int:
-        """Record a delivery for every subscription of the event's shop; called by the event
-        emitter inside the emitting transaction. Returns how many were recorded."""
-        data = as_mapping(value)
-        shop_id = data.get("shop_id")
+    def on_event(self, ctx: EventContext, value: Any) -> Callable[[], int] | None:
+        """The event emitter's tap: work out the deliveries the event's shop subscribed to,
+        and return the write that records them (run in the emitting transaction, next to
+        the event's outbox row), or ``None`` when no app hears the event."""
+        shop_id = value.get("shop_id") if isinstance(value, Mapping) else getattr(value, "shop_id", None)
         if not isinstance(shop_id, int) or isinstance(shop_id, bool):
-            return 0  # not a shop event: no app hears it
+            return None  # not a shop event: no app hears it
         self.ensure_tables()
-        subscriptions = [w for w in self.apps.subscriptions(shop_id) if ctx.name in events_of(w)]
+        subscriptions = [s for s in self._subscriptions(shop_id) if ctx.name in s[2]]
         if not subscriptions:
-            return 0
+            return None
+        data = as_mapping(value)
         rule = self.permissions.rule_for(ctx.name)
         now = utcnow()
         rows = []
-        for webhook in subscriptions:
-            installation = webhook.installation
-            granted = self.apps.granted(installation)
+        for installation_id, name, _, target_url, granted in subscriptions:
             if not _allows(granted, rule.resource, rule.action):
                 continue  # permissions narrowed since the install: stay silent
             visible = {
@@ -212,13 +213,13 @@ class WebhookDispatcher:
             rows.append(
                 {
                     "message_id": message_id,
-                    "installation": installation.id,
+                    "installation": installation_id,
                     "shop_id": shop_id,
-                    "webhook_name": webhook.name,
+                    "webhook_name": name,
                     "event_id": ctx.event_id,
                     "event_name": ctx.name,
-                    "target_url": webhook.target_url,
-                    "origin": parse_target(webhook.target_url).origin,
+                    "target_url": target_url,
+                    "origin": parse_target(target_url).origin,
                     "body": body,
                     "state": "queued",
                     "max_attempts": len(self.settings.schedule) + 1,
@@ -227,13 +228,36 @@ class WebhookDispatcher:
                 }
             )
         if not rows:
-            return 0
-        ids = [
-            row[0]
-            for row in WebhookDelivery.insert_many(rows).returning(WebhookDelivery.id).tuples().execute(self.db)
-        ]
-        on_commit(self.db, lambda: self._enqueue_all(ids))
-        return len(ids)
+            return None
+
+        def write() -> int:
+            ids = [
+                row[0]
+                for row in WebhookDelivery.insert_many(rows).returning(WebhookDelivery.id).tuples().execute(self.db)
+            ]
+            on_commit(self.db, lambda: self._enqueue_all(ids))
+            return len(ids)
+
+        return write
+
+    def _subscriptions(self, shop_id: int) -> list[tuple[int, str, list[str], str, frozenset[tuple[str, str]]]]:
+        """(installation id, webhook name, events, target URL, granted permissions) of every
+        active subscription of a shop."""
+        info = model_info(AppWebhook, self.db)
+        template = info.template(
+            ("shop_subscriptions",),
+            lambda: AppWebhook.select(
+                AppWebhook.installation, AppWebhook.name, AppWebhook.events, AppWebhook.target_url,
+                AppInstallation.permissions,
+            )
+            .join(AppInstallation)
+            .where((AppWebhook.shop_id == Slot("shop")) & (AppWebhook.is_active == True)),  # noqa: E712
+        )
+        found = []
+        for installation_id, name, events, target_url, permissions in info.execute(template, {"shop": shop_id}).fetchall():
+            granted = frozenset((r, a) for r, _, a in (item.partition(":") for item in json.loads(permissions)))
+            found.append((int(installation_id), str(name), json.loads(events), str(target_url), granted))
+        return found
 
     def _enqueue_all(self, ids: Sequence[int]) -> None:
         if self.queue is None:
@@ -247,13 +271,32 @@ class WebhookDispatcher:
 
     # -- delivering ---------------------------------------------------------------------
 
-    def _circuit_wait(self, origin: str, now: dt.datetime) -> float:
+    # The worker's statements are compiled once (Peewee builds them with named slots) and
+    # reused: building Peewee queries per delivery cost more than the database itself.
+
+    def _template(self, model: type[peewee.Model], key: str, build: Callable[[Any], peewee.Node]) -> tuple[Any, Any]:
+        info = model_info(model, self.db)
+        return info, info.template((key,), lambda: build(info))
+
+    def _circuit_row(self, origin: str) -> tuple[int, dt.datetime | None] | None:
+        info, template = self._template(
+            WebhookCircuit, "circuit",
+            lambda i: WebhookCircuit.select(WebhookCircuit.failures, WebhookCircuit.opened_until).where(
+                WebhookCircuit.origin == Slot("origin")
+            ),
+        )
+        row = info.execute(template, {"origin": origin}).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), WebhookCircuit.opened_until.python_value(row[1])
+
+    def _circuit_wait(self, origin: str, now: dt.datetime, circuit: tuple[int, dt.datetime | None] | None) -> float:
         """Seconds this target stays paused; 0 when closed, or when this caller takes the one
         probe allowed after a cool-down (half-open: everyone else keeps waiting)."""
-        circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
-        if circuit is None or circuit.opened_until is None:
+        if circuit is None or circuit[1] is None:
             return 0.0
-        if circuit.opened_until <= now:
+        opened_until = circuit[1]
+        if opened_until <= now:
             probe_until = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
             taken = (
                 WebhookCircuit.update(opened_until=probe_until, updated_at=now)
@@ -263,22 +306,24 @@ class WebhookDispatcher:
             if taken:
                 log.info("webhook target %s: cool-down over, sending one probe", origin)
                 return 0.0
-            circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
-            if circuit is None or circuit.opened_until is None:
+            again = self._circuit_row(origin)
+            if again is None or again[1] is None:
                 return 0.0
-        remaining: float = max(0.0, (circuit.opened_until - now).total_seconds())
+            opened_until = again[1]
+        remaining: float = max(0.0, (opened_until - now).total_seconds())
         return remaining
 
-    def _circuit_result(self, origin: str, ok: bool, now: dt.datetime) -> None:
+    def _circuit_result(self, origin: str, ok: bool, now: dt.datetime, circuit: tuple[int, Any] | None) -> None:
         if ok:
-            WebhookCircuit.delete().where(WebhookCircuit.origin == origin).execute(self.db)
+            if circuit is not None:  # nothing to close when no failure was ever recorded
+                WebhookCircuit.delete().where(WebhookCircuit.origin == origin).execute(self.db)
             return
-        circuit = WebhookCircuit.select().where(WebhookCircuit.origin == origin).first(self.db)
-        failures = (circuit.failures if circuit is not None else 0) + 1
+        current = self._circuit_row(origin)
+        failures = (current[0] if current is not None else 0) + 1
         opened = None
         if failures >= self.settings.breaker_threshold:
             opened = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
-            if circuit is None or circuit.opened_until is None or circuit.opened_until <= now:
+            if current is None or current[1] is None or current[1] <= now:
                 log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.settings.breaker_cooldown)
         (
             WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
@@ -289,37 +334,60 @@ class WebhookDispatcher:
             .execute(self.db)
         )
 
+    def _claim(self, delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
+        info, template = self._template(
+            WebhookDelivery, "claim",
+            lambda i: WebhookDelivery.update(
+                {
+                    WebhookDelivery.state: "running",
+                    WebhookDelivery.attempts: WebhookDelivery.attempts + 1,
+                    WebhookDelivery.lease_until: Slot("lease", WebhookDelivery.lease_until.db_value),
+                    WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
+                }
+            )
+            .where((WebhookDelivery.id == Slot("id")) & WebhookDelivery.state.in_(("queued", "retry")))
+            .returning(*i.fields),
+        )
+        row = info.execute(
+            template, {"lease": now + dt.timedelta(seconds=self.settings.lease), "now": now, "id": int(delivery_id)}
+        ).fetchone()
+        delivery: WebhookDelivery | None = info.load(row) if row is not None else None
+        return delivery
+
+    def _secrets(self, installation_id: int, now: dt.datetime) -> list[str]:
+        """Secrets to sign with: the current one first, then any still in their grace period."""
+        info, template = self._template(
+            AppSecret, "signing_secrets",
+            lambda i: AppSecret.select(AppSecret.secret)
+            .where(
+                (AppSecret.installation == Slot("installation"))
+                & (AppSecret.expires_at.is_null(True) | (AppSecret.expires_at > Slot("now", AppSecret.expires_at.db_value)))
+            )
+            .order_by(AppSecret.expires_at.is_null(False), AppSecret.id.desc()),
+        )
+        return [str(row[0]) for row in info.execute(template, {"installation": installation_id, "now": now}).fetchall()]
+
     def deliver(self, delivery_id: int) -> str:
         """Attempt one delivery; returns the state it ends in (or ``skipped``/``paused``)."""
         self.ensure_tables()
         now = utcnow()
-        delivery = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
-        if delivery is None or delivery.state not in ("queued", "retry"):
-            return "skipped"
-        wait = self._circuit_wait(str(delivery.origin), now)
+        delivery = self._claim(delivery_id, now)
+        if delivery is None:
+            return "skipped"  # delivered, dead, gone, or running elsewhere: a duplicate task
+        origin = str(delivery.origin)
+        circuit = self._circuit_row(origin)
+        wait = self._circuit_wait(origin, now, circuit)
         if wait > 0:
-            # Paused, not failed: no attempt is used up, and the delivery waits for the probe.
-            WebhookDelivery.update(next_attempt_at=now + dt.timedelta(seconds=wait), updated_at=now).where(
-                WebhookDelivery.id == delivery_id
-            ).execute(self.db)
+            # Paused, not failed: give the claim back without using up an attempt, and wait
+            # for the probe.
+            WebhookDelivery.update(
+                state="retry", attempts=WebhookDelivery.attempts - 1, lease_until=None,
+                next_attempt_at=now + dt.timedelta(seconds=wait), updated_at=now,
+            ).where(WebhookDelivery.id == delivery_id).execute(self.db)
             if self.queue is not None:
                 self.queue.deliver(delivery_id, delay=wait + random.uniform(0, 1))
             return "paused"
-        claimed = list(
-            WebhookDelivery.update(
-                state="running",
-                attempts=WebhookDelivery.attempts + 1,
-                lease_until=now + dt.timedelta(seconds=self.settings.lease),
-                updated_at=now,
-            )
-            .where((WebhookDelivery.id == delivery_id) & WebhookDelivery.state.in_(("queued", "retry")))
-            .returning(WebhookDelivery)
-            .execute(self.db)
-        )
-        if not claimed:
-            return "skipped"
-        delivery = claimed[0]
-        secrets_ = self.apps.secrets_for(int(delivery.installation_id))
+        secrets_ = self._secrets(int(delivery.__data__["installation"]), now)
         if not secrets_:
             # Uninstalled since the claim (secrets and deliveries go with the installation):
             # never send a webhook unsigned.
@@ -358,12 +426,15 @@ class WebhookDispatcher:
         except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if status is not None and 200 <= status < 300:
-            return self._record(delivery, started, status, excerpt, None, final=False, delivered=True)
+            return self._record(delivery, started, status, excerpt, None, final=False, delivered=True, circuit=circuit)
         retryable = status is None or status >= 500 or status in (408, 429)
         if not retryable:
             error = f"HTTP {status}: not retried (only network errors, 5xx, 408 and 429 are)"
-            return self._record(delivery, started, status, excerpt, error, final=True)
-        return self._record(delivery, started, status, excerpt, error or f"HTTP {status}", final=False, retry_after=retry_after)
+            return self._record(delivery, started, status, excerpt, error, final=True, circuit=circuit)
+        return self._record(
+            delivery, started, status, excerpt, error or f"HTTP {status}", final=False,
+            retry_after=retry_after, circuit=circuit,
+        )
 
     def _record(
         self,
@@ -377,6 +448,7 @@ class WebhookDispatcher:
         delivered: bool = False,
         retry_after: float | None = None,
         target_failed: bool = True,
+        circuit: tuple[int, Any] | None = None,
     ) -> str:
         now = utcnow()
         duration = (now - started).total_seconds() * 1000
@@ -390,27 +462,58 @@ class WebhookDispatcher:
             base = self.settings.schedule[min(attempt - 1, len(self.settings.schedule) - 1)]
             delay = retry_after if retry_after is not None else random.uniform(base * 0.8, base * 1.2)
             state = "retry"
+        update_info, update = self._template(
+            WebhookDelivery, "record",
+            lambda i: WebhookDelivery.update(
+                {
+                    WebhookDelivery.state: Slot("state"),
+                    WebhookDelivery.last_status: Slot("status"),
+                    WebhookDelivery.last_error: Slot("error"),
+                    WebhookDelivery.lease_until: None,
+                    WebhookDelivery.next_attempt_at: Slot("next", WebhookDelivery.next_attempt_at.db_value),
+                    WebhookDelivery.delivered_at: Slot("delivered", WebhookDelivery.delivered_at.db_value),
+                    WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
+                }
+            ).where(WebhookDelivery.id == Slot("id")),
+        )
+        insert_info, insert = self._template(
+            WebhookAttempt, "attempt",
+            lambda i: WebhookAttempt.insert(
+                {
+                    WebhookAttempt.delivery: Slot("delivery"),
+                    WebhookAttempt.attempt: Slot("attempt"),
+                    WebhookAttempt.at: Slot("at", WebhookAttempt.at.db_value),
+                    WebhookAttempt.status: Slot("status"),
+                    WebhookAttempt.duration_ms: Slot("duration"),
+                    WebhookAttempt.response: Slot("response"),
+                    WebhookAttempt.error: Slot("error"),
+                }
+            ),
+        )
+        short_error = (error or None) and error[:2000]
         with self.db.atomic():
-            updated = WebhookDelivery.update(
-                state=state,
-                last_status=status,
-                last_error=(error or None) and error[:2000],
-                lease_until=None,
-                next_attempt_at=now + dt.timedelta(seconds=delay) if delay is not None else None,
-                delivered_at=now if delivered else None,
-                updated_at=now,
-            ).where(WebhookDelivery.id == delivery.id).execute(self.db)
+            updated = update_info.execute(
+                update,
+                {
+                    "state": state, "status": status, "error": short_error,
+                    "next": now + dt.timedelta(seconds=delay) if delay is not None else None,
+                    "delivered": now if delivered else None, "now": now, "id": int(delivery.id),
+                },
+            ).rowcount
             if not updated:
                 # The app was uninstalled while this attempt was in flight, taking the delivery
                 # with it: nothing to record (the attempt row would have no delivery), no retry.
                 return "skipped"
-            WebhookAttempt.insert(
-                delivery=delivery.id, attempt=attempt, at=started, status=status,
-                duration_ms=round(duration, 2), response=excerpt, error=(error or None) and error[:2000],
-            ).execute(self.db)
+            insert_info.execute(
+                insert,
+                {
+                    "delivery": int(delivery.id), "attempt": attempt, "at": started, "status": status,
+                    "duration": round(duration, 2), "response": excerpt, "error": short_error,
+                },
+            )
         if target_failed and (status is not None or error is not None):
             answered = status is not None and status < 500 and status not in (408, 429)
-            self._circuit_result(str(delivery.origin), delivered or answered, now)
+            self._circuit_result(str(delivery.origin), delivered or answered, now, circuit)
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
         if state == "dead":

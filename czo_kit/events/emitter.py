@@ -104,7 +104,7 @@ class EventEmitter:
         self._lock = threading.Lock()
         self._encoder = msgspec.msgpack.Encoder()
         self._timers: set[threading.Timer] = set()
-        self._taps: tuple[Callable[[EventContext, Any], Any], ...] = ()
+        self._taps: tuple[Callable[[EventContext, Any], Callable[[], Any] | None], ...] = ()
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -215,11 +215,12 @@ class EventEmitter:
         """Every event name with at least one subscriber."""
         return sorted(self._subs)
 
-    def tap(self, fn: Callable[[EventContext, Any], Any]) -> Unsubscribe:
-        """Call ``fn(ctx, payload)`` for every event, at emit time, in the emitting thread and
-        transaction, before handlers run or the event is queued. The kit's webhook dispatcher
-        records deliveries this way, atomically with the write that caused the event; an
-        exception from a tap propagates to the emitter."""
+    def tap(self, fn: Callable[[EventContext, Any], Callable[[], Any] | None]) -> Unsubscribe:
+        """Call ``fn(ctx, payload)`` for every event, at emit time, in the emitting thread,
+        before handlers run or the event is queued. ``fn`` may return a write: ``emit_async``
+        runs it in one transaction with the event's outbox row (and with the caller's, if one
+        is open). The kit's webhook dispatcher records deliveries this way. An exception from
+        a tap or its write propagates to the emitter."""
         with self._lock:
             self._taps = (*self._taps, fn)
 
@@ -276,7 +277,9 @@ class EventEmitter:
         name, value = self._normalize(event, payload)
         ctx = self._context(name, actor)
         for tap in self._taps:
-            tap(ctx, value)
+            write = tap(ctx, value)
+            if write is not None:
+                write()  # one statement: atomic on its own
         failures = self._run_handlers(self._subs.get(name, ()), value, ctx)
         if not failures:
             return ctx
@@ -345,13 +348,25 @@ class EventEmitter:
             encoded = self._encoder.encode(value)
         except (TypeError, msgspec.EncodeError) as exc:
             raise InvalidEventError(f"event {name!r}: payload cannot be encoded for the queue: {exc}") from None
-        for tap in self._taps:
-            tap(ctx, value)
-        if self.transport is not None:
-            self.transport.publish(ctx, encoded, delay=delay_s, retries=tries, priority=level)
-            return ctx
-        self._after_commit(lambda: self._run_in_process(name, value, ctx, delay_s))
+        writes = [write for write in (tap(ctx, value) for tap in self._taps) if write is not None]
+        if writes and self.db is not None:
+            # What taps record (webhook deliveries) and the outbox row commit together, or not
+            # at all: a failed outbox insert must not leave a webhook going out.
+            with self.db.atomic():
+                for write in writes:
+                    write()
+                self._publish(ctx, encoded, value, delay_s, tries, level)
+        else:
+            for write in writes:
+                write()
+            self._publish(ctx, encoded, value, delay_s, tries, level)
         return ctx
+
+    def _publish(self, ctx: EventContext, encoded: bytes, value: Any, delay: float, retries: int, priority: int) -> None:
+        if self.transport is not None:
+            self.transport.publish(ctx, encoded, delay=delay, retries=retries, priority=priority)
+        else:
+            self._after_commit(lambda: self._run_in_process(ctx.name, value, ctx, delay))
 
     def _after_commit(self, fn: Callable[[], None]) -> None:
         if self.db is None:
