@@ -272,12 +272,15 @@ class CacheManager:
         """
         shared = self._shared
         count = len(full_keys)
-        hinted = list(dict.fromkeys(hint))
-        keys = [*full_keys, *(shared.tag_prefix + tag for tag in hinted)]
+        if hint:
+            hinted = list(dict.fromkeys(hint))
+            keys = [*full_keys, *(shared.tag_prefix + tag for tag in hinted)]
+        else:
+            hinted, keys = [], full_keys
         raw = self._call(lambda: shared.driver.get_many(keys), None)
         if raw is None:
             return [None] * count
-        current: dict[str, bytes | None] = dict(zip(hinted, raw[count:]))
+        current: dict[str, bytes | None] = dict(zip(hinted, raw[count:])) if hinted else {}
         entries: list[_Entry | None] = []
         unknown: list[str] = []
         for value in raw[:count]:
@@ -309,7 +312,7 @@ class CacheManager:
 
         Naming the ``tags`` the entry was stored with saves a round trip for their versions.
         """
-        entry = self._read([self.key(key)], self._all_tags(tags))[0]
+        entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
         shared = self._shared
         if entry is not None and _now_ms() < entry[0]:
             value = self._decode(entry[3], type)

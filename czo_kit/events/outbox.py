@@ -213,20 +213,34 @@ class Outbox:
     def publish(self, ctx: EventContext, payload: bytes, *, delay: float, retries: int, priority: int) -> None:
         self.ensure_tables()
         now = utcnow()
-        EventOutbox.insert(
-            event_id=ctx.event_id,
-            name=ctx.name,
-            payload=payload,
-            actor=ctx.actor,
-            correlation_id=ctx.correlation_id,
-            causation_id=ctx.causation_id,
-            created_at=ctx.timestamp,
-            deliver_at=now + dt.timedelta(seconds=delay),
-            retries=retries,
-            priority=priority,
-            state="pending",
-            updated_at=now,
-        ).execute(self.db)
+        info = model_info(EventOutbox, self.db)
+        columns = (
+            "event_id", "name", "payload", "actor", "correlation_id", "causation_id",
+            "created_at", "deliver_at", "retries", "priority", "state", "updated_at",
+        )
+        template = info.template(
+            ("outbox_insert",),
+            lambda: EventOutbox.insert(
+                {info.field_map[c]: Slot(c, info.field_map[c].db_value) for c in columns}
+            ),
+        )
+        info.execute(
+            template,
+            {
+                "event_id": ctx.event_id,
+                "name": ctx.name,
+                "payload": payload,
+                "actor": ctx.actor,
+                "correlation_id": ctx.correlation_id,
+                "causation_id": ctx.causation_id,
+                "created_at": ctx.timestamp,
+                "deliver_at": now + dt.timedelta(seconds=delay),
+                "retries": retries,
+                "priority": priority,
+                "state": "pending",
+                "updated_at": now,
+            },
+        )
         on_commit(self.db, lambda: self._relay(ctx.event_id, delay, priority))
 
     def _relay(self, event_id: str, delay: float, priority: int) -> None:
