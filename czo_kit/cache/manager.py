@@ -272,11 +272,11 @@ class CacheManager:
         """
         shared = self._shared
         count = len(full_keys)
+        keys: Sequence[str] = full_keys
+        hinted: list[str] = []
         if hint:
             hinted = list(dict.fromkeys(hint))
             keys = [*full_keys, *(shared.tag_prefix + tag for tag in hinted)]
-        else:
-            hinted, keys = [], full_keys
         raw = self._call(lambda: shared.driver.get_many(keys), None)
         if raw is None:
             return [None] * count
