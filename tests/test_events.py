@@ -444,6 +444,43 @@ def test_context_fields(events: EventEmitter) -> None:
         ctx.actor = "someone else"  # type: ignore[misc]
 
 
+def test_context_ids_follow_emit_order_whenever_they_are_read(events: EventEmitter) -> None:
+    # The id is formatted on first read; its time and counter are fixed at emit.
+    contexts = [events.emit("x.y") for _ in range(2_000)]
+    ids = [ctx.event_id for ctx in reversed(contexts)][::-1]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    first = contexts[0]
+    assert first.event_id == first.event_id and first.timestamp is first.timestamp
+    assert [ctx.timestamp for ctx in contexts] == sorted(ctx.timestamp for ctx in contexts)
+    stamp = uuid.UUID(first.event_id).int >> 80  # milliseconds since the epoch
+    millis = (first.timestamp - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
+    assert millis <= stamp < millis + 1000  # ahead only after >4096 ids in one millisecond
+
+
+def test_context_equality_repr_and_errors(events: EventEmitter) -> None:
+    ctx = events.emit("x.y", actor="user:1")
+    same = EventContext(
+        name="x.y", event_id=ctx.event_id, timestamp=ctx.timestamp, actor="user:1",
+        correlation_id=ctx.correlation_id,
+    )
+    assert same == ctx and hash(same) == hash(ctx)
+    assert ctx != events.emit("x.y", actor="user:1") and ctx != "x.y"
+    failed = ctx.with_errors(("h: boom",))
+    assert failed.errors == ("h: boom",) and failed.event_id == ctx.event_id and failed != ctx
+    assert repr(ctx).startswith(f"EventContext(event_id={ctx.event_id!r}, name='x.y'")
+    for field in ("name", "event_id", "timestamp", "correlation_id", "causation_id", "attempt", "errors"):
+        with pytest.raises(AttributeError):
+            setattr(ctx, field, None)
+
+
+def test_invalid_names_stay_invalid_after_valid_ones_are_remembered(events: EventEmitter) -> None:
+    events.emit("x.y")
+    events.emit("x.y")
+    for bad in ("X.Y", "x y", "", 42, None, ["x.y"], "x.y\n"):
+        with pytest.raises(InvalidEventError):
+            events.emit(bad)
+
+
 def test_separate_emits_get_separate_correlations(events: EventEmitter) -> None:
     first = events.emit("x.y")
     second = events.emit("x.y")

@@ -245,19 +245,10 @@ class EventEmitter:
     def _context(self, name: str, actor: str | None) -> EventContext:
         parent = _current.get()
         if parent is not None:
-            correlation, causation = parent.correlation_id, parent.event_id
-            actor = actor if actor is not None else parent.actor
-        else:
-            correlation, causation = _correlation.get() or "", None
-        event_id = uuid7()
-        return EventContext(
-            event_id=event_id,
-            name=name,
-            timestamp=dt.datetime.now(_UTC),
-            actor=actor,
-            correlation_id=correlation or event_id,
-            causation_id=causation,
-        )
+            return EventContext._new(
+                name, actor if actor is not None else parent.actor, parent.correlation_id, parent.event_id
+            )
+        return EventContext._new(name, actor, _correlation.get(), None)
 
     def _normalize(self, event: Any, payload: Any) -> tuple[str, Any]:
         if isinstance(event, Event):
@@ -285,7 +276,7 @@ class EventEmitter:
             return ctx
         if self.strict:
             raise EventHandlerError(name, failures)
-        return msgspec.structs.replace(ctx, errors=tuple(f"{sub}: {exc!r}" for sub, exc in failures))
+        return ctx.with_errors(tuple(f"{sub}: {exc!r}" for sub, exc in failures))
 
     def _run_handlers(
         self, subs: tuple[Subscription, ...], value: Any, ctx: EventContext

@@ -63,13 +63,20 @@ _registry_lock = threading.Lock()
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-:")
 
 
+_checked_names: set[str] = set()  # names already found valid (bounded: see below)
+
+
 def check_event_name(name: Any) -> str:
     """``name`` if it is a valid event name (``product.created``), else ``InvalidEventError``."""
+    if type(name) is str and name in _checked_names:
+        return name
     if not isinstance(name, str) or not 1 <= len(name) <= 200 or not set(name) <= _NAME_CHARS:
         raise InvalidEventError(
             f"invalid event name {name!r}: use 1-200 lowercase letters, digits and '._-:' "
             "(for example 'product.created')"
         )
+    if type(name) is str and len(_checked_names) < 4096:
+        _checked_names.add(name)
     return name
 
 
@@ -134,7 +141,6 @@ def event_types() -> dict[str, type[Event]]:
 
 _last_ms = 0
 _seq = 0
-_prefix = ""
 _uuid_lock = threading.Lock()
 # Random bits for ids come from a generator seeded from os.urandom, reseeded in every forked
 # child so that processes never share a sequence; it is four times cheaper than os.urandom.
@@ -142,47 +148,170 @@ _random = random.Random(os.urandom(16))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
 
 
-def uuid7() -> str:
-    """A UUIDv7 (RFC 9562): 48-bit millisecond time, then randomness; sorts by creation time.
-
-    Within one millisecond a 12-bit counter keeps ids from one process in order.
-    """
-    global _last_ms, _seq, _prefix
-    ms = time.time_ns() // 1_000_000
+def _stamp() -> tuple[int, int, int]:
+    """(nanosecond time, millisecond, counter) of a new UUIDv7, in creation order."""
+    global _last_ms, _seq
+    ns = time.time_ns()
+    ms = ns // 1_000_000
     with _uuid_lock:
         if ms <= _last_ms:
             _seq += 1
             if _seq > 0xFFF:
                 _last_ms += 1
                 _seq = 0
-                _prefix = ""
         else:
             _last_ms = ms
             _seq = 0
-            _prefix = ""
-        if not _prefix:
-            # The time part only changes once a millisecond: format it once.
-            stamp = _last_ms & 0xFFFFFFFFFFFF
-            _prefix = f"{stamp >> 16:08x}-{stamp & 0xFFFF:04x}-7"
-        prefix, seq = _prefix, _seq
+        return ns, _last_ms, _seq
+
+
+def _format_uuid7(ms: int, seq: int) -> str:
+    stamp = ms & 0xFFFFFFFFFFFF
     tail = _random.getrandbits(62)
     # version 7, the 12-bit counter, variant 0b10, then 62 random bits.
-    return "%s%03x-%04x-%012x" % (prefix, seq, 0x8000 | tail >> 48, tail & 0xFFFFFFFFFFFF)
+    return "%08x-%04x-7%03x-%04x-%012x" % (
+        stamp >> 16, stamp & 0xFFFF, seq, 0x8000 | tail >> 48, tail & 0xFFFFFFFFFFFF
+    )
 
 
-class EventContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Who, when and why of one event; every handler receives it with the payload."""
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): 48-bit millisecond time, then randomness; sorts by creation time.
 
-    event_id: str
-    name: str
-    timestamp: dt.datetime
-    actor: str | None = None
-    correlation_id: str
-    causation_id: str | None = None
-    attempt: int = 1
-    """1 for the first delivery; higher when an async delivery is retried or recovered."""
-    errors: tuple[str, ...] = ()
-    """Set on the context ``emit`` returns: one line per failed handler."""
+    Within one millisecond a 12-bit counter keeps ids from one process in order.
+    """
+    _, ms, seq = _stamp()
+    return _format_uuid7(ms, seq)
+
+
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_NO_STAMP = (0, 0, 0)  # a context given both its id and its time never reads its stamp
+
+
+class EventContext:
+    """Who, when and why of one event; every handler receives it with the payload.
+
+    ``event_id`` (a UUIDv7) and ``timestamp`` (UTC) are fixed when the event is emitted but
+    only formatted when first read: most in-process handlers never look at them.
+    """
+
+    __slots__ = (
+        "_event_id", "_stamp", "_timestamp", "_name", "_actor", "_correlation_id",
+        "_causation_id", "_attempt", "_errors",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        event_id: str | None = None,
+        timestamp: dt.datetime | None = None,
+        actor: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        attempt: int = 1,
+        errors: tuple[str, ...] = (),
+    ) -> None:
+        self._name = name
+        self._actor = actor
+        self._causation_id = causation_id
+        self._attempt = attempt
+        self._errors = errors
+        self._correlation_id = correlation_id
+        self._stamp = _stamp() if event_id is None or timestamp is None else _NO_STAMP
+        self._event_id = event_id
+        self._timestamp = timestamp
+
+    @classmethod
+    def _new(
+        cls, name: str, actor: str | None, correlation_id: str | None, causation_id: str | None
+    ) -> EventContext:
+        """A fresh context for an event being emitted now (the emitter's fast path)."""
+        self = _new_context(cls)
+        self._name = name
+        self._actor = actor
+        self._causation_id = causation_id
+        self._attempt = 1
+        self._errors = ()
+        self._correlation_id = correlation_id
+        self._stamp = _stamp()
+        self._event_id = None
+        self._timestamp = None
+        return self
+
+    # Read-only properties: one context is shared by every handler of an event.
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def actor(self) -> str | None:
+        return self._actor
+
+    @property
+    def causation_id(self) -> str | None:
+        """The event whose handler emitted this one; None for an event from outside a handler."""
+        return self._causation_id
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery; higher when an async delivery is retried or recovered."""
+        return self._attempt
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """Set on the context ``emit`` returns: one line per failed handler."""
+        return self._errors
+
+    @property
+    def event_id(self) -> str:
+        if self._event_id is None:
+            _, ms, seq = self._stamp
+            self._event_id = _format_uuid7(ms, seq)
+        return self._event_id
+
+    @property
+    def timestamp(self) -> dt.datetime:
+        if self._timestamp is None:
+            self._timestamp = _EPOCH + dt.timedelta(microseconds=self._stamp[0] // 1000)
+        return self._timestamp
+
+    @property
+    def correlation_id(self) -> str:
+        """Inherited from the emitting handler or request; the event's own id otherwise."""
+        return self._correlation_id or self.event_id
+
+    def with_errors(self, errors: tuple[str, ...]) -> EventContext:
+        """The same context with ``errors`` set (what ``emit`` returns when handlers failed)."""
+        return EventContext(
+            name=self.name, event_id=self.event_id, timestamp=self.timestamp, actor=self.actor,
+            correlation_id=self.correlation_id, causation_id=self.causation_id,
+            attempt=self.attempt, errors=errors,
+        )
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.event_id, self.name, self.timestamp, self.actor, self.correlation_id,
+            self.causation_id, self.attempt, self.errors,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventContext):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self.event_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"EventContext(event_id={self.event_id!r}, name={self.name!r}, timestamp={self.timestamp!r}, "
+            f"actor={self.actor!r}, correlation_id={self.correlation_id!r}, causation_id={self.causation_id!r}, "
+            f"attempt={self.attempt!r}, errors={self.errors!r})"
+        )
+
+
+_new_context = object.__new__
 
 
 def payload_for(name: str, payload: Any) -> Any:
@@ -192,6 +321,8 @@ def payload_for(name: str, payload: Any) -> Any:
     ``emit_async``).
     """
     kind = _registry.get(name)
+    if kind is None and type(payload) is dict:
+        return payload
     if isinstance(payload, Event):
         declared = type(payload).__event_name__
         if declared and declared != name:
