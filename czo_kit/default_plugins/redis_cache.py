@@ -2,8 +2,8 @@
 
 Reads are plain GET / MGET (the manager checks tag versions it reads in the same MGET). Timeouts are
 short and retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the
-manager turns ``CacheUnavailable`` into misses. Not for Redis Cluster (tag keys are read from
-scripts without being declared).
+manager turns ``CacheUnavailable`` into misses. Not for Redis Cluster: one MGET reads an entry
+with its tag keys, which live in other hash slots.
 """
 
 from __future__ import annotations
