@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import urllib3
 from conftest import SECRET, service_unavailable
 from czo_kit import Kit, Settings
 from czo_kit.http import BackgroundServer, create_api, issue_user_token
+from czo_kit.testing.cache import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("CZO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -225,6 +227,18 @@ def test_the_widget_renders_in_the_order_page_with_its_context(page: Any, dashbo
     assert (ARTIFACTS / "dashboard-order.png").stat().st_size > 10_000
 
 
+def test_frames_start_loading_only_once_the_host_listens(page: Any, dashboard: Dashboard) -> None:
+    # Served with a src, a fast frame could say czo:ready before czo-host.js is loaded, and
+    # that message would be lost: the frame would never get its context.
+    _open_order(page, dashboard)
+    served = page.request.get(dashboard.order_url()).text()
+    tags = re.findall(r"<iframe [^>]*>", served)
+    assert len(tags) == 2
+    assert all(" src=" not in tag and " data-src=" in tag for tag in tags), tags
+    loaded = page.evaluate("() => [...document.querySelectorAll('iframe.czo-extension')].map(e => e.src)")
+    assert all(src.startswith(dashboard.app.url + "/extensions/") or src.startswith(dashboard.spy.url) for src in loaded)
+
+
 def test_messages_forged_from_another_origin_or_frame_are_ignored(page: Any, dashboard: Dashboard) -> None:
     _open_order(page, dashboard)
     # The spy frame says ready on its own schedule: let it, so that it is not counted below.
@@ -281,6 +295,10 @@ def test_resize_within_bounds(page: Any, dashboard: Dashboard) -> None:
     frame = page.frame(url=lambda url: url.startswith(dashboard.app.url + "/extensions/"))
     host = page.evaluate("location.origin")
     iframe = page.locator("section.czo-widget[data-app=stripe] iframe")
+    # The widget sizes itself to its content as it renders (ResizeObserver); let that settle
+    # first, or its own resize could land after one of ours.
+    content = "() => Math.ceil(document.documentElement.getBoundingClientRect().height) + 'px'"
+    assert wait_until(lambda: iframe.evaluate("e => e.style.height") == frame.evaluate(content), timeout=15)
     for asked, expected in ((333, "333px"), (10**9, "4000px"), (1, "40px")):
         frame.evaluate("([h, host]) => parent.postMessage({v: 1, type: 'czo:resize', payload: {height: h}}, host)", [asked, host])
         page.wait_for_function(

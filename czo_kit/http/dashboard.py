@@ -110,8 +110,10 @@ def _render(
     blocks = []
     for frame in frames:
         label = esc(frame["label"])
+        # No src yet: czo-host.js sets it once its message listener is in place, or a fast
+        # frame's czo:ready could arrive before anyone listens and the frame never gets context.
         iframe = (
-            f'<iframe id="{esc(frame["id"])}" class="czo-extension" title="{label}" src="{esc(frame["src"])}" '
+            f'<iframe id="{esc(frame["id"])}" class="czo-extension" title="{label}" data-src="{esc(frame["src"])}" '
             f'sandbox="{SANDBOX}" referrerpolicy="no-referrer" allow="" loading="eager"></iframe>'
         )
         if frame["target"] == "popup":

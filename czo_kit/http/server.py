@@ -39,9 +39,14 @@ class BackgroundServer:
         server: Any = self._server
         server.task_dispatcher.shutdown(timeout=5)
         # close() alone leaves kept-alive client connections in the socket map, and the
-        # server loop runs until that map is empty.
-        wasyncore.close_all(server._map)
-        self._thread.join(timeout=10)
+        # server loop runs until that map is empty. The sockets are closed by the loop's own
+        # thread (through its trigger): closed from here, the loop could still be polling
+        # them and fail with EBADF.
+        if self._thread.is_alive():
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            self._thread.join(timeout=10)
+        if server._map:
+            wasyncore.close_all(server._map)  # never started, or a loop that did not stop
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

@@ -110,6 +110,13 @@
     }
   });
 
+  // Frames start loading only now that the listener is in place: a frame that loads fast
+  // must not say czo:ready to nobody.
+  frames.forEach(function (frame) {
+    var src = frame.element.getAttribute("data-src");
+    if (src && !frame.element.getAttribute("src")) { frame.element.setAttribute("src", src); }
+  });
+
   // Popup extensions open in a dialog.
   Array.prototype.forEach.call(document.querySelectorAll(".czo-open, .czo-close"), function (button) {
     button.addEventListener("click", function () {
