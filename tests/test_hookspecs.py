@@ -24,6 +24,7 @@ from czo_kit.hooks import HookRegistry
 from czo_kit.plugins import create_plugin_manager, load_plugins
 from czo_kit.services import ServiceRegistry
 from czo_kit.settings import Settings
+from czo_kit.testing.cache import wait_until
 
 SettingsFor = Callable[..., Settings]
 
@@ -93,7 +94,8 @@ def test_hook_czo_register_queue_backends(tmp_path: Path, sqlite_url: str, setti
         received: list[int] = []
         kit.events.on("widget.made", lambda payload, ctx: received.append(payload["n"]), id="t.widget")
         kit.events.emit_async("widget.made", {"n": 7})
-        assert len(kit.queue) == 1  # the dispatch task waits in the plugin's queue
+        # The relay thread hands the dispatch task to the plugin's queue, where it waits.
+        assert wait_until(lambda: len(kit.queue) == 1, timeout=10)
         assert received == []
 
 

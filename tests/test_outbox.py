@@ -449,6 +449,8 @@ def test_higher_priority_runs_first(make_kit: Callable[..., Kit]) -> None:
     priorities = [20, 95, 5, 60, Priority.CRITICAL, 40, Priority.HIGH, 0, 70, Priority.LOW]
     for priority in priorities:  # no consumer yet: every dispatch task waits in the queue
         kit.events.emit_async("test.job", {"priority": int(priority)}, priority=priority)
+    assert kit.outbox is not None
+    kit.outbox.flush()  # hand every committed event to the queue now, not on the relay thread
     assert len(kit.queue) == len(priorities)
     # One worker: each dispatch fans out to a deliver task carrying the event's priority,
     # which is then the most urgent task in the queue.
@@ -459,6 +461,80 @@ def test_higher_priority_runs_first(make_kit: Callable[..., Kit]) -> None:
 
 
 # -- recovery -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", PAIRED, indirect=True)
+def test_emit_async_returns_without_waiting_for_the_queue(
+    make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outbox row is the durable record; the queue round trip is the relay thread's.
+    kit = make_kit()
+    assert kit.outbox is not None and kit.queue is not None
+    handler = Recorder()
+    kit.events.on("test.stock.changed", handler)
+    original = kit.queue_tasks.dispatch
+    release = threading.Event()
+    relayed: list[tuple[str, str]] = []
+
+    def slow_dispatch(event_id: str, *, delay: float, priority: int) -> None:
+        assert release.wait(TIMEOUT), "the test never released the queue"
+        relayed.append((event_id, threading.current_thread().name))
+        original(event_id, delay=delay, priority=priority)
+
+    monkeypatch.setattr(kit.queue_tasks, "dispatch", slow_dispatch)
+    first = kit.events.emit_async("test.stock.changed", {"n": 1})
+    with kit.db.atomic():
+        second = kit.events.emit_async("test.stock.changed", {"n": 2})
+    assert relayed == []  # both returned while the queue was still blocked
+    assert [row.state for row in outbox_rows(kit)] == ["pending", "pending"]
+    release.set()
+    assert wait_until(lambda: len(relayed) == 2, timeout=TIMEOUT)
+    assert relayed == [(first.event_id, "czo-outbox-relay"), (second.event_id, "czo-outbox-relay")]
+    assert wait_until(lambda: [row.state for row in outbox_rows(kit)] == ["queued", "queued"], timeout=TIMEOUT)
+    with kit.consumer(workers=1):
+        assert wait_until(lambda: len(handler.calls) == 2, timeout=TIMEOUT)
+    assert sorted(payload["n"] for payload, _ in handler.calls) == [1, 2]
+
+
+@pytest.mark.parametrize("backend", PAIRED, indirect=True)
+def test_flush_queues_and_marks_now_and_leaves_the_callers_connection_open(make_kit: Callable[..., Kit]) -> None:
+    kit = make_kit()
+    assert kit.outbox is not None and kit.queue is not None
+    kit.db.connect(reuse_if_open=True)
+    event = kit.events.emit_async("test.stock.changed", {"n": 1})
+    kit.outbox.flush()
+    assert not kit.db.is_closed()  # a query made below would have reopened it: check first
+    # Flushed in this thread: queued and marked before flush returns, not by the next batch.
+    assert [(row.event_id, row.state) for row in outbox_rows(kit)] == [(event.event_id, "queued")]
+    assert len(kit.queue) == 1
+
+
+def test_a_script_that_exits_without_closing_its_kit_still_hands_events_over(
+    tmp_path: Any, settings_for: SettingsFor
+) -> None:
+    import subprocess
+    import sys
+
+    database = f"sqlite:///{tmp_path / 'script.sqlite3'}"
+    queue = f"sqlite:///{tmp_path / 'script-queue.sqlite3'}"
+    script = tmp_path / "emit_and_exit.py"
+    script.write_text(
+        "from czo_kit import Kit\n"
+        "from czo_kit.settings import Settings\n"
+        f"kit = Kit(settings=Settings(database_url={database!r}, queue_url={queue!r}, secret_key={SECRET!r}))\n"
+        "for n in range(5):\n"
+        "    kit.events.emit_async('test.script.done', {'n': n})\n"
+        "# no kit.close(): the interpreter's exit hands the held events to the queue\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    kit = Kit(settings=settings_for(database, queue_url=queue))
+    try:
+        assert kit.outbox is not None and kit.queue is not None
+        assert len(kit.queue) == 5
+        assert {row.state for row in outbox_rows(kit)} == {"queued"}
+    finally:
+        kit.close()
 
 
 @pytest.mark.parametrize("backend", PAIRED, indirect=True)
@@ -481,6 +557,7 @@ def test_sweep_queues_an_event_that_was_committed_but_never_queued(
     monkeypatch.setattr(kit.queue_tasks, "dispatch", dispatch_fails_once)
     with kit.db.atomic():
         ctx = kit.events.emit_async("test.stock.changed", {"n": 1}, priority=Priority.HIGH)
+    kit.outbox.flush()
     assert failures == [ctx.event_id]  # the relay ran after commit, and failed
     (row,) = outbox_rows(kit)
     assert row.state == "pending"

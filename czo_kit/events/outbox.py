@@ -16,10 +16,14 @@ killed mid-handler leaves a ``running`` row whose lease runs out, and the sweep 
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
+import os
 import random
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -178,7 +182,7 @@ class Outbox:
         self.settings = settings or OutboxSettings()
         self._sweep_lock = threading.Lock()
         self._tables_ready = False
-        self._marker = _QueuedMarker(db)
+        self._relayer = _Relay(self._relay, db)
 
     def ensure_tables(self) -> None:
         """Create the event tables if they are missing (they are the kit's own, not a module's),
@@ -241,20 +245,28 @@ class Outbox:
                 "updated_at": now,
             },
         )
-        on_commit(self.db, lambda: self._relay(ctx.event_id, delay, priority))
+        event_id = ctx.event_id
+        on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
-    def _relay(self, event_id: str, delay: float, priority: int) -> None:
+    def _relay(self, event_id: str, delay: float, priority: int) -> bool:
+        """Queue a committed event's dispatch; False if the queue could not take it."""
         fault_point("events.relay")  # tests kill the producer here: committed, not queued
         try:
             self.queue.dispatch(event_id, delay=delay, priority=priority)
         except Exception:
             log.warning("could not queue event %s; the sweep will retry it", event_id, exc_info=True)
-            return
-        self._marker.add(event_id)
+            return False
+        return True
+
+    def flush(self, *, mark: bool = True) -> None:
+        """Queue every committed event still waiting for the relay thread, now, in this thread
+        (waiting for a hand-off already under way); with ``mark``, also write their ``queued``
+        marks instead of leaving them to the next batch."""
+        self._relayer.flush(mark=mark)
 
     def close(self) -> None:
-        """Write down the relayed events not yet marked, and stop the marking thread."""
-        self._marker.close()
+        """Queue what the relay still holds, write down what was queued, stop its thread."""
+        self._relayer.close()
 
     # -- worker side --------------------------------------------------------------------
 
@@ -566,46 +578,74 @@ class Outbox:
         return {state: count for state, count in rows}
 
 
-class _QueuedMarker:
-    """Marks relayed events ``queued`` in batches, on a thread of its own.
+_Relayed = tuple[str, float, int]  # event id, delay, priority
 
-    The mark only tells the sweep "already handed to the queue"; losing it (a crash before
-    the next batch) costs a duplicate dispatch, which is harmless. Keeping it off the
-    emitting thread saves that thread a commit per event.
+
+class _Relay:
+    """Hands committed events to the queue on a thread of its own, then marks them queued.
+
+    ``emit_async`` returns once its outbox row is written; the queue's round trip happens
+    here, in commit order. Losing what this holds (a crash before the hand-off) loses no
+    event: the rows stay ``pending`` and the sweep queues them, as after a crash between
+    commit and enqueue. The ``queued`` mark only tells the sweep "already handed to the
+    queue"; it is written in batches, and losing it costs a harmless duplicate dispatch.
     """
 
-    def __init__(self, db: peewee.Database, *, interval: float = 0.2, batch: int = 500) -> None:
+    def __init__(
+        self,
+        relay: Callable[[str, float, int], bool],
+        db: peewee.Database,
+        *,
+        mark_interval: float = 0.2,
+        batch: int = 500,
+    ) -> None:
+        self.relay = relay
         self.db = db
-        self.interval = interval
+        self.mark_interval = mark_interval
         self.batch = batch
-        self._pending: list[str] = []
+        self._todo: list[_Relayed] = []
+        self._marks: list[str] = []
         self._lock = threading.Lock()
+        self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        _relays.add(self)
 
-    def add(self, event_id: str) -> None:
+    def add(self, item: _Relayed) -> None:
         with self._lock:
-            self._pending.append(event_id)
-            full = len(self._pending) >= self.batch
+            self._todo.append(item)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="czo-outbox-marker", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="czo-outbox-relay", daemon=True)
                 self._thread.start()
-        if full:
-            self._wake.set()
+        self._wake.set()
 
     def _run(self) -> None:
+        last_mark = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(self.mark_interval)
             self._wake.clear()
-            self.flush()
+            self._relay_pending()
+            now = time.monotonic()
+            if self._marks and (len(self._marks) >= self.batch or now - last_mark >= self.mark_interval):
+                self._mark()
+                last_mark = now
 
-    def flush(self) -> None:
-        with self._lock:
-            ids, self._pending = self._pending, []
+    def _relay_pending(self) -> None:
+        with self._relay_lock:
+            with self._lock:
+                todo, self._todo = self._todo, []
+            for event_id, delay, priority in todo:
+                if self.relay(event_id, delay, priority):
+                    self._marks.append(event_id)
+
+    def _mark(self) -> None:
+        with self._relay_lock:
+            ids, self._marks = self._marks, []
         if not ids:
             return
+        opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
         try:
             for start in range(0, len(ids), 500):
                 (
@@ -616,16 +656,50 @@ class _QueuedMarker:
         except Exception:
             log.warning("could not mark %d relayed event(s); the sweep may queue them twice", len(ids), exc_info=True)
         finally:
-            if not self.db.is_closed() and not self.db.in_transaction():
+            if opened and not self.db.is_closed() and not self.db.in_transaction():
                 self.db.close()
+
+    def flush(self, *, mark: bool = True) -> None:
+        """Relay (and mark) everything held, in the calling thread."""
+        self._relay_pending()
+        if mark:
+            self._mark()
 
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         thread = self._thread
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         self.flush()
+
+    def _after_fork(self) -> None:
+        # The parent's thread and its pending work stay with the parent.
+        self._lock = threading.Lock()
+        self._relay_lock = threading.Lock()
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._todo, self._marks, self._thread = [], [], None
+
+
+_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
+
+
+def _flush_relays() -> None:
+    # A script that emits and exits without closing its kit still hands its events over.
+    for relay in list(_relays):
+        try:
+            relay.flush()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
+
+
+def _reset_relays_after_fork() -> None:
+    for relay in list(_relays):
+        relay._after_fork()
+
+
+atexit.register(_flush_relays)
+os.register_at_fork(after_in_child=_reset_relays_after_fork)
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
