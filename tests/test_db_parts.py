@@ -6,6 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import peewee
 import pytest
@@ -111,6 +112,7 @@ def test_datetimes_are_stored_as_utc_and_come_back_aware(database_url: str, sett
         ("sqlite:////var/data/czo.db", "/var/data/czo.db", {}),
         ("sqlite:///:memory:", ":memory:", {}),
         ("sqlite:///a.db?timeout=2.5&journal_mode=delete", "a.db", {"timeout": 2.5, "journal_mode": "delete"}),
+        ("sqlite:///a.db?transaction_mode=deferred", "a.db", {"transaction_mode": "deferred"}),
     ],
 )
 def test_sqlite_urls(url: str, path: str, options: dict[str, object]) -> None:
@@ -119,7 +121,8 @@ def test_sqlite_urls(url: str, path: str, options: dict[str, object]) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://host/czo.db", "sqlite:///", "sqlite:///a.db?pragma=evil", "sqlite:///a.db?timeout=soon"],
+    ["sqlite://host/czo.db", "sqlite:///", "sqlite:///a.db?pragma=evil", "sqlite:///a.db?timeout=soon",
+     "sqlite:///a.db?transaction_mode=;DROP TABLE x"],
 )
 def test_bad_sqlite_urls_name_the_setting(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -132,6 +135,51 @@ def test_sqlite_backend_turns_on_wal_and_foreign_keys(sqlite_url: str, settings_
     assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
     db.close()
+
+
+def _read_then_write_while_another_connection_commits(url: str, settings: Settings) -> list[int]:
+    """One connection reads then writes in a transaction; between the two, another thread
+    tries to commit a row of its own. Returns the rows, once both are done."""
+    import threading
+
+    db = create_sqlite_database(url, settings=settings)
+    db.execute_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    other_errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            db.execute_sql("INSERT INTO t (n) VALUES (2)")  # autocommit, its own connection
+        except BaseException as exc:  # pragma: no cover - reported below
+            other_errors.append(exc)
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=other)
+    try:
+        with db.atomic():
+            db.execute_sql("SELECT count(*) FROM t").fetchone()
+            thread.start()
+            # Deferred: the other insert commits at once. Immediate: it waits for our lock
+            # (however long we give it here, the outcome is the same).
+            thread.join(timeout=0.5)
+            db.execute_sql("INSERT INTO t (n) VALUES (1)")
+        thread.join(timeout=30)
+        assert other_errors == []
+        return sorted(row[0] for row in db.execute_sql("SELECT n FROM t").fetchall())
+    finally:
+        thread.join(timeout=30)
+        db.close()
+
+
+def test_a_read_then_write_transaction_waits_for_the_lock_instead_of_failing(
+    tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'locks.sqlite3'}"
+    assert _read_then_write_while_another_connection_commits(url, settings_for(url)) == [1, 2]
+    # What the default avoids: a deferred transaction cannot upgrade past a newer commit.
+    deferred = f"sqlite:///{tmp_path / 'deferred.sqlite3'}?transaction_mode=deferred"
+    with pytest.raises(peewee.OperationalError, match="locked"):
+        _read_then_write_while_another_connection_commits(deferred, settings_for(deferred))
 
 
 def test_a_password_in_a_bad_sqlite_url_is_not_echoed() -> None:

@@ -235,7 +235,7 @@ def test_unknown_scheme_names_allowed(settings_for: SettingsFor) -> None:
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("?foo=1", "invalid SQLite URL option 'foo'; allowed: cache_size, journal_mode, synchronous, timeout"),
+        ("?foo=1", "invalid SQLite URL option 'foo'; allowed: cache_size, journal_mode, synchronous, timeout, transaction_mode"),
         ("?timeout=soon", "invalid SQLite URL option timeout='soon': expected float"),
         ("?cache_size=big", "invalid SQLite URL option cache_size='big': expected int"),
     ],

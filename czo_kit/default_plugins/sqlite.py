@@ -17,11 +17,27 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteDatabase", "create_sqlite_database", "parse_sqlite_url"]
 
-_OPTIONS = {"timeout": float, "synchronous": str, "journal_mode": str, "cache_size": int}
+_OPTIONS = {"timeout": float, "synchronous": str, "journal_mode": str, "cache_size": int, "transaction_mode": str}
+_TRANSACTION_MODES = ("deferred", "immediate", "exclusive")
 
 
 class SqliteDatabase(TransactionalDatabaseMixin, peewee.SqliteDatabase):
-    """``peewee.SqliteDatabase`` with savepoint-aware ``on_commit``."""
+    """``peewee.SqliteDatabase`` with savepoint-aware ``on_commit``, whose transactions take
+    the write lock when they begin (``BEGIN IMMEDIATE``) unless told otherwise.
+
+    A deferred transaction that reads, then writes, must upgrade its lock; if another
+    connection committed in between, SQLite refuses at once ("database is locked") without
+    waiting out the busy timeout, so a repository's check-then-write (a restore, a unique
+    check) would fail whenever a worker wrote meanwhile. Beginning immediately makes such a
+    block wait for the lock instead, as other writers do.
+    """
+
+    def __init__(self, *args: Any, transaction_mode: str = "immediate", **kwargs: Any) -> None:
+        if transaction_mode.lower() not in _TRANSACTION_MODES:
+            raise ValueError(f"transaction_mode must be one of {', '.join(_TRANSACTION_MODES)}")
+        self.transaction_mode = transaction_mode.upper()
+        # Peewee's own option: every BEGIN it issues (atomic, transaction) names this lock.
+        super().__init__(*args, lock_type=self.transaction_mode, **kwargs)
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -47,6 +63,11 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
                 f"invalid SQLite URL option {key!r}; allowed: {', '.join(sorted(_OPTIONS))}",
                 variable="CZO_DATABASE_URL",
             )
+        if key == "transaction_mode" and value.lower() not in _TRANSACTION_MODES:
+            raise ConfigurationError(
+                f"invalid SQLite URL option transaction_mode={value!r}; allowed: {', '.join(_TRANSACTION_MODES)}",
+                variable="CZO_DATABASE_URL",
+            )
         try:
             options[key] = convert(value)
         except ValueError:
@@ -70,6 +91,7 @@ def create_sqlite_database(url: str, *, settings: Settings) -> peewee.Database:
         pragmas=pragmas,
         timeout=options.get("timeout", 10.0),
         returning_clause=True,
+        transaction_mode=options.get("transaction_mode", "immediate"),
     )
 
 
