@@ -13,6 +13,10 @@ schema ``czo_bench_cache``, created at the start and dropped at the end.
 Each kit call and its baseline alternate call by call, after a warm-up, on the same Redis,
 with the same value (a 10-field mapping, 208 bytes of msgpack): the baselines encode and
 decode it with msgspec too, so both sides take and return Python values.
+
+The Redis driver keeps a near cache in the process by default (``CZO_CACHE_NEAR_ENTRIES``).
+The comparisons with redis-py and dogpile.cache run with it off, so that both sides do the
+same round trip; rows marked "near cache" run with it on, as a module gets it by default.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class Keys:
     def __init__(self) -> None:
         stem = f"czo-bench-{os.getpid()}-"
         self.kit = stem + "kit:"
+        self.near = stem + "near:"  # a prefix of its own: its key tracking hears only its keys
         self.raw = stem + "raw:"
         self.dogpile = stem + "dogpile:"
         self.pattern = stem + "*"
@@ -132,12 +137,16 @@ def open_database(base_url: str, schema: str) -> peewee.Database:
 # -- the cases ----------------------------------------------------------------------------
 
 
-def redis_pairs(cache: Any, client: Any, keys: Keys, n: Callable[[int], int], w: Callable[[int], int]) -> list[Pair]:
+def redis_pairs(cache: Any, near: Any, client: Any, keys: Keys, n: Callable[[int], int],
+                w: Callable[[int], int]) -> list[Pair]:
     """get / set / get_many / set_many against redis-py doing the same work."""
     kit_keys = [f"v:{i}" for i in range(KEYS)]
     raw_keys = [f"{keys.raw}v:{i}" for i in range(KEYS)]
     encoded = _encode(VALUE)
     cache.set_many(dict.fromkeys(kit_keys, VALUE), ttl=3600)
+    near.set_many(dict.fromkeys(kit_keys, VALUE), ttl=3600)
+    for key in kit_keys:
+        near.get(key)  # held in the process from now on
     tagged_keys = [f"t:{i}" for i in range(KEYS)]
     for start in range(0, KEYS, 100):
         cache.set_many(dict.fromkeys(tagged_keys[start:start + 100], VALUE), ttl=3600, tags=["bench-one-tag"])
@@ -187,6 +196,9 @@ def redis_pairs(cache: Any, client: Any, keys: Keys, n: Callable[[int], int], w:
         Pair("get hit", Call(lambda k: cache.get(kit_keys[k]), key_of), Call(raw_get, key_of),
              "redis-py GET + decode", n(5000), w(300), REDIS_TARGET, group="get", check=check_get,
              note="one GET each; the kit also opens its envelope header"),
+        Pair("get hit (near cache)", Call(lambda k: near.get(kit_keys[k]), key_of), Call(raw_get, key_of),
+             "redis-py GET + decode", n(5000), w(300), None, group="get", check=check_get,
+             note="the default: served from the process, after a non-blocking poll of the tracking socket"),
         Pair("get hit, 1-tag entry, tag named", Call(lambda k: cache.get(tagged_keys[k], tags=["bench-one-tag"]), key_of),
              Call(raw_get, key_of), "redis-py GET + decode", n(5000), w(300), None, group="get", check=check_get,
              note="get(key, tags=[tag]): one MGET of the entry and the tag's version"),
@@ -254,10 +266,11 @@ def dogpile_pairs(cache: Any, memory: Any, keys: Keys, url: str,
     return pairs, [redis_region, memory_region]
 
 
-def cached_queries(db: peewee.Database, cache: Any, memory: Any, n: Callable[[int], int],
+def cached_queries(db: peewee.Database, cache: Any, near: Any, memory: Any, n: Callable[[int], int],
                    w: Callable[[int], int]) -> Callable[[Callable[[str], None]], list[Comparison]]:
-    """create_cached_queries(...).find_by_id hits (Redis, memory) against the kit's uncached
-    create_queries(...).find_by_id and raw Peewee, the four calls in one round-robin loop.
+    """create_cached_queries(...).find_by_id hits (Redis with and without its near cache,
+    memory) against the kit's uncached create_queries(...).find_by_id and raw Peewee, the five
+    calls in one round-robin loop.
 
     Fills the caches now (every timed read is a hit); returns the function that times them.
     """
@@ -265,12 +278,15 @@ def cached_queries(db: peewee.Database, cache: Any, memory: Any, n: Callable[[in
 
     uncached = create_queries(CachedRow, db=db, secret_key=SECRET)
     cached = create_cached_queries(CachedRow, db=db, cache=cache, ttl=3600, secret_key=SECRET)
+    near_cached = create_cached_queries(CachedRow, db=db, cache=near, ttl=3600, secret_key=SECRET)
     in_memory = create_cached_queries(CachedRow, db=db, cache=memory, ttl=3600, secret_key=SECRET)
     live = [row[0] for row in db.execute_sql("SELECT id FROM bench_cached WHERE deleted_at IS NULL")]
     rng = random.Random(20261127)
     ids = rng.sample(live, CACHED_IDS)
     for id in ids:  # first reads fill the caches; every timed call is a hit
         cached.find_by_id(id)
+        near_cached.find_by_id(id)
+        near_cached.find_by_id(id)  # the second read is the one the near cache keeps
         in_memory.find_by_id(id)
     sequence = [rng.choice(ids) for _ in range(20_000)]
 
@@ -282,11 +298,11 @@ def cached_queries(db: peewee.Database, cache: Any, memory: Any, n: Callable[[in
         # benchmark's raw find_by_id).
         return CachedRow.get_or_none(CachedRow.id == id, CachedRow.deleted_at.is_null())
 
-    calls = [Call(cached.find_by_id, id_of), Call(in_memory.find_by_id, id_of), Call(uncached.find_by_id, id_of),
-             Call(raw_peewee, id_of)]
+    calls = [Call(near_cached.find_by_id, id_of), Call(cached.find_by_id, id_of), Call(in_memory.find_by_id, id_of),
+             Call(uncached.find_by_id, id_of), Call(raw_peewee, id_of)]
     probe = id_of(0)
     results = [call.fn(probe) for call in calls]
-    if any(r is None or r.__data__ != results[2].__data__ for r in results):
+    if any(r is None or r.__data__ != results[3].__data__ for r in results):
         raise AssertionError(f"find_by_id({probe}) differs between the cached, uncached and raw reads")
     iterations, warmup = n(5000), w(300)
 
@@ -294,17 +310,24 @@ def cached_queries(db: peewee.Database, cache: Any, memory: Any, n: Callable[[in
     uncached_label = "kit uncached find_by_id (PostgreSQL)"
     raw_label = "raw Peewee get (id, live) (PostgreSQL)"
 
+    near_note = "the default Redis driver: the entry and its tag version held in the process"
+    plain_note = note + "; Redis driver with CZO_CACHE_NEAR_ENTRIES=0"
+
     def timed(progress: Callable[[str], None]) -> list[Comparison]:
-        progress(f"cached find_by_id (Redis, memory), uncached, raw Peewee: {iterations:,} x 4 calls")
-        redis_hit, memory_hit, uncached_read, raw_read = (
+        progress(f"cached find_by_id (Redis near, Redis, memory), uncached, raw Peewee: {iterations:,} x 5 calls")
+        near_hit, redis_hit, memory_hit, uncached_read, raw_read = (
             summarize(samples) for samples in time_round_robin(calls, iterations=iterations, warmup=warmup)
         )
         return [
-            Comparison("cached find_by_id hit (Redis)", redis_hit, uncached_read, CACHED_TARGET, note,
+            Comparison("cached find_by_id hit (Redis)", near_hit, uncached_read, CACHED_TARGET, near_note,
+                       baseline=uncached_label),
+            Comparison("cached find_by_id hit (Redis, no near cache)", redis_hit, uncached_read, None, plain_note,
                        baseline=uncached_label),
             Comparison("cached find_by_id hit (memory)", memory_hit, uncached_read, None, "the memory:// driver",
                        baseline=uncached_label),
-            Comparison("cached find_by_id hit (Redis)", redis_hit, raw_read, None, note, baseline=raw_label),
+            Comparison("cached find_by_id hit (Redis)", near_hit, raw_read, None, near_note, baseline=raw_label),
+            Comparison("cached find_by_id hit (Redis, no near cache)", redis_hit, raw_read, None, plain_note,
+                       baseline=raw_label),
             Comparison("cached find_by_id hit (memory)", memory_hit, raw_read, None, "the memory:// driver",
                        baseline=raw_label),
             Comparison("kit uncached find_by_id", uncached_read, raw_read, None, "precompiled SQL",
@@ -392,7 +415,9 @@ def run(
     settings = Settings(secret_key=SECRET)
     client = redis.Redis.from_url(redis_url)
     client.ping()
-    cache = create_cache(redis_url, settings=settings, prefix=keys.kit, strict=True)
+    plain = msgspec.structs.replace(settings, cache_near_entries=0)
+    cache = create_cache(redis_url, settings=plain, prefix=keys.kit, strict=True)
+    near = create_cache(redis_url, settings=settings, prefix=keys.near, strict=True)
     memory = create_cache("memory://", settings=settings, prefix=keys.kit, strict=True)
     db: peewee.Database | None = None
     regions: list[Any] = []
@@ -400,14 +425,18 @@ def run(
     try:
         db = open_database(database_url, schema)
         progress("filling Redis and the caches")
-        pairs = redis_pairs(cache, client, keys, n, w)
+        pairs = redis_pairs(cache, near, client, keys, n, w)
         more, regions = dogpile_pairs(cache, memory, keys, redis_url, n, w)
         pairs += more
-        time_cached = cached_queries(db, cache, memory, n, w)
-        misses_before = (cache.stats()["misses"], memory.stats()["misses"])
+        time_cached = cached_queries(db, cache, near, memory, n, w)
+        caches = (cache, near, memory)
+        misses_before = [c.stats()["misses"] for c in caches]
+        near_counts: dict[str, int] = near.driver.near.counts  # type: ignore[attr-defined]  # the Redis driver
+        near_misses_before = near_counts["misses"]
         rows = run_pairs(pairs, progress=progress)
         rows += time_cached(progress)
-        misses_after = (cache.stats()["misses"], memory.stats()["misses"])
+        misses_after = [c.stats()["misses"] for c in caches]
+        near_misses = near_counts["misses"] - near_misses_before
         invalidate_row, inv = invalidation(cache, quick=quick, progress=progress)
         by_name: dict[str, Comparison] = {}
         for row in rows:
@@ -441,8 +470,12 @@ def run(
             f"(invalidate('inv:*'), SCAN + UNLINK) took {inv['pattern_delete_ms']:,.0f} ms.",
         ]
         if misses_after != misses_before:
-            notes.append(f"WARNING: {misses_after[0] - misses_before[0]} Redis / "
-                         f"{misses_after[1] - misses_before[1]} memory misses while timing hits.")
+            redis_misses, near_cache_misses, memory_misses = (a - b for a, b in zip(misses_after, misses_before))
+            notes.append(f"WARNING: {redis_misses} Redis / {near_cache_misses} Redis (near) / {memory_misses} "
+                         "memory misses while timing hits.")
+        notes.append(f"Near cache: {near_misses} reads went to Redis while timing (a non-zero count means "
+                     "some timed near-cache rows include round trips); no key was written meanwhile, so no "
+                     "copy was invalidated: this is the best case, a read-mostly key.")
         return sections, checks, notes, inv
     finally:
         for region in regions:
@@ -451,6 +484,7 @@ def run(
             except Exception:
                 pass
         cache.close()
+        near.close()
         memory.close()
         removed = _pg.delete_redis_keys(client, [keys.pattern])
         progress(f"deleted {removed:,} Redis keys")

@@ -80,6 +80,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cache_max_entries: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 10_000
     """Most entries the memory cache keeps (least recently used go first)."""
 
+    cache_near_entries: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 10_000
+    """Most values the Redis cache driver keeps in this process (a near cache that Redis key
+    tracking keeps exact; needs Redis 6+). 0 turns it off: every read goes to Redis."""
+
     cache_strict: bool = False
     """Raise when the cache server is unreachable, instead of degrading to misses."""
 

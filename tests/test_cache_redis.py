@@ -49,8 +49,9 @@ def free_port() -> int:
 class PrivateRedis:
     """A throwaway ``redis-server`` (no persistence) that a test may kill and restart."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, extra_args: list[str] | None = None) -> None:
         self.binary = binary
+        self.extra_args = extra_args or []
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,7 +60,7 @@ class PrivateRedis:
         assert self.process is None
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -134,9 +135,10 @@ def quiet_redis(redis_server_binary: str) -> Iterator[PrivateRedis]:
 def make_cache() -> Iterator[Callable[..., CacheManager]]:
     made: list[CacheManager] = []
 
-    def make(url: str, *, timeout: float = 1.0, **options: Any) -> CacheManager:
+    def make(url: str, *, timeout: float = 1.0, near: int = 10_000, **options: Any) -> CacheManager:
         options.setdefault("prefix", f"rt{uuid.uuid4().hex[:10]}:")
-        manager = create_cache(url, settings=Settings(cache_url=url, cache_timeout=timeout), **options)
+        settings = Settings(cache_url=url, cache_timeout=timeout, cache_near_entries=near)
+        manager = create_cache(url, settings=settings, **options)
         made.append(manager)
         return manager
 
@@ -237,8 +239,10 @@ def test_a_failed_ping_during_an_outage_is_not_taken_for_recovery(
 def test_a_slow_server_costs_a_short_timeout_not_a_hang(
     private_redis: PrivateRedis, make_cache: Callable[..., CacheManager]
 ) -> None:
-    cache = make_cache(private_redis.url, timeout=0.1)  # skips the backend for 1 s after an error
-    eager = make_cache(private_redis.url, timeout=0.1, retry_after=1e-6)  # tries it on every call
+    # Without a near cache: every read below must go to the server (tests/test_cache_near.py
+    # shows what a near cache serves while the server is paused).
+    cache = make_cache(private_redis.url, timeout=0.1, near=0)  # skips the backend for 1 s after an error
+    eager = make_cache(private_redis.url, timeout=0.1, near=0, retry_after=1e-6)  # tries it on every call
     for manager in (cache, eager):
         manager.set("k", "v")
         assert manager.get("k") == "v"
@@ -524,7 +528,9 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 def test_bulk_operations_are_one_round_trip_each(
     quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager], round_trips: RoundTrips
 ) -> None:
-    cache = make_cache(quiet_redis.url)
+    # Round trips when the data is not held in this process (the near cache serves repeated
+    # reads with none: tests/test_cache_near.py).
+    cache = make_cache(quiet_redis.url, near=0)
     # Warm up: connect, and let redis-py load its Lua script (tag versions) once.
     cache.set("warm", 1, tags=["w"])
     cache.get("warm")

@@ -46,6 +46,8 @@ def create_cache(
     """A ``CacheManager`` for ``url`` (``memory://``, ``redis://host:6379/0``, or a scheme a
     plugin registers). ``options`` override settings: ``prefix``, ``default_ttl``, ``strict``,
     ``lock_timeout``, ``retry_after``."""
+    import msgspec
+
     from czo_kit.errors import ConfigurationError
     from czo_kit.settings import Settings
 
@@ -60,10 +62,13 @@ def create_cache(
             f"allowed: {', '.join(sorted(drivers)) or 'none'}",
             variable="CZO_CACHE_URL",
         )
+    prefix = options.pop("prefix", base.cache_prefix)
+    if prefix != base.cache_prefix:  # the driver sees the prefix the manager writes under
+        base = msgspec.structs.replace(base, cache_prefix=prefix)
     driver = factory(target, settings=base)
     return CacheManager(
         driver,
-        prefix=options.pop("prefix", base.cache_prefix),
+        prefix=prefix,
         default_ttl=options.pop("default_ttl", base.cache_default_ttl),
         strict=options.pop("strict", base.cache_strict),
         lock_timeout=options.pop("lock_timeout", base.cache_lock_timeout),

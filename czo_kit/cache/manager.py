@@ -483,8 +483,9 @@ class CacheManager:
         """
         shared = self._shared
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        tagged = {key: self._all_tags(tags) for key, tags in keys.items()}
-        hint = [tag for key_tags in tagged.values() for tag in key_tags]
+        own = {key: _check_tags(tags) for key, tags in keys.items()}
+        tagged = {key: [*self._ns_tags, *key_tags] for key, key_tags in own.items()}
+        hint = [tag for key_tags in own.values() for tag in key_tags]  # get_many adds the namespace's
         found = self.get_many(tagged, type=type, tags=hint)
         missing = [key for key in tagged if key not in found]
         if not missing:
@@ -677,5 +678,7 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
                 f"invalid tag {tag!r}: tags are 1-{MAX_TAG_LENGTH} characters without spaces, "
                 "control characters, ',', '=' or '|'"
             )
+        if tag.startswith("ns:"):
+            raise ValueError(f"invalid tag {tag!r}: tags starting with 'ns:' are the namespaces' own (use clear())")
         checked.append(tag)
     return list(dict.fromkeys(checked))

@@ -1,9 +1,11 @@
 """The production cache driver: Redis through redis-py, one round trip per operation.
 
-Reads are plain GET / MGET (the manager checks tag versions it reads in the same MGET). Timeouts are
-short and retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the
-manager turns ``CacheUnavailable`` into misses. Not for Redis Cluster: one MGET reads an entry
-with its tag keys, which live in other hash slots.
+Reads are plain GET / MGET (the manager checks tag versions it reads in the same MGET), served
+from a near cache in this process when it holds every key asked for (``czo_kit.cache.near``:
+Redis key tracking drops a copy the moment the key changes anywhere). Timeouts are short and
+retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the manager turns
+``CacheUnavailable`` into misses. Not for Redis Cluster: one MGET reads an entry with its tag
+keys, which live in other hash slots.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from czo_kit.cache.driver import CacheUnavailable
+from czo_kit.cache.near import NearCache
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import hookimpl
 
@@ -55,11 +58,12 @@ _OUTAGE_REPLIES = ("OOM", "LOADING", "READONLY", "MISCONF", "MASTERDOWN", "BUSY"
 class RedisDriver:
     """A ``CacheDriver`` over one Redis database."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, near: NearCache | None = None) -> None:
         import redis as redis_module
 
         self._redis = redis_module
         self.client = client
+        self.near = near
         self._tag_versions = client.register_script(_TAG_VERSIONS)
         self._release = client.register_script(_RELEASE)
 
@@ -77,20 +81,30 @@ class RedisDriver:
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
+        near, token = self.near, None
+        if near is not None:
+            held, token = near.lookup(keys)
+            if held is not None:
+                return held
         # The client is built without decode_responses, so values are bytes (or None).
         if len(keys) == 1:
             key = keys[0]
-            value: Any = self._call(lambda: self.client.get(key))
-            return [value]
-        values: Any = self._call(lambda: self.client.mget(keys))
-        return list(values)
+            values: list[Any] = [self._call(lambda: self.client.get(key))]
+        else:
+            values = list(self._call(lambda: self.client.mget(keys)))
+        if token is not None:
+            near.store(keys, values, token)  # type: ignore[union-attr]
+        return values
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         if not items:
             return
         if len(items) == 1:
             key, value, ttl_ms = items[0]
-            self._call(lambda: self.client.set(key, value, px=ttl_ms if ttl_ms > 0 else None))
+            try:
+                self._call(lambda: self.client.set(key, value, px=ttl_ms if ttl_ms > 0 else None))
+            finally:
+                self._forget([key])
             return
 
         def run() -> None:
@@ -99,21 +113,35 @@ class RedisDriver:
                 pipe.set(key, value, px=ttl_ms if ttl_ms > 0 else None)
             pipe.execute()
 
-        self._call(run)
+        try:
+            self._call(run)
+        finally:
+            self._forget([key for key, _, _ in items])
+
+    def _forget(self, keys: Sequence[str]) -> None:
+        # This process wrote them: drop its copies now rather than when Redis's push arrives.
+        if self.near is not None:
+            self.near.forget(keys)
 
     def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        removed: int = self._call(lambda: self.client.unlink(*keys))
+        try:
+            removed: int = self._call(lambda: self.client.unlink(*keys))
+        finally:
+            self._forget(keys)
         return removed
 
     def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
         if not tags:
             return []
         seed = str(secrets.randbits(40))
-        versions: list[bytes] = self._call(
-            lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
-        )
+        try:
+            versions: list[bytes] = self._call(
+                lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
+            )
+        finally:
+            self._forget([tag_prefix + tag for tag in tags])  # it creates missing versions
         return versions
 
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
@@ -126,7 +154,10 @@ class RedisDriver:
                 pipe.incr(tag_prefix + tag)
             pipe.execute()
 
-        self._call(run)
+        try:
+            self._call(run)
+        finally:
+            self._forget([tag_prefix + tag for tag in tags])
 
     def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
         def run() -> int:
@@ -143,7 +174,11 @@ class RedisDriver:
                 removed += self.client.unlink(*pending)
             return removed
 
-        result: int = self._call(run)
+        try:
+            result: int = self._call(run)
+        finally:
+            if self.near is not None:
+                self.near.forget_all()
         return result
 
     def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -159,6 +194,8 @@ class RedisDriver:
             return False
 
     def close(self) -> None:
+        if self.near is not None:
+            self.near.close()
         self.client.close()
 
 
@@ -190,7 +227,27 @@ def create_redis_driver(url: str, *, settings: Settings) -> RedisDriver:
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL for CZO_CACHE_URL: {exc}", variable="CZO_CACHE_URL") from None
-    return RedisDriver(client)
+    near = None
+    if settings.cache_near_entries > 0:
+        if not settings.cache_prefix:
+            raise ConfigurationError(
+                "the Redis cache's near cache tracks the keys under CZO_CACHE_PREFIX, which is empty; "
+                "set a prefix (default 'czo:') or turn the near cache off with CZO_CACHE_NEAR_ENTRIES=0",
+                variable="CZO_CACHE_PREFIX",
+            )
+        pool = client.connection_pool
+
+        def tracking_connection() -> Any:
+            options = {**pool.connection_kwargs, "protocol": 3, "client_name": "czo-kit-near-cache"}
+            return pool.connection_class(**options)
+
+        near = NearCache(
+            tracking_connection,
+            settings.cache_prefix,
+            max_entries=settings.cache_near_entries,
+            ping_timeout=settings.cache_timeout,
+        )
+    return RedisDriver(client, near=near)
 
 
 @hookimpl

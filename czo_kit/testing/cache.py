@@ -336,7 +336,7 @@ class CacheDriverContract:
             cache.set(key, 1)
 
     @pytest.mark.parametrize(
-        "tags", ["product:1", ["a,b"], ["a b"], ["a=b"], ["a|b"], [""], ["x" * 257], [5], [None]]
+        "tags", ["product:1", ["a,b"], ["a b"], ["a=b"], ["a|b"], [""], ["x" * 257], [5], [None], ["ns:product"]]
     )
     def test_bad_tags_are_refused(self, cache: CacheManager, tags: Any) -> None:
         with pytest.raises(ValueError):
