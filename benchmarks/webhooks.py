@@ -218,9 +218,10 @@ def latency(kit: Any, raw: HandBuilt, receiver: ReceiverProcess, *, count: int,
     """One event at a time, rotating sides, both consumers running and idle.
 
     Three sides: ``emit_async`` called on its own (outside a transaction: the delivery row
-    and the outbox row are each autocommitted, and the delivery is queued at once), the same
-    call inside ``kit.db.atomic()`` as a caller's transaction would hold it (one commit,
-    queued at commit; the timer includes the commit), and the hand-built sender.
+    and the outbox row in one transaction of its own, then the delivery queued in the caller's
+    thread and the event by the outbox relay thread), the same call inside
+    ``kit.db.atomic()`` as a caller's transaction would hold it (one commit, queued at commit;
+    the timer includes the commit), and the hand-built sender.
     """
     from czo_kit.events.queue import InProcessConsumer
 
@@ -282,9 +283,11 @@ def latency(kit: Any, raw: HandBuilt, receiver: ReceiverProcess, *, count: int,
                    baseline=baseline, note="inside a transaction, as a caller would emit it"),
         Comparison("emit_async call (shop event, 1 subscription)", summarize(call["kit"]), raw_call,
                    baseline="Huey enqueue of that task",
-                   note="outside a transaction: delivery row + outbox row, two commits, two enqueues"),
+                   note="outside a transaction: delivery row + outbox row in one commit, the delivery's enqueue "
+                        "(the event's is the relay thread's)"),
         Comparison("atomic(): emit_async, commit", summarize(call["kit-tx"]), raw_call,
-                   baseline="Huey enqueue of that task", note="one commit, then two enqueues"),
+                   baseline="Huey enqueue of that task",
+                   note="one commit, then the delivery's enqueue (the event's is the relay thread's)"),
     ]
     return rows, {"delivery_states": states, "events": count, "expected": expected}
 
