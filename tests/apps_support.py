@@ -42,6 +42,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float
+    client_port: int = 0  # the same for requests over one kept-alive connection
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -87,7 +88,8 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 request = Request(
-                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time(),
+                    int(self.client_address[1]),
                 )
                 with receiver.lock:
                     receiver.requests.append(request)

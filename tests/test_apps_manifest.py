@@ -21,6 +21,7 @@ from czo_kit.apps.manifest import MAX_MANIFEST_BYTES
 from czo_kit.apps.net import OutboundHTTP, is_public_address, parse_target
 from czo_kit.errors import ManifestError, UnsafeURLError
 from czo_kit.settings import Settings
+from czo_kit.testing.cache import wait_until
 
 SettingsFor = Callable[..., Settings]
 BASE = "https://app.example.com"
@@ -439,6 +440,77 @@ def test_outbound_deadline_holds_against_a_trickle() -> None:
             assert time.monotonic() - started < 1.5
     finally:
         http.close()
+
+
+class HeaderTrickleServer:
+    """Sends a status line, then one byte of a header every ``every`` seconds: each receive
+    is well within any read timeout, and the headers never end."""
+
+    def __init__(self, *, every: float = 0.05, length: int = 400) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.every = every
+        self.length = length
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(self.length):
+                    if self.stopped.wait(self.every):
+                        return
+                    conn.sendall(b"z")
+            except OSError:
+                pass  # the client gave up: what we want
+
+    def __enter__(self) -> HeaderTrickleServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+def test_the_deadline_holds_while_headers_trickle_in() -> None:
+    # Before the watchdog, this took the server's whole 20 s: each byte reset the read timeout.
+    http = OutboundHTTP(allow_private=True)
+    try:
+        with HeaderTrickleServer(every=0.05, length=400) as server:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match="took longer than 0.5s"):
+                http.request("GET", f"http://127.0.0.1:{server.port}/", deadline=0.5, read_timeout=5.0)
+            assert time.monotonic() - started < 2.0
+    finally:
+        http.close()
+
+
+def test_a_request_that_ends_in_time_leaves_its_connection_usable() -> None:
+    # The deadline's watch is called off when the request ends: the kept-alive connection it
+    # hands back to the pool is not cut later, when the deadline comes.
+    from czo_kit.apps import net
+
+    http = OutboundHTTP(allow_private=True)
+    with manifest_server({"/m": json_reply({"ok": True})}) as server:
+        try:
+            first = http.request("GET", server.url + "/m", deadline=0.3)
+            assert first.status == 200 and first.body == b'{"ok": true}'
+            with net._watchdog._cond:
+                pending = [entry for _, _, entry in net._watchdog._heap if entry[0] is not None]
+            assert pending == []
+            deadline_passed = time.monotonic() + 0.35
+            assert wait_until(lambda: time.monotonic() > deadline_passed, timeout=5)
+            again = http.request("GET", server.url + "/m", deadline=0.3)
+            assert again.status == 200 and again.body == b'{"ok": true}'
+            ports = {request.client_port for request in server.requests}
+            assert len(server.requests) == 2 and len(ports) == 1  # one kept-alive connection served both
+        finally:
+            http.close()
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"<html>hello</html>", b'{"id": "acme"'])

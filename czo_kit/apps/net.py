@@ -5,11 +5,19 @@ Its host is resolved once and every address it resolves to must be public, unles
 addresses are allowed (``CZO_APPS_ALLOW_PRIVATE_URLS``, for tests and the demo). The request
 then connects to the address that was checked, so a DNS answer that changes between the check
 and the connection (DNS rebinding) cannot reach an internal service.
+
+A request's deadline holds for its whole exchange, headers included: a read timeout alone
+bounds each receive, so a server trickling its status line and headers a byte at a time could
+hold a worker thread for hours. One watchdog thread shuts down the socket of any request still
+waiting at its deadline.
 """
 
 from __future__ import annotations
 
+import contextvars
+import heapq
 import ipaddress
+import itertools
 import socket
 import threading
 import time
@@ -18,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+import urllib3.connection
 
 from czo_kit.errors import UnsafeURLError
 
@@ -102,6 +111,76 @@ class HTTPResponse:
     url: str
 
 
+class _Watchdog:
+    """Shuts down the sockets of requests still running at their deadline (one thread for all)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, at: float) -> list[Any]:
+        """Shut ``sock`` down at monotonic time ``at`` unless ``cancel`` comes first."""
+        entry: list[Any] = [sock]
+        with self._cond:
+            heapq.heappush(self._heap, (at, next(self._seq), entry))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="czo-http-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        with self._cond:  # so that a socket handed back to its pool is never shut down
+            entry[0] = None  # left in the heap; skipped when its time comes
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                at, _, entry = self._heap[0]
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                sock = entry[0]
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # the blocked receive returns at once
+                    except OSError:
+                        pass  # already closed
+
+
+_watchdog = _Watchdog()
+_deadline: contextvars.ContextVar[tuple[float, list[list[Any]]] | None] = contextvars.ContextVar(
+    "czo_http_deadline", default=None
+)
+
+
+class _DeadlineMixin:
+    """Puts the socket under the current request's deadline before the response is awaited."""
+
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        current = _deadline.get()
+        if current is not None and self.sock is not None:
+            at, entries = current
+            entries.append(_watchdog.watch(self.sock, at))
+        return super().getresponse()  # type: ignore[misc]
+
+
+class _HTTPConnection(_DeadlineMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
 @dataclass
 class _Resolved:
     addresses: list[str]
@@ -164,8 +243,10 @@ class OutboundHTTP:
                             server_hostname=target.host, assert_hostname=target.host,
                             cert_reqs="CERT_REQUIRED",
                         )
+                        pool.ConnectionCls = _HTTPSConnection
                     else:
                         pool = urllib3.HTTPConnectionPool(address, target.port, maxsize=10, block=False)
+                        pool.ConnectionCls = _HTTPConnection
                     self._pools[key] = pool
         return pool
 
@@ -183,7 +264,8 @@ class OutboundHTTP:
         what: str = "URL",
     ) -> HTTPResponse:
         """One request, no redirects followed. Reads at most ``max_bytes`` of the body and gives
-        up after ``deadline`` seconds in total (``TimeoutError``)."""
+        up after ``deadline`` seconds in total, however slowly the server answers
+        (``TimeoutError``; by default the connect timeout plus twice the read timeout)."""
         target = url if isinstance(url, Target) else parse_target(url, what=what)
         address = self.resolve(target, what=what)[0]
         host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
@@ -193,22 +275,25 @@ class OutboundHTTP:
         sent.update(headers or {})
         started = time.monotonic()
         limit = started + (deadline if deadline is not None else (connect_timeout or self.connect_timeout) + 2 * (read_timeout or self.read_timeout))
-        response = self._pool(target, address).urlopen(
-            method,
-            target.path,
-            body=body,
-            headers=sent,
-            redirect=False,
-            retries=False,
-            preload_content=False,
-            timeout=urllib3.Timeout(
-                connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
-            ),
-        )
+        watched: list[list[Any]] = []
+        token = _deadline.set((limit, watched))
+        response = None
         chunks: list[bytes] = []
         size = 0
         truncated = False
         try:
+            response = self._pool(target, address).urlopen(
+                method,
+                target.path,
+                body=body,
+                headers=sent,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                timeout=urllib3.Timeout(
+                    connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
+                ),
+            )
             while True:
                 if time.monotonic() > limit:
                     raise TimeoutError(f"{what} {target.url[:80]!r} took longer than {limit - started:.1f}s")
@@ -222,11 +307,20 @@ class OutboundHTTP:
                 if size > max_bytes:
                     truncated = True
                     break
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) or time.monotonic() < limit:
+                raise
+            # The watchdog cut the socket: say so, not "connection closed".
+            raise TimeoutError(f"{what} {target.url[:80]!r} took longer than {limit - started:.1f}s") from exc
         finally:
-            if truncated or time.monotonic() > limit:
-                response.close()  # do not reuse a connection with unread data
-            else:
-                response.release_conn()
+            _deadline.reset(token)
+            for entry in watched:
+                _watchdog.cancel(entry)
+            if response is not None:
+                if truncated or time.monotonic() > limit:
+                    response.close()  # do not reuse a connection with unread data
+                else:
+                    response.release_conn()
         data = b"".join(chunks)
         return HTTPResponse(
             status=response.status,
