@@ -442,17 +442,9 @@ def test_outbound_deadline_holds_against_a_trickle() -> None:
         http.close()
 
 
-class HeaderTrickleServer:
+class HeaderTrickleServer(TrickleServer):
     """Sends a status line, then one byte of a header every ``every`` seconds: each receive
     is well within any read timeout, and the headers never end."""
-
-    def __init__(self, *, every: float = 0.05, length: int = 400) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.every = every
-        self.length = length
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
         conn, _ = self.listener.accept()
@@ -460,21 +452,11 @@ class HeaderTrickleServer:
             conn.recv(65536)
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                for _ in range(self.length):
-                    if self.stopped.wait(self.every):
-                        return
+                while not self.stopped.wait(self.every) and self.sent < self.length:
                     conn.sendall(b"z")
+                    self.sent += 1
             except OSError:
                 pass  # the client gave up: what we want
-
-    def __enter__(self) -> HeaderTrickleServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.listener.close()
-        self.thread.join(timeout=5)
 
 
 def test_the_deadline_holds_while_headers_trickle_in() -> None:
