@@ -72,6 +72,12 @@ def test_repeated_reads_stay_in_the_process(
     assert round_trips(lambda: cache.get("k", tags=["t"])) == ({"n": 1}, 0)
     assert round_trips(lambda: cache.get_or_set("k", lambda: "unused", tags=["t"])) == ({"n": 1}, 0)
     assert near_of(cache).counts["hits"] == 2
+    # Storing another entry under the same tag reads the tag's version (unchanged): the copy
+    # of it held here stays good, and so does the read of the first entry.
+    cache.set("k2", {"n": 2}, tags=["t"])
+    assert round_trips(lambda: cache.get("k", tags=["t"])) == ({"n": 1}, 0)
+    cache.invalidate_tags(["t"])
+    assert round_trips(lambda: cache.get("k", tags=["t"])) == (None, 1)
     assert near_of(cache).tracking
 
 

@@ -226,6 +226,16 @@ class NearCache:
             for key in keys:
                 self._entries.pop(key, None)
 
+    def forget_unless_held(self, keys: Sequence[str], values: Sequence[bytes | None]) -> None:
+        """Drop each key whose copy here is not ``value`` (what this process just read or wrote
+        there): a copy that already matches stays, and a later change comes with its push."""
+        with self._lock:
+            entries = self._entries
+            for key, value in zip(keys, values):
+                held = entries.get(key, _ABSENT)
+                if held is not _ABSENT and (type(held) is _Fetch or held != value):
+                    del entries[key]
+
     def forget_all(self) -> None:
         with self._lock:
             self._entries.clear()

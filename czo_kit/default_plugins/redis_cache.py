@@ -136,12 +136,18 @@ class RedisDriver:
         if not tags:
             return []
         seed = str(secrets.randbits(40))
+        keys = [tag_prefix + tag for tag in tags]
         try:
             versions: list[bytes] = self._call(
                 lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
             )
-        finally:
-            self._forget([tag_prefix + tag for tag in tags])  # it creates missing versions
+        except BaseException:
+            self._forget(keys)
+            raise
+        if self.near is not None:
+            # The script creates missing versions: a copy that says "absent" must go. Copies
+            # that match what it returned are current, and keep serving reads.
+            self.near.forget_unless_held(keys, versions)
         return versions
 
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
