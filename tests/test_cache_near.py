@@ -263,7 +263,6 @@ def test_without_key_tracking_every_read_goes_to_redis(redis_url: str, caplog: p
         driver.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_opens_its_own_tracking_connection(pair: Callable[..., CacheManager]) -> None:
     cache = pair()
     cache.set("k", "parent")

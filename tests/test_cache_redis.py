@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from conftest import service_unavailable
 from czo_kit.cache import CacheManager, CacheUnavailable, create_cache
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
@@ -35,9 +36,6 @@ except ImportError:  # pragma: no cover - the dev extra installs it; the redis_u
     redis = None
 
 pytestmark = pytest.mark.redis
-
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -102,10 +100,8 @@ class PrivateRedis:
 def redis_server_binary(redis_url: str) -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server is not installed (needed to start private servers)"
-        if CI:
-            pytest.fail(message + "; CI=true requires it", pytrace=False)
-        pytest.skip(message)
+        service_unavailable("redis-server", "not installed; needed to start private servers")
+    assert binary is not None
     return binary
 
 

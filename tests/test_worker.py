@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from conftest import service_unavailable
 from czo_kit.kit import Kit
 from czo_kit.settings import Settings
 
@@ -673,7 +674,7 @@ def test_huey_consumer_runs_the_sweep(tmp_path: Path) -> None:
     an event whose producer died before enqueueing is only ever found by the sweep."""
     consumer_bin = shutil.which("huey_consumer", path=str(Path(sys.executable).parent))
     if consumer_bin is None:  # pragma: no cover - huey installs it
-        pytest.skip("huey_consumer is not installed")
+        service_unavailable("huey_consumer", f"not installed next to {sys.executable}")
     env = sqlite_env(tmp_path)
     lite = Lite(tmp_path / "data.sqlite3")
     producer_path = tmp_path / "wt_producer.py"
