@@ -349,6 +349,34 @@ def to_json(row: Comparison) -> dict[str, Any]:
     }
 
 
+def write_json(
+    path: str,
+    *,
+    env: dict[str, str],
+    quick: bool,
+    sections: Sequence[tuple[str, Sequence[Comparison]]],
+    checks: Sequence[Check],
+    notes: Sequence[str],
+    **extra: Any,
+) -> None:
+    """Write a benchmark's ``--json`` output: every comparison, every check, its own extras."""
+    import json
+
+    document = {
+        "environment": env,
+        "quick": quick,
+        "results": [to_json(row) for _, section in sections for row in section],
+        "checks": [
+            {"what": c.what, "value": c.value, "limit": c.limit, "unit": c.unit, "at_least": c.at_least, "met": c.met}
+            for c in checks
+        ],
+        **extra,
+        "notes": list(notes),
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2, default=str)
+
+
 def render(
     header: Sequence[str],
     body: Sequence[Sequence[str]],

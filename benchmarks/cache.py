@@ -22,7 +22,6 @@ same round trip; rows marked "near cache" run with it on, as a module gets it by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -44,7 +43,7 @@ from benchmarks._stats import (
     run_pairs,
     summarize,
     time_round_robin,
-    to_json,
+    write_json,
 )
 from czo_kit.db import Model
 
@@ -524,22 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed))
     rows = [row for _, section in sections for row in section]
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "environment": env,
-                    "quick": args.quick,
-                    "results": [to_json(row) for row in rows],
-                    "checks": [
-                        {"what": c.what, "value": c.value, "limit": c.limit, "unit": c.unit,
-                         "at_least": c.at_least, "met": c.met}
-                        for c in checks
-                    ],
-                    "notes": notes,
-                },
-                f,
-                indent=2,
-            )
+        write_json(args.json, env=env, quick=args.quick, sections=sections, checks=checks, notes=notes)
     return 1 if any("mismatch" in row.extra for row in rows) else 0
 
 

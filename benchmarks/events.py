@@ -18,7 +18,6 @@ The kit's consumer is the in-process one, ``kit.consumer(workers=4, sweep_interv
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ from benchmarks._stats import (
     run_pairs,
     summarize,
     time_round_robin,
-    to_json,
+    write_json,
 )
 from czo_kit.events import Event, EventEmitter
 from czo_kit.hooks import HookRegistry
@@ -597,24 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          tables=[("End-to-end throughput", throughput_table)]))
     rows = [row for _, section in sections for row in section]
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "environment": env,
-                    "quick": args.quick,
-                    "results": [to_json(row) for row in rows],
-                    "checks": [
-                        {"what": c.what, "value": c.value, "limit": c.limit, "unit": c.unit,
-                         "at_least": c.at_least, "met": c.met}
-                        for c in checks
-                    ],
-                    "throughput": result,
-                    "notes": notes,
-                },
-                f,
-                indent=2,
-                default=str,
-            )
+        write_json(args.json, env=env, quick=args.quick, sections=sections, checks=checks, notes=notes,
+                   throughput=result)
     return 1 if any("mismatch" in row.extra for row in rows) else 0
 
 

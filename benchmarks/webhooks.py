@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import os
 import statistics
 import sys
@@ -56,7 +55,7 @@ from benchmarks._stats import (
     render,
     summarize,
     time_round_robin,
-    to_json,
+    write_json,
 )
 
 SECRET = "czo-bench-secret-" + "x" * 32
@@ -601,26 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed,
                          tables=[(title, rendered[key]) for title, key in tables]))
-    rows = [row for _, section in sections for row in section]
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "environment": env,
-                    "quick": args.quick,
-                    "results": [to_json(row) for row in rows],
-                    "checks": [
-                        {"what": c.what, "value": c.value, "limit": c.limit, "unit": c.unit,
-                         "at_least": c.at_least, "met": c.met}
-                        for c in checks
-                    ],
-                    **info,
-                    "notes": notes,
-                },
-                f,
-                indent=2,
-                default=str,
-            )
+        write_json(args.json, env=env, quick=args.quick, sections=sections, checks=checks, notes=notes, **info)
     return 0
 
 
