@@ -36,7 +36,7 @@ from czo_kit.apps.permissions import (
     format_pairs,
 )
 from czo_kit.apps.signing import new_webhook_secret
-from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import (
     AuthenticationError,
     ConflictError,
@@ -64,12 +64,7 @@ TOKEN_PREFIX = "czo_app_"
 _TOKEN_BYTES = 32
 
 
-class _Base(peewee.Model):
-    class Meta:
-        legacy_table_names = False
-
-
-class AppInstallation(_Base):
+class AppInstallation(KitTable):
     id = peewee.BigAutoField()
     shop_id = peewee.IntegerField(index=True)
     app_id = peewee.CharField(max_length=64)
@@ -86,7 +81,7 @@ class AppInstallation(_Base):
         indexes = ((("shop_id", "app_id"), True),)
 
 
-class AppToken(_Base):
+class AppToken(KitTable):
     id = peewee.BigAutoField()
     installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="tokens")
     token_hash = peewee.CharField(max_length=64, unique=True)
@@ -99,7 +94,7 @@ class AppToken(_Base):
         table_name = "czo_app_token"
 
 
-class AppWebhook(_Base):
+class AppWebhook(KitTable):
     id = peewee.BigAutoField()
     installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="webhooks")
     shop_id = peewee.IntegerField(index=True)
@@ -112,7 +107,7 @@ class AppWebhook(_Base):
         table_name = "czo_app_webhook"
 
 
-class AppSecret(_Base):
+class AppSecret(KitTable):
     """Webhook signing secrets; the one without ``expires_at`` is current."""
 
     id = peewee.BigAutoField()

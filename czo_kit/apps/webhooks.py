@@ -30,7 +30,7 @@ from czo_kit.apps.net import OutboundHTTP, parse_target
 from czo_kit.apps.registry import AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.db._sql import Slot, model_info
-from czo_kit.db.model import BytesField, UTCDateTimeField, utcnow
+from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import NotFoundError, UnsafeURLError
 from czo_kit.events.emitter import as_mapping
@@ -50,12 +50,7 @@ USER_AGENT = "czo-kit-webhooks/0.1"
 RESPONSE_EXCERPT = 1024
 
 
-class _Base(peewee.Model):
-    class Meta:
-        legacy_table_names = False
-
-
-class WebhookDelivery(_Base):
+class WebhookDelivery(KitTable):
     id = peewee.BigAutoField()
     message_id = peewee.CharField(max_length=48, unique=True)
     installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="deliveries")
@@ -82,7 +77,7 @@ class WebhookDelivery(_Base):
         indexes = ((("state", "updated_at"), False),)
 
 
-class WebhookAttempt(_Base):
+class WebhookAttempt(KitTable):
     id = peewee.BigAutoField()
     delivery = peewee.ForeignKeyField(WebhookDelivery, on_delete="CASCADE", backref="attempt_log")
     attempt = peewee.IntegerField()
@@ -96,7 +91,7 @@ class WebhookAttempt(_Base):
         table_name = "czo_webhook_attempt"
 
 
-class WebhookCircuit(_Base):
+class WebhookCircuit(KitTable):
     origin = peewee.CharField(max_length=300, primary_key=True)
     failures = peewee.IntegerField(default=0)
     opened_until = UTCDateTimeField(null=True)

@@ -13,6 +13,7 @@ from typing import Any
 import peewee
 
 __all__ = [
+    "KitTable",
     "Model",
     "SoftDeleteModel",
     "TimestampedModel",
@@ -77,6 +78,14 @@ class SoftDeleteModel(TimestampedModel):
 
 class Model(VersionedModel, SoftDeleteModel):
     """The usual base: id, created_at, updated_at, version and deleted_at."""
+
+
+class KitTable(peewee.Model):
+    """Base of the kit's own tables (outbox, deliveries, apps, webhooks): no columns imposed,
+    unlike ``Model``; each names its table (``czo_...``) itself."""
+
+    class Meta:
+        legacy_table_names = False
 
 
 class BytesField(peewee.BlobField):

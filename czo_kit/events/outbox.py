@@ -32,7 +32,7 @@ import peewee
 
 from czo_kit._faults import fault_point
 from czo_kit.db._sql import Slot, model_info
-from czo_kit.db.model import BytesField, UTCDateTimeField, utcnow
+from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events.types import EventContext
 
@@ -52,12 +52,7 @@ __all__ = [
 log = logging.getLogger("czo_kit.events")
 
 
-class _Base(peewee.Model):
-    class Meta:
-        legacy_table_names = False
-
-
-class EventOutbox(_Base):
+class EventOutbox(KitTable):
     """An async event, written in the transaction that emitted it."""
 
     event_id = peewee.CharField(max_length=36, primary_key=True)
@@ -78,7 +73,7 @@ class EventOutbox(_Base):
         indexes = ((("state", "updated_at"), False),)
 
 
-class EventDelivery(_Base):
+class EventDelivery(KitTable):
     """One subscriber's delivery of one event: the unit that is retried and recovered."""
 
     id = peewee.BigAutoField()
@@ -103,7 +98,7 @@ class EventDelivery(_Base):
         )
 
 
-class DeadLetter(_Base):
+class DeadLetter(KitTable):
     """A delivery that exhausted its retries; ``czo-kit events replay ID`` sends it again."""
 
     id = peewee.BigAutoField()
@@ -120,7 +115,7 @@ class DeadLetter(_Base):
         table_name = "czo_event_dead_letter"
 
 
-class ProcessedEvent(_Base):
+class ProcessedEvent(KitTable):
     """Markers written by ``idempotent`` handlers, in the same transaction as their effects."""
 
     key = peewee.CharField(max_length=500, primary_key=True)
