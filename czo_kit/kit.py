@@ -28,7 +28,7 @@ from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
 from czo_kit.hooks import HookRegistry
-from czo_kit.plugins import create_plugin_manager, load_plugins
+from czo_kit.plugins import backend_for, create_plugin_manager, load_plugins
 from czo_kit.services import ServiceRegistry
 from czo_kit.settings import Settings, redact_url
 
@@ -223,13 +223,8 @@ class Kit:
 
     def _open_queue(self, url: str) -> Huey:
         scheme = urlsplit(url).scheme.lower()
-        factory = self.queue_backends.get(scheme)
-        if factory is None:
-            raise ConfigurationError(
-                f"invalid setting CZO_QUEUE_URL: no queue backend for scheme {scheme!r}; "
-                f"allowed: {', '.join(sorted(self.queue_backends)) or 'none'} (or empty for no queue)",
-                variable="CZO_QUEUE_URL",
-            )
+        factory = backend_for(url, self.queue_backends, variable="CZO_QUEUE_URL", kind="queue backend",
+                              hint=" (or empty for no queue)")
         queue = factory(url, settings=self.settings, name=self.settings.queue_name)
         if not isinstance(queue, Huey):
             raise PluginError(f"queue backend {scheme!r} returned {queue!r}, not a huey.Huey")
@@ -271,13 +266,8 @@ class Kit:
 
     def _open_database(self, url: str) -> peewee.Database:
         scheme = urlsplit(url).scheme.lower()
-        factory = self.database_backends.get(scheme)
-        if factory is None:
-            raise ConfigurationError(
-                f"invalid setting CZO_DATABASE_URL: no database backend for scheme {scheme!r}; "
-                f"allowed: {', '.join(sorted(self.database_backends)) or 'none (all blocked?)'}",
-                variable="CZO_DATABASE_URL",
-            )
+        factory = backend_for(url, self.database_backends, variable="CZO_DATABASE_URL", kind="database backend",
+                              none="none (all blocked?)")
         db = factory(url, settings=self.settings)
         if not isinstance(db, peewee.Database):
             raise PluginError(f"database backend {scheme!r} returned {db!r}, not a peewee.Database")

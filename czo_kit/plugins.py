@@ -27,6 +27,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",
+    "backend_for",
     "create_plugin_manager",
     "describe_plugins",
     "load_plugins",
@@ -49,6 +50,26 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 PluginManager = pluggy.PluginManager
+
+
+def backend_for(url: str, factories: dict[str, Any], *, variable: str, kind: str, none: str = "none",
+                hint: str = "") -> Any:
+    """The factory that plugins registered for ``url``'s scheme, or a ``ConfigurationError``
+    naming ``variable``, the scheme and the schemes that are registered (never the URL, which
+    may hold a password)."""
+    from urllib.parse import urlsplit
+
+    from czo_kit.errors import ConfigurationError
+
+    scheme = urlsplit(url).scheme.lower()
+    factory = factories.get(scheme)
+    if factory is None:
+        raise ConfigurationError(
+            f"invalid setting {variable}: no {kind} for scheme {scheme!r}; "
+            f"allowed: {', '.join(sorted(factories)) or none}{hint}",
+            variable=variable,
+        )
+    return factory
 
 
 def create_plugin_manager() -> pluggy.PluginManager:

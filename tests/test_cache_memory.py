@@ -257,3 +257,10 @@ def test_the_kit_builds_the_cache_and_registers_it(sqlite_url: str, settings_for
         kit.cache.set("k", {"v": 1})
         assert kit.cache.get("k") == {"v": 1}
     assert len(driver) == 0  # closing the kit closed the cache
+
+
+def test_an_unknown_scheme_does_not_echo_the_url() -> None:
+    # The URL may carry a password (rediss://:secret@host): the error names the scheme only.
+    with pytest.raises(ConfigurationError) as info:
+        create_cache("redis+sentinel://:hunter2@cache.internal:26379/0", settings=Settings())
+    assert "'redis+sentinel'" in str(info.value) and "hunter2" not in str(info.value)

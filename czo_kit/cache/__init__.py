@@ -5,7 +5,6 @@ revalidate, and misses instead of exceptions when the backend is down."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from czo_kit.cache.driver import CacheDriver, CacheUnavailable
 from czo_kit.cache.manager import CacheManager
@@ -48,20 +47,12 @@ def create_cache(
     ``lock_timeout``, ``retry_after``."""
     import msgspec
 
-    from czo_kit.errors import ConfigurationError
+    from czo_kit.plugins import backend_for
     from czo_kit.settings import Settings
 
     base = settings if settings is not None else Settings.from_env()
     target = url or base.cache_url
-    scheme = urlsplit(target).scheme.lower()
-    drivers = cache_drivers(plugins)
-    factory = drivers.get(scheme)
-    if factory is None:
-        raise ConfigurationError(
-            f"invalid setting CZO_CACHE_URL: no cache driver for scheme {scheme!r} in {target!r}; "
-            f"allowed: {', '.join(sorted(drivers)) or 'none'}",
-            variable="CZO_CACHE_URL",
-        )
+    factory = backend_for(target, cache_drivers(plugins), variable="CZO_CACHE_URL", kind="cache driver")
     prefix = options.pop("prefix", base.cache_prefix)
     if prefix != base.cache_prefix:  # the driver sees the prefix the manager writes under
         base = msgspec.structs.replace(base, cache_prefix=prefix)
