@@ -200,25 +200,23 @@ def test_a_server_that_refuses_tracking_turns_it_off_for_good(
 ) -> None:
     # The tracking connection goes to a server without CLIENT (as one without CLIENT TRACKING
     # would answer); the values come from the usual one.
-    refusing = PrivateRedis(redis_server_binary, extra_args=["--rename-command", "CLIENT", ""])
-    refusing.start()
-    client = redis.Redis.from_url(redis_url)
-    near = NearCache(lambda: redis.Connection(host="127.0.0.1", port=refusing.port, protocol=3), "czo-refused:",
-                     retry_after=0.0)
-    driver = RedisDriver(client, near=near)
-    try:
-        client.set("czo-refused:k", b"1")
-        with caplog.at_level(logging.INFO, logger="czo_kit.cache"):
-            for _ in range(3):
-                assert driver.get_many(["czo-refused:k"]) == [b"1"]  # from Redis, every time
-        assert near.refused is not None and "CLIENT" in near.refused.upper()
-        assert not near.tracking and len(near) == 0
-        refusals = [r for r in caplog.records if "refuses key tracking" in r.getMessage()]
-        assert len(refusals) == 1  # not retried, though retry_after is 0
-    finally:
-        client.delete("czo-refused:k")
-        driver.close()
-        refusing.kill()
+    with PrivateRedis(redis_server_binary, extra_args=["--rename-command", "CLIENT", ""]) as refusing:
+        client = redis.Redis.from_url(redis_url)
+        near = NearCache(lambda: redis.Connection(host="127.0.0.1", port=refusing.port, protocol=3),
+                         "czo-refused:", retry_after=0.0)
+        driver = RedisDriver(client, near=near)
+        try:
+            client.set("czo-refused:k", b"1")
+            with caplog.at_level(logging.INFO, logger="czo_kit.cache"):
+                for _ in range(3):
+                    assert driver.get_many(["czo-refused:k"]) == [b"1"]  # from Redis, every time
+            assert near.refused is not None and "CLIENT" in near.refused.upper()
+            assert not near.tracking and len(near) == 0
+            refusals = [r for r in caplog.records if "refuses key tracking" in r.getMessage()]
+            assert len(refusals) == 1  # not retried, though retry_after is 0
+        finally:
+            client.delete("czo-refused:k")
+            driver.close()
 
 
 def test_keys_outside_the_tracked_prefix_are_never_held(redis_url: str) -> None:

@@ -87,6 +87,13 @@ class PrivateRedis:
             self.process.wait(timeout=10)
             self.process = None
 
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def client(self, *, timeout: float = 5.0) -> Any:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
 
@@ -108,23 +115,15 @@ def redis_server_binary(redis_url: str) -> str:
 @pytest.fixture
 def private_redis(redis_server_binary: str) -> Iterator[PrivateRedis]:
     """A server of this test's own, which it may kill and restart."""
-    server = PrivateRedis(redis_server_binary)
-    server.start()
-    try:
+    with PrivateRedis(redis_server_binary) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
 def quiet_redis(redis_server_binary: str) -> Iterator[PrivateRedis]:
     """A server of this module's own, so command statistics count only what tests do."""
-    server = PrivateRedis(redis_server_binary)
-    server.start()
-    try:
+    with PrivateRedis(redis_server_binary) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
