@@ -25,13 +25,13 @@ near cache off for good (logged once), while one that cannot be reached is retri
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from czo_kit._fork import reset_in_children
 
 __all__ = ["NearCache"]
 
@@ -83,7 +83,7 @@ class NearCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"hits": 0, "misses": 0, "invalidations": 0, "resets": 0}
-        _near_caches.add(self)
+        reset_in_children(self)
 
     # -- tracking connection ------------------------------------------------------------
 
@@ -284,13 +284,3 @@ def _disconnect(conn: Any) -> None:
     except Exception:  # pragma: no cover - closing a broken socket
         pass
 
-
-_near_caches: weakref.WeakSet[NearCache] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for near in list(_near_caches):
-        near._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import logging
-import os
 import random
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from czo_kit._faults import fault_point
+from czo_kit._fork import reset_in_children
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
@@ -605,7 +605,8 @@ class _Relay:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        _relays.add(self)
+        _relays.add(self)  # handed over at exit
+        reset_in_children(self)
 
     def add(self, item: _Relayed) -> None:
         with self._lock:
@@ -688,13 +689,7 @@ def _flush_relays() -> None:
             log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
 
 
-def _reset_relays_after_fork() -> None:
-    for relay in list(_relays):
-        relay._after_fork()
-
-
 atexit.register(_flush_relays)
-os.register_at_fork(after_in_child=_reset_relays_after_fork)
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
