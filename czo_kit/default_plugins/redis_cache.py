@@ -92,8 +92,8 @@ class RedisDriver:
             values: list[Any] = [self._call(lambda: self.client.get(key))]
         else:
             values = list(self._call(lambda: self.client.mget(keys)))
-        if token is not None:
-            near.store(keys, values, token)  # type: ignore[union-attr]
+        if near is not None and token is not None:
+            near.store(keys, values, token)
         return values
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
