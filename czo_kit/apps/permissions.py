@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import peewee
 
-from czo_kit.db.model import UTCDateTimeField, utcnow
+from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class PermissionRegistry:
         return service
 
 
-class ShopMember(peewee.Model):
+class ShopMember(KitTable):
     """A user's role in a shop (the built-in permission service's table)."""
 
     user_id = peewee.CharField(max_length=100)
@@ -192,7 +192,7 @@ class DefaultPermissionService:
 
     def revoke(self, user_id: str, shop_id: int, role: str) -> None:
         self._ensure()
-        ShopMember.delete().where(
+        ShopMember.delete_rows().where(
             (ShopMember.user_id == str(user_id)) & (ShopMember.shop_id == shop_id) & (ShopMember.role == role)
         ).execute(self.db)
 

@@ -429,7 +429,7 @@ class AppRegistry:
     def uninstall(self, *, shop_id: int, app_id: str) -> None:
         """Remove the app, its tokens, secrets, subscriptions and pending webhooks, at once."""
         installation = self.get(shop_id, app_id)
-        AppInstallation.delete().where(AppInstallation.id == installation.id).execute(self.db)
+        AppInstallation.delete_rows().where(AppInstallation.id == installation.id).execute(self.db)
         log.info("uninstalled app %s from shop %s", app_id, shop_id)
 
     # -- tokens -------------------------------------------------------------------------
@@ -509,7 +509,7 @@ class AppRegistry:
                 (AppSecret.installation == installation.id) & AppSecret.expires_at.is_null(True)
             ).execute(self.db)
             AppSecret.insert(installation=installation.id, secret=secret, created_at=now).execute(self.db)
-            AppSecret.delete().where(
+            AppSecret.delete_rows().where(
                 (AppSecret.installation == installation.id) & (AppSecret.expires_at <= now)
             ).execute(self.db)
         target = self.manifest_of(installation).token_target_url

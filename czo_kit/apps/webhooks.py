@@ -311,7 +311,7 @@ class WebhookDispatcher:
     def _circuit_result(self, origin: str, ok: bool, now: dt.datetime, circuit: tuple[int, Any] | None) -> None:
         if ok:
             if circuit is not None:  # nothing to close when no failure was ever recorded
-                WebhookCircuit.delete().where(WebhookCircuit.origin == origin).execute(self.db)
+                WebhookCircuit.delete_rows().where(WebhookCircuit.origin == origin).execute(self.db)
             return
         current = self._circuit_row(origin)
         failures = (current[0] if current is not None else 0) + 1

@@ -87,6 +87,12 @@ class KitTable(peewee.Model):
     class Meta:
         legacy_table_names = False
 
+    @classmethod
+    def delete_rows(cls) -> peewee.ModelDelete:
+        """``cls.delete()``: the same query, typed alike by every release of the peewee stubs
+        (some make class access to ``Model.delete`` ambiguous to mypy)."""
+        return peewee.ModelDelete(cls)
+
 
 class BytesField(peewee.BlobField):
     """Binary data as plain ``bytes`` on every database.
