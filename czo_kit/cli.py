@@ -95,7 +95,7 @@ def db_group() -> None:
 
 @db_group.command("init")
 def db_init() -> None:
-    """Create the tables of every loaded module (existing tables are kept).
+    """Create the kit's own tables and those of every loaded module (existing tables are kept).
 
     A module whose tables are all new has its migrations marked applied; a module that
     already had tables gets its pending migrations applied instead.
@@ -111,9 +111,13 @@ def db_init() -> None:
 @db_group.command("migrate")
 @click.argument("module", required=False)
 def db_migrate(module: str | None) -> None:
-    """Apply pending migrations of MODULE (default: every module), in order."""
+    """Apply pending migrations of MODULE (default: every module, and create the kit's own tables
+    an upgrade added), in order."""
     with _kit() as kit:
         try:
+            if module is None:
+                made = kit.create_kit_tables()
+                click.echo(f"czo-kit: {'; '.join(f'created table {name}' for name in made) or 'up to date'}")
             applied = kit.migrations.up(module)
         except CzoError as exc:
             raise click.ClickException(str(exc)) from exc

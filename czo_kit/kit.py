@@ -18,12 +18,13 @@ from huey import Huey
 
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
-from czo_kit.apps.registry import AppRegistry
-from czo_kit.apps.webhooks import WebhookDispatcher, WebhookSettings
+from czo_kit.apps.registry import APP_MODELS, AppRegistry
+from czo_kit.apps.webhooks import WEBHOOK_MODELS, WebhookDispatcher, WebhookSettings
 from czo_kit.cache import CacheManager, create_cache
 from czo_kit.events.emitter import EventEmitter
-from czo_kit.events.outbox import Outbox, OutboxSettings
+from czo_kit.events.outbox import EVENT_MODELS, Outbox, OutboxSettings
 from czo_kit.events.queue import HueyQueue, InProcessConsumer, WebhookQueue
+from czo_kit.db._tables import create_missing_tables
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
@@ -32,7 +33,11 @@ from czo_kit.plugins import backend_for, create_plugin_manager, load_plugins
 from czo_kit.services import ServiceRegistry
 from czo_kit.settings import Settings, redact_url
 
-__all__ = ["Kit"]
+__all__ = ["KIT_MODELS", "Kit"]
+
+# The kit's own tables: made by `czo-kit db init` / `db migrate` whatever plugins are loaded,
+# since the outbox, the app registry and the webhook dispatcher are not plugins.
+KIT_MODELS: tuple[type[peewee.Model], ...] = (*EVENT_MODELS, *APP_MODELS, *WEBHOOK_MODELS)
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +303,19 @@ class Kit:
         """Every model registered by every plugin."""
         return [m for models in self.models.values() for m in models]
 
+    def create_kit_tables(self) -> list[str]:
+        """Create the kit's own tables that are missing (outbox, deliveries, dead letters,
+        apps, tokens, secrets, webhooks); returns their names. Outside any transaction only."""
+        return create_missing_tables(self.db, KIT_MODELS)
+
     def create_tables(self) -> dict[str, list[str]]:
-        """``czo-kit db init``: create missing tables, then settle each module's migrations."""
-        return self.migrations.init()
+        """``czo-kit db init``: create the kit's own tables and every module's missing tables,
+        then settle each module's migrations. Outside any transaction only: DDL in a caller's
+        transaction would vanish with its rollback."""
+        made = self.create_kit_tables()
+        report = {"czo-kit": [f"created table {name}" for name in made]}
+        report.update(self.migrations.init())
+        return report
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -153,9 +153,16 @@ def test_db_init(env: Path) -> None:
     result = run("db", "init")
     assert result.exit_code == 0, result.output
     assert product_lines(result.output) == ["czo_product: created table product; marked applied 0001_initial"]
+    # The kit's own tables too, whatever plugins are loaded: the first shop event must not
+    # have to make them inside the caller's transaction.
+    from czo_kit.kit import KIT_MODELS
+
+    kit_line = next(line for line in result.output.splitlines() if line.startswith("czo-kit: "))
+    assert kit_line == "czo-kit: " + "; ".join(f"created table {m._meta.table_name}" for m in KIT_MODELS)
     again = run("db", "init")
     assert again.exit_code == 0, again.output
     assert product_lines(again.output) == ["czo_product: up to date"]
+    assert "czo-kit: up to date" in again.output.splitlines()
 
 
 def test_db_init_without_models(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +171,7 @@ def test_db_init_without_models(env: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert result.exit_code == 0, result.output
     # Only the kit's own tables: no installed module is loaded.
     assert product_lines(result.output) == []
-    assert all(line.startswith("czo_kit.default_plugins.") for line in result.output.splitlines())
+    assert all(line.startswith(("czo-kit: ", "czo_kit.default_plugins.")) for line in result.output.splitlines())
 
 
 def test_db_status(env: Path) -> None:
@@ -222,7 +229,7 @@ def test_db_makemigrations_writes_then_migrate_applies(env: Path) -> None:
     status = run("db", "status")
     assert "0002_add_currency: pending" in status.output
     migrate = run("db", "migrate")
-    assert migrate.output == "czo_product: 0002_add_currency\n"
+    assert migrate.output == "czo-kit: up to date\nczo_product: 0002_add_currency\n"
     assert run("db", "makemigrations", "czo_product", "again").output == "no changes\n"
 
 

@@ -31,6 +31,7 @@ from czo_kit.events.outbox import (
     ProcessedEvent,
     backoff,
 )
+from czo_kit.errors import ConfigurationError
 from czo_kit.events.queue import MsgspecSerializer
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
@@ -266,17 +267,21 @@ def test_savepoint_rollback_drops_only_the_inner_event(make_kit: Callable[..., K
 
 
 @pytest.mark.parametrize("backend", DATABASES, indirect=True)
-def test_first_emit_in_a_rolled_back_transaction_leaves_the_outbox_usable(make_kit: Callable[..., Kit]) -> None:
-    # A fresh database: the event tables are created by the first emit_async, inside the
-    # caller's transaction, and vanish with its rollback. The next emit must still work.
+def test_first_emit_in_a_transaction_on_a_fresh_database_makes_no_ddl(make_kit: Callable[..., Kit]) -> None:
+    # A fresh database: DDL in the caller's transaction would vanish with its rollback while
+    # the process believed the tables made, so the emit is refused with what to do instead;
+    # outside a transaction the first emit makes the tables itself.
     kit = make_kit(create=False)
     assert "czo_event_outbox" not in kit.db.get_tables()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ConfigurationError, match=r"run `czo-kit db init`"):
         with kit.db.atomic():
             kit.events.emit_async("test.stock.changed", {"n": 1})
-            raise RuntimeError("abort")
+    assert "czo_event_outbox" not in kit.db.get_tables()
     ctx = kit.events.emit_async("test.stock.changed", {"n": 2})
     assert [row.event_id for row in outbox_rows(kit)] == [ctx.event_id]
+    with kit.db.atomic():
+        inside = kit.events.emit_async("test.stock.changed", {"n": 3})
+    assert [row.event_id for row in outbox_rows(kit)] == [ctx.event_id, inside.event_id]
 
 
 @pytest.mark.parametrize("backend", PAIRED, indirect=True)

@@ -219,6 +219,12 @@ class Pg:
         self.conn.close()
 
 
+def create_kit_tables(url: str) -> None:
+    """What `czo-kit db init` does for the kit's own tables, before any process starts."""
+    with Kit(Settings(database_url=url, secret_key="k" * 40, queue_url="", plugins=())) as kit:
+        kit.create_kit_tables()
+
+
 @pytest.fixture
 def private_pg(pg_base_url: str) -> Iterator[tuple[str, Pg]]:
     """A schema of its own for one test (the sweep of a worker recovers every row it sees)."""
@@ -235,6 +241,7 @@ def private_pg(pg_base_url: str) -> Iterator[tuple[str, Pg]]:
                 "subscriber text NOT NULL, pid integer NOT NULL, "
                 "at timestamptz NOT NULL DEFAULT clock_timestamp())"
             )
+            create_kit_tables(url)  # `czo-kit db init`: producers emit inside transactions
             yield url, pg
         finally:
             pg.close()
@@ -574,6 +581,7 @@ class Lite:
             conn.commit()
         finally:
             conn.close()
+        create_kit_tables(f"sqlite:///{path}")
 
     def all(self, query: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.path, timeout=10)

@@ -9,13 +9,13 @@ registers its own with a higher priority.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import peewee
 
+from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import ConfigurationError
 
@@ -163,15 +163,10 @@ class DefaultPermissionService:
         self.db = db
         self.registry = registry
         self._ready = False
-        self._lock = threading.Lock()
 
     def _ensure(self) -> None:
         if not self._ready:
-            with self._lock:
-                if "shop_members" not in self.db.get_tables():
-                    with self.db.bind_ctx([ShopMember]):
-                        self.db.create_tables([ShopMember], safe=True)
-                self._ready = True
+            self._ready = ensure_tables(self.db, [ShopMember])
 
     def roles(self, user_id: str, shop_id: int) -> list[str]:
         self._ensure()

@@ -36,6 +36,7 @@ from czo_kit.apps.permissions import (
     format_pairs,
 )
 from czo_kit.apps.signing import new_webhook_secret
+from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import (
     AuthenticationError,
@@ -176,14 +177,8 @@ class AppRegistry:
         self._ready = False
 
     def ensure_tables(self) -> None:
-        if self._ready:
-            return
-        existing = set(self.db.get_tables())
-        missing = [m for m in APP_MODELS if m._meta.table_name not in existing]
-        if missing:
-            with self.db.bind_ctx(missing):
-                self.db.create_tables(missing, safe=True)
-        self._ready = True
+        if not self._ready:
+            self._ready = ensure_tables(self.db, APP_MODELS)
 
     @property
     def permission_service(self) -> PermissionService:

@@ -16,7 +16,6 @@ import datetime as dt
 import email.utils
 import logging
 import random
-import threading
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ import peewee
 import urllib3
 
 from czo_kit.apps.net import OutboundHTTP, parse_target
-from czo_kit.apps.registry import AppInstallation, AppRegistry, AppSecret, AppWebhook
+from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.db._sql import Slot, model_info
+from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import NotFoundError, UnsafeURLError
@@ -155,20 +155,14 @@ class WebhookDispatcher:
         self.settings = settings or WebhookSettings()
         self.queue: WebhookEnqueuer | None = None
         self._ready = False
-        self._ready_lock = threading.Lock()
         self._encoder = msgspec.json.Encoder()
 
-    def ensure_tables(self) -> None:
-        if self._ready:
-            return
-        with self._ready_lock:
-            self.apps.ensure_tables()
-            existing = set(self.db.get_tables())
-            missing = [m for m in WEBHOOK_MODELS if m._meta.table_name not in existing]
-            if missing:
-                with self.db.bind_ctx(missing):
-                    self.db.create_tables(missing, safe=True)
-            self._ready = True
+    def ensure_tables(self, *, required: bool = True) -> bool:
+        """Make the app and webhook tables exist; with ``required=False`` (the tap, inside the
+        emitting transaction) a missing table answers False instead of raising."""
+        if not self._ready:
+            self._ready = ensure_tables(self.db, (*APP_MODELS, *WEBHOOK_MODELS), required=required)
+        return self._ready
 
     # -- from events to deliveries --------------------------------------------------------
 
@@ -179,7 +173,8 @@ class WebhookDispatcher:
         shop_id = value.get("shop_id") if isinstance(value, Mapping) else getattr(value, "shop_id", None)
         if not isinstance(shop_id, int) or isinstance(shop_id, bool):
             return None  # not a shop event: no app hears it
-        self.ensure_tables()
+        if not self.ensure_tables(required=False):
+            return None  # no app tables, so no app installed: nobody to deliver to
         subscriptions = [s for s in self._subscriptions(shop_id) if ctx.name in s[2]]
         if not subscriptions:
             return None

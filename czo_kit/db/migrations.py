@@ -16,6 +16,7 @@ import peewee
 from playhouse.migrations import Migration, MigrationError, Runner, template
 from playhouse.schema_diff import diff_models
 
+from czo_kit.db._tables import create_missing_tables
 from czo_kit.errors import CzoError
 
 __all__ = ["Migrations", "ModuleMigrations"]
@@ -61,12 +62,15 @@ class Migrations:
         applied (the tables already match the models); any other module gets its pending
         migrations applied. Returns what happened, per module."""
         report: dict[str, list[str]] = {}
+        tables = set(self.db.get_tables())
         for module, entry in sorted(self.modules.items()):
             actions: list[str] = []
-            existing = [m for m in entry.models if m.table_exists()]
+            existing = [m for m in entry.models if m._meta.table_name in tables]
             created = [m for m in entry.models if m not in existing]
             if created:
-                self.db.create_tables(created, safe=True)
+                # Serialised with any other process creating tables, and never inside a
+                # caller's transaction (it raises there instead).
+                create_missing_tables(self.db, created)
                 actions.extend(f"created table {m._meta.table_name}" for m in created)
             if entry.directory is not None:
                 runner = self._runner(module)
@@ -95,11 +99,20 @@ class Migrations:
         }
 
     def up(self, module: str | None = None) -> dict[str, list[str]]:
-        """Apply pending migrations of one module, or of all, in numeric order."""
-        modules = [module] if module else sorted(
-            name for name, entry in self.modules.items() if entry.directory is not None
-        )
-        return {name: self._apply(name, self._runner(name)) for name in modules}
+        """Apply pending migrations of one module, or of all, in numeric order. Run for all,
+        it also creates the missing tables of modules that keep no migrations (the kit's own
+        tables among them), so an upgrade that adds such a table needs no ``db init``."""
+        if module:
+            return {module: self._apply(module, self._runner(module))}
+        report: dict[str, list[str]] = {}
+        for name, entry in sorted(self.modules.items()):
+            if entry.directory is not None:
+                report[name] = self._apply(name, self._runner(name))
+            elif entry.models:
+                made = create_missing_tables(self.db, entry.models)
+                if made:
+                    report[name] = [f"created table {table}" for table in made]
+        return report
 
     def _apply(self, module: str, runner: Runner, *, fake: bool = False) -> list[str]:
         """Run (or only record) pending migrations; a failure names the module and the file."""

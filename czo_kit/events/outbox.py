@@ -32,6 +32,7 @@ import peewee
 from czo_kit._faults import fault_point
 from czo_kit._fork import reset_in_children
 from czo_kit.db._sql import Slot, model_info
+from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events.types import EventContext
@@ -180,32 +181,12 @@ class Outbox:
         self._relayer = _Relay(self._relay, db)
 
     def ensure_tables(self) -> None:
-        """Create the event tables if they are missing (they are the kit's own, not a module's),
-        so that the embedded default works without ``czo-kit db init``. Checked once per
-        process, on first use, so building a kit never touches the database."""
-        if self._tables_ready:
-            return
-        existing = set(self.db.get_tables())
-        missing = [m for m in EVENT_MODELS if m._meta.table_name not in existing]
-        if missing:
-            try:
-                # All at once, in a savepoint if the caller has a transaction: on PostgreSQL
-                # IF NOT EXISTS is not race-free, and a process that loses the race to another
-                # one starting at the same moment must undo only this attempt.
-                with self.db.atomic(), self.db.bind_ctx(missing):
-                    self.db.create_tables(missing, safe=True)
-            except (peewee.IntegrityError, peewee.ProgrammingError):
-                existing = set(self.db.get_tables())
-                if any(m._meta.table_name not in existing for m in EVENT_MODELS):
-                    raise
-            if self.db.in_transaction():
-                # Created in the caller's transaction: they exist only once it commits.
-                on_commit(self.db, self._mark_tables_ready)
-                return
-        self._tables_ready = True
-
-    def _mark_tables_ready(self) -> None:
-        self._tables_ready = True
+        """Make the event tables exist (they are the kit's own, not a module's), so that the
+        embedded default works without ``czo-kit db init``: checked once per process, on
+        first use, so building a kit never touches the database. Never inside a caller's
+        transaction (see ``czo_kit.db._tables``)."""
+        if not self._tables_ready:
+            self._tables_ready = ensure_tables(self.db, EVENT_MODELS)
 
     # -- producer side ------------------------------------------------------------------
 
