@@ -16,6 +16,7 @@ import pluggy
 
 from huey import Huey
 
+from czo_kit._logging import install_log_redaction
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
 from czo_kit.apps.registry import APP_MODELS, AppRegistry
@@ -67,6 +68,7 @@ class Kit:
         plugins: Iterable[object] = (),
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
+        install_log_redaction()
         self.settings = settings if settings is not None else Settings.from_env()
         self._closed = False
         self._lock = threading.Lock()
