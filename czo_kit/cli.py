@@ -51,7 +51,9 @@ def cli(log_level: str | None) -> None:
     """
     import os
 
-    level = (log_level or os.environ.get("CZO_LOG_LEVEL") or "WARNING").strip().upper()
+    from czo_kit.settings import Settings
+
+    level = (log_level or os.environ.get("CZO_LOG_LEVEL") or Settings().log_level).strip().upper()
     if level not in _LEVELS:
         # Only the environment can get here (--log-level is a Choice); fail like Settings does.
         raise click.ClickException(

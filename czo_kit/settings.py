@@ -147,8 +147,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     disable_plugins: tuple[str, ...] = ()
     """Block-list of plugins, built-in or installed, comma-separated."""
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    """Level of the ``czo_kit`` loggers set up by the CLI."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+    """Level of the logging the CLI sets up (``--log-level`` wins); a program embedding the
+    kit configures logging itself."""
 
     # Settings that hold secrets: never printed, logged or shown in a repr.
     SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset({"secret_key"})

@@ -106,3 +106,40 @@ def test_doc_links_resolve() -> None:
     for page in DOCS.glob("*.md"):
         for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text(encoding="utf-8")):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def _shown(value: Any) -> str:
+    """A setting's default as the docs write it (the form its variable takes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(item) for item in value)
+    return str(value)
+
+
+def test_readme_settings_table_gives_the_codes_defaults() -> None:
+    """A default in README's settings table is the one `Settings` has (prose such as
+    'random per process' is left to the reader)."""
+    from czo_kit.settings import Settings
+
+    defaults = Settings()
+    rows = re.findall(r"^\| `CZO_([A-Z_]+)` \| `([^`]*)` \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)
+    assert len(rows) >= 10
+    for variable, documented in rows:
+        assert _shown(getattr(defaults, variable.lower())) == documented, f"CZO_{variable}"
+
+
+def test_the_cli_logs_at_the_documented_default_level(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    documented = re.search(r"^\| `CZO_LOG_LEVEL` \| `([A-Z]+)` \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)
+    assert documented
+    levels: list[str] = []
+    monkeypatch.setattr("logging.basicConfig", lambda **options: levels.append(options["level"]))
+    monkeypatch.delenv("CZO_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("CZO_DATABASE_URL", f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    result = CliRunner().invoke(cli, ["db", "status"])
+    assert result.exit_code == 0, result.output
+    assert levels == [documented.group(1)]

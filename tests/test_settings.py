@@ -31,7 +31,7 @@ def test_defaults_need_no_environment() -> None:
     assert settings.secret_key is None
     assert settings.plugins is None
     assert settings.disable_plugins == ()
-    assert settings.log_level == "INFO"
+    assert settings.log_level == "WARNING"
 
 
 def test_fields_from_env() -> None:
