@@ -24,6 +24,17 @@ from czo_kit.cache.manager import CacheManager
 __all__ = ["CacheDriverContract", "wait_until"]
 
 
+class _Replaced:
+    """A driver with some methods replaced, the rest passed through (tests spy on calls)."""
+
+    def __init__(self, driver: Any, **replaced: Any) -> None:
+        self._driver = driver
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
 def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, interval: float = 0.01) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
     deadline = time.monotonic() + timeout
@@ -265,7 +276,8 @@ class CacheDriverContract:
         factory = Counter("mine")
 
         def other_process_finishes() -> None:
-            time.sleep(0.2)  # the other process's computation
+            # It finishes only once this process is waiting for it, whatever the timing.
+            assert wait_until(lambda: cache.stats()["lock_waits"] >= 1, timeout=30)
             cache.set("shared", "theirs", ttl=30)
             assert driver.release_lock(lock_key, "other-process")
 
@@ -279,9 +291,21 @@ class CacheDriverContract:
     def test_a_dead_lock_holder_blocks_no_one_past_its_lease(self, cache: CacheManager, driver: CacheDriver) -> None:
         lock_key = cache._shared.lock_prefix + cache.key("orphan")
         assert driver.acquire_lock(lock_key, "crashed-process", 300)  # never released
-        started = time.monotonic()
-        assert cache.get_or_set("orphan", Counter("recovered"), ttl=30) == "recovered"
-        assert time.monotonic() - started < 2.0  # the 0.3 s lease, not the 2 s lock timeout
+        taken: list[bool] = []
+        real_acquire = driver.acquire_lock
+
+        def acquire_lock(key: str, token: str, ttl_ms: int) -> bool:
+            taken.append(real_acquire(key, token, ttl_ms))
+            return taken[-1]
+
+        cache._shared.driver = _Replaced(driver, acquire_lock=acquire_lock)
+        try:
+            assert cache.get_or_set("orphan", Counter("recovered"), ttl=30) == "recovered"
+        finally:
+            cache._shared.driver = driver
+        # It waited, then took the lock: the 0.3 s lease freed it. (A cache that gives up on
+        # the holder computes without ever taking the lock.)
+        assert taken[0] is False and taken[-1] is True
 
     def test_locks_release_only_with_their_token(self, driver: CacheDriver) -> None:
         key = f"lock-{uuid.uuid4().hex}"
@@ -299,21 +323,22 @@ class CacheDriverContract:
         assert wait_until(lambda: not cache.has("swr"))  # past its fresh time, still stored
         release = threading.Event()
 
+        released: list[bool] = []
+
         def refresh() -> str:
             refresh.calls += 1  # type: ignore[attr-defined]
             # The refresh cannot finish before the callers below are served: a caller that
-            # waited for it would hang here until the 10 s safety timeout.
-            release.wait(timeout=10)
+            # waited for it would keep it here until the 10 s safety timeout runs out.
+            released.append(release.wait(timeout=10))
             return "v2"
 
         refresh.calls = 0  # type: ignore[attr-defined]
-        started = time.monotonic()
         served = [cache.get_or_set("swr", refresh, ttl=30, stale_while_revalidate=30) for _ in range(20)]
-        assert time.monotonic() - started < 5  # well under the refresh's 10 s: nobody waited
         assert served == ["v1"] * 20
         release.set()
         assert wait_until(lambda: cache.get("swr") == "v2")
         assert refresh.calls == 1  # type: ignore[attr-defined]
+        assert released == [True]  # released by this test, not by its timeout: nobody waited
         # The refresh counts itself just after storing the value: poll rather than race it.
         assert wait_until(lambda: cache.stats()["refreshes"] >= 1)
         assert cache.stats()["stale_served"] >= 20
