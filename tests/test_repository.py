@@ -1,16 +1,24 @@
-"""The repository contract on both built-in backends: SQLite (embedded) and PostgreSQL (real)."""
+"""The repository contract on both built-in backends: SQLite (embedded) and PostgreSQL (real),
+and hostile ids, versions and sort orders refused the same way on both."""
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import peewee
 import pytest
 
+from czo_kit.cache import create_cache
+from czo_kit.db import Repository, create_repository
 from czo_kit.default_plugins.postgres import create_postgresql_database
 from czo_kit.default_plugins.sqlite import create_sqlite_database
+from czo_kit.errors import InvalidDataError, InvalidFilterError, NotFoundError
 from czo_kit.settings import Settings
-from czo_kit.testing import DatabaseBackendContract
+from czo_kit.testing import CONTRACT_MODELS, ContractItem, DatabaseBackendContract
+
+SECRET = b"r" * 32
 
 
 class TestSQLiteBackend(DatabaseBackendContract):
@@ -29,3 +37,136 @@ class TestPostgreSQLBackend(DatabaseBackendContract):
         yield database
         database.close()
         database.close_all()  # type: ignore[attr-defined]
+
+
+# -- hostile input, on both backends ----------------------------------------------------------
+
+
+@pytest.fixture
+def backend(database_url: str, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
+    factory = create_sqlite_database if database_url.startswith("sqlite") else create_postgresql_database
+    database: peewee.Database = factory(database_url, settings=settings_for(database_url))
+    database.bind(CONTRACT_MODELS)
+    database.drop_tables(CONTRACT_MODELS, safe=True)
+    database.create_tables(CONTRACT_MODELS)
+    try:
+        yield database
+    finally:
+        database.drop_tables(CONTRACT_MODELS, safe=True)
+        database.close()
+        getattr(database, "close_all", lambda: None)()
+
+
+@pytest.fixture(params=["plain", "cached"])
+def any_repo(request: pytest.FixtureRequest, backend: peewee.Database) -> Iterator[Repository[ContractItem]]:
+    """A repository without and with a cache: both check ids before the database sees them."""
+    if request.param == "plain":
+        yield create_repository(ContractItem, db=backend, secret_key=SECRET)
+        return
+    cache = create_cache("memory://", settings=Settings())
+    try:
+        yield create_repository(ContractItem, db=backend, cache=cache, secret_key=SECRET)
+    finally:
+        cache.close()
+
+
+# Values that are not a BigAutoField id: each must be refused before any SQL is built.
+HOSTILE_IDS: list[Any] = [
+    "abc", "", "1.5", "1e3", "0x10", " ", "9" * 30,
+    1.5, float("nan"), float("inf"), -float("inf"),
+    True, False,
+    2**63, -(2**63) - 1, 2**70, -(2**70),
+    decimal.Decimal("1.5"), decimal.Decimal("NaN"),
+    None, [1], (1,), {"id": 1}, b"1", object(), peewee.SQL("1"),
+]
+
+ID_CALLS: dict[str, Callable[[Any, Any], Any]] = {
+    "find_by_id": lambda repo, id: repo.find_by_id(id),
+    "get_by_id": lambda repo, id: repo.get_by_id(id),
+    "find_by_ids": lambda repo, id: repo.find_by_ids([id]),
+    "update": lambda repo, id: repo.update(id, {"price": 2}),
+    "update with version": lambda repo, id: repo.update(id, {"price": 2}, expected_version=1),
+    "delete": lambda repo, id: repo.delete(id),
+    "restore": lambda repo, id: repo.restore(id),
+    "hard_delete": lambda repo, id: repo.hard_delete(id),
+}
+
+
+@pytest.mark.parametrize("call", list(ID_CALLS.values()), ids=list(ID_CALLS))
+def test_every_function_taking_an_id_refuses_a_hostile_one_like_find_by_id(
+    any_repo: Repository[ContractItem], call: Callable[[Any, Any], Any]
+) -> None:
+    row = any_repo.create({"shop_id": 1, "name": "a", "slug": "a", "price": 1})
+    any_repo.delete(any_repo.create({"shop_id": 1, "name": "b", "slug": "b", "price": 1}).id)
+    for bad in HOSTILE_IDS:
+        with pytest.raises(InvalidFilterError) as info:
+            call(any_repo, bad)
+        message = str(info.value)
+        assert message.startswith("ContractItem id"), (bad, message)  # names the input...
+        if isinstance(bad, (str, int, float)):
+            assert repr(bad) in message, (bad, message)
+        for sql in ("SELECT", "UPDATE", "WHERE", "LINE 1"):  # ...and never leaks SQL
+            assert sql not in message, (bad, message)
+    # Nothing was written, and the connection is still usable.
+    assert any_repo.count(with_deleted=True) == 2
+    same = any_repo.get_by_id(row.id)
+    assert (same.price, same.version, same.deleted_at) == (1, 1, None)
+
+
+def test_a_hostile_id_message_says_what_is_allowed(any_repo: Repository[ContractItem]) -> None:
+    cases: list[tuple[Any, str]] = [
+        ("abc", "expected an integer"),
+        (1.5, "expected an integer"),
+        (True, "expected an integer, got a boolean"),
+        (2**70, f"from {-(2**63)} to {2**63 - 1}"),
+        (-(2**63) - 1, f"from {-(2**63)} to {2**63 - 1}"),
+        (None, "None is not a valid id"),
+    ]
+    for bad, fragment in cases:
+        for call in (ID_CALLS["find_by_id"], ID_CALLS["update"], ID_CALLS["hard_delete"]):
+            with pytest.raises(InvalidFilterError) as info:
+                call(any_repo, bad)
+            assert fragment in str(info.value), (bad, str(info.value))
+
+
+def test_the_largest_and_smallest_ids_are_looked_up_not_refused(any_repo: Repository[ContractItem]) -> None:
+    for edge in (2**63 - 1, -(2**63)):
+        assert any_repo.find_by_id(edge) is None
+        assert any_repo.find_by_ids([edge]) == []
+        for call in (ID_CALLS["update"], ID_CALLS["delete"], ID_CALLS["restore"], ID_CALLS["hard_delete"]):
+            with pytest.raises(NotFoundError):
+                call(any_repo, edge)
+
+
+def test_an_id_in_text_is_accepted_by_writes_as_find_by_id_accepts_it(any_repo: Repository[ContractItem]) -> None:
+    row = any_repo.create({"shop_id": 1, "name": "a", "slug": "a", "price": 1})
+    found = any_repo.find_by_id(str(row.id))
+    assert found is not None and found.id == row.id
+    updated = any_repo.update(str(row.id), {"price": 2}, expected_version=1)
+    assert (updated.id, updated.price, updated.version) == (row.id, 2, 2)
+    assert any_repo.delete(str(row.id)).deleted_at is not None
+    assert any_repo.restore(str(row.id)).deleted_at is None
+    assert any_repo.hard_delete(str(row.id)).id == row.id
+
+
+@pytest.mark.parametrize("version", [2**31, 2**63, 2**70, -(2**70), "abc", 1.5, True, 0, None])
+def test_a_hostile_expected_version_is_refused_before_the_database(
+    any_repo: Repository[ContractItem], version: Any
+) -> None:
+    row = any_repo.create({"shop_id": 1, "name": "a", "slug": "a", "price": 1})
+    writes: list[Callable[[], Any]] = [
+        lambda: any_repo.update(row.id, {"price": 2}, expected_version=version),
+        lambda: any_repo.delete(row.id, expected_version=version),
+    ]
+    if version is None:  # not a hostile value: no version check at all
+        assert [write().version for write in writes] == [2, 3]
+        return
+    for write in writes:
+        with pytest.raises(InvalidDataError) as info:
+            write()
+        message = str(info.value)
+        assert "expected_version" in message and repr(version) in message, message
+    if isinstance(version, int) and not isinstance(version, bool) and version > 0:
+        assert f"from 1 to {2**31 - 1}" in str(info.value)
+    same = any_repo.get_by_id(row.id)
+    assert (same.price, same.version, same.deleted_at) == (1, 1, None)

@@ -122,9 +122,7 @@ class CachedQueries(Queries[M]):
     def find_by_ids(
         self, ids: Iterable[Any], *, with_deleted: bool = False, only_deleted: bool = False
     ) -> list[M]:
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
-        wanted = [self._check_id(id) for id in ids]
+        wanted = self._check_ids(ids)
         if self._uncached():
             return Queries.find_by_ids(self, wanted, with_deleted=with_deleted, only_deleted=only_deleted)
         info = self._info

@@ -17,7 +17,7 @@ import peewee
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
 from czo_kit.db._tags import list_tag, row_tag
-from czo_kit.db._values import coerce
+from czo_kit.db._values import coerce, int_bound
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import (
@@ -245,15 +245,27 @@ class Mutations(RepositoryBase[M]):
         actual = current.__data__.get("version")
         return OptimisticLockError(self.model.__name__, id, expected=expected_version or 0, actual=actual)
 
-    def _check_expected(self, expected_version: Any) -> None:
+    def _check_expected(self, expected_version: Any) -> int | None:
         if expected_version is None:
-            return
-        if not self._info.versioned:
+            return None
+        info = self._info
+        if not info.versioned or info.version is None:
             raise InvalidDataError(
                 f"{self.model.__name__} has no version field; expected_version cannot be checked"
             )
-        if not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 1:
-            raise InvalidDataError(f"expected_version must be a positive integer, got {expected_version!r}")
+        # The version field's own range, checked as ids are: past it, SQLite raises
+        # OverflowError and PostgreSQL reports a conflict no retry can resolve.
+        bound = int_bound(info.version)
+        if (
+            not isinstance(expected_version, int)
+            or isinstance(expected_version, bool)
+            or not 1 <= expected_version < bound
+        ):
+            raise InvalidDataError(
+                f"{self.model.__name__} expected_version {expected_version!r}: expected the row's "
+                f"version, an integer from 1 to {bound - 1}"
+            )
+        return expected_version
 
     def _write_by_id(
         self,
@@ -354,10 +366,9 @@ class Mutations(RepositoryBase[M]):
         With ``expected_version``, the write only happens if the row still has that version,
         else ``OptimisticLockError``; a missing or deleted row is ``NotFoundError``.
         """
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "update", self.model, self._info.table, id=id, data=dict(_mapping(data)),
-            expected_version=expected_version,
+            "update", self.model, self._info.table, id=self._check_id(id), data=dict(_mapping(data)),
+            expected_version=self._check_expected(expected_version),
         )
         return self._run(ctx, self._update)
 
@@ -370,9 +381,9 @@ class Mutations(RepositoryBase[M]):
 
     def delete(self, id: Any, *, expected_version: int | None = None) -> M:
         """Soft-delete (set ``deleted_at``) where the model supports it, else delete the row."""
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "delete", self.model, self._info.table, id=id, expected_version=expected_version
+            "delete", self.model, self._info.table, id=self._check_id(id),
+            expected_version=self._check_expected(expected_version),
         )
         return self._run(ctx, self._delete)
 
@@ -389,9 +400,9 @@ class Mutations(RepositoryBase[M]):
         """Bring a soft-deleted row back; ``ConflictError`` if a live row now holds its unique key."""
         if not self._info.soft_delete:
             raise InvalidDataError(f"{self.model.__name__} has no soft delete; nothing to restore")
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "restore", self.model, self._info.table, id=id, expected_version=expected_version
+            "restore", self.model, self._info.table, id=self._check_id(id),
+            expected_version=self._check_expected(expected_version),
         )
         with self.db.atomic():  # the uniqueness check and the write see the same data
             return self._run(ctx, self._restore)
@@ -424,7 +435,7 @@ class Mutations(RepositoryBase[M]):
 
     def hard_delete(self, id: Any) -> M:
         """Remove the row for good (deleted or not); returns it as it was."""
-        ctx = MutationContext("hard_delete", self.model, self._info.table, id=id)
+        ctx = MutationContext("hard_delete", self.model, self._info.table, id=self._check_id(id))
         return self._run(ctx, self._hard_delete)
 
     def _hard_delete(self, ctx: MutationContext) -> M:
