@@ -11,10 +11,12 @@ import peewee
 import pytest
 
 from czo_kit.cache import create_cache
-from czo_kit.db import Repository, create_repository
+from czo_kit.db import Model, Repository, create_repository
 from czo_kit.default_plugins.postgres import create_postgresql_database
 from czo_kit.default_plugins.sqlite import create_sqlite_database
 from czo_kit.errors import InvalidDataError, InvalidFilterError, NotFoundError
+from czo_kit.events import Event, EventEmitter, InvalidEventError
+from czo_kit.hooks import HookRegistry
 from czo_kit.settings import Settings
 from czo_kit.testing import CONTRACT_MODELS, ContractItem, DatabaseBackendContract
 
@@ -170,3 +172,99 @@ def test_a_hostile_expected_version_is_refused_before_the_database(
         assert f"from 1 to {2**31 - 1}" in str(info.value)
     same = any_repo.get_by_id(row.id)
     assert (same.price, same.version, same.deleted_at) == (1, 1, None)
+
+
+# -- a declared event that does not fit the row -------------------------------------------------
+
+
+class Ticket(Model):
+    title = peewee.CharField(max_length=50)
+    seats = peewee.IntegerField()
+
+    class Meta:
+        table_name = "czo_test_ticket"
+
+
+# Declared for this test's own table only: the event registry is process-wide.
+class TicketCreated(Event, name="czo_test_ticket.created"):
+    id: int
+    title: str
+    seats: str  # the row holds an integer: a module whose event drifted from its model
+
+
+class TicketUpdated(Event, name="czo_test_ticket.updated"):
+    id: int
+    venue: str  # a field the row does not have
+
+
+class TicketDeleted(Event, name="czo_test_ticket.deleted"):
+    id: int
+    title: str
+
+
+@pytest.fixture
+def tickets(backend: peewee.Database) -> Iterator[peewee.Database]:
+    backend.bind([Ticket])
+    backend.create_tables([Ticket])
+    try:
+        yield backend
+    finally:
+        backend.drop_tables([Ticket], safe=True)
+
+
+WAYS_TO_WRITE = ["alone", "through hooks", "in the caller's transaction"]
+
+
+@pytest.mark.parametrize("way", WAYS_TO_WRITE)
+def test_a_row_that_does_not_fit_its_declared_event_is_never_committed(
+    tickets: peewee.Database, way: str
+) -> None:
+    events = EventEmitter()
+    heard: list[tuple[str, Any]] = []
+    for name in ("created", "updated", "deleted"):
+        events.on(f"czo_test_ticket.{name}", lambda payload, ctx: heard.append((ctx.name, payload)))
+    hooks = HookRegistry()
+    if way == "through hooks":
+        for operation in ("create", "create_many", "update", "delete"):
+            hooks.before(f"czo_test_ticket.{operation}", lambda ctx: None)
+    repo = create_repository(Ticket, db=tickets, hooks=hooks, events=events)
+
+    def write(call: Callable[[], Any]) -> Any:
+        if way != "in the caller's transaction":
+            return call()
+        with tickets.atomic():
+            return call()
+
+    for attempt in range(2):  # a caller that retries gets the same answer, not a duplicate
+        with pytest.raises(InvalidEventError) as info:
+            write(lambda: repo.create({"title": "Opening night", "seats": 2}))
+        message = str(info.value)
+        assert "czo_test_ticket.created" in message and "TicketCreated" in message, message
+        assert "seats" in message and "nothing was written" in message, message
+    with pytest.raises(InvalidEventError):
+        write(lambda: repo.create_many([{"title": "a", "seats": 1}, {"title": "b", "seats": 2}]))
+    assert Ticket.select().count() == 0
+    assert heard == []
+
+    row = Ticket.create(title="Matinee", seats=4)  # written behind the repository's back
+    with pytest.raises(InvalidEventError) as info:
+        write(lambda: repo.update(row.id, {"seats": 5}))
+    assert "venue" in str(info.value)
+    assert (Ticket.get_by_id(row.id).seats, Ticket.get_by_id(row.id).version) == (4, 1)
+    assert heard == []
+
+    # An event that fits is emitted after commit as before.
+    deleted = write(lambda: repo.delete(row.id))
+    assert deleted.deleted_at is not None
+    assert heard == [("czo_test_ticket.deleted", TicketDeleted(id=row.id, title="Matinee"))]
+
+
+def test_a_bad_event_inside_a_transaction_leaves_the_transaction_usable(tickets: peewee.Database) -> None:
+    repo = create_repository(Ticket, db=tickets, events=EventEmitter())
+    row = Ticket.create(title="Matinee", seats=4)
+    with tickets.atomic():
+        with pytest.raises(InvalidEventError):
+            repo.create({"title": "Opening night", "seats": 2})
+        repo.delete(row.id)  # the same transaction goes on
+    assert Ticket.select().count() == 1
+    assert Ticket.get_by_id(row.id).deleted_at is not None

@@ -143,43 +143,83 @@ class Mutations(RepositoryBase[M]):
             with self.db.atomic():
                 final: R = hooks.run(ctx.hook_name, ctx, guarded)
                 if written:  # announce what was written, not a value an error hook recovered
-                    self._after_commit(ctx.operation, written[0])
+                    self._announce(ctx.operation, written[0])
             return final
-        if self.db.in_transaction() or (self._async_events and self._events is not None):
-            # A savepoint keeps a failed write from poisoning the caller's transaction; with
-            # async events, the event's outbox row must commit together with the write.
+        if self.db.in_transaction() or self._checks_event_in_transaction(ctx.operation):
+            # A savepoint keeps a failed write from poisoning the caller's transaction. Outside
+            # one, the block makes the write and its event's fate one: an async event's outbox
+            # row commits with the row, and a sync event that does not fit its declared type
+            # rolls the row back instead of failing once the row is committed.
             with self.db.atomic():
                 result = operation(ctx)
-                # Inside the block: an async event's outbox row commits with the write.
-                self._after_commit(ctx.operation, result)
+                self._announce(ctx.operation, result)
             return result
         result = operation(ctx)
-        self._after_commit(ctx.operation, result)
+        self._announce(ctx.operation, result)
         return result
 
-    def _after_commit(self, operation: str, result: Any) -> None:
+    def _event_name(self, operation: str) -> str:
+        return f"{self._info.table}.{PAST_TENSE[operation]}"
+
+    def _checks_event_in_transaction(self, operation: str) -> bool:
+        """Whether this write's event must be handled before its commit."""
+        if self._events is None:
+            return False
+        if self._async_events:
+            return True
+        # Looked up at each write: a module may declare its events after building repositories.
+        return _declared_event(self._event_name(operation)) is not None
+
+    def _announce(self, operation: str, result: Any) -> None:
+        """Hand the written rows to the cache invalidation and the events of this write.
+
+        Called inside the write's transaction (or right after an autocommitted write): async
+        events and the checks of sync ones happen now, so a failure rolls the write back;
+        invalidation and sync emission wait for the commit.
+        """
         if self._events is None and not self._after_write:
             return
         rows: list[M] = result if isinstance(result, list) else [result]
         events = self._events
-        name = f"{self._info.table}.{PAST_TENSE[operation]}"
+        name = self._event_name(operation)
+        # Taken now: the caller may change the returned instances before the commit.
+        payloads = [row_payload(row) for row in rows] if events is not None else []
         if events is not None and self._async_events:
             # Written to the outbox now, inside the write's transaction: durable, and gone
             # with it on rollback. The outbox relays it after commit.
             emit_async = getattr(events, "emit_async")
-            for row in rows:
-                emit_async(name, row_payload(row))
+            for payload in payloads:
+                emit_async(name, payload)
             events = None
+        elif events is not None:
+            self._check_event(operation, name, payloads)
 
         def fire() -> None:
             for callback in self._after_write:
                 callback(operation, rows)
             if events is not None:
-                for row in rows:
-                    events.emit(name, row_payload(row))
+                for payload in payloads:
+                    events.emit(name, payload)
 
         if self._after_write or events is not None:
             on_commit(self.db, fire)
+
+    def _check_event(self, operation: str, name: str, payloads: list[dict[str, Any]]) -> None:
+        """Refuse, before commit, rows that the event declared for ``name`` cannot carry."""
+        kind = _declared_event(name)
+        if kind is None:
+            return
+        from czo_kit.events.types import InvalidEventError, payload_for
+
+        for payload in payloads:
+            try:
+                payload_for(name, payload)
+            except InvalidEventError as exc:
+                raise InvalidEventError(
+                    f"{self.model.__name__} {operation}: nothing was written, because the row "
+                    f"does not fit {kind.__name__}, the event declared for {name!r} ({exc}); "
+                    f"make the event's fields match the model's"
+                ) from None
 
     def _clean(self, data: Any, *, creating: bool) -> dict[str, Any]:
         if not isinstance(data, Mapping):
@@ -455,6 +495,14 @@ class Mutations(RepositoryBase[M]):
 
 
 register_composition(Mutations.PARTS, Mutations)
+
+
+def _declared_event(name: str) -> type | None:
+    """The ``Event`` class declared for ``name``, if any."""
+    # Imported here: mutations without events= never load the event system.
+    from czo_kit.events.types import event_type
+
+    return event_type(name)
 
 
 def _mapping(data: Any) -> Mapping[Any, Any]:
