@@ -212,14 +212,14 @@ def tickets(backend: peewee.Database) -> Iterator[peewee.Database]:
         backend.drop_tables([Ticket], safe=True)
 
 
-WAYS_TO_WRITE = ["alone", "through hooks", "in the caller's transaction"]
+WAYS_TO_WRITE = ["alone", "through hooks", "in the caller's transaction", "with async events"]
 
 
 @pytest.mark.parametrize("way", WAYS_TO_WRITE)
 def test_a_row_that_does_not_fit_its_declared_event_is_never_committed(
     tickets: peewee.Database, way: str
 ) -> None:
-    events = EventEmitter()
+    events = EventEmitter(db=tickets)  # no queue: async events run in-process after commit
     heard: list[tuple[str, Any]] = []
     for name in ("created", "updated", "deleted"):
         events.on(f"czo_test_ticket.{name}", lambda payload, ctx: heard.append((ctx.name, payload)))
@@ -227,7 +227,9 @@ def test_a_row_that_does_not_fit_its_declared_event_is_never_committed(
     if way == "through hooks":
         for operation in ("create", "create_many", "update", "delete"):
             hooks.before(f"czo_test_ticket.{operation}", lambda ctx: None)
-    repo = create_repository(Ticket, db=tickets, hooks=hooks, events=events)
+    repo = create_repository(
+        Ticket, db=tickets, hooks=hooks, events=events, async_events=way == "with async events"
+    )
 
     def write(call: Callable[[], Any]) -> Any:
         if way != "in the caller's transaction":

@@ -184,6 +184,8 @@ class Mutations(RepositoryBase[M]):
         name = self._event_name(operation)
         # Taken now: the caller may change the returned instances before the commit.
         payloads = [row_payload(row) for row in rows] if events is not None else []
+        if events is not None:
+            self._check_event(operation, name, payloads)
         if events is not None and self._async_events:
             # Written to the outbox now, inside the write's transaction: durable, and gone
             # with it on rollback. The outbox relays it after commit.
@@ -191,8 +193,6 @@ class Mutations(RepositoryBase[M]):
             for payload in payloads:
                 emit_async(name, payload)
             events = None
-        elif events is not None:
-            self._check_event(operation, name, payloads)
 
         def fire() -> None:
             for callback in self._after_write:
