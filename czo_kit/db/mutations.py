@@ -104,6 +104,7 @@ class Mutations(RepositoryBase[M]):
             self._options.get("after_write", ())
         )
         cache = self._options.get("cache")
+        self._invalidates: CacheInvalidator | None = cache
         if cache is not None:
             self._after_write.insert(0, self._invalidator(cache))
 
@@ -270,6 +271,17 @@ class Mutations(RepositoryBase[M]):
                 )
         return full
 
+    def _forget(self, id: Any) -> None:
+        """Drop the cached copy of a row that a write by id did not find as expected.
+
+        The caller built the write from a version (or a row) the database no longer has. If
+        that came from the cache, an invalidation was lost, and until the entry expires every
+        retry of a read-modify-write loop would read it again and fail again. Dropping it at
+        once, inside a transaction too, is safe: it can only cause a fresh read.
+        """
+        if self._invalidates is not None:
+            self._invalidates.invalidate_tags([row_tag(self._info.table, id)])
+
     def _diagnose(self, id: Any, expected_version: int | None, *, deleted_ok: bool) -> Exception:
         """Why a targeted write changed no row: gone, or a version conflict."""
         info = self._info
@@ -340,6 +352,7 @@ class Mutations(RepositoryBase[M]):
         params["__expected"] = expected_version
         row = info.execute(template, params).fetchone()
         if row is None:
+            self._forget(id)
             raise self._diagnose(id, expected_version, deleted_ok=bool(deleted))
         return info.load(row)
 
@@ -453,6 +466,7 @@ class Mutations(RepositoryBase[M]):
             info.select_all().where(info.pk == ctx.id, info.deleted_at.is_null(False))  # type: ignore[union-attr]
         ).fetchone()
         if row is None:
+            self._forget(ctx.id)
             raise NotFoundError(self.model.__name__, ctx.id)
         current = info.load(row)
         for group in info.unique_groups:
@@ -490,6 +504,7 @@ class Mutations(RepositoryBase[M]):
 
         row = info.execute(info.template(("hard_delete",), build), {"__id": ctx.id}).fetchone()
         if row is None:
+            self._forget(ctx.id)
             raise NotFoundError(self.model.__name__, ctx.id)
         return info.load(row)
 
