@@ -18,7 +18,13 @@ from czo_kit.errors import InvalidDataError, InvalidFilterError, NotFoundError
 from czo_kit.events import Event, EventEmitter, InvalidEventError
 from czo_kit.hooks import HookRegistry
 from czo_kit.settings import Settings
-from czo_kit.testing import CONTRACT_MODELS, ContractItem, DatabaseBackendContract
+from czo_kit.testing import (
+    CONTRACT_MODELS,
+    ContractItem,
+    ContractPlain,
+    ContractSoft,
+    DatabaseBackendContract,
+)
 
 SECRET = b"r" * 32
 
@@ -270,3 +276,33 @@ def test_a_bad_event_inside_a_transaction_leaves_the_transaction_usable(tickets:
         repo.delete(row.id)  # the same transaction goes on
     assert Ticket.select().count() == 1
     assert Ticket.get_by_id(row.id).deleted_at is not None
+
+
+# -- order_by with another model's field --------------------------------------------------------
+
+
+def test_order_by_a_field_of_another_model_is_refused_naming_its_model(
+    any_repo: Repository[ContractItem],
+) -> None:
+    any_repo.create_many([{"shop_id": 1, "name": n, "slug": n, "price": 1} for n in "ba"])
+    # Warm the cache (where there is one) with the same-named field of this model.
+    assert [r.name for r in any_repo.find_many(order_by="name").items] == ["a", "b"]
+    assert any_repo.find_one({"shop_id": 1}, order_by="name") is not None
+    foreign: list[Any] = [
+        ContractPlain.name, ContractPlain.name.desc(), ContractPlain.id,
+        ["price", ContractPlain.name], (ContractItem.price, ContractSoft.name.asc()),
+    ]
+    for order_by in foreign:
+        for read in (
+            lambda: any_repo.find_many(order_by=order_by),
+            lambda: any_repo.find_many(order_by=order_by, offset=0),
+            lambda: any_repo.find_one({"shop_id": 1}, order_by=order_by),
+        ):
+            with pytest.raises(InvalidFilterError) as info:
+                read()
+            message = str(info.value)
+            assert "belongs to Contract" in message and "not ContractItem" in message, message
+            assert "order_by" in message and ("'name'" in message or "'id'" in message), message
+    # This model's own fields, in every form, are still accepted.
+    for order_by in (ContractItem.name, ContractItem.name.desc(), ["price", ContractItem.name]):
+        assert len(any_repo.find_many(order_by=order_by).items) == 2

@@ -100,7 +100,8 @@ def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
     """Normalise ``order_by`` and append the primary key as the final tie-breaker.
 
     Accepts ``"price"``, ``"-price"``, a Peewee field, ``Product.price.desc()``, or a sequence
-    of those. Unknown fields raise ``InvalidFilterError`` naming the allowed ones.
+    of those. Unknown fields, and fields of another model, raise ``InvalidFilterError`` naming
+    the allowed ones.
     """
     if order_by is None:
         items: Sequence[Any] = ()
