@@ -540,6 +540,7 @@ class DatabaseBackendContract:
             ("", "empty"),
             ("!!!not base64!!!", "base64"),
             ("ab!cd", "base64"),
+            ("abcde", "base64"),  # a length no base64 text has
             ("abcd", "not a valid cursor"),  # decodes, but to bytes no cursor starts with
             ("Zm9vYmFy", "not a valid cursor"),
             (garbage, "not a valid cursor"),
