@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -137,49 +138,54 @@ def test_sqlite_backend_turns_on_wal_and_foreign_keys(sqlite_url: str, settings_
     db.close()
 
 
-def _read_then_write_while_another_connection_commits(url: str, settings: Settings) -> list[int]:
-    """One connection reads then writes in a transaction; between the two, another thread
-    tries to commit a row of its own. Returns the rows, once both are done."""
-    import threading
+def _write_without_waiting(path: str, n: int) -> str | None:
+    """Commit one row from a fresh connection that never waits for a lock; the error if any."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO t (n) VALUES (?)", (n,))
+        return None
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        conn.close()
 
+
+def _read_then_write_while_another_connection_writes(url: str, settings: Settings) -> tuple[str | None, list[int]]:
+    """One connection reads then writes in a transaction; between the two, another connection
+    tries to commit a row of its own, without waiting. Returns what that write met (``None``
+    if it committed) and the rows once the transaction is done.
+
+    The other writer does not wait, so nothing here depends on how fast either side runs: it
+    finds the write lock taken or free at that instant, which the transaction mode decides.
+    """
     db = create_sqlite_database(url, settings=settings)
     db.execute_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
-    other_errors: list[BaseException] = []
-
-    def other() -> None:
-        try:
-            db.execute_sql("INSERT INTO t (n) VALUES (2)")  # autocommit, its own connection
-        except BaseException as exc:  # pragma: no cover - reported below
-            other_errors.append(exc)
-        finally:
-            db.close()
-
-    thread = threading.Thread(target=other)
     try:
         with db.atomic():
             db.execute_sql("SELECT count(*) FROM t").fetchone()
-            thread.start()
-            # Deferred: the other insert commits at once. Immediate: it waits for our lock
-            # (however long we give it here, the outcome is the same).
-            thread.join(timeout=0.5)
+            other = _write_without_waiting(db.database, 2)
             db.execute_sql("INSERT INTO t (n) VALUES (1)")
-        thread.join(timeout=30)
-        assert other_errors == []
-        return sorted(row[0] for row in db.execute_sql("SELECT n FROM t").fetchall())
+        return other, sorted(row[0] for row in db.execute_sql("SELECT n FROM t").fetchall())
     finally:
-        thread.join(timeout=30)
         db.close()
 
 
-def test_a_read_then_write_transaction_waits_for_the_lock_instead_of_failing(
+def test_a_read_then_write_transaction_holds_the_write_lock_and_never_fails_midway(
     tmp_path: Path, settings_for: Callable[..., Settings]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'locks.sqlite3'}"
-    assert _read_then_write_while_another_connection_commits(url, settings_for(url)) == [1, 2]
-    # What the default avoids: a deferred transaction cannot upgrade past a newer commit.
+    other, rows = _read_then_write_while_another_connection_writes(url, settings_for(url))
+    # Immediate: the lock was taken at BEGIN, so the other writer (which would normally wait
+    # out its busy timeout) could not cut in between our read and our write.
+    assert other is not None and "locked" in other
+    assert rows == [1]
+    assert _write_without_waiting(str(tmp_path / "locks.sqlite3"), 2) is None  # free after commit
+    # What the default avoids: in a deferred transaction the other write commits at once, and
+    # our write then cannot upgrade past it.
     deferred = f"sqlite:///{tmp_path / 'deferred.sqlite3'}?transaction_mode=deferred"
     with pytest.raises(peewee.OperationalError, match="locked"):
-        _read_then_write_while_another_connection_commits(deferred, settings_for(deferred))
+        _read_then_write_while_another_connection_writes(deferred, settings_for(deferred))
+    assert _write_without_waiting(str(tmp_path / "deferred.sqlite3"), 3) is None
 
 
 def test_a_password_in_a_bad_sqlite_url_is_not_echoed() -> None:

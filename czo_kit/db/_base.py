@@ -8,12 +8,15 @@ functions adds methods, each receiving the composed repository as its first argu
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import peewee
 
 from czo_kit.db._sql import ModelInfo, model_info
+from czo_kit.db._values import coerce
+from czo_kit.db.filters import MAX_IN_VALUES
+from czo_kit.errors import InvalidFilterError
 
 __all__ = ["RepositoryBase", "register_composition"]
 
@@ -57,6 +60,33 @@ class RepositoryBase(Generic[M]):
 
     def _setup(self) -> None:
         """Read ``self._options`` into attributes; parts override and chain to super()."""
+
+    # -- ids ----------------------------------------------------------------------------
+
+    def _check_id(self, id: Any) -> Any:
+        """``id`` as the primary key holds it, or ``InvalidFilterError`` saying why not.
+
+        Every function that takes an id calls this before building SQL: left to the driver,
+        a bad id is a ``DataError`` quoting the SQL on PostgreSQL and an ``OverflowError``
+        (or a silent miss) on SQLite.
+        """
+        if id is None:
+            raise InvalidFilterError(
+                f"{self.model.__name__} id: None is not a valid id; pass the row's primary key"
+            )
+        try:
+            return coerce(self._info.pk, id)
+        except ValueError as exc:
+            raise InvalidFilterError(f"{self.model.__name__} id {id!r}: {exc}") from None
+
+    def _check_ids(self, ids: Any) -> list[Any]:
+        """Each of ``ids`` checked by ``_check_id``, in order; at most ``MAX_IN_VALUES``."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
+        wanted = list(ids)
+        if len(wanted) > MAX_IN_VALUES:
+            raise InvalidFilterError(f"{len(wanted)} ids is more than the {MAX_IN_VALUES} allowed")
+        return [self._check_id(id) for id in wanted]
 
     def _bind_extra(self, name: str, fn: Callable[..., Any]) -> None:
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["coerce"]
+__all__ = ["coerce", "int_bound"]
 
 _INT_TEXT = re.compile(r"[+-]?\d{1,20}")
 _RANGES = {
@@ -27,7 +27,8 @@ _RANGES = {
 }
 
 
-def _int_bound(field: peewee.Field) -> int:
+def int_bound(field: peewee.Field) -> int:
+    """The integers ``field`` holds are ``-bound <= n < bound``."""
     for kind, bound in _RANGES.items():
         if isinstance(field, kind):
             return bound
@@ -135,9 +136,11 @@ def _integer(field: peewee.Field, value: Any) -> int:
         number = int(value)
     else:
         raise ValueError(f"expected an integer, got {value!r}" if isinstance(value, (str, float)) else f"expected an integer, got {_kind(value)}")
-    bound = _int_bound(field)
+    bound = int_bound(field)
     if not -bound <= number < bound:
-        raise ValueError(f"{number} is out of range for {type(field).__name__}")
+        raise ValueError(
+            f"{number} is out of range: {type(field).__name__} holds integers from {-bound} to {bound - 1}"
+        )
     return number
 
 

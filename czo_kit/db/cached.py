@@ -89,6 +89,12 @@ class CachedQueries(Queries[M]):
             raise InvalidFilterError(f"cannot build a cache key for where={where!r}") from None
         return method + ":" + hashlib.blake2b(blob, digest_size=16).hexdigest()
 
+    def _order_key(self, order_by: Any) -> str:
+        """The sort order as parsed, so that an order the database would refuse (a field of
+        another model, say) is refused before the cache is read, never answered from an entry
+        of a same-named field of this model."""
+        return self._order(order_by).describe()
+
     # -- rows by id ---------------------------------------------------------------------
 
     def _cached_values(self, id: Any) -> list[Any] | None:
@@ -122,9 +128,7 @@ class CachedQueries(Queries[M]):
     def find_by_ids(
         self, ids: Iterable[Any], *, with_deleted: bool = False, only_deleted: bool = False
     ) -> list[M]:
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
-        wanted = [self._check_id(id) for id in ids]
+        wanted = self._check_ids(ids)
         if self._uncached():
             return Queries.find_by_ids(self, wanted, with_deleted=with_deleted, only_deleted=only_deleted)
         info = self._info
@@ -174,7 +178,7 @@ class CachedQueries(Queries[M]):
                 self, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
             )
         info = self._info
-        key = self._arguments_key("one", where, (_order_key(order_by), with_deleted, only_deleted))
+        key = self._arguments_key("one", where, (self._order_key(order_by), with_deleted, only_deleted))
 
         def load() -> list[Any] | None:
             row = Queries.find_one(
@@ -208,7 +212,7 @@ class CachedQueries(Queries[M]):
         key = self._arguments_key(
             "many",
             where,
-            (_order_key(order_by), limit, offset, cursor, with_total, with_deleted, only_deleted),
+            (self._order_key(order_by), limit, offset, cursor, with_total, with_deleted, only_deleted),
         )
 
         def load() -> Any:
@@ -266,18 +270,6 @@ class CachedQueries(Queries[M]):
             type=bool,
         )
         return result
-
-
-def _order_key(order_by: Any) -> Any:
-    if order_by is None or isinstance(order_by, str):
-        return order_by
-    if isinstance(order_by, (list, tuple)):
-        return [_order_key(item) for item in order_by]
-    if isinstance(order_by, peewee.Field):
-        return order_by.name
-    if isinstance(order_by, peewee.Ordering) and isinstance(order_by.node, peewee.Field):
-        return ("-" if order_by.direction.upper() == "DESC" else "") + order_by.node.name
-    return repr(order_by)
 
 
 class CachedRepository(CachedQueries[M], Repository[M]):

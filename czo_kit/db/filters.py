@@ -36,9 +36,15 @@ def resolve_field(model: type[peewee.Model], name: Any, *, what: str = "filter")
     """The field ``name`` of ``model`` (a foreign key also answers to its column name)."""
     fields = model._meta.fields
     if isinstance(name, peewee.Field):
-        if name.model is not model and name.name not in fields:
+        owner = name.model
+        # A field of a base class is this model's field of that name; any other model's field
+        # (even one named like a field here) would sort on a column of the wrong table.
+        inherited = isinstance(owner, type) and issubclass(model, owner) and name.name in fields
+        if owner is not model and not inherited:
+            owner_name = getattr(owner, "__name__", None) or type(owner).__name__
             raise InvalidFilterError(
-                f"{what}: field {name.name!r} belongs to {name.model.__name__}, not {model.__name__}"
+                f"{what}: field {name.name!r} belongs to {owner_name}, not {model.__name__}; "
+                f"use a field of {model.__name__} ({', '.join(sorted(fields))})"
             )
         found: peewee.Field = fields[name.name]
         return found

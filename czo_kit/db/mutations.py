@@ -17,7 +17,7 @@ import peewee
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
 from czo_kit.db._tags import list_tag, row_tag
-from czo_kit.db._values import coerce
+from czo_kit.db._values import coerce, int_bound
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import (
@@ -104,6 +104,7 @@ class Mutations(RepositoryBase[M]):
             self._options.get("after_write", ())
         )
         cache = self._options.get("cache")
+        self._invalidates: CacheInvalidator | None = cache
         if cache is not None:
             self._after_write.insert(0, self._invalidator(cache))
 
@@ -143,43 +144,83 @@ class Mutations(RepositoryBase[M]):
             with self.db.atomic():
                 final: R = hooks.run(ctx.hook_name, ctx, guarded)
                 if written:  # announce what was written, not a value an error hook recovered
-                    self._after_commit(ctx.operation, written[0])
+                    self._announce(ctx.operation, written[0])
             return final
-        if self.db.in_transaction() or (self._async_events and self._events is not None):
-            # A savepoint keeps a failed write from poisoning the caller's transaction; with
-            # async events, the event's outbox row must commit together with the write.
+        if self.db.in_transaction() or self._checks_event_in_transaction(ctx.operation):
+            # A savepoint keeps a failed write from poisoning the caller's transaction. Outside
+            # one, the block makes the write and its event's fate one: an async event's outbox
+            # row commits with the row, and a sync event that does not fit its declared type
+            # rolls the row back instead of failing once the row is committed.
             with self.db.atomic():
                 result = operation(ctx)
-                # Inside the block: an async event's outbox row commits with the write.
-                self._after_commit(ctx.operation, result)
+                self._announce(ctx.operation, result)
             return result
         result = operation(ctx)
-        self._after_commit(ctx.operation, result)
+        self._announce(ctx.operation, result)
         return result
 
-    def _after_commit(self, operation: str, result: Any) -> None:
+    def _event_name(self, operation: str) -> str:
+        return f"{self._info.table}.{PAST_TENSE[operation]}"
+
+    def _checks_event_in_transaction(self, operation: str) -> bool:
+        """Whether this write's event must be handled before its commit."""
+        if self._events is None:
+            return False
+        if self._async_events:
+            return True
+        # Looked up at each write: a module may declare its events after building repositories.
+        return _declared_event(self._event_name(operation)) is not None
+
+    def _announce(self, operation: str, result: Any) -> None:
+        """Hand the written rows to the cache invalidation and the events of this write.
+
+        Called inside the write's transaction (or right after an autocommitted write): async
+        events and the checks of sync ones happen now, so a failure rolls the write back;
+        invalidation and sync emission wait for the commit.
+        """
         if self._events is None and not self._after_write:
             return
         rows: list[M] = result if isinstance(result, list) else [result]
         events = self._events
-        name = f"{self._info.table}.{PAST_TENSE[operation]}"
+        name = self._event_name(operation)
+        # Taken now: the caller may change the returned instances before the commit.
+        payloads = [row_payload(row) for row in rows] if events is not None else []
+        if events is not None:
+            self._check_event(operation, name, payloads)
         if events is not None and self._async_events:
             # Written to the outbox now, inside the write's transaction: durable, and gone
             # with it on rollback. The outbox relays it after commit.
             emit_async = getattr(events, "emit_async")
-            for row in rows:
-                emit_async(name, row_payload(row))
+            for payload in payloads:
+                emit_async(name, payload)
             events = None
 
         def fire() -> None:
             for callback in self._after_write:
                 callback(operation, rows)
             if events is not None:
-                for row in rows:
-                    events.emit(name, row_payload(row))
+                for payload in payloads:
+                    events.emit(name, payload)
 
         if self._after_write or events is not None:
             on_commit(self.db, fire)
+
+    def _check_event(self, operation: str, name: str, payloads: list[dict[str, Any]]) -> None:
+        """Refuse, before commit, rows that the event declared for ``name`` cannot carry."""
+        kind = _declared_event(name)
+        if kind is None:
+            return
+        from czo_kit.events.types import InvalidEventError, payload_for
+
+        for payload in payloads:
+            try:
+                payload_for(name, payload)
+            except InvalidEventError as exc:
+                raise InvalidEventError(
+                    f"{self.model.__name__} {operation}: nothing was written, because the row "
+                    f"does not fit {kind.__name__}, the event declared for {name!r} ({exc}); "
+                    f"make the event's fields match the model's"
+                ) from None
 
     def _clean(self, data: Any, *, creating: bool) -> dict[str, Any]:
         if not isinstance(data, Mapping):
@@ -230,6 +271,17 @@ class Mutations(RepositoryBase[M]):
                 )
         return full
 
+    def _forget(self, id: Any) -> None:
+        """Drop the cached copy of a row that a write by id did not find as expected.
+
+        The caller built the write from a version (or a row) the database no longer has. If
+        that came from the cache, an invalidation was lost, and until the entry expires every
+        retry of a read-modify-write loop would read it again and fail again. Dropping it at
+        once, inside a transaction too, is safe: it can only cause a fresh read.
+        """
+        if self._invalidates is not None:
+            self._invalidates.invalidate_tags([row_tag(self._info.table, id)])
+
     def _diagnose(self, id: Any, expected_version: int | None, *, deleted_ok: bool) -> Exception:
         """Why a targeted write changed no row: gone, or a version conflict."""
         info = self._info
@@ -245,15 +297,27 @@ class Mutations(RepositoryBase[M]):
         actual = current.__data__.get("version")
         return OptimisticLockError(self.model.__name__, id, expected=expected_version or 0, actual=actual)
 
-    def _check_expected(self, expected_version: Any) -> None:
+    def _check_expected(self, expected_version: Any) -> int | None:
         if expected_version is None:
-            return
-        if not self._info.versioned:
+            return None
+        info = self._info
+        if not info.versioned or info.version is None:
             raise InvalidDataError(
                 f"{self.model.__name__} has no version field; expected_version cannot be checked"
             )
-        if not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 1:
-            raise InvalidDataError(f"expected_version must be a positive integer, got {expected_version!r}")
+        # The version field's own range, checked as ids are: past it, SQLite raises
+        # OverflowError and PostgreSQL reports a conflict no retry can resolve.
+        bound = int_bound(info.version)
+        if (
+            not isinstance(expected_version, int)
+            or isinstance(expected_version, bool)
+            or not 1 <= expected_version < bound
+        ):
+            raise InvalidDataError(
+                f"{self.model.__name__} expected_version {expected_version!r}: expected the row's "
+                f"version, an integer from 1 to {bound - 1}"
+            )
+        return expected_version
 
     def _write_by_id(
         self,
@@ -288,6 +352,7 @@ class Mutations(RepositoryBase[M]):
         params["__expected"] = expected_version
         row = info.execute(template, params).fetchone()
         if row is None:
+            self._forget(id)
             raise self._diagnose(id, expected_version, deleted_ok=bool(deleted))
         return info.load(row)
 
@@ -354,10 +419,9 @@ class Mutations(RepositoryBase[M]):
         With ``expected_version``, the write only happens if the row still has that version,
         else ``OptimisticLockError``; a missing or deleted row is ``NotFoundError``.
         """
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "update", self.model, self._info.table, id=id, data=dict(_mapping(data)),
-            expected_version=expected_version,
+            "update", self.model, self._info.table, id=self._check_id(id), data=dict(_mapping(data)),
+            expected_version=self._check_expected(expected_version),
         )
         return self._run(ctx, self._update)
 
@@ -370,9 +434,9 @@ class Mutations(RepositoryBase[M]):
 
     def delete(self, id: Any, *, expected_version: int | None = None) -> M:
         """Soft-delete (set ``deleted_at``) where the model supports it, else delete the row."""
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "delete", self.model, self._info.table, id=id, expected_version=expected_version
+            "delete", self.model, self._info.table, id=self._check_id(id),
+            expected_version=self._check_expected(expected_version),
         )
         return self._run(ctx, self._delete)
 
@@ -389,9 +453,9 @@ class Mutations(RepositoryBase[M]):
         """Bring a soft-deleted row back; ``ConflictError`` if a live row now holds its unique key."""
         if not self._info.soft_delete:
             raise InvalidDataError(f"{self.model.__name__} has no soft delete; nothing to restore")
-        self._check_expected(expected_version)
         ctx = MutationContext(
-            "restore", self.model, self._info.table, id=id, expected_version=expected_version
+            "restore", self.model, self._info.table, id=self._check_id(id),
+            expected_version=self._check_expected(expected_version),
         )
         with self.db.atomic():  # the uniqueness check and the write see the same data
             return self._run(ctx, self._restore)
@@ -402,6 +466,7 @@ class Mutations(RepositoryBase[M]):
             info.select_all().where(info.pk == ctx.id, info.deleted_at.is_null(False))  # type: ignore[union-attr]
         ).fetchone()
         if row is None:
+            self._forget(ctx.id)
             raise NotFoundError(self.model.__name__, ctx.id)
         current = info.load(row)
         for group in info.unique_groups:
@@ -424,7 +489,7 @@ class Mutations(RepositoryBase[M]):
 
     def hard_delete(self, id: Any) -> M:
         """Remove the row for good (deleted or not); returns it as it was."""
-        ctx = MutationContext("hard_delete", self.model, self._info.table, id=id)
+        ctx = MutationContext("hard_delete", self.model, self._info.table, id=self._check_id(id))
         return self._run(ctx, self._hard_delete)
 
     def _hard_delete(self, ctx: MutationContext) -> M:
@@ -439,11 +504,20 @@ class Mutations(RepositoryBase[M]):
 
         row = info.execute(info.template(("hard_delete",), build), {"__id": ctx.id}).fetchone()
         if row is None:
+            self._forget(ctx.id)
             raise NotFoundError(self.model.__name__, ctx.id)
         return info.load(row)
 
 
 register_composition(Mutations.PARTS, Mutations)
+
+
+def _declared_event(name: str) -> type | None:
+    """The ``Event`` class declared for ``name``, if any."""
+    # Imported here: mutations without events= never load the event system.
+    from czo_kit.events.types import event_type
+
+    return event_type(name)
 
 
 def _mapping(data: Any) -> Mapping[Any, Any]:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -100,7 +101,8 @@ def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
     """Normalise ``order_by`` and append the primary key as the final tie-breaker.
 
     Accepts ``"price"``, ``"-price"``, a Peewee field, ``Product.price.desc()``, or a sequence
-    of those. Unknown fields raise ``InvalidFilterError`` naming the allowed ones.
+    of those. Unknown fields, and fields of another model, raise ``InvalidFilterError`` naming
+    the allowed ones.
     """
     if order_by is None:
         items: Sequence[Any] = ()
@@ -220,15 +222,25 @@ class CursorCodec:
             raise InvalidCursorError(
                 f"cursor is {len(token)} characters long; a valid one is under {MAX_CURSOR_LENGTH}"
             )
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise InvalidCursorError("cursor is not valid base64url; pass it back unchanged") from None
-        if len(raw) <= _MAC_BYTES:
-            raise InvalidCursorError("cursor is truncated")
+        raw = _unbase64(token)
+        if raw is None:
+            raise InvalidCursorError(
+                "cursor is not a valid cursor: it is not base64url (malformed encoding); pass "
+                "next_cursor or prev_cursor back unchanged"
+            )
+        if not raw.startswith(_HEADERS) and not any(h.startswith(raw) for h in _HEADERS):
+            raise InvalidCursorError(
+                "cursor is not a valid cursor: its encoding is malformed (these bytes were "
+                "never a cursor); pass next_cursor or prev_cursor back unchanged"
+            )
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
-        if not hmac.compare_digest(mac, expected):
+        if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
+            if _cut_short(payload):
+                raise InvalidCursorError(
+                    "cursor is truncated: it ends early, as if cut off when copied; pass back "
+                    "the whole next_cursor or prev_cursor"
+                )
             raise InvalidCursorError(
                 "cursor signature does not match: it was altered, or signed with another "
                 "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
@@ -254,6 +266,37 @@ class CursorCodec:
         except msgspec.ValidationError:
             raise InvalidCursorError("cursor values do not match the sort fields") from None
         return ("next" if direction == "n" else "prev"), list(typed)
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+# How every cursor starts: a 4-item msgpack array, the format version, the direction, and the
+# 8-byte fingerprint's header. Bytes that start otherwise were never a cursor of this format.
+_HEADERS = tuple(
+    msgspec.msgpack.encode((CURSOR_VERSION, d, bytes(_FINGERPRINT_BYTES), []))[:6] for d in "np"
+)
+
+
+def _unbase64(token: str) -> bytes | None:
+    # b64decode skips characters outside the alphabet: "ab!cd" would decode as "abcd".
+    if not _BASE64URL.fullmatch(token):
+        return None
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _cut_short(payload: bytes) -> bool:
+    """Whether ``payload`` is the start of a msgpack value rather than a whole (or bad) one.
+
+    A cursor cut short loses the end of its MAC, so what is left before the last 16 bytes is a
+    strict prefix of its payload, which msgpack reports as truncated input.
+    """
+    try:
+        msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError as exc:
+        return "truncated" in str(exc)
+    return False
 
 
 def edge_values(order: SortOrder, row: Any) -> list[Any]:

@@ -11,8 +11,7 @@ import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
-from czo_kit.db._values import coerce
-from czo_kit.db.filters import MAX_IN_VALUES, compile_where
+from czo_kit.db.filters import compile_where
 from czo_kit.db.pagination import (
     CursorCodec,
     PaginatedResult,
@@ -69,14 +68,6 @@ class Queries(RepositoryBase[M]):
 
     # -- single rows --------------------------------------------------------------------
 
-    def _check_id(self, id: Any) -> Any:
-        if id is None:
-            raise InvalidFilterError(f"{self.model.__name__} id: None is not a valid id")
-        try:
-            return coerce(self._info.pk, id)
-        except ValueError as exc:
-            raise InvalidFilterError(f"{self.model.__name__} id {id!r}: {exc}") from None
-
     def find_by_id(self, id: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> M | None:
         """The row with this primary key, or ``None``."""
         id = self._check_id(id)
@@ -103,14 +94,9 @@ class Queries(RepositoryBase[M]):
         self, ids: Iterable[Any], *, with_deleted: bool = False, only_deleted: bool = False
     ) -> list[M]:
         """Rows for these ids, in the order of ``ids``; missing ids are skipped."""
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise InvalidFilterError(f"ids must be a list of ids, got {type(ids).__name__}")
-        wanted = list(ids)
+        wanted = self._check_ids(ids)
         if not wanted:
             return []
-        if len(wanted) > MAX_IN_VALUES:
-            raise InvalidFilterError(f"{len(wanted)} ids is more than the {MAX_IN_VALUES} allowed")
-        wanted = [self._check_id(id) for id in wanted]
         info = self._info
         query = info.select_all().where(info.pk.in_(list(dict.fromkeys(wanted))))
         clause = info.deleted_clause(with_deleted=with_deleted, only_deleted=only_deleted)

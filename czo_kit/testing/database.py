@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 from collections.abc import Iterator, Mapping
@@ -534,10 +535,18 @@ class DatabaseBackendContract:
         flipped = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
         other_key = create_repository(ContractItem, db=repo.db, secret_key=b"z" * 32)
         foreign = other_key.find_many(order_by="price", limit=3).next_cursor
+        garbage = base64.urlsafe_b64encode(bytes(range(7, 67))).decode().rstrip("=")
         cases: list[tuple[Any, str]] = [
             ("", "empty"),
             ("!!!not base64!!!", "base64"),
-            ("abcd", "truncated"),
+            ("ab!cd", "base64"),
+            ("abcde", "base64"),  # a length no base64 text has
+            ("abcd", "not a valid cursor"),  # decodes, but to bytes no cursor starts with
+            ("Zm9vYmFy", "not a valid cursor"),
+            (garbage, "not a valid cursor"),
+            (good[:-5], "truncated"),
+            (good[: len(good) // 2], "truncated"),
+            (good[:6], "truncated"),
             (flipped, "signature"),
             (foreign, "signature"),
             ("A" * 5000, "characters long"),
@@ -547,7 +556,10 @@ class DatabaseBackendContract:
         for token, fragment in cases:
             with pytest.raises(InvalidCursorError) as info:
                 repo.find_many(order_by="price", limit=3, cursor=token)
-            assert fragment in str(info.value), (token, str(info.value))
+            message = str(info.value)
+            assert fragment in message, (token, message)
+            # "Truncated" is only ever said of a real cursor cut short.
+            assert ("truncated" in message) == (fragment == "truncated"), (token, message)
         with pytest.raises(InvalidCursorError) as mismatch:
             repo.find_many(order_by="-price", limit=3, cursor=good)
         assert "another sort order" in str(mismatch.value)
