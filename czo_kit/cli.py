@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from czo_kit import __version__
+from czo_kit._cli_errors import FailureReportingGroup, describe_failure
 from czo_kit.errors import CzoError
 
 __all__ = ["build_cli", "main"]
@@ -19,14 +20,26 @@ __all__ = ["build_cli", "main"]
 _LEVELS = ("CRITICAL", "DEBUG", "ERROR", "INFO", "WARNING")
 
 
+class _NoRandomKeyWarning(logging.Filter):
+    """A one-shot command signs nothing that must outlive it, so the random-key warning is
+    noise there; `serve`, whose cursors and tokens must survive a restart, says it itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("CZO_SECRET_KEY is not set")
+
+
 @contextmanager
 def _kit(**overrides: Any) -> Iterator[Any]:
     from czo_kit.kit import Kit
 
+    quiet = _NoRandomKeyWarning()
+    logging.getLogger("czo_kit.kit").addFilter(quiet)
     try:
         kit = Kit.from_env(**overrides)
     except CzoError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(describe_failure(exc) or str(exc)) from exc
+    finally:
+        logging.getLogger("czo_kit.kit").removeFilter(quiet)
     try:
         yield kit
     except CzoError as exc:  # every command reports the kit's own errors the same way
@@ -35,7 +48,9 @@ def _kit(**overrides: Any) -> Iterator[Any]:
         kit.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=FailureReportingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="czo-kit")
 @click.option(
     "--log-level",
@@ -43,7 +58,8 @@ def _kit(**overrides: Any) -> Iterator[Any]:
     default=None,
     help="Logging level (default: CZO_LOG_LEVEL, else WARNING).",
 )
-def cli(log_level: str | None) -> None:
+@click.option("--traceback", is_flag=True, help="On a failure, show the full traceback, not one line.")
+def cli(log_level: str | None, traceback: bool) -> None:
     """czo-kit: run and inspect a c-zo installation.
 
     Settings come from CZO_* environment variables (CZO_DATABASE_URL, CZO_SECRET_KEY, ...);
@@ -269,6 +285,9 @@ def serve_command(host: str, port: int, threads: int) -> None:
     from czo_kit.http.api import create_api
 
     with _kit() as kit:
+        if kit.settings.secret_key is None:
+            click.echo("warning: CZO_SECRET_KEY is not set: cursors and user tokens this server "
+                       "signs will not survive its restart", err=True)
         click.echo(f"czo-kit API on http://{host}:{port}/api/ ({threads} threads)", err=True)
         serve(create_api(kit), host=host, port=port, threads=threads, ident="czo-kit")
 

@@ -99,6 +99,10 @@ def _matches(name: str, wanted: Iterable[str]) -> bool:
     return any(item in (name, short) for item in wanted)
 
 
+# Names in CZO_PLUGINS / CZO_DISABLE_PLUGINS already warned about as not installed.
+_warned: set[tuple[str, str]] = set()
+
+
 def load_plugins(
     manager: pluggy.PluginManager | None = None,
     *,
@@ -172,7 +176,8 @@ def _load_into(
 
     for wanted, label in ((allow_list or (), "CZO_PLUGINS"), (block_list, "CZO_DISABLE_PLUGINS")):
         for name in wanted:
-            if not any(_matches(candidate, (name,)) for candidate in seen):
+            if not any(_matches(candidate, (name,)) for candidate in seen) and (label, name) not in _warned:
+                _warned.add((label, name))  # once per process: the CLI loads plugins twice
                 log.warning(
                     "%s names %r, but no plugin of that name is installed (installed: %s)",
                     label, name, ", ".join(sorted(seen)) or "none",

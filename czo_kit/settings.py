@@ -300,21 +300,40 @@ def _split_error(exc: msgspec.ValidationError) -> tuple[str, str]:
     return field, message
 
 
+def _number(kind: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
+    noun = "an integer" if isinstance(kind, msgspec.inspect.IntType) else "a number"
+    bounds = [
+        f"{op} {bound:g}"
+        for op, bound in ((">", kind.gt), (">=", kind.ge), ("<", kind.lt), ("<=", kind.le))
+        if bound is not None
+    ]
+    return f"{noun}{' ' + ' and '.join(bounds) if bounds else ''}"
+
+
 def _explain(cls: type[Settings], field: str, message: str) -> str:
+    """msgspec's message, or where it names only a type ("Expected `float`, got `str`"), what
+    the variable may hold, in the form it takes in the environment."""
     kind = _field_types(cls).get(field)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        non_none = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+        kind = non_none[0] if len(non_none) == 1 else kind
     if isinstance(kind, msgspec.inspect.LiteralType):
         allowed = ", ".join(str(v) for v in kind.values)
         return f"{message.rstrip('.')}; allowed: {allowed}"
     if isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
         # msgspec says "Expected `int`, got `str`" for "x" and "Expected `int` >= 1" for "0";
         # one sentence naming the whole allowed range serves both.
-        noun = "an integer" if isinstance(kind, msgspec.inspect.IntType) else "a number"
-        bounds = [
-            f"{op} {bound:g}"
-            for op, bound in ((">", kind.gt), (">=", kind.ge), ("<", kind.lt), ("<=", kind.le))
-            if bound is not None
-        ]
-        return f"expected {noun}{' ' + ' and '.join(bounds) if bounds else ''}"
+        return f"expected {_number(kind)}"
+    if isinstance(kind, msgspec.inspect.BoolType):
+        return "expected true or false (also yes/no, on/off, 1/0; empty is false)"
+    if isinstance(kind, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)) and isinstance(
+        kind.item_type, (msgspec.inspect.IntType, msgspec.inspect.FloatType)
+    ):
+        what = _number(kind.item_type)
+        count = ""
+        if kind.min_length is not None or kind.max_length is not None:
+            count = f", {kind.min_length or 0} to {kind.max_length if kind.max_length is not None else 'any number'} of them"
+        return f"expected a comma-separated list, each item {what}{count}"
     return message
 
 

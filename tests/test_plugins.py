@@ -138,6 +138,10 @@ def test_unknown_names_in_lists_are_logged(caplog: pytest.LogCaptureFixture) -> 
     assert "CZO_PLUGINS names 'czo_prodcut', but no plugin of that name is installed" in text
     assert "CZO_DISABLE_PLUGINS names 'sqlit'" in text
     assert "czo_product" in text  # the message lists what is installed
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="czo_kit.plugins"):
+        load_plugins(create_plugin_manager(), allow=("czo_prodcut",), block=("sqlit",))
+    assert caplog.records == []  # once per process: the CLI loads plugins twice per command
 
 
 # -- the process-wide manager ----------------------------------------------------------------------

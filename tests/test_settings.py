@@ -131,7 +131,19 @@ def test_bool_parsing_rejects_other_words(raw: str) -> None:
         FlagSettings.from_env({"CZO_DEBUG": raw})
     assert caught.value.variable == "CZO_DEBUG"
     assert "CZO_DEBUG" in str(caught.value)
-    assert "bool" in str(caught.value)
+    # What is allowed, in the words the environment uses, not msgspec's "Expected `bool`".
+    assert str(caught.value).endswith("expected true or false (also yes/no, on/off, 1/0; empty is false)")
+
+
+@pytest.mark.parametrize("raw", ["10,,x", "10,0", "10,86401", ",".join(["1"] * 51)])
+def test_a_bad_number_list_says_what_each_item_may_be(raw: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"CZO_WEBHOOKS_RETRY_SCHEDULE": raw})
+    assert caught.value.variable == "CZO_WEBHOOKS_RETRY_SCHEDULE"
+    assert str(caught.value).endswith(
+        "expected a comma-separated list, each item a number > 0 and <= 86400, 1 to 50 of them"
+    )
+    assert "Expected" not in str(caught.value)
 
 
 # -- overrides ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -19,6 +20,12 @@ __all__ = ["SqliteDatabase", "create_sqlite_database", "parse_sqlite_url"]
 
 _OPTIONS = {"timeout": float, "synchronous": str, "journal_mode": str, "cache_size": int, "transaction_mode": str}
 _TRANSACTION_MODES = ("deferred", "immediate", "exclusive")
+# SQLite ignores a pragma value it does not know, so a typo would pass silently.
+_CHOICES = {
+    "transaction_mode": _TRANSACTION_MODES,
+    "journal_mode": ("delete", "truncate", "persist", "memory", "wal", "off"),
+    "synchronous": ("off", "normal", "full", "extra", "0", "1", "2", "3"),
+}
 
 
 class SqliteDatabase(TransactionalDatabaseMixin, peewee.SqliteDatabase):
@@ -63,9 +70,10 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
                 f"invalid SQLite URL option {key!r}; allowed: {', '.join(sorted(_OPTIONS))}",
                 variable="CZO_DATABASE_URL",
             )
-        if key == "transaction_mode" and value.lower() not in _TRANSACTION_MODES:
+        allowed = _CHOICES.get(key)
+        if allowed is not None and value.lower() not in allowed:
             raise ConfigurationError(
-                f"invalid SQLite URL option transaction_mode={value!r}; allowed: {', '.join(_TRANSACTION_MODES)}",
+                f"invalid SQLite URL option {key}={value!r}; allowed: {', '.join(allowed)}",
                 variable="CZO_DATABASE_URL",
             )
         try:
@@ -75,6 +83,12 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
                 f"invalid SQLite URL option {key}={value!r}: expected {convert.__name__}",
                 variable="CZO_DATABASE_URL",
             ) from None
+    if path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ConfigurationError(
+            f"invalid SQLite URL {redact_url(url)!r}: the directory "
+            f"{os.path.dirname(os.path.abspath(path))!r} of its file does not exist; create it first",
+            variable="CZO_DATABASE_URL",
+        )
     return path, options
 
 
