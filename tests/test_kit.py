@@ -566,6 +566,31 @@ def test_make_returns_none_when_nothing_changed(
     assert sorted(p.name for p in copy.glob("*.py")) == ["0001_initial.py"]
 
 
+def test_make_against_an_empty_database_says_to_run_db_init(
+    make_kit: Callable[..., Kit], widget_plugin: WidgetPlugin
+) -> None:
+    kit = make_kit(plugins=[widget_plugin])
+    with pytest.raises(CzoError, match=r"none of 'czo_test_widgets'.s tables yet.*czo-kit db init"):
+        kit.migrations.make("czo_test_widgets", "everything again")
+    assert sorted(p.name for p in widget_plugin.directory.glob("*.py")) == ["0001_initial.py", "0002_add_colour.py"]
+
+
+def test_make_refuses_to_write_into_an_installed_package(
+    make_kit: Callable[..., Kit], widget_plugin: WidgetPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sysconfig
+
+    kit = make_kit(plugins=[widget_plugin])
+    kit.create_tables()
+    site = str(widget_plugin.directory.parent)  # as if the module were pip-installed there
+    real = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {**real, "purelib": site, "platlib": site})
+    with pytest.raises(CzoError, match=r"inside the installed packages of .*pip install -e") as caught:
+        kit.migrations.make("czo_test_widgets", "add size")
+    assert str(widget_plugin.directory) in str(caught.value)  # where it would have written
+    assert sorted(p.name for p in widget_plugin.directory.glob("*.py")) == ["0001_initial.py", "0002_add_colour.py"]
+
+
 def test_status_lists_applied_and_pending(
     make_kit: Callable[..., Kit], widget_plugin: WidgetPlugin
 ) -> None:

@@ -8,7 +8,9 @@ Each plugin that registers a migrations directory gets its own history table
 
 from __future__ import annotations
 
+import os
 import re
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -137,8 +139,35 @@ class Migrations:
         """Write the next migration of ``module`` from the difference between its models and
         the database; returns the new file's path, or ``None`` when nothing changed."""
         entry = self._entry(module)
+        runner = self._runner(module)  # refuses a module without a migrations directory
+        installed = _installed_under(str(entry.directory))
+        if installed is not None:
+            raise CzoError(
+                f"module {module!r} keeps its migrations in {entry.directory}, inside the installed "
+                f"packages of {installed}: a migration written there is lost at the next install; "
+                "run makemigrations from a source checkout of the module (pip install -e)"
+            )
+        tables = set(self.db.get_tables())
+        if entry.models and not any(m._meta.table_name in tables for m in entry.models):
+            raise CzoError(
+                f"the database has none of {module!r}'s tables yet, so there is nothing to migrate "
+                "from: run `czo-kit db init`, which creates them from the models and marks the "
+                "module's migrations applied"
+            )
         diff = diff_models(self.db, list(entry.models))
         if not diff:
             return None
-        path: str = self._runner(module).create(name, template(diff))
+        path: str = runner.create(name, template(diff))
         return path
+
+
+def _installed_under(directory: str) -> str | None:
+    """The site-packages directory holding ``directory``, if it is in one (an editable
+    install's directory is the source checkout, so it is not)."""
+    target = os.path.realpath(directory)
+    paths = sysconfig.get_paths()
+    for key in ("purelib", "platlib"):
+        root = os.path.realpath(paths[key])
+        if os.path.commonpath([root, target]) == root:
+            return root
+    return None
