@@ -5,6 +5,7 @@ status, redirects, private addresses, DNS)."""
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import socket
 import threading
@@ -355,7 +356,7 @@ def test_fetch_a_manifest(kit: Kit) -> None:
         request = server.requests[0]
         assert (request.method, request.path) == ("GET", "/manifest")
         assert request.headers["accept"] == "application/json"
-        assert request.headers["user-agent"].startswith("czo-kit/")
+        assert request.headers["user-agent"] == f"czo-kit/{importlib.metadata.version('czo-kit')} (+https://github.com/c-zo)"
         assert request.headers["host"] == f"127.0.0.1:{server.port}"
 
 

@@ -266,6 +266,19 @@ def test_400_for_a_manifest_that_cannot_be_installed(
     assert (result.status_code, result.json["field"]) == (400, "$.webhooks[0].events[0]")
 
 
+def test_400_for_a_webhook_event_the_apps_permissions_do_not_cover(
+    kit: Kit, client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    uncovered = manifest(app_server.url, permissions=[{"resource": "customer", "actions": ["read"]}])
+    app_server.script = lambda request: Reply(200, json.dumps(uncovered).encode())
+    result = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit))
+    assert result.status_code == 400, result.text
+    assert result.json["error"] == "invalid_manifest"
+    assert result.json["field"] == "$.webhooks[0].events[0]"
+    assert "needs order:read" in result.json["message"]
+    assert kit.apps.list(1) == []
+
+
 @pytest.mark.parametrize("query", [{}, {"shopId": ""}, {"shopId": "abc"}, {"shopId": "-1"}, {"shopId": "0"},
                                    {"shopId": "1.5"}, {"shopId": "9" * 13}, {"shopId": "١"}, {"shopId": "²"},
                                    {"shop": "1"}])

@@ -272,13 +272,16 @@ class AppRegistry:
                 missing=format_pairs(missing),
             )
         for i, webhook in enumerate(manifest.webhooks):
-            for event in webhook.events:
+            for j, event in enumerate(webhook.events):
                 rule = self.permissions.rule_for(event)
                 if not allows(asked, rule.resource, rule.action):
-                    raise PermissionDeniedError(
+                    # The manifest contradicts itself (no installer could fix it): a manifest
+                    # error naming the event, not a permission the installer lacks.
+                    raise ManifestError(
                         f"webhook {webhook.name!r} subscribes to {event!r}, which needs "
-                        f"{rule.resource}:{rule.action}, but the app does not ask for it",
-                        missing=(f"{rule.resource}:{rule.action}",),
+                        f"{rule.resource}:{rule.action}, but the app does not ask for it; add it "
+                        "to $.permissions or drop the event",
+                        path=f"$.webhooks[{i}].events[{j}]",
                     )
         for i, extension in enumerate(manifest.extensions):
             extra = {(p.resource, a) for p in extension.permissions for a in p.actions} - asked

@@ -46,7 +46,6 @@ log = logging.getLogger("czo_kit.webhooks")
 DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
 """Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
 
-USER_AGENT = "czo-kit-webhooks/0.1"
 RESPONSE_EXCERPT = 1024
 
 
@@ -396,7 +395,6 @@ class WebhookDispatcher:
                 "X-CZO-Event-Id": str(delivery.event_id),
                 "X-CZO-Shop-Id": str(delivery.shop_id),
                 "X-CZO-Delivery-Attempt": str(delivery.attempts),
-                "User-Agent": USER_AGENT,
             }
         )
         status: int | None = None
