@@ -25,6 +25,7 @@ import msgspec
 import peewee
 import urllib3
 
+from czo_kit.apps._fetch import MANIFEST_DEADLINE, fetch_manifest
 from czo_kit.apps.manifest import AppManifest, parse_manifest
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import (
@@ -173,6 +174,7 @@ class AppRegistry:
         self.permissions = permissions
         self._permission_service = permission_service
         self.http = http
+        self.manifest_deadline = MANIFEST_DEADLINE
         self._ready = False
 
     def ensure_tables(self) -> None:
@@ -195,53 +197,9 @@ class AppRegistry:
     # -- manifests ----------------------------------------------------------------------
 
     def fetch_manifest(self, url: str) -> AppManifest:
-        """GET a manifest: JSON only, at most 1 MiB, a few seconds, redirects on the same host."""
-        from czo_kit.apps.manifest import MAX_MANIFEST_BYTES
-
-        current = url
-        for _ in range(4):
-            try:
-                target = self.http.check(current, what="manifest URL")
-                response = self.http.request(
-                    "GET", target, headers={"Accept": "application/json"},
-                    max_bytes=MAX_MANIFEST_BYTES, deadline=10.0, read_timeout=5.0, what="manifest URL",
-                )
-            except UnsafeURLError as exc:
-                raise ManifestError(str(exc), path="manifestUrl") from None
-            except (TimeoutError, OSError, Exception) as exc:  # urllib3 errors subclass Exception
-                if isinstance(exc, ManifestError):
-                    raise
-                raise ManifestError(f"could not fetch the manifest from {current[:100]!r}: {exc}", path="manifestUrl") from None
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.headers.get("location", "")
-                from urllib.parse import urljoin, urlsplit
-
-                following = urljoin(current, location)
-                if urlsplit(following).hostname != urlsplit(url).hostname:
-                    raise ManifestError(
-                        f"the manifest URL redirects to another host ({urlsplit(following).hostname}); "
-                        "only redirects on the same host are followed",
-                        path="manifestUrl",
-                    )
-                if urlsplit(url).scheme == "https" and urlsplit(following).scheme != "https":
-                    raise ManifestError(
-                        "the manifest URL redirects from https to http; that downgrade is refused",
-                        path="manifestUrl",
-                    )
-                current = following
-                continue
-            if response.status != 200:
-                raise ManifestError(f"fetching the manifest returned HTTP {response.status}", path="manifestUrl")
-            if response.truncated:
-                raise ManifestError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes", path="manifestUrl")
-            kind = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if kind != "application/json" and not kind.endswith("+json"):
-                raise ManifestError(
-                    f"the manifest must be served as application/json, not {kind or 'no content type'}",
-                    path="manifestUrl",
-                )
-            return parse_manifest(response.body)
-        raise ManifestError("the manifest URL redirects too many times", path="manifestUrl")
+        """GET a manifest: JSON only, at most 1 MiB, redirects on the same host, and
+        ``manifest_deadline`` seconds for the whole fetch, redirects included."""
+        return fetch_manifest(self.http, url, deadline=self.manifest_deadline)
 
     # -- install ------------------------------------------------------------------------
 
