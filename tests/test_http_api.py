@@ -213,6 +213,10 @@ def test_403_when_the_app_asks_more_than_the_installer_holds(
         ({"manifestUrl": "http://x/m", "shopId": None}, "$.shopId"),
         ({"manifestUrl": "http://x/m", "shopId": 0}, "$.shopId"),
         ({"manifestUrl": "http://x/m", "shopId": -4}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": 1180591620717411303424}, "$.shopId"),  # 2**70
+        ({"manifestUrl": "http://x/m", "shopId": 2**31}, "$.shopId"),  # shops are 32-bit
+        ({"manifestUrl": "http://x/m", "shopId": 2**63}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": -(2**70)}, "$.shopId"),
         ({"shopId": 1}, "$.manifestUrl"),
         ({"manifestUrl": "http://x/m"}, "$.shopId"),
         ({"manifestUrl": 5, "shopId": 1}, "$.manifestUrl"),
@@ -281,7 +285,8 @@ def test_400_for_a_webhook_event_the_apps_permissions_do_not_cover(
 
 @pytest.mark.parametrize("query", [{}, {"shopId": ""}, {"shopId": "abc"}, {"shopId": "-1"}, {"shopId": "0"},
                                    {"shopId": "1.5"}, {"shopId": "9" * 13}, {"shopId": "١"}, {"shopId": "²"},
-                                   {"shop": "1"}])
+                                   {"shopId": "2147483648"}, {"shopId": "999999999999"}, {"shopId": "9" * 5000},
+                                   {"shopId": "+1"}, {"shopId": " 1"}, {"shopId": "0x10"}, {"shop": "1"}])
 def test_400_for_bad_shop_id_parameters(lite_kit: Kit, lite_client: falcon.testing.TestClient, query: dict[str, str]) -> None:
     for result in (
         lite_client.simulate_get("/api/apps", params=query, headers=user(lite_kit)),
@@ -289,6 +294,18 @@ def test_400_for_bad_shop_id_parameters(lite_kit: Kit, lite_client: falcon.testi
     ):
         assert result.status_code == 400, (query, result.text)
         assert result.json["field"] == "shopId"
+
+
+@pytest.mark.parametrize(
+    "app_id", ["a%00b", "x" * 65, "Acme", "%C3%A9t%C3%A9", "a", "-acme", "acme%20", ".."]
+)
+def test_400_for_a_malformed_app_id_in_the_path(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_id: str
+) -> None:
+    result = lite_client.simulate_delete(f"/api/apps/{app_id}", params={"shopId": "1"}, headers=user(lite_kit))
+    assert result.status_code == 400, (app_id, result.text)
+    assert result.json["field"] == "appId"
+    assert "2 to 64 characters" in result.json["message"]
 
 
 def test_404_uninstalling_an_unknown_app(kit: Kit, client: falcon.testing.TestClient) -> None:
@@ -374,6 +391,72 @@ def test_revoked_and_uninstalled_app_tokens_get_401(
     assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 201
     kit.apps.uninstall(shop_id=1, app_id="acme")
     assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 401
+
+
+HOSTILE_PATH_IDS = [
+    ("abc", "not a whole number"),
+    ("-5", "not a whole number"),
+    ("0", "out of range"),
+    ("1.5", "not a whole number"),
+    ("1e3", "not a whole number"),
+    ("0x1f", "not a whole number"),
+    ("%D9%A1", "not a whole number"),  # an Arabic-Indic one
+    ("%C2%B2", "not a whole number"),  # a superscript two
+    ("%201", "not a whole number"),
+    (str(2**63), "out of range"),
+    (str(2**70), "out of range"),
+    ("9" * 5000, "out of range"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_PATH_IDS)
+def test_400_for_hostile_ids_in_module_route_paths(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver, raw: str, reason: str
+) -> None:
+    token = lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    order = place(lite_kit, 1)
+    body = {"amount": 100, "reference": "pi_1"}
+    for path, field in ((pay_path(1, raw), "order_id"), (f"/api/shops/{raw}/orders/{order.id}/payments", "shop_id")):  # type: ignore[arg-type]
+        result = lite_client.simulate_post(path, json=body, headers=bearer(token))
+        assert result.status_code == 400, (path, result.text)
+        assert result.json["field"] == field
+        assert f"{field} must be a whole number from 1 to" in result.json["message"]
+        assert reason in result.json["message"]
+    # 2**31 is a valid row id, but no shop id (shops are 32-bit).
+    big_shop = lite_client.simulate_post(f"/api/shops/{2**31}/orders/{order.id}/payments", json=body, headers=bearer(token))
+    assert (big_shop.status_code, big_shop.json["field"]) == (400, "shop_id")
+    assert lite_kit.services.get(OrderService).orders.get_by_id(order.id).paid_amount == 0
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_PATH_IDS)
+def test_400_for_hostile_ids_in_dashboard_paths(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, raw: str, reason: str
+) -> None:
+    cookie = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+    for path in (f"/dashboard/shops/{raw}", f"/dashboard/shops/{raw}/orders", f"/dashboard/shops/1/orders/{raw}"):
+        result = lite_client.simulate_get(path, headers=cookie)
+        assert result.status_code == 400, (path, result.text)
+        assert result.headers["content-type"].startswith("text/html")
+        assert "must be a whole number from 1 to" in result.text and reason in result.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"appId": "acme", "shopId": 2**70}, "$.shopId"),
+        ({"appId": "acme", "shopId": 2**31}, "$.shopId"),
+        ({"appId": "acme", "shopId": 0}, "$.shopId"),
+        ({"appId": "a\x00b", "shopId": 1}, "$.appId"),
+        ({"appId": "x" * 5000, "shopId": 1}, "$.appId"),
+    ],
+)
+def test_400_for_hostile_ids_in_the_extension_token_body(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, body: dict[str, Any], field: str
+) -> None:
+    headers = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}", "X-CZO-Dashboard": "1"}
+    result = lite_client.simulate_post("/dashboard/api/extension-token", json=body, headers=headers)
+    assert result.status_code == 400, result.text
+    assert result.json["field"] == field
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ from czo_kit.errors import (
 
 __all__ = [
     "APP_MODELS",
+    "SHOP_ID_MAX",
     "AppInstallation",
     "AppPrincipal",
     "AppRegistry",
@@ -63,6 +64,8 @@ log = logging.getLogger("czo_kit.apps")
 
 TOKEN_PREFIX = "czo_app_"
 _TOKEN_BYTES = 32
+SHOP_ID_MAX = 2**31 - 1
+"""Shop ids are 32-bit integers in the kit's tables."""
 
 
 class AppInstallation(KitTable):
@@ -261,8 +264,10 @@ class AppRegistry:
         """Install an app in a shop; ``PermissionDeniedError`` lists what the installer lacks."""
         if (manifest_url is None) == (manifest is None):
             raise ManifestError("give either manifest_url or manifest, not both or neither", path="manifestUrl")
-        if not isinstance(shop_id, int) or isinstance(shop_id, bool) or shop_id < 1:
-            raise ManifestError(f"shop id must be a positive integer, got {shop_id!r}", path="shopId")
+        if not isinstance(shop_id, int) or isinstance(shop_id, bool) or not 1 <= shop_id <= SHOP_ID_MAX:
+            raise ManifestError(
+                f"shop id must be a whole number from 1 to {SHOP_ID_MAX}, got {str(shop_id)[:24]!r}", path="shopId"
+            )
         if manifest is None:
             assert manifest_url is not None
             parsed = self.fetch_manifest(manifest_url)

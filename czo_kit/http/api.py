@@ -32,6 +32,15 @@ from czo_kit.errors import (
     PermissionDeniedError,
     UnsafeURLError,
 )
+from czo_kit.http._ids import (
+    SHOP_ID_MAX,
+    IdConverter,
+    InvalidId,
+    ShopConverter,
+    ShopId,
+    parse_app_id,
+    parse_id,
+)
 from czo_kit.http.auth import USER_TOKEN_PREFIX, UserIdentity, verify_user_token
 
 if TYPE_CHECKING:
@@ -116,6 +125,13 @@ class _AuthMiddleware:
         self.kit = kit
         self.authenticators = authenticators
 
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]) -> None:
+        # Path ids are checked here, once routed, so a bad one is a 400 naming the parameter
+        # rather than a 404 for a route that did not match.
+        for name, value in params.items():
+            if isinstance(value, InvalidId):
+                raise value.error(name)
+
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.user = None
         req.context.app = None
@@ -196,17 +212,11 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
 
 class _InstallBody(msgspec.Struct, forbid_unknown_fields=True):
     manifestUrl: str  # noqa: N815 - the API's JSON field names are camelCase
-    shopId: int  # noqa: N815
+    shopId: ShopId  # noqa: N815
 
 
 def _shop_param(req: falcon.Request) -> int:
-    raw = req.get_param("shopId")
-    if raw is None:
-        raise _bad_request("the shopId query parameter is required", "shopId")
-    # isascii: str.isdigit() also accepts other scripts' digits, which int() then reads.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
-        raise _bad_request(f"shopId must be a positive integer, got {raw[:20]!r}", "shopId")
-    return int(raw)
+    return parse_id(req.get_param("shopId"), field="shopId", maximum=SHOP_ID_MAX)
 
 
 def _check_user(kit: Kit, user: UserIdentity, shop_id: int, resource: str, action: str) -> None:
@@ -248,8 +258,6 @@ class _InstallResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = require_user(req)
         body = read_json(req, _InstallBody)
-        if body.shopId < 1:
-            raise _bad_request("shopId must be a positive integer", "$.shopId")
         _check_user(self.kit, user, body.shopId, *APP_MANAGEMENT)
         result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
         resp.status = falcon.HTTP_201
@@ -263,6 +271,7 @@ class _AppResource:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
         user = require_user(req)
         shop_id = _shop_param(req)
+        parse_app_id(app_id)
         _check_user(self.kit, user, shop_id, *APP_MANAGEMENT)
         self.kit.apps.uninstall(shop_id=shop_id, app_id=app_id)
         resp.status = falcon.HTTP_204
@@ -283,6 +292,8 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
     kit.plugins.hook.czo_register_authenticators(register=register)
     ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
     app = falcon.App(middleware=[_AuthMiddleware(kit, ordered)])
+    app.router_options.converters["id"] = IdConverter
+    app.router_options.converters["shop"] = ShopConverter
     app.add_error_handler(CzoError, _handle)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_route("/api/health", _Health())

@@ -30,6 +30,7 @@ from czo_kit.apps.extensions import (
 from czo_kit.apps.net import parse_target
 from czo_kit.apps.permissions import allows
 from czo_kit.errors import AuthenticationError, NotFoundError
+from czo_kit.http._ids import AppId, ShopId, parse_app_id
 from czo_kit.http.auth import USER_TOKEN_PREFIX, verify_user_token
 
 if TYPE_CHECKING:
@@ -46,11 +47,11 @@ it can call its own backend); no top navigation, no popups, no modals, no downlo
 
 _PAGES: dict[Mount, tuple[str, str, str]] = {
     # mount: (route, title of the list/section, resource it shows)
-    Mount.NAVIGATION: ("/dashboard/shops/{shop_id:int}", "Shop", "shop"),
-    Mount.ORDER_LIST: ("/dashboard/shops/{shop_id:int}/orders", "Orders", "order"),
-    Mount.ORDER_DETAILS: ("/dashboard/shops/{shop_id:int}/orders/{object_id:int}", "Order", "order"),
-    Mount.PRODUCT_LIST: ("/dashboard/shops/{shop_id:int}/products", "Products", "product"),
-    Mount.PRODUCT_DETAILS: ("/dashboard/shops/{shop_id:int}/products/{object_id:int}", "Product", "product"),
+    Mount.NAVIGATION: ("/dashboard/shops/{shop_id:shop}", "Shop", "shop"),
+    Mount.ORDER_LIST: ("/dashboard/shops/{shop_id:shop}/orders", "Orders", "order"),
+    Mount.ORDER_DETAILS: ("/dashboard/shops/{shop_id:shop}/orders/{object_id:id}", "Order", "order"),
+    Mount.PRODUCT_LIST: ("/dashboard/shops/{shop_id:shop}/products", "Products", "product"),
+    Mount.PRODUCT_DETAILS: ("/dashboard/shops/{shop_id:shop}/products/{object_id:id}", "Product", "product"),
 }
 
 
@@ -217,6 +218,7 @@ class _AppPage:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, shop_id: int, app_id: str, index: int) -> None:
         user = _user(req, self.kit)
+        parse_app_id(app_id, field="app_id")
         if not self.kit.permission_service.permissions(user, shop_id):
             raise falcon.HTTPForbidden(title="No access", description=f"you hold nothing in shop {shop_id}")
         installation = self.kit.apps.get(shop_id, app_id)
@@ -258,8 +260,8 @@ class _Login:
 
 
 class _TokenBody(msgspec.Struct, forbid_unknown_fields=True):
-    appId: str  # noqa: N815
-    shopId: int  # noqa: N815
+    appId: AppId  # noqa: N815
+    shopId: ShopId  # noqa: N815
 
 
 class _ExtensionToken:
@@ -322,7 +324,7 @@ def add_dashboard(app: falcon.App[Any, Any], kit: Kit) -> None:
     registry = build_dashboard_registry(kit)
     for mount, (route, _, _) in _PAGES.items():
         app.add_route(route, _Page(kit, registry, mount))
-    app.add_route("/dashboard/shops/{shop_id:int}/apps/{app_id}/{index:int}", _AppPage(kit))
+    app.add_route("/dashboard/shops/{shop_id:shop}/apps/{app_id}/{index:int}", _AppPage(kit))
     app.add_route("/dashboard/login", _Login(kit))
     app.add_route("/dashboard/api/extension-token", _ExtensionToken(kit))
     app.add_route("/static/{name}", _Static())

@@ -57,7 +57,7 @@ def czo_register_permissions(register: Any) -> None:
 def czo_register_http_routes(api: Any, kit: Kit) -> None:
     from czo_order.http import PaymentsResource
 
-    api.add_route("/api/shops/{shop_id:int}/orders/{order_id:int}/payments", PaymentsResource(kit))
+    api.add_route("/api/shops/{shop_id:shop}/orders/{order_id:id}/payments", PaymentsResource(kit))
 
 
 @hookimpl
