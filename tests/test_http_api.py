@@ -602,3 +602,38 @@ def test_the_payment_app_verifies_every_webhook() -> None:
         assert state.payments == []
     finally:
         state.http.clear()
+
+
+# -- dashboard frames -------------------------------------------------------------------------
+
+
+def test_an_extension_on_the_dashboards_own_origin_never_gets_allow_same_origin(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    """allow-scripts with allow-same-origin lets a same-origin frame lift its own sandbox: the
+    dashboard (here http://falconframework.org, the test client's host) never grants both."""
+    import re
+
+    def nav(label: str, url: str) -> dict[str, Any]:
+        return {"label": label, "mount": "NAVIGATION", "target": "widget", "url": url}
+
+    extensions = [
+        nav("Elsewhere", "https://app.example/widget"),
+        nav("Same", "http://falconframework.org/static/czo-extension.js"),
+        nav("Same, spelt otherwise", "HTTP://FalconFramework.ORG:80/x"),
+        nav("Same host, other port", "http://falconframework.org:8080/x"),
+    ]
+    lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url, extensions=extensions))
+    page = lite_client.simulate_get(
+        "/dashboard/shops/1", headers={"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+    )
+    assert page.status_code == 200, page.text
+    sandboxes = {
+        title: sandbox for title, sandbox in re.findall(r'<iframe [^>]*title="([^"]+)"[^>]*sandbox="([^"]*)"', page.text)
+    }
+    assert sandboxes == {
+        "Elsewhere": "allow-scripts allow-same-origin allow-forms",
+        "Same": "allow-scripts allow-forms",
+        "Same, spelt otherwise": "allow-scripts allow-forms",
+        "Same host, other port": "allow-scripts allow-same-origin allow-forms",
+    }

@@ -29,7 +29,7 @@ from czo_kit.apps.extensions import (
 )
 from czo_kit.apps.net import parse_target
 from czo_kit.apps.permissions import allows
-from czo_kit.errors import AuthenticationError, NotFoundError
+from czo_kit.errors import AuthenticationError, NotFoundError, UnsafeURLError
 from czo_kit.http._ids import AppId, ShopId, parse_app_id
 from czo_kit.http.auth import USER_TOKEN_PREFIX, verify_user_token
 
@@ -44,6 +44,10 @@ SESSION_COOKIE = "czo_session"
 SANDBOX = "allow-scripts allow-same-origin allow-forms"
 """The iframe sandbox: scripts and the app's own origin (so its messages carry its origin and
 it can call its own backend); no top navigation, no popups, no modals, no downloads."""
+SAME_ORIGIN_SANDBOX = "allow-scripts allow-forms"
+"""The sandbox of a frame on the dashboard's own origin: with both ``allow-scripts`` and
+``allow-same-origin`` such a frame could reach into its parent and remove its own sandbox, so
+it runs with an opaque origin instead (and the host, which checks origins, ignores it)."""
 
 _PAGES: dict[Mount, tuple[str, str, str]] = {
     # mount: (route, title of the list/section, resource it shows)
@@ -69,6 +73,19 @@ def _user(req: falcon.Request, kit: Kit) -> str:
 def _origin(req: falcon.Request) -> str:
     parts = urlsplit(req.prefix)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def sandbox_for(frame_origin: str, req: falcon.Request) -> str:
+    """The sandbox of a frame at ``frame_origin`` on the page answering ``req``."""
+    try:
+        # The same normal form as the frame's origin: lower-case host, no default port.
+        host = parse_target(req.prefix, what="the dashboard URL").origin
+    except UnsafeURLError:
+        return SAME_ORIGIN_SANDBOX  # an origin we cannot tell apart: never lift the sandbox
+    if frame_origin == host:
+        log.warning("extension frame %s is on the dashboard's own origin: framed without allow-same-origin", frame_origin)
+        return SAME_ORIGIN_SANDBOX
+    return SANDBOX
 
 
 def _frame_src(url: str, host_origin: str, frame_id: str) -> str:
@@ -115,7 +132,7 @@ def _render(
         # frame's czo:ready could arrive before anyone listens and the frame never gets context.
         iframe = (
             f'<iframe id="{esc(frame["id"])}" class="czo-extension" title="{label}" data-src="{esc(frame["src"])}" '
-            f'sandbox="{SANDBOX}" referrerpolicy="no-referrer" allow="" loading="eager"></iframe>'
+            f'sandbox="{frame["sandbox"]}" referrerpolicy="no-referrer" allow="" loading="eager"></iframe>'
         )
         if frame["target"] == "popup":
             blocks.append(
@@ -186,6 +203,7 @@ class _Page:
                         "label": extension.label,
                         "target": extension.target,
                         "origin": parse_target(extension.url).origin,
+                        "sandbox": sandbox_for(parse_target(extension.url).origin, req),
                         "src": _frame_src(extension.url, host_origin, frame_id),
                         "context": {
                             **page.for_app(granted, shop_id=shop_id),
@@ -198,7 +216,7 @@ class _Page:
             "version": 1,
             "shopId": shop_id,
             "tokenUrl": "/dashboard/api/extension-token",
-            "frames": [{k: v for k, v in f.items() if k not in ("src", "label")} for f in frames],
+            "frames": [{k: v for k, v in f.items() if k not in ("src", "label", "sandbox")} for f in frames],
         }
         resp.content_type = falcon.MEDIA_HTML
         resp.set_header("Content-Security-Policy", _csp([f["origin"] for f in frames]))
@@ -230,11 +248,12 @@ class _AppPage:
         origin = parse_target(extension.url).origin
         frame = {
             "id": frame_id, "appId": app_id, "shopId": shop_id, "extension": index, "label": extension.label,
-            "target": "widget", "origin": origin, "src": _frame_src(extension.url, _origin(req), frame_id),
+            "target": "widget", "origin": origin, "sandbox": sandbox_for(origin, req),
+            "src": _frame_src(extension.url, _origin(req), frame_id),
             "context": {"shop": {"id": shop_id}, "mount": "NAVIGATION", "user": {"id": user}},
         }
         config = {"version": 1, "shopId": shop_id, "tokenUrl": "/dashboard/api/extension-token",
-                  "frames": [{k: v for k, v in frame.items() if k not in ("src", "label")}]}
+                  "frames": [{k: v for k, v in frame.items() if k not in ("src", "label", "sandbox")}]}
         resp.content_type = falcon.MEDIA_HTML
         resp.set_header("Content-Security-Policy", _csp([origin]))
         resp.set_header("X-Content-Type-Options", "nosniff")
