@@ -28,6 +28,7 @@ APP_TABLES = (
     "czo_webhook_delivery",
     "czo_webhook_circuit",
     "czo_app_token",
+    "czo_app_install_pending",
     "czo_app_webhook",
     "czo_app_secret",
     "czo_app_installation",

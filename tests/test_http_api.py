@@ -567,18 +567,31 @@ def test_the_whole_loop_with_the_payment_app(kit: Kit) -> None:
 def test_the_payment_app_verifies_every_webhook() -> None:
     from czo_app_stripe import create_app
 
-    from czo_kit.apps import new_webhook_secret, parse_manifest, sign
+    from czo_kit.apps import HandoffSigner, new_webhook_secret, parse_manifest, sign
 
-    wsgi, state = create_app(public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9")
+    kit_key = HandoffSigner(b"k" * 32)
+    wsgi, state = create_app(
+        public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9", czo_public_key=kit_key.public_key
+    )
     app = falcon.testing.TestClient(wsgi)
     try:
         served = parse_manifest(app.simulate_get("/manifest").content)  # a manifest c-zo accepts
         assert (served.id, served.token_target_url) == ("stripe", "http://pay.example.test/token")
         secret = new_webhook_secret()
-        grant = {"auth_token": "czo_app_x", "webhook_secret": secret, "shop_id": 1, "installation_id": 3, "app_id": "stripe"}
-        assert app.simulate_post("/token", json=grant).status_code == 200
-        assert app.simulate_post("/token", json=grant).status_code == 200  # a retried token POST is fine
-        assert app.simulate_post("/token", json={"shop_id": 1}).status_code == 400
+        grant = {"kind": "install", "target_url": "http://pay.example.test/token", "auth_token": "czo_app_x",
+                 "webhook_secret": secret, "shop_id": 1, "installation_id": 3, "app_id": "stripe"}
+
+        def hand_off(payload: dict[str, Any], message_id: str) -> Any:
+            raw = json.dumps(payload).encode()
+            return app.simulate_post(
+                "/token", body=raw, headers={"Content-Type": "application/json", **kit_key.sign(raw, message_id=message_id)}
+            )
+
+        assert app.simulate_post("/token", json=grant).status_code == 401  # unsigned
+        assert hand_off({"shop_id": 1, "target_url": "http://pay.example.test/token"}, "install-3-a").status_code == 400
+        assert hand_off(dict(grant, app_id="other"), "install-3-b").status_code == 400  # not this app's
+        assert hand_off(grant, "install-3-c").status_code == 200
+        state.errors.clear()
 
         body = json.dumps({"id": "msg_1", "event": "order.updated", "shop_id": 1, "data": {"id": 1}}).encode()
 

@@ -561,7 +561,12 @@ class WebhookDispatcher:
         counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
         if ids:
             log.warning("webhook sweep re-queued %s", counts)
-        return counts
+        # The app registry's leftovers (installs whose process died, old idempotency keys)
+        # are cleared on the same beat: the worker runs this sweep.
+        cleared = self.apps.sweep()
+        if cleared["abandoned_installs"]:
+            log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
+        return {**counts, **cleared}
 
     def deliveries(self, *, state: str | None = None, shop_id: int | None = None, limit: int = 50) -> list[WebhookDelivery]:
         self.ensure_tables()

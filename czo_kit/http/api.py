@@ -282,6 +282,16 @@ class _Health:
         resp.media = {"status": "ok"}
 
 
+class _SigningKey:
+    """The public key that verifies the kit's hand-offs to apps (public, like any public key)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"publicKey": self.kit.apps.public_key, "algorithm": "ed25519", "scheme": "v1a"}
+
+
 def create_api(kit: Kit) -> falcon.App[Any, Any]:
     """The WSGI application: built-in routes plus every module's ``czo_register_http_routes``."""
     authenticators: list[tuple[int, Authenticator]] = []
@@ -297,6 +307,7 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
     app.add_error_handler(CzoError, _handle)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_route("/api/health", _Health())
+    app.add_route("/api/signing-key", _SigningKey(kit))
     app.add_route("/api/apps", _AppsResource(kit))
     app.add_route("/api/apps/install", _InstallResource(kit))
     app.add_route("/api/apps/{app_id}", _AppResource(kit))
