@@ -1,12 +1,12 @@
 """The app system's tables: installations and what hangs off them (tokens, webhook
-subscriptions, secrets) and installs in progress.
+subscriptions, secrets), installs in progress, and the saved answers of idempotent requests.
 Every row of an installation goes with it (``ON DELETE CASCADE``)."""
 
 from __future__ import annotations
 
 import peewee
 
-from czo_kit.db.model import KitTable, UTCDateTimeField
+from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField
 
 __all__ = [
     "APP_MODELS",
@@ -15,6 +15,7 @@ __all__ = [
     "AppSecret",
     "AppToken",
     "AppWebhook",
+    "IdempotencyKey",
 ]
 
 
@@ -88,6 +89,27 @@ class AppInstallPending(KitTable):
         table_name = "czo_app_install_pending"
 
 
+class IdempotencyKey(KitTable):
+    """An ``Idempotency-Key`` an app sent with a POST: what the request was (its fingerprint)
+    and, once it finished, the answer to replay. Scoped to the installation."""
+
+    id = peewee.BigAutoField()
+    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE")
+    key = peewee.CharField(max_length=255)
+    fingerprint = peewee.CharField(max_length=64)
+    state = peewee.CharField(max_length=16)  # running | done
+    lease_until = UTCDateTimeField()
+    status = peewee.IntegerField(null=True)
+    content_type = peewee.CharField(max_length=200, null=True)
+    body = BytesField(null=True)
+    created_at = UTCDateTimeField()
+    expires_at = UTCDateTimeField(index=True)
+
+    class Meta:
+        table_name = "czo_app_idempotency_key"
+        indexes = ((("installation", "key"), True),)
+
+
 APP_MODELS: tuple[type[peewee.Model], ...] = (
-    AppInstallation, AppToken, AppWebhook, AppSecret, AppInstallPending,
+    AppInstallation, AppToken, AppWebhook, AppSecret, AppInstallPending, IdempotencyKey,
 )

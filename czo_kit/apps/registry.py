@@ -279,9 +279,11 @@ class AppRegistry:
         return InstallResult(installation=installation, token=token, webhook_secret=secret)
 
     def sweep(self) -> dict[str, int]:
-        """Remove what dead processes left: installs past their lease."""
+        """Remove what dead processes left: installs past their lease, expired idempotency keys."""
         self.ensure_tables()
-        return {"abandoned_installs": _install.sweep_abandoned(self.db)}
+        from czo_kit.apps._idempotency import prune
+
+        return {"abandoned_installs": _install.sweep_abandoned(self.db), "expired_idempotency_keys": prune(self.db)}
 
     # -- reading ------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from czo_kit.http._ids import (
     parse_id,
 )
 from czo_kit.http.auth import USER_TOKEN_PREFIX, UserIdentity, verify_user_token
+from czo_kit.http.idempotency import IdempotencyMiddleware
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
@@ -301,7 +302,8 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
 
     kit.plugins.hook.czo_register_authenticators(register=register)
     ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
-    app = falcon.App(middleware=[_AuthMiddleware(kit, ordered)])
+    middleware: list[Any] = [_AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)]
+    app = falcon.App(middleware=middleware)
     app.router_options.converters["id"] = IdConverter
     app.router_options.converters["shop"] = ShopConverter
     app.add_error_handler(CzoError, _handle)

@@ -110,10 +110,15 @@ class StripeApp:
         response = self.http.request(
             "POST", url,
             body=json.dumps({"amount": order["total"], "reference": reference}).encode(),
-            headers={"Authorization": f"Bearer {installation.token}", "Content-Type": "application/json"},
+            # Retried on 5xx: the key (and the reference) make a retry of a payment that did
+            # go through answer what it answered, instead of paying twice.
+            headers={
+                "Authorization": f"Bearer {installation.token}", "Content-Type": "application/json",
+                "Idempotency-Key": f"pay-{reference}",
+            },
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=None),
         )
-        if response.status != 201:
+        if response.status not in (200, 201):
             self.errors.append(f"recording payment for order {order['id']}: HTTP {response.status} {response.data[:200]!r}")
             return
         with self.lock:

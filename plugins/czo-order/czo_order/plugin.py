@@ -9,7 +9,7 @@ import svcs
 
 from czo_kit import Kit, hookimpl
 from czo_kit.events import EventContext, EventEmitter
-from czo_order.models import Order, OrderLine
+from czo_order.models import Order, OrderLine, OrderPayment
 from czo_order.repository import OrderRepository, OrderService, build_order_service
 from czo_product.events import ProductDeleted, ProductRestored
 
@@ -19,7 +19,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @hookimpl
 def czo_register_models(register: Any) -> None:
-    register(Order, OrderLine)
+    register(Order, OrderLine, OrderPayment)
 
 
 @hookimpl
