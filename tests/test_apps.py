@@ -140,7 +140,7 @@ def test_install_needs_exactly_one_manifest_source_and_a_valid_shop(kit: Kit, re
         kit.apps.install(shop_id=1, installer_id=OWNER)
     with pytest.raises(ManifestError):
         kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url), manifest_url="http://x/")
-    for shop in (0, -1, True, "1", 1.0):
+    for shop in (0, -1, True, "1", 1.0, 2**31, 2**70):
         with pytest.raises(ManifestError) as info:
             kit.apps.install(shop_id=shop, installer_id=OWNER, manifest=manifest(receiver.url))  # type: ignore[arg-type]
         assert info.value.path == "shopId"

@@ -29,13 +29,23 @@ from czo_kit.apps.net import OutboundHTTP
 from czo_kit.db.model import utcnow
 from czo_kit.errors import ConflictError
 
-__all__ = ["HANDOFF_DEADLINE", "INSTALL_LEASE", "abandon", "complete", "reserve", "send_handoff", "sweep_abandoned"]
+__all__ = [
+    "HANDOFF_DEADLINE",
+    "INSTALL_LEASE",
+    "abandon",
+    "complete",
+    "new_message_id",
+    "reserve",
+    "send_handoff",
+    "sweep_abandoned",
+]
 
 HANDOFF_DEADLINE = 30.0
 """Seconds for a whole hand-off, every attempt included."""
 INSTALL_LEASE = 120.0
 """Seconds after which a pending install is presumed dead (longer than any hand-off)."""
 _ATTEMPTS = 3
+_ATTEMPT_DEADLINE = 12.0
 
 
 def _conflict(db: peewee.Database, shop_id: int, app_id: str) -> ConflictError:
@@ -96,7 +106,9 @@ def reserve(
     return row
 
 
-def complete(db: peewee.Database, installation: AppInstallation, manifest: AppManifest, token_hash: str, last4: str, secret: str) -> None:
+def complete(
+    db: peewee.Database, installation: AppInstallation, manifest: AppManifest, token_hash: str, last4: str, secret: str
+) -> None:
     """Make a pending installation real, in one transaction; ``ConflictError`` if it was
     abandoned meanwhile (its lease ran out, and the sweep removed it)."""
     now = utcnow()
@@ -166,9 +178,10 @@ def send_handoff(
         headers = signer.sign(body, message_id=message_id)
         headers.update({"Content-Type": "application/json", "Idempotency-Key": message_id})
         try:
+            # At most _ATTEMPT_DEADLINE each, so that one attempt that hangs leaves time to retry.
             response = http.request(
-                "POST", url, body=body, headers=headers, max_bytes=1024, deadline=min(remaining, 12.0),
-                what="token URL",
+                "POST", url, body=body, headers=headers, max_bytes=1024,
+                deadline=min(remaining, _ATTEMPT_DEADLINE), what="token URL",
             )
         except Exception as exc:  # network errors, refused URLs, the deadline: all retried
             last_error = f"{type(exc).__name__}: {exc}"

@@ -23,7 +23,7 @@ from typing import Any
 
 import peewee
 
-from czo_kit.apps import _install
+from czo_kit.apps import _idempotency, _install
 from czo_kit.apps._fetch import MANIFEST_DEADLINE, fetch_manifest
 from czo_kit.apps._models import (
     APP_MODELS,
@@ -48,7 +48,6 @@ from czo_kit.apps.signing import new_webhook_secret
 from czo_kit.db.model import utcnow
 from czo_kit.errors import (
     AuthenticationError,
-    ConflictError,
     ManifestError,
     NotFoundError,
     PermissionDeniedError,
@@ -75,8 +74,6 @@ TOKEN_PREFIX = "czo_app_"
 _TOKEN_BYTES = 32
 SHOP_ID_MAX = 2**31 - 1
 """Shop ids are 32-bit integers in the kit's tables."""
-
-
 
 
 @dataclass(frozen=True)
@@ -273,7 +270,10 @@ class AppRegistry:
                     )
             _install.complete(self.db, installation, parsed, hash_token(token), token[-4:], secret)
         except BaseException:
-            _install.abandon(self.db, int(installation.id))
+            try:
+                _install.abandon(self.db, int(installation.id))
+            except Exception:  # the original error matters more; the sweep removes it later
+                log.warning("could not remove the failed install of %s in shop %s", parsed.id, shop_id, exc_info=True)
             raise
         log.info("installed app %s (%s) in shop %s", parsed.id, parsed.version, shop_id)
         return InstallResult(installation=installation, token=token, webhook_secret=secret)
@@ -281,9 +281,10 @@ class AppRegistry:
     def sweep(self) -> dict[str, int]:
         """Remove what dead processes left: installs past their lease, expired idempotency keys."""
         self.ensure_tables()
-        from czo_kit.apps._idempotency import prune
-
-        return {"abandoned_installs": _install.sweep_abandoned(self.db), "expired_idempotency_keys": prune(self.db)}
+        return {
+            "abandoned_installs": _install.sweep_abandoned(self.db),
+            "expired_idempotency_keys": _idempotency.prune(self.db),
+        }
 
     # -- reading ------------------------------------------------------------------------
 
