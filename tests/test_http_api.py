@@ -650,3 +650,17 @@ def test_an_extension_on_the_dashboards_own_origin_never_gets_allow_same_origin(
         "Same, spelt otherwise": "allow-scripts allow-forms",
         "Same host, other port": "allow-scripts allow-same-origin allow-forms",
     }
+
+
+def test_a_module_route_that_names_ids_otherwise_is_a_clear_plugin_error(lite_kit: Kit) -> None:
+    from czo_kit import hookimpl
+    from czo_kit.errors import PluginError
+
+    class Stray:
+        @hookimpl
+        def czo_register_http_routes(self, api: Any, kit: Kit) -> None:
+            api.add_route("/api/shops/{shop_id:int}/stray", object())
+
+    lite_kit.plugins.register(Stray())
+    with pytest.raises(PluginError, match=r"\{shop_id:shop\} for shops"):
+        create_api(lite_kit)

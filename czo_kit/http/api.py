@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import falcon
 import msgspec
+from falcon.routing.compiled import UnacceptableRouteError
 
 from czo_kit.apps.manifest import validation_error_path
 from czo_kit.apps.extensions import EXTENSION_TOKEN_PREFIX, verify_extension_token
@@ -30,6 +31,7 @@ from czo_kit.errors import (
     NotFoundError,
     OptimisticLockError,
     PermissionDeniedError,
+    PluginError,
     UnsafeURLError,
 )
 from czo_kit.http._ids import (
@@ -67,7 +69,15 @@ class ApiRoutes:
     def add_route(self, path: str, resource: object, **kwargs: Any) -> None:
         if not path.startswith("/api/"):
             raise ValueError(f"module routes live under /api/, got {path!r}")
-        self.app.add_route(path, resource, **kwargs)
+        try:
+            self.app.add_route(path, resource, **kwargs)
+        except UnacceptableRouteError as exc:
+            # Falcon wants one field name and converter per segment across all routes: say
+            # which convention the other modules follow.
+            raise PluginError(
+                f"route {path!r} does not fit the routes other modules added: {exc}. Name ids as they "
+                "do, with the kit's converters: {shop_id:shop} for shops, {order_id:id} for rows"
+            ) from None
         self.paths.append(path)
 
 
