@@ -185,7 +185,7 @@ def czo_register_authenticators(register: RegisterAuthenticator) -> None:
 
 @hookspec
 def czo_register_http_routes(api: ApiRoutes, kit: Kit) -> None:
-    """Add routes to the HTTP API: ``api.add_route("/api/shops/{shop_id:int}/...", resource)``.
+    """Add routes to the HTTP API: ``api.add_route("/api/shops/{shop_id:shop}/...", resource)``.
 
     Resources are Falcon resources; ``czo_kit.http.require_app(req, "order", "write",
     shop_id=...)`` and ``require_user(req)`` check who is calling.

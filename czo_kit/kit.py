@@ -17,6 +17,7 @@ import pluggy
 from huey import Huey
 
 from czo_kit._logging import install_log_redaction
+from czo_kit.apps.handoff import HandoffSigner
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
 from czo_kit.apps.registry import APP_MODELS, AppRegistry
@@ -173,7 +174,8 @@ class Kit:
             read_timeout=settings.webhooks_timeout,
         )
         self.apps = AppRegistry(
-            self.db, permissions=self.permissions, permission_service=lambda: self.permission_service, http=self.http
+            self.db, permissions=self.permissions, permission_service=lambda: self.permission_service, http=self.http,
+            signer=HandoffSigner.from_secret_key(self.secret_key),
         )
         self.webhooks = WebhookDispatcher(
             self.db,

@@ -28,10 +28,13 @@ APP_TABLES = (
     "czo_webhook_delivery",
     "czo_webhook_circuit",
     "czo_app_token",
+    "czo_app_install_pending",
+    "czo_app_idempotency_key",
     "czo_app_webhook",
     "czo_app_secret",
     "czo_app_installation",
     "shop_members",
+    "order_payment",  # references are unique per shop: each test starts without any
 )
 
 

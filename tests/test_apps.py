@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +27,7 @@ from apps_support import (
     wait_for,
 )
 from czo_kit import Kit, hookimpl
-from czo_kit.apps import AppPermissionChecker, InstallResult, verify_signature
+from czo_kit.apps import AppPermissionChecker, InstallResult, verify_handoff, verify_signature
 from czo_kit.apps.permissions import PermissionRegistry
 from czo_kit.apps.registry import TOKEN_PREFIX
 from czo_kit.errors import (
@@ -139,7 +140,7 @@ def test_install_needs_exactly_one_manifest_source_and_a_valid_shop(kit: Kit, re
         kit.apps.install(shop_id=1, installer_id=OWNER)
     with pytest.raises(ManifestError):
         kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url), manifest_url="http://x/")
-    for shop in (0, -1, True, "1", 1.0):
+    for shop in (0, -1, True, "1", 1.0, 2**31, 2**70):
         with pytest.raises(ManifestError) as info:
             kit.apps.install(shop_id=shop, installer_id=OWNER, manifest=manifest(receiver.url))  # type: ignore[arg-type]
         assert info.value.path == "shopId"
@@ -207,14 +208,16 @@ def test_an_installer_without_apps_manage_is_refused(kit: Kit, receiver: Receive
 
 
 def test_webhook_events_must_be_covered_by_the_apps_permissions(kit: Kit, receiver: Receiver) -> None:
-    with pytest.raises(PermissionDeniedError) as info:
+    # The manifest contradicts itself, whoever installs it: a manifest error naming the event.
+    with pytest.raises(ManifestError) as info:
         install(kit, receiver.url, permissions=[{"resource": "customer", "actions": ["read"]}])
-    assert info.value.missing == ("order:read",)
+    assert info.value.path == "$.webhooks[0].events[0]"
     assert "'order.created', which needs order:read" in str(info.value)
     # An undeclared event needs read on its first name segment.
-    with pytest.raises(PermissionDeniedError) as info:
-        install(kit, receiver.url, events=["product.created"])
-    assert info.value.missing == ("product:read",)
+    with pytest.raises(ManifestError) as info:
+        install(kit, receiver.url, events=["order.created", "product.created"])
+    assert info.value.path == "$.webhooks[0].events[1]"
+    assert "needs product:read" in str(info.value)
     assert counts(kit) == NOTHING
     install(kit, receiver.url, permissions=[{"resource": "order", "actions": ["read"]}])
 
@@ -292,10 +295,14 @@ def test_the_token_target_gets_the_token_and_retries_carry_the_same_key(kit: Kit
     first, second = posts
     assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
     assert first.headers["idempotency-key"].startswith(f"install-{result.installation.id}-")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == first.headers["idempotency-key"]
     assert first.body == second.body
+    for post in posts:  # each attempt signed by the kit, verifiable with its public key
+        assert verify_handoff(post.body, post.headers, kit.apps.public_key)
     payload = first.json()
     assert payload == {
         "kind": "install",
+        "target_url": app.url + "/token",
         "auth_token": result.token,
         "webhook_secret": result.webhook_secret,
         "shop_id": 1,
@@ -314,6 +321,157 @@ def test_each_install_has_its_own_idempotency_key(kit: Kit) -> None:
         install(kit, app.url, shop_id=2, token_target=True)
         keys = [p.headers["idempotency-key"] for p in app.posts("/token")]
     assert len(keys) == 3 and len(set(keys)) == 3
+
+
+# -- no transaction across the network -------------------------------------------------------
+
+
+def _write_from_another_connection(kit: Kit) -> None:
+    """A write by another connection, as another process would make it, during an install.
+
+    SQLite: taking the write lock at all (BEGIN IMMEDIATE) fails while any transaction holds it.
+    PostgreSQL: SHARE locks on the app tables conflict with every open transaction that wrote
+    to them, and inserting the shop's slot for the same app waits for an uncommitted insert of
+    it (lock_timeout turns that wait into an error) but fails at once on a committed one.
+    """
+    url = kit.settings.database_url
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=2.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # "database is locked" while the install held it
+            conn.execute(
+                "INSERT INTO shop_members (user_id, shop_id, role, created_at) VALUES ('probe', 9, 'viewer', '2026-01-01')"
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return
+    import psycopg2
+    import psycopg2.errors
+
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    dbname, params = parse_postgresql_url(url)
+    conn = psycopg2.connect(dbname=dbname, **params)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '3s'")
+            cur.execute(
+                "LOCK TABLE czo_app_installation, czo_app_token, czo_app_secret, czo_app_webhook IN SHARE MODE NOWAIT"
+            )
+            conn.rollback()
+            cur.execute("SET lock_timeout = '3s'")
+            cur.execute("INSERT INTO shop_members (user_id, shop_id, role, created_at) VALUES ('probe', 9, 'viewer', now())")
+            conn.commit()
+            with pytest.raises(psycopg2.errors.UniqueViolation):  # not LockNotAvailable: nothing to wait for
+                cur.execute(
+                    "INSERT INTO czo_app_installation (shop_id, app_id, name, version, manifest, permissions, "
+                    "app_url, installed_by, installed_at) VALUES (1, 'acme', 'x', '1', '{}', '[]', 'http://x/', 'p', now())"
+                )
+            conn.rollback()
+    finally:
+        conn.close()
+
+
+def test_a_hanging_token_target_holds_no_lock_and_the_failed_install_leaves_no_trace(kit: Kit) -> None:
+    release = threading.Event()
+
+    def script(request: Request) -> Reply:
+        if request.path == "/token":
+            release.wait(timeout=120)  # hangs until the test has looked (a guard, not a pace)
+            return Reply(504, b"gave up")
+        return Reply()
+
+    failures: list[BaseException] = []
+
+    def installing() -> None:
+        try:
+            install(kit, app.url, token_target=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            failures.append(exc)
+
+    with Receiver(script) as app:
+        thread = threading.Thread(target=installing)
+        thread.start()
+        try:
+            wait_for(lambda: len(app.posts("/token")) == 1, what="the token hand-off to start")
+            handed = app.posts("/token")[0].json()
+            # Half-done: invisible to listing, lookups, tokens and webhook dispatch.
+            assert kit.apps.list(1) == []
+            with pytest.raises(NotFoundError):
+                kit.apps.get(1, "acme")
+            with pytest.raises(AuthenticationError):
+                kit.apps.authenticate(handed["auth_token"])
+            assert kit.apps.subscriptions(1) == []
+            assert kit.webhooks.on_event(SimpleNamespace(name="order.created"), {"shop_id": 1, "id": 5}) is None  # type: ignore[arg-type]
+            # Another connection writes meanwhile, and a second install is refused at once.
+            _write_from_another_connection(kit)
+            with pytest.raises(ConflictError, match="being installed"):
+                install(kit, app.url)
+        finally:
+            release.set()
+            thread.join(timeout=120)
+    assert len(failures) == 1 and isinstance(failures[0], ManifestError), failures
+    assert "HTTP 504" in str(failures[0])
+    assert counts(kit) == NOTHING
+    assert raw_rows(kit, "czo_app_install_pending") == []
+    assert install(kit, app.url).app_id == "acme"  # nothing left behind blocks a new install
+
+
+CRASHING_INSTALL = """
+import sys
+from czo_kit import Kit
+from czo_kit.settings import Settings
+
+sys.path.insert(0, sys.argv[3])
+from apps_support import OWNER, manifest
+
+kit = Kit(Settings(database_url=sys.argv[1], secret_key="k" * 40, apps_allow_private_urls=True, queue_url=""))
+kit.apps.install_lease = 1.0
+kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(sys.argv[2], token_target=True))
+"""
+
+
+def test_an_install_whose_process_dies_mid_hand_off_leaves_nothing_usable_and_is_cleaned_up(
+    kit: Kit, tmp_path: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "crashing_install.py"
+    script.write_text(CRASHING_INSTALL)
+    held = threading.Event()
+    with Receiver(lambda request: (held.wait(timeout=120), Reply())[1]) as app:
+        child = subprocess.Popen(
+            [sys.executable, str(script), kit.settings.database_url, app.url, os.path.dirname(__file__)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
+        )
+        try:
+            wait_for(lambda: len(app.posts("/token")) == 1, timeout=60, what="the child's hand-off")
+            handed = app.posts("/token")[0].json()
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            held.set()
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=30)
+    # Nothing usable: no listing, no token, no webhook; the shop's slot is held until the lease ends.
+    assert kit.apps.list(1) == []
+    with pytest.raises(AuthenticationError):
+        kit.apps.authenticate(handed["auth_token"])
+    assert counts(kit)["czo_app_token"] == counts(kit)["czo_app_secret"] == counts(kit)["czo_app_webhook"] == 0
+    # The worker's sweep removes it once its lease (1 s here) has run out.
+    removed: list[int] = []
+    wait_for(lambda: removed.append(kit.webhooks.sweep()["abandoned_installs"]) or sum(removed) == 1,
+             what="the sweep to remove the dead install")
+    assert counts(kit) == NOTHING and raw_rows(kit, "czo_app_install_pending") == []
+    with Receiver() as app:
+        assert install(kit, app.url, token_target=True).app_id == "acme"
 
 
 # -- shops are isolated -----------------------------------------------------------------------

@@ -5,6 +5,8 @@ and secret rotation reaching the app."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import peewee
 import pytest
 
-from apps_support import OWNER, Receiver, Reply, app_kit, app_settings, manifest, raw_rows
+from apps_support import OWNER, Receiver, Reply, Request, app_kit, app_settings, manifest, raw_rows
 from czo_kit import Kit
 from czo_kit.apps.net import HTTPResponse, is_public_address
 from czo_kit.apps.webhooks import WebhookCircuit, WebhookDelivery
@@ -136,28 +138,152 @@ def test_two_installs_racing_end_in_a_conflict_not_a_crash(
     assert len(kit.apps.list(1)) == 1
 
 
-def test_a_rotated_secret_is_sent_to_the_app(kit: Kit, receiver: Receiver) -> None:
-    from falcon import testing
+def test_every_hand_off_is_signed_by_the_kit_and_names_where_it_was_sent(kit: Kit, receiver: Receiver) -> None:
+    import falcon.testing
 
-    from czo_app_stripe import create_app
+    from czo_kit.apps import HandoffSigner, verify_handoff
+    from czo_kit.errors import WebhookSignatureError
+    from czo_kit.http import create_api
 
     result = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url, token_target=True))
     new = kit.apps.rotate_webhook_secret(shop_id=1, app_id="acme", grace=60)
     install_post, rotation = receiver.posts("/token")
-    assert install_post.json()["kind"] == "install"
+    for post, kind in ((install_post, "install"), (rotation, "webhook_secret")):
+        assert verify_handoff(post.body, post.headers, kit.apps.public_key)
+        assert post.json()["kind"] == kind and post.json()["target_url"] == receiver.url + "/token"
+        assert post.headers["idempotency-key"] == post.headers["webhook-id"]
+        assert post.headers["webhook-signature"].startswith("v1a,")
+        with pytest.raises(WebhookSignatureError, match="no v1a signature"):  # a changed body
+            verify_handoff(post.body.replace(b'"shop_id":1', b'"shop_id":2'), post.headers, kit.apps.public_key)
+        with pytest.raises(WebhookSignatureError, match="no v1a signature"):  # another key
+            verify_handoff(post.body, post.headers, HandoffSigner(b"o" * 32).public_key)
+    assert install_post.json()["auth_token"] == result.token
     body = rotation.json()
-    assert body["kind"] == "webhook_secret" and body["webhook_secret"] == new != result.webhook_secret
+    assert body["webhook_secret"] == new != result.webhook_secret
     assert body["grace_seconds"] == 60 and "auth_token" not in body
+    # The key is derived from CZO_SECRET_KEY (every process of a deployment signs alike) and
+    # published by the API.
+    assert kit.apps.public_key == HandoffSigner.from_secret_key(kit.secret_key).public_key
+    published = falcon.testing.TestClient(create_api(kit)).simulate_get("/api/signing-key")
+    assert published.json == {"publicKey": kit.apps.public_key, "algorithm": "ed25519", "scheme": "v1a"}
 
-    # The example payment app takes the new secret and keeps its token.
-    wsgi, state = create_app(public_url="http://app.example", czo_api_url="http://czo.example")
-    client = testing.TestClient(wsgi)
-    assert client.simulate_post("/token", json=install_post.json()).status_code == 200
-    assert client.simulate_post("/token", json=body).status_code == 200
-    installation = state.installations[1]
-    assert installation.webhook_secret == new and installation.token == result.token
-    stranger = dict(body, installation_id=999)
-    assert client.simulate_post("/token", json=stranger).status_code == 404
+
+class PaymentApp:
+    """The example payment app, reached through a loopback receiver that hands each request to
+    it: the kit talks to it over real HTTP, and the test keeps every request to replay."""
+
+    def __init__(self, kit: Kit, *, clock: Callable[[], float] | None = None, public_url: str | None = None) -> None:
+        import falcon.testing
+
+        from czo_app_stripe import create_app
+
+        self.receiver = Receiver(self._relay).start()
+        options: dict[str, Any] = {"czo_public_key": kit.apps.public_key}
+        if clock is not None:
+            options["clock"] = clock
+        wsgi, self.state = create_app(
+            public_url=public_url or self.receiver.url, czo_api_url="http://127.0.0.1:9", **options
+        )
+        self.client = falcon.testing.TestClient(wsgi)
+
+    def _relay(self, request: Request) -> Reply:
+        result = self.post(request.path, request.body, request.headers)
+        return Reply(result.status_code, result.content, {"Content-Type": "application/json"})
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        kept = {k: v for k, v in headers.items() if k.startswith(("webhook-", "x-czo-", "content-type", "idempotency"))}
+        return self.client.simulate_post(path, body=body, headers=kept)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.state.http.clear()
+
+
+@pytest.fixture
+def payment_app(kit: Kit) -> Iterator[PaymentApp]:
+    app = PaymentApp(kit)
+    yield app
+    app.stop()
+
+
+def _forge(body: dict[str, Any], signer: Any = None, message_id: str = "install-1-forged") -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if signer is not None:
+        headers.update(signer.sign(raw, message_id=message_id))
+    return raw, headers
+
+
+def test_the_payment_app_refuses_forged_install_and_rotation_hand_offs(kit: Kit, payment_app: PaymentApp) -> None:
+    from czo_kit.apps import HandoffSigner, sign
+
+    state = payment_app.state
+    result = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=state.manifest())
+    genuine = state.installations[1]
+    assert (genuine.token, genuine.webhook_secret) == (result.token, result.webhook_secret)
+    target = payment_app.receiver.url + "/token"
+    outsider = HandoffSigner(b"m" * 32)  # any key but the kit's
+    mallory_secret = "whsec_" + "bWFsbG9yeS1rbm93cy10aGlzLXNlY3JldC0xMjM0NTY="
+    install_body = {
+        "kind": "install", "target_url": target, "auth_token": "czo_app_" + "m" * 43,
+        "webhook_secret": mallory_secret, "shop_id": 1, "app_id": "stripe",
+        "installation_id": int(result.installation.id),
+    }
+    rotation_body = {
+        "kind": "webhook_secret", "target_url": target, "webhook_secret": mallory_secret, "grace_seconds": 0,
+        "shop_id": 1, "app_id": "stripe", "installation_id": int(result.installation.id),
+    }
+    for body in (install_body, rotation_body):
+        for signer in (None, outsider):
+            assert payment_app.post("/token", *_forge(body, signer)).status_code == 401
+    # A hand-off the kit really signed, for another app (at another URL), is not this app's.
+    with Receiver() as other:
+        kit.apps.install(shop_id=2, installer_id=OWNER, manifest=manifest(other.url, token_target=True))
+        [captured] = other.posts("/token")
+    assert payment_app.post("/token", captured.body, captured.headers).status_code == 401
+    assert 2 not in state.installations
+    assert state.installations[1] == genuine  # token and secret untouched
+    assert all(error.startswith("refused hand-off") for error in state.errors) and len(state.errors) == 5
+
+    # The attack of the report: with the secret swap refused, a forged order.created signed with
+    # mallory's secret is refused too, and nothing is paid with the app's real token.
+    event = json.dumps({"id": "msg_forged", "event": "order.created", "shop_id": 1,
+                        "data": {"id": 1, "shop_id": 1, "total": 100}}).encode()
+    forged_webhook = sign(event, [mallory_secret], message_id="msg_forged")
+    answer = payment_app.post("/webhooks", event, {"x-czo-shop-id": "1", **{k.lower(): v for k, v in forged_webhook.items()}})
+    assert answer.status_code == 401 and state.payments == [] and state.seen_webhooks == set()
+
+
+def test_the_payment_app_refuses_replayed_hand_offs(kit: Kit) -> None:
+    offset = [0.0]
+    app = PaymentApp(kit, clock=lambda: time.time() + offset[0])
+    try:
+        result = kit.apps.install(shop_id=1, installer_id=OWNER, manifest=app.state.manifest())
+        kit.apps.rotate_webhook_secret(shop_id=1, app_id="stripe", grace=60)
+        install_post, rotation = app.receiver.posts("/token")
+        rotated = app.state.installations[1].webhook_secret
+        assert rotated != result.webhook_secret
+        # A second time, within the tolerance: refused, so the old secret does not come back.
+        for captured in (install_post, rotation):
+            again = app.post("/token", captured.body, captured.headers)
+            assert again.status_code == 401 and "already received" in again.json["description"]
+        assert app.state.installations[1].webhook_secret == rotated
+    finally:
+        app.stop()
+    # After the tolerance, even to an app that forgot the ids it saw (a restart): the timestamp
+    # refuses it. The same capture within the tolerance is taken by such an app: the tolerance
+    # is what refused it.
+    late = PaymentApp(kit, clock=lambda: time.time() + 301, public_url=app.receiver.url)
+    forgetful = PaymentApp(kit, public_url=app.receiver.url)
+    try:
+        stale = late.post("/token", install_post.body, install_post.headers)
+        assert stale.status_code == 401 and "away from now" in stale.json["description"]
+        assert late.state.installations == {}
+        assert forgetful.post("/token", install_post.body, install_post.headers).status_code == 200
+        assert forgetful.state.installations[1].token == result.token
+    finally:
+        late.stop()
+        forgetful.stop()
 
 
 # -- UI extensions: manifest rules, checker, tokens, contexts ---------------------------------

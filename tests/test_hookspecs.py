@@ -179,11 +179,12 @@ def test_hook_czo_register_http_routes(sqlite_url: str, settings_for: SettingsFo
     class Routes:
         @hookimpl
         def czo_register_http_routes(self, api: Any, kit: Kit) -> None:
-            api.add_route("/api/shops/{shop_id:int}/ping", Ping())
+            api.add_route("/api/shops/{shop_id:shop}/ping", Ping())
 
     with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Routes()]) as kit:
         client = testing.TestClient(create_api(kit))
         assert client.simulate_get("/api/shops/7/ping").json == {"shop": 7}
+        assert client.simulate_get("/api/shops/x7/ping").json["field"] == "shop_id"  # a 400 naming it
 
 
 def test_hook_czo_register_dashboard(sqlite_url: str, settings_for: SettingsFor) -> None:

@@ -213,6 +213,10 @@ def test_403_when_the_app_asks_more_than_the_installer_holds(
         ({"manifestUrl": "http://x/m", "shopId": None}, "$.shopId"),
         ({"manifestUrl": "http://x/m", "shopId": 0}, "$.shopId"),
         ({"manifestUrl": "http://x/m", "shopId": -4}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": 1180591620717411303424}, "$.shopId"),  # 2**70
+        ({"manifestUrl": "http://x/m", "shopId": 2**31}, "$.shopId"),  # shops are 32-bit
+        ({"manifestUrl": "http://x/m", "shopId": 2**63}, "$.shopId"),
+        ({"manifestUrl": "http://x/m", "shopId": -(2**70)}, "$.shopId"),
         ({"shopId": 1}, "$.manifestUrl"),
         ({"manifestUrl": "http://x/m"}, "$.shopId"),
         ({"manifestUrl": 5, "shopId": 1}, "$.manifestUrl"),
@@ -266,9 +270,23 @@ def test_400_for_a_manifest_that_cannot_be_installed(
     assert (result.status_code, result.json["field"]) == (400, "$.webhooks[0].events[0]")
 
 
+def test_400_for_a_webhook_event_the_apps_permissions_do_not_cover(
+    kit: Kit, client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    uncovered = manifest(app_server.url, permissions=[{"resource": "customer", "actions": ["read"]}])
+    app_server.script = lambda request: Reply(200, json.dumps(uncovered).encode())
+    result = client.simulate_post("/api/apps/install", json=install_body(app_server), headers=user(kit))
+    assert result.status_code == 400, result.text
+    assert result.json["error"] == "invalid_manifest"
+    assert result.json["field"] == "$.webhooks[0].events[0]"
+    assert "needs order:read" in result.json["message"]
+    assert kit.apps.list(1) == []
+
+
 @pytest.mark.parametrize("query", [{}, {"shopId": ""}, {"shopId": "abc"}, {"shopId": "-1"}, {"shopId": "0"},
                                    {"shopId": "1.5"}, {"shopId": "9" * 13}, {"shopId": "١"}, {"shopId": "²"},
-                                   {"shop": "1"}])
+                                   {"shopId": "2147483648"}, {"shopId": "999999999999"}, {"shopId": "9" * 5000},
+                                   {"shopId": "+1"}, {"shopId": " 1"}, {"shopId": "0x10"}, {"shop": "1"}])
 def test_400_for_bad_shop_id_parameters(lite_kit: Kit, lite_client: falcon.testing.TestClient, query: dict[str, str]) -> None:
     for result in (
         lite_client.simulate_get("/api/apps", params=query, headers=user(lite_kit)),
@@ -276,6 +294,18 @@ def test_400_for_bad_shop_id_parameters(lite_kit: Kit, lite_client: falcon.testi
     ):
         assert result.status_code == 400, (query, result.text)
         assert result.json["field"] == "shopId"
+
+
+@pytest.mark.parametrize(
+    "app_id", ["a%00b", "x" * 65, "Acme", "%C3%A9t%C3%A9", "a", "-acme", "acme%20", ".."]
+)
+def test_400_for_a_malformed_app_id_in_the_path(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_id: str
+) -> None:
+    result = lite_client.simulate_delete(f"/api/apps/{app_id}", params={"shopId": "1"}, headers=user(lite_kit))
+    assert result.status_code == 400, (app_id, result.text)
+    assert result.json["field"] == "appId"
+    assert "2 to 64 characters" in result.json["message"]
 
 
 def test_404_uninstalling_an_unknown_app(kit: Kit, client: falcon.testing.TestClient) -> None:
@@ -361,6 +391,72 @@ def test_revoked_and_uninstalled_app_tokens_get_401(
     assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 201
     kit.apps.uninstall(shop_id=1, app_id="acme")
     assert client.simulate_post(pay_path(1, order.id), json=body, headers=bearer(result.token)).status_code == 401
+
+
+HOSTILE_PATH_IDS = [
+    ("abc", "not a whole number"),
+    ("-5", "not a whole number"),
+    ("0", "out of range"),
+    ("1.5", "not a whole number"),
+    ("1e3", "not a whole number"),
+    ("0x1f", "not a whole number"),
+    ("%D9%A1", "not a whole number"),  # an Arabic-Indic one
+    ("%C2%B2", "not a whole number"),  # a superscript two
+    ("%201", "not a whole number"),
+    (str(2**63), "out of range"),
+    (str(2**70), "out of range"),
+    ("9" * 5000, "out of range"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_PATH_IDS)
+def test_400_for_hostile_ids_in_module_route_paths(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver, raw: str, reason: str
+) -> None:
+    token = lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url)).token
+    order = place(lite_kit, 1)
+    body = {"amount": 100, "reference": "pi_1"}
+    for path, field in ((pay_path(1, raw), "order_id"), (f"/api/shops/{raw}/orders/{order.id}/payments", "shop_id")):  # type: ignore[arg-type]
+        result = lite_client.simulate_post(path, json=body, headers=bearer(token))
+        assert result.status_code == 400, (path, result.text)
+        assert result.json["field"] == field
+        assert f"{field} must be a whole number from 1 to" in result.json["message"]
+        assert reason in result.json["message"]
+    # 2**31 is a valid row id, but no shop id (shops are 32-bit).
+    big_shop = lite_client.simulate_post(f"/api/shops/{2**31}/orders/{order.id}/payments", json=body, headers=bearer(token))
+    assert (big_shop.status_code, big_shop.json["field"]) == (400, "shop_id")
+    assert lite_kit.services.get(OrderService).orders.get_by_id(order.id).paid_amount == 0
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_PATH_IDS)
+def test_400_for_hostile_ids_in_dashboard_paths(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, raw: str, reason: str
+) -> None:
+    cookie = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+    for path in (f"/dashboard/shops/{raw}", f"/dashboard/shops/{raw}/orders", f"/dashboard/shops/1/orders/{raw}"):
+        result = lite_client.simulate_get(path, headers=cookie)
+        assert result.status_code == 400, (path, result.text)
+        assert result.headers["content-type"].startswith("text/html")
+        assert "must be a whole number from 1 to" in result.text and reason in result.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"appId": "acme", "shopId": 2**70}, "$.shopId"),
+        ({"appId": "acme", "shopId": 2**31}, "$.shopId"),
+        ({"appId": "acme", "shopId": 0}, "$.shopId"),
+        ({"appId": "a\x00b", "shopId": 1}, "$.appId"),
+        ({"appId": "x" * 5000, "shopId": 1}, "$.appId"),
+    ],
+)
+def test_400_for_hostile_ids_in_the_extension_token_body(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, body: dict[str, Any], field: str
+) -> None:
+    headers = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}", "X-CZO-Dashboard": "1"}
+    result = lite_client.simulate_post("/dashboard/api/extension-token", json=body, headers=headers)
+    assert result.status_code == 400, result.text
+    assert result.json["field"] == field
 
 
 @pytest.mark.parametrize(
@@ -471,18 +567,31 @@ def test_the_whole_loop_with_the_payment_app(kit: Kit) -> None:
 def test_the_payment_app_verifies_every_webhook() -> None:
     from czo_app_stripe import create_app
 
-    from czo_kit.apps import new_webhook_secret, parse_manifest, sign
+    from czo_kit.apps import HandoffSigner, new_webhook_secret, parse_manifest, sign
 
-    wsgi, state = create_app(public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9")
+    kit_key = HandoffSigner(b"k" * 32)
+    wsgi, state = create_app(
+        public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9", czo_public_key=kit_key.public_key
+    )
     app = falcon.testing.TestClient(wsgi)
     try:
         served = parse_manifest(app.simulate_get("/manifest").content)  # a manifest c-zo accepts
         assert (served.id, served.token_target_url) == ("stripe", "http://pay.example.test/token")
         secret = new_webhook_secret()
-        grant = {"auth_token": "czo_app_x", "webhook_secret": secret, "shop_id": 1, "installation_id": 3, "app_id": "stripe"}
-        assert app.simulate_post("/token", json=grant).status_code == 200
-        assert app.simulate_post("/token", json=grant).status_code == 200  # a retried token POST is fine
-        assert app.simulate_post("/token", json={"shop_id": 1}).status_code == 400
+        grant = {"kind": "install", "target_url": "http://pay.example.test/token", "auth_token": "czo_app_x",
+                 "webhook_secret": secret, "shop_id": 1, "installation_id": 3, "app_id": "stripe"}
+
+        def hand_off(payload: dict[str, Any], message_id: str) -> Any:
+            raw = json.dumps(payload).encode()
+            return app.simulate_post(
+                "/token", body=raw, headers={"Content-Type": "application/json", **kit_key.sign(raw, message_id=message_id)}
+            )
+
+        assert app.simulate_post("/token", json=grant).status_code == 401  # unsigned
+        assert hand_off({"shop_id": 1, "target_url": "http://pay.example.test/token"}, "install-3-a").status_code == 400
+        assert hand_off(dict(grant, app_id="other"), "install-3-b").status_code == 400  # not this app's
+        assert hand_off(grant, "install-3-c").status_code == 200
+        state.errors.clear()
 
         body = json.dumps({"id": "msg_1", "event": "order.updated", "shop_id": 1, "data": {"id": 1}}).encode()
 
@@ -506,3 +615,52 @@ def test_the_payment_app_verifies_every_webhook() -> None:
         assert state.payments == []
     finally:
         state.http.clear()
+
+
+# -- dashboard frames -------------------------------------------------------------------------
+
+
+def test_an_extension_on_the_dashboards_own_origin_never_gets_allow_same_origin(
+    lite_kit: Kit, lite_client: falcon.testing.TestClient, app_server: Receiver
+) -> None:
+    """allow-scripts with allow-same-origin lets a same-origin frame lift its own sandbox: the
+    dashboard (here http://falconframework.org, the test client's host) never grants both."""
+    import re
+
+    def nav(label: str, url: str) -> dict[str, Any]:
+        return {"label": label, "mount": "NAVIGATION", "target": "widget", "url": url}
+
+    extensions = [
+        nav("Elsewhere", "https://app.example/widget"),
+        nav("Same", "http://falconframework.org/static/czo-extension.js"),
+        nav("Same, spelt otherwise", "HTTP://FalconFramework.ORG:80/x"),
+        nav("Same host, other port", "http://falconframework.org:8080/x"),
+    ]
+    lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url, extensions=extensions))
+    page = lite_client.simulate_get(
+        "/dashboard/shops/1", headers={"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+    )
+    assert page.status_code == 200, page.text
+    sandboxes = {
+        title: sandbox for title, sandbox in re.findall(r'<iframe [^>]*title="([^"]+)"[^>]*sandbox="([^"]*)"', page.text)
+    }
+    assert sandboxes == {
+        "Elsewhere": "allow-scripts allow-same-origin allow-forms",
+        "Same": "allow-scripts allow-forms",
+        "Same, spelt otherwise": "allow-scripts allow-forms",
+        "Same host, other port": "allow-scripts allow-same-origin allow-forms",
+    }
+
+
+def test_a_module_route_that_names_ids_otherwise_is_a_clear_plugin_error(lite_kit: Kit) -> None:
+    from czo_kit import hookimpl
+    from czo_kit.errors import PluginError
+
+    class Stray:
+        @hookimpl
+        def czo_register_http_routes(self, api: Any, kit: Kit) -> None:
+            api.add_route("/api/shops/{shop_id:int}/stray", object())
+
+    lite_kit.plugins.register(Stray())
+    with pytest.raises(PluginError, match=r"\{shop_id:shop\} for shops"):
+        create_api(lite_kit)

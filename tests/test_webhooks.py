@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import importlib.metadata
 import os
 import re
 import signal
@@ -117,6 +118,7 @@ def standard_verifies(request: Request, secret: str) -> bool:
 
 def test_payload_headers_and_both_signatures(kit: Kit, receiver: Receiver) -> None:
     result = install(kit, receiver.url)
+    emitted = int(time.time())
     with kit.consumer(workers=2, sweep_interval=0.5):
         ctx = kit.events.emit_async("order.created", ORDER)
         wait_for(settled(kit, "delivered"), what="the delivery")
@@ -133,14 +135,14 @@ def test_payload_headers_and_both_signatures(kit: Kit, receiver: Receiver) -> No
 
     headers = post.headers
     assert headers["content-type"] == "application/json"
-    assert headers["user-agent"].startswith("czo-kit")
+    assert headers["user-agent"] == f"czo-kit/{importlib.metadata.version('czo-kit')} (+https://github.com/c-zo)"
     assert headers["x-czo-event"] == "order.created"
     assert headers["x-czo-event-id"] == ctx.event_id
     assert headers["x-czo-shop-id"] == "1"
     match = SIGNATURE.match(headers["x-czo-signature"])
     assert match, headers["x-czo-signature"]
     timestamp, hexdigest = int(match.group(1)), match.group(2)
-    assert abs(timestamp - time.time()) < 30
+    assert emitted <= timestamp <= post.at  # signed at the attempt, between the emit and the arrival
     expected = hmac.new(result.webhook_secret.encode(), f"{timestamp}.".encode() + post.body, hashlib.sha256)
     assert hexdigest == expected.hexdigest()
     assert headers["webhook-id"] == body["id"]
@@ -338,7 +340,7 @@ def test_each_attempt_is_signed_afresh_and_429_retry_after_is_honoured(kit: Kit,
         assert waited == pytest.approx(2.0, abs=0.05)  # Retry-After, not the 0.2 s schedule
         wait_for(settled(kit, "delivered"), what="the second attempt")
     first, second = receiver.posts("/hook")
-    assert 1.9 < second.at - first.at < 4.0
+    assert second.at - first.at >= 1.9  # not before Retry-After (however slowly the worker ran)
     assert first.body == second.body
     stamps = [int(p.headers["webhook-timestamp"]) for p in (first, second)]
     assert stamps[1] > stamps[0]
@@ -354,16 +356,19 @@ def test_retry_after_as_an_http_date(kit: Kit, receiver: Receiver) -> None:
     import email.utils
 
     install(kit, receiver.url)
-    when = email.utils.formatdate(time.time() + 2, usegmt=True)
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds: 2 to 3 s ahead
+    at = email.utils.parsedate_to_datetime(when)
     receiver.script = answers(Reply(503, b"", {"Retry-After": when}), Reply(200))
     with kit.consumer(workers=2, sweep_interval=0.5):
         kit.events.emit_async("order.created", ORDER)
         wait_for(lambda: only_delivery(kit).state == "retry", what="the first attempt")
         delivery = only_delivery(kit)
         assert delivery.next_attempt_at is not None
-        waited = (delivery.next_attempt_at - delivery.updated_at).total_seconds()
-        assert 0.9 < waited <= 2.0  # the date has whole seconds
+        # At the date, not after the 0.2 s of the schedule (and never before the date).
+        assert delivery.next_attempt_at >= at
         wait_for(settled(kit, "delivered"), what="the second attempt")
+    first, second = receiver.posts("/hook")
+    assert second.at >= at.timestamp()
 
 
 def first_time_then_ok(replies: dict[int, Reply]) -> Callable[[Request], Reply]:
@@ -459,7 +464,7 @@ def test_timeouts_are_retried(make_kit: KitFactory, receiver: Receiver) -> None:
         wait_for(settled(kit, "delivered"), what="the attempt after the timeout")
     first, second = kit.webhooks.attempts(only_delivery(kit).id)
     assert first.status is None and "timed out" in first.error.lower()
-    assert 450 < first.duration_ms < 1400
+    assert first.duration_ms >= 450  # gave up at the read timeout, not before
     assert second.status == 200
 
 
@@ -565,25 +570,23 @@ def test_a_failing_target_is_paused_then_probed_and_recovers(make_kit: KitFactor
         rows = raw_rows(kit, "czo_webhook_circuit")
         return rows[0] if rows and rows[0]["opened_until"] is not None else None
 
+    outcomes = watch_outcomes(kit)
     with kit.consumer(workers=2, sweep_interval=0.5):
         for i in range(3):
             kit.events.emit_async("order.created", dict(ORDER, id=i))
         wait_for(lambda: circuit() is not None, what="the circuit to open")
-        opened_until = kit.db.execute_sql("SELECT opened_until FROM czo_webhook_circuit").fetchone()[0]
         from czo_kit.apps.webhooks import WebhookCircuit
 
         row = WebhookCircuit.select().first(kit.db)
-        assert row is not None and row.failures >= 2 and opened_until is not None
-        resumes = row.opened_until.timestamp()
-        # Let work in flight settle, then watch: while paused nothing is attempted or dropped.
-        wait_for(lambda: all(d.state in ("retry", "queued") for d in kit.webhooks.deliveries()), what="pause")
+        assert row is not None and row.failures >= 2 and row.opened_until is not None
+        # While paused, every delivery is taken up and given back: no request, no attempt
+        # spent, nothing dropped. Each one's "paused" outcome shows it happened.
+        ids = {d.id for d in kit.webhooks.deliveries()}
+        wait_for(lambda: {d for d, state in outcomes if state == "paused"} == ids, what="every delivery to pause")
+        resumes = WebhookCircuit.select().first(kit.db).opened_until.timestamp()
         seen = len(receiver.posts("/hook"))
-        used = sum(d.attempts for d in kit.webhooks.deliveries())
-        assert seen == used
-        time.sleep(max(0.0, resumes - time.time() - 0.3))  # watching the pause, not waiting for luck
-        assert len(receiver.posts("/hook")) == seen
         deliveries = kit.webhooks.deliveries()
-        assert sum(d.attempts for d in deliveries) == used
+        assert sum(d.attempts for d in deliveries) == seen  # paused ones used no attempt
         assert all(d.state in ("retry", "queued") for d in deliveries)
         assert all(d.attempts < d.max_attempts for d in deliveries)
 
@@ -599,23 +602,40 @@ def test_a_failing_target_is_paused_then_probed_and_recovers(make_kit: KitFactor
 # -- uninstall --------------------------------------------------------------------------------
 
 
+def watch_outcomes(kit: Kit) -> list[tuple[int, str]]:
+    """Every ``deliver`` the workers run, with the state it ended in, in order."""
+    outcomes: list[tuple[int, str]] = []
+    real = kit.webhooks.deliver
+
+    def deliver(delivery_id: int) -> str:
+        state = real(delivery_id)
+        outcomes.append((int(delivery_id), state))
+        return state
+
+    kit.webhooks.deliver = deliver  # type: ignore[method-assign]
+    return outcomes
+
+
 def test_uninstall_cancels_pending_deliveries(make_kit: KitFactory, receiver: Receiver) -> None:
     kit = make_kit(webhooks_retry_schedule=(0.3, 0.3, 0.3))
     install(kit, receiver.url)
     receiver.script = lambda request: Reply(500)
+    outcomes = watch_outcomes(kit)
     with kit.consumer(workers=2, sweep_interval=0.5):
         kit.events.emit_async("order.created", ORDER)
-        wait_for(lambda: len(receiver.posts("/hook")) >= 1, what="the first attempt")
+        wait_for(lambda: ("retry" in [state for _, state in outcomes]), what="the first attempt to fail")
+        [delivery_id] = {d for d, _ in outcomes}
         kit.apps.uninstall(shop_id=1, app_id="acme")
-        count = len(receiver.posts("/hook"))
-        assert count <= 2  # at most one more, already in flight
+        at_uninstall = len(receiver.posts("/hook"))
+        ran_before = len(outcomes)
         assert kit.webhooks.deliveries() == []
-        # Three retry periods pass: watching that nothing more is sent.
-        time.sleep(1.0)
-        assert len(receiver.posts("/hook")) == count
-        kit.events.emit_async("order.created", ORDER)  # the uninstalled app hears nothing new
+        # The retry already queued still runs: it finds nothing to deliver and sends nothing.
+        wait_for(lambda: (delivery_id, "skipped") in outcomes[ran_before:], what="the queued retry to run")
+        kit.events.emit_async("order.created", dict(ORDER, id=8))  # the uninstalled app hears nothing new
     assert kit.webhooks.deliveries() == []
-    assert len(receiver.posts("/hook")) == count
+    posts = receiver.posts("/hook")
+    assert len(posts) <= at_uninstall + 1  # at most the one attempt in flight at the uninstall
+    assert {p.json()["data"]["id"] for p in posts} == {ORDER["id"]}
 
 
 def test_uninstall_during_an_attempt_in_flight(
@@ -714,7 +734,7 @@ def test_kill_9_during_1000_deliveries_loses_nothing(
             at_kill = delivered()
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait(timeout=10)
-            assert at_kill <= total * 0.3, f"{at_kill} delivered before the kill; aim for 10-30%"
+            assert at_kill < total, "everything was delivered before the kill: nothing left to recover"
             stats_at_kill = kit.webhooks.stats()
 
             workers.append(start_worker("second"))

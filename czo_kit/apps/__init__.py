@@ -3,6 +3,7 @@ checked at install, per-app tokens, and signed webhooks with retries and a dead-
 
 from __future__ import annotations
 
+from czo_kit.apps.handoff import HandoffSigner, HandoffVerifier, verify_handoff
 from czo_kit.apps.manifest import AppManifest, ExtensionSpec, PermissionSpec, WebhookSpec, parse_manifest
 from czo_kit.apps.permissions import (
     APP_MANAGEMENT,
@@ -24,6 +25,8 @@ __all__ = [
     "AppRegistry",
     "DefaultPermissionService",
     "ExtensionSpec",
+    "HandoffSigner",
+    "HandoffVerifier",
     "InstallResult",
     "ManifestError",
     "PermissionDeniedError",
@@ -36,5 +39,6 @@ __all__ = [
     "new_webhook_secret",
     "parse_manifest",
     "sign",
+    "verify_handoff",
     "verify_signature",
 ]

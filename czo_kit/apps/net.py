@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import importlib.metadata
 import ipaddress
 import itertools
 import socket
@@ -32,7 +33,17 @@ from czo_kit.errors import UnsafeURLError
 
 __all__ = ["HTTPResponse", "OutboundHTTP", "Target", "is_public_address", "parse_target"]
 
-USER_AGENT = "czo-kit/0.1 (+https://github.com/c-zo)"
+
+
+def _kit_version() -> str:
+    try:
+        return importlib.metadata.version("czo-kit")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+USER_AGENT = f"czo-kit/{_kit_version()} (+https://github.com/c-zo)"
+"""What every request the kit sends to an app says it is: manifests, hand-offs, webhooks."""
 
 
 @dataclass(frozen=True)

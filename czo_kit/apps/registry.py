@@ -1,9 +1,10 @@
 """``AppRegistry``: apps installed per shop, their tokens and their webhook secrets.
 
-Installing checks the manifest against what the installer holds, writes the installation,
-its first token and its webhook subscriptions in one transaction, and hands the token to the
-app's ``token_target_url`` before that transaction commits: a failure anywhere leaves no
-half-installed app. Reinstalling an installed app is a ``ConflictError``; uninstall first.
+Installing checks the manifest against what the installer holds, reserves the shop's slot for
+the app in one short transaction, hands the token to the app's ``token_target_url`` (signed,
+outside any transaction), and then writes the token, secret and subscriptions in a second
+short one (see ``_install``). Until then the installation is invisible, and a failure
+anywhere removes it. Reinstalling an installed app is a ``ConflictError``; uninstall first.
 Tokens are shown once and stored as a SHA-256 hash plus their last four characters.
 """
 
@@ -16,15 +17,23 @@ import hmac
 import json
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import peewee
-import urllib3
 
+from czo_kit.apps import _idempotency, _install
+from czo_kit.apps._fetch import MANIFEST_DEADLINE, fetch_manifest
+from czo_kit.apps._models import (
+    APP_MODELS,
+    AppInstallation,
+    AppInstallPending,
+    AppSecret,
+    AppToken,
+    AppWebhook,
+)
+from czo_kit.apps.handoff import HandoffSigner
 from czo_kit.apps.manifest import AppManifest, parse_manifest
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import (
@@ -37,10 +46,9 @@ from czo_kit.apps.permissions import (
 )
 from czo_kit.apps.signing import new_webhook_secret
 from czo_kit.db._tables import ensure_tables
-from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
+from czo_kit.db.model import utcnow
 from czo_kit.errors import (
     AuthenticationError,
-    ConflictError,
     ManifestError,
     NotFoundError,
     PermissionDeniedError,
@@ -49,6 +57,8 @@ from czo_kit.errors import (
 
 __all__ = [
     "APP_MODELS",
+    "SHOP_ID_MAX",
+    "AppInstallPending",
     "AppInstallation",
     "AppPrincipal",
     "AppRegistry",
@@ -63,65 +73,8 @@ log = logging.getLogger("czo_kit.apps")
 
 TOKEN_PREFIX = "czo_app_"
 _TOKEN_BYTES = 32
-
-
-class AppInstallation(KitTable):
-    id = peewee.BigAutoField()
-    shop_id = peewee.IntegerField(index=True)
-    app_id = peewee.CharField(max_length=64)
-    name = peewee.CharField(max_length=200)
-    version = peewee.CharField(max_length=40)
-    manifest = peewee.TextField()
-    permissions = peewee.TextField()
-    app_url = peewee.CharField(max_length=2000)
-    installed_by = peewee.CharField(max_length=100)
-    installed_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "czo_app_installation"
-        indexes = ((("shop_id", "app_id"), True),)
-
-
-class AppToken(KitTable):
-    id = peewee.BigAutoField()
-    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="tokens")
-    token_hash = peewee.CharField(max_length=64, unique=True)
-    last4 = peewee.CharField(max_length=4)
-    name = peewee.CharField(max_length=100)
-    created_at = UTCDateTimeField()
-    revoked_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_app_token"
-
-
-class AppWebhook(KitTable):
-    id = peewee.BigAutoField()
-    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="webhooks")
-    shop_id = peewee.IntegerField(index=True)
-    name = peewee.CharField(max_length=64)
-    events = peewee.TextField()
-    target_url = peewee.CharField(max_length=2000)
-    is_active = peewee.BooleanField(default=True)
-
-    class Meta:
-        table_name = "czo_app_webhook"
-
-
-class AppSecret(KitTable):
-    """Webhook signing secrets; the one without ``expires_at`` is current."""
-
-    id = peewee.BigAutoField()
-    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="secrets")
-    secret = peewee.CharField(max_length=100)
-    created_at = UTCDateTimeField()
-    expires_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_app_secret"
-
-
-APP_MODELS: tuple[type[peewee.Model], ...] = (AppInstallation, AppToken, AppWebhook, AppSecret)
+SHOP_ID_MAX = 2**31 - 1
+"""Shop ids are 32-bit integers in the kit's tables."""
 
 
 @dataclass(frozen=True)
@@ -169,16 +122,28 @@ class AppRegistry:
         permissions: PermissionRegistry,
         permission_service: PermissionService | Callable[[], PermissionService],
         http: OutboundHTTP,
+        signer: HandoffSigner | None = None,
     ) -> None:
         self.db = db
         self.permissions = permissions
         self._permission_service = permission_service
         self.http = http
+        # Without a key from the settings, one for this process only (apps that pinned the
+        # deployment's public key will refuse its hand-offs: the Kit always passes one).
+        self.signer = signer if signer is not None else HandoffSigner(secrets.token_bytes(32))
+        self.manifest_deadline = MANIFEST_DEADLINE
+        self.handoff_deadline = _install.HANDOFF_DEADLINE
+        self.install_lease = _install.INSTALL_LEASE
         self._ready = False
 
     def ensure_tables(self) -> None:
         if not self._ready:
             self._ready = ensure_tables(self.db, APP_MODELS)
+
+    @property
+    def public_key(self) -> str:
+        """The public key (``whpk_...``) that verifies every hand-off this kit sends to apps."""
+        return self.signer.public_key
 
     @property
     def permission_service(self) -> PermissionService:
@@ -190,53 +155,9 @@ class AppRegistry:
     # -- manifests ----------------------------------------------------------------------
 
     def fetch_manifest(self, url: str) -> AppManifest:
-        """GET a manifest: JSON only, at most 1 MiB, a few seconds, redirects on the same host."""
-        from czo_kit.apps.manifest import MAX_MANIFEST_BYTES
-
-        current = url
-        for _ in range(4):
-            try:
-                target = self.http.check(current, what="manifest URL")
-                response = self.http.request(
-                    "GET", target, headers={"Accept": "application/json"},
-                    max_bytes=MAX_MANIFEST_BYTES, deadline=10.0, read_timeout=5.0, what="manifest URL",
-                )
-            except UnsafeURLError as exc:
-                raise ManifestError(str(exc), path="manifestUrl") from None
-            except (TimeoutError, OSError, Exception) as exc:  # urllib3 errors subclass Exception
-                if isinstance(exc, ManifestError):
-                    raise
-                raise ManifestError(f"could not fetch the manifest from {current[:100]!r}: {exc}", path="manifestUrl") from None
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.headers.get("location", "")
-                from urllib.parse import urljoin, urlsplit
-
-                following = urljoin(current, location)
-                if urlsplit(following).hostname != urlsplit(url).hostname:
-                    raise ManifestError(
-                        f"the manifest URL redirects to another host ({urlsplit(following).hostname}); "
-                        "only redirects on the same host are followed",
-                        path="manifestUrl",
-                    )
-                if urlsplit(url).scheme == "https" and urlsplit(following).scheme != "https":
-                    raise ManifestError(
-                        "the manifest URL redirects from https to http; that downgrade is refused",
-                        path="manifestUrl",
-                    )
-                current = following
-                continue
-            if response.status != 200:
-                raise ManifestError(f"fetching the manifest returned HTTP {response.status}", path="manifestUrl")
-            if response.truncated:
-                raise ManifestError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes", path="manifestUrl")
-            kind = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if kind != "application/json" and not kind.endswith("+json"):
-                raise ManifestError(
-                    f"the manifest must be served as application/json, not {kind or 'no content type'}",
-                    path="manifestUrl",
-                )
-            return parse_manifest(response.body)
-        raise ManifestError("the manifest URL redirects too many times", path="manifestUrl")
+        """GET a manifest: JSON only, at most 1 MiB, redirects on the same host, and
+        ``manifest_deadline`` seconds for the whole fetch, redirects included."""
+        return fetch_manifest(self.http, url, deadline=self.manifest_deadline)
 
     # -- install ------------------------------------------------------------------------
 
@@ -267,13 +188,16 @@ class AppRegistry:
                 missing=format_pairs(missing),
             )
         for i, webhook in enumerate(manifest.webhooks):
-            for event in webhook.events:
+            for j, event in enumerate(webhook.events):
                 rule = self.permissions.rule_for(event)
                 if not allows(asked, rule.resource, rule.action):
-                    raise PermissionDeniedError(
+                    # The manifest contradicts itself (no installer could fix it): a manifest
+                    # error naming the event, not a permission the installer lacks.
+                    raise ManifestError(
                         f"webhook {webhook.name!r} subscribes to {event!r}, which needs "
-                        f"{rule.resource}:{rule.action}, but the app does not ask for it",
-                        missing=(f"{rule.resource}:{rule.action}",),
+                        f"{rule.resource}:{rule.action}, but the app does not ask for it; add it "
+                        "to $.permissions or drop the event",
+                        path=f"$.webhooks[{i}].events[{j}]",
                     )
         for i, extension in enumerate(manifest.extensions):
             extra = {(p.resource, a) for p in extension.permissions for a in p.actions} - asked
@@ -295,8 +219,10 @@ class AppRegistry:
         """Install an app in a shop; ``PermissionDeniedError`` lists what the installer lacks."""
         if (manifest_url is None) == (manifest is None):
             raise ManifestError("give either manifest_url or manifest, not both or neither", path="manifestUrl")
-        if not isinstance(shop_id, int) or isinstance(shop_id, bool) or shop_id < 1:
-            raise ManifestError(f"shop id must be a positive integer, got {shop_id!r}", path="shopId")
+        if not isinstance(shop_id, int) or isinstance(shop_id, bool) or not 1 <= shop_id <= SHOP_ID_MAX:
+            raise ManifestError(
+                f"shop id must be a whole number from 1 to {SHOP_ID_MAX}, got {str(shop_id)[:24]!r}", path="shopId"
+            )
         if manifest is None:
             assert manifest_url is not None
             parsed = self.fetch_manifest(manifest_url)
@@ -315,97 +241,52 @@ class AppRegistry:
             except UnsafeURLError as exc:
                 raise ManifestError(str(exc), path=path) from None
         self.ensure_tables()
+        installation = _install.reserve(
+            self.db, parsed, shop_id=shop_id, permissions=sorted(f"{r}:{a}" for r, a in granted),
+            installer=installer, lease=self.install_lease,
+        )
         token = new_token()
         secret = new_webhook_secret()
-        now = utcnow()
-        with self.db.atomic():
-            if AppInstallation.select().where(
-                (AppInstallation.shop_id == shop_id) & (AppInstallation.app_id == parsed.id)
-            ).exists(self.db):
-                raise ConflictError(
-                    f"app {parsed.id!r} is already installed in shop {shop_id}; uninstall it first",
-                    fields=("shop_id", "app_id"),
-                )
-            try:
-                with self.db.atomic():  # two installs racing: the second is a clear conflict
-                    installation_id = AppInstallation.insert(
-                        shop_id=shop_id,
-                        app_id=parsed.id,
-                        name=parsed.name,
-                        version=parsed.version,
-                        manifest=parsed.to_json().decode(),
-                        permissions=json.dumps(sorted(f"{r}:{a}" for r, a in granted)),
-                        app_url=parsed.app_url,
-                        installed_by=installer,
-                        installed_at=now,
-                    ).execute(self.db)
-            except peewee.IntegrityError:
-                raise ConflictError(
-                    f"app {parsed.id!r} is already installed in shop {shop_id}; uninstall it first",
-                    fields=("shop_id", "app_id"),
-                ) from None
-            AppToken.insert(
-                installation=installation_id, token_hash=hash_token(token), last4=token[-4:],
-                name="default", created_at=now,
-            ).execute(self.db)
-            AppSecret.insert(installation=installation_id, secret=secret, created_at=now).execute(self.db)
-            for webhook in parsed.webhooks:
-                AppWebhook.insert(
-                    installation=installation_id, shop_id=shop_id, name=webhook.name,
-                    events=json.dumps(webhook.events), target_url=webhook.target_url,
-                    is_active=webhook.is_active,
-                ).execute(self.db)
-            installation: AppInstallation = (
-                AppInstallation.select().where(AppInstallation.id == installation_id).get(self.db)
-            )
+        try:
             if parsed.token_target_url:
-                # Inside the transaction: if the app cannot take its token, nothing is installed.
-                self._send_token(parsed.token_target_url, installation, token, secret)
+                failure = _install.send_handoff(
+                    self.http, self.signer, parsed.token_target_url,
+                    {
+                        "kind": "install", "auth_token": token, "webhook_secret": secret,
+                        "shop_id": shop_id, "app_id": parsed.id, "installation_id": int(installation.id),
+                    },
+                    message_id=_install.new_message_id("install", int(installation.id)),
+                    deadline=self.handoff_deadline,
+                )
+                if failure is not None:
+                    raise ManifestError(
+                        f"the app did not accept its token at token_target_url ({failure}); nothing was installed",
+                        path="$.token_target_url",
+                    )
+            _install.complete(self.db, installation, parsed, hash_token(token), token[-4:], secret)
+        except BaseException:
+            try:
+                _install.abandon(self.db, int(installation.id))
+            except Exception:  # the original error matters more; the sweep removes it later
+                log.warning("could not remove the failed install of %s in shop %s", parsed.id, shop_id, exc_info=True)
+            raise
         log.info("installed app %s (%s) in shop %s", parsed.id, parsed.version, shop_id)
         return InstallResult(installation=installation, token=token, webhook_secret=secret)
 
-    def _send_token(self, url: str, installation: AppInstallation, token: str, secret: str) -> None:
-        body = msgspec.json.encode(
-            {
-                "kind": "install",
-                "auth_token": token,
-                "webhook_secret": secret,
-                "shop_id": installation.shop_id,
-                "app_id": installation.app_id,
-                "installation_id": installation.id,
-            }
-        )
-        headers = {
-            "Content-Type": "application/json",
-            # The same key on every retry, so the app can recognise a repeated delivery; random
-            # too, since ids can be reused (SQLite, after an uninstall) and differ per deployment.
-            "Idempotency-Key": f"install-{installation.id}-{secrets.token_hex(16)}",
+    def sweep(self) -> dict[str, int]:
+        """Remove what dead processes left: installs past their lease, expired idempotency keys."""
+        self.ensure_tables()
+        return {
+            "abandoned_installs": _install.sweep_abandoned(self.db),
+            "expired_idempotency_keys": _idempotency.prune(self.db),
         }
-        last_error = ""
-        for attempt in range(3):
-            try:
-                response = self.http.request("POST", url, body=body, headers=headers, max_bytes=1024, what="token URL")
-            except (UnsafeURLError, TimeoutError, OSError, Exception) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if 200 <= response.status < 300:
-                    return
-                last_error = f"HTTP {response.status}"
-                if response.status < 500 and response.status not in (408, 429):
-                    break
-            if attempt < 2:  # not after the last one: the install transaction is open
-                time.sleep(0.2 * (attempt + 1))
-        raise ManifestError(
-            f"the app did not accept its token at token_target_url ({last_error}); nothing was installed",
-            path="$.token_target_url",
-        )
 
     # -- reading ------------------------------------------------------------------------
 
     def get(self, shop_id: int, app_id: str) -> AppInstallation:
         self.ensure_tables()
         row: AppInstallation | None = AppInstallation.select().where(
-            (AppInstallation.shop_id == shop_id) & (AppInstallation.app_id == app_id)
+            (AppInstallation.shop_id == shop_id) & (AppInstallation.app_id == app_id) & _installed()
         ).first(self.db)
         if row is None:
             raise NotFoundError("App", f"{app_id} in shop {shop_id}")
@@ -415,7 +296,10 @@ class AppRegistry:
         """The apps installed in one shop, oldest first."""
         self.ensure_tables()
         return list(
-            AppInstallation.select().where(AppInstallation.shop_id == shop_id).order_by(AppInstallation.id).execute(self.db)
+            AppInstallation.select()
+            .where((AppInstallation.shop_id == shop_id) & _installed())
+            .order_by(AppInstallation.id)
+            .execute(self.db)
         )
 
     def manifest_of(self, installation: AppInstallation) -> AppManifest:
@@ -509,26 +393,20 @@ class AppRegistry:
             ).execute(self.db)
         target = self.manifest_of(installation).token_target_url
         if target:
-            # Tell the app; until it has the new secret, the old one still signs every webhook.
-            body = msgspec.json.encode(
+            # Tell the app, signed like the install hand-off; until it has the new secret, the
+            # old one still signs every webhook (for the grace period).
+            failure = _install.send_handoff(
+                self.http, self.signer, target,
                 {
-                    "kind": "webhook_secret",
-                    "webhook_secret": secret,
-                    "grace_seconds": grace,
-                    "shop_id": installation.shop_id,
-                    "app_id": installation.app_id,
-                    "installation_id": installation.id,
-                }
+                    "kind": "webhook_secret", "webhook_secret": secret, "grace_seconds": grace,
+                    "shop_id": int(installation.shop_id), "app_id": str(installation.app_id),
+                    "installation_id": int(installation.id),
+                },
+                message_id=_install.new_message_id("secret", int(installation.id)),
+                deadline=self.handoff_deadline,
             )
-            try:
-                response = self.http.request(
-                    "POST", target, body=body, max_bytes=1024, what="token URL",
-                    headers={"Content-Type": "application/json", "Idempotency-Key": f"secret-{secrets.token_hex(16)}"},
-                )
-                if not 200 <= response.status < 300:
-                    log.warning("app %s did not accept its new webhook secret: HTTP %s", app_id, response.status)
-            except (UnsafeURLError, TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
-                log.warning("could not send app %s its new webhook secret: %s", app_id, exc)
+            if failure is not None:
+                log.warning("app %s in shop %s did not take its new webhook secret: %s", app_id, shop_id, failure)
         return secret
 
     def subscriptions(self, shop_id: int) -> builtins.list[AppWebhook]:
@@ -543,6 +421,11 @@ class AppRegistry:
 
     def granted(self, installation: AppInstallation) -> frozenset[Pair]:
         return frozenset(tuple(item.split(":", 1)) for item in json.loads(str(installation.permissions)))
+
+
+def _installed() -> peewee.Expression:
+    """Installations whose install has finished (not pending)."""
+    return AppInstallation.id.not_in(AppInstallPending.select(AppInstallPending.installation))
 
 
 def events_of(webhook: AppWebhook) -> Iterable[str]:

@@ -46,7 +46,6 @@ log = logging.getLogger("czo_kit.webhooks")
 DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
 """Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
 
-USER_AGENT = "czo-kit-webhooks/0.1"
 RESPONSE_EXCERPT = 1024
 
 
@@ -391,7 +390,6 @@ class WebhookDispatcher:
                 "X-CZO-Event-Id": str(delivery.event_id),
                 "X-CZO-Shop-Id": str(delivery.shop_id),
                 "X-CZO-Delivery-Attempt": str(delivery.attempts),
-                "User-Agent": USER_AGENT,
             }
         )
         status: int | None = None
@@ -558,7 +556,12 @@ class WebhookDispatcher:
         counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
         if ids:
             log.warning("webhook sweep re-queued %s", counts)
-        return counts
+        # The app registry's leftovers (installs whose process died, old idempotency keys)
+        # are cleared on the same beat: the worker runs this sweep.
+        cleared = self.apps.sweep()
+        if cleared["abandoned_installs"]:
+            log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
+        return {**counts, **cleared}
 
     def deliveries(self, *, state: str | None = None, shop_id: int | None = None, limit: int = 50) -> list[WebhookDelivery]:
         self.ensure_tables()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import falcon
 import msgspec
+from falcon.routing.compiled import UnacceptableRouteError
 
 from czo_kit.apps.manifest import validation_error_path
 from czo_kit.apps.extensions import EXTENSION_TOKEN_PREFIX, verify_extension_token
@@ -30,9 +31,20 @@ from czo_kit.errors import (
     NotFoundError,
     OptimisticLockError,
     PermissionDeniedError,
+    PluginError,
     UnsafeURLError,
 )
+from czo_kit.http._ids import (
+    SHOP_ID_MAX,
+    IdConverter,
+    InvalidId,
+    ShopConverter,
+    ShopId,
+    parse_app_id,
+    parse_id,
+)
 from czo_kit.http.auth import USER_TOKEN_PREFIX, UserIdentity, verify_user_token
+from czo_kit.http.idempotency import IdempotencyMiddleware
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
@@ -57,7 +69,15 @@ class ApiRoutes:
     def add_route(self, path: str, resource: object, **kwargs: Any) -> None:
         if not path.startswith("/api/"):
             raise ValueError(f"module routes live under /api/, got {path!r}")
-        self.app.add_route(path, resource, **kwargs)
+        try:
+            self.app.add_route(path, resource, **kwargs)
+        except UnacceptableRouteError as exc:
+            # Falcon wants one field name and converter per segment across all routes: say
+            # which convention the other modules follow.
+            raise PluginError(
+                f"route {path!r} does not fit the routes other modules added: {exc}. Name ids as they "
+                "do, with the kit's converters: {shop_id:shop} for shops, {order_id:id} for rows"
+            ) from None
         self.paths.append(path)
 
 
@@ -115,6 +135,13 @@ class _AuthMiddleware:
     def __init__(self, kit: Kit, authenticators: list[Authenticator]) -> None:
         self.kit = kit
         self.authenticators = authenticators
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]) -> None:
+        # Path ids are checked here, once routed, so a bad one is a 400 naming the parameter
+        # rather than a 404 for a route that did not match.
+        for name, value in params.items():
+            if isinstance(value, InvalidId):
+                raise value.error(name)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.user = None
@@ -196,17 +223,11 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
 
 class _InstallBody(msgspec.Struct, forbid_unknown_fields=True):
     manifestUrl: str  # noqa: N815 - the API's JSON field names are camelCase
-    shopId: int  # noqa: N815
+    shopId: ShopId  # noqa: N815
 
 
 def _shop_param(req: falcon.Request) -> int:
-    raw = req.get_param("shopId")
-    if raw is None:
-        raise _bad_request("the shopId query parameter is required", "shopId")
-    # isascii: str.isdigit() also accepts other scripts' digits, which int() then reads.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
-        raise _bad_request(f"shopId must be a positive integer, got {raw[:20]!r}", "shopId")
-    return int(raw)
+    return parse_id(req.get_param("shopId"), field="shopId", maximum=SHOP_ID_MAX)
 
 
 def _check_user(kit: Kit, user: UserIdentity, shop_id: int, resource: str, action: str) -> None:
@@ -248,8 +269,6 @@ class _InstallResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = require_user(req)
         body = read_json(req, _InstallBody)
-        if body.shopId < 1:
-            raise _bad_request("shopId must be a positive integer", "$.shopId")
         _check_user(self.kit, user, body.shopId, *APP_MANAGEMENT)
         result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
         resp.status = falcon.HTTP_201
@@ -263,6 +282,7 @@ class _AppResource:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
         user = require_user(req)
         shop_id = _shop_param(req)
+        parse_app_id(app_id)
         _check_user(self.kit, user, shop_id, *APP_MANAGEMENT)
         self.kit.apps.uninstall(shop_id=shop_id, app_id=app_id)
         resp.status = falcon.HTTP_204
@@ -271,6 +291,16 @@ class _AppResource:
 class _Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
+
+
+class _SigningKey:
+    """The public key that verifies the kit's hand-offs to apps (public, like any public key)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"publicKey": self.kit.apps.public_key, "algorithm": "ed25519", "scheme": "v1a"}
 
 
 def create_api(kit: Kit) -> falcon.App[Any, Any]:
@@ -282,10 +312,14 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
 
     kit.plugins.hook.czo_register_authenticators(register=register)
     ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
-    app = falcon.App(middleware=[_AuthMiddleware(kit, ordered)])
+    middleware: list[Any] = [_AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)]
+    app = falcon.App(middleware=middleware)
+    app.router_options.converters["id"] = IdConverter
+    app.router_options.converters["shop"] = ShopConverter
     app.add_error_handler(CzoError, _handle)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_route("/api/health", _Health())
+    app.add_route("/api/signing-key", _SigningKey(kit))
     app.add_route("/api/apps", _AppsResource(kit))
     app.add_route("/api/apps/install", _InstallResource(kit))
     app.add_route("/api/apps/{app_id}", _AppResource(kit))

@@ -29,7 +29,8 @@ from czo_kit.apps.extensions import (
 )
 from czo_kit.apps.net import parse_target
 from czo_kit.apps.permissions import allows
-from czo_kit.errors import AuthenticationError, NotFoundError
+from czo_kit.errors import AuthenticationError, NotFoundError, UnsafeURLError
+from czo_kit.http._ids import AppId, ShopId, parse_app_id
 from czo_kit.http.auth import USER_TOKEN_PREFIX, verify_user_token
 
 if TYPE_CHECKING:
@@ -43,14 +44,18 @@ SESSION_COOKIE = "czo_session"
 SANDBOX = "allow-scripts allow-same-origin allow-forms"
 """The iframe sandbox: scripts and the app's own origin (so its messages carry its origin and
 it can call its own backend); no top navigation, no popups, no modals, no downloads."""
+SAME_ORIGIN_SANDBOX = "allow-scripts allow-forms"
+"""The sandbox of a frame on the dashboard's own origin: with both ``allow-scripts`` and
+``allow-same-origin`` such a frame could reach into its parent and remove its own sandbox, so
+it runs with an opaque origin instead (and the host, which checks origins, ignores it)."""
 
 _PAGES: dict[Mount, tuple[str, str, str]] = {
     # mount: (route, title of the list/section, resource it shows)
-    Mount.NAVIGATION: ("/dashboard/shops/{shop_id:int}", "Shop", "shop"),
-    Mount.ORDER_LIST: ("/dashboard/shops/{shop_id:int}/orders", "Orders", "order"),
-    Mount.ORDER_DETAILS: ("/dashboard/shops/{shop_id:int}/orders/{object_id:int}", "Order", "order"),
-    Mount.PRODUCT_LIST: ("/dashboard/shops/{shop_id:int}/products", "Products", "product"),
-    Mount.PRODUCT_DETAILS: ("/dashboard/shops/{shop_id:int}/products/{object_id:int}", "Product", "product"),
+    Mount.NAVIGATION: ("/dashboard/shops/{shop_id:shop}", "Shop", "shop"),
+    Mount.ORDER_LIST: ("/dashboard/shops/{shop_id:shop}/orders", "Orders", "order"),
+    Mount.ORDER_DETAILS: ("/dashboard/shops/{shop_id:shop}/orders/{object_id:id}", "Order", "order"),
+    Mount.PRODUCT_LIST: ("/dashboard/shops/{shop_id:shop}/products", "Products", "product"),
+    Mount.PRODUCT_DETAILS: ("/dashboard/shops/{shop_id:shop}/products/{object_id:id}", "Product", "product"),
 }
 
 
@@ -68,6 +73,19 @@ def _user(req: falcon.Request, kit: Kit) -> str:
 def _origin(req: falcon.Request) -> str:
     parts = urlsplit(req.prefix)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def sandbox_for(frame_origin: str, req: falcon.Request) -> str:
+    """The sandbox of a frame at ``frame_origin`` on the page answering ``req``."""
+    try:
+        # The same normal form as the frame's origin: lower-case host, no default port.
+        host = parse_target(req.prefix, what="the dashboard URL").origin
+    except UnsafeURLError:
+        return SAME_ORIGIN_SANDBOX  # an origin we cannot tell apart: never lift the sandbox
+    if frame_origin == host:
+        log.warning("extension frame %s is on the dashboard's own origin: framed without allow-same-origin", frame_origin)
+        return SAME_ORIGIN_SANDBOX
+    return SANDBOX
 
 
 def _frame_src(url: str, host_origin: str, frame_id: str) -> str:
@@ -114,7 +132,7 @@ def _render(
         # frame's czo:ready could arrive before anyone listens and the frame never gets context.
         iframe = (
             f'<iframe id="{esc(frame["id"])}" class="czo-extension" title="{label}" data-src="{esc(frame["src"])}" '
-            f'sandbox="{SANDBOX}" referrerpolicy="no-referrer" allow="" loading="eager"></iframe>'
+            f'sandbox="{frame["sandbox"]}" referrerpolicy="no-referrer" allow="" loading="eager"></iframe>'
         )
         if frame["target"] == "popup":
             blocks.append(
@@ -185,6 +203,7 @@ class _Page:
                         "label": extension.label,
                         "target": extension.target,
                         "origin": parse_target(extension.url).origin,
+                        "sandbox": sandbox_for(parse_target(extension.url).origin, req),
                         "src": _frame_src(extension.url, host_origin, frame_id),
                         "context": {
                             **page.for_app(granted, shop_id=shop_id),
@@ -197,7 +216,7 @@ class _Page:
             "version": 1,
             "shopId": shop_id,
             "tokenUrl": "/dashboard/api/extension-token",
-            "frames": [{k: v for k, v in f.items() if k not in ("src", "label")} for f in frames],
+            "frames": [{k: v for k, v in f.items() if k not in ("src", "label", "sandbox")} for f in frames],
         }
         resp.content_type = falcon.MEDIA_HTML
         resp.set_header("Content-Security-Policy", _csp([f["origin"] for f in frames]))
@@ -217,6 +236,7 @@ class _AppPage:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, shop_id: int, app_id: str, index: int) -> None:
         user = _user(req, self.kit)
+        parse_app_id(app_id, field="app_id")
         if not self.kit.permission_service.permissions(user, shop_id):
             raise falcon.HTTPForbidden(title="No access", description=f"you hold nothing in shop {shop_id}")
         installation = self.kit.apps.get(shop_id, app_id)
@@ -228,11 +248,12 @@ class _AppPage:
         origin = parse_target(extension.url).origin
         frame = {
             "id": frame_id, "appId": app_id, "shopId": shop_id, "extension": index, "label": extension.label,
-            "target": "widget", "origin": origin, "src": _frame_src(extension.url, _origin(req), frame_id),
+            "target": "widget", "origin": origin, "sandbox": sandbox_for(origin, req),
+            "src": _frame_src(extension.url, _origin(req), frame_id),
             "context": {"shop": {"id": shop_id}, "mount": "NAVIGATION", "user": {"id": user}},
         }
         config = {"version": 1, "shopId": shop_id, "tokenUrl": "/dashboard/api/extension-token",
-                  "frames": [{k: v for k, v in frame.items() if k not in ("src", "label")}]}
+                  "frames": [{k: v for k, v in frame.items() if k not in ("src", "label", "sandbox")}]}
         resp.content_type = falcon.MEDIA_HTML
         resp.set_header("Content-Security-Policy", _csp([origin]))
         resp.set_header("X-Content-Type-Options", "nosniff")
@@ -258,8 +279,8 @@ class _Login:
 
 
 class _TokenBody(msgspec.Struct, forbid_unknown_fields=True):
-    appId: str  # noqa: N815
-    shopId: int  # noqa: N815
+    appId: AppId  # noqa: N815
+    shopId: ShopId  # noqa: N815
 
 
 class _ExtensionToken:
@@ -322,7 +343,7 @@ def add_dashboard(app: falcon.App[Any, Any], kit: Kit) -> None:
     registry = build_dashboard_registry(kit)
     for mount, (route, _, _) in _PAGES.items():
         app.add_route(route, _Page(kit, registry, mount))
-    app.add_route("/dashboard/shops/{shop_id:int}/apps/{app_id}/{index:int}", _AppPage(kit))
+    app.add_route("/dashboard/shops/{shop_id:shop}/apps/{app_id}/{index:int}", _AppPage(kit))
     app.add_route("/dashboard/login", _Login(kit))
     app.add_route("/dashboard/api/extension-token", _ExtensionToken(kit))
     app.add_route("/static/{name}", _Static())

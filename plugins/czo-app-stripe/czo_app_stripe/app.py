@@ -7,12 +7,15 @@ import json
 import logging
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import falcon
 import urllib3
 
+from czo_kit.apps.handoff import HandoffVerifier
 from czo_kit.apps.signing import verify_signature
 from czo_kit.errors import WebhookSignatureError
 
@@ -29,16 +32,46 @@ class Installation:
 
 @dataclass
 class StripeApp:
-    """State of the app: installations (by shop), webhooks seen, payments made."""
+    """State of the app: installations (by shop), webhooks seen, payments made.
+
+    ``czo_public_key`` (``whpk_...``) verifies what c-zo hands over at ``/token``; without it
+    the app fetches it once from the c-zo API it is configured with (``czo_api_url``).
+    """
 
     public_url: str
     czo_api_url: str
+    czo_public_key: str | None = None
+    clock: Callable[[], float] = time.time
     installations: dict[int, Installation] = field(default_factory=dict)
     seen_webhooks: set[str] = field(default_factory=set)
     payments: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10)))
+    _verifier: HandoffVerifier | None = None
+
+    def handoff_verifier(self) -> HandoffVerifier:
+        """Built on first use: ``public_url`` may be known only once the server listens."""
+        if self._verifier is None:
+            key = self.czo_public_key or self._fetch_public_key()  # not under the lock: a network call
+            with self.lock:
+                if self._verifier is None:
+                    target = self.public_url.rstrip("/") + "/token"
+                    self._verifier = HandoffVerifier(key, target_url=target, clock=self.clock)
+        return self._verifier
+
+    def _fetch_public_key(self) -> str:
+        url = f"{self.czo_api_url.rstrip('/')}/api/signing-key"
+        try:
+            response = self.http.request("GET", url, retries=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise WebhookSignatureError(f"could not fetch c-zo's public key from {url}: {exc}") from None
+        if response.status != 200:
+            raise WebhookSignatureError(f"could not fetch c-zo's public key from {url}: HTTP {response.status}")
+        key = json.loads(response.data).get("publicKey")
+        if not isinstance(key, str):
+            raise WebhookSignatureError(f"{url} answered no publicKey")
+        return key
 
     def manifest(self) -> dict[str, Any]:
         base = self.public_url.rstrip("/")
@@ -77,10 +110,15 @@ class StripeApp:
         response = self.http.request(
             "POST", url,
             body=json.dumps({"amount": order["total"], "reference": reference}).encode(),
-            headers={"Authorization": f"Bearer {installation.token}", "Content-Type": "application/json"},
+            # Retried on 5xx: the key (and the reference) make a retry of a payment that did
+            # go through answer what it answered, instead of paying twice.
+            headers={
+                "Authorization": f"Bearer {installation.token}", "Content-Type": "application/json",
+                "Idempotency-Key": f"pay-{reference}",
+            },
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504), allowed_methods=None),
         )
-        if response.status != 201:
+        if response.status not in (200, 201):
             self.errors.append(f"recording payment for order {order['id']}: HTTP {response.status} {response.data[:200]!r}")
             return
         with self.lock:
@@ -96,12 +134,21 @@ class _Manifest:
 
 
 class _Token:
+    """``POST /token``: what c-zo hands over (the token at install, a new webhook secret at
+    rotation), accepted only when signed by c-zo's key, fresh, sent to this very URL, and
+    not seen before."""
+
     def __init__(self, app: StripeApp) -> None:
         self.app = app
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = req.get_media()
-        if isinstance(body, dict) and body.get("kind") == "webhook_secret":
+        raw = req.bounded_stream.read(64 * 1024)
+        try:
+            body = self.app.handoff_verifier().verify(raw, req.headers)
+        except WebhookSignatureError as exc:
+            self.app.errors.append(f"refused hand-off: {exc}")
+            raise falcon.HTTPUnauthorized(title="refused hand-off", description=str(exc)) from None
+        if body.get("kind") == "webhook_secret":
             # A rotated secret: keep the token, sign-check with the new secret from now on.
             shop_id = body.get("shop_id")
             with self.app.lock:
@@ -111,6 +158,8 @@ class _Token:
                 known.webhook_secret = str(body["webhook_secret"])
             resp.media = {"ok": True}
             return
+        if body.get("kind") != "install" or body.get("app_id") != "stripe":
+            raise falcon.HTTPBadRequest(title="not an install of this app")
         try:
             installation = Installation(
                 shop_id=int(body["shop_id"]), installation_id=int(body["installation_id"]),
@@ -118,7 +167,6 @@ class _Token:
             )
         except (KeyError, TypeError, ValueError):
             raise falcon.HTTPBadRequest(title="bad token payload") from None
-        # Idempotent: c-zo may send the same installation's token more than once.
         with self.app.lock:
             self.app.installations[installation.shop_id] = installation
         resp.media = {"ok": True}
@@ -245,9 +293,15 @@ class _Home:
         resp.media = {"app": "stripe", "shops": sorted(self.app.installations), "payments": len(self.app.payments)}
 
 
-def create_app(public_url: str, czo_api_url: str) -> tuple[falcon.App[Any, Any], StripeApp]:
+def create_app(
+    public_url: str,
+    czo_api_url: str,
+    *,
+    czo_public_key: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> tuple[falcon.App[Any, Any], StripeApp]:
     """The WSGI application and its state."""
-    state = StripeApp(public_url=public_url, czo_api_url=czo_api_url)
+    state = StripeApp(public_url=public_url, czo_api_url=czo_api_url, czo_public_key=czo_public_key, clock=clock)
     app: falcon.App[Any, Any] = falcon.App()
     app.add_route("/", _Home(state))
     app.add_route("/manifest", _Manifest(state))
@@ -267,7 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--public-url", default=None, help="URL c-zo reaches this app at")
     parser.add_argument("--czo-api", required=True, help="base URL of the c-zo API")
+    parser.add_argument(
+        "--czo-public-key", default=None,
+        help="c-zo's hand-off key (whpk_..., from GET /api/signing-key); fetched from --czo-api if not given",
+    )
     args = parser.parse_args(argv)
     public = args.public_url or f"http://{args.host}:{args.port}"
-    app, _ = create_app(public, args.czo_api)
+    app, _ = create_app(public, args.czo_api, czo_public_key=args.czo_public_key)
     serve(app, host=args.host, port=args.port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import falcon
 import msgspec
@@ -15,14 +15,14 @@ if TYPE_CHECKING:
 
 
 class PaymentBody(msgspec.Struct, forbid_unknown_fields=True):
-    amount: int
+    amount: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
     reference: str
-    currency: str = "EUR"
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")] = "EUR"
 
 
 class PaymentsResource:
     """``POST /api/shops/{shop_id}/orders/{order_id}/payments`` with an app token holding
-    ``order:write`` in that shop."""
+    ``order:write`` in that shop. ``Idempotency-Key`` is honoured by the kit's API itself."""
 
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
@@ -30,12 +30,13 @@ class PaymentsResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, shop_id: int, order_id: int) -> None:
         require_app(req, "order", "write", shop_id=shop_id)
         body = read_json(req, PaymentBody)
-        if body.amount <= 0:
-            raise falcon.HTTPBadRequest(title="Invalid request", description="amount must be positive", code="$.amount")
         if not 1 <= len(body.reference) <= 200:
             raise falcon.HTTPBadRequest(title="Invalid request", description="reference is 1-200 characters", code="$.reference")
         service = self.kit.services.get(OrderService)
-        order = service.record_payment(shop_id=shop_id, order_id=order_id, amount=body.amount, reference=body.reference)
+        # Once per reference: a retry of a payment that went through answers as it did.
+        order = service.record_payment(
+            shop_id=shop_id, order_id=order_id, amount=body.amount, reference=body.reference, currency=body.currency
+        )
         resp.status = falcon.HTTP_201
         resp.media = {
             "order": {"id": order.id, "status": order.status, "paid": order.paid_amount, "total": order.total}

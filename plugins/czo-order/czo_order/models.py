@@ -5,6 +5,7 @@ from __future__ import annotations
 import peewee
 
 from czo_kit.db import Model
+from czo_kit.db.model import TimestampedModel
 
 OPEN_STATES = ("open", "awaiting_payment")
 
@@ -37,3 +38,18 @@ class OrderLine(Model):
 
     class Meta:
         table_name = "order_line"
+
+
+class OrderPayment(TimestampedModel):
+    """A payment recorded on an order, once per ``reference`` in a shop: the reference names
+    the payment at the provider, so a second request with it is a retry, not a new payment."""
+
+    order = peewee.ForeignKeyField(Order, backref="payments", on_delete="CASCADE")
+    shop_id = peewee.IntegerField()
+    reference = peewee.CharField(max_length=200)
+    amount = peewee.IntegerField()
+    currency = peewee.CharField(max_length=3)
+
+    class Meta:
+        table_name = "order_payment"
+        indexes = ((("shop_id", "reference"), True),)

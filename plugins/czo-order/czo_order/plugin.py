@@ -9,7 +9,7 @@ import svcs
 
 from czo_kit import Kit, hookimpl
 from czo_kit.events import EventContext, EventEmitter
-from czo_order.models import Order, OrderLine
+from czo_order.models import Order, OrderLine, OrderPayment
 from czo_order.repository import OrderRepository, OrderService, build_order_service
 from czo_product.events import ProductDeleted, ProductRestored
 
@@ -19,7 +19,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @hookimpl
 def czo_register_models(register: Any) -> None:
-    register(Order, OrderLine)
+    register(Order, OrderLine, OrderPayment)
 
 
 @hookimpl
@@ -57,7 +57,7 @@ def czo_register_permissions(register: Any) -> None:
 def czo_register_http_routes(api: Any, kit: Kit) -> None:
     from czo_order.http import PaymentsResource
 
-    api.add_route("/api/shops/{shop_id:int}/orders/{order_id:int}/payments", PaymentsResource(kit))
+    api.add_route("/api/shops/{shop_id:shop}/orders/{order_id:id}/payments", PaymentsResource(kit))
 
 
 @hookimpl

@@ -10,8 +10,8 @@ import peewee
 
 from czo_kit.db import Repository, create_repository
 from czo_kit.db.mutations import EventSink, HookRunner
-from czo_kit.errors import InvalidDataError, NotFoundError
-from czo_order.models import OPEN_STATES, Order, OrderLine
+from czo_kit.errors import ConflictError, InvalidDataError, NotFoundError
+from czo_order.models import OPEN_STATES, Order, OrderLine, OrderPayment
 
 OrderRepository = Annotated[Repository[Order], "czo_order.repository"]
 """Service key of the order repository."""
@@ -67,18 +67,49 @@ class OrderService:
             changed += 1
         return changed
 
-    def record_payment(self, *, shop_id: int, order_id: int, amount: int, reference: str) -> Order:
-        """Record a payment; the order is paid once the payments cover its total."""
-        order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
-        if order is None:
-            raise NotFoundError("Order", order_id)
-        paid = int(order.paid_amount) + int(amount)
-        status = "paid" if paid >= int(order.total) else order.status
-        return self.orders.update(
-            order.id,
-            {"paid_amount": paid, "payment_reference": reference, "status": status},
-            expected_version=order.version,
+    def record_payment(
+        self, *, shop_id: int, order_id: int, amount: int, reference: str, currency: str = "EUR"
+    ) -> Order:
+        """Record a payment; the order is paid once the payments cover its total.
+
+        Once per ``reference`` in a shop: the same payment again (a retry) changes nothing and
+        returns the order as it is; the reference with another order, amount or currency is
+        a ``ConflictError``.
+        """
+        with self.db.atomic():
+            order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
+            if order is None:
+                raise NotFoundError("Order", order_id)
+            try:
+                with self.db.atomic():
+                    OrderPayment.insert(
+                        order=order.id, shop_id=shop_id, reference=reference, amount=amount, currency=currency
+                    ).execute(self.db)
+            except peewee.IntegrityError:
+                # Recorded before, maybe by a request running alongside this one (the unique
+                # index made this insert wait for it): the same payment, or a misuse.
+                return self._recorded(shop_id, order_id, amount, reference, currency)
+            paid = int(order.paid_amount) + int(amount)
+            status = "paid" if paid >= int(order.total) else order.status
+            return self.orders.update(
+                order.id,
+                {"paid_amount": paid, "payment_reference": reference, "status": status},
+                expected_version=order.version,
+            )
+
+    def _recorded(self, shop_id: int, order_id: int, amount: int, reference: str, currency: str) -> Order:
+        earlier = (
+            OrderPayment.select()
+            .where((OrderPayment.shop_id == shop_id) & (OrderPayment.reference == reference))
+            .get(self.db)
         )
+        if (int(earlier.order_id), int(earlier.amount), str(earlier.currency)) != (order_id, amount, currency):
+            raise ConflictError(
+                f"payment reference {reference!r} was already recorded for order {earlier.order_id} "
+                f"({earlier.amount} {earlier.currency}); a reference names one payment",
+                fields=("reference",),
+            )
+        return self.orders.get_by_id(order_id)
 
 
 def build_order_service(
