@@ -19,7 +19,7 @@ from czo_kit import Kit
 from czo_kit.apps.net import HTTPResponse, is_public_address
 from czo_kit.apps.webhooks import WebhookCircuit, WebhookDelivery
 from czo_kit.db.model import utcnow
-from czo_kit.errors import ConflictError, ManifestError
+from czo_kit.errors import ConflictError, ManifestError, WebhookSignatureError
 from czo_kit.settings import Settings
 
 ORDER = {"shop_id": 1, "id": 7, "total": 1999, "currency": "EUR"}
@@ -263,10 +263,11 @@ def test_the_payment_app_refuses_replayed_hand_offs(kit: Kit) -> None:
         install_post, rotation = app.receiver.posts("/token")
         rotated = app.state.installations[1].webhook_secret
         assert rotated != result.webhook_secret
-        # A second time, within the tolerance: refused, so the old secret does not come back.
+        # A second time, within the tolerance: answered as the kit's retry after a lost answer
+        # would be, and not applied again, so the old secret does not come back.
         for captured in (install_post, rotation):
             again = app.post("/token", captured.body, captured.headers)
-            assert again.status_code == 401 and "already received" in again.json["description"]
+            assert again.status_code == 200, again.json
         assert app.state.installations[1].webhook_secret == rotated
     finally:
         app.stop()
@@ -284,6 +285,24 @@ def test_the_payment_app_refuses_replayed_hand_offs(kit: Kit) -> None:
     finally:
         late.stop()
         forgetful.stop()
+
+
+def test_a_hand_off_seen_before_is_a_repeat_only_with_the_same_body() -> None:
+    from czo_kit.apps import HandoffSigner, HandoffVerifier, RepeatedHandoffError
+
+    signer = HandoffSigner.from_secret_key(b"k" * 40)
+    verifier = HandoffVerifier(signer.public_key, target_url="https://app.example/token")
+    body = json.dumps({"kind": "webhook_secret", "target_url": "https://app.example/token", "n": 1}).encode()
+    assert verifier.verify(body, signer.sign(body, message_id="msg_1"))["n"] == 1
+    # The kit's retry signs the same body again, at another second: a repeat, not applied.
+    with pytest.raises(RepeatedHandoffError) as repeat:
+        verifier.verify(body, signer.sign(body, message_id="msg_1", timestamp=int(time.time()) + 1))
+    assert repeat.value.payload["n"] == 1
+    # Validly signed, same id, another body: no retry of the kit's, refused outright.
+    other = body.replace(b'"n": 1', b'"n": 2')
+    with pytest.raises(WebhookSignatureError, match="replay is refused") as refused:
+        verifier.verify(other, signer.sign(other, message_id="msg_1"))
+    assert not isinstance(refused.value, RepeatedHandoffError)
 
 
 # -- UI extensions: manifest rules, checker, tokens, contexts ---------------------------------

@@ -3,7 +3,7 @@ checked at install, per-app tokens, and signed webhooks with retries and a dead-
 
 from __future__ import annotations
 
-from czo_kit.apps.handoff import HandoffSigner, HandoffVerifier, verify_handoff
+from czo_kit.apps.handoff import HandoffSigner, HandoffVerifier, RepeatedHandoffError, verify_handoff
 from czo_kit.apps.manifest import AppManifest, ExtensionSpec, PermissionSpec, WebhookSpec, parse_manifest
 from czo_kit.apps.permissions import (
     APP_MANAGEMENT,
@@ -27,6 +27,7 @@ __all__ = [
     "ExtensionSpec",
     "HandoffSigner",
     "HandoffVerifier",
+    "RepeatedHandoffError",
     "InstallResult",
     "ManifestError",
     "PermissionDeniedError",

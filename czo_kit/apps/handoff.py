@@ -35,6 +35,7 @@ __all__ = [
     "PUBLIC_KEY_PREFIX",
     "HandoffSigner",
     "HandoffVerifier",
+    "RepeatedHandoffError",
     "verify_handoff",
 ]
 
@@ -138,14 +139,26 @@ def verify_handoff(
     raise WebhookSignatureError("no v1a signature in webhook-signature matches the body and the kit's public key")
 
 
+class RepeatedHandoffError(WebhookSignatureError):
+    """A genuine hand-off received before, again with the same body: the kit retrying after
+    its first answer was lost. It was applied the first time; answer 2xx without applying it
+    again (an app that catches only ``WebhookSignatureError`` refuses it, which is safe but
+    makes the kit give up an install the app already took)."""
+
+    def __init__(self, message: str, payload: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.payload = payload
+
+
 class HandoffVerifier:
     """For apps: ``verify(body, headers)`` checks a hand-off end to end and returns its
     decoded body, or raises ``WebhookSignatureError``.
 
     Beyond ``verify_handoff``: the body must name ``target_url`` (this app's own
     ``token_target_url``, so a hand-off sent to another app is refused), and each
-    ``webhook-id`` is accepted once (a replay within the tolerance is refused; after it, the
-    timestamp is). Ids are remembered in memory for twice the tolerance; an app running
+    ``webhook-id`` is applied once: the same id again with the same body (the kit retrying
+    after a lost answer) raises ``RepeatedHandoffError``, to be answered 2xx and not applied;
+    with another body it is refused; after the tolerance, the timestamp refuses it. Ids are remembered in memory for twice the tolerance; an app running
     several processes keeps them in a shared store instead (Redis ``SET NX EX``).
     """
 
@@ -162,7 +175,7 @@ class HandoffVerifier:
         self.target_url = target_url
         self.tolerance = tolerance
         self.clock = clock
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, bytes]] = {}  # id -> (forget after, body digest)
         self._lock = threading.Lock()
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -179,10 +192,13 @@ class HandoffVerifier:
                 f"the hand-off was sent to {str(payload.get('target_url'))[:200]!r}, not to {self.target_url!r}"
             )
         message_id = {str(k).lower(): v for k, v in headers.items()}["webhook-id"]
+        digest = hashlib.sha256(body).digest()
         with self._lock:
             # Only signed hand-offs get this far, so only the kit can make this table grow.
-            self._seen = {key: until for key, until in self._seen.items() if until > now}
+            self._seen = {key: seen for key, seen in self._seen.items() if seen[0] > now}
             if message_id in self._seen:
+                if hmac.compare_digest(self._seen[message_id][1], digest):
+                    raise RepeatedHandoffError(f"hand-off {message_id!r} was already received and applied", payload)
                 raise WebhookSignatureError(f"hand-off {message_id!r} was already received; a replay is refused")
-            self._seen[message_id] = now + 2 * self.tolerance
+            self._seen[message_id] = (now + 2 * self.tolerance, digest)
         return payload

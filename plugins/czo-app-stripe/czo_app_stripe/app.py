@@ -15,7 +15,7 @@ from typing import Any
 import falcon
 import urllib3
 
-from czo_kit.apps.handoff import HandoffVerifier
+from czo_kit.apps.handoff import HandoffVerifier, RepeatedHandoffError
 from czo_kit.apps.signing import verify_signature
 from czo_kit.errors import WebhookSignatureError
 
@@ -145,6 +145,9 @@ class _Token:
         raw = req.bounded_stream.read(64 * 1024)
         try:
             body = self.app.handoff_verifier().verify(raw, req.headers)
+        except RepeatedHandoffError:
+            resp.media = {"ok": True}  # applied when it first came; c-zo did not get that answer
+            return
         except WebhookSignatureError as exc:
             self.app.errors.append(f"refused hand-off: {exc}")
             raise falcon.HTTPUnauthorized(title="refused hand-off", description=str(exc)) from None
