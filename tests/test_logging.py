@@ -108,3 +108,20 @@ def test_the_cli_at_debug_logs_no_token_and_no_secret(tmp_path: Any) -> None:
     assert "DEBUG peewee:" in logs and "czo_app_secret" in logs and MASK in logs
     for secret in (token, *secrets, *hashes):
         assert secret not in logs
+
+
+def test_a_dead_webhook_is_logged_without_its_targets_query(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
+    from apps_support import Reply, wait_for
+
+    caplog.set_level(logging.INFO)
+    with Receiver(lambda request: Reply(404, b"gone")) as app:
+        data = manifest(app.url)
+        data["webhooks"][0]["target_url"] = app.url + "/hook?token=s3cr3t-in-the-target"
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=data)
+        with kit.consumer(workers=1, sweep_interval=0.5):
+            kit.events.emit_async("order.created", {"id": 1, "shop_id": 1, "total": 100, "currency": "EUR"})
+            wait_for(lambda: kit.webhooks.stats() == {"dead": 1}, what="the dead letter")
+        assert app.requests and app.requests[0].path == "/hook?token=s3cr3t-in-the-target"
+    dead = [r.getMessage() for r in caplog.records if "is dead after" in r.getMessage()]
+    assert len(dead) == 1 and f" to {app.url}/hook is dead after 1 attempt(s)" in dead[0]
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)

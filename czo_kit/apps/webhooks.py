@@ -505,7 +505,9 @@ class WebhookDispatcher:
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
         if state == "dead":
-            log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, delivery.target_url, attempt, error)
+            # Without its query: a target may carry a token there.
+            target = str(delivery.target_url).split("?", 1)[0]
+            log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, target, attempt, error)
         return state
 
     # -- recovery and operations --------------------------------------------------------
