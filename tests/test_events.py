@@ -647,10 +647,15 @@ def test_declaring_an_invalid_name_raises() -> None:
             id: int
 
 
-def test_unencodable_payload_is_refused_by_emit_async() -> None:
+def test_unencodable_payload_is_refused_by_emit_and_emit_async() -> None:
     events = EventEmitter()
+    calls: Calls = []
+    events.on("inventory.low", recorder(calls, "h"))
     with pytest.raises(InvalidEventError, match="cannot be encoded"):
         events.emit_async("inventory.low", {"thing": object()})
+    with pytest.raises(InvalidEventError, match="cannot be encoded"):
+        events.emit("inventory.low", {"thing": object()})
+    assert calls == []
 
 
 # -- emit_async argument checks ----------------------------------------------------------------
