@@ -152,6 +152,7 @@ class Kit:
                     retry_max=settings.events_retry_max,
                     lease=settings.events_lease,
                     relay_grace=min(10.0, settings.events_lease),
+                    shutdown_timeout=settings.events_shutdown_timeout,
                 ),
             )
             self.queue_tasks.outbox = self.outbox

@@ -16,13 +16,10 @@ killed mid-handler leaves a ``running`` row whose lease runs out, and the sweep 
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import logging
 import random
 import threading
-import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from czo_kit._faults import fault_point
-from czo_kit._fork import reset_in_children
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
+from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
 if TYPE_CHECKING:
@@ -138,6 +135,9 @@ class OutboxSettings:
     """Seconds a delivery may run before the sweep assumes its worker died."""
     relay_grace: float = 10.0
     """Seconds after which a committed but unqueued event is re-queued by the sweep."""
+    shutdown_timeout: float = 3.0
+    """Seconds ``close()`` (or the exit of a process) waits for the queue to take the events
+    the relay still holds; the rest stay pending for the sweep."""
 
 
 class Enqueuer:
@@ -177,7 +177,7 @@ class Outbox:
         self.settings = settings or OutboxSettings()
         self._sweep_lock = threading.Lock()
         self._tables_ready = False
-        self._relayer = _Relay(self._relay, db)
+        self._relayer = Relay(self._relay, self._mark_queued, shutdown_timeout=self.settings.shutdown_timeout)
 
     def ensure_tables(self) -> None:
         """Create the event tables if they are missing (they are the kit's own, not a module's),
@@ -243,15 +243,24 @@ class Outbox:
         event_id = ctx.event_id
         on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
-    def _relay(self, event_id: str, delay: float, priority: int) -> bool:
-        """Queue a committed event's dispatch; False if the queue could not take it."""
+    def _relay(self, event_id: str, delay: float, priority: int) -> None:
+        """Queue a committed event's dispatch; raises if the queue did not take it."""
         fault_point("events.relay")  # tests kill the producer here: committed, not queued
+        self.queue.dispatch(event_id, delay=delay, priority=priority)
+
+    def _mark_queued(self, ids: list[str]) -> None:
+        """Tell the sweep these events are in the queue (500 per statement)."""
+        opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
         try:
-            self.queue.dispatch(event_id, delay=delay, priority=priority)
-        except Exception:
-            log.warning("could not queue event %s; the sweep will retry it", event_id, exc_info=True)
-            return False
-        return True
+            for start in range(0, len(ids), 500):
+                (
+                    EventOutbox.update(state="queued", updated_at=utcnow())
+                    .where(EventOutbox.event_id.in_(ids[start : start + 500]) & (EventOutbox.state == "pending"))
+                    .execute(self.db)
+                )
+        finally:
+            if opened and not self.db.is_closed() and not self.db.in_transaction():
+                self.db.close()
 
     def flush(self, *, mark: bool = True) -> None:
         """Queue every committed event still waiting for the relay thread, now, in this thread
@@ -260,7 +269,8 @@ class Outbox:
         self._relayer.flush(mark=mark)
 
     def close(self) -> None:
-        """Queue what the relay still holds, write down what was queued, stop its thread."""
+        """Queue what the relay still holds, by ``settings.shutdown_timeout``, write down what
+        was queued, stop its thread; what the queue did not take stays pending for the sweep."""
         self._relayer.close()
 
     # -- worker side --------------------------------------------------------------------
@@ -571,125 +581,6 @@ class Outbox:
             .execute(self.db)
         )
         return {state: count for state, count in rows}
-
-
-_Relayed = tuple[str, float, int]  # event id, delay, priority
-
-
-class _Relay:
-    """Hands committed events to the queue on a thread of its own, then marks them queued.
-
-    ``emit_async`` returns once its outbox row is written; the queue's round trip happens
-    here, in commit order. Losing what this holds (a crash before the hand-off) loses no
-    event: the rows stay ``pending`` and the sweep queues them, as after a crash between
-    commit and enqueue. The ``queued`` mark only tells the sweep "already handed to the
-    queue"; it is written in batches, and losing it costs a harmless duplicate dispatch.
-    """
-
-    def __init__(
-        self,
-        relay: Callable[[str, float, int], bool],
-        db: peewee.Database,
-        *,
-        mark_interval: float = 0.2,
-        batch: int = 500,
-    ) -> None:
-        self.relay = relay
-        self.db = db
-        self.mark_interval = mark_interval
-        self.batch = batch
-        self._todo: list[_Relayed] = []
-        self._marks: list[str] = []
-        self._lock = threading.Lock()
-        self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        _relays.add(self)  # handed over at exit
-        reset_in_children(self)
-
-    def add(self, item: _Relayed) -> None:
-        with self._lock:
-            self._todo.append(item)
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="czo-outbox-relay", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        last_mark = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(self.mark_interval)
-            self._wake.clear()
-            self._relay_pending()
-            now = time.monotonic()
-            if self._marks and (len(self._marks) >= self.batch or now - last_mark >= self.mark_interval):
-                self._mark()
-                last_mark = now
-
-    def _relay_pending(self) -> None:
-        with self._relay_lock:
-            with self._lock:
-                todo, self._todo = self._todo, []
-            for event_id, delay, priority in todo:
-                if self.relay(event_id, delay, priority):
-                    self._marks.append(event_id)
-
-    def _mark(self) -> None:
-        with self._relay_lock:
-            ids, self._marks = self._marks, []
-        if not ids:
-            return
-        opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
-        try:
-            for start in range(0, len(ids), 500):
-                (
-                    EventOutbox.update(state="queued", updated_at=utcnow())
-                    .where(EventOutbox.event_id.in_(ids[start : start + 500]) & (EventOutbox.state == "pending"))
-                    .execute(self.db)
-                )
-        except Exception:
-            log.warning("could not mark %d relayed event(s); the sweep may queue them twice", len(ids), exc_info=True)
-        finally:
-            if opened and not self.db.is_closed() and not self.db.in_transaction():
-                self.db.close()
-
-    def flush(self, *, mark: bool = True) -> None:
-        """Relay (and mark) everything held, in the calling thread."""
-        self._relay_pending()
-        if mark:
-            self._mark()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        self.flush()
-
-    def _after_fork(self) -> None:
-        # The parent's thread and its pending work stay with the parent.
-        self._lock = threading.Lock()
-        self._relay_lock = threading.Lock()
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._todo, self._marks, self._thread = [], [], None
-
-
-_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
-
-
-def _flush_relays() -> None:
-    # A script that emits and exits without closing its kit still hands its events over.
-    for relay in list(_relays):
-        try:
-            relay.flush()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
-
-
-atexit.register(_flush_relays)
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
