@@ -4,26 +4,34 @@ that recovers whatever a crash left behind.
 
 The life of an event::
 
-    emit_async  -> outbox row (same transaction as the business write)        state pending
+    emit_async  -> outbox row, with the subscribers the producer knows         state pending
+                   (same transaction as the business write)
     commit      -> relay enqueues a dispatch task, marks the row               state queued
-    dispatch    -> one delivery row per subscriber, one deliver task each      state dispatched
-    deliver     -> claim (queued/retry -> running, with a lease), run, record  done | retry | dead
+    dispatch    -> one delivery row per subscriber, those recorded by the      state dispatched
+                   producer and the worker's own, one deliver task each
+    deliver     -> claim (queued/retry/waiting -> running, with a lease), run,  done | retry | dead
+                   record; a worker without the subscriber hands it back        | waiting
 
 Every step is idempotent, so the sweep may re-enqueue anything that looks stuck: a delivery is
 only run by whoever flips it to ``running``. Handlers get at-least-once delivery: a worker
 killed mid-handler leaves a ``running`` row whose lease runs out, and the sweep runs it again.
+Workers may differ (a rolling deploy, per-worker plugins): a delivery is only ever finished by
+a worker that has its subscriber.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
+import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import peewee
 
 from czo_kit._faults import fault_point
@@ -34,7 +42,7 @@ from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
 if TYPE_CHECKING:
-    from czo_kit.events.emitter import EventEmitter
+    from czo_kit.events.emitter import EventEmitter, Subscription
 
 __all__ = [
     "EVENT_MODELS",
@@ -64,6 +72,9 @@ class EventOutbox(KitTable):
     priority = peewee.IntegerField()
     state = peewee.CharField(max_length=16, default="pending")
     updated_at = UTCDateTimeField()
+    subscribers = peewee.TextField(null=True)
+    """The producer's subscribers of the event (a JSON list of ids after ``<name>|``), so that a
+    worker without some of them still creates their deliveries."""
 
     class Meta:
         table_name = "czo_event_outbox"
@@ -71,7 +82,11 @@ class EventOutbox(KitTable):
 
 
 class EventDelivery(KitTable):
-    """One subscriber's delivery of one event: the unit that is retried and recovered."""
+    """One subscriber's delivery of one event: the unit that is retried and recovered.
+
+    States: ``queued``, ``running``, ``retry`` (after a failure), ``waiting`` (for a worker
+    that has the subscriber), then ``done``, ``dead`` or ``discarded`` (by an operator).
+    """
 
     id = peewee.BigAutoField()
     event_id = peewee.CharField(max_length=36, index=True)
@@ -170,11 +185,18 @@ class Outbox:
         queue: Enqueuer,
         emitter: EventEmitter,
         settings: OutboxSettings | None = None,
+        *,
+        plugins: tuple[str, ...] = (),
     ) -> None:
         self.db = db
         self.queue = queue
         self.emitter = emitter
         self.settings = settings or OutboxSettings()
+        self.plugins = plugins
+        """Names of this process's plugins, for the warning about a missing subscriber."""
+        self._recorded: dict[str, tuple[tuple[Subscription, ...], str | None]] = {}
+        self._warned: set[str] = set()  # subscribers this worker said it does not have
+        self._warn_lock = threading.Lock()
         self._sweep_lock = threading.Lock()
         self._tables_ready = False
         self._relayer = Relay(self._relay, self._mark_queued, shutdown_timeout=self.settings.shutdown_timeout)
@@ -215,7 +237,7 @@ class Outbox:
         info = model_info(EventOutbox, self.db)
         columns = (
             "event_id", "name", "payload", "actor", "correlation_id", "causation_id",
-            "created_at", "deliver_at", "retries", "priority", "state", "updated_at",
+            "created_at", "deliver_at", "retries", "priority", "state", "updated_at", "subscribers",
         )
         template = info.template(
             ("outbox_insert",),
@@ -238,10 +260,25 @@ class Outbox:
                 "priority": priority,
                 "state": "pending",
                 "updated_at": now,
+                "subscribers": self._subscribers_of(ctx.name),
             },
         )
         event_id = ctx.event_id
         on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
+
+    def _subscribers_of(self, name: str) -> str | None:
+        """What ``publish`` records: the event's subscribers here, but not ``once`` ones (they
+        belong to the process that subscribed them). Encoded once per change of subscribers."""
+        subs = self.emitter.subscribers(name)
+        cached = self._recorded.get(name)
+        if cached is not None and cached[0] is subs:
+            return cached[1]
+        prefix = len(name) + 1
+        ids = [sub.id[prefix:] for sub in subs if not sub.once]
+        encoded = msgspec.json.encode(ids).decode() if ids else None
+        if len(self._recorded) < 4096:  # names are a module's vocabulary; bound it anyway
+            self._recorded[name] = (subs, encoded)
+        return encoded
 
     def _relay(self, event_id: str, delay: float, priority: int) -> None:
         """Queue a committed event's dispatch; raises if the queue did not take it."""
@@ -288,7 +325,8 @@ class Outbox:
         return info.load(row) if row is not None else None
 
     def dispatch(self, event_id: str) -> int:
-        """Create a delivery per current subscriber and queue each; returns how many queued."""
+        """Create a delivery per subscriber, those of this worker and those the producer
+        recorded, and queue each; returns how many queued."""
         self.ensure_tables()
         row = self._outbox_row(event_id)
         if row is None:
@@ -299,7 +337,13 @@ class Outbox:
             return 0
         now = utcnow()
         # A ``once`` subscription is claimed by the first event dispatched to it.
-        subscribers = [s for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        subscribers = [s.id for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        if row.subscribers:
+            # Subscribers the producer had and this worker may not (an older or narrower
+            # worker): their deliveries wait for a worker that has them.
+            own = set(subscribers)
+            recorded = (f"{row.name}|{base}" for base in msgspec.json.decode(row.subscribers, type=list[str]))
+            subscribers += [sub for sub in recorded if sub not in own]
         queued: list[tuple[int, int]] = []
         info = model_info(EventOutbox, self.db)
         mark = info.template(
@@ -316,7 +360,7 @@ class Outbox:
                         [
                             {
                                 "event_id": event_id,
-                                "subscriber": sub.id,
+                                "subscriber": sub,
                                 "state": "queued",
                                 "max_attempts": row.retries + 1,
                                 "priority": row.priority,
@@ -358,7 +402,7 @@ class Outbox:
                     EventDelivery.updated_at: Slot("now", EventDelivery.updated_at.db_value),
                 }
             )
-            .where((EventDelivery.id == Slot("id")) & (EventDelivery.state.in_(("queued", "retry"))))
+            .where((EventDelivery.id == Slot("id")) & (EventDelivery.state.in_(("queued", "retry", "waiting"))))
             .returning(*info.fields),
         )
         row = info.execute(
@@ -393,11 +437,7 @@ class Outbox:
             return self._finish_dead(delivery, None, "event row is gone")
         sub = self.emitter.subscription(delivery.subscriber)
         if sub is None:
-            # During a rolling deploy, or with per-worker plugins, another worker (or this one
-            # after its upgrade) may have the subscriber: retry rather than give up at once.
-            error = f"no subscriber {delivery.subscriber!r} in this worker"
-            log.warning("delivery %s of %s: %s", delivery.id, event.name, error)
-            return self._retry_or_die(delivery, event, error)
+            return self._hand_back(delivery, event)
         ctx = EventContext(
             event_id=event.event_id,
             name=event.name,
@@ -421,6 +461,41 @@ class Outbox:
         self._done(int(delivery.id))
         self.emitter.release_once(sub)
         return "done"
+
+    def _hand_back(self, delivery: EventDelivery, event: EventOutbox) -> str:
+        """Leave a delivery whose subscriber this worker lacks to one that has it: back to the
+        queue after a wait that grows with its age, its attempt not counted, never dead."""
+        now = utcnow()
+        age = (now - delivery.created_at).total_seconds()
+        # No low cap: while no worker has the subscriber (one removed on purpose, say), its
+        # deliveries come back ever more rarely; a worker that has it finds them in its sweep.
+        wait = random.uniform(0.5, 1.0) * min(self.settings.retry_max, max(self.settings.retry_base, age / 2))
+        plugins = ", ".join(sorted(self.plugins)) or "none"
+        note = (
+            f"waiting for a worker with subscriber {delivery.subscriber!r}; worker pid {os.getpid()} "
+            f"does not have it (its plugins: {plugins})"
+        )
+        EventDelivery.update(
+            state="waiting",
+            attempts=EventDelivery.attempts - 1,
+            next_attempt_at=now + dt.timedelta(seconds=wait),
+            lease_until=None,
+            last_error=note[:2000],
+            updated_at=now,
+        ).where((EventDelivery.id == delivery.id) & (EventDelivery.state == "running")).execute(self.db)
+        self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        with self._warn_lock:
+            first = delivery.subscriber not in self._warned
+            self._warned.add(delivery.subscriber)
+        if first:
+            log.warning(
+                "event %s (%s) waits for a worker with subscriber %r: this worker (pid %d) does not "
+                "have it; its plugins: %s. A worker that has it will run it. If the subscriber was "
+                "removed on purpose, drop what waits for it: czo-kit events discard %s",
+                event.event_id, event.name, delivery.subscriber, os.getpid(), plugins,
+                shlex.quote(delivery.subscriber),
+            )
+        return "waiting"
 
     def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str) -> str:
         """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
@@ -507,13 +582,15 @@ class Outbox:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         counts["recovered"] = len(recovered)
 
-        # Queued, or due for a retry, for longer than a lease: the task was lost (popped by a
-        # worker that died before claiming it, or dropped with a queue that was wiped).
+        requeued = self._sweep_waiting(now, stale)
+
+        # Queued, or due for another try, for longer than a lease: the task was lost (popped by
+        # a worker that died before claiming it, or dropped with a queue that was wiped).
         lost = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
                 ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
-                | ((EventDelivery.state == "retry") & (EventDelivery.next_attempt_at < stale))
+                | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
             )
             .tuples()
             .execute(self.db)
@@ -526,10 +603,38 @@ class Outbox:
         for delivery_id, priority in lost:
             EventDelivery.update(updated_at=now).where(EventDelivery.id == delivery_id).execute(self.db)
             self.queue.deliver(delivery_id, delay=0, priority=priority)
-        counts["requeued"] = len(lost)
+        counts["requeued"] = requeued + len(lost)
         if any(counts.values()):
             log.warning("event sweep re-queued %s", counts)
         return counts
+
+    def _sweep_waiting(self, now: dt.datetime, stale: dt.datetime) -> int:
+        """Queue now the deliveries waiting for a subscriber this worker has: a worker without
+        it handed them back for later, maybe long before this one started. Not those just
+        queued (their task is on its way)."""
+        waited_for = (
+            EventDelivery.select(EventDelivery.subscriber).distinct().where(EventDelivery.state == "waiting")
+        )
+        mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
+        if not mine:
+            return 0
+        found = list(
+            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+            .where(
+                (EventDelivery.state == "waiting")
+                & EventDelivery.subscriber.in_(mine)
+                & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale))
+            )
+            .tuples()
+            .execute(self.db)
+        )
+        if found:
+            EventDelivery.update(next_attempt_at=now, updated_at=now).where(
+                EventDelivery.id.in_([delivery_id for delivery_id, _ in found]) & (EventDelivery.state == "waiting")
+            ).execute(self.db)
+        for delivery_id, priority in found:
+            self.queue.deliver(delivery_id, delay=0, priority=priority)
+        return len(found)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -570,6 +675,32 @@ class Outbox:
         )
         on_commit(self.db, lambda: self.queue.deliver(letter.delivery_id, delay=0, priority=priority or 50))
         return int(letter.delivery_id)
+
+    def waiting(self) -> dict[str, int]:
+        """Subscribers whose deliveries wait for a worker that has them, and how many each."""
+        self.ensure_tables()
+        rows = (
+            EventDelivery.select(EventDelivery.subscriber, peewee.fn.COUNT(EventDelivery.id))
+            .where(EventDelivery.state == "waiting")
+            .group_by(EventDelivery.subscriber)
+            .tuples()
+            .execute(self.db)
+        )
+        return {subscriber: count for subscriber, count in rows}
+
+    def discard(self, subscriber: str) -> int:
+        """Give up on every delivery of ``subscriber`` not yet run (a subscriber removed on
+        purpose); they end ``discarded``. Returns how many."""
+        self.ensure_tables()
+        now = utcnow()
+        return int(
+            EventDelivery.update(
+                state="discarded", finished_at=now, lease_until=None, updated_at=now,
+                last_error="discarded by an operator",
+            )
+            .where((EventDelivery.subscriber == subscriber) & EventDelivery.state.in_(("queued", "retry", "waiting")))
+            .execute(self.db)
+        )
 
     def stats(self) -> dict[str, int]:
         """How many deliveries are in each state."""
