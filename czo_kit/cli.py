@@ -160,6 +160,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
     events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM.
     """
+    from czo_kit._parent import tie_forked_workers
     from czo_kit.events.queue import Sweeper
 
     with _kit() as kit:
@@ -170,6 +171,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
         consumer = kit.queue.create_consumer(
             workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
         )
+        tie_forked_workers(consumer)  # -k process: children go when this process goes
         if worker_type == "process":
             # Forked workers must open their own database connections.
             close_all = getattr(kit.db, "close_all", None)

@@ -1,6 +1,7 @@
-"""Workers that differ from each other, as in a rolling deploy, with real processes: a worker
-without a subscriber's plugin leaves that subscriber's deliveries to a worker that has it
-(nothing lost, nothing dead), and an old and a new worker side by side deliver everything.
+"""Workers around a deploy, with real processes: a worker without a subscriber's plugin leaves
+that subscriber's deliveries to a worker that has it (nothing lost, nothing dead), an old and a
+new worker side by side deliver everything, and the forked children of a ``-k process`` worker
+killed outright do not live on with the old code.
 
 Servers, the probe plugin and the process helpers are those of ``tests/test_worker.py``.
 """
@@ -29,12 +30,14 @@ from test_worker import (
     private_pg,  # noqa: F401
     queue_name,  # noqa: F401
     server_env,
+    sqlite_env,
     start_consumer,
     wait_for,
     write_scripts,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow]
+SERVERS = [pytest.mark.redis, pytest.mark.postgres]
 
 PROBE = "czo-worker-probe"  # the entry-point name of the probe plugin
 SUBSCRIBERS = ("worker.probe|probe-0", "worker.probe|probe-1")
@@ -69,6 +72,8 @@ def produce(env: dict[str, str], cwd: Path, count: int) -> list[str]:
     return ids
 
 
+@SERVERS[0]
+@SERVERS[1]
 def test_a_worker_without_the_subscribers_plugin_leaves_their_deliveries_to_one_that_has_it(
     private_pg: tuple[str, Pg], redis_url: str, queue_name: str, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -129,6 +134,8 @@ def test_a_worker_without_the_subscribers_plugin_leaves_their_deliveries_to_one_
         assert "Traceback" not in proc.err_path.read_text(), proc.tail()
 
 
+@SERVERS[0]
+@SERVERS[1]
 def test_an_old_and_a_new_worker_side_by_side_lose_nothing(
     private_pg: tuple[str, Pg], redis_url: str, queue_name: str, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -170,3 +177,91 @@ def test_an_old_and_a_new_worker_side_by_side_lose_nothing(
     assert pg.one("SELECT count(*) FROM czo_event_dead_letter") == 0
     assert runs.outbox_states() == {"dispatched": 100}
     assert "Traceback" not in old.err_path.read_text() + new.err_path.read_text()
+
+
+# -- the children of a -k process worker ---------------------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc; zombies do not count)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if int(ppid) == pid and state != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("command", ["czo-kit worker", "huey_consumer"])
+def test_the_children_of_a_process_worker_exit_when_it_is_killed(tmp_path: Path, command: str) -> None:
+    env = sqlite_env(tmp_path)
+    if command == "czo-kit worker":
+        args = [*czo_kit_command(), "worker", "-w", "2", "-k", "process"]
+    else:
+        args = [str(Path(sys.executable).with_name("huey_consumer")), "czo_kit.worker.huey", "-w", "2", "-k", "process"]
+    children: set[int] = set()
+    with ExitStack() as stack:
+        stack.callback(lambda: kill_all(children))  # whatever happens, no child outlives the test
+        parent = Proc(args, env=env, cwd=tmp_path, label="process-worker")
+        stack.callback(parent.kill)
+        # Two workers and the scheduler, each a forked child.
+        wait_for(lambda: len(children_of(parent.pid)) >= 3 or not parent.alive(), timeout=60,
+                 what="the worker's children", diag=parent.tail)
+        assert parent.alive(), parent.tail()
+        children |= children_of(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.kill()  # reap
+        wait_for(lambda: not any(alive(pid) for pid in children), timeout=60,
+                 what=f"children {sorted(children)} to exit after their parent was killed",
+                 diag=lambda: f"still alive: {sorted(p for p in children if alive(p))}\n{parent.tail()}")
+
+
+def test_the_watchdog_ends_a_child_where_the_kernel_is_not_asked(tmp_path: Path) -> None:
+    """The fallback for systems without prctl: a thread that notices the parent is gone."""
+    script = tmp_path / "forks.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from czo_kit._parent import exit_with_parent\n"
+        "parent = os.getpid()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    exit_with_parent(parent, kernel=False)\n"
+        "    while True:\n"
+        "        time.sleep(0.1)\n"
+        "print(child, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    parent = Proc([sys.executable, str(script)], env=env, cwd=tmp_path, label="forks")
+    child: set[int] = set()
+    try:
+        wait_for(lambda: parent.stdout().strip() or not parent.alive(), timeout=60, what="the fork", diag=parent.tail)
+        child.add(int(parent.stdout().split()[0]))
+        assert all(alive(pid) for pid in child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.kill()
+        wait_for(lambda: not any(alive(pid) for pid in child), timeout=60,
+                 what="the child to notice its parent is gone", diag=parent.tail)
+    finally:
+        kill_all(child)
+        parent.kill()
