@@ -114,7 +114,7 @@ class Relay:
                     try:
                         self.relay(event_id, delay, priority)
                     except Exception as exc:
-                        self._failed(exc, len(todo) - done)
+                        self._failed(exc, len(todo) - done + len(self._todo))
                         break
                     if self._down_since is not None:
                         self._recovered(len(todo) - done)
@@ -169,6 +169,8 @@ class Relay:
     def close(self, *, deadline: float | None = None) -> None:
         """Hand over what is held until ``deadline`` (monotonic; default: ``shutdown_timeout``
         from now), then stop; what is still held stays pending for the sweep."""
+        if self._abandoned:
+            return  # an earlier close() gave up on it already: one deadline, not one per call
         if deadline is None:
             deadline = time.monotonic() + self.shutdown_timeout
         self._deadline = deadline
