@@ -182,6 +182,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
     events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM.
     """
+    from czo_kit._parent import tie_forked_workers
     from czo_kit.events.queue import Sweeper
 
     with _kit() as kit:
@@ -192,6 +193,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
         consumer = kit.queue.create_consumer(
             workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
         )
+        tie_forked_workers(consumer)  # -k process: children go when this process goes
         if worker_type == "process":
             # Forked workers must open their own database connections.
             close_all = getattr(kit.db, "close_all", None)
@@ -223,7 +225,8 @@ def events_group() -> None:
 
 @events_group.command("status")
 def events_status() -> None:
-    """Count deliveries by state (queued, running, retry, done, dead)."""
+    """Count deliveries by state (queued, running, retry, waiting, done, dead, discarded),
+    and name the subscribers whose deliveries wait for a worker that has them."""
     with _kit() as kit:
         if kit.outbox is None:
             raise click.ClickException("CZO_QUEUE_URL is empty: async events run in-process, nothing is recorded")
@@ -232,6 +235,37 @@ def events_status() -> None:
             click.echo("no deliveries recorded")
         for state, count in sorted(stats.items()):
             click.echo(f"{state:<8} {count}")
+        waiting = kit.outbox.waiting()
+        if waiting:
+            click.echo("waiting for a worker that has their subscriber (start one, or discard a subscriber "
+                       "removed on purpose with `czo-kit events discard SUBSCRIBER`):")
+            for subscriber, count in sorted(waiting.items()):
+                click.echo(f"  {subscriber}  {count}")
+
+
+@events_group.command("discard")
+@click.argument("subscriber")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def events_discard(subscriber: str, yes: bool) -> None:
+    """Give up on the deliveries of SUBSCRIBER (an id such as 'order.created|audit') that no
+    worker has run yet: for a subscriber removed on purpose, whose deliveries would otherwise
+    wait for a worker that has it. They end 'discarded'."""
+    with _kit() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: there are no deliveries to discard")
+        if kit.events.subscription(subscriber) is not None:
+            raise click.ClickException(
+                f"subscriber {subscriber!r} is registered in this installation: a worker will run its "
+                "deliveries; discard only a subscriber that was removed"
+            )
+        waiting = kit.outbox.waiting().get(subscriber, 0)
+        if not yes:
+            click.confirm(
+                f"Discard every delivery of {subscriber!r} not run yet ({waiting} waiting for a worker)?",
+                abort=True,
+            )
+        count = kit.outbox.discard(subscriber)
+        click.echo(f"discarded {count} deliver{'y' if count == 1 else 'ies'} of {subscriber!r}")
 
 
 @events_group.command("dead")

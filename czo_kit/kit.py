@@ -160,7 +160,9 @@ class Kit:
                     retry_max=settings.events_retry_max,
                     lease=settings.events_lease,
                     relay_grace=min(10.0, settings.events_lease),
+                    shutdown_timeout=settings.events_shutdown_timeout,
                 ),
+                plugins=tuple(name for name, _ in self.plugins.list_name_plugin()),
             )
             self.queue_tasks.outbox = self.outbox
             self.events.transport = self.outbox

@@ -111,6 +111,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events_sweep_interval: Seconds = 30.0
     """Seconds between two sweeps for events a crash left behind."""
 
+    events_shutdown_timeout: Seconds = 3.0
+    """Seconds ``kit.close()`` (or a process exit) waits for the queue to take the async events
+    the relay still holds; the rest stay pending in the outbox, and the sweep queues them."""
+
     events_strict: bool = False
     """``emit`` raises handler errors (after running every handler) instead of logging them."""
 

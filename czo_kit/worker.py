@@ -8,9 +8,11 @@ consumer plus the sweep; under ``huey_consumer`` the sweep starts with the first
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from huey import Huey
 
+from czo_kit._parent import tie_forked_workers
 from czo_kit.events.queue import Sweeper
 from czo_kit.kit import Kit
 
@@ -32,3 +34,17 @@ def _start_sweeper() -> None:
 
 
 huey.on_startup()(_start_sweeper)
+
+
+_create_consumer = huey.create_consumer
+
+
+def _create_tied_consumer(**options: Any) -> Any:
+    # huey_consumer builds the consumer itself: with -k process, its children (workers and
+    # scheduler) must still go when it goes.
+    consumer = _create_consumer(**options)
+    tie_forked_workers(consumer)
+    return consumer
+
+
+setattr(huey, "create_consumer", _create_tied_consumer)

@@ -647,10 +647,15 @@ def test_declaring_an_invalid_name_raises() -> None:
             id: int
 
 
-def test_unencodable_payload_is_refused_by_emit_async() -> None:
+def test_unencodable_payload_is_refused_by_emit_and_emit_async() -> None:
     events = EventEmitter()
+    calls: Calls = []
+    events.on("inventory.low", recorder(calls, "h"))
     with pytest.raises(InvalidEventError, match="cannot be encoded"):
         events.emit_async("inventory.low", {"thing": object()})
+    with pytest.raises(InvalidEventError, match="cannot be encoded"):
+        events.emit("inventory.low", {"thing": object()})
+    assert calls == []
 
 
 # -- emit_async argument checks ----------------------------------------------------------------
@@ -792,7 +797,7 @@ def test_emit_async_delay_counts_from_commit(kit: Kit) -> None:
     kit.events.on("x.y", lambda payload, ctx: ran_at.append(time.monotonic()))
     with kit.db.atomic():
         kit.events.emit_async("x.y", {}, delay=0.3)
-        time.sleep(0.2)  # the delay does not start before commit
+        time.sleep(0.2)  # time passes before the commit: a delay counted from emit ends early
         committed = time.monotonic()
     assert wait_until(lambda: bool(ran_at), timeout=5)
     assert ran_at[0] - committed >= 0.25
@@ -803,11 +808,12 @@ def test_emit_async_delay_dropped_on_rollback(kit: Kit) -> None:
     kit.events.on("x.y", recorder(calls, "h"))
     with pytest.raises(RuntimeError):
         with kit.db.atomic():
-            kit.events.emit_async("x.y", {}, delay=0.05)
+            kit.events.emit_async("x.y", {"n": "rolled back"}, delay=0.05)
             raise RuntimeError
-    # Bounded wait: the handler would have fired long before this if it had been scheduled.
-    time.sleep(0.2)
-    assert calls == []
+    # A later event with the same delay marks the moment by which the first would have run.
+    kit.events.emit_async("x.y", {"n": "committed"}, delay=0.05)
+    assert wait_until(lambda: bool(calls), timeout=10)
+    assert calls == [("h", {"n": "committed"})]
 
 
 def test_close_cancels_delayed_in_process_events(caplog: pytest.LogCaptureFixture) -> None:
@@ -818,8 +824,12 @@ def test_close_cancels_delayed_in_process_events(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="czo_kit.events"):
         events.close()
     assert any("1 delayed in-process event(s) dropped" in r.getMessage() for r in caplog.records)
-    time.sleep(0.5)  # bounded: past the delay, the cancelled timer must not have fired
-    assert calls == []
+    # An event scheduled after the close, with the same delay, fires after the cancelled one
+    # would have: once it has run, the cancelled one has had every chance to.
+    events.emit_async("x.y", {"n": "after close"}, delay=0.3)
+    assert wait_until(lambda: bool(calls), timeout=10)
+    assert calls == [("h", {"n": "after close"})]
+    events.close()
 
 
 def test_emit_async_failing_handler_in_process_does_not_stop_the_others(kit: Kit) -> None:

@@ -70,10 +70,11 @@ def test_kits_on_postgresql_and_sqlite_in_one_process(
             kit.close()
 
 
-def test_a_delivery_whose_subscriber_is_missing_here_is_retried_not_dead(
+def test_a_delivery_whose_subscriber_is_missing_here_waits_for_a_worker_that_has_it(
     sqlite_url: str, settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """A worker without the subscriber (rolling deploy, per-worker plugins) retries later."""
+    """A worker without the subscriber (rolling deploy, per-worker plugins) hands it back
+    without spending an attempt; the worker that has it runs its first attempt."""
     settings = settings_for(
         sqlite_url, queue_url=f"sqlite:///{tmp_path / 'q.sqlite3'}", plugins=(), events_retry_base=0.1
     )
@@ -81,7 +82,7 @@ def test_a_delivery_whose_subscriber_is_missing_here_is_retried_not_dead(
         assert kit.outbox is not None
         got: list[int] = []
         off = kit.events.on("test.deploy.rolled", lambda payload, ctx: got.append(ctx.attempt), id="new-handler")
-        kit.events.emit_async("test.deploy.rolled", {})
+        kit.events.emit_async("test.deploy.rolled", {}, retries=0)
         event = kit.outbox  # no consumer: the test plays the worker
         from czo_kit.events.outbox import EventDelivery, EventOutbox
 
@@ -89,10 +90,12 @@ def test_a_delivery_whose_subscriber_is_missing_here_is_retried_not_dead(
         assert event.dispatch(event_id) == 1
         (delivery,) = list(EventDelivery.select().execute(kit.db))
         off()  # this worker runs the old code: it does not know "new-handler"
-        assert event.deliver(delivery.id) == "retry"
+        assert event.deliver(delivery.id) == "waiting"
+        assert event.deliver(delivery.id) == "waiting"  # retries=0, yet never dead
         kit.events.on("test.deploy.rolled", lambda payload, ctx: got.append(ctx.attempt), id="new-handler")
         assert event.deliver(delivery.id) == "done"  # an upgraded worker takes it
-        assert got == [2]
+        assert got == [1]
+        assert event.dead_letters() == []
 
 
 def test_the_sweep_does_not_flood_a_queue_that_still_has_a_backlog(
@@ -109,14 +112,16 @@ def test_the_sweep_does_not_flood_a_queue_that_still_has_a_backlog(
         kit.events.on("test.backlog.item", lambda payload, ctx: None, id="slow")
         for n in range(5):
             kit.events.emit_async("test.backlog.item", {"n": n})
+        # The relay thread hands committed events to the queue in the background: hand them
+        # over now, so that nothing but the sweep can add to the queue from here on.
+        kit.outbox.flush()
         for row in EventOutbox.select().execute(kit.db):
             kit.outbox.dispatch(row.event_id)
         long_ago = utcnow() - dt.timedelta(seconds=kit.outbox.settings.lease + 60)
         EventDelivery.update(updated_at=long_ago).execute(kit.db)  # queued for "too long"
-        waiting = kit.queue.pending_count()
-        assert waiting >= 5  # the dispatch and deliver tasks are still in the queue
+        assert kit.queue.pending_count() == 10  # 5 dispatch and 5 deliver tasks still wait
         assert kit.outbox.sweep().get("requeued") == 0  # a backlog: nothing re-queued
-        assert kit.queue.pending_count() == waiting
+        assert kit.queue.pending_count() == 10
         kit.queue.flush()  # now the tasks really are gone
         assert kit.outbox.sweep()["requeued"] == 5
         assert kit.queue.pending_count() == 5

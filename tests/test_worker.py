@@ -112,14 +112,20 @@ finally:
 '''
 
 PRODUCER_SOURCE = '''\
-"""Emit WT_COUNT async events in one transaction; print their ids before the commit."""
+"""Emit WT_COUNT async events in one transaction; print their ids before the commit.
+With WT_PRODUCER_PLUGIN, that module (next to this script) is one of the kit's plugins."""
 
+import importlib
 import os
 import sys
 
 from czo_kit.kit import Kit
 
-kit = Kit()
+plugins = []
+if os.environ.get("WT_PRODUCER_PLUGIN"):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    plugins.append(importlib.import_module(os.environ["WT_PRODUCER_PLUGIN"]))
+kit = Kit(plugins=plugins)
 with kit.db.atomic():
     for n in range(int(os.environ.get("WT_COUNT", "1"))):
         ctx = kit.events.emit_async(os.environ.get("WT_EVENT", "worker.probe"), {"n": n})

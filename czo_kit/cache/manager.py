@@ -215,6 +215,16 @@ class CacheManager:
     def _encode(self, value: Any) -> bytes:
         try:
             return self._shared.encoder.encode(value)
+        except RecursionError:
+            raise TypeError(
+                f"cannot cache a {type(value).__name__}: it is nested too deeply (hundreds of "
+                "levels), or contains itself"
+            ) from None
+        except OverflowError:
+            raise TypeError(
+                f"cannot cache a {type(value).__name__}: it holds an integer out of range; "
+                "cached integers go from -2**63 to 2**64-1 (store larger ones as strings or Decimals)"
+            ) from None
         except (TypeError, msgspec.EncodeError) as exc:
             raise TypeError(
                 f"cannot cache a {type(value).__name__}: values must be msgspec-encodable "

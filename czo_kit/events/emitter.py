@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import msgspec
 
+from czo_kit.events._payload import payload_for
 from czo_kit.events.types import (
     Event,
     EventContext,
@@ -27,7 +28,6 @@ from czo_kit.events.types import (
     Priority,
     check_event_name,
     event_type,
-    payload_for,
     uuid7,
 )
 
@@ -102,7 +102,6 @@ class EventEmitter:
         self._subs: dict[str, tuple[Subscription, ...]] = {}
         self._by_id: dict[str, Subscription] = {}
         self._lock = threading.Lock()
-        self._encoder = msgspec.msgpack.Encoder()
         self._timers: set[threading.Timer] = set()
         self._taps: tuple[Callable[[EventContext, Any], Callable[[], Any] | None], ...] = ()
 
@@ -250,22 +249,26 @@ class EventEmitter:
             )
         return EventContext._new(name, actor, _correlation.get(), None)
 
-    def _normalize(self, event: Any, payload: Any) -> tuple[str, Any]:
+    def _normalize(self, event: Any, payload: Any) -> tuple[str, Any, bytes]:
+        """Name, payload and its msgpack: checked here, before any handler or tap sees it, so
+        that a payload is refused or accepted the same way whoever listens."""
         if isinstance(event, Event):
             if payload is not None:
                 raise InvalidEventError("pass either an Event instance or a name and a payload, not both")
             name = type(event).__event_name__
             if not name:
                 raise InvalidEventError(f"{type(event).__name__} has no event name; declare it with name=")
-            return name, payload_for(name, event)
+            value, encoded = payload_for(name, event)
+            return name, value, encoded
         name = check_event_name(event)
-        return name, payload_for(name, {} if payload is None else payload)
+        value, encoded = payload_for(name, {} if payload is None else payload)
+        return name, value, encoded
 
     # -- emission -----------------------------------------------------------------------
 
     def emit(self, event: Any, payload: Any = None, *, actor: str | None = None) -> EventContext:
         """Run every handler of the event now; returns its context, ``errors`` listing failures."""
-        name, value = self._normalize(event, payload)
+        name, value, _ = self._normalize(event, payload)
         ctx = self._context(name, actor)
         for tap in self._taps:
             write = tap(ctx, value)
@@ -330,15 +333,11 @@ class EventEmitter:
         rollback. ``delay`` is in seconds; ``retries`` is per subscriber (default from
         settings); ``priority`` is 0-100 on our scale (``Priority``), higher first.
         """
-        name, value = self._normalize(event, payload)
+        name, value, encoded = self._normalize(event, payload)
         delay_s = _check_delay(delay)
         tries = self.default_retries if retries is None else _check_retries(retries)
         level = _check_priority(priority)
         ctx = self._context(name, actor)
-        try:
-            encoded = self._encoder.encode(value)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise InvalidEventError(f"event {name!r}: payload cannot be encoded for the queue: {exc}") from None
         writes = [write for write in (tap(ctx, value) for tap in self._taps) if write is not None]
         if writes and self.db is not None:
             # What taps record (webhook deliveries) and the outbox row commit together, or not

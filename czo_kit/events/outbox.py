@@ -4,41 +4,46 @@ that recovers whatever a crash left behind.
 
 The life of an event::
 
-    emit_async  -> outbox row (same transaction as the business write)        state pending
+    emit_async  -> outbox row, with the subscribers the producer knows         state pending
+                   (same transaction as the business write)
     commit      -> relay enqueues a dispatch task, marks the row               state queued
-    dispatch    -> one delivery row per subscriber, one deliver task each      state dispatched
-    deliver     -> claim (queued/retry -> running, with a lease), run, record  done | retry | dead
+    dispatch    -> one delivery row per subscriber, those recorded by the      state dispatched
+                   producer and the worker's own, one deliver task each
+    deliver     -> claim (queued/retry/waiting -> running, with a lease), run,  done | retry | dead
+                   record; a worker without the subscriber hands it back        | waiting
 
 Every step is idempotent, so the sweep may re-enqueue anything that looks stuck: a delivery is
 only run by whoever flips it to ``running``. Handlers get at-least-once delivery: a worker
 killed mid-handler leaves a ``running`` row whose lease runs out, and the sweep runs it again.
+Workers may differ (a rolling deploy, per-worker plugins): a delivery is only ever finished by
+a worker that has its subscriber.
 """
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import logging
+import os
 import random
+import shlex
 import threading
-import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import peewee
 
 from czo_kit._faults import fault_point
-from czo_kit._fork import reset_in_children
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
 from czo_kit.db.transactions import on_commit
+from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
 if TYPE_CHECKING:
-    from czo_kit.events.emitter import EventEmitter
+    from czo_kit.events.emitter import EventEmitter, Subscription
 
 __all__ = [
     "EVENT_MODELS",
@@ -68,6 +73,9 @@ class EventOutbox(KitTable):
     priority = peewee.IntegerField()
     state = peewee.CharField(max_length=16, default="pending")
     updated_at = UTCDateTimeField()
+    subscribers = peewee.TextField(null=True)
+    """The producer's subscribers of the event (a JSON list of ids after ``<name>|``), so that a
+    worker without some of them still creates their deliveries."""
 
     class Meta:
         table_name = "czo_event_outbox"
@@ -75,7 +83,11 @@ class EventOutbox(KitTable):
 
 
 class EventDelivery(KitTable):
-    """One subscriber's delivery of one event: the unit that is retried and recovered."""
+    """One subscriber's delivery of one event: the unit that is retried and recovered.
+
+    States: ``queued``, ``running``, ``retry`` (after a failure), ``waiting`` (for a worker
+    that has the subscriber), then ``done``, ``dead`` or ``discarded`` (by an operator).
+    """
 
     id = peewee.BigAutoField()
     event_id = peewee.CharField(max_length=36, index=True)
@@ -139,6 +151,9 @@ class OutboxSettings:
     """Seconds a delivery may run before the sweep assumes its worker died."""
     relay_grace: float = 10.0
     """Seconds after which a committed but unqueued event is re-queued by the sweep."""
+    shutdown_timeout: float = 3.0
+    """Seconds ``close()`` (or the exit of a process) waits for the queue to take the events
+    the relay still holds; the rest stay pending for the sweep."""
 
 
 class Enqueuer:
@@ -171,14 +186,21 @@ class Outbox:
         queue: Enqueuer,
         emitter: EventEmitter,
         settings: OutboxSettings | None = None,
+        *,
+        plugins: tuple[str, ...] = (),
     ) -> None:
         self.db = db
         self.queue = queue
         self.emitter = emitter
         self.settings = settings or OutboxSettings()
+        self.plugins = plugins
+        """Names of this process's plugins, for the warning about a missing subscriber."""
+        self._recorded: dict[str, tuple[tuple[Subscription, ...], str | None]] = {}
+        self._warned: set[str] = set()  # subscribers this worker said it does not have
+        self._warn_lock = threading.Lock()
         self._sweep_lock = threading.Lock()
         self._tables_ready = False
-        self._relayer = _Relay(self._relay, db)
+        self._relayer = Relay(self._relay, self._mark_queued, shutdown_timeout=self.settings.shutdown_timeout)
 
     def ensure_tables(self) -> None:
         """Make the event tables exist (they are the kit's own, not a module's), so that the
@@ -196,7 +218,7 @@ class Outbox:
         info = model_info(EventOutbox, self.db)
         columns = (
             "event_id", "name", "payload", "actor", "correlation_id", "causation_id",
-            "created_at", "deliver_at", "retries", "priority", "state", "updated_at",
+            "created_at", "deliver_at", "retries", "priority", "state", "updated_at", "subscribers",
         )
         template = info.template(
             ("outbox_insert",),
@@ -219,20 +241,44 @@ class Outbox:
                 "priority": priority,
                 "state": "pending",
                 "updated_at": now,
+                "subscribers": self._subscribers_of(ctx.name),
             },
         )
         event_id = ctx.event_id
         on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
-    def _relay(self, event_id: str, delay: float, priority: int) -> bool:
-        """Queue a committed event's dispatch; False if the queue could not take it."""
+    def _subscribers_of(self, name: str) -> str | None:
+        """What ``publish`` records: the event's subscribers here, but not ``once`` ones (they
+        belong to the process that subscribed them). Encoded once per change of subscribers."""
+        subs = self.emitter.subscribers(name)
+        cached = self._recorded.get(name)
+        if cached is not None and cached[0] is subs:
+            return cached[1]
+        prefix = len(name) + 1
+        ids = [sub.id[prefix:] for sub in subs if not sub.once]
+        encoded = msgspec.json.encode(ids).decode() if ids else None
+        if len(self._recorded) < 4096:  # names are a module's vocabulary; bound it anyway
+            self._recorded[name] = (subs, encoded)
+        return encoded
+
+    def _relay(self, event_id: str, delay: float, priority: int) -> None:
+        """Queue a committed event's dispatch; raises if the queue did not take it."""
         fault_point("events.relay")  # tests kill the producer here: committed, not queued
+        self.queue.dispatch(event_id, delay=delay, priority=priority)
+
+    def _mark_queued(self, ids: list[str]) -> None:
+        """Tell the sweep these events are in the queue (500 per statement)."""
+        opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
         try:
-            self.queue.dispatch(event_id, delay=delay, priority=priority)
-        except Exception:
-            log.warning("could not queue event %s; the sweep will retry it", event_id, exc_info=True)
-            return False
-        return True
+            for start in range(0, len(ids), 500):
+                (
+                    EventOutbox.update(state="queued", updated_at=utcnow())
+                    .where(EventOutbox.event_id.in_(ids[start : start + 500]) & (EventOutbox.state == "pending"))
+                    .execute(self.db)
+                )
+        finally:
+            if opened and not self.db.is_closed() and not self.db.in_transaction():
+                self.db.close()
 
     def flush(self, *, mark: bool = True) -> None:
         """Queue every committed event still waiting for the relay thread, now, in this thread
@@ -241,7 +287,8 @@ class Outbox:
         self._relayer.flush(mark=mark)
 
     def close(self) -> None:
-        """Queue what the relay still holds, write down what was queued, stop its thread."""
+        """Queue what the relay still holds, by ``settings.shutdown_timeout``, write down what
+        was queued, stop its thread; what the queue did not take stays pending for the sweep."""
         self._relayer.close()
 
     # -- worker side --------------------------------------------------------------------
@@ -259,7 +306,8 @@ class Outbox:
         return info.load(row) if row is not None else None
 
     def dispatch(self, event_id: str) -> int:
-        """Create a delivery per current subscriber and queue each; returns how many queued."""
+        """Create a delivery per subscriber, those of this worker and those the producer
+        recorded, and queue each; returns how many queued."""
         self.ensure_tables()
         row = self._outbox_row(event_id)
         if row is None:
@@ -270,7 +318,13 @@ class Outbox:
             return 0
         now = utcnow()
         # A ``once`` subscription is claimed by the first event dispatched to it.
-        subscribers = [s for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        subscribers = [s.id for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        if row.subscribers:
+            # Subscribers the producer had and this worker may not (an older or narrower
+            # worker): their deliveries wait for a worker that has them.
+            own = set(subscribers)
+            recorded = (f"{row.name}|{base}" for base in msgspec.json.decode(row.subscribers, type=list[str]))
+            subscribers += [sub for sub in recorded if sub not in own]
         queued: list[tuple[int, int]] = []
         info = model_info(EventOutbox, self.db)
         mark = info.template(
@@ -287,7 +341,7 @@ class Outbox:
                         [
                             {
                                 "event_id": event_id,
-                                "subscriber": sub.id,
+                                "subscriber": sub,
                                 "state": "queued",
                                 "max_attempts": row.retries + 1,
                                 "priority": row.priority,
@@ -329,7 +383,7 @@ class Outbox:
                     EventDelivery.updated_at: Slot("now", EventDelivery.updated_at.db_value),
                 }
             )
-            .where((EventDelivery.id == Slot("id")) & (EventDelivery.state.in_(("queued", "retry"))))
+            .where((EventDelivery.id == Slot("id")) & (EventDelivery.state.in_(("queued", "retry", "waiting"))))
             .returning(*info.fields),
         )
         row = info.execute(
@@ -364,11 +418,7 @@ class Outbox:
             return self._finish_dead(delivery, None, "event row is gone")
         sub = self.emitter.subscription(delivery.subscriber)
         if sub is None:
-            # During a rolling deploy, or with per-worker plugins, another worker (or this one
-            # after its upgrade) may have the subscriber: retry rather than give up at once.
-            error = f"no subscriber {delivery.subscriber!r} in this worker"
-            log.warning("delivery %s of %s: %s", delivery.id, event.name, error)
-            return self._retry_or_die(delivery, event, error)
+            return self._hand_back(delivery, event)
         ctx = EventContext(
             event_id=event.event_id,
             name=event.name,
@@ -392,6 +442,41 @@ class Outbox:
         self._done(int(delivery.id))
         self.emitter.release_once(sub)
         return "done"
+
+    def _hand_back(self, delivery: EventDelivery, event: EventOutbox) -> str:
+        """Leave a delivery whose subscriber this worker lacks to one that has it: back to the
+        queue after a wait that grows with its age, its attempt not counted, never dead."""
+        now = utcnow()
+        age = (now - delivery.created_at).total_seconds()
+        # No low cap: while no worker has the subscriber (one removed on purpose, say), its
+        # deliveries come back ever more rarely; a worker that has it finds them in its sweep.
+        wait = random.uniform(0.5, 1.0) * min(self.settings.retry_max, max(self.settings.retry_base, age / 2))
+        plugins = ", ".join(sorted(self.plugins)) or "none"
+        note = (
+            f"waiting for a worker with subscriber {delivery.subscriber!r}; worker pid {os.getpid()} "
+            f"does not have it (its plugins: {plugins})"
+        )
+        EventDelivery.update(
+            state="waiting",
+            attempts=EventDelivery.attempts - 1,
+            next_attempt_at=now + dt.timedelta(seconds=wait),
+            lease_until=None,
+            last_error=note[:2000],
+            updated_at=now,
+        ).where((EventDelivery.id == delivery.id) & (EventDelivery.state == "running")).execute(self.db)
+        self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        with self._warn_lock:
+            first = delivery.subscriber not in self._warned
+            self._warned.add(delivery.subscriber)
+        if first:
+            log.warning(
+                "event %s (%s) waits for a worker with subscriber %r: this worker (pid %d) does not "
+                "have it; its plugins: %s. A worker that has it will run it. If the subscriber was "
+                "removed on purpose, drop what waits for it: czo-kit events discard %s",
+                event.event_id, event.name, delivery.subscriber, os.getpid(), plugins,
+                shlex.quote(delivery.subscriber),
+            )
+        return "waiting"
 
     def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str) -> str:
         """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
@@ -478,13 +563,15 @@ class Outbox:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         counts["recovered"] = len(recovered)
 
-        # Queued, or due for a retry, for longer than a lease: the task was lost (popped by a
-        # worker that died before claiming it, or dropped with a queue that was wiped).
+        requeued = self._sweep_waiting(now, stale)
+
+        # Queued, or due for another try, for longer than a lease: the task was lost (popped by
+        # a worker that died before claiming it, or dropped with a queue that was wiped).
         lost = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
                 ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
-                | ((EventDelivery.state == "retry") & (EventDelivery.next_attempt_at < stale))
+                | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
             )
             .tuples()
             .execute(self.db)
@@ -497,10 +584,38 @@ class Outbox:
         for delivery_id, priority in lost:
             EventDelivery.update(updated_at=now).where(EventDelivery.id == delivery_id).execute(self.db)
             self.queue.deliver(delivery_id, delay=0, priority=priority)
-        counts["requeued"] = len(lost)
+        counts["requeued"] = requeued + len(lost)
         if any(counts.values()):
             log.warning("event sweep re-queued %s", counts)
         return counts
+
+    def _sweep_waiting(self, now: dt.datetime, stale: dt.datetime) -> int:
+        """Queue now the deliveries waiting for a subscriber this worker has: a worker without
+        it handed them back for later, maybe long before this one started. Not those just
+        queued (their task is on its way)."""
+        waited_for = (
+            EventDelivery.select(EventDelivery.subscriber).distinct().where(EventDelivery.state == "waiting")
+        )
+        mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
+        if not mine:
+            return 0
+        found = list(
+            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+            .where(
+                (EventDelivery.state == "waiting")
+                & EventDelivery.subscriber.in_(mine)
+                & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale))
+            )
+            .tuples()
+            .execute(self.db)
+        )
+        if found:
+            EventDelivery.update(next_attempt_at=now, updated_at=now).where(
+                EventDelivery.id.in_([delivery_id for delivery_id, _ in found]) & (EventDelivery.state == "waiting")
+            ).execute(self.db)
+        for delivery_id, priority in found:
+            self.queue.deliver(delivery_id, delay=0, priority=priority)
+        return len(found)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -542,6 +657,32 @@ class Outbox:
         on_commit(self.db, lambda: self.queue.deliver(letter.delivery_id, delay=0, priority=priority or 50))
         return int(letter.delivery_id)
 
+    def waiting(self) -> dict[str, int]:
+        """Subscribers whose deliveries wait for a worker that has them, and how many each."""
+        self.ensure_tables()
+        rows = (
+            EventDelivery.select(EventDelivery.subscriber, peewee.fn.COUNT(EventDelivery.id))
+            .where(EventDelivery.state == "waiting")
+            .group_by(EventDelivery.subscriber)
+            .tuples()
+            .execute(self.db)
+        )
+        return {subscriber: count for subscriber, count in rows}
+
+    def discard(self, subscriber: str) -> int:
+        """Give up on every delivery of ``subscriber`` not yet run (a subscriber removed on
+        purpose); they end ``discarded``. Returns how many."""
+        self.ensure_tables()
+        now = utcnow()
+        return int(
+            EventDelivery.update(
+                state="discarded", finished_at=now, lease_until=None, updated_at=now,
+                last_error="discarded by an operator",
+            )
+            .where((EventDelivery.subscriber == subscriber) & EventDelivery.state.in_(("queued", "retry", "waiting")))
+            .execute(self.db)
+        )
+
     def stats(self) -> dict[str, int]:
         """How many deliveries are in each state."""
         self.ensure_tables()
@@ -552,125 +693,6 @@ class Outbox:
             .execute(self.db)
         )
         return {state: count for state, count in rows}
-
-
-_Relayed = tuple[str, float, int]  # event id, delay, priority
-
-
-class _Relay:
-    """Hands committed events to the queue on a thread of its own, then marks them queued.
-
-    ``emit_async`` returns once its outbox row is written; the queue's round trip happens
-    here, in commit order. Losing what this holds (a crash before the hand-off) loses no
-    event: the rows stay ``pending`` and the sweep queues them, as after a crash between
-    commit and enqueue. The ``queued`` mark only tells the sweep "already handed to the
-    queue"; it is written in batches, and losing it costs a harmless duplicate dispatch.
-    """
-
-    def __init__(
-        self,
-        relay: Callable[[str, float, int], bool],
-        db: peewee.Database,
-        *,
-        mark_interval: float = 0.2,
-        batch: int = 500,
-    ) -> None:
-        self.relay = relay
-        self.db = db
-        self.mark_interval = mark_interval
-        self.batch = batch
-        self._todo: list[_Relayed] = []
-        self._marks: list[str] = []
-        self._lock = threading.Lock()
-        self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        _relays.add(self)  # handed over at exit
-        reset_in_children(self)
-
-    def add(self, item: _Relayed) -> None:
-        with self._lock:
-            self._todo.append(item)
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._run, name="czo-outbox-relay", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        last_mark = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(self.mark_interval)
-            self._wake.clear()
-            self._relay_pending()
-            now = time.monotonic()
-            if self._marks and (len(self._marks) >= self.batch or now - last_mark >= self.mark_interval):
-                self._mark()
-                last_mark = now
-
-    def _relay_pending(self) -> None:
-        with self._relay_lock:
-            with self._lock:
-                todo, self._todo = self._todo, []
-            for event_id, delay, priority in todo:
-                if self.relay(event_id, delay, priority):
-                    self._marks.append(event_id)
-
-    def _mark(self) -> None:
-        with self._relay_lock:
-            ids, self._marks = self._marks, []
-        if not ids:
-            return
-        opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
-        try:
-            for start in range(0, len(ids), 500):
-                (
-                    EventOutbox.update(state="queued", updated_at=utcnow())
-                    .where(EventOutbox.event_id.in_(ids[start : start + 500]) & (EventOutbox.state == "pending"))
-                    .execute(self.db)
-                )
-        except Exception:
-            log.warning("could not mark %d relayed event(s); the sweep may queue them twice", len(ids), exc_info=True)
-        finally:
-            if opened and not self.db.is_closed() and not self.db.in_transaction():
-                self.db.close()
-
-    def flush(self, *, mark: bool = True) -> None:
-        """Relay (and mark) everything held, in the calling thread."""
-        self._relay_pending()
-        if mark:
-            self._mark()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        self.flush()
-
-    def _after_fork(self) -> None:
-        # The parent's thread and its pending work stay with the parent.
-        self._lock = threading.Lock()
-        self._relay_lock = threading.Lock()
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._todo, self._marks, self._thread = [], [], None
-
-
-_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
-
-
-def _flush_relays() -> None:
-    # A script that emits and exits without closing its kit still hands its events over.
-    for relay in list(_relays):
-        try:
-            relay.flush()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
-
-
-atexit.register(_flush_relays)
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -13,7 +13,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -312,53 +311,3 @@ class EventContext:
 
 
 _new_context = object.__new__
-
-
-def payload_for(name: str, payload: Any) -> Any:
-    """Check ``payload`` against the type declared for ``name`` and return it in that type.
-
-    Without a declared type, a mapping is accepted as-is (it must be msgpack-encodable for
-    ``emit_async``).
-    """
-    kind = _registry.get(name)
-    if kind is None and type(payload) is dict:
-        return payload
-    if isinstance(payload, Event):
-        declared = type(payload).__event_name__
-        if declared and declared != name:
-            raise InvalidEventError(f"{type(payload).__name__} is event {declared!r}, not {name!r}")
-        return validate(payload)
-    if kind is None:
-        if not isinstance(payload, Mapping):
-            raise InvalidEventError(
-                f"event {name!r}: payload must be a mapping or an Event, got {type(payload).__name__}"
-            )
-        return payload
-    try:
-        return msgspec.convert(payload, kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidEventError(f"event {name!r}: payload does not match {kind.__name__}: {exc}") from None
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
-
-
-def validate(event: Event) -> Event:
-    """``event`` itself if every field holds a value of its declared type.
-
-    msgspec does not check types when a Struct is constructed; a round trip through its
-    typed decoder does, cheaply.
-    """
-    kind = type(event)
-    decoder = _decoders.get(kind)
-    if decoder is None:
-        decoder = _decoders[kind] = msgspec.msgpack.Decoder(kind)
-    try:
-        decoder.decode(_encoder.encode(event))
-    except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
-        raise InvalidEventError(
-            f"event {kind.__event_name__ or kind.__name__!r}: payload does not match "
-            f"{kind.__name__}: {exc}"
-        ) from None
-    return event

@@ -78,6 +78,23 @@ class Counter:
         return self.value
 
 
+def _nested(depth: int, kind: type) -> Any:
+    value: Any = kind()
+    for _ in range(depth - 1):
+        value = {"x": value} if kind is dict else [value]
+    return value
+
+
+def _itself(kind: type) -> Any:
+    if kind is dict:
+        mapping: dict[str, Any] = {}
+        mapping["self"] = mapping
+        return mapping
+    items: list[Any] = []
+    items.append(items)
+    return items
+
+
 class CacheDriverContract:
     """Behaviour every cache driver must show, through ``CacheManager``."""
 
@@ -138,6 +155,30 @@ class CacheDriverContract:
         before = cache.stats()["decode_errors"]
         assert cache.get("text", type=Product) is None
         assert cache.stats()["decode_errors"] == before + 1
+
+    @pytest.mark.parametrize(
+        ("make", "says"),
+        [
+            (lambda: _nested(10_000, dict), "nested"),
+            (lambda: _nested(10_000, list), "nested"),
+            (lambda: _itself(dict), "nested"),
+            (lambda: _itself(list), "nested"),
+            (lambda: {"big": 2**64}, "integer"),
+            (lambda: [-(2**63) - 1], "integer"),
+        ],
+        ids=["deep-dicts", "deep-lists", "circular-dict", "circular-list", "2**64", "-2**63-1"],
+    )
+    def test_deep_circular_or_out_of_range_values_raise_type_error(
+        self, cache: CacheManager, make: Callable[[], Any], says: str
+    ) -> None:
+        value = make()
+        with pytest.raises(TypeError, match=says):
+            cache.set("k", value)
+        with pytest.raises(TypeError, match=says):
+            cache.set_many({"a": 1, "k": value})
+        with pytest.raises(TypeError, match=says):
+            cache.get_or_set("k", lambda: value)
+        assert cache.get_many(["a", "k"]) == {}
 
     def test_entries_carry_the_shared_envelope(self, cache: CacheManager, driver: CacheDriver) -> None:
         cache.set("k", [1, 2], ttl=30, tags=["t:1"])

@@ -1,0 +1,213 @@
+"""The relay: hands committed events to the queue on a thread of its own, then marks them
+``queued``; rides out queue outages with one log line each way, and stops by a deadline.
+
+``emit_async`` returns once its outbox row is written; the queue's round trip happens here,
+in commit order. Losing what this holds (a crash, an outage, a shutdown past its deadline)
+loses no event: the rows stay ``pending`` and the sweep queues them. The ``queued`` mark only
+tells the sweep "already handed to the queue"; it is written in batches, and losing it costs
+a harmless duplicate dispatch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from czo_kit._fork import reset_in_children
+
+__all__ = ["Relay"]
+
+log = logging.getLogger("czo_kit.events")
+
+_Relayed = tuple[str, float, int]  # event id, delay, priority
+
+
+class Relay:
+    """``relay(event_id, delay, priority)`` raises when the queue did not take the event."""
+
+    def __init__(
+        self,
+        relay: Callable[[str, float, int], None],
+        mark: Callable[[list[str]], None],
+        *,
+        shutdown_timeout: float = 3.0,
+        mark_interval: float = 0.2,
+        batch: int = 500,
+        retry_max: float = 5.0,
+        max_held: int = 100_000,
+    ) -> None:
+        self.relay = relay
+        self.mark = mark
+        self.shutdown_timeout = shutdown_timeout
+        self.mark_interval = mark_interval
+        self.batch = batch
+        self.retry_max = retry_max
+        self.max_held = max_held
+        _relays.add(self)  # handed over at exit
+        reset_in_children(self)
+        self._after_fork()
+
+    def _after_fork(self) -> None:
+        # Also the initial state: a forked child starts without the parent's thread and work.
+        self._todo: list[_Relayed] = []
+        self._marks: list[str] = []
+        self._lock = threading.Lock()
+        self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deadline: float | None = None  # set by close(): no hand-off starts after it
+        self._abandoned = False  # close() gave up waiting: do nothing more, not even marks
+        # The current outage: when it started, failed attempts, events left to the sweep.
+        self._down_since: float | None = None
+        self._failures = 0
+        self._dropped = 0
+        self._retry_in = 0.0
+        self._next_try = 0.0
+
+    def add(self, item: _Relayed) -> None:
+        with self._lock:
+            if self._down_since is not None and len(self._todo) >= self.max_held:
+                self._dropped += 1  # pending in the outbox: the sweep queues it
+                return
+            self._todo.append(item)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._abandoned = False
+                self._deadline = None
+                self._thread = threading.Thread(target=self._run, name="czo-outbox-relay", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        last_mark = time.monotonic()
+        while not self._stop.is_set():
+            down = self._down_since is not None
+            self._wake.wait(max(0.0, self._next_try - time.monotonic()) if down else self.mark_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self._relay_pending()
+            now = time.monotonic()
+            if self._marks and (len(self._marks) >= self.batch or now - last_mark >= self.mark_interval):
+                self._mark()
+                last_mark = now
+        # Stopping: one last pass, tried even during an outage, until close()'s deadline.
+        self._relay_pending(force=True)
+        self._mark()
+
+    def _relay_pending(self, *, force: bool = False) -> None:
+        with self._relay_lock:
+            with self._lock:
+                todo, self._todo = self._todo, []
+            done = 0
+            try:
+                for event_id, delay, priority in todo:
+                    if self._abandoned or (self._deadline is not None and time.monotonic() >= self._deadline):
+                        break
+                    if self._down_since is not None and not force and time.monotonic() < self._next_try:
+                        break
+                    try:
+                        self.relay(event_id, delay, priority)
+                    except Exception as exc:
+                        self._failed(exc, len(todo) - done + len(self._todo))
+                        break
+                    if self._down_since is not None:
+                        self._recovered(len(todo) - done)
+                    self._marks.append(event_id)
+                    done += 1
+            finally:
+                if done < len(todo):
+                    with self._lock:  # back in front of what was added meanwhile: commit order
+                        self._todo[:0] = todo[done:]
+
+    def _failed(self, exc: Exception, held: int) -> None:
+        if self._abandoned:
+            return  # a call that outlived close(): its events are already reported as left
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since, self._failures, self._dropped, self._retry_in = now, 0, 0, 0.25
+            # One line per outage, not a traceback per event: the events are safe in the outbox.
+            log.warning(
+                "the queue is unreachable (%s: %s); holding %d committed event(s) and trying again "
+                "with back-off; they are safe in the outbox, and the sweep queues any left behind",
+                type(exc).__name__, exc, held,
+            )
+        self._failures += 1
+        self._retry_in = min(self.retry_max, self._retry_in * 2)
+        self._next_try = now + self._retry_in
+
+    def _recovered(self, held: int) -> None:
+        down_for = time.monotonic() - (self._down_since or 0.0)
+        log.warning(
+            "the queue is reachable again after %.1fs and %d failed attempt(s); handing over %d held "
+            "event(s)%s",
+            down_for, self._failures, held,
+            f"; {self._dropped} more stay pending for the sweep" if self._dropped else "",
+        )
+        self._down_since = None
+
+    def _mark(self) -> None:
+        with self._relay_lock:
+            ids, self._marks = self._marks, []
+        if ids and not self._abandoned:
+            try:
+                self.mark(ids)
+            except Exception as exc:
+                log.warning("could not mark %d relayed event(s) (%r); the sweep may queue them twice", len(ids), exc)
+
+    def flush(self, *, mark: bool = True) -> None:
+        """Relay (and mark) everything held, in the calling thread, even during an outage."""
+        self._relay_pending(force=True)
+        if mark:
+            self._mark()
+
+    def close(self, *, deadline: float | None = None) -> None:
+        """Hand over what is held until ``deadline`` (monotonic; default: ``shutdown_timeout``
+        from now), then stop; what is still held stays pending for the sweep."""
+        if self._abandoned:
+            return  # an earlier close() gave up on it already: one deadline, not one per call
+        if deadline is None:
+            deadline = time.monotonic() + self.shutdown_timeout
+        self._deadline = deadline
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._abandoned = True  # stuck in the queue's client: leave it be
+        elif self._todo:
+            self.flush()  # no thread: hand over in this one, by the same deadline
+        left = len(self._todo) + (1 if self._abandoned else 0)
+        if left:
+            log.warning(
+                "the queue did not take %d committed event(s) within %gs of shutdown; they are left "
+                "pending in the outbox and the sweep queues them",
+                left, self.shutdown_timeout,
+            )
+
+
+_relays: weakref.WeakSet[Relay] = weakref.WeakSet()
+
+
+def _close_relays() -> None:
+    # A script that emits and exits without closing its kit still hands its events over, by
+    # one deadline for all its kits.
+    relays = list(_relays)
+    if not relays:
+        return
+    deadline = time.monotonic() + max(relay.shutdown_timeout for relay in relays)
+    for relay in relays:
+        try:
+            relay.close(deadline=deadline)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
+
+
+atexit.register(_close_relays)
+

@@ -1,0 +1,169 @@
+"""The relay when the queue's Redis hangs or goes away: shutdown keeps one deadline, what is
+left stays ``pending`` for the sweep, and an outage is logged once with its end, however many
+events it holds up.
+
+Each test runs a private ``redis-server`` that it pauses (SIGSTOP) or kills.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from czo_kit import Kit
+from czo_kit.events.outbox import EventOutbox
+from czo_kit.settings import Settings
+from czo_kit.testing.cache import wait_until
+from test_cache_redis import PrivateRedis, free_port, redis_server_binary  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+SettingsFor = Callable[..., Settings]
+EVENT = "test.outage.item"
+HANG_GUARD = 60.0
+"""Seconds after which a wait means "it never happened". Before the fix, close() waited the
+Redis client's 5-second timeout once per held event: 20 events, 100 s."""
+
+
+@pytest.fixture
+def server(redis_server_binary: str) -> Iterator[PrivateRedis]:  # noqa: F811
+    with PrivateRedis(redis_server_binary) as server:
+        try:
+            yield server
+        finally:
+            process = server.process
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)  # a paused server cannot be killed cleanly
+
+
+def make_settings(settings_for: SettingsFor, sqlite_url: str, server: PrivateRedis, **changes: Any) -> Settings:
+    options: dict[str, Any] = {
+        "queue_url": server.url,
+        "queue_name": f"t{uuid.uuid4().hex[:12]}",
+        "plugins": (),
+        "events_shutdown_timeout": 1.0,
+        "events_lease": 2.0,  # the sweep picks up pending events after min(10 s, lease)
+        **changes,
+    }
+    return settings_for(sqlite_url, **options)
+
+
+def states(kit: Kit, ids: list[str]) -> dict[str, str]:
+    rows = EventOutbox.select(EventOutbox.event_id, EventOutbox.state).where(EventOutbox.event_id.in_(ids))
+    return dict(rows.tuples().execute(kit.db))
+
+
+def paused(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    settings = make_settings(settings_for, sqlite_url, server)
+    kit = Kit(settings)
+    assert kit.outbox is not None and server.process is not None
+    kit.outbox.ensure_tables()
+    kit.events.emit_async(EVENT, {"n": -1})
+    kit.outbox.flush()  # the queue's connection is open and has answered once
+    pid = server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ids = [kit.events.emit_async(EVENT, {"n": n}).event_id for n in range(20)]
+        closer = threading.Thread(target=kit.close, name="closer", daemon=True)
+        closer.start()
+        closer.join(HANG_GUARD)
+        assert not closer.is_alive(), "kit.close() is still waiting for the paused Redis"
+        assert paused(pid), "close() returned only because the server came back"
+        assert set(states(kit, ids).values()) == {"pending"}  # left for the sweep
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    # A worker started after the server came back delivers every one of them, once.
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def handler(payload: Any, ctx: Any) -> None:
+        with lock:
+            ran.append(ctx.event_id)
+
+    with Kit(settings) as worker:
+        assert worker.outbox is not None
+        worker.events.on(EVENT, handler, id="outage-handler")
+        with worker.consumer(workers=2, sweep_interval=0.2):
+            assert wait_until(lambda: set(ids) <= set(ran), timeout=HANG_GUARD), (
+                f"{len(set(ids) - set(ran))} of 20 never delivered; outbox {states(worker, ids)}"
+            )
+        assert sorted(ran.count(i) for i in ids) == [1] * 20
+        assert set(states(worker, ids).values()) == {"dispatched"}
+
+
+def test_a_queue_outage_is_logged_once_and_its_end_once(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Kit(make_settings(settings_for, sqlite_url, server)) as kit:
+        assert kit.outbox is not None and kit.queue is not None
+        kit.outbox.ensure_tables()
+        kit.events.emit_async(EVENT, {"n": -1})
+        kit.outbox.flush()
+        with caplog.at_level(logging.DEBUG, logger="czo_kit.events"):
+            server.kill()  # refused at once: every attempt fails fast
+            ids = [kit.events.emit_async(EVENT, {"n": n}).event_id for n in range(200)]
+            assert wait_until(lambda: any("unreachable" in r.getMessage() for r in caplog.records), timeout=HANG_GUARD)
+            assert set(states(kit, ids).values()) == {"pending"}
+            server.start()  # on the same port, empty
+            assert wait_until(lambda: set(states(kit, ids).values()) == {"queued"}, timeout=HANG_GUARD), states(kit, ids)
+        relay = [r for r in caplog.records if r.threadName == "czo-outbox-relay" or "queue" in r.getMessage()]
+        warnings = [r.getMessage() for r in relay if r.levelno >= logging.WARNING]
+        assert len(warnings) == 2, warnings
+        down, up = warnings
+        assert "unreachable" in down and "reachable again" in up, warnings
+        assert not any(r.exc_info for r in relay), "a traceback was logged"
+        assert kit.queue.pending_count() == 200  # each event handed over once, after the outage
+
+
+def test_a_process_that_exits_without_closing_keeps_the_deadline(
+    server: PrivateRedis, sqlite_url: str, tmp_path: Path
+) -> None:
+    assert server.process is not None
+    script = tmp_path / "emit_and_exit.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        from czo_kit import Kit
+        from czo_kit.settings import Settings
+
+        kit = Kit(Settings(database_url={sqlite_url!r}, queue_url={server.url!r}, plugins=(),
+                           secret_key="x" * 40, events_shutdown_timeout=1.0))
+        kit.outbox.ensure_tables()
+        kit.events.emit_async("{EVENT}", {{"n": -1}})
+        kit.outbox.flush()
+        os.kill({server.process.pid}, signal.SIGSTOP)
+        for n in range(20):
+            kit.events.emit_async("{EVENT}", {{"n": n}})
+        print("emitted", flush=True)
+        # no kit.close(): the exit hook hands over what it can, by the deadline
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit while the queue's Redis was paused", pytrace=False)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "emitted"
+    assert "left pending" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
