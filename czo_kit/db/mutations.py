@@ -210,7 +210,8 @@ class Mutations(RepositoryBase[M]):
         kind = _declared_event(name)
         if kind is None:
             return
-        from czo_kit.events.types import InvalidEventError, payload_for
+        from czo_kit.events._payload import payload_for
+        from czo_kit.events.types import InvalidEventError
 
         for payload in payloads:
             try:
