@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from huey import PriorityRedisHuey, SqliteHuey
 
-from czo_kit.default_plugins.sqlite import parse_sqlite_url
+from czo_kit.default_plugins.sqlite import check_sqlite_directory, parse_sqlite_url
 from czo_kit.errors import ConfigurationError
 from czo_kit.events.queue import MsgspecSerializer
 from czo_kit.hookspecs import hookimpl
@@ -35,6 +35,7 @@ def create_sqlite_queue(url: str, *, settings: Settings, name: str) -> Huey:
             "CZO_QUEUE_URL cannot be an in-memory SQLite database: the worker would not see it",
             variable="CZO_QUEUE_URL",
         )
+    check_sqlite_directory(path, url, variable="CZO_QUEUE_URL")
     return SqliteHuey(
         name,
         filename=path,

@@ -16,7 +16,7 @@ from czo_kit.settings import redact_url
 if TYPE_CHECKING:
     from czo_kit.settings import Settings
 
-__all__ = ["SqliteDatabase", "create_sqlite_database", "parse_sqlite_url"]
+__all__ = ["SqliteDatabase", "check_sqlite_directory", "create_sqlite_database", "parse_sqlite_url"]
 
 _OPTIONS = {"timeout": float, "synchronous": str, "journal_mode": str, "cache_size": int, "transaction_mode": str}
 _TRANSACTION_MODES = ("deferred", "immediate", "exclusive")
@@ -83,17 +83,24 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
                 f"invalid SQLite URL option {key}={value!r}: expected {convert.__name__}",
                 variable="CZO_DATABASE_URL",
             ) from None
-    if path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise ConfigurationError(
-            f"invalid SQLite URL {redact_url(url)!r}: the directory "
-            f"{os.path.dirname(os.path.abspath(path))!r} of its file does not exist; create it first",
-            variable="CZO_DATABASE_URL",
-        )
     return path, options
+
+
+def check_sqlite_directory(path: str, url: str, *, variable: str = "CZO_DATABASE_URL") -> None:
+    """Refuse a file whose directory does not exist, before SQLite fails later with only
+    'unable to open database file'."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if path != ":memory:" and not os.path.isdir(directory):
+        raise ConfigurationError(
+            f"invalid SQLite URL {redact_url(url)!r}: the directory {directory!r} of its file does "
+            "not exist; create it first",
+            variable=variable,
+        )
 
 
 def create_sqlite_database(url: str, *, settings: Settings) -> peewee.Database:
     path, options = parse_sqlite_url(url)
+    check_sqlite_directory(path, url)
     pragmas = {
         "journal_mode": options.get("journal_mode", "wal"),
         "foreign_keys": 1,
