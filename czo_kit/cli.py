@@ -134,8 +134,7 @@ def db_migrate(module: str | None) -> None:
     with _kit() as kit:
         try:
             if module is None:
-                made = kit.create_kit_tables()
-                click.echo(f"czo-kit: {'; '.join(f'created table {name}' for name in made) or 'up to date'}")
+                click.echo(f"czo-kit: {'; '.join(kit.create_kit_tables()) or 'up to date'}")
             applied = kit.migrations.up(module)
         except CzoError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -26,7 +26,7 @@ from czo_kit.cache import CacheManager, create_cache
 from czo_kit.events.emitter import EventEmitter
 from czo_kit.events.outbox import EVENT_MODELS, Outbox, OutboxSettings
 from czo_kit.events.queue import HueyQueue, InProcessConsumer, WebhookQueue
-from czo_kit.db._tables import create_missing_tables
+from czo_kit.db._tables import upgrade_tables
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
@@ -311,15 +311,15 @@ class Kit:
 
     def create_kit_tables(self) -> list[str]:
         """Create the kit's own tables that are missing (outbox, deliveries, dead letters,
-        apps, tokens, secrets, webhooks); returns their names. Outside any transaction only."""
-        return create_missing_tables(self.db, KIT_MODELS)
+        apps, tokens, secrets, webhooks) and add the columns a newer kit added to them;
+        returns what it did. Outside any transaction only."""
+        return upgrade_tables(self.db, KIT_MODELS)
 
     def create_tables(self) -> dict[str, list[str]]:
         """``czo-kit db init``: create the kit's own tables and every module's missing tables,
         then settle each module's migrations. Outside any transaction only: DDL in a caller's
         transaction would vanish with its rollback."""
-        made = self.create_kit_tables()
-        report = {"czo-kit": [f"created table {name}" for name in made]}
+        report = {"czo-kit": self.create_kit_tables()}
         report.update(self.migrations.init())
         return report
 

@@ -115,6 +115,39 @@ def test_no_ddl_inside_a_callers_transaction(database_url: str, kit_for: Callabl
     assert {m._meta.table_name for m in KIT_MODELS[:4]} <= set(kit.db.get_tables())
 
 
+def drop_column(kit: Kit, table: str, column: str) -> None:
+    """Make the table as an older kit made it, without ``column``."""
+    kit.db.execute_sql(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+    assert column not in {c.name for c in kit.db.get_columns(table)}
+
+
+def test_db_init_and_migrate_add_the_columns_a_newer_kit_has(database_url: str, kit_for: Callable[..., Kit]) -> None:
+    kit = kit_for(database_url)
+    kit.create_tables()
+    drop_column(kit, "czo_event_outbox", "subscribers")
+    assert kit.create_tables()["czo-kit"] == ["added column czo_event_outbox.subscribers"]
+    assert "subscribers" in {c.name for c in kit.db.get_columns("czo_event_outbox")}
+    drop_column(kit, "czo_event_outbox", "subscribers")
+    assert kit.create_kit_tables() == ["added column czo_event_outbox.subscribers"]  # db migrate
+    assert kit.create_kit_tables() == []
+
+
+def test_an_older_kits_tables_are_upgraded_on_first_use_never_in_a_transaction(
+    database_url: str, kit_for: Callable[..., Kit], settings_for: Callable[..., Settings]
+) -> None:
+    old = kit_for(database_url)
+    old.create_tables()
+    drop_column(old, "czo_event_outbox", "subscribers")
+    # A process of the newer kit starting on that database.
+    with Kit(settings_for(database_url, plugins=()), plugins=[Bookings()]) as kit:
+        with pytest.raises(ConfigurationError, match=r"columns czo_event_outbox\.subscribers .*czo-kit db migrate"):
+            with kit.db.atomic():
+                kit.events.emit_async("czo_test.ping", {"n": 1})
+        assert "subscribers" not in {c.name for c in kit.db.get_columns("czo_event_outbox")}
+        kit.events.emit_async("czo_test.ping", {"n": 2})  # outside a transaction: upgraded, then written
+        assert "subscribers" in {c.name for c in kit.db.get_columns("czo_event_outbox")}
+
+
 def test_create_tables_refuses_to_run_inside_a_transaction(
     database_url: str, kit_for: Callable[..., Kit]
 ) -> None:
