@@ -13,6 +13,7 @@ import click
 
 from czo_kit import __version__
 from czo_kit._cli_errors import FailureReportingGroup, describe_failure
+from czo_kit.context import ContextFilter, JSONLogFormatter, acting
 from czo_kit.errors import CzoError
 
 __all__ = ["build_cli", "main"]
@@ -76,7 +77,29 @@ def cli(log_level: str | None, traceback: bool) -> None:
             f"invalid setting CZO_LOG_LEVEL={os.environ.get('CZO_LOG_LEVEL')!r}: "
             f"allowed: {', '.join(_LEVELS)}"
         )
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    log_format = (os.environ.get("CZO_LOG_FORMAT") or Settings().log_format).strip().lower()
+    if log_format not in ("text", "json"):
+        raise click.ClickException(
+            f"invalid setting CZO_LOG_FORMAT={os.environ.get('CZO_LOG_FORMAT')!r}: allowed: json, text"
+        )
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        JSONLogFormatter() if log_format == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler])
+    # Everything this command causes (events, webhooks, log records) names it as the actor,
+    # under one correlation id.
+    click.get_current_context().with_resource(acting(f"cli:{_os_user()}"))
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown"
 
 
 @cli.command("plugins")

@@ -151,6 +151,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     disable_plugins: tuple[str, ...] = ()
     """Block-list of plugins, built-in or installed, comma-separated."""
 
+    log_format: Literal["text", "json"] = "text"
+    """Lines of the CLI's log: ``text``, or ``json`` (one object per line, with the event id,
+    correlation id and actor when known)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     """Level of the logging the CLI sets up (``--log-level`` wins); a program embedding the
     kit configures logging itself."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import msgspec
 
+from czo_kit.context import _actor, correlation_var
 from czo_kit.events._payload import payload_for
 from czo_kit.events.types import (
     Event,
@@ -42,7 +43,7 @@ E = TypeVar("E", bound=Event)
 Unsubscribe = Callable[[], None]
 
 _current: contextvars.ContextVar[EventContext | None] = contextvars.ContextVar("czo_event", default=None)
-_correlation: contextvars.ContextVar[str | None] = contextvars.ContextVar("czo_correlation", default=None)
+_correlation = correlation_var  # the correlation id of the work in progress (czo_kit.context)
 _UTC = dt.timezone.utc
 
 
@@ -247,7 +248,8 @@ class EventEmitter:
             return EventContext._new(
                 name, actor if actor is not None else parent.actor, parent.correlation_id, parent.event_id
             )
-        return EventContext._new(name, actor, _correlation.get(), None)
+        # No parent event: the actor of the request or command doing this, unless named.
+        return EventContext._new(name, actor if actor is not None else _actor.get(), _correlation.get(), None)
 
     def _normalize(self, event: Any, payload: Any) -> tuple[str, Any, bytes]:
         """Name, payload and its msgpack: checked here, before any handler or tap sees it, so

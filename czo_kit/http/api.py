@@ -18,6 +18,8 @@ import msgspec
 from falcon.routing.compiled import UnacceptableRouteError
 
 from czo_kit.apps.manifest import validation_error_path
+from czo_kit.context import clean_correlation_id, correlation_var, reset_actor, set_actor
+from czo_kit.events.types import uuid7
 from czo_kit.apps.extensions import EXTENSION_TOKEN_PREFIX, verify_extension_token
 from czo_kit.apps.permissions import APP_MANAGEMENT, allows, format_pairs
 from czo_kit.apps.registry import TOKEN_PREFIX, AppPrincipal
@@ -131,6 +133,29 @@ def require_app(req: falcon.Request, resource: str, action: str, *, shop_id: int
     return principal
 
 
+class _ContextMiddleware:
+    """Each request's correlation id (the caller's ``X-Request-ID`` if it is a safe one, else
+    a new one), echoed in the response; it and the actor authentication names go with every
+    event, webhook and log record the request causes."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request_id = clean_correlation_id(req.get_header("X-Request-ID")) or uuid7()
+        req.context.request_id = request_id
+        # Set here, reset in process_response: waitress reuses its threads between requests.
+        req.context.context_tokens = (correlation_var.set(request_id), set_actor(None))
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        request_id = getattr(req.context, "request_id", None)
+        if request_id is not None:
+            resp.set_header("X-Request-ID", request_id)
+        tokens = getattr(req.context, "context_tokens", None)
+        if tokens is not None:
+            correlation_var.reset(tokens[0])
+            reset_actor(tokens[1])
+
+
 class _AuthMiddleware:
     def __init__(self, kit: Kit, authenticators: list[Authenticator]) -> None:
         self.kit = kit
@@ -151,17 +176,20 @@ class _AuthMiddleware:
             return
         if token.startswith(TOKEN_PREFIX):
             req.context.app = self.kit.apps.authenticate(token)
+            set_actor(f"app:{req.context.app.app_id}")
             return
         if token.startswith(EXTENSION_TOKEN_PREFIX):
             principal = verify_extension_token(self.kit.secret_key, token)
             # Uninstalling the app ends its extensions' tokens at once.
             self.kit.apps.get(principal.shop_id, principal.app_id)
             req.context.app = principal
+            set_actor(f"app:{principal.app_id}")  # the app acts, on behalf of principal.user_id
             return
         for authenticate in self.authenticators:
             identity = authenticate(token, self.kit)
             if identity is not None:
                 req.context.user = identity
+                set_actor(f"user:{identity.user_id}")
                 return
         raise AuthenticationError("the bearer token is not valid")
 
@@ -312,7 +340,9 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
 
     kit.plugins.hook.czo_register_authenticators(register=register)
     ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
-    middleware: list[Any] = [_AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)]
+    middleware: list[Any] = [
+        _ContextMiddleware(), _AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)
+    ]
     app = falcon.App(middleware=middleware)
     app.router_options.converters["id"] = IdConverter
     app.router_options.converters["shop"] = ShopConverter

@@ -29,6 +29,7 @@ from czo_kit.apps.extensions import (
 )
 from czo_kit.apps.net import parse_target
 from czo_kit.apps.permissions import allows
+from czo_kit.context import set_actor
 from czo_kit.errors import AuthenticationError, NotFoundError, UnsafeURLError
 from czo_kit.http._ids import AppId, ShopId, parse_app_id
 from czo_kit.http.auth import USER_TOKEN_PREFIX, verify_user_token
@@ -67,7 +68,9 @@ def _user(req: falcon.Request, kit: Kit) -> str:
     token = req.get_cookie_values(SESSION_COOKIE)
     if not token or not token[0].startswith(USER_TOKEN_PREFIX):
         raise AuthenticationError("sign in first: open /dashboard/login?token=<user token>")
-    return verify_user_token(kit.secret_key, token[0]).user_id
+    user_id = verify_user_token(kit.secret_key, token[0]).user_id
+    set_actor(f"user:{user_id}")  # reset with the request's context (czo_kit.http.api)
+    return user_id
 
 
 def _origin(req: falcon.Request) -> str:
