@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import re
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import peewee
 from playhouse.migrations import Migration, MigrationError, Runner, template
 from playhouse.schema_diff import diff_models
 
+from czo_kit.db._migration_plan import plan
 from czo_kit.db._tables import create_missing_tables
 from czo_kit.errors import CzoError
 
@@ -64,6 +65,7 @@ class Migrations:
         applied (the tables already match the models); any other module gets its pending
         migrations applied. Returns what happened, per module."""
         report: dict[str, list[str]] = {}
+        to_apply: list[str] = []
         tables = set(self.db.get_tables())
         for module, entry in sorted(self.modules.items()):
             actions: list[str] = []
@@ -82,8 +84,11 @@ class Migrations:
                     marked = self._apply(module, runner, fake=True)
                     actions.extend(f"marked applied {name}" for name in marked)
                 else:
-                    actions.extend(f"applied {name}" for name in self._apply(module, runner))
+                    to_apply.append(module)
             report[module] = actions
+        # After every module's marks: a migration may depend on a module marked just now.
+        for module, names in self._apply_in_order(to_apply).items():
+            report[module].extend(f"applied {name}" for name in names)
         return report
 
     def status(self) -> dict[str, list[Migration]]:
@@ -105,22 +110,32 @@ class Migrations:
         it also creates the missing tables of modules that keep no migrations (the kit's own
         tables among them), so an upgrade that adds such a table needs no ``db init``."""
         if module:
-            return {module: self._apply(module, self._runner(module))}
-        report: dict[str, list[str]] = {}
+            self._runner(module)  # refuses an unknown module, or one without migrations
+            return self._apply_in_order([module])
+        report = self._apply_in_order(name for name, entry in self.modules.items() if entry.directory is not None)
         for name, entry in sorted(self.modules.items()):
-            if entry.directory is not None:
-                report[name] = self._apply(name, self._runner(name))
-            elif entry.models:
+            if entry.directory is None and entry.models:
                 made = create_missing_tables(self.db, entry.models)
                 if made:
                     report[name] = [f"created table {table}" for table in made]
         return report
 
-    def _apply(self, module: str, runner: Runner, *, fake: bool = False) -> list[str]:
-        """Run (or only record) pending migrations; a failure names the module and the file."""
+    def _apply_in_order(self, modules: Iterable[str]) -> dict[str, list[str]]:
+        """Apply the pending migrations of ``modules``, each after what it depends on (its
+        module's earlier files, and its ``depends_on``); what was applied, per module."""
+        wanted = sorted(set(modules))
+        runners = {name: self._runner(name) for name, entry in self.modules.items() if entry.directory is not None}
+        report: dict[str, list[str]] = {name: [] for name in wanted}
+        for step in plan(runners, wanted):
+            report[step.module].extend(self._apply(step.module, runners[step.module], target=step.name))
+        return report
+
+    def _apply(self, module: str, runner: Runner, *, fake: bool = False, target: str | None = None) -> list[str]:
+        """Run (or only record) pending migrations, all or up to ``target``; a failure names
+        the module and the file."""
         pending = [m.name for m in runner.status() if m.applied is None and m.path is not None]
         try:
-            done: list[str] = runner.fake() if fake else runner.up()
+            done: list[str] = runner.fake() if fake else runner.up(target)
         except MigrationError as exc:
             raise CzoError(f"migrations of {module}: {exc}") from exc
         except peewee.DatabaseError as exc:
