@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+import msgspec
 
 from czo_kit import __version__
 from czo_kit._cli_errors import FailureReportingGroup, describe_failure
@@ -127,6 +128,36 @@ def plugins_command(as_json: bool) -> None:
         for what, names in sorted(info.registers.items()):
             if names:
                 click.echo(f"  {what}: {', '.join(names)}")
+
+
+@cli.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def settings_command(as_json: bool) -> None:
+    """List the kit's settings and every plugin's, as this process reads them (secrets masked)."""
+    from czo_kit.settings import ENV_PREFIX, redact_url, secret_fields
+
+    def shown(kind: Any, values: Any) -> dict[str, Any]:
+        hidden = secret_fields(kind)
+        return {
+            name: "***" if name in hidden and value else redact_url(value) if isinstance(value, str) else value
+            for name, value in msgspec.structs.asdict(values).items()
+        }
+
+    with _kit() as kit:
+        sections = [("czo-kit", ENV_PREFIX, shown(type(kit.settings), kit.settings))]
+        sections += [(plugin, prefix, shown(type(values), values)) for plugin, prefix, values in kit.plugin_settings()]
+    if as_json:
+        click.echo(json.dumps(
+            [{"plugin": plugin, "prefix": prefix, "settings": values} for plugin, prefix, values in sections],
+            indent=2, default=str,
+        ))
+        return
+    for plugin, prefix, values in sections:
+        click.echo(click.style(plugin, bold=True))
+        for name, value in values.items():
+            if isinstance(value, (tuple, list)):
+                value = ",".join(str(item) for item in value)
+            click.echo(f"  {prefix}{name.upper()}={'' if value is None else value}")
 
 
 @cli.group("db")

@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    import msgspec
     import peewee
 
     import huey
@@ -40,6 +41,7 @@ __all__ = [
     "RegisterDatabaseBackend",
     "RegisterMigrations",
     "RegisterModel",
+    "RegisterSettings",
     "hookimpl",
     "hookspec",
 ]
@@ -134,6 +136,23 @@ def czo_register_migrations(register: RegisterMigrations) -> None:
     It holds numbered ``playhouse.migrations`` scripts (``0002_add_sku.py`` defining
     ``up(migrator, db)``), applied in order by ``czo-kit db migrate`` and recorded in a
     history table of the plugin's own; ``czo-kit db makemigrations`` writes new ones.
+    """
+
+
+class RegisterSettings(Protocol):
+    def __call__(self, kind: type[msgspec.Struct], *, prefix: str) -> None: ...
+
+
+@hookspec
+def czo_register_settings(register: RegisterSettings) -> None:
+    """Declare the plugin's own settings: ``register(ReviewSettings, prefix="CZO_REVIEW_")``.
+
+    ``ReviewSettings`` is a ``msgspec.Struct`` whose fields have defaults; each is read from
+    ``<prefix><FIELD>`` when the kit starts, validated like the kit's own (a bad value stops
+    the kit, naming the variable and what is allowed), and read with
+    ``kit.settings_for(ReviewSettings)``. ``czo-kit settings`` lists them, secrets masked
+    (fields in the Struct's ``SECRET_FIELDS`` ClassVar, and names with secret, password or
+    token in them).
     """
 
 

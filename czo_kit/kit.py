@@ -4,13 +4,16 @@ binds every module's models, collects hooks and services, and closes it all agai
 from __future__ import annotations
 
 import logging
+import os
+import re
 import secrets
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import peewee
 import pluggy
 
@@ -33,9 +36,11 @@ from czo_kit.hookspecs import DatabaseFactory
 from czo_kit.hooks import HookRegistry
 from czo_kit.plugins import backend_for, create_plugin_manager, load_plugins
 from czo_kit.services import ServiceRegistry
-from czo_kit.settings import Settings, redact_url
+from czo_kit.settings import ENV_PREFIX, Settings, read_settings, redact_url, unknown_variables
 
 __all__ = ["KIT_MODELS", "Kit"]
+
+S = TypeVar("S")
 
 # The kit's own tables: made by `czo-kit db init` / `db migrate` whatever plugins are loaded,
 # since the outbox, the app registry and the webhook dispatcher are not plugins.
@@ -120,6 +125,11 @@ class Kit:
         else:
             self.secret_key = key.encode()
         setattr(self.db, "czo_secret_key", self.secret_key)
+
+        # First: what plugins read at startup below comes from their settings.
+        self._plugin_settings: dict[type[Any], tuple[str, str, Any]] = {}
+        for impl in hook.czo_register_settings.get_hookimpls():
+            impl.function(register=self._settings_registrar(impl.plugin_name))
 
         self.models: dict[str, list[type[peewee.Model]]] = {}
         migration_dirs: dict[str, str] = {}
@@ -294,6 +304,43 @@ class Kit:
                     bucket.append(model)
 
         return register
+
+    def _settings_registrar(self, plugin: str) -> Any:
+        def register(kind: type[Any], *, prefix: str) -> None:
+            if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+                raise PluginError(f"plugin {plugin!r} registered settings {kind!r}, which is not a msgspec.Struct")
+            if not (isinstance(prefix, str) and re.fullmatch(r"[A-Z][A-Z0-9_]*_", prefix)) or prefix == ENV_PREFIX:
+                raise PluginError(
+                    f"plugin {plugin!r}: settings prefix {prefix!r} must be upper case, end with '_' and "
+                    f"be the plugin's own (not {ENV_PREFIX!r}), such as 'CZO_REVIEW_'"
+                )
+            for other, (owner, other_prefix, _) in self._plugin_settings.items():
+                if other is kind or other_prefix == prefix:
+                    raise PluginError(
+                        f"plugin {plugin!r} registered settings {kind.__name__} with prefix {prefix!r}, "
+                        f"but plugin {owner!r} already registered {other.__name__} with {other_prefix!r}"
+                    )
+            for variable in unknown_variables(kind, prefix, os.environ):
+                log.warning("unknown setting %s of plugin %s is ignored", variable, plugin)
+            self._plugin_settings[kind] = (plugin, prefix, read_settings(kind, prefix=prefix))
+
+        return register
+
+    def settings_for(self, kind: type[S]) -> S:
+        """The values of a plugin's settings Struct, read and validated at startup."""
+        entry = self._plugin_settings.get(kind)
+        if entry is None:
+            known = ", ".join(sorted(k.__name__ for k in self._plugin_settings)) or "none"
+            raise ConfigurationError(
+                f"no plugin registered settings {getattr(kind, '__name__', kind)!r} "
+                f"(czo_register_settings); registered: {known}"
+            )
+        value: S = entry[2]
+        return value
+
+    def plugin_settings(self) -> list[tuple[str, str, Any]]:
+        """(plugin, prefix, values) of every plugin's settings, in registration order."""
+        return list(self._plugin_settings.values())
 
     def _migration_registrar(self, plugin: str, into: dict[str, str]) -> Any:
         def register(directory: str) -> None:

@@ -12,14 +12,14 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
 from czo_kit.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "Settings", "redact_url"]
+__all__ = ["ENV_PREFIX", "Settings", "read_settings", "redact_url", "secret_fields"]
 
 ENV_PREFIX = "CZO_"
 
@@ -198,36 +198,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``CZO_*`` variables; ``overrides`` win over the environment."""
         env = os.environ if environ is None else environ
-        data: dict[str, Any] = {}
-        hints = _field_types(cls)
-        for name in cls.__struct_fields__:
-            variable = _env_name(name)
-            if variable in env:
-                data[name] = _parse_raw(hints[name], env[variable])
         _warn_unknown(cls, env)
-        unknown = sorted(set(overrides) - set(cls.__struct_fields__))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], cls.__struct_fields__, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(
-                f"Settings.from_env() got unknown setting(s) {', '.join(map(repr, unknown))}{hint} "
-                f"(settings: {', '.join(cls.__struct_fields__)})"
-            )
-        data.update(overrides)
-        _validating.active = True
-        try:
-            settings = msgspec.convert(data, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            field, message = _split_error(exc)
-            # Show what the caller gave: the override if there is one, else the raw variable.
-            raw = overrides[field] if field in overrides else env.get(_env_name(field))
-            raise ConfigurationError(
-                f"invalid setting {_env_name(field)}={_clip(_show(field, raw))}: "
-                f"{_explain(cls, field, message)}",
-                variable=_env_name(field),
-            ) from None
-        finally:
-            _validating.active = False
+        settings = read_settings(cls, prefix=ENV_PREFIX, environ=env, overrides=overrides)
         _check_semantics(settings, naming=_env_name)
         return settings
 
@@ -259,8 +231,77 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?<=:)[^:/@\s]+(?=@)", "***", url)
 
 
-def _env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
+S = TypeVar("S", bound=msgspec.Struct)
+
+# Field names that hold secrets in a plugin's settings, masked even where the Struct's
+# SECRET_FIELDS forgets them.
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|api_key|private_key")
+
+
+def secret_fields(kind: type[msgspec.Struct]) -> frozenset[str]:
+    """The fields of a settings Struct never shown: its ``SECRET_FIELDS``, and any field
+    whose name says it holds a secret."""
+    declared = frozenset(getattr(kind, "SECRET_FIELDS", ()))
+    return declared | frozenset(name for name in kind.__struct_fields__ if _SECRET_NAME.search(name))
+
+
+def read_settings(
+    kind: type[S],
+    *,
+    prefix: str,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> S:
+    """A settings Struct read from ``<prefix><FIELD>`` variables, the way the kit reads its
+    own: booleans and comma-separated lists as the environment writes them, every default
+    from the Struct, and a bad value a ``ConfigurationError`` naming the variable, the value
+    (secrets masked) and what is allowed."""
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    hints = _field_types(kind)
+    data: dict[str, Any] = {}
+    for name in kind.__struct_fields__:
+        variable = _env_name(name, prefix)
+        if variable in env:
+            data[name] = _parse_raw(hints[name], env[variable])
+    unknown = sorted(set(overrides) - set(kind.__struct_fields__))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], kind.__struct_fields__, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"{kind.__name__}: unknown setting(s) {', '.join(map(repr, unknown))}{hint} "
+            f"(settings: {', '.join(kind.__struct_fields__)})"
+        )
+    data.update(overrides)
+    _validating.active = True
+    try:
+        return msgspec.convert(data, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        field, message = _split_error(exc)
+        # Show what the caller gave: the override if there is one, else the raw variable.
+        raw = overrides[field] if field in overrides else env.get(_env_name(field, prefix))
+        shown = "'***'" if field in secret_fields(kind) and raw else _clip(_show(field, raw))
+        raise ConfigurationError(
+            f"invalid setting {_env_name(field, prefix)}={shown}: {_explain(kind, field, message)}",
+            variable=_env_name(field, prefix),
+        ) from None
+    finally:
+        _validating.active = False
+
+
+def unknown_variables(kind: type[msgspec.Struct], prefix: str, environ: Mapping[str, str]) -> list[str]:
+    """Variables under ``prefix`` that name no field of ``kind``, each with a close match."""
+    known = {_env_name(name, prefix) for name in kind.__struct_fields__}
+    found = []
+    for variable in sorted(environ):
+        if variable.startswith(prefix) and variable not in known:
+            close = difflib.get_close_matches(variable, sorted(known), n=1, cutoff=0.8)
+            found.append(f"{variable} (did you mean {close[0]}?)" if close else variable)
+    return found
+
+
+def _env_name(field: str, prefix: str = ENV_PREFIX) -> str:
+    return prefix + field.upper()
 
 
 def _show(field: str, value: Any) -> str:
@@ -275,7 +316,7 @@ def _clip(text: str) -> str:
     return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
-def _field_types(cls: type[Settings]) -> dict[str, Any]:
+def _field_types(cls: type[msgspec.Struct]) -> dict[str, Any]:
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
     return {f.name: f.type for f in info.fields}
@@ -318,7 +359,7 @@ def _number(kind: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
     return f"{noun}{' ' + ' and '.join(bounds) if bounds else ''}"
 
 
-def _explain(cls: type[Settings], field: str, message: str) -> str:
+def _explain(cls: type[msgspec.Struct], field: str, message: str) -> str:
     """msgspec's message, or where it names only a type ("Expected `float`, got `str`"), what
     the variable may hold, in the form it takes in the environment."""
     kind = _field_types(cls).get(field)
