@@ -66,15 +66,9 @@ def upgrade_tables(db: peewee.Database, models: Sequence[type[peewee.Model]]) ->
     migrations instead."""
     from playhouse.migrate import SchemaMigrator
 
-    actions: list[str] = []
     with _ddl(db):
-        tables = set(db.get_tables())
-        missing = [m for m in models if m._meta.table_name not in tables]
-        if missing:
-            with db.bind_ctx(missing):
-                db.create_tables(missing, safe=True)
-            actions.extend(f"created table {m._meta.table_name}" for m in missing)
-        columns = _missing_columns(db, models, tables)
+        actions = [f"created table {name}" for name in _create_missing(db, models)]
+        columns = _missing_columns(db, models, set(db.get_tables()))
         if columns:
             migrator = SchemaMigrator.from_database(db)
             for model, field in columns:
@@ -92,11 +86,16 @@ def create_missing_tables(db: peewee.Database, models: Sequence[type[peewee.Mode
     """Create what is missing of ``models``' tables, in a transaction of its own, serialised
     with every other process doing the same; returns the names of the tables made."""
     with _ddl(db):
-        existing = set(db.get_tables())
-        missing = [m for m in models if m._meta.table_name not in existing]
-        if missing:
-            with db.bind_ctx(missing):
-                db.create_tables(missing, safe=True)
+        return _create_missing(db, models)
+
+
+def _create_missing(db: peewee.Database, models: Sequence[type[peewee.Model]]) -> list[str]:
+    """Inside ``_ddl``: the tables of ``models`` not there yet, made from the models."""
+    existing = set(db.get_tables())
+    missing = [m for m in models if m._meta.table_name not in existing]
+    if missing:
+        with db.bind_ctx(missing):
+            db.create_tables(missing, safe=True)
     return [m._meta.table_name for m in missing]
 
 
