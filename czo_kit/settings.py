@@ -155,7 +155,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Record Prometheus metrics and serve them at ``/metrics`` (``czo-kit serve``, and the
     worker with ``--metrics-port``). False records nothing and serves no ``/metrics``."""
 
-    metrics_sample: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 16
+    metrics_sample: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 32
     """Time one call in this many of the fast paths (``emit``, ``emit_async``, cache reads) for
     their latency histograms; 1 times every call. Counters count every call regardless."""
 
