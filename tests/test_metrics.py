@@ -524,3 +524,35 @@ def test_every_metric_is_in_the_operators_list() -> None:
     ))
     assert rows == exported
     assert set(METRIC_NAMES) == {name.removesuffix("_total") for name in exported}
+
+
+def test_a_metrics_directory_adds_the_other_processes_once(local: tuple[Kit, Scraper], tmp_path: Path) -> None:
+    import msgspec
+
+    from czo_kit._metrics_store import FILE_PREFIX, FILE_SUFFIX, Snapshot
+    from czo_kit.metrics import FAST_BUCKETS, STORE
+
+    _, scrape_local = local
+    hits = {"driver": "memory", "operation": "hit"}
+    timed = {"driver": "memory", "op": "get", "result": "hit"}
+    before = scrape_local()
+    counts = [0] * (len(FAST_BUCKETS) + 1)
+    counts[3] = 2  # another process: two reads of 25-50 µs (the bucket up to FAST_BUCKETS[3])
+    other = Snapshot(pid=2**22 + 1, histograms=[("czo_cache_get_seconds", ("memory", "get", "hit"), counts, 0.00004)],
+                     counters=[("czo_cache_operations_total", ("memory", "hit"), 5)])
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / f"{FILE_PREFIX}{other.pid}{FILE_SUFFIX}").write_bytes(msgspec.msgpack.encode(other))
+    (directory / f"{FILE_PREFIX}{2**22 + 2}{FILE_SUFFIX}").write_bytes(b"not a snapshot")  # skipped, logged
+    STORE.use_directory(directory)
+    try:
+        STORE.publish()  # this process's own file: read live, never twice
+        assert (directory / f"{FILE_PREFIX}{os.getpid()}{FILE_SUFFIX}").exists()
+        after = scrape_local()
+    finally:
+        STORE.stop_publishing()
+    assert value(after, "czo_cache_operations_total", **hits) - value(before, "czo_cache_operations_total", **hits) == 5
+    assert value(after, "czo_cache_get_seconds_count", **timed) - value(before, "czo_cache_get_seconds_count", **timed) == 2
+    for bound, more in (("2.5e-05", 0), ("5e-05", 2), ("+Inf", 2)):  # cumulative buckets
+        le = {**timed, "le": bound}
+        assert value(after, "czo_cache_get_seconds_bucket", **le) - value(before, "czo_cache_get_seconds_bucket", **le) == more
