@@ -229,7 +229,13 @@ def db_makemigrations(module: str, name: str) -> None:
               help="Seconds between sweeps for lost events (default: CZO_EVENTS_SWEEP_INTERVAL).")
 @click.option("--max-delay", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
               help="Longest pause between two polls of an idle queue (seconds).")
-def worker_command(workers: int, worker_type: str, sweep_interval: float | None, max_delay: float) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics at /metrics on this port; 0 picks one (default: CZO_METRICS_PORT, else none).")
+@click.option("--metrics-host", default=None, help="Interface of the metrics endpoint (default: CZO_METRICS_HOST).")
+def worker_command(
+    workers: int, worker_type: str, sweep_interval: float | None, max_delay: float,
+    metrics_port: int | None, metrics_host: str | None,
+) -> None:
     """Run the queue consumer: deliver async events, retry failures, recover after crashes.
 
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
@@ -237,6 +243,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
     """
     from czo_kit._parent import tie_forked_workers
     from czo_kit.events.queue import Sweeper
+    from czo_kit.metrics import prepare_worker
 
     with _kit() as kit:
         if kit.queue is None or kit.outbox is None:
@@ -247,6 +254,11 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
             workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
         )
         tie_forked_workers(consumer)  # -k process: children go when this process goes
+        port = metrics_port if metrics_port is not None else kit.settings.metrics_port
+        stop_metrics = prepare_worker(
+            kit, consumer, process_workers=worker_type == "process", host=metrics_host or kit.settings.metrics_host,
+            port=port, announce=lambda line: click.echo(line, err=True),
+        )
         if worker_type == "process":
             # Forked workers must open their own database connections.
             close_all = getattr(kit.db, "close_all", None)
@@ -269,6 +281,7 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
             consumer.run()
         finally:
             sweeper.stop()
+            stop_metrics()
 
 
 @cli.group("events")
@@ -370,13 +383,14 @@ def serve_command(host: str, port: int, threads: int) -> None:
     from waitress import serve
 
     from czo_kit.http.api import create_api
+    from czo_kit.metrics import with_metrics
 
     with _kit() as kit:
         if kit.settings.secret_key is None:
             click.echo("warning: CZO_SECRET_KEY is not set: cursors and user tokens this server "
                        "signs will not survive its restart", err=True)
         click.echo(f"czo-kit API on http://{host}:{port}/api/ ({threads} threads)", err=True)
-        serve(create_api(kit), host=host, port=port, threads=threads, ident="czo-kit")
+        serve(with_metrics(create_api(kit), kit), host=host, port=port, threads=threads, ident="czo-kit")
 
 
 @cli.group("users")

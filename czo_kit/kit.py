@@ -19,6 +19,7 @@ import pluggy
 
 from huey import Huey
 
+from czo_kit import metrics
 from czo_kit._logging import install_log_redaction
 from czo_kit.apps.handoff import HandoffSigner
 from czo_kit.apps.net import OutboundHTTP
@@ -206,6 +207,7 @@ class Kit:
             self.queue_tasks.webhooks = self.webhooks
             self.webhooks.queue = WebhookQueue(self.queue_tasks)
         self.events.tap(self.webhooks.on_event)
+        metrics.attach(self)
 
         self.services = ServiceRegistry()
         self.services.register_value(Kit, self)

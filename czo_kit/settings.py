@@ -155,6 +155,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Lines of the CLI's log: ``text``, or ``json`` (one object per line, with the event id,
     correlation id and actor when known)."""
 
+    metrics: bool = True
+    """Record Prometheus metrics and serve them at ``/metrics`` (``czo-kit serve``, and the
+    worker with ``--metrics-port``). False records nothing and serves no ``/metrics``."""
+
+    metrics_sample: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 32
+    """Time one call in this many of the fast paths (``emit``, ``emit_async``, cache reads) for
+    their latency histograms; 1 times every call. Counters count every call regardless."""
+
+    metrics_dir: str = ""
+    """Multiprocess mode: a directory shared by the processes of one service (several ``czo-kit
+    serve`` processes, say), where each writes its numbers every second and whose endpoint sums
+    them. Empty: ``PROMETHEUS_MULTIPROC_DIR`` if set, else none (a ``-k process`` worker makes
+    a private one on its own)."""
+
+    metrics_host: str = "127.0.0.1"
+    """Interface the worker's metrics endpoint listens on."""
+
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """Port of the worker's metrics endpoint (``czo-kit worker``, and ``huey_consumer
+    czo_kit.worker.huey``); 0 picks a free one; unset serves none."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     """Level of the logging the CLI sets up (``--log-level`` wins); a program embedding the
     kit configures logging itself."""

@@ -7,6 +7,7 @@ consumer plus the sweep; under ``huey_consumer`` the sweep starts with the first
 
 from __future__ import annotations
 
+import atexit
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from huey import Huey
 from czo_kit._parent import tie_forked_workers
 from czo_kit.events.queue import Sweeper
 from czo_kit.kit import Kit
+from czo_kit.metrics import prepare_worker, print_to_stderr
 
 __all__ = ["huey", "kit"]
 
@@ -44,6 +46,11 @@ def _create_tied_consumer(**options: Any) -> Any:
     # scheduler) must still go when it goes.
     consumer = _create_consumer(**options)
     tie_forked_workers(consumer)
+    # CZO_METRICS_PORT serves /metrics, as `czo-kit worker --metrics-port` does.
+    atexit.register(prepare_worker(
+        kit, consumer, process_workers=options.get("worker_type") == "process", host=kit.settings.metrics_host,
+        port=kit.settings.metrics_port, announce=print_to_stderr,
+    ))
     return consumer
 
 

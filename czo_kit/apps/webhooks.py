@@ -25,6 +25,7 @@ import msgspec
 import peewee
 import urllib3
 
+from czo_kit import metrics as _metrics
 from czo_kit.apps.net import OutboundHTTP, parse_target
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
@@ -138,6 +139,8 @@ def _retry_after(value: str | None, now: dt.datetime) -> float | None:
 
 class WebhookDispatcher:
     """Turns events into signed deliveries, and delivers them."""
+
+    meter: Any = None  # set by czo_kit.metrics.attach
 
     def __init__(
         self,
@@ -375,6 +378,7 @@ class WebhookDispatcher:
             ).where(WebhookDelivery.id == delivery_id).execute(self.db)
             if self.queue is not None:
                 self.queue.deliver(delivery_id, delay=wait + random.uniform(0, 1))
+            _metrics.webhook_result(self, delivery, "paused", now)
             return "paused"
         secrets_ = self._secrets(int(delivery.__data__["installation"]), now)
         if not secrets_:
@@ -508,6 +512,7 @@ class WebhookDispatcher:
             # Without its query: a target may carry a token there.
             target = str(delivery.target_url).split("?", 1)[0]
             log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, target, attempt, error)
+        _metrics.webhook_result(self, delivery, state, now)
         return state
 
     # -- recovery and operations --------------------------------------------------------

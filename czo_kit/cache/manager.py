@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from czo_kit import metrics as _metrics
 from czo_kit.cache.driver import HEADER_MAGIC, CacheDriver, CacheUnavailable
 from czo_kit.cache.glob import escape_glob
 
@@ -95,6 +96,9 @@ class _Shared:
         self.refreshing: set[str] = set()
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.closed = False
+        # Set here, not later: an attribute added after __init__ slows every attribute read.
+        self.tick = _metrics.NEVER  # reads left before the next timed one (czo_kit.metrics)
+        self.meter: Any = None
 
     def count(self, name: str, n: int = 1) -> None:
         with self.count_lock:
@@ -322,8 +326,11 @@ class CacheManager:
 
         Naming the ``tags`` the entry was stored with saves a round trip for their versions.
         """
-        entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
         shared = self._shared
+        shared.tick -= 1
+        if shared.tick < 0:  # this call is one czo_kit.metrics times
+            return _metrics.timed_get(self, key, default, type, tags)
+        entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
         if entry is not None and _now_ms() < entry[0]:
             value = self._decode(entry[3], type)
             if value is not _MISSING:
@@ -342,6 +349,9 @@ class CacheManager:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
+        shared = self._shared
+        shared.tick -= 1
+        started = _metrics.clock() if shared.tick < 0 else 0
         entries = self._read([self.key(k) for k in wanted], self._all_tags(tags))
         now = _now_ms()
         found: dict[str, Any] = {}
@@ -353,6 +363,8 @@ class CacheManager:
                 found[key] = value
         self._shared.count("hits", len(found))
         self._shared.count("misses", len(wanted) - len(found))
+        if started:
+            _metrics.cache_read(shared, started, "get_many", "hit" if len(found) == len(wanted) else "miss")
         return found
 
     # -- writes -------------------------------------------------------------------------
@@ -455,6 +467,8 @@ class CacheManager:
         seconds while one background refresh runs.
         """
         shared = self._shared
+        shared.tick -= 1
+        started = _metrics.clock() if shared.tick < 0 else 0
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
         swr = None if stale_while_revalidate is None else _check_ttl(stale_while_revalidate, "stale_while_revalidate")
         all_tags = self._all_tags(tags)
@@ -468,11 +482,17 @@ class CacheManager:
                 if value is not _MISSING:
                     if now < fresh_until:
                         shared.count("hits")
+                        if started:
+                            _metrics.cache_read(shared, started, "get_or_set", "hit")
                         return value  # type: ignore[no-any-return]
                     shared.count("stale_served")
+                    if started:
+                        _metrics.cache_read(shared, started, "get_or_set", "stale")
                     self._refresh_later(full, factory, ttl_s, swr, all_tags)
                     return value  # type: ignore[no-any-return]
         shared.count("misses")
+        if started:  # the read only: what the factory costs on a miss is the caller's
+            _metrics.cache_read(shared, started, "get_or_set", "miss")
         return self._single_flight(full, factory, ttl_s, swr, all_tags, type)
 
     def get_or_set_many(

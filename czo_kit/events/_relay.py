@@ -17,6 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 
+from czo_kit import metrics as _metrics
 from czo_kit._fork import reset_in_children
 
 __all__ = ["Relay"]
@@ -24,10 +25,13 @@ __all__ = ["Relay"]
 log = logging.getLogger("czo_kit.events")
 
 _Relayed = tuple[str, float, int]  # event id, delay, priority
+_Held = tuple[str, float, int, float]  # the same, and when it was committed (monotonic)
 
 
 class Relay:
     """``relay(event_id, delay, priority)`` raises when the queue did not take the event."""
+
+    meter: object = None  # set by czo_kit.metrics.attach: observe commit-to-queued lag
 
     def __init__(
         self,
@@ -53,7 +57,7 @@ class Relay:
 
     def _after_fork(self) -> None:
         # Also the initial state: a forked child starts without the parent's thread and work.
-        self._todo: list[_Relayed] = []
+        self._todo: list[_Held] = []
         self._marks: list[str] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
@@ -74,7 +78,7 @@ class Relay:
             if self._down_since is not None and len(self._todo) >= self.max_held:
                 self._dropped += 1  # pending in the outbox: the sweep queues it
                 return
-            self._todo.append(item)
+            self._todo.append((*item, time.monotonic()))  # added on commit: the lag starts here
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._abandoned = False
@@ -106,7 +110,7 @@ class Relay:
                 todo, self._todo = self._todo, []
             done = 0
             try:
-                for event_id, delay, priority in todo:
+                for event_id, delay, priority, committed in todo:
                     if self._abandoned or (self._deadline is not None and time.monotonic() >= self._deadline):
                         break
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
@@ -116,6 +120,7 @@ class Relay:
                     except Exception as exc:
                         self._failed(exc, len(todo) - done + len(self._todo))
                         break
+                    _metrics.outbox_relayed(self, committed)
                     if self._down_since is not None:
                         self._recovered(len(todo) - done)
                     self._marks.append(event_id)

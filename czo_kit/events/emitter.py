@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import msgspec
 
+from czo_kit import metrics as _metrics
 from czo_kit.context import _actor, correlation_var
 from czo_kit.events._payload import payload_for
 from czo_kit.events.types import (
@@ -105,6 +106,9 @@ class EventEmitter:
         self._lock = threading.Lock()
         self._timers: set[threading.Timer] = set()
         self._taps: tuple[Callable[[EventContext, Any], Callable[[], Any] | None], ...] = ()
+        # Set here, not later: an attribute added after __init__ slows every attribute read.
+        self.tick = _metrics.NEVER  # emits left before the next timed one (czo_kit.metrics)
+        self.meter: Any = None
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -270,6 +274,9 @@ class EventEmitter:
 
     def emit(self, event: Any, payload: Any = None, *, actor: str | None = None) -> EventContext:
         """Run every handler of the event now; returns its context, ``errors`` listing failures."""
+        self.tick -= 1
+        if self.tick < 0:  # this call is one czo_kit.metrics times
+            return _metrics.timed_emit(self, event, payload, actor)
         name, value, _ = self._normalize(event, payload)
         ctx = self._context(name, actor)
         for tap in self._taps:
@@ -302,6 +309,7 @@ class EventEmitter:
                 except Exception as exc:
                     log.exception("handler %s of event %s (%s) failed", sub.id, ctx.name, ctx.event_id)
                     failures.append((sub.id, exc))
+                    _metrics.handler_failed(self, sub)
         finally:
             _current.reset(token)
         return failures
@@ -309,10 +317,13 @@ class EventEmitter:
     def run_subscription(self, sub: Subscription, value: Any, ctx: EventContext) -> None:
         """Run one subscription for an async delivery; its exception propagates (to be retried)."""
         token = _current.set(ctx)
+        started, failed = _metrics.clock(), True
         try:
             sub.handler(value, ctx)
+            failed = False
         finally:
             _current.reset(token)
+            _metrics.handler_ran(self, sub, started, failed)
 
     def decode(self, name: str, payload: bytes) -> Any:
         """An async payload back in the type declared for ``name`` (or as a mapping)."""
@@ -335,6 +346,8 @@ class EventEmitter:
         rollback. ``delay`` is in seconds; ``retries`` is per subscriber (default from
         settings); ``priority`` is 0-100 on our scale (``Priority``), higher first.
         """
+        self.tick -= 1
+        started = _metrics.clock() if self.tick < 0 else 0
         name, value, encoded = self._normalize(event, payload)
         delay_s = _check_delay(delay)
         tries = self.default_retries if retries is None else _check_retries(retries)
@@ -352,6 +365,8 @@ class EventEmitter:
             for write in writes:
                 write()
             self._publish(ctx, encoded, value, delay_s, tries, level)
+        if started:
+            _metrics.emitted(self, name, started, "async")
         return ctx
 
     def _publish(self, ctx: EventContext, encoded: bytes, value: Any, delay: float, retries: int, priority: int) -> None:
