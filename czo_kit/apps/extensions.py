@@ -243,18 +243,22 @@ class _LegacyMount(str, metaclass=_MountNames):
         return str(self)
 
 
-def __getattr__(name: str) -> Any:
-    # The old Mount enum named the example modules' mounts in the kit. Module code that
-    # imports it keeps working, warned, for as long as the deprecation lasts.
-    if name == "Mount":
-        warnings.warn(
-            "czo_kit.apps.extensions.Mount is deprecated: a mount is a string that its module "
-            "registers with register.mount(...); write the name itself ('..._DETAILS')",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return _LegacyMount
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if not TYPE_CHECKING:
+    # Hidden from mypy: a module-level __getattr__ would make any misspelt import from this
+    # module type-check, and mypy flagging ``Mount`` is the nudge module code needs.
+
+    def __getattr__(name: str) -> Any:
+        # The old Mount enum named the example modules' mounts in the kit. Module code that
+        # imports it keeps working, warned, for as long as the deprecation lasts.
+        if name == "Mount":
+            warnings.warn(
+                "czo_kit.apps.extensions.Mount is deprecated: a mount is a string that its module "
+                "registers with register.mount(...); write the name itself ('..._DETAILS')",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return _LegacyMount
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
