@@ -213,8 +213,15 @@ def czo_register_http_routes(api: ApiRoutes, kit: Kit) -> None:
 
 @hookspec
 def czo_register_dashboard(register: DashboardRegistry, kit: Kit) -> None:
-    """Say what each dashboard mount's page is about: ``register.context(Mount.ORDER_DETAILS,
-    fn)`` with ``fn(kit, shop_id, object_id)`` returning a ``DashboardContext`` (or ``None``)."""
+    """Add mounts and pages to the dashboard, called once per kit on first use.
+
+    ``register.mount(name, *, resource, context)``: a place app extensions can target;
+    ``context(kit, shop_id, object_id)`` returns what they are given (an ``ExtensionContext``,
+    a mapping, or ``None``). ``register.page(slug, *, title, resource, render)``: a page at
+    ``/dashboard/shops/<id>/<slug>`` (and ``/<slug>/<object id>``) listed for people holding
+    ``<resource>:read``; ``render(kit, shop_id, object_id)`` returns a ``Page`` or ``None``
+    (404).
+    """
 
 
 @hookspec

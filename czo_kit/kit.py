@@ -21,6 +21,7 @@ from huey import Huey
 
 from czo_kit import metrics
 from czo_kit._logging import install_log_redaction
+from czo_kit.apps.extensions import DashboardRegistry
 from czo_kit.apps.handoff import HandoffSigner
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
@@ -79,6 +80,7 @@ class Kit:
         self.settings = settings if settings is not None else Settings.from_env()
         self._closed = False
         self._lock = threading.Lock()
+        self._dashboard_lock = threading.Lock()
         if plugin_manager is None:
             plugin_manager = load_plugins(
                 create_plugin_manager(),
@@ -189,6 +191,7 @@ class Kit:
         self.apps = AppRegistry(
             self.db, permissions=self.permissions, permission_service=lambda: self.permission_service, http=self.http,
             signer=HandoffSigner.from_secret_key(self.secret_key),
+            mounts=lambda: self.dashboard.mount_names(),
         )
         self.webhooks = WebhookDispatcher(
             self.db,
@@ -276,6 +279,20 @@ class Kit:
         if service is None:
             service = self.__dict__["_permission_service"] = self.permissions.build_service(self)
         return service
+
+    @property
+    def dashboard(self) -> DashboardRegistry:
+        """The mounts and pages modules registered (``czo_register_dashboard``), collected on
+        first use: by the HTTP API, or by an install that checks its extensions' mounts."""
+        registry = self.__dict__.get("_dashboard")
+        if registry is None:
+            with self._dashboard_lock:
+                registry = self.__dict__.get("_dashboard")
+                if registry is None:  # once per kit, even when two requests come first together
+                    registry = DashboardRegistry()
+                    self.plugins.hook.czo_register_dashboard(register=registry, kit=self)
+                    self.__dict__["_dashboard"] = registry
+        return registry
 
     def consumer(self, *, workers: int = 2, sweep_interval: float | None = None) -> InProcessConsumer:
         """A consumer running on threads of this process (tests, the demo); ``czo-kit worker``

@@ -238,8 +238,11 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
     if hook == "czo_register_dashboard":
 
         class _Dashboard:
-            def context(self, mount: Any, provider: Any) -> None:
-                seen.append(str(getattr(mount, "value", mount)))
+            def mount(self, name: str, **kw: Any) -> None:
+                seen.append(f"mount {name}")
+
+            def page(self, slug: str, **kw: Any) -> None:
+                seen.append(f"page {slug}")
 
         return _Dashboard(), seen
     if hook == "czo_register_authenticators":

@@ -139,6 +139,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhooks_timeout: Seconds = 10.0
     """Seconds to wait for a webhook target's answer (connecting: at most 2 s)."""
 
+    dashboard_session_lifetime: Annotated[float, msgspec.Meta(ge=60, le=30 * 86400)] = 28800.0
+    """Seconds a dashboard sign-in lasts (from 60 seconds to 30 days), counted from the
+    sign-in, not from the last page seen: then the person signs in again."""
+
     secret_key: str | None = None
     """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
     random key is made per process, so cursors do not survive a restart."""

@@ -3,8 +3,11 @@
 The dashboard's order page renders the payment app's widget in a sandboxed iframe; the widget
 gets its context over postMessage; forged messages (another origin, another frame) are
 ignored; resize works within bounds; navigation stays inside the dashboard; the extension
-token it asks for is narrowed to what the user holds. A screenshot of the order page is saved
-to test-artifacts/dashboard-order.png.
+token it asks for is narrowed to what the user holds. People sign in with a form, never a
+token in an address, and sign out with a button. A module outside the kit, found by its entry
+point only (tests/plugins/czo-test-reviews), gets its page in the navigation and its mount,
+where an app's extension receives the context the module gives it. A screenshot of the order
+page is saved to test-artifacts/dashboard-order.png.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import urllib3
 from conftest import SECRET, service_unavailable
 from czo_kit import Kit, Settings
 from czo_kit.http import BackgroundServer, create_api, issue_user_token
+from czo_kit.http.sessions import issue_session
 from czo_kit.testing.cache import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +69,9 @@ class Dashboard:
     app: BackgroundServer
     spy: BackgroundServer
     stripe: Any
+    replies: BackgroundServer
     order_id: int
+    review_id: int
     owner_token: str
     viewer_token: str
 
@@ -73,7 +79,11 @@ class Dashboard:
         return f"{self.api.url}/dashboard/shops/1/orders/{self.order_id}"
 
     def login(self, page: Any, token: str, target: str) -> None:
-        page.goto(f"{self.api.url}/dashboard/login?token={token}&next={target}")
+        """Sign in as a person does: the form, the token typed in, the button."""
+        page.goto(f"{self.api.url}/dashboard/login?next={target}")
+        page.locator("#czo-token").fill(token)
+        page.locator(".czo-sign-in button[type=submit]").click()
+        page.wait_for_url(self.api.url + target, timeout=15000)
 
 
 SPY_PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head>
@@ -120,15 +130,64 @@ def _spy_app(public: list[str]) -> Any:
     return app
 
 
+REPLIES_PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head>
+<body><p id="review">waiting</p><script src="{dashboard}/static/czo-extension.js"></script>
+<script src="/replies.js"></script></body></html>"""
+
+REPLIES_JS = """(function () {
+  var czo = CzoExtension.connect();
+  czo.onContext(function (context) {
+    document.body.setAttribute("data-context", JSON.stringify(context));
+    document.getElementById("review").textContent = context.review
+      ? "Reply to review #" + context.review.id + " (" + context.review.rating + "/5)" : "no review";
+  });
+})();"""
+
+
+def _replies_app(public: list[str], dashboard_url: list[str]) -> Any:
+    """An app for the reviews module: a widget at its REVIEW_DETAILS mount, using the kit's
+    client script as an app author would (czo-extension.js from the dashboard)."""
+    import falcon
+
+    class Manifest:
+        def on_get(self, req: Any, resp: Any) -> None:
+            base = public[0]
+            resp.media = {
+                "id": "replies", "name": "Replies", "version": "1", "app_url": base + "/",
+                "permissions": [{"resource": "review", "actions": ["read"]}],
+                "extensions": [{"label": "Replies", "mount": "REVIEW_DETAILS", "url": base + "/widget",
+                                "permissions": [{"resource": "review", "actions": ["read"]}]}],
+            }
+
+    class Widget:
+        def on_get(self, req: Any, resp: Any) -> None:
+            resp.content_type = falcon.MEDIA_HTML
+            resp.text = REPLIES_PAGE.replace("{dashboard}", dashboard_url[0])
+
+    class Script:
+        def on_get(self, req: Any, resp: Any) -> None:
+            resp.content_type = "text/javascript"
+            resp.text = REPLIES_JS
+
+    app = falcon.App()
+    app.add_route("/manifest", Manifest())
+    app.add_route("/widget", Widget())
+    app.add_route("/replies.js", Script())
+    return app
+
+
 @pytest.fixture
 def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
     from czo_app_stripe import create_app
     from czo_order import OrderService
     from czo_product import ProductRepository
+    from czo_test_reviews import ReviewRepository
 
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'dash.sqlite3'}", queue_url="", secret_key=SECRET,
-        apps_allow_private_urls=True, plugins=("czo_product", "czo_order"),
+        apps_allow_private_urls=True,
+        # The third-party module comes in by its entry point's name, like the example modules.
+        plugins=("czo_product", "czo_order", "czo_test_reviews"),
     )
     kit = Kit(settings)
     servers: list[BackgroundServer] = []
@@ -146,14 +205,23 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
         spy = BackgroundServer(_spy_app(public))
         public.append(spy.url)
         servers.append(spy.start())
+        replies_public: list[str] = []
+        replies = BackgroundServer(_replies_app(replies_public, [api.url]))
+        replies_public.append(replies.url)
+        servers.append(replies.start())
         kit.apps.install(shop_id=1, installer_id="owner", manifest_url=app.url + "/manifest")
         kit.apps.install(shop_id=1, installer_id="owner", manifest_url=spy.url + "/manifest")
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=replies.url + "/manifest")
         product = kit.services.get_abstract(ProductRepository).create({"shop_id": 1, "name": "Teapot", "price": 3200})
         order = kit.services.get(OrderService).place(
             shop_id=1, customer_email="ada@example.com", items=[(product, 1)]
         )
+        review = kit.services.get_abstract(ReviewRepository).create(
+            {"shop_id": 1, "rating": 4, "body": "Pours well", "author_email": "grace@example.com"}
+        )
         yield Dashboard(
-            kit=kit, api=api, app=app, spy=spy, stripe=stripe, order_id=int(order.id),
+            kit=kit, api=api, app=app, spy=spy, stripe=stripe, replies=replies, order_id=int(order.id),
+            review_id=int(review.id),
             owner_token=issue_user_token(kit.secret_key, "owner"),
             viewer_token=issue_user_token(kit.secret_key, "viewer"),
         )
@@ -197,7 +265,8 @@ def _open_order(page: Any, dashboard: Dashboard, token: str | None = None) -> An
 
 
 def test_the_widget_renders_in_the_order_page_with_its_context(page: Any, dashboard: Dashboard) -> None:
-    response = page.request.get(dashboard.order_url(), headers={"Cookie": f"czo_session={dashboard.owner_token}"})
+    session = issue_session(dashboard.kit.secret_key, "owner", lifetime=600)
+    response = page.request.get(dashboard.order_url(), headers={"Cookie": f"czo_session={session}"})
     csp = response.headers["content-security-policy"]
     assert f"frame-src {dashboard.app.url} {dashboard.spy.url}" in csp or (
         dashboard.app.url in csp and dashboard.spy.url in csp
@@ -366,9 +435,81 @@ def test_the_extension_token_is_narrowed_to_the_user(page: Any, dashboard: Dashb
         http.clear()
 
 
-def test_pages_need_a_session(page: Any, dashboard: Dashboard) -> None:
+def test_pages_need_a_session_and_sign_in_is_a_form(page: Any, dashboard: Dashboard) -> None:
+    addresses: list[str] = []
+    page.on("request", lambda request: addresses.append(request.url))
     response = page.goto(dashboard.order_url())
     assert response is not None and response.status == 401
-    assert "sign in first" in page.content()
-    dashboard.login(page, dashboard.owner_token, "/dashboard/shops/1/orders/999999")
-    assert page.title() == "404 Not Found - c-zo" or "404" in page.content()
+    assert page.title() == "Sign in - c-zo"
+    assert "Sign in to see this page." in page.locator(".czo-notice").text_content()
+    # The form of the page asked for brings the person back to it.
+    page.locator("#czo-token").fill(dashboard.owner_token)
+    page.locator(".czo-sign-in button[type=submit]").click()
+    page.wait_for_url(dashboard.order_url(), timeout=15000)
+    assert page.title() == f"Order #{dashboard.order_id} - c-zo"
+    assert all(dashboard.owner_token not in address for address in addresses), addresses
+    # Script never sees the session: the cookie is HttpOnly.
+    assert "czo_session" not in page.evaluate("document.cookie")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "czo_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/dashboard"
+    history: list[str] = []
+    while page.go_back() is not None:
+        history.append(page.url)
+    assert history and all(dashboard.owner_token not in address for address in history), history
+
+    page.goto(f"{dashboard.api.url}/dashboard/shops/1/orders/999999")
+    assert page.title() == "404 Not Found - c-zo"
+
+
+def test_a_token_in_the_address_is_refused(page: Any, dashboard: Dashboard) -> None:
+    response = page.goto(f"{dashboard.api.url}/dashboard/login?token={dashboard.owner_token}")
+    assert response is not None and response.status == 400
+    assert "A token in an address is refused" in page.content()
+    assert not any(c["name"] == "czo_session" for c in page.context.cookies())
+
+
+def test_sign_out_from_any_page(page: Any, dashboard: Dashboard) -> None:
+    dashboard.login(page, dashboard.owner_token, "/dashboard/")
+    assert [a.text_content() for a in page.locator(".czo-shops a").all()] == ["Shop 1"]
+    page.locator(".czo-logout button").click()
+    page.wait_for_url(f"{dashboard.api.url}/dashboard/login?signed_out=1", timeout=15000)
+    assert page.locator(".czo-notice").text_content() == "You are signed out."
+    assert not any(c["name"] == "czo_session" for c in page.context.cookies())
+    assert page.goto(dashboard.order_url()).status == 401
+
+
+def test_a_third_party_module_gets_a_page_and_a_mount(page: Any, dashboard: Dashboard) -> None:
+    """From the shop list to the reviews module's page, then to one review, whose
+    REVIEW_DETAILS mount frames the replies app with the context the module gave it."""
+    dashboard.login(page, dashboard.owner_token, "/dashboard/")
+    page.locator(".czo-shops a", has_text="Shop 1").click()
+    page.wait_for_url(f"{dashboard.api.url}/dashboard/shops/1", timeout=15000)
+    assert page.locator("header nav a").all_text_contents() == ["Shops", "Shop", "Orders", "Products", "Reviews"]
+    page.locator("header nav a", has_text="Reviews").click()
+    page.wait_for_url(f"{dashboard.api.url}/dashboard/shops/1/reviews", timeout=15000)
+    assert page.title() == "Reviews - c-zo"
+    assert page.locator(".czo-summary td").first.text_content() == "4/5: Pours well"
+    page.locator(".czo-links a", has_text=f"Review #{dashboard.review_id}").click()
+    page.wait_for_url(f"{dashboard.api.url}/dashboard/shops/1/reviews/{dashboard.review_id}", timeout=15000)
+    assert page.title() == f"Review #{dashboard.review_id} - c-zo"
+
+    iframe = page.locator("section.czo-widget[data-app=replies] iframe")
+    assert iframe.get_attribute("sandbox") == "allow-scripts allow-same-origin allow-forms"
+    widget = page.frame_locator("section.czo-widget[data-app=replies] iframe")
+    widget.locator("body[data-context]").wait_for(timeout=15000)
+    assert widget.locator("#review").text_content() == f"Reply to review #{dashboard.review_id} (4/5)"
+    context = json.loads(widget.locator("body").get_attribute("data-context"))
+    # What the reviews module gives, narrowed to the app: it holds review:read but not
+    # customer:read, so the author's address stays on the server.
+    assert context == {
+        "review": {"id": dashboard.review_id, "rating": 4, "body": "Pours well"},
+        "shop": {"id": 1}, "mount": "REVIEW_DETAILS", "user": {"id": "owner"},
+    }
+    page.wait_for_function(
+        "() => window.__czoBridge.accepted.some(m => m.type === 'czo:ready' && m.app === 'replies')", timeout=15000
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-review.png"), full_page=True)
+    # The order page does not frame it: its mount is the reviews module's alone.
+    page.goto(dashboard.order_url())
+    assert page.locator("section[data-app=replies]").count() == 0

@@ -190,30 +190,45 @@ def test_hook_czo_register_http_routes(sqlite_url: str, settings_for: SettingsFo
 def test_hook_czo_register_dashboard(sqlite_url: str, settings_for: SettingsFor) -> None:
     from falcon import testing
 
-    from czo_kit.apps.extensions import DashboardContext, Mount
-    from czo_kit.http import create_api, issue_user_token
+    from czo_kit.apps.extensions import ExtensionContext, Page
+    from czo_kit.http import create_api
+    from czo_kit.http.sessions import issue_session
 
-    def product_page(kit: Kit, shop_id: int, product_id: int | None) -> DashboardContext | None:
-        if product_id != 5:
+    def kettle_page(kit: Kit, shop_id: int, kettle_id: int | None) -> Page | None:
+        if kettle_id is None:
+            return Page(links=[("Kettle 5", f"/dashboard/shops/{shop_id}/kettles/5")])
+        if kettle_id != 5:
             return None
-        return DashboardContext(title="Kettle <b>", resource="product", data={"product": {"id": 5}},
-                                summary={"Price": "<script>x</script>"})
+        return Page(title="Kettle <b>", summary={"Price": "<script>x</script>"}, mount="KETTLE_DETAILS")
 
-    class Pages:
+    def kettle_context(kit: Kit, shop_id: int, kettle_id: int | None) -> ExtensionContext | None:
+        return ExtensionContext(data={"kettle": {"id": kettle_id}})
+
+    class Kettles:
+        @hookimpl
+        def czo_register_permissions(self, register: Any) -> None:
+            register.resource("kettle", ["read"])
+
         @hookimpl
         def czo_register_dashboard(self, register: Any, kit: Kit) -> None:
-            register.context(Mount.PRODUCT_DETAILS, product_page)
+            register.mount("KETTLE_DETAILS", resource="kettle", context=kettle_context)
+            register.page("kettles", title="Kettles", resource="kettle", render=kettle_page)
 
     settings = settings_for(sqlite_url, queue_url="", plugins=(), disable_plugins=("events",))
-    with Kit(settings, plugins=[Pages()]) as kit:
+    with Kit(settings, plugins=[Kettles()]) as kit:
+        assert kit.dashboard.mount_names() == ("NAVIGATION", "KETTLE_DETAILS")
         kit.permission_service.grant("ann", 1, "viewer")
         client = testing.TestClient(create_api(kit))
-        cookie = {"Cookie": f"czo_session={issue_user_token(kit.secret_key, 'ann')}"}
-        page = client.simulate_get("/dashboard/shops/1/products/5", headers=cookie)
+        cookie = {"Cookie": f"czo_session={issue_session(kit.secret_key, 'ann', lifetime=600)}"}
+        home = client.simulate_get("/dashboard/shops/1", headers=cookie)
+        assert '<a href="/dashboard/shops/1/kettles">Kettles</a>' in home.text
+        listing = client.simulate_get("/dashboard/shops/1/kettles", headers=cookie)
+        assert listing.status_code == 200 and "<title>Kettles - c-zo</title>" in listing.text
+        page = client.simulate_get("/dashboard/shops/1/kettles/5", headers=cookie)
         assert page.status_code == 200
         assert "<title>Kettle &lt;b&gt; - c-zo</title>" in page.text
         assert "&lt;script&gt;x&lt;/script&gt;" in page.text and "<script>x" not in page.text
-        assert client.simulate_get("/dashboard/shops/1/products/6", headers=cookie).status_code == 404
+        assert client.simulate_get("/dashboard/shops/1/kettles/6", headers=cookie).status_code == 404
 
 
 class Gadget(Model):

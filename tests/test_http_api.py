@@ -18,6 +18,7 @@ import urllib3
 from apps_support import OWNER, Receiver, Reply, app_kit, app_settings, manifest, wait_for
 from czo_kit import Kit
 from czo_kit.http import BackgroundServer, create_api, issue_user_token
+from czo_kit.http.sessions import issue_session
 from czo_kit.settings import Settings
 from czo_order import OrderService
 
@@ -432,7 +433,7 @@ def test_400_for_hostile_ids_in_module_route_paths(
 def test_400_for_hostile_ids_in_dashboard_paths(
     lite_kit: Kit, lite_client: falcon.testing.TestClient, raw: str, reason: str
 ) -> None:
-    cookie = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+    cookie = {"Cookie": f"czo_session={issue_session(lite_kit.secret_key, OWNER, lifetime=600)}"}
     for path in (f"/dashboard/shops/{raw}", f"/dashboard/shops/{raw}/orders", f"/dashboard/shops/1/orders/{raw}"):
         result = lite_client.simulate_get(path, headers=cookie)
         assert result.status_code == 400, (path, result.text)
@@ -453,7 +454,7 @@ def test_400_for_hostile_ids_in_dashboard_paths(
 def test_400_for_hostile_ids_in_the_extension_token_body(
     lite_kit: Kit, lite_client: falcon.testing.TestClient, body: dict[str, Any], field: str
 ) -> None:
-    headers = {"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}", "X-CZO-Dashboard": "1"}
+    headers = {"Cookie": f"czo_session={issue_session(lite_kit.secret_key, OWNER, lifetime=600)}", "X-CZO-Dashboard": "1"}
     result = lite_client.simulate_post("/dashboard/api/extension-token", json=body, headers=headers)
     assert result.status_code == 400, result.text
     assert result.json["field"] == field
@@ -638,7 +639,7 @@ def test_an_extension_on_the_dashboards_own_origin_never_gets_allow_same_origin(
     ]
     lite_kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app_server.url, extensions=extensions))
     page = lite_client.simulate_get(
-        "/dashboard/shops/1", headers={"Cookie": f"czo_session={issue_user_token(lite_kit.secret_key, OWNER)}"}
+        "/dashboard/shops/1", headers={"Cookie": f"czo_session={issue_session(lite_kit.secret_key, OWNER, lifetime=600)}"}
     )
     assert page.status_code == 200, page.text
     sandboxes = {

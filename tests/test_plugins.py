@@ -306,7 +306,7 @@ def test_describe_plugins_reports_registrations() -> None:
         "czo_register_services",
     ]
     assert product.registers["permissions"] == ["resource product", "role staff"]
-    assert product.registers["dashboard"] == ["PRODUCT_DETAILS", "PRODUCT_LIST"]
+    assert product.registers["dashboard"] == ["mount PRODUCT_DETAILS", "mount PRODUCT_LIST", "page products"]
     assert product.registers["models"] == ["Product"]
     assert product.registers["services"] == ["czo_product.repository"]
     assert product.registers["hooks"] == ["before product.create", "before product.create_many"]

@@ -17,7 +17,6 @@ from czo_kit.errors import ManifestError, UnsafeURLError
 from czo_kit.events.types import InvalidEventError, check_event_name
 
 __all__ = [
-    "MOUNTS",
     "AppManifest",
     "ExtensionSpec",
     "MAX_MANIFEST_BYTES",
@@ -27,9 +26,6 @@ __all__ = [
 ]
 
 MAX_MANIFEST_BYTES = 1024 * 1024
-
-MOUNTS: tuple[str, ...] = ("ORDER_DETAILS", "ORDER_LIST", "PRODUCT_DETAILS", "PRODUCT_LIST", "NAVIGATION")
-"""Where in the dashboard an extension can appear (``czo_kit.apps.extensions.Mount``)."""
 
 # \Z, not $: with $ a trailing newline would match ("acme\n").
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{1,63}\Z")]
@@ -41,7 +37,7 @@ Version = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z.+-]{1,40}\Z")]
 
 
 class PermissionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``{"resource": "order", "actions": ["read"], "scope": "shop"}``."""
+    """``{"resource": "apps", "actions": ["read"], "scope": "shop"}``."""
 
     resource: Word
     actions: Annotated[list[Word], msgspec.Meta(min_length=1, max_length=20)]
@@ -61,7 +57,9 @@ class ExtensionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A piece of UI the app adds to the dashboard."""
 
     label: Text
-    mount: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z_]{1,63}\Z")]
+    # Which mounts exist depends on the modules installed: the install checks the name
+    # against them (``AppRegistry.install``); a manifest only has to name one well.
+    mount: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{1,63}\Z")]
     url: Url
     target: Literal["widget", "popup", "app_page"] = "widget"
     permissions: Annotated[list[PermissionSpec], msgspec.Meta(max_length=50)] = []
@@ -117,10 +115,6 @@ def _semantic_checks(manifest: AppManifest) -> None:
                 raise ManifestError(str(exc), path=f"$.webhooks[{i}].events[{j}]") from None
     for i, extension in enumerate(manifest.extensions):
         _check_url(extension.url, f"$.extensions[{i}].url")
-        if extension.mount not in MOUNTS:
-            raise ManifestError(
-                f"unknown mount {extension.mount!r}; allowed: {', '.join(MOUNTS)}", path=f"$.extensions[{i}].mount"
-            )
         if extension.target == "app_page" and extension.mount != "NAVIGATION":
             raise ManifestError(
                 "an app_page extension is reached from the navigation; use mount NAVIGATION",

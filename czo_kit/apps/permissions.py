@@ -9,7 +9,7 @@ registers its own with a higher priority.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -30,6 +30,7 @@ __all__ = [
     "PermissionRegistry",
     "PermissionService",
     "ShopMember",
+    "ShopMemberships",
     "allows",
     "format_pairs",
 ]
@@ -59,6 +60,15 @@ class PermissionService(Protocol):
     """What a user holds in a shop. An auth module provides its own."""
 
     def permissions(self, user_id: str, shop_id: int) -> frozenset[Pair]: ...
+
+
+@runtime_checkable
+class ShopMemberships(Protocol):
+    """Which shops a user belongs to, with their roles there: what the dashboard's first page
+    lists. Optional: a permission service without it still guards every page, and people
+    then open ``/dashboard/shops/<id>`` themselves."""
+
+    def memberships(self, user_id: str) -> Mapping[int, Sequence[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,19 @@ class DefaultPermissionService:
 
     def permissions(self, user_id: str, shop_id: int) -> frozenset[Pair]:
         return self.registry.role_permissions(self.roles(user_id, shop_id))
+
+    def memberships(self, user_id: str) -> dict[int, list[str]]:
+        """Shop id -> the user's roles there, by shop id."""
+        self._ensure()
+        query = (
+            ShopMember.select(ShopMember.shop_id, ShopMember.role)
+            .where(ShopMember.user_id == str(user_id))
+            .order_by(ShopMember.shop_id, ShopMember.role)
+        )
+        shops: dict[int, list[str]] = {}
+        for shop_id, role in query.tuples().execute(self.db):
+            shops.setdefault(int(shop_id), []).append(str(role))
+        return shops
 
     def grant(self, user_id: str, shop_id: int, role: str) -> None:
         """Give ``user_id`` the role ``role`` in ``shop_id`` (idempotent)."""

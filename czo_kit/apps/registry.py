@@ -17,7 +17,7 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from czo_kit.apps._models import (
     AppToken,
     AppWebhook,
 )
+from czo_kit.apps.extensions import KIT_MOUNTS
 from czo_kit.apps.handoff import HandoffSigner
 from czo_kit.apps.manifest import AppManifest, parse_manifest
 from czo_kit.apps.net import OutboundHTTP
@@ -123,8 +124,12 @@ class AppRegistry:
         permission_service: PermissionService | Callable[[], PermissionService],
         http: OutboundHTTP,
         signer: HandoffSigner | None = None,
+        mounts: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.db = db
+        # Asked at each install, not at construction: the mounts come from the modules'
+        # dashboard registrations, which the kit collects on first use.
+        self._mounts = mounts or (lambda: KIT_MOUNTS)
         self.permissions = permissions
         self._permission_service = permission_service
         self.http = http
@@ -160,6 +165,17 @@ class AppRegistry:
         return fetch_manifest(self.http, url, deadline=self.manifest_deadline)
 
     # -- install ------------------------------------------------------------------------
+
+    def _check_mounts(self, manifest: AppManifest) -> None:
+        if not manifest.extensions:
+            return
+        known = tuple(self._mounts())
+        for i, extension in enumerate(manifest.extensions):
+            if extension.mount not in known:
+                raise ManifestError(
+                    f"unknown mount {extension.mount!r}; the mounts of this installation are: {', '.join(known)}",
+                    path=f"$.extensions[{i}].mount",
+                )
 
     def _check_grants(self, manifest: AppManifest, installer_id: str, shop_id: int) -> frozenset[Pair]:
         asked = manifest.permission_pairs()
@@ -231,6 +247,7 @@ class AppRegistry:
         else:
             parsed = parse_manifest(manifest)
         installer = str(installer_id)
+        self._check_mounts(parsed)
         granted = self._check_grants(parsed, installer, shop_id)
         targets = [(f"$.webhooks[{i}].target_url", w.target_url) for i, w in enumerate(parsed.webhooks)]
         if parsed.token_target_url:

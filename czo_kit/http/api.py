@@ -356,5 +356,5 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
     kit.plugins.hook.czo_register_http_routes(api=ApiRoutes(app, kit), kit=kit)
     from czo_kit.http.dashboard import add_dashboard
 
-    add_dashboard(app, kit)
+    add_dashboard(app, kit, authenticators=ordered)
     return app

@@ -4,9 +4,9 @@
  *   <script src="czo-extension.js"></script>
  *   <script>
  *     var czo = CzoExtension.connect();
- *     czo.onContext(function (context) { ... context.order.id ... });
+ *     czo.onContext(function (context) { ... context.shop.id ... });
  *     czo.notify("Saved", "success");
- *     czo.navigate("/dashboard/shops/1/orders");
+ *     czo.navigate("/dashboard/shops/1");
  *     czo.requestToken().then(function (token) { fetch(api, {headers: {Authorization: "Bearer " + token}}) });
  *   </script>
  *

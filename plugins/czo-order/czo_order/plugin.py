@@ -62,11 +62,12 @@ def czo_register_http_routes(api: Any, kit: Kit) -> None:
 
 @hookimpl
 def czo_register_dashboard(register: Any, kit: Kit) -> None:
-    from czo_kit.apps.extensions import Mount
-    from czo_order.dashboard import order_details, order_list
+    from czo_order.dashboard import order_details, order_list, render_orders
 
-    register.context(Mount.ORDER_DETAILS, order_details)
-    register.context(Mount.ORDER_LIST, order_list)
+    # The same hook a third-party module uses: the kit knows nothing of orders.
+    register.mount("ORDER_DETAILS", resource="order", context=order_details)
+    register.mount("ORDER_LIST", resource="order", context=order_list)
+    register.page("orders", title="Orders", resource="order", render=render_orders)
 
 
 @hookimpl

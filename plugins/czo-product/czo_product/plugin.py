@@ -54,11 +54,12 @@ def czo_register_permissions(register: Any) -> None:
 
 @hookimpl
 def czo_register_dashboard(register: Any, kit: Kit) -> None:
-    from czo_kit.apps.extensions import Mount
-    from czo_product.dashboard import product_details, product_list
+    from czo_product.dashboard import product_details, product_list, render_products
 
-    register.context(Mount.PRODUCT_DETAILS, product_details)
-    register.context(Mount.PRODUCT_LIST, product_list)
+    # The same hook a third-party module uses: the kit knows nothing of products.
+    register.mount("PRODUCT_DETAILS", resource="product", context=product_details)
+    register.mount("PRODUCT_LIST", resource="product", context=product_list)
+    register.page("products", title="Products", resource="product", render=render_products)
 
 
 @hookimpl
