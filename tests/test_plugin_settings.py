@@ -31,7 +31,7 @@ class ReviewSettings(msgspec.Struct, frozen=True):
 
 
 class Reviews:
-    __name__ = "czo_test_reviews"
+    __name__ = "czo_test_review_settings"
 
     def __init__(self, kind: Any = ReviewSettings, prefix: Any = "CZO_REVIEW_") -> None:
         self.kind = kind
@@ -59,7 +59,7 @@ def test_hook_czo_register_settings(
         values = kit.settings_for(ReviewSettings)
         assert values == ReviewSettings(page_size=50, moderation="before", notify=False, banned_words=("spam", "scam"))
         assert plugin.seen_at_startup == values  # ready before the plugins start
-        assert [(p, prefix) for p, prefix, _ in kit.plugin_settings()] == [("czo_test_reviews", "CZO_REVIEW_")]
+        assert [(p, prefix) for p, prefix, _ in kit.plugin_settings()] == [("czo_test_review_settings", "CZO_REVIEW_")]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_a_misspelt_plugin_variable_is_named_with_a_suggestion(
     with caplog.at_level(logging.WARNING, logger="czo_kit.kit"):
         with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Reviews()]) as kit:
             assert kit.settings_for(ReviewSettings).page_size == 20
-    assert "unknown setting CZO_REVIEW_PAGESIZE (did you mean CZO_REVIEW_PAGE_SIZE?) of plugin czo_test_reviews" in caplog.text
+    assert "unknown setting CZO_REVIEW_PAGESIZE (did you mean CZO_REVIEW_PAGE_SIZE?) of plugin czo_test_review_settings" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_a_misspelt_plugin_variable_is_named_with_a_suggestion(
 def test_a_bad_registration_is_a_plugin_error(
     kind: Any, prefix: Any, message: str, sqlite_url: str, settings_for: SettingsFor
 ) -> None:
-    with pytest.raises(PluginError, match="czo_test_reviews") as caught:
+    with pytest.raises(PluginError, match="czo_test_review_settings") as caught:
         Kit(settings_for(sqlite_url, queue_url=""), plugins=[Reviews(kind, prefix)])
     assert message in str(caught.value)
 
@@ -168,12 +168,12 @@ def test_the_cli_lists_every_plugins_settings_with_secrets_masked(
     finally:
         monkeypatch.setattr(Kit, "from_env", real)
     assert text.exit_code == 0, text.output
-    assert "czo_test_reviews\n  CZO_REVIEW_PAGE_SIZE=20\n" in text.output
+    assert "czo_test_review_settings\n  CZO_REVIEW_PAGE_SIZE=20\n" in text.output
     assert "CZO_REVIEW_SPAM_API_TOKEN=***" in text.output and "CZO_REVIEW_WEBHOOK_PASSWORD=***" in text.output
     assert "CZO_SECRET_KEY=***" in text.output
     for secret in ("tok-123456", "hunter2", "s" * 40):
         assert secret not in text.output and secret not in as_json.output
     sections = {section["plugin"]: section for section in json.loads(as_json.output)}
-    assert sections["czo_test_reviews"]["prefix"] == "CZO_REVIEW_"
-    assert sections["czo_test_reviews"]["settings"]["moderation"] == "after"
+    assert sections["czo_test_review_settings"]["prefix"] == "CZO_REVIEW_"
+    assert sections["czo_test_review_settings"]["settings"]["moderation"] == "after"
     assert sections["czo-kit"]["settings"]["secret_key"] == "***"
