@@ -18,99 +18,49 @@ import logging
 import random
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import peewee
 import urllib3
 
+from czo_kit.apps._circuits import CircuitBreaker
+from czo_kit.apps._webhook_models import (
+    DEFAULT_SCHEDULE,
+    WEBHOOK_MODELS,
+    WebhookAttempt,
+    WebhookCircuit,
+    WebhookDelivery,
+    WebhookSettings,
+)
+from czo_kit.apps._webhook_ops import WebhookOperations
 from czo_kit.apps.net import OutboundHTTP, parse_target
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
-from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
+from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
-from czo_kit.errors import NotFoundError, UnsafeURLError
+from czo_kit.errors import UnsafeURLError
 from czo_kit.events.emitter import as_mapping
 from czo_kit.events.types import EventContext, uuid7
 
 if TYPE_CHECKING:
     from czo_kit.apps.permissions import PermissionRegistry
 
-__all__ = ["DEFAULT_SCHEDULE", "WEBHOOK_MODELS", "WebhookAttempt", "WebhookDelivery", "WebhookDispatcher"]
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "WEBHOOK_MODELS",
+    "WebhookAttempt",
+    "WebhookCircuit",
+    "WebhookDelivery",
+    "WebhookDispatcher",
+    "WebhookSettings",
+]
 
 log = logging.getLogger("czo_kit.webhooks")
 
-DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
-"""Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
-
 RESPONSE_EXCERPT = 1024
-
-
-class WebhookDelivery(KitTable):
-    id = peewee.BigAutoField()
-    message_id = peewee.CharField(max_length=48, unique=True)
-    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="deliveries")
-    shop_id = peewee.IntegerField(index=True)
-    webhook_name = peewee.CharField(max_length=64)
-    event_id = peewee.CharField(max_length=36)
-    event_name = peewee.CharField(max_length=200)
-    target_url = peewee.CharField(max_length=2000)
-    origin = peewee.CharField(max_length=300)
-    body = BytesField()
-    state = peewee.CharField(max_length=16, default="queued")
-    attempts = peewee.IntegerField(default=0)
-    max_attempts = peewee.IntegerField()
-    next_attempt_at = UTCDateTimeField(null=True)
-    lease_until = UTCDateTimeField(null=True)
-    last_status = peewee.IntegerField(null=True)
-    last_error = peewee.TextField(null=True)
-    created_at = UTCDateTimeField()
-    updated_at = UTCDateTimeField()
-    delivered_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_webhook_delivery"
-        indexes = ((("state", "updated_at"), False),)
-
-
-class WebhookAttempt(KitTable):
-    id = peewee.BigAutoField()
-    delivery = peewee.ForeignKeyField(WebhookDelivery, on_delete="CASCADE", backref="attempt_log")
-    attempt = peewee.IntegerField()
-    at = UTCDateTimeField()
-    status = peewee.IntegerField(null=True)
-    duration_ms = peewee.FloatField()
-    response = peewee.TextField(null=True)
-    error = peewee.TextField(null=True)
-
-    class Meta:
-        table_name = "czo_webhook_attempt"
-
-
-class WebhookCircuit(KitTable):
-    origin = peewee.CharField(max_length=300, primary_key=True)
-    failures = peewee.IntegerField(default=0)
-    opened_until = UTCDateTimeField(null=True)
-    updated_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "czo_webhook_circuit"
-
-
-WEBHOOK_MODELS: tuple[type[peewee.Model], ...] = (WebhookDelivery, WebhookAttempt, WebhookCircuit)
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    lease: float = 120.0
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 60.0
-    connect_timeout: float = 2.0
-    read_timeout: float = 10.0
 
 
 class WebhookEnqueuer(Protocol):
@@ -136,7 +86,7 @@ def _retry_after(value: str | None, now: dt.datetime) -> float | None:
     return max(0.0, min((when - now).total_seconds(), 86400.0))
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(WebhookOperations):
     """Turns events into signed deliveries, and delivers them."""
 
     def __init__(
@@ -152,6 +102,9 @@ class WebhookDispatcher:
         self.permissions = permissions
         self.http = http
         self.settings = settings or WebhookSettings()
+        self.breaker = CircuitBreaker(
+            db, threshold=self.settings.breaker_threshold, cooldown=self.settings.breaker_cooldown
+        )
         self.queue: WebhookEnqueuer | None = None
         self._ready = False
         self._encoder = msgspec.json.Encoder()
@@ -267,62 +220,6 @@ class WebhookDispatcher:
         info = model_info(model, self.db)
         return info, info.template((key,), lambda: build(info))
 
-    def _circuit_row(self, origin: str) -> tuple[int, dt.datetime | None] | None:
-        info, template = self._template(
-            WebhookCircuit, "circuit",
-            lambda i: WebhookCircuit.select(WebhookCircuit.failures, WebhookCircuit.opened_until).where(
-                WebhookCircuit.origin == Slot("origin")
-            ),
-        )
-        row = info.execute(template, {"origin": origin}).fetchone()
-        if row is None:
-            return None
-        return int(row[0]), WebhookCircuit.opened_until.python_value(row[1])
-
-    def _circuit_wait(self, origin: str, now: dt.datetime, circuit: tuple[int, dt.datetime | None] | None) -> float:
-        """Seconds this target stays paused; 0 when closed, or when this caller takes the one
-        probe allowed after a cool-down (half-open: everyone else keeps waiting)."""
-        if circuit is None or circuit[1] is None:
-            return 0.0
-        opened_until = circuit[1]
-        if opened_until <= now:
-            probe_until = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
-            taken = (
-                WebhookCircuit.update(opened_until=probe_until, updated_at=now)
-                .where((WebhookCircuit.origin == origin) & (WebhookCircuit.opened_until <= now))
-                .execute(self.db)
-            )
-            if taken:
-                log.info("webhook target %s: cool-down over, sending one probe", origin)
-                return 0.0
-            again = self._circuit_row(origin)
-            if again is None or again[1] is None:
-                return 0.0
-            opened_until = again[1]
-        remaining: float = max(0.0, (opened_until - now).total_seconds())
-        return remaining
-
-    def _circuit_result(self, origin: str, ok: bool, now: dt.datetime, circuit: tuple[int, Any] | None) -> None:
-        if ok:
-            if circuit is not None:  # nothing to close when no failure was ever recorded
-                WebhookCircuit.delete_rows().where(WebhookCircuit.origin == origin).execute(self.db)
-            return
-        current = self._circuit_row(origin)
-        failures = (current[0] if current is not None else 0) + 1
-        opened = None
-        if failures >= self.settings.breaker_threshold:
-            opened = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
-            if current is None or current[1] is None or current[1] <= now:
-                log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.settings.breaker_cooldown)
-        (
-            WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
-            .on_conflict(
-                conflict_target=[WebhookCircuit.origin],
-                update={WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened, WebhookCircuit.updated_at: now},
-            )
-            .execute(self.db)
-        )
-
     def _claim(self, delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
         info, template = self._template(
             WebhookDelivery, "claim",
@@ -364,8 +261,8 @@ class WebhookDispatcher:
         if delivery is None:
             return "skipped"  # delivered, dead, gone, or running elsewhere: a duplicate task
         origin = str(delivery.origin)
-        circuit = self._circuit_row(origin)
-        wait = self._circuit_wait(origin, now, circuit)
+        circuit = self.breaker.row(origin)
+        wait = self.breaker.wait(origin, now, circuit)
         if wait > 0:
             # Paused, not failed: give the claim back without using up an attempt, and wait
             # for the probe.
@@ -501,7 +398,7 @@ class WebhookDispatcher:
             )
         if target_failed and (status is not None or error is not None):
             answered = status is not None and status < 500 and status not in (408, 429)
-            self._circuit_result(str(delivery.origin), delivered or answered, now, circuit)
+            self.breaker.result(str(delivery.origin), delivered or answered, now, circuit)
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
         if state == "dead":
@@ -564,47 +461,6 @@ class WebhookDispatcher:
         if cleared["abandoned_installs"]:
             log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
         return {**counts, **cleared}
-
-    def deliveries(self, *, state: str | None = None, shop_id: int | None = None, limit: int = 50) -> list[WebhookDelivery]:
-        self.ensure_tables()
-        query = WebhookDelivery.select().order_by(WebhookDelivery.id.desc()).limit(limit)
-        if state is not None:
-            query = query.where(WebhookDelivery.state == state)
-        if shop_id is not None:
-            query = query.where(WebhookDelivery.shop_id == shop_id)
-        return list(query.execute(self.db))
-
-    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
-        self.ensure_tables()
-        return list(
-            WebhookAttempt.select().where(WebhookAttempt.delivery == delivery_id).order_by(WebhookAttempt.id).execute(self.db)
-        )
-
-    def redeliver(self, delivery_id: int | None = None, *, all_dead: bool = False) -> list[int]:
-        """Queue a delivery again (any state but running), or every dead one, with fresh attempts."""
-        self.ensure_tables()
-        now = utcnow()
-        if all_dead:
-            ids = [r[0] for r in WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.state == "dead").tuples().execute(self.db)]
-        else:
-            row = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
-            if row is None:
-                raise NotFoundError("WebhookDelivery", delivery_id)
-            ids = [int(row.id)]
-        if ids:
-            WebhookDelivery.update(
-                state="queued", attempts=0, next_attempt_at=None, lease_until=None, updated_at=now
-            ).where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state != "running")).execute(self.db)
-            on_commit(self.db, lambda: self._enqueue_all(ids))
-        return ids
-
-    def stats(self) -> dict[str, int]:
-        self.ensure_tables()
-        rows = (
-            WebhookDelivery.select(WebhookDelivery.state, peewee.fn.COUNT(WebhookDelivery.id))
-            .group_by(WebhookDelivery.state).tuples().execute(self.db)
-        )
-        return {state: count for state, count in rows}
 
 
 def _allows(held: frozenset[tuple[str, str]], resource: str, action: str) -> bool:
