@@ -85,3 +85,5 @@ class WebhookSettings:
     breaker_cooldown: float = 60.0
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    shutdown_timeout: float = 3.0
+    """Seconds ``close()`` waits for the queue to take the deliveries the relay still holds."""

@@ -42,6 +42,7 @@ from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import UnsafeURLError
+from czo_kit.events._relay import Relay
 from czo_kit.events.emitter import as_mapping
 from czo_kit.events.types import EventContext, uuid7
 
@@ -108,6 +109,12 @@ class WebhookDispatcher(WebhookOperations):
         self.queue: WebhookEnqueuer | None = None
         self._ready = False
         self._encoder = msgspec.json.Encoder()
+        # Committed deliveries reach the queue from a thread of this relay, never from the
+        # emitting one: a queue that hangs holds up no caller (see czo_kit.events._relay).
+        self._relayer = Relay(
+            self._hand_over, _no_marks, shutdown_timeout=self.settings.shutdown_timeout,
+            what="webhook deliveries", kept="the deliveries table", thread_name="czo-webhook-relay", logger=log,
+        )
 
     def ensure_tables(self, *, required: bool = True) -> bool:
         """Make the app and webhook tables exist; with ``required=False`` (the tap, inside the
@@ -202,14 +209,29 @@ class WebhookDispatcher(WebhookOperations):
         return found
 
     def _enqueue_all(self, ids: Sequence[int]) -> None:
+        """Queue committed deliveries: handed to the relay, which queues them off the caller's
+        thread; what the queue does not take stays ``queued`` in the table for the sweep."""
         if self.queue is None:
             log.warning("%d webhook deliveries recorded but no queue is configured; run a worker", len(ids))
             return
         for delivery_id in ids:
-            try:
-                self.queue.deliver(delivery_id, delay=0)
-            except Exception:
-                log.warning("could not queue webhook delivery %s; the sweep will", delivery_id, exc_info=True)
+            self._relayer.add((int(delivery_id), 0.0))
+
+    def _hand_over(self, delivery_id: int, delay: float) -> None:
+        """The relay's hand-over of one delivery; raises when the queue did not take it."""
+        queue = self.queue
+        if queue is not None:
+            queue.deliver(delivery_id, delay=delay)
+
+    def flush(self) -> None:
+        """Queue every committed delivery the relay still holds, now, in this thread."""
+        self._relayer.flush(mark=False)
+
+    def close(self, *, deadline: float | None = None) -> None:
+        """Queue what the relay still holds by ``deadline`` (monotonic; default
+        ``settings.shutdown_timeout`` from now) and stop its thread; the rest stays ``queued``
+        in the table, for the sweep."""
+        self._relayer.close(deadline=deadline)
 
     # -- delivering ---------------------------------------------------------------------
 
@@ -461,6 +483,10 @@ class WebhookDispatcher(WebhookOperations):
         if cleared["abandoned_installs"]:
             log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
         return {**counts, **cleared}
+
+
+def _no_marks(ids: list[Any]) -> None:
+    """A delivery handed to the queue stays ``queued`` until a worker claims it: no mark."""
 
 
 def _allows(held: frozenset[tuple[str, str]], resource: str, action: str) -> bool:
