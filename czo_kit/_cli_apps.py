@@ -3,6 +3,8 @@ of apps, and the webhook deliveries an operator inspects, sends again or clears.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +23,29 @@ def _kit() -> Iterator[Any]:
         yield kit
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_value))
+
+
+def shown_url(url: str) -> str:
+    from czo_kit.apps.net import shown_url as shown  # the apps package is heavy: import on use
+
+    return shown(url)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
 @click.group("apps")
 def apps_group() -> None:
     """Install, list and remove apps, shop by shop."""
@@ -28,10 +53,19 @@ def apps_group() -> None:
 
 @apps_group.command("list")
 @click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_list(shop_id: int) -> None:
+@json_option
+def apps_list(shop_id: int, as_json: bool) -> None:
     """List the apps installed in a shop."""
     with _kit() as kit:
         rows = kit.apps.list(shop_id)
+        if as_json:
+            _echo_json([
+                {"app_id": row.app_id, "name": row.name, "version": row.version, "shop_id": row.shop_id,
+                 "installation_id": row.id, "permissions": json.loads(row.permissions),
+                 "installed_at": row.installed_at, "installed_by": row.installed_by}
+                for row in rows
+            ])
+            return
         if not rows:
             click.echo(f"no apps in shop {shop_id}")
         for row in rows:
@@ -63,10 +97,18 @@ def apps_uninstall(app_id: str, shop_id: int) -> None:
 @apps_group.command("tokens")
 @click.argument("app_id")
 @click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_tokens(app_id: str, shop_id: int) -> None:
+@json_option
+def apps_tokens(app_id: str, shop_id: int, as_json: bool) -> None:
     """List APP_ID's tokens in a shop (their last four characters only)."""
     with _kit() as kit:
-        for token in kit.apps.tokens(shop_id=shop_id, app_id=app_id):
+        tokens = kit.apps.tokens(shop_id=shop_id, app_id=app_id)
+        if as_json:
+            _echo_json([
+                {"id": t.id, "name": t.name, "last4": t.last4, "created_at": t.created_at, "revoked_at": t.revoked_at}
+                for t in tokens
+            ])
+            return
+        for token in tokens:
             state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
             click.echo(f"{token.id}  {token.name:<16} ...{token.last4}  created {token.created_at:%Y-%m-%d %H:%M}  {state}")
 
@@ -110,13 +152,24 @@ def webhooks_group() -> None:
     """Inspect webhook deliveries and send failed ones again."""
 
 
+def _delivery_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "state": row.state, "event": row.event_name, "event_id": row.event_id,
+        "message_id": row.message_id, "shop_id": row.shop_id, "webhook": row.webhook_name,
+        "target": shown_url(row.target_url), "attempts": row.attempts, "max_attempts": row.max_attempts,
+        "last_status": row.last_status, "last_error": row.last_error,
+        "created_at": row.created_at, "updated_at": row.updated_at, "delivered_at": row.delivered_at,
+        "next_attempt_at": row.next_attempt_at,
+    }
+
+
 def _print_deliveries(rows: list[Any]) -> None:
     if not rows:
         click.echo("no deliveries")
     for row in rows:
         status = row.last_status if row.last_status is not None else "-"
         click.echo(
-            f"{row.id}  {row.state:<9} {row.event_name:<20} shop {row.shop_id}  -> {row.target_url}  "
+            f"{row.id}  {row.state:<9} {row.event_name:<20} shop {row.shop_id}  -> {shown_url(row.target_url)}  "
             f"attempts {row.attempts}/{row.max_attempts}  last {status}{'  ' + row.last_error if row.last_error else ''}"
         )
 
@@ -125,18 +178,62 @@ def _print_deliveries(rows: list[Any]) -> None:
 @click.option("--state", type=click.Choice(["queued", "running", "retry", "delivered", "dead"]), default=None)
 @click.option("--shop", "shop_id", type=click.IntRange(1), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def webhooks_deliveries(state: str | None, shop_id: int | None, limit: int) -> None:
+@json_option
+def webhooks_deliveries(state: str | None, shop_id: int | None, limit: int, as_json: bool) -> None:
     """List recent deliveries, newest first."""
     with _kit() as kit:
-        _print_deliveries(kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit))
+        rows = kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit)
+        if as_json:
+            _echo_json([_delivery_json(row) for row in rows])
+        else:
+            _print_deliveries(rows)
 
 
 @webhooks_group.command("dead")
+@click.argument("delivery_id", type=click.IntRange(1), required=False)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def webhooks_dead(limit: int) -> None:
-    """List deliveries that failed for good (dead letters)."""
+@json_option
+def webhooks_dead(delivery_id: int | None, limit: int, as_json: bool) -> None:
+    """List deliveries that failed for good (dead letters), newest first; with DELIVERY_ID,
+    show that delivery with every attempt and the traceback of its last failure."""
     with _kit() as kit:
-        _print_deliveries(kit.webhooks.deliveries(state="dead", limit=limit))
+        if delivery_id is None:
+            rows = kit.webhooks.deliveries(state="dead", limit=limit)
+            if as_json:
+                _echo_json([_delivery_json(row) for row in rows])
+            else:
+                _print_deliveries(rows)
+            return
+        row = kit.webhooks.delivery(delivery_id)
+        attempts = kit.webhooks.attempts(delivery_id)
+        if as_json:
+            _echo_json({
+                **_delivery_json(row), "last_error_detail": row.last_error_detail,
+                "attempt_log": [
+                    {"attempt": a.attempt, "at": a.at, "status": a.status, "duration_ms": a.duration_ms,
+                     "response": a.response, "error": a.error, "error_detail": a.error_detail}
+                    for a in attempts
+                ],
+            })
+            return
+        _print_delivery(row, attempts)
+
+
+def _print_delivery(row: Any, attempts: list[Any]) -> None:
+    click.echo(f"delivery {row.id}: {row.state}, {row.event_name} of shop {row.shop_id} -> {shown_url(row.target_url)}")
+    click.echo(f"  message {row.message_id}  event {row.event_id}  webhook {row.webhook_name}")
+    click.echo(f"  created {_when(row.created_at)}  updated {_when(row.updated_at)}  "
+               f"attempts {row.attempts}/{row.max_attempts}")
+    if row.last_error:
+        click.echo(f"  last error: {row.last_error}")
+    for a in attempts:
+        status = a.status if a.status is not None else "-"
+        click.echo(f"  attempt {a.attempt}  {_when(a.at)}  status {status}  {a.duration_ms:.0f} ms"
+                   f"{'  ' + a.error if a.error else ''}")
+    if row.last_error_detail:
+        click.echo("  traceback of the last attempt:")
+        for line in str(row.last_error_detail).splitlines():
+            click.echo("    " + line)
 
 
 @webhooks_group.command("redeliver")

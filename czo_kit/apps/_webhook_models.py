@@ -41,6 +41,9 @@ class WebhookDelivery(KitTable):
     lease_until = UTCDateTimeField(null=True)
     last_status = peewee.IntegerField(null=True)
     last_error = peewee.TextField(null=True)
+    last_error_detail = peewee.TextField(null=True)
+    """The traceback of the last attempt, when it failed with an exception: bounded, with the
+    target's query string and the signing secrets masked (``czo-kit webhooks dead ID``)."""
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
     delivered_at = UTCDateTimeField(null=True)
@@ -59,6 +62,8 @@ class WebhookAttempt(KitTable):
     duration_ms = peewee.FloatField()
     response = peewee.TextField(null=True)
     error = peewee.TextField(null=True)
+    error_detail = peewee.TextField(null=True)
+    """The attempt's traceback when it failed with an exception (bounded and scrubbed)."""
 
     class Meta:
         table_name = "czo_webhook_attempt"

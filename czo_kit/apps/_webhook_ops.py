@@ -36,6 +36,14 @@ class WebhookOperations:
             query = query.where(WebhookDelivery.shop_id == shop_id)
         return list(query.execute(self.db))
 
+    def delivery(self, delivery_id: int) -> WebhookDelivery:
+        """One delivery; ``NotFoundError`` when there is none with that id (or it was pruned)."""
+        self.ensure_tables()
+        row: WebhookDelivery | None = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
+        if row is None:
+            raise NotFoundError("WebhookDelivery", delivery_id)
+        return row
+
     def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
         self.ensure_tables()
         return list(

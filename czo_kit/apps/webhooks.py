@@ -33,8 +33,9 @@ from czo_kit.apps._webhook_models import (
     WebhookDelivery,
     WebhookSettings,
 )
+from czo_kit.apps._webhook_failures import ERROR_LIMIT, Failure, TracebackScrubber, failure
 from czo_kit.apps._webhook_ops import WebhookOperations
-from czo_kit.apps.net import OutboundHTTP, parse_target
+from czo_kit.apps.net import OutboundHTTP, parse_target, shown_url
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.db._sql import Slot, model_info
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("czo_kit.webhooks")
+log.addFilter(TracebackScrubber())
 
 RESPONSE_EXCERPT = 1024
 
@@ -315,11 +317,13 @@ class WebhookDispatcher(WebhookOperations):
         excerpt: str | None = None
         error: str | None = None
         retry_after: float | None = None
+        failed: Failure | None = None
+        target = str(delivery.target_url)
         started = utcnow()
         try:
-            self.http.check(str(delivery.target_url), what="webhook target")
+            self.http.check(target, what="webhook target")
             response = self.http.request(
-                "POST", str(delivery.target_url), body=body, headers=headers,
+                "POST", target, body=body, headers=headers,
                 max_bytes=RESPONSE_EXCERPT, connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout, what="webhook target",
             )
@@ -327,11 +331,20 @@ class WebhookDispatcher(WebhookOperations):
             excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
         except UnsafeURLError as exc:
-            error = str(exc)
+            failed = failure(exc, target_url=target, secrets=secrets_)
             # The URL is refused on our side: not the target's failure, so no circuit count.
-            return self._record(delivery, started, None, None, error, final=True, target_failed=False)
+            return self._record(delivery, started, None, None, failed.error, final=True, target_failed=False,
+                                failed=failed)
         except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            failed = failure(exc, target_url=target, secrets=secrets_)
+            error = failed.error
+        except Exception as exc:
+            # Not the network: a fault on this side (a bug, a resource running out). Retried
+            # like a network error, so it ends dead with its traceback rather than stuck
+            # ``running``, but not counted against the target's circuit.
+            failed = failure(exc, target_url=target, secrets=secrets_)
+            return self._record(delivery, started, None, None, failed.error, final=False, target_failed=False,
+                                circuit=circuit, failed=failed)
         if status is not None and 200 <= status < 300:
             return self._record(delivery, started, status, excerpt, None, final=False, delivered=True, circuit=circuit)
         retryable = status is None or status >= 500 or status in (408, 429)
@@ -340,7 +353,7 @@ class WebhookDispatcher(WebhookOperations):
             return self._record(delivery, started, status, excerpt, error, final=True, circuit=circuit)
         return self._record(
             delivery, started, status, excerpt, error or f"HTTP {status}", final=False,
-            retry_after=retry_after, circuit=circuit,
+            retry_after=retry_after, circuit=circuit, failed=failed,
         )
 
     def _record(
@@ -356,6 +369,7 @@ class WebhookDispatcher(WebhookOperations):
         retry_after: float | None = None,
         target_failed: bool = True,
         circuit: tuple[int, Any] | None = None,
+        failed: Failure | None = None,
     ) -> str:
         now = utcnow()
         duration = (now - started).total_seconds() * 1000
@@ -376,6 +390,7 @@ class WebhookDispatcher(WebhookOperations):
                     WebhookDelivery.state: Slot("state"),
                     WebhookDelivery.last_status: Slot("status"),
                     WebhookDelivery.last_error: Slot("error"),
+                    WebhookDelivery.last_error_detail: Slot("detail"),
                     WebhookDelivery.lease_until: None,
                     WebhookDelivery.next_attempt_at: Slot("next", WebhookDelivery.next_attempt_at.db_value),
                     WebhookDelivery.delivered_at: Slot("delivered", WebhookDelivery.delivered_at.db_value),
@@ -394,15 +409,17 @@ class WebhookDispatcher(WebhookOperations):
                     WebhookAttempt.duration_ms: Slot("duration"),
                     WebhookAttempt.response: Slot("response"),
                     WebhookAttempt.error: Slot("error"),
+                    WebhookAttempt.error_detail: Slot("detail"),
                 }
             ),
         )
-        short_error = (error or None) and error[:2000]
+        short_error = (error or None) and error[:ERROR_LIMIT]
+        detail = failed.detail if failed is not None else None
         with self.db.atomic():
             updated = update_info.execute(
                 update,
                 {
-                    "state": state, "status": status, "error": short_error,
+                    "state": state, "status": status, "error": short_error, "detail": detail,
                     "next": now + dt.timedelta(seconds=delay) if delay is not None else None,
                     "delivered": now if delivered else None, "now": now, "id": int(delivery.id),
                 },
@@ -416,6 +433,7 @@ class WebhookDispatcher(WebhookOperations):
                 {
                     "delivery": int(delivery.id), "attempt": attempt, "at": started, "status": status,
                     "duration": round(duration, 2), "response": excerpt, "error": short_error,
+                    "detail": detail,
                 },
             )
         if target_failed and (status is not None or error is not None):
@@ -423,10 +441,19 @@ class WebhookDispatcher(WebhookOperations):
             self.breaker.result(str(delivery.origin), delivered or answered, now, circuit)
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
-        if state == "dead":
-            # Without its query: a target may carry a token there.
-            target = str(delivery.target_url).split("?", 1)[0]
-            log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, target, attempt, error)
+        if state == "dead" or failed is not None:
+            # Without its query string (a target may carry a token there), and with the
+            # traceback of an attempt that raised, scrubbed alike (TracebackScrubber).
+            level = logging.ERROR if state == "dead" else logging.WARNING
+            outcome = (
+                f"is dead after {attempt} attempt(s)" if state == "dead"
+                else f"attempt {attempt}/{int(delivery.max_attempts)} failed, next in {delay or 0:.0f}s"
+            )
+            log.log(
+                level, "webhook %s to %s %s: %s", delivery.message_id, shown_url(str(delivery.target_url)),
+                outcome, short_error, exc_info=failed.exc if failed is not None else None,
+                extra={"czo_traceback": detail} if detail is not None else None,
+            )
         return state
 
     # -- recovery and operations --------------------------------------------------------
