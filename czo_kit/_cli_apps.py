@@ -152,26 +152,56 @@ def webhooks_group() -> None:
     """Inspect webhook deliveries and send failed ones again."""
 
 
-def _delivery_json(row: Any) -> dict[str, Any]:
+def _circuit_json(circuit: Any) -> dict[str, Any]:
+    return {
+        "origin": circuit.origin, "state": circuit.state, "failures": circuit.failures,
+        "next_probe_at": circuit.next_probe_at, "probe_started_at": circuit.probe_started_at,
+    }
+
+
+def _delivery_json(row: Any, circuits: dict[str, Any]) -> dict[str, Any]:
+    from czo_kit.apps._webhook_ops import next_attempt_at
+
+    circuit = circuits.get(row.origin)
     return {
         "id": row.id, "state": row.state, "event": row.event_name, "event_id": row.event_id,
         "message_id": row.message_id, "shop_id": row.shop_id, "webhook": row.webhook_name,
         "target": shown_url(row.target_url), "attempts": row.attempts, "max_attempts": row.max_attempts,
         "last_status": row.last_status, "last_error": row.last_error,
         "created_at": row.created_at, "updated_at": row.updated_at, "delivered_at": row.delivered_at,
-        "next_attempt_at": row.next_attempt_at,
+        "next_attempt_at": next_attempt_at(row, circuit),
+        "circuit": _circuit_json(circuit) if circuit is not None else None,
     }
 
 
-def _print_deliveries(rows: list[Any]) -> None:
+def _next(at: dt.datetime | None) -> str:
+    if at is None:
+        return "-"
+    return "now" if at <= dt.datetime.now(dt.timezone.utc) else _when(at)
+
+
+def _print_deliveries(rows: list[Any], circuits: dict[str, Any]) -> None:
+    from czo_kit.apps._webhook_ops import next_attempt_at
+
     if not rows:
         click.echo("no deliveries")
     for row in rows:
         status = row.last_status if row.last_status is not None else "-"
+        circuit = circuits.get(row.origin)
         click.echo(
             f"{row.id}  {row.state:<9} {row.event_name:<20} shop {row.shop_id}  -> {shown_url(row.target_url)}  "
-            f"attempts {row.attempts}/{row.max_attempts}  last {status}{'  ' + row.last_error if row.last_error else ''}"
+            f"attempts {row.attempts}/{row.max_attempts}  last {status}  "
+            f"circuit {circuit.state if circuit is not None else 'closed'}  next {_next(next_attempt_at(row, circuit))}"
+            f"{'  ' + row.last_error if row.last_error else ''}"
         )
+
+
+def _list_deliveries(kit: Any, rows: list[Any], *, as_json: bool) -> None:
+    circuits = kit.webhooks.circuit_states({str(row.origin) for row in rows})
+    if as_json:
+        _echo_json([_delivery_json(row, circuits) for row in rows])
+    else:
+        _print_deliveries(rows, circuits)
 
 
 @webhooks_group.command("deliveries")
@@ -182,11 +212,7 @@ def _print_deliveries(rows: list[Any]) -> None:
 def webhooks_deliveries(state: str | None, shop_id: int | None, limit: int, as_json: bool) -> None:
     """List recent deliveries, newest first."""
     with _kit() as kit:
-        rows = kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit)
-        if as_json:
-            _echo_json([_delivery_json(row) for row in rows])
-        else:
-            _print_deliveries(rows)
+        _list_deliveries(kit, kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit), as_json=as_json)
 
 
 @webhooks_group.command("dead")
@@ -198,17 +224,13 @@ def webhooks_dead(delivery_id: int | None, limit: int, as_json: bool) -> None:
     show that delivery with every attempt and the traceback of its last failure."""
     with _kit() as kit:
         if delivery_id is None:
-            rows = kit.webhooks.deliveries(state="dead", limit=limit)
-            if as_json:
-                _echo_json([_delivery_json(row) for row in rows])
-            else:
-                _print_deliveries(rows)
+            _list_deliveries(kit, kit.webhooks.deliveries(state="dead", limit=limit), as_json=as_json)
             return
         row = kit.webhooks.delivery(delivery_id)
         attempts = kit.webhooks.attempts(delivery_id)
         if as_json:
             _echo_json({
-                **_delivery_json(row), "last_error_detail": row.last_error_detail,
+                **_delivery_json(row, kit.webhooks.circuit_states([row.origin])), "last_error_detail": row.last_error_detail,
                 "attempt_log": [
                     {"attempt": a.attempt, "at": a.at, "status": a.status, "duration_ms": a.duration_ms,
                      "response": a.response, "error": a.error, "error_detail": a.error_detail}
@@ -234,6 +256,23 @@ def _print_delivery(row: Any, attempts: list[Any]) -> None:
         click.echo("  traceback of the last attempt:")
         for line in str(row.last_error_detail).splitlines():
             click.echo("    " + line)
+
+
+@webhooks_group.command("circuits")
+@json_option
+def webhooks_circuits(as_json: bool) -> None:
+    """List target origins whose circuit is open (paused after failing) or probing, with when
+    each is probed next and how many deliveries wait for it."""
+    with _kit() as kit:
+        circuits = kit.webhooks.circuits()
+        if as_json:
+            _echo_json([{**_circuit_json(c), "waiting": c.waiting} for c in circuits])
+            return
+        if not circuits:
+            click.echo("every circuit is closed")
+        for c in circuits:
+            when = "probe out since " + _when(c.probe_started_at) if c.state == "probing" else "next probe " + _next(c.next_probe_at)
+            click.echo(f"{c.origin}  {c.state:<7}  {c.failures} failure(s) in a row  {when}  {c.waiting} waiting")
 
 
 @webhooks_group.command("redeliver")

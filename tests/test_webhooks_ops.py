@@ -4,6 +4,7 @@ answers."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -199,3 +200,78 @@ def test_every_listing_of_the_apps_and_webhooks_groups_speaks_json(
         assert (row["id"], row["state"], row["event"], row["last_status"]) == (delivery.id, "dead", "order.created", 410)
         assert row["attempts"] == 1 and "not retried" in row["last_error"]
     assert json.loads(run_cli("webhooks", "deliveries", "--state", "delivered", "--json")) == []
+    assert json.loads(run_cli("webhooks", "circuits", "--json")) == []
+
+
+# -- circuits in view ---------------------------------------------------------------------------
+
+
+def test_circuits_show_open_then_probing_with_the_next_attempt_of_each_delivery(
+    make_kit: KitFactory, receiver: Receiver, cli_env: None
+) -> None:
+    import threading
+
+    from czo_kit.apps.webhooks import WebhookCircuit
+
+    kit = make_kit(webhooks_breaker_threshold=2, webhooks_breaker_cooldown=600, webhooks_retry_schedule=(0.2,) * 8)
+    install(kit, receiver.url)
+    receiver.script = lambda request: Reply(503)
+    with kit.consumer(workers=2, sweep_interval=0.5):
+        for i in (1, 2):
+            kit.events.emit_async("order.created", dict(ORDER, id=i))
+
+        def paused() -> bool:  # the circuit opened, and each delivery then came back paused
+            opened = WebhookCircuit.select().first(kit.db)
+            return opened is not None and opened.opened_until is not None and all(
+                d.state == "retry" and d.next_attempt_at is not None and d.next_attempt_at >= opened.updated_at
+                for d in kit.webhooks.deliveries()
+            )
+
+        wait_for(paused, what="the circuit to open and both deliveries to wait for it")
+    [circuit] = kit.webhooks.circuits()
+    origin = receiver.url
+    row = WebhookCircuit.select().first(kit.db)
+    assert (circuit.origin, circuit.state, circuit.waiting) == (origin, "open", 2)
+    assert circuit.failures >= 2 and circuit.next_probe_at == row.opened_until and circuit.probe_started_at is None
+
+    listing = run_cli("webhooks", "deliveries")
+    lines = listing.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert f"circuit open  next {circuit.next_probe_at:%Y-%m-%d %H:%M:%S}" in line, line
+    for item in json.loads(run_cli("webhooks", "deliveries", "--json")):
+        assert item["circuit"]["state"] == "open" and item["state"] == "retry"
+        assert item["next_attempt_at"] == item["circuit"]["next_probe_at"]
+    [shown] = json.loads(run_cli("webhooks", "circuits", "--json"))
+    assert (shown["origin"], shown["state"], shown["waiting"]) == (origin, "open", 2)
+    assert f"{origin}  open" in run_cli("webhooks", "circuits")
+
+    # The cool-down is over: the next attempt is the probe, held by the receiver meanwhile.
+    WebhookCircuit.update(opened_until=row.opened_until - dt.timedelta(seconds=601)).execute(kit.db)
+    release = threading.Event()
+
+    def hold(request: Any) -> Reply:
+        release.wait(60)
+        return Reply(200)
+
+    receiver.script = hold
+    first, second = sorted(d.id for d in kit.webhooks.deliveries())
+    outcome: list[str] = []
+    probe = threading.Thread(target=lambda: outcome.append(kit.webhooks.deliver(first)), daemon=True)
+    probe.start()
+    try:
+        wait_for(lambda: [c.state for c in kit.webhooks.circuits()] == ["probing"], what="the probe to go out")
+        [circuit] = kit.webhooks.circuits()
+        assert circuit.probe_started_at is not None and circuit.next_probe_at is not None
+        assert circuit.next_probe_at > circuit.probe_started_at
+        lines = {int(line.split()[0]): line for line in run_cli("webhooks", "deliveries").splitlines()}
+        assert "running" in lines[first] and "circuit probing  next -" in lines[first]
+        assert f"circuit probing  next {circuit.next_probe_at:%Y-%m-%d %H:%M:%S}" in lines[second]
+        assert "probe out since" in run_cli("webhooks", "circuits")
+    finally:
+        release.set()
+        probe.join(60)
+    assert outcome == ["delivered"]
+    assert kit.webhooks.circuits() == []  # closed again
+    assert "every circuit is closed" in run_cli("webhooks", "circuits")
+    assert "circuit closed" in {int(line.split()[0]): line for line in run_cli("webhooks", "deliveries").splitlines()}[second]

@@ -9,19 +9,52 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import peewee
 
 from czo_kit.apps._webhook_models import WebhookCircuit
 from czo_kit.db._sql import Slot, model_info
 
-__all__ = ["CircuitBreaker", "CircuitRow"]
+__all__ = ["CircuitBreaker", "CircuitRow", "CircuitState"]
 
 log = logging.getLogger("czo_kit.webhooks")
 
 CircuitRow = tuple[int, "dt.datetime | None"]
 """(consecutive failures, paused until) of one origin, as the worker reads it."""
+
+
+@dataclass(frozen=True)
+class CircuitState:
+    """How a target origin stands, as an operator sees it.
+
+    ``closed``: deliveries go out (``failures`` counts recent failures below the threshold).
+    ``open``: paused; ``next_probe_at`` is when the cool-down ends and the next delivery is
+    sent as the probe (in the past: the probe is due, waiting for a delivery to carry it).
+    ``probing``: the probe is out since ``probe_started_at``; ``next_probe_at`` is when another
+    probe may go if this one never reports back.
+    """
+
+    origin: str
+    state: Literal["closed", "open", "probing"]
+    failures: int
+    next_probe_at: dt.datetime | None
+    probe_started_at: dt.datetime | None
+    waiting: int = 0
+    """Deliveries to this origin waiting to be sent (queued or retry)."""
+
+
+def circuit_state(origin: str, row: WebhookCircuit | None, now: dt.datetime, *, waiting: int = 0) -> CircuitState:
+    if row is None or row.opened_until is None:
+        failures = int(row.failures) if row is not None else 0
+        return CircuitState(origin, "closed", failures, None, None, waiting)
+    probing = row.probe_started_at is not None and row.opened_until > now
+    return CircuitState(
+        origin, "probing" if probing else "open", int(row.failures), row.opened_until,
+        row.probe_started_at if probing else None, waiting,
+    )
 
 
 class CircuitBreaker:
@@ -53,7 +86,7 @@ class CircuitBreaker:
         if opened_until <= now:
             probe_until = now + dt.timedelta(seconds=self.cooldown)
             taken = (
-                WebhookCircuit.update(opened_until=probe_until, updated_at=now)
+                WebhookCircuit.update(opened_until=probe_until, probe_started_at=now, updated_at=now)
                 .where((WebhookCircuit.origin == origin) & (WebhookCircuit.opened_until <= now))
                 .execute(self.db)
             )
@@ -83,7 +116,25 @@ class CircuitBreaker:
             WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
             .on_conflict(
                 conflict_target=[WebhookCircuit.origin],
-                update={WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened, WebhookCircuit.updated_at: now},
+                update={
+                    WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened,
+                    WebhookCircuit.probe_started_at: None, WebhookCircuit.updated_at: now,
+                },
             )
             .execute(self.db)
         )
+
+    def states(self, origins: Iterable[str] | None, now: dt.datetime) -> dict[str, CircuitState]:
+        """The state of each of ``origins`` (closed where no row), or with ``None`` of every
+        origin that is open or probing."""
+        query = WebhookCircuit.select()
+        if origins is None:
+            query = query.where(WebhookCircuit.opened_until.is_null(False))
+            wanted: list[str] = []
+        else:
+            wanted = sorted(set(origins))
+            if not wanted:
+                return {}
+            query = query.where(WebhookCircuit.origin.in_(wanted))
+        rows = {str(row.origin): row for row in query.execute(self.db)}
+        return {origin: circuit_state(origin, rows.get(origin), now) for origin in (wanted or sorted(rows))}

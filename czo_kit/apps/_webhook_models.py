@@ -12,6 +12,8 @@ from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField
 
 __all__ = [
     "DEFAULT_SCHEDULE",
+    "LIVE_STATES",
+    "NOT_DELIVERED",
     "WEBHOOK_MODELS",
     "WebhookAttempt",
     "WebhookCircuit",
@@ -21,6 +23,13 @@ __all__ = [
 
 DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
 """Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
+
+LIVE_STATES: tuple[str, ...] = ("queued", "running", "retry")
+"""States a worker still has to act on."""
+
+NOT_DELIVERED: tuple[str, ...] = (*LIVE_STATES, "dead")
+"""Every state but ``delivered``: live work and dead letters (which stay until an operator
+redelivers or discards them)."""
 
 
 class WebhookDelivery(KitTable):
@@ -70,9 +79,14 @@ class WebhookAttempt(KitTable):
 
 
 class WebhookCircuit(KitTable):
+    """A target origin that failed lately. ``opened_until`` is set while it is paused: until
+    then its deliveries wait. ``probe_started_at`` is set while the one probe allowed after a
+    cool-down is out (``opened_until`` is then the probe's own deadline)."""
+
     origin = peewee.CharField(max_length=300, primary_key=True)
     failures = peewee.IntegerField(default=0)
     opened_until = UTCDateTimeField(null=True)
+    probe_started_at = UTCDateTimeField(null=True)
     updated_at = UTCDateTimeField()
 
     class Meta:

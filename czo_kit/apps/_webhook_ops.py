@@ -3,16 +3,31 @@ state, send them again. A part of ``WebhookDispatcher`` kept in a module of its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
 
 import peewee
 
-from czo_kit.apps._webhook_models import WebhookAttempt, WebhookDelivery, WebhookSettings
+from czo_kit.apps._circuits import CircuitBreaker, CircuitState
+from czo_kit.apps._webhook_models import NOT_DELIVERED, WebhookAttempt, WebhookDelivery, WebhookSettings
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import NotFoundError
 
-__all__ = ["WebhookOperations"]
+__all__ = ["WebhookOperations", "next_attempt_at"]
+
+
+def next_attempt_at(delivery: WebhookDelivery, circuit: CircuitState | None) -> dt.datetime | None:
+    """When ``delivery`` is attempted next, as far as the kit knows: ``None`` once it is
+    delivered, dead or running; for a queued one, from when it was queued (a time in the past
+    means as soon as a worker takes it); never before its target's circuit lets it through."""
+    if delivery.state not in ("queued", "retry"):
+        return None
+    at: dt.datetime = delivery.next_attempt_at or delivery.updated_at
+    if circuit is not None and circuit.next_probe_at is not None and circuit.next_probe_at > at:
+        at = circuit.next_probe_at
+    return at
 
 
 class WebhookOperations:
@@ -20,6 +35,7 @@ class WebhookOperations:
 
     db: peewee.Database
     settings: WebhookSettings
+    breaker: CircuitBreaker
 
     def ensure_tables(self, *, required: bool = True) -> bool:
         raise NotImplementedError
@@ -67,6 +83,33 @@ class WebhookOperations:
             ).where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state != "running")).execute(self.db)
             on_commit(self.db, lambda: self._enqueue_all(ids))
         return ids
+
+    def circuits(self) -> list[CircuitState]:
+        """Targets whose circuit is open or probing, with when each is probed next and how many
+        deliveries wait for it; an empty list when every target is healthy."""
+        self.ensure_tables()
+        states = self.breaker.states(None, utcnow())
+        if not states:
+            return []
+        # The live partial index holds the waiting deliveries (SQLite uses it only when the
+        # query repeats its condition, hence the NOT_DELIVERED term).
+        waiting = dict(
+            WebhookDelivery.select(WebhookDelivery.origin, peewee.fn.COUNT(WebhookDelivery.id))
+            .where(
+                WebhookDelivery.state.in_(NOT_DELIVERED)
+                & WebhookDelivery.state.in_(("queued", "retry"))
+                & WebhookDelivery.origin.in_(list(states))
+            )
+            .group_by(WebhookDelivery.origin)
+            .tuples()
+            .execute(self.db)
+        )
+        return [dataclasses.replace(state, waiting=int(waiting.get(origin, 0))) for origin, state in states.items()]
+
+    def circuit_states(self, origins: Iterable[str]) -> dict[str, CircuitState]:
+        """The circuit of each target origin (``closed`` where nothing failed lately)."""
+        self.ensure_tables()
+        return self.breaker.states(origins, utcnow())
 
     def stats(self) -> dict[str, int]:
         self.ensure_tables()

@@ -24,7 +24,7 @@ import msgspec
 import peewee
 import urllib3
 
-from czo_kit.apps._circuits import CircuitBreaker
+from czo_kit.apps._circuits import CircuitBreaker, CircuitState
 from czo_kit.apps._webhook_models import (
     DEFAULT_SCHEDULE,
     WEBHOOK_MODELS,
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from czo_kit.apps.permissions import PermissionRegistry
 
 __all__ = [
+    "CircuitState",
     "DEFAULT_SCHEDULE",
     "WEBHOOK_MODELS",
     "WebhookAttempt",
