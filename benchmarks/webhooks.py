@@ -153,7 +153,7 @@ def reset_kit(kit: Any) -> None:
 
 
 def delivered(kit: Any) -> int:
-    return int(kit.webhooks.stats().get("delivered", 0))
+    return int(kit.webhooks.stats(delivered=True).get("delivered", 0))
 
 
 # -- the baseline: what a module author would otherwise write ------------------------------
@@ -269,7 +269,7 @@ def latency(kit: Any, raw: HandBuilt, receiver: ReceiverProcess, *, count: int,
         deadline = time.monotonic() + 30
         while delivered(kit) < expected and time.monotonic() < deadline:
             time.sleep(0.05)
-        states = kit.webhooks.stats()
+        states = kit.webhooks.stats(delivered=True)
     finally:
         kit_consumer.stop()
         raw_consumer.stop()
@@ -303,7 +303,7 @@ def record_deliveries(kit: Any, count: int) -> float:
             for seq in range(start, min(start + PRODUCE_BATCH, count)):
                 kit.events.emit_async("order.created", order(seq, notify=False))
     elapsed = time.perf_counter() - started
-    states = kit.webhooks.stats()
+    states = kit.webhooks.stats(delivered=True)
     if states != {"queued": count}:
         raise RuntimeError(f"expected {count} queued deliveries, found {states}")
     return elapsed
@@ -327,7 +327,7 @@ def kit_throughput(kit: Any, count: int, receiver: ReceiverProcess) -> dict[str,
     finally:
         consumer.stop()
     if done < count:
-        raise RuntimeError(f"only {done} of {count} webhook deliveries were delivered: {kit.webhooks.stats()}")
+        raise RuntimeError(f"only {done} of {count} webhook deliveries were delivered: {kit.webhooks.stats(delivered=True)}")
     posts = receiver.stats().get("/kit", 0) - before
     return {"seconds": now - started, "per_s": count / (now - started), "posts": posts,
             "produce_per_s": count / produce}

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -44,6 +44,44 @@ def _when(value: dt.datetime | None) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+if TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:  # click < 8.2, which the kit allows, has no generic ParamType at run time
+    _FloatParam = click.ParamType
+
+
+class Duration(_FloatParam):
+    """A length of time: ``90s``, ``15m``, ``12h``, ``7d``, ``2w``, or plain seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = _UNITS.get(text[-1:], None)
+        number = text[:-1] if unit is not None else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            seconds = -1.0
+        if not number or not seconds >= 0 or seconds == float("inf"):
+            self.fail(
+                f"{value!r} is not a duration: give a number followed by s, m, h, d or w "
+                "(90s, 15m, 12h, 7d, 2w), or plain seconds", param, ctx,
+            )
+        return seconds
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @click.group("apps")
@@ -273,6 +311,42 @@ def webhooks_circuits(as_json: bool) -> None:
         for c in circuits:
             when = "probe out since " + _when(c.probe_started_at) if c.state == "probing" else "next probe " + _next(c.next_probe_at)
             click.echo(f"{c.origin}  {c.state:<7}  {c.failures} failure(s) in a row  {when}  {c.waiting} waiting")
+
+
+@webhooks_group.command("prune")
+@click.option("--older-than", "older_than", type=Duration(), default=None,
+              help="Age of the delivered deliveries to delete (default: CZO_WEBHOOKS_RETENTION).")
+def webhooks_prune(older_than: float | None) -> None:
+    """Delete delivered deliveries and their attempts older than the retention period, in
+    small batches (the worker's sweep does this on its own). Live and dead deliveries stay."""
+    with _kit() as kit:
+        age = kit.webhooks.settings.retention if older_than is None else older_than
+        count = kit.webhooks.prune(older_than=age)
+        click.echo(f"pruned {count} delivered deliver{'y' if count == 1 else 'ies'} older than {_age(age)}")
+
+
+@webhooks_group.command("discard")
+@click.argument("delivery_id", type=click.IntRange(1), required=False)
+@click.option("--older-than", "older_than", type=Duration(), default=None,
+              help="Discard every dead delivery that died longer ago than this (30d, 12h, ...).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def webhooks_discard(delivery_id: int | None, older_than: float | None, yes: bool) -> None:
+    """Give up on dead deliveries for good: delete DELIVERY_ID, or every dead delivery older
+    than --older-than, with their attempts. Only dead deliveries are ever discarded."""
+    if delivery_id is None and older_than is None:
+        raise click.UsageError("missing DELIVERY_ID or --older-than: say which dead deliveries to discard")
+    if delivery_id is not None and older_than is not None:
+        raise click.UsageError("give a DELIVERY_ID or --older-than, not both")
+    with _kit() as kit:
+        if delivery_id is not None:
+            kit.webhooks.discard(delivery_id)
+            click.echo(f"discarded dead delivery {delivery_id}")
+            return
+        assert older_than is not None
+        if not yes:
+            click.confirm(f"Delete every dead webhook delivery that died more than {_age(older_than)} ago?", abort=True)
+        count = kit.webhooks.discard(older_than=older_than)
+        click.echo(f"discarded {count} dead deliver{'y' if count == 1 else 'ies'} older than {_age(older_than)}")
 
 
 @webhooks_group.command("redeliver")

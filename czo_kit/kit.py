@@ -191,6 +191,7 @@ class Kit:
                 breaker_threshold=settings.webhooks_breaker_threshold,
                 breaker_cooldown=settings.webhooks_breaker_cooldown,
                 read_timeout=settings.webhooks_timeout,
+                retention=settings.webhooks_retention,
                 shutdown_timeout=settings.events_shutdown_timeout,
             ),
         )

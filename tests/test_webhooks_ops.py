@@ -275,3 +275,267 @@ def test_circuits_show_open_then_probing_with_the_next_attempt_of_each_delivery(
     assert kit.webhooks.circuits() == []  # closed again
     assert "every circuit is closed" in run_cli("webhooks", "circuits")
     assert "circuit closed" in {int(line.split()[0]): line for line in run_cli("webhooks", "deliveries").splitlines()}[second]
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def backdate(kit: Kit, ids: list[int], *, days: float, **changes: Any) -> None:
+    from czo_kit.apps.webhooks import WebhookDelivery
+    from czo_kit.db.model import utcnow
+
+    then = utcnow() - dt.timedelta(days=days)
+    WebhookDelivery.update(updated_at=then, **changes).where(WebhookDelivery.id.in_(ids)).execute(kit.db)
+
+
+def attempt_counts(kit: Kit) -> dict[int, int]:
+    from czo_kit.apps.webhooks import WebhookAttempt
+
+    rows = WebhookAttempt.select(WebhookAttempt.delivery).tuples().execute(kit.db)
+    counts: dict[int, int] = {}
+    for (delivery_id,) in rows:
+        counts[delivery_id] = counts.get(delivery_id, 0) + 1
+    return counts
+
+
+def test_pruning_deletes_old_delivered_deliveries_and_their_attempts_and_never_live_work(
+    kit: Kit, receiver: Receiver, cli_env: None
+) -> None:
+    from czo_kit.db.model import utcnow
+
+    install(kit, receiver.url)
+    with kit.consumer(workers=2, sweep_interval=60):
+        for i in range(7):
+            kit.events.emit_async("order.created", dict(ORDER, id=i))
+        wait_for(lambda: states(kit) == {"delivered": 7}, what="seven deliveries")
+    queued, running, retry, dead, old, recent, week = sorted(d.id for d in kit.webhooks.deliveries())
+    # Every one a month old but the last two: in each state a delivery can be in.
+    backdate(kit, [queued], days=30, state="queued")
+    backdate(kit, [running], days=30, state="running", lease_until=utcnow() + dt.timedelta(hours=1))
+    backdate(kit, [retry], days=30, state="retry", next_attempt_at=utcnow() + dt.timedelta(hours=1))
+    backdate(kit, [dead], days=30, state="dead")
+    backdate(kit, [old], days=30)
+    backdate(kit, [recent], days=1)
+    backdate(kit, [week], days=6.9)
+    assert set(attempt_counts(kit)) == {queued, running, retry, dead, old, recent, week}
+
+    assert kit.webhooks.prune() == 1  # the retention period: 7 days
+    left = {d.id: d.state for d in kit.webhooks.deliveries()}
+    assert left == {queued: "queued", running: "running", retry: "retry", dead: "dead", recent: "delivered",
+                    week: "delivered"}
+    assert set(attempt_counts(kit)) == set(left)  # the pruned one's attempts went with it
+
+    assert run_cli("webhooks", "prune", "--older-than", "12h") == "pruned 2 delivered deliveries older than 12h\n"
+    assert run_cli("webhooks", "prune") == "pruned 0 delivered deliveries older than 1w\n"
+    assert {d.id: d.state for d in kit.webhooks.deliveries()} == {
+        queued: "queued", running: "running", retry: "retry", dead: "dead"
+    }
+    assert kit.webhooks.prune(older_than=0) == 0  # nothing delivered left; live work stays
+    assert set(attempt_counts(kit)) == {queued, running, retry, dead}
+
+
+def test_pruning_goes_in_small_batches(kit: Kit, receiver: Receiver) -> None:
+    install(kit, receiver.url)
+    with kit.consumer(workers=2, sweep_interval=60):
+        with kit.db.atomic():
+            for i in range(12):
+                kit.events.emit_async("order.created", dict(ORDER, id=i))
+        wait_for(lambda: states(kit) == {"delivered": 12}, what="twelve deliveries")
+    backdate(kit, [d.id for d in kit.webhooks.deliveries()], days=30)
+    assert kit.webhooks.prune(batch=5, max_batches=2) == 10  # two batches, then it stops
+    assert kit.webhooks.prune(batch=5) == 2
+    assert kit.webhooks.deliveries() == [] and attempt_counts(kit) == {}
+
+
+def test_discarding_dead_deliveries_only(kit: Kit, receiver: Receiver, cli_env: None) -> None:
+    install(kit, receiver.url)
+    receiver.script = lambda request: Reply(410) if request.json()["data"]["id"] < 3 else Reply(200)
+    with kit.consumer(workers=2, sweep_interval=60):
+        for i in range(4):
+            kit.events.emit_async("order.created", dict(ORDER, id=i))
+        wait_for(lambda: states(kit) == {"dead": 3, "delivered": 1}, what="three dead, one delivered")
+    rows = sorted(kit.webhooks.deliveries(), key=lambda d: d.id)
+    first, second, third = [d.id for d in rows if d.state == "dead"]
+    [delivered] = [d.id for d in rows if d.state == "delivered"]
+    backdate(kit, [first], days=40)
+    backdate(kit, [second], days=10)
+
+    result = invoke("webhooks", "discard", str(delivered))
+    assert result.exit_code == 1
+    assert f"webhook delivery {delivered} is delivered, not dead: only dead deliveries are discarded" in result.output
+    assert invoke("webhooks", "discard", "99999").exit_code == 1
+    for args, complaint in ((["webhooks", "discard"], "missing DELIVERY_ID or --older-than"),
+                            (["webhooks", "discard", "5", "--older-than", "1d"], "not both"),
+                            (["webhooks", "discard", "--older-than", "soon"], "'soon' is not a duration")):
+        result = invoke(*args)
+        assert result.exit_code == 2 and complaint in result.output, result.output
+
+    assert run_cli("webhooks", "discard", "--older-than", "30d", "--yes") == "discarded 1 dead delivery older than 30d\n"
+    aborted = CliRunner().invoke(cli, ["webhooks", "discard", "--older-than", "1w"], input="n\n")
+    assert aborted.exit_code == 1 and "Aborted" in aborted.output
+    assert run_cli("webhooks", "discard", str(third)) == f"discarded dead delivery {third}\n"
+    assert {d.id: d.state for d in kit.webhooks.deliveries()} == {second: "dead", delivered: "delivered"}
+    assert set(attempt_counts(kit)) == {second, delivered}
+    assert kit.webhooks.discard(older_than=7 * 86400) == 1
+    assert [d.id for d in kit.webhooks.deliveries()] == [delivered]
+
+
+@pytest.fixture
+def worker_queue(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """SQLite's queue file next to a SQLite database; Redis next to PostgreSQL."""
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.mark.slow
+def test_a_long_run_keeps_the_tables_bounded_with_a_real_worker(
+    db_url: str, worker_queue: str, tmp_path: Path, settings_for: SettingsFor, receiver: Receiver
+) -> None:
+    """Rounds of deliveries, each followed by "a day later": the worker's sweep prunes what
+    is past the retention period (one hour here) by itself; dead letters stay."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from conftest import SECRET
+    from czo_kit.apps.webhooks import WebhookAttempt, WebhookDelivery
+
+    rounds, per_round = 12, 20
+    queue_name = f"czo_retention_{uuid.uuid4().hex[:8]}"
+    options = app_settings(settings_for, db_url, str(tmp_path), queue_url=worker_queue, queue_name=queue_name,
+                           webhooks_retention=3600.0)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
+        "CZO_DATABASE_URL": db_url, "CZO_QUEUE_URL": worker_queue, "CZO_QUEUE_NAME": queue_name,
+        "CZO_SECRET_KEY": SECRET, "CZO_APPS_ALLOW_PRIVATE_URLS": "true", "CZO_WEBHOOKS_RETENTION": "3600",
+    }
+    receiver.script = lambda request: Reply(410) if request.json()["data"]["id"] % per_round == 0 else Reply(200)
+    sizes: list[tuple[int, int]] = []
+    with app_kit(options) as kit:
+        install(kit, receiver.url)
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+        worker = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "czo-kit"), "worker", "-w", "2", "--sweep-interval", "0.2",
+             "--max-delay", "0.1"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            def table_sizes() -> tuple[int, int]:
+                return WebhookDelivery.select().count(kit.db), WebhookAttempt.select().count(kit.db)
+
+            for n in range(rounds):
+                with kit.db.atomic():
+                    for i in range(per_round):
+                        kit.events.emit_async("order.created", dict(ORDER, id=n * per_round + i))
+                wait_for(lambda: kit.webhooks.stats(delivered=True).get("delivered", 0) == per_round - 1,
+                         timeout=60, what=f"round {n}'s deliveries")
+                sizes.append(table_sizes())
+                # A day later: what was delivered is past the retention period.
+                delivered = [d.id for d in kit.webhooks.deliveries(state="delivered", limit=1000)]
+                backdate(kit, delivered, days=1)
+                wait_for(lambda: "delivered" not in kit.webhooks.stats(delivered=True), timeout=60,
+                         what=f"the worker's sweep to prune round {n}")
+                sizes.append(table_sizes())
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+            log.close()
+            if kit.queue is not None:
+                kit.queue.flush()
+        dead = kit.webhooks.stats(delivered=True)
+    # Each round's delivered rows went; the dead ones (one per round) stay until discarded.
+    assert dead == {"dead": rounds}, (tmp_path / "worker.log").read_text()[-3000:]
+    assert max(deliveries for deliveries, _ in sizes) == per_round + rounds - 1
+    assert max(attempts for _, attempts in sizes) == per_round + rounds - 1
+    assert sizes[-1] == (rounds, rounds)
+
+
+def test_the_sweep_and_stats_read_live_work_through_the_partial_index(kit: Kit, receiver: Receiver) -> None:
+    """With a history of delivered rows, every query of the sweep and of stats() that looks
+    for live work or dead letters is planned on the partial index that holds only those, and
+    pruning on the one that holds only delivered rows: their cost does not grow with history."""
+    from czo_kit.apps.webhooks import WebhookDelivery
+    from czo_kit.db.model import utcnow
+
+    install(kit, receiver.url)
+    kit.events.emit_async("order.created", ORDER)
+    [live] = kit.webhooks.deliveries()
+    template = {f.name: live.__data__[f.name] for f in WebhookDelivery._meta.sorted_fields if f.name != "id"}
+    old = utcnow() - dt.timedelta(days=1)
+    rows = [
+        {**template, "message_id": f"msg_history_{i}", "state": "delivered", "updated_at": old, "delivered_at": old}
+        for i in range(5000)
+    ]
+    with kit.db.atomic():
+        for start in range(0, len(rows), 500):
+            WebhookDelivery.insert_many(rows[start:start + 500]).execute(kit.db)
+    kit.db.execute_sql("ANALYZE")
+
+    seen: list[tuple[str, Any]] = []
+    real = kit.db.execute_sql
+
+    def spy(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if "czo_webhook_delivery" in sql and not sql.lstrip().upper().startswith(("EXPLAIN", "INSERT")):
+            seen.append((sql, params))
+        return real(sql, params, *args, **kwargs)
+
+    kit.db.execute_sql = spy  # type: ignore[method-assign]
+    try:
+        kit.webhooks.sweep()
+        assert kit.webhooks.stats() == {"queued": 1}
+    finally:
+        kit.db.execute_sql = real  # type: ignore[method-assign]
+    postgres = not kit.db.__class__.__name__.lower().startswith("sqlite")
+    live_queries = [(sql, p) for sql, p in seen if '"state" != ' in sql]
+    prune_queries = [(sql, p) for sql, p in seen if "DELETE" in sql.upper() and "czo_webhook_attempt" not in sql]
+    assert len(live_queries) >= 4 and len(prune_queries) == 1, seen  # 3 sweep statements, stats; prune
+    for queries, index in ((live_queries, "czo_webhook_delivery_live"), (prune_queries, "czo_webhook_delivery_delivered")):
+        for sql, params in queries:
+            explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            plan = " ".join(str(part) for row in real(explain + sql, params).fetchall() for part in row)
+            assert index in plan, f"{sql}\n{plan}"
+
+
+def test_an_older_kits_webhook_tables_gain_the_new_columns_and_indexes(
+    kit: Kit, receiver: Receiver, settings_for: SettingsFor, db_url: str, tmp_path: Path
+) -> None:
+    install(kit, receiver.url)
+    options = app_settings(settings_for, db_url, str(tmp_path))
+
+    def make_it_old(*, columns: bool) -> None:
+        """The tables as the previous kit made them: one index on (state, updated_at) over
+        every row, and (with ``columns``) no detail or probe columns."""
+        for index in ("czo_webhook_delivery_live", "czo_webhook_delivery_delivered"):
+            kit.db.execute_sql(f'DROP INDEX "{index}"')
+        kit.db.execute_sql(
+            'CREATE INDEX IF NOT EXISTS "czo_webhook_delivery_state_updated_at" ON "czo_webhook_delivery" '
+            '("state", "updated_at")'
+        )
+        if columns:
+            for table, column in (("czo_webhook_delivery", "last_error_detail"),
+                                  ("czo_webhook_attempt", "error_detail"), ("czo_webhook_circuit", "probe_started_at")):
+                kit.db.execute_sql(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+
+    def indexes() -> set[str]:
+        return {index.name for index in kit.db.get_indexes("czo_webhook_delivery")}
+
+    make_it_old(columns=False)
+    with Kit(options) as newer:
+        # A missing index stops nothing inside a transaction, and no DDL runs there.
+        with newer.db.atomic():
+            newer.events.emit_async("order.created", ORDER)
+        assert "czo_webhook_delivery_live" not in indexes()
+        assert sorted(newer.create_kit_tables()) == [  # czo-kit db migrate
+            "created index czo_webhook_delivery_delivered", "created index czo_webhook_delivery_live",
+        ]
+        assert newer.create_kit_tables() == []
+
+    make_it_old(columns=True)
+    with Kit(options) as newer:
+        # The first use outside a transaction upgrades the tables by itself.
+        assert [d.state for d in newer.webhooks.deliveries()] == ["queued"]
+        assert {"czo_webhook_delivery_live", "czo_webhook_delivery_delivered"} <= indexes()
+        assert "last_error_detail" in {c.name for c in kit.db.get_columns("czo_webhook_delivery")}
+        assert newer.create_kit_tables() == []

@@ -1,5 +1,11 @@
 """The webhook tables (deliveries, their attempts, the circuit of each target origin) and the
-dispatcher's settings."""
+dispatcher's settings.
+
+Deliveries are read two ways. The worker, the sweep and ``stats`` want live work (queued,
+running, retry) and dead letters: a handful of rows whatever the history. Pruning wants the
+oldest delivered rows. Each has a partial index of its own, so neither reads the other's rows,
+and both cost the same with a week of history as on an empty table.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from czo_kit.apps.registry import AppInstallation
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "DEFAULT_SCHEDULE",
     "LIVE_STATES",
     "NOT_DELIVERED",
+    "NOT_DELIVERED_TERM",
     "WEBHOOK_MODELS",
     "WebhookAttempt",
     "WebhookCircuit",
@@ -24,12 +32,15 @@ __all__ = [
 DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
 """Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
 
+DEFAULT_RETENTION = 7 * 86400.0
+"""Seconds a delivered delivery (and its attempts) is kept before it is pruned."""
+
 LIVE_STATES: tuple[str, ...] = ("queued", "running", "retry")
 """States a worker still has to act on."""
 
 NOT_DELIVERED: tuple[str, ...] = (*LIVE_STATES, "dead")
 """Every state but ``delivered``: live work and dead letters (which stay until an operator
-redelivers or discards them)."""
+redelivers or discards them): what the live index holds."""
 
 
 class WebhookDelivery(KitTable):
@@ -59,7 +70,25 @@ class WebhookDelivery(KitTable):
 
     class Meta:
         table_name = "czo_webhook_delivery"
-        indexes = ((("state", "updated_at"), False),)
+
+
+# Partial indexes (PostgreSQL and SQLite both have them). SQLite uses one only when the query
+# repeats its WHERE term (a bound parameter may stand for the literal), so the queries that
+# want the live index say `state != 'delivered'` (NOT_DELIVERED_TERM), even next to a
+# narrower condition on the state. The conditions are literals: SQLite refuses parameters in
+# a CREATE INDEX. They replace a (state, updated_at) index over every row: an older
+# installation keeps that one until an operator drops it (docs/operations-webhooks.md).
+WebhookDelivery.add_index(
+    WebhookDelivery.state, WebhookDelivery.updated_at,
+    where=WebhookDelivery.state != peewee.SQL("'delivered'"), name="czo_webhook_delivery_live",
+)
+WebhookDelivery.add_index(
+    WebhookDelivery.updated_at,
+    where=WebhookDelivery.state == peewee.SQL("'delivered'"), name="czo_webhook_delivery_delivered",
+)
+
+NOT_DELIVERED_TERM = WebhookDelivery.state != "delivered"
+"""The live index's condition, for queries to repeat (see above)."""
 
 
 class WebhookAttempt(KitTable):
@@ -104,5 +133,7 @@ class WebhookSettings:
     breaker_cooldown: float = 60.0
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    retention: float = DEFAULT_RETENTION
+    """Seconds a delivered delivery is kept; then the sweep (or ``webhooks prune``) deletes it."""
     shutdown_timeout: float = 3.0
     """Seconds ``close()`` waits for the queue to take the deliveries the relay still holds."""

@@ -10,12 +10,16 @@ from collections.abc import Iterable, Sequence
 import peewee
 
 from czo_kit.apps._circuits import CircuitBreaker, CircuitState
-from czo_kit.apps._webhook_models import NOT_DELIVERED, WebhookAttempt, WebhookDelivery, WebhookSettings
+from czo_kit.apps._webhook_models import NOT_DELIVERED_TERM, WebhookAttempt, WebhookDelivery, WebhookSettings
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
-from czo_kit.errors import NotFoundError
+from czo_kit.errors import ConflictError, NotFoundError
 
-__all__ = ["WebhookOperations", "next_attempt_at"]
+__all__ = ["PRUNE_BATCH", "WebhookOperations", "next_attempt_at"]
+
+PRUNE_BATCH = 500
+"""Deliveries deleted per transaction by ``prune`` and ``discard``: short transactions that
+never hold a lock for long, whatever the backlog."""
 
 
 def next_attempt_at(delivery: WebhookDelivery, circuit: CircuitState | None) -> dt.datetime | None:
@@ -91,12 +95,11 @@ class WebhookOperations:
         states = self.breaker.states(None, utcnow())
         if not states:
             return []
-        # The live partial index holds the waiting deliveries (SQLite uses it only when the
-        # query repeats its condition, hence the NOT_DELIVERED term).
+        # Through the live partial index (NOT_DELIVERED_TERM: SQLite wants its condition).
         waiting = dict(
             WebhookDelivery.select(WebhookDelivery.origin, peewee.fn.COUNT(WebhookDelivery.id))
             .where(
-                WebhookDelivery.state.in_(NOT_DELIVERED)
+                NOT_DELIVERED_TERM
                 & WebhookDelivery.state.in_(("queued", "retry"))
                 & WebhookDelivery.origin.in_(list(states))
             )
@@ -111,10 +114,87 @@ class WebhookOperations:
         self.ensure_tables()
         return self.breaker.states(origins, utcnow())
 
-    def stats(self) -> dict[str, int]:
+    def stats(self, *, delivered: bool = False) -> dict[str, int]:
+        """Deliveries by state: queued, running, retry and dead, read through the live partial
+        index, so it costs the same whatever the history kept. ``delivered=True`` counts the
+        delivered ones kept too (the retention period's worth: a cost that grows with it)."""
         self.ensure_tables()
-        rows = (
-            WebhookDelivery.select(WebhookDelivery.state, peewee.fn.COUNT(WebhookDelivery.id))
-            .group_by(WebhookDelivery.state).tuples().execute(self.db)
-        )
+        where = NOT_DELIVERED_TERM if not delivered else None
+        query = WebhookDelivery.select(WebhookDelivery.state, peewee.fn.COUNT(WebhookDelivery.id))
+        if where is not None:
+            query = query.where(where)
+        rows = query.group_by(WebhookDelivery.state).tuples().execute(self.db)
         return {state: count for state, count in rows}
+
+    def prune(self, *, older_than: float | None = None, batch: int = PRUNE_BATCH, max_batches: int | None = None) -> int:
+        """Delete delivered deliveries, with their attempts, delivered more than ``older_than``
+        seconds ago (default: the retention setting), oldest first, ``batch`` per short
+        transaction, at most ``max_batches`` batches; returns how many deliveries went.
+        Nothing else is ever deleted here: queued, running, retry and dead stay."""
+        self.ensure_tables()
+        age = self.settings.retention if older_than is None else older_than
+        cutoff = utcnow() - dt.timedelta(seconds=age)
+        oldest = (
+            WebhookDelivery.select(WebhookDelivery.id)
+            .where((WebhookDelivery.state == "delivered") & (WebhookDelivery.updated_at < cutoff))
+            .order_by(WebhookDelivery.updated_at)
+            .limit(batch)
+        )
+        return self._delete_in_batches(oldest, WebhookDelivery.state == "delivered", batch, max_batches)
+
+    def discard(self, delivery_id: int | None = None, *, older_than: float | None = None) -> int:
+        """Delete dead deliveries with their attempts: ``delivery_id`` (``ConflictError`` if it
+        is not dead, ``NotFoundError`` if there is none), or every one dead for more than
+        ``older_than`` seconds. Returns how many went."""
+        if (delivery_id is None) == (older_than is None):
+            raise ValueError("discard() takes a delivery id or older_than=, not both")
+        self.ensure_tables()
+        is_dead = NOT_DELIVERED_TERM & (WebhookDelivery.state == "dead")
+        if delivery_id is not None:
+            gone = self._delete_in_batches(
+                WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.id == delivery_id), is_dead, 1, 1
+            )
+            if not gone:
+                row = self.delivery(delivery_id)  # NotFoundError when there is none
+                raise ConflictError(
+                    f"webhook delivery {delivery_id} is {row.state}, not dead: only dead deliveries are "
+                    "discarded (a live one is still being worked on; a delivered one goes with retention)"
+                )
+            return gone
+        assert older_than is not None
+        cutoff = utcnow() - dt.timedelta(seconds=older_than)
+        oldest = (
+            WebhookDelivery.select(WebhookDelivery.id)
+            .where(is_dead & (WebhookDelivery.updated_at < cutoff))
+            .order_by(WebhookDelivery.updated_at)
+            .limit(PRUNE_BATCH)
+        )
+        return self._delete_in_batches(oldest, is_dead, PRUNE_BATCH, None)
+
+    def _delete_in_batches(
+        self, chosen: peewee.SelectQuery, still: peewee.Expression, batch: int, max_batches: int | None
+    ) -> int:
+        """Delete the deliveries ``chosen`` selects (at most ``batch``) that ``still`` holds
+        for, with their attempts, a transaction per batch, until fewer than ``batch`` go."""
+        total = batches = 0
+        while max_batches is None or batches < max_batches:
+            with self.db.atomic():
+                # ``still`` is checked again by the DELETE itself: a delivery redelivered since
+                # it was chosen is live work again and stays.
+                ids = [
+                    row[0]
+                    for row in WebhookDelivery.delete()
+                    .where(WebhookDelivery.id.in_(chosen) & still)
+                    .returning(WebhookDelivery.id)
+                    .tuples()
+                    .execute(self.db)
+                ]
+                if ids:
+                    # ON DELETE CASCADE took them where foreign keys are enforced; this covers
+                    # a database where they are not.
+                    WebhookAttempt.delete().where(WebhookAttempt.delivery.in_(ids)).execute(self.db)
+            total += len(ids)
+            batches += 1
+            if len(ids) < batch:
+                break
+        return total

@@ -27,6 +27,7 @@ import urllib3
 from czo_kit.apps._circuits import CircuitBreaker, CircuitState
 from czo_kit.apps._webhook_models import (
     DEFAULT_SCHEDULE,
+    NOT_DELIVERED_TERM,
     WEBHOOK_MODELS,
     WebhookAttempt,
     WebhookCircuit,
@@ -65,6 +66,9 @@ log = logging.getLogger("czo_kit.webhooks")
 log.addFilter(TracebackScrubber())
 
 RESPONSE_EXCERPT = 1024
+
+SWEEP_PRUNE_BATCHES = 20
+"""Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
 
 
 class WebhookEnqueuer(Protocol):
@@ -460,7 +464,11 @@ class WebhookDispatcher(WebhookOperations):
     # -- recovery and operations --------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Re-queue deliveries a crash left behind (``running`` past the lease, queued and lost)."""
+        """Re-queue deliveries a crash left behind (``running`` past the lease, queued and lost),
+        then prune delivered ones past the retention period, a few batches per sweep.
+
+        Every query here reads the live partial index (``NOT_DELIVERED_TERM`` repeats its
+        condition for SQLite): the sweep costs the same however much history is kept."""
         self.ensure_tables()
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
@@ -472,7 +480,8 @@ class WebhookDispatcher(WebhookOperations):
                 last_error="the worker stopped during the last attempt (lease expired)",
             )
             .where(
-                (WebhookDelivery.state == "running")
+                NOT_DELIVERED_TERM
+                & (WebhookDelivery.state == "running")
                 & (WebhookDelivery.lease_until < now)
                 & (WebhookDelivery.attempts >= WebhookDelivery.max_attempts)
             )
@@ -480,7 +489,7 @@ class WebhookDispatcher(WebhookOperations):
         )
         recovered = list(
             WebhookDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where((WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
+            .where(NOT_DELIVERED_TERM & (WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
             .returning(WebhookDelivery.id)
             .tuples()
             .execute(self.db)
@@ -488,8 +497,11 @@ class WebhookDispatcher(WebhookOperations):
         lost = list(
             WebhookDelivery.select(WebhookDelivery.id)
             .where(
-                ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
-                | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
+                NOT_DELIVERED_TERM
+                & (
+                    ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
+                    | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
+                )
             )
             .tuples()
             .execute(self.db)
@@ -505,6 +517,11 @@ class WebhookDispatcher(WebhookOperations):
         counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
         if ids:
             log.warning("webhook sweep re-queued %s", counts)
+        # Retention on the sweep's beat, a bounded amount each time: a large backlog (a first
+        # run after an upgrade) goes over several sweeps instead of holding this one up.
+        counts["pruned"] = self.prune(max_batches=SWEEP_PRUNE_BATCHES)
+        if counts["pruned"]:
+            log.info("pruned %d delivered webhook deliveries older than %gs", counts["pruned"], self.settings.retention)
         # The app registry's leftovers (installs whose process died, old idempotency keys)
         # are cleared on the same beat: the worker runs this sweep.
         cleared = self.apps.sweep()
