@@ -353,9 +353,18 @@ def webhooks_discard(delivery_id: int | None, older_than: float | None, yes: boo
 @click.argument("delivery_id", type=click.IntRange(1), required=False)
 @click.option("--all", "all_dead", is_flag=True, help="Redeliver every dead delivery.")
 def webhooks_redeliver(delivery_id: int | None, all_dead: bool) -> None:
-    """Queue DELIVERY_ID (or --all dead ones) again with a fresh set of attempts."""
-    if (delivery_id is None) == (not all_dead):
+    """Queue DELIVERY_ID (dead, queued or waiting for a retry), or --all dead ones, again with a
+    fresh set of attempts. A running or delivered delivery is left as it is (exit status 1)."""
+    if delivery_id is None and not all_dead:
+        raise click.UsageError("missing DELIVERY_ID or --all: give the id of a delivery to send again, "
+                               "or --all for every dead one")
+    if delivery_id is not None and all_dead:
         raise click.UsageError("give a DELIVERY_ID or --all, not both")
     with _kit() as kit:
-        ids = kit.webhooks.redeliver(delivery_id, all_dead=all_dead)
-        click.echo(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
+        if all_dead:
+            ids = kit.webhooks.redeliver(all_dead=True)
+            click.echo(f"queued again: {', '.join(map(str, ids))}" if ids else "no dead deliveries: nothing to redeliver")
+            return
+        assert delivery_id is not None
+        kit.webhooks.redeliver(delivery_id)  # a ConflictError says why not, with exit status 1
+        click.echo(f"queued again: {delivery_id}")

@@ -534,7 +534,7 @@ def test_cli_lists_dead_deliveries_and_redelivers_them(cli_env: None, kit: Kit, 
         assert run_cli("webhooks", "redeliver", "--all") == f"queued again: {second}\n"
         wait_for(settled(kit, "delivered", 2), what="every redelivery")
         assert run_cli("webhooks", "dead") == "no deliveries\n"
-        assert run_cli("webhooks", "redeliver", "--all") == "queued again: nothing\n"
+        assert run_cli("webhooks", "redeliver", "--all") == "no dead deliveries: nothing to redeliver\n"
     for delivery in kit.webhooks.deliveries():
         assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 1, 200)
     # The redelivered payload is the original one, with the same id.
@@ -544,10 +544,13 @@ def test_cli_lists_dead_deliveries_and_redelivers_them(cli_env: None, kit: Kit, 
 
 def test_cli_redeliver_needs_one_target(cli_env: None, kit: Kit) -> None:
     runner = CliRunner()
-    for args in (["webhooks", "redeliver"], ["webhooks", "redeliver", "5", "--all"]):
+    for args, complaint in (
+        (["webhooks", "redeliver"], "missing DELIVERY_ID or --all"),
+        (["webhooks", "redeliver", "5", "--all"], "give a DELIVERY_ID or --all, not both"),
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2
-        assert "give a DELIVERY_ID or --all" in result.output
+        assert complaint in result.output
     result = runner.invoke(cli, ["webhooks", "redeliver", "999"])
     assert result.exit_code == 1
     assert "999" in result.output

@@ -539,3 +539,52 @@ def test_an_older_kits_webhook_tables_gain_the_new_columns_and_indexes(
         assert {"czo_webhook_delivery_live", "czo_webhook_delivery_delivered"} <= indexes()
         assert "last_error_detail" in {c.name for c in kit.db.get_columns("czo_webhook_delivery")}
         assert newer.create_kit_tables() == []
+
+
+# -- the CLI says what it did ---------------------------------------------------------------------
+
+
+def test_redeliver_says_what_is_missing_and_what_it_did(kit: Kit, receiver: Receiver, cli_env: None) -> None:
+    from czo_kit.apps.webhooks import WebhookDelivery
+    from czo_kit.db.model import utcnow
+    from czo_kit.errors import ConflictError
+
+    install(kit, receiver.url)
+    receiver.script = lambda request: Reply(410) if request.json()["data"]["id"] == 2 else Reply(200)
+    with kit.consumer(workers=2, sweep_interval=60):
+        for i in (1, 2, 3):
+            kit.events.emit_async("order.created", dict(ORDER, id=i))
+        wait_for(lambda: states(kit) == {"delivered": 2, "dead": 1}, what="two delivered, one dead")
+    rows = {int(payload_id(d)): d for d in kit.webhooks.deliveries()}
+    delivered, dead, running = rows[1].id, rows[2].id, rows[3].id
+    # An attempt in flight on the third.
+    WebhookDelivery.update(state="running", lease_until=utcnow() + dt.timedelta(minutes=2)).where(
+        WebhookDelivery.id == running
+    ).execute(kit.db)
+    before = {d.id: (d.state, d.attempts, d.updated_at) for d in kit.webhooks.deliveries()}
+    posts = len(receiver.posts())
+
+    missing = invoke("webhooks", "redeliver")
+    assert missing.exit_code == 2 and "missing DELIVERY_ID or --all" in missing.output, missing.output
+    both = invoke("webhooks", "redeliver", str(dead), "--all")
+    assert both.exit_code == 2 and "give a DELIVERY_ID or --all, not both" in both.output
+    refused = invoke("webhooks", "redeliver", str(delivered))
+    assert refused.exit_code == 1, refused.output
+    assert f"webhook delivery {delivered} is delivered: not queued again" in refused.output
+    assert "queued again:" not in refused.output
+    refused = invoke("webhooks", "redeliver", str(running))
+    assert refused.exit_code == 1 and f"webhook delivery {running} is running: not queued again" in refused.output
+    with pytest.raises(ConflictError, match="is delivered: not queued again"):
+        kit.webhooks.redeliver(delivered)
+    assert {d.id: (d.state, d.attempts, d.updated_at) for d in kit.webhooks.deliveries()} == before  # untouched
+
+    assert run_cli("webhooks", "redeliver", str(dead)) == f"queued again: {dead}\n"
+    assert kit.webhooks.delivery(dead).state == "queued"
+    assert run_cli("webhooks", "redeliver", "--all") == "no dead deliveries: nothing to redeliver\n"
+    assert len(receiver.posts()) == posts  # no worker ran meanwhile: nothing was sent
+
+
+def payload_id(delivery: Any) -> int:
+    from czo_kit.apps.webhooks import payload_of
+
+    return int(payload_of(delivery)["data"]["id"])

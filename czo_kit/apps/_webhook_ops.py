@@ -17,6 +17,9 @@ from czo_kit.errors import ConflictError, NotFoundError
 
 __all__ = ["PRUNE_BATCH", "WebhookOperations", "next_attempt_at"]
 
+REDELIVERABLE = ("dead", "queued", "retry")
+"""States a delivery can be sent again from, with a fresh set of attempts."""
+
 PRUNE_BATCH = 500
 """Deliveries deleted per transaction by ``prune`` and ``discard``: short transactions that
 never hold a lock for long, whatever the backlog."""
@@ -71,20 +74,43 @@ class WebhookOperations:
         )
 
     def redeliver(self, delivery_id: int | None = None, *, all_dead: bool = False) -> list[int]:
-        """Queue a delivery again (any state but running), or every dead one, with fresh attempts."""
+        """Queue a delivery again with a fresh set of attempts, or with ``all_dead`` every dead
+        one; returns the ids queued again.
+
+        A dead, queued or retry delivery can be sent again. A running one is refused
+        (``ConflictError``: its attempt is under way and retries by itself), and so is a
+        delivered one (its receiver dedupes on ``webhook-id``, so the same message again would
+        change nothing); ``NotFoundError`` when there is no such delivery."""
+        if (delivery_id is None) == (not all_dead):
+            raise ValueError("redeliver() takes a delivery id or all_dead=True, not both")
         self.ensure_tables()
         now = utcnow()
         if all_dead:
-            ids = [r[0] for r in WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.state == "dead").tuples().execute(self.db)]
+            which = NOT_DELIVERED_TERM & (WebhookDelivery.state == "dead")
         else:
-            row = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
-            if row is None:
-                raise NotFoundError("WebhookDelivery", delivery_id)
-            ids = [int(row.id)]
-        if ids:
-            WebhookDelivery.update(
+            which = (WebhookDelivery.id == delivery_id) & WebhookDelivery.state.in_(REDELIVERABLE)
+        # One statement decides and changes: a delivery whose state moved meanwhile is left be.
+        ids = [
+            row[0]
+            for row in WebhookDelivery.update(
                 state="queued", attempts=0, next_attempt_at=None, lease_until=None, updated_at=now
-            ).where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state != "running")).execute(self.db)
+            )
+            .where(which)
+            .returning(WebhookDelivery.id)
+            .tuples()
+            .execute(self.db)
+        ]
+        if delivery_id is not None and not ids:
+            row = self.delivery(delivery_id)  # NotFoundError when there is none
+            if row.state == "running":
+                why = "an attempt is under way (if it fails, it is retried on its own)"
+            else:
+                why = (
+                    f"it was delivered{f' at {row.delivered_at:%Y-%m-%d %H:%M:%S} UTC' if row.delivered_at else ''}, "
+                    "and its receiver dedupes on webhook-id, so sending the same message again would change nothing"
+                )
+            raise ConflictError(f"webhook delivery {delivery_id} is {row.state}: not queued again; {why}")
+        if ids:
             on_commit(self.db, lambda: self._enqueue_all(ids))
         return ids
 
