@@ -1,5 +1,6 @@
 """What operators do with webhook deliveries: list them and their attempts, count them by
-state, send them again. A part of ``WebhookDispatcher`` kept in a module of its own."""
+state, see their targets' circuits, send them again, prune delivered ones past the retention
+period and discard dead ones. A part of ``WebhookDispatcher`` kept in a module of its own."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ class WebhookOperations:
         self.ensure_tables()
         query = WebhookDelivery.select().order_by(WebhookDelivery.id.desc()).limit(limit)
         if state is not None:
-            query = query.where(WebhookDelivery.state == state)
+            # Any state but delivered is in the live index (SQLite wants its condition said).
+            wanted = WebhookDelivery.state == state
+            query = query.where(wanted if state == "delivered" else NOT_DELIVERED_TERM & wanted)
         if shop_id is not None:
             query = query.where(WebhookDelivery.shop_id == shop_id)
         return list(query.execute(self.db))

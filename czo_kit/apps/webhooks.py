@@ -2,12 +2,16 @@
 
 When an event carrying a ``shop_id`` is emitted, each active subscription of that shop gets a
 delivery row, in the emitting transaction (next to the event's outbox row), holding the JSON
-body built once (so its ``id`` is stable across retries). After commit each delivery is queued.
-A worker claims it with a lease, signs it afresh, POSTs it, and records the attempt. 2xx is
-delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with jitter
-(``Retry-After`` honoured); any other answer is dead at once. A target that keeps failing is
-paused by a circuit breaker: its deliveries wait, they are not dropped, and one probe goes out
-after the cool-down. The sweep recovers deliveries a crashed worker left ``running``.
+body built once (so its ``id`` is stable across retries). After commit a relay thread hands
+each delivery to the queue, so a hung queue holds up no caller. A worker claims it with a
+lease, signs it afresh, POSTs it, and records the attempt (an exception with its traceback).
+2xx is delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with
+jitter (``Retry-After`` honoured); any other answer is dead at once. A target that keeps
+failing is paused by a circuit breaker (``_circuits``): its deliveries wait, they are not
+dropped, and one probe goes out after the cool-down. The sweep recovers deliveries a crashed
+worker left ``running`` and prunes delivered ones past the retention period. The tables are
+in ``_webhook_models``; what operators call (listings, redeliver, prune, discard) in
+``_webhook_ops``.
 """
 
 from __future__ import annotations
