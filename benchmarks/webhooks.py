@@ -223,10 +223,10 @@ def latency(kit: Any, raw: HandBuilt, receiver: ReceiverProcess, *, count: int,
     """One event at a time, rotating sides, both consumers running and idle.
 
     Three sides: ``emit_async`` called on its own (outside a transaction: the delivery row
-    and the outbox row in one transaction of its own, then the delivery queued in the caller's
-    thread and the event by the outbox relay thread), the same call inside
-    ``kit.db.atomic()`` as a caller's transaction would hold it (one commit, queued at commit;
-    the timer includes the commit), and the hand-built sender.
+    and the outbox row in one transaction of its own; then the delivery is queued by the webhook
+    relay thread and the event by the outbox relay thread, none in the caller's), the same
+    call inside ``kit.db.atomic()`` as a caller's transaction would hold it (one commit,
+    handed to the relays at commit; the timer includes the commit), and the hand-built sender.
     """
     from czo_kit.events.queue import InProcessConsumer
 
@@ -288,11 +288,11 @@ def latency(kit: Any, raw: HandBuilt, receiver: ReceiverProcess, *, count: int,
                    baseline=baseline, note="inside a transaction, as a caller would emit it"),
         Comparison("emit_async call (shop event, 1 subscription)", summarize(call["kit"]), raw_call,
                    baseline="Huey enqueue of that task",
-                   note="outside a transaction: delivery row + outbox row in one commit, the delivery's enqueue "
-                        "(the event's is the relay thread's)"),
+                   note="outside a transaction: delivery row + outbox row in one commit; both enqueues are "
+                        "the relay threads'"),
         Comparison("atomic(): emit_async, commit", summarize(call["kit-tx"]), raw_call,
                    baseline="Huey enqueue of that task",
-                   note="one commit, then the delivery's enqueue (the event's is the relay thread's)"),
+                   note="one commit; both enqueues are the relay threads'"),
     ]
     return rows, {"delivery_states": states, "events": count, "expected": expected}
 
