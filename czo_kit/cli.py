@@ -428,136 +428,6 @@ def users_grant(user_id: str, shop_id: int, role: str) -> None:
         click.echo(f"user {user_id} is {role} in shop {shop_id}")
 
 
-@cli.group("apps")
-def apps_group() -> None:
-    """Install, list and remove apps, shop by shop."""
-
-
-@apps_group.command("list")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_list(shop_id: int) -> None:
-    """List the apps installed in a shop."""
-    with _kit() as kit:
-        rows = kit.apps.list(shop_id)
-        if not rows:
-            click.echo(f"no apps in shop {shop_id}")
-        for row in rows:
-            click.echo(f"{row.app_id}  {row.name} {row.version}  installed {row.installed_at:%Y-%m-%d %H:%M} by {row.installed_by}")
-
-
-@apps_group.command("install")
-@click.argument("manifest_url")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-@click.option("--user", "user_id", required=True, help="Installing user (must hold apps:manage and every permission asked).")
-def apps_install(manifest_url: str, shop_id: int, user_id: str) -> None:
-    """Install the app whose manifest is at MANIFEST_URL. The token is printed once."""
-    with _kit() as kit:
-        result = kit.apps.install(shop_id=shop_id, installer_id=user_id, manifest_url=manifest_url)
-        click.echo(f"installed {result.app_id} in shop {shop_id}")
-        click.echo(f"app token (shown once): {result.token}")
-
-
-@apps_group.command("uninstall")
-@click.argument("app_id")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_uninstall(app_id: str, shop_id: int) -> None:
-    """Remove APP_ID from a shop, with its tokens and pending webhooks."""
-    with _kit() as kit:
-        kit.apps.uninstall(shop_id=shop_id, app_id=app_id)
-        click.echo(f"uninstalled {app_id} from shop {shop_id}")
-
-
-@apps_group.command("tokens")
-@click.argument("app_id")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_tokens(app_id: str, shop_id: int) -> None:
-    """List APP_ID's tokens in a shop (their last four characters only)."""
-    with _kit() as kit:
-        for token in kit.apps.tokens(shop_id=shop_id, app_id=app_id):
-            state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
-            click.echo(f"{token.id}  {token.name:<16} ...{token.last4}  created {token.created_at:%Y-%m-%d %H:%M}  {state}")
-
-
-@apps_group.command("token")
-@click.argument("app_id")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-@click.option("--name", default="cli", show_default=True, help="A label for the token.")
-def apps_token(app_id: str, shop_id: int, name: str) -> None:
-    """Create another token for APP_ID; it is printed once."""
-    with _kit() as kit:
-        token_id, token = kit.apps.create_token(shop_id=shop_id, app_id=app_id, name=name)
-        click.echo(f"token {token_id} (shown once): {token}")
-
-
-@apps_group.command("revoke-token")
-@click.argument("app_id")
-@click.argument("token_id", type=click.IntRange(1))
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-def apps_revoke_token(app_id: str, token_id: int, shop_id: int) -> None:
-    """Revoke token TOKEN_ID of APP_ID: it stops working at once."""
-    with _kit() as kit:
-        kit.apps.revoke_token(shop_id=shop_id, app_id=app_id, token_id=token_id)
-        click.echo(f"token {token_id} of {app_id} revoked")
-
-
-@apps_group.command("rotate-secret")
-@click.argument("app_id")
-@click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
-@click.option("--grace", type=click.FloatRange(0, 30 * 86400), default=86400.0, show_default=True,
-              help="Seconds the old secret keeps signing next to the new one.")
-def apps_rotate_secret(app_id: str, shop_id: int, grace: float) -> None:
-    """Give APP_ID a new webhook secret (sent to its token_target_url); the old one is kept for --grace."""
-    with _kit() as kit:
-        kit.apps.rotate_webhook_secret(shop_id=shop_id, app_id=app_id, grace=grace)
-        click.echo(f"new webhook secret for {app_id} in shop {shop_id}; the old one signs too for {grace:g}s")
-
-
-@cli.group("webhooks")
-def webhooks_group() -> None:
-    """Inspect webhook deliveries and send failed ones again."""
-
-
-def _print_deliveries(rows: list[Any]) -> None:
-    if not rows:
-        click.echo("no deliveries")
-    for row in rows:
-        status = row.last_status if row.last_status is not None else "-"
-        click.echo(
-            f"{row.id}  {row.state:<9} {row.event_name:<20} shop {row.shop_id}  -> {row.target_url}  "
-            f"attempts {row.attempts}/{row.max_attempts}  last {status}{'  ' + row.last_error if row.last_error else ''}"
-        )
-
-
-@webhooks_group.command("deliveries")
-@click.option("--state", type=click.Choice(["queued", "running", "retry", "delivered", "dead"]), default=None)
-@click.option("--shop", "shop_id", type=click.IntRange(1), default=None)
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def webhooks_deliveries(state: str | None, shop_id: int | None, limit: int) -> None:
-    """List recent deliveries, newest first."""
-    with _kit() as kit:
-        _print_deliveries(kit.webhooks.deliveries(state=state, shop_id=shop_id, limit=limit))
-
-
-@webhooks_group.command("dead")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def webhooks_dead(limit: int) -> None:
-    """List deliveries that failed for good (dead letters)."""
-    with _kit() as kit:
-        _print_deliveries(kit.webhooks.deliveries(state="dead", limit=limit))
-
-
-@webhooks_group.command("redeliver")
-@click.argument("delivery_id", type=click.IntRange(1), required=False)
-@click.option("--all", "all_dead", is_flag=True, help="Redeliver every dead delivery.")
-def webhooks_redeliver(delivery_id: int | None, all_dead: bool) -> None:
-    """Queue DELIVERY_ID (or --all dead ones) again with a fresh set of attempts."""
-    if (delivery_id is None) == (not all_dead):
-        raise click.UsageError("give a DELIVERY_ID or --all, not both")
-    with _kit() as kit:
-        ids = kit.webhooks.redeliver(delivery_id, all_dead=all_dead)
-        click.echo(f"queued again: {', '.join(map(str, ids)) or 'nothing'}")
-
-
 @cli.command("demo")
 @click.option(
     "--database-url",
@@ -572,6 +442,17 @@ def demo_command(database_url: str | None) -> None:
         run_demo(database_url=database_url, echo=click.echo)
     except CzoError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _add_app_commands() -> None:
+    # The apps and webhooks groups live in a module of their own, to keep this one small.
+    from czo_kit._cli_apps import apps_group, webhooks_group
+
+    cli.add_command(apps_group)
+    cli.add_command(webhooks_group)
+
+
+_add_app_commands()
 
 
 def build_cli() -> click.Group:

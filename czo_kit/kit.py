@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -204,6 +205,8 @@ class Kit:
                 breaker_threshold=settings.webhooks_breaker_threshold,
                 breaker_cooldown=settings.webhooks_breaker_cooldown,
                 read_timeout=settings.webhooks_timeout,
+                retention=settings.webhooks_retention,
+                shutdown_timeout=settings.events_shutdown_timeout,
             ),
         )
         if self.queue is not None:
@@ -403,8 +406,11 @@ class Kit:
             self.services.close()
             self.cache.close()
             self.events.close()
+            # One shutdown deadline for both relays (events, webhook deliveries).
+            deadline = time.monotonic() + self.settings.events_shutdown_timeout
             if self.outbox is not None:
                 self.outbox.close()
+            self.webhooks.close(deadline=deadline)
             self.http.close()
             if self.queue is not None:
                 storage = self.queue.storage

@@ -143,6 +143,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Seconds a dashboard sign-in lasts (from 60 seconds to 30 days), counted from the
     sign-in, not from the last page seen: then the person signs in again."""
 
+    webhooks_retention: Annotated[float, msgspec.Meta(gt=0, le=3660 * 86400)] = 604800.0
+    """Seconds (7 days by default) a delivered webhook delivery and its attempts are kept; then
+    the worker's sweep deletes them in small batches (``czo-kit webhooks prune`` too). Dead
+    deliveries stay until redelivered or discarded (``czo-kit webhooks discard``)."""
+
     secret_key: str | None = None
     """Signs pagination cursors (and later tokens). At least 32 characters. When unset, a
     random key is made per process, so cursors do not survive a restart."""

@@ -505,7 +505,7 @@ def test_an_app_in_shop_a_sees_nothing_of_shop_b(kit: Kit, receiver: Receiver) -
         kit.events.emit_async("order.created", {"shop_id": 1, "id": 10, "total": 5})
         kit.events.emit_async("order.created", {"id": 30, "total": 5})  # no shop: no app hears it
         wait_for(lambda: len(receiver.posts("/hook")) >= 1, what="shop 1's webhook")
-        wait_for(lambda: kit.webhooks.stats() == {"delivered": 1}, what="the delivery to settle")
+        wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="the delivery to settle")
     posts = receiver.posts("/hook")
     assert [p.json()["data"]["id"] for p in posts] == [10]
     assert posts[0].headers["x-czo-shop-id"] == "1"
@@ -519,7 +519,7 @@ def test_the_same_app_in_two_shops_is_two_separate_installations(kit: Kit, recei
     assert kit.apps.authenticate(two.token).shop_id == 2
     with kit.consumer(workers=2, sweep_interval=0.5):
         kit.events.emit_async("order.created", {"shop_id": 2, "id": 21, "total": 5})
-        wait_for(lambda: kit.webhooks.stats() == {"delivered": 1}, what="shop 2's webhook")
+        wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="shop 2's webhook")
     [post] = receiver.posts("/hook")
     assert post.headers["x-czo-shop-id"] == "2"
     assert verify_signature(post.body, post.headers["x-czo-signature"], two.webhook_secret)

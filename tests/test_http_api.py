@@ -548,7 +548,7 @@ def test_the_whole_loop_with_the_payment_app(kit: Kit) -> None:
             orders = kit.services.get(OrderService).orders
             wait_for(lambda: orders.get_by_id(order.id).status == "paid", timeout=20, what="the order to be paid")
             wait_for(lambda: len(stripe_app.payments) == 1, what="the app to note its payment")
-            wait_for(lambda: kit.webhooks.stats() == {"delivered": 1}, what="the webhook to be recorded")
+            wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="the webhook to be recorded")
         final = orders.get_by_id(order.id)
         assert (final.status, final.paid_amount) == ("paid", 4200)
         assert final.payment_reference == stripe_app.payments[0]["reference"]

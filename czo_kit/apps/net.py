@@ -31,7 +31,7 @@ import urllib3.connection
 
 from czo_kit.errors import UnsafeURLError
 
-__all__ = ["HTTPResponse", "OutboundHTTP", "Target", "is_public_address", "parse_target"]
+__all__ = ["HTTPResponse", "OutboundHTTP", "Target", "is_public_address", "parse_target", "shown_url"]
 
 
 
@@ -62,6 +62,13 @@ class Target:
         port = "" if self.port == default else f":{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}{port}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` as errors and logs may show it: its query string, where an app may carry a
+    token, masked."""
+    base, sep, _ = url.partition("?")
+    return base + ("?***" if sep else "")
 
 
 def parse_target(url: Any, *, what: str = "URL") -> Target:
@@ -234,7 +241,7 @@ class OutboundHTTP:
             blocked = [a for a in addresses if not is_public_address(a)]
             if blocked:
                 raise UnsafeURLError(
-                    f"{what} {target.url[:80]!r} resolves to a loopback, private or link-local "
+                    f"{what} {shown_url(target.url)[:80]!r} resolves to a loopback, private or link-local "
                     f"address ({', '.join(blocked)}); set CZO_APPS_ALLOW_PRIVATE_URLS=true only "
                     "for local development and tests"
                 )
@@ -307,7 +314,7 @@ class OutboundHTTP:
             )
             while True:
                 if time.monotonic() > limit:
-                    raise TimeoutError(f"{what} {target.url[:80]!r} took longer than {limit - started:.1f}s")
+                    raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s")
                 # read1 returns what one receive brought: read(n) would wait for n bytes, so a
                 # server trickling its body could hold the request far past the deadline.
                 chunk = response.read1(16384)
@@ -322,7 +329,7 @@ class OutboundHTTP:
             if isinstance(exc, TimeoutError) or time.monotonic() < limit:
                 raise
             # The watchdog cut the socket: say so, not "connection closed".
-            raise TimeoutError(f"{what} {target.url[:80]!r} took longer than {limit - started:.1f}s") from exc
+            raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s") from exc
         finally:
             _deadline.reset(token)
             for entry in watched:

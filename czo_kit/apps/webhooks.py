@@ -2,12 +2,16 @@
 
 When an event carrying a ``shop_id`` is emitted, each active subscription of that shop gets a
 delivery row, in the emitting transaction (next to the event's outbox row), holding the JSON
-body built once (so its ``id`` is stable across retries). After commit each delivery is queued.
-A worker claims it with a lease, signs it afresh, POSTs it, and records the attempt. 2xx is
-delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with jitter
-(``Retry-After`` honoured); any other answer is dead at once. A target that keeps failing is
-paused by a circuit breaker: its deliveries wait, they are not dropped, and one probe goes out
-after the cool-down. The sweep recovers deliveries a crashed worker left ``running``.
+body built once (so its ``id`` is stable across retries). After commit a relay thread hands
+each delivery to the queue, so a hung queue holds up no caller. A worker claims it with a
+lease, signs it afresh, POSTs it, and records the attempt (an exception with its traceback).
+2xx is delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with
+jitter (``Retry-After`` honoured); any other answer is dead at once. A target that keeps
+failing is paused by a circuit breaker (``_circuits``): its deliveries wait, they are not
+dropped, and one probe goes out after the cool-down. The sweep recovers deliveries a crashed
+worker left ``running`` and prunes delivered ones past the retention period. The tables are
+in ``_webhook_models``; what operators call (listings, redeliver, prune, discard) in
+``_webhook_ops``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import logging
 import random
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -26,92 +29,51 @@ import peewee
 import urllib3
 
 from czo_kit import metrics as _metrics
-from czo_kit.apps.net import OutboundHTTP, parse_target
+from czo_kit.apps._circuits import CircuitBreaker, CircuitState
+from czo_kit.apps._webhook_models import (
+    DEFAULT_SCHEDULE,
+    NOT_DELIVERED_TERM,
+    WEBHOOK_MODELS,
+    WebhookAttempt,
+    WebhookCircuit,
+    WebhookDelivery,
+    WebhookSettings,
+)
+from czo_kit.apps._webhook_failures import ERROR_LIMIT, Failure, TracebackScrubber, failure
+from czo_kit.apps._webhook_ops import WebhookOperations
+from czo_kit.apps.net import OutboundHTTP, parse_target, shown_url
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
-from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
+from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
-from czo_kit.errors import NotFoundError, UnsafeURLError
+from czo_kit.errors import UnsafeURLError
+from czo_kit.events._relay import Relay
 from czo_kit.events.emitter import as_mapping
 from czo_kit.events.types import EventContext, uuid7
 
 if TYPE_CHECKING:
     from czo_kit.apps.permissions import PermissionRegistry
 
-__all__ = ["DEFAULT_SCHEDULE", "WEBHOOK_MODELS", "WebhookAttempt", "WebhookDelivery", "WebhookDispatcher"]
+__all__ = [
+    "CircuitState",
+    "DEFAULT_SCHEDULE",
+    "WEBHOOK_MODELS",
+    "WebhookAttempt",
+    "WebhookCircuit",
+    "WebhookDelivery",
+    "WebhookDispatcher",
+    "WebhookSettings",
+]
 
 log = logging.getLogger("czo_kit.webhooks")
-
-DEFAULT_SCHEDULE: tuple[float, ...] = (10, 60, 300, 1800, 3600, 7200, 14400)
-"""Seconds before each retry: 8 attempts in all, over about 7.5 hours."""
+log.addFilter(TracebackScrubber())
 
 RESPONSE_EXCERPT = 1024
 
-
-class WebhookDelivery(KitTable):
-    id = peewee.BigAutoField()
-    message_id = peewee.CharField(max_length=48, unique=True)
-    installation = peewee.ForeignKeyField(AppInstallation, on_delete="CASCADE", backref="deliveries")
-    shop_id = peewee.IntegerField(index=True)
-    webhook_name = peewee.CharField(max_length=64)
-    event_id = peewee.CharField(max_length=36)
-    event_name = peewee.CharField(max_length=200)
-    target_url = peewee.CharField(max_length=2000)
-    origin = peewee.CharField(max_length=300)
-    body = BytesField()
-    state = peewee.CharField(max_length=16, default="queued")
-    attempts = peewee.IntegerField(default=0)
-    max_attempts = peewee.IntegerField()
-    next_attempt_at = UTCDateTimeField(null=True)
-    lease_until = UTCDateTimeField(null=True)
-    last_status = peewee.IntegerField(null=True)
-    last_error = peewee.TextField(null=True)
-    created_at = UTCDateTimeField()
-    updated_at = UTCDateTimeField()
-    delivered_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_webhook_delivery"
-        indexes = ((("state", "updated_at"), False),)
-
-
-class WebhookAttempt(KitTable):
-    id = peewee.BigAutoField()
-    delivery = peewee.ForeignKeyField(WebhookDelivery, on_delete="CASCADE", backref="attempt_log")
-    attempt = peewee.IntegerField()
-    at = UTCDateTimeField()
-    status = peewee.IntegerField(null=True)
-    duration_ms = peewee.FloatField()
-    response = peewee.TextField(null=True)
-    error = peewee.TextField(null=True)
-
-    class Meta:
-        table_name = "czo_webhook_attempt"
-
-
-class WebhookCircuit(KitTable):
-    origin = peewee.CharField(max_length=300, primary_key=True)
-    failures = peewee.IntegerField(default=0)
-    opened_until = UTCDateTimeField(null=True)
-    updated_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "czo_webhook_circuit"
-
-
-WEBHOOK_MODELS: tuple[type[peewee.Model], ...] = (WebhookDelivery, WebhookAttempt, WebhookCircuit)
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    lease: float = 120.0
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 60.0
-    connect_timeout: float = 2.0
-    read_timeout: float = 10.0
+SWEEP_PRUNE_BATCHES = 20
+"""Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
 
 
 class WebhookEnqueuer(Protocol):
@@ -137,7 +99,7 @@ def _retry_after(value: str | None, now: dt.datetime) -> float | None:
     return max(0.0, min((when - now).total_seconds(), 86400.0))
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(WebhookOperations):
     """Turns events into signed deliveries, and delivers them."""
 
     meter: Any = None  # set by czo_kit.metrics.attach
@@ -155,9 +117,18 @@ class WebhookDispatcher:
         self.permissions = permissions
         self.http = http
         self.settings = settings or WebhookSettings()
+        self.breaker = CircuitBreaker(
+            db, threshold=self.settings.breaker_threshold, cooldown=self.settings.breaker_cooldown
+        )
         self.queue: WebhookEnqueuer | None = None
         self._ready = False
         self._encoder = msgspec.json.Encoder()
+        # Committed deliveries reach the queue from a thread of this relay, never from the
+        # emitting one: a queue that hangs holds up no caller (see czo_kit.events._relay).
+        self._relayer = Relay(
+            self._hand_over, _no_marks, shutdown_timeout=self.settings.shutdown_timeout,
+            what="webhook deliveries", kept="the deliveries table", thread_name="czo-webhook-relay", logger=log,
+        )
 
     def ensure_tables(self, *, required: bool = True) -> bool:
         """Make the app and webhook tables exist; with ``required=False`` (the tap, inside the
@@ -252,14 +223,29 @@ class WebhookDispatcher:
         return found
 
     def _enqueue_all(self, ids: Sequence[int]) -> None:
+        """Queue committed deliveries: handed to the relay, which queues them off the caller's
+        thread; what the queue does not take stays ``queued`` in the table for the sweep."""
         if self.queue is None:
             log.warning("%d webhook deliveries recorded but no queue is configured; run a worker", len(ids))
             return
         for delivery_id in ids:
-            try:
-                self.queue.deliver(delivery_id, delay=0)
-            except Exception:
-                log.warning("could not queue webhook delivery %s; the sweep will", delivery_id, exc_info=True)
+            self._relayer.add((int(delivery_id), 0.0))
+
+    def _hand_over(self, delivery_id: int, delay: float) -> None:
+        """The relay's hand-over of one delivery; raises when the queue did not take it."""
+        queue = self.queue
+        if queue is not None:
+            queue.deliver(delivery_id, delay=delay)
+
+    def flush(self) -> None:
+        """Queue every committed delivery the relay still holds, now, in this thread."""
+        self._relayer.flush(mark=False)
+
+    def close(self, *, deadline: float | None = None) -> None:
+        """Queue what the relay still holds by ``deadline`` (monotonic; default
+        ``settings.shutdown_timeout`` from now) and stop its thread; the rest stays ``queued``
+        in the table, for the sweep."""
+        self._relayer.close(deadline=deadline)
 
     # -- delivering ---------------------------------------------------------------------
 
@@ -269,62 +255,6 @@ class WebhookDispatcher:
     def _template(self, model: type[peewee.Model], key: str, build: Callable[[Any], peewee.Node]) -> tuple[Any, Any]:
         info = model_info(model, self.db)
         return info, info.template((key,), lambda: build(info))
-
-    def _circuit_row(self, origin: str) -> tuple[int, dt.datetime | None] | None:
-        info, template = self._template(
-            WebhookCircuit, "circuit",
-            lambda i: WebhookCircuit.select(WebhookCircuit.failures, WebhookCircuit.opened_until).where(
-                WebhookCircuit.origin == Slot("origin")
-            ),
-        )
-        row = info.execute(template, {"origin": origin}).fetchone()
-        if row is None:
-            return None
-        return int(row[0]), WebhookCircuit.opened_until.python_value(row[1])
-
-    def _circuit_wait(self, origin: str, now: dt.datetime, circuit: tuple[int, dt.datetime | None] | None) -> float:
-        """Seconds this target stays paused; 0 when closed, or when this caller takes the one
-        probe allowed after a cool-down (half-open: everyone else keeps waiting)."""
-        if circuit is None or circuit[1] is None:
-            return 0.0
-        opened_until = circuit[1]
-        if opened_until <= now:
-            probe_until = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
-            taken = (
-                WebhookCircuit.update(opened_until=probe_until, updated_at=now)
-                .where((WebhookCircuit.origin == origin) & (WebhookCircuit.opened_until <= now))
-                .execute(self.db)
-            )
-            if taken:
-                log.info("webhook target %s: cool-down over, sending one probe", origin)
-                return 0.0
-            again = self._circuit_row(origin)
-            if again is None or again[1] is None:
-                return 0.0
-            opened_until = again[1]
-        remaining: float = max(0.0, (opened_until - now).total_seconds())
-        return remaining
-
-    def _circuit_result(self, origin: str, ok: bool, now: dt.datetime, circuit: tuple[int, Any] | None) -> None:
-        if ok:
-            if circuit is not None:  # nothing to close when no failure was ever recorded
-                WebhookCircuit.delete_rows().where(WebhookCircuit.origin == origin).execute(self.db)
-            return
-        current = self._circuit_row(origin)
-        failures = (current[0] if current is not None else 0) + 1
-        opened = None
-        if failures >= self.settings.breaker_threshold:
-            opened = now + dt.timedelta(seconds=self.settings.breaker_cooldown)
-            if current is None or current[1] is None or current[1] <= now:
-                log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.settings.breaker_cooldown)
-        (
-            WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
-            .on_conflict(
-                conflict_target=[WebhookCircuit.origin],
-                update={WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened, WebhookCircuit.updated_at: now},
-            )
-            .execute(self.db)
-        )
 
     def _claim(self, delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
         info, template = self._template(
@@ -367,8 +297,8 @@ class WebhookDispatcher:
         if delivery is None:
             return "skipped"  # delivered, dead, gone, or running elsewhere: a duplicate task
         origin = str(delivery.origin)
-        circuit = self._circuit_row(origin)
-        wait = self._circuit_wait(origin, now, circuit)
+        circuit = self.breaker.row(origin)
+        wait = self.breaker.wait(origin, now, circuit)
         if wait > 0:
             # Paused, not failed: give the claim back without using up an attempt, and wait
             # for the probe.
@@ -400,11 +330,13 @@ class WebhookDispatcher:
         excerpt: str | None = None
         error: str | None = None
         retry_after: float | None = None
+        failed: Failure | None = None
+        target = str(delivery.target_url)
         started = utcnow()
         try:
-            self.http.check(str(delivery.target_url), what="webhook target")
+            self.http.check(target, what="webhook target")
             response = self.http.request(
-                "POST", str(delivery.target_url), body=body, headers=headers,
+                "POST", target, body=body, headers=headers,
                 max_bytes=RESPONSE_EXCERPT, connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout, what="webhook target",
             )
@@ -412,11 +344,20 @@ class WebhookDispatcher:
             excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
         except UnsafeURLError as exc:
-            error = str(exc)
+            failed = failure(exc, target_url=target, secrets=secrets_)
             # The URL is refused on our side: not the target's failure, so no circuit count.
-            return self._record(delivery, started, None, None, error, final=True, target_failed=False)
+            return self._record(delivery, started, None, None, failed.error, final=True, target_failed=False,
+                                failed=failed)
         except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            failed = failure(exc, target_url=target, secrets=secrets_)
+            error = failed.error
+        except Exception as exc:
+            # Not the network: a fault on this side (a bug, a resource running out). Retried
+            # like a network error, so it ends dead with its traceback rather than stuck
+            # ``running``, but not counted against the target's circuit.
+            failed = failure(exc, target_url=target, secrets=secrets_)
+            return self._record(delivery, started, None, None, failed.error, final=False, target_failed=False,
+                                circuit=circuit, failed=failed)
         if status is not None and 200 <= status < 300:
             return self._record(delivery, started, status, excerpt, None, final=False, delivered=True, circuit=circuit)
         retryable = status is None or status >= 500 or status in (408, 429)
@@ -425,7 +366,7 @@ class WebhookDispatcher:
             return self._record(delivery, started, status, excerpt, error, final=True, circuit=circuit)
         return self._record(
             delivery, started, status, excerpt, error or f"HTTP {status}", final=False,
-            retry_after=retry_after, circuit=circuit,
+            retry_after=retry_after, circuit=circuit, failed=failed,
         )
 
     def _record(
@@ -441,6 +382,7 @@ class WebhookDispatcher:
         retry_after: float | None = None,
         target_failed: bool = True,
         circuit: tuple[int, Any] | None = None,
+        failed: Failure | None = None,
     ) -> str:
         now = utcnow()
         duration = (now - started).total_seconds() * 1000
@@ -461,6 +403,7 @@ class WebhookDispatcher:
                     WebhookDelivery.state: Slot("state"),
                     WebhookDelivery.last_status: Slot("status"),
                     WebhookDelivery.last_error: Slot("error"),
+                    WebhookDelivery.last_error_detail: Slot("detail"),
                     WebhookDelivery.lease_until: None,
                     WebhookDelivery.next_attempt_at: Slot("next", WebhookDelivery.next_attempt_at.db_value),
                     WebhookDelivery.delivered_at: Slot("delivered", WebhookDelivery.delivered_at.db_value),
@@ -479,15 +422,17 @@ class WebhookDispatcher:
                     WebhookAttempt.duration_ms: Slot("duration"),
                     WebhookAttempt.response: Slot("response"),
                     WebhookAttempt.error: Slot("error"),
+                    WebhookAttempt.error_detail: Slot("detail"),
                 }
             ),
         )
-        short_error = (error or None) and error[:2000]
+        short_error = (error or None) and error[:ERROR_LIMIT]
+        detail = failed.detail if failed is not None else None
         with self.db.atomic():
             updated = update_info.execute(
                 update,
                 {
-                    "state": state, "status": status, "error": short_error,
+                    "state": state, "status": status, "error": short_error, "detail": detail,
                     "next": now + dt.timedelta(seconds=delay) if delay is not None else None,
                     "delivered": now if delivered else None, "now": now, "id": int(delivery.id),
                 },
@@ -501,24 +446,38 @@ class WebhookDispatcher:
                 {
                     "delivery": int(delivery.id), "attempt": attempt, "at": started, "status": status,
                     "duration": round(duration, 2), "response": excerpt, "error": short_error,
+                    "detail": detail,
                 },
             )
         if target_failed and (status is not None or error is not None):
             answered = status is not None and status < 500 and status not in (408, 429)
-            self._circuit_result(str(delivery.origin), delivered or answered, now, circuit)
+            self.breaker.result(str(delivery.origin), delivered or answered, now, circuit)
         if state == "retry" and self.queue is not None and delay is not None:
             self.queue.deliver(int(delivery.id), delay=delay)
-        if state == "dead":
-            # Without its query: a target may carry a token there.
-            target = str(delivery.target_url).split("?", 1)[0]
-            log.error("webhook %s to %s is dead after %d attempt(s): %s", delivery.message_id, target, attempt, error)
+        if state == "dead" or failed is not None:
+            # Without its query string (a target may carry a token there), and with the
+            # traceback of an attempt that raised, scrubbed alike (TracebackScrubber).
+            level = logging.ERROR if state == "dead" else logging.WARNING
+            outcome = (
+                f"is dead after {attempt} attempt(s)" if state == "dead"
+                else f"attempt {attempt}/{int(delivery.max_attempts)} failed, next in {delay or 0:.0f}s"
+            )
+            log.log(
+                level, "webhook %s to %s %s: %s", delivery.message_id, shown_url(str(delivery.target_url)),
+                outcome, short_error, exc_info=failed.exc if failed is not None else None,
+                extra={"czo_traceback": detail} if detail is not None else None,
+            )
         _metrics.webhook_result(self, delivery, state, now)
         return state
 
     # -- recovery and operations --------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Re-queue deliveries a crash left behind (``running`` past the lease, queued and lost)."""
+        """Re-queue deliveries a crash left behind (``running`` past the lease, queued and lost),
+        then prune delivered ones past the retention period, a few batches per sweep.
+
+        Every query here reads the live partial index (``NOT_DELIVERED_TERM`` repeats its
+        condition for SQLite): the sweep costs the same however much history is kept."""
         self.ensure_tables()
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
@@ -530,7 +489,8 @@ class WebhookDispatcher:
                 last_error="the worker stopped during the last attempt (lease expired)",
             )
             .where(
-                (WebhookDelivery.state == "running")
+                NOT_DELIVERED_TERM
+                & (WebhookDelivery.state == "running")
                 & (WebhookDelivery.lease_until < now)
                 & (WebhookDelivery.attempts >= WebhookDelivery.max_attempts)
             )
@@ -538,7 +498,7 @@ class WebhookDispatcher:
         )
         recovered = list(
             WebhookDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where((WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
+            .where(NOT_DELIVERED_TERM & (WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
             .returning(WebhookDelivery.id)
             .tuples()
             .execute(self.db)
@@ -546,8 +506,11 @@ class WebhookDispatcher:
         lost = list(
             WebhookDelivery.select(WebhookDelivery.id)
             .where(
-                ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
-                | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
+                NOT_DELIVERED_TERM
+                & (
+                    ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
+                    | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
+                )
             )
             .tuples()
             .execute(self.db)
@@ -563,6 +526,11 @@ class WebhookDispatcher:
         counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
         if ids:
             log.warning("webhook sweep re-queued %s", counts)
+        # Retention on the sweep's beat, a bounded amount each time: a large backlog (a first
+        # run after an upgrade) goes over several sweeps instead of holding this one up.
+        counts["pruned"] = self.prune(max_batches=SWEEP_PRUNE_BATCHES)
+        if counts["pruned"]:
+            log.info("pruned %d delivered webhook deliveries older than %gs", counts["pruned"], self.settings.retention)
         # The app registry's leftovers (installs whose process died, old idempotency keys)
         # are cleared on the same beat: the worker runs this sweep.
         cleared = self.apps.sweep()
@@ -570,46 +538,9 @@ class WebhookDispatcher:
             log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
         return {**counts, **cleared}
 
-    def deliveries(self, *, state: str | None = None, shop_id: int | None = None, limit: int = 50) -> list[WebhookDelivery]:
-        self.ensure_tables()
-        query = WebhookDelivery.select().order_by(WebhookDelivery.id.desc()).limit(limit)
-        if state is not None:
-            query = query.where(WebhookDelivery.state == state)
-        if shop_id is not None:
-            query = query.where(WebhookDelivery.shop_id == shop_id)
-        return list(query.execute(self.db))
 
-    def attempts(self, delivery_id: int) -> list[WebhookAttempt]:
-        self.ensure_tables()
-        return list(
-            WebhookAttempt.select().where(WebhookAttempt.delivery == delivery_id).order_by(WebhookAttempt.id).execute(self.db)
-        )
-
-    def redeliver(self, delivery_id: int | None = None, *, all_dead: bool = False) -> list[int]:
-        """Queue a delivery again (any state but running), or every dead one, with fresh attempts."""
-        self.ensure_tables()
-        now = utcnow()
-        if all_dead:
-            ids = [r[0] for r in WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.state == "dead").tuples().execute(self.db)]
-        else:
-            row = WebhookDelivery.select().where(WebhookDelivery.id == delivery_id).first(self.db)
-            if row is None:
-                raise NotFoundError("WebhookDelivery", delivery_id)
-            ids = [int(row.id)]
-        if ids:
-            WebhookDelivery.update(
-                state="queued", attempts=0, next_attempt_at=None, lease_until=None, updated_at=now
-            ).where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state != "running")).execute(self.db)
-            on_commit(self.db, lambda: self._enqueue_all(ids))
-        return ids
-
-    def stats(self) -> dict[str, int]:
-        self.ensure_tables()
-        rows = (
-            WebhookDelivery.select(WebhookDelivery.state, peewee.fn.COUNT(WebhookDelivery.id))
-            .group_by(WebhookDelivery.state).tuples().execute(self.db)
-        )
-        return {state: count for state, count in rows}
+def _no_marks(ids: list[Any]) -> None:
+    """A delivery handed to the queue stays ``queued`` until a worker claims it: no mark."""
 
 
 def _allows(held: frozenset[tuple[str, str]], resource: str, action: str) -> bool:

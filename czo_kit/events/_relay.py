@@ -1,4 +1,4 @@
-"""The relay: hands committed events to the queue on a thread of its own, then marks them
+"""The relay: hands committed work to the queue on a thread of its own, then marks it
 ``queued``; rides out queue outages with one log line each way, and stops by a deadline.
 
 ``emit_async`` returns once its outbox row is written; the queue's round trip happens here,
@@ -6,6 +6,10 @@ in commit order. Losing what this holds (a crash, an outage, a shutdown past its
 loses no event: the rows stay ``pending`` and the sweep queues them. The ``queued`` mark only
 tells the sweep "already handed to the queue"; it is written in batches, and losing it costs
 a harmless duplicate dispatch.
+
+The webhook dispatcher runs a relay of its own for its deliveries (``what`` names them in the
+log): an item is any tuple, ``relay(*item)`` hands it over and ``mark`` gets the first
+elements of those handed over.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from czo_kit import metrics as _metrics
 from czo_kit._fork import reset_in_children
@@ -24,28 +29,41 @@ __all__ = ["Relay"]
 
 log = logging.getLogger("czo_kit.events")
 
-_Relayed = tuple[str, float, int]  # event id, delay, priority
-_Held = tuple[str, float, int, float]  # the same, and when it was committed (monotonic)
+_Relayed = tuple[Any, ...]  # for the outbox: event id, delay, priority
+_Held = tuple[_Relayed, float]  # an item, and when it was committed (monotonic)
 
 
 class Relay:
-    """``relay(event_id, delay, priority)`` raises when the queue did not take the event."""
+    """``relay(*item)`` raises when the queue did not take the item (for the outbox,
+    ``relay(event_id, delay, priority)``); ``mark`` gets the first element of each item taken.
+
+    ``what`` names the items in the log (``logger``), ``kept`` says where they are safe
+    meanwhile.
+    """
 
     meter: object = None  # set by czo_kit.metrics.attach: observe commit-to-queued lag
 
     def __init__(
         self,
-        relay: Callable[[str, float, int], None],
-        mark: Callable[[list[str]], None],
+        relay: Callable[..., None],
+        mark: Callable[[list[Any]], None],
         *,
         shutdown_timeout: float = 3.0,
         mark_interval: float = 0.2,
         batch: int = 500,
         retry_max: float = 5.0,
         max_held: int = 100_000,
+        what: str = "event(s)",
+        kept: str = "the outbox",
+        thread_name: str = "czo-outbox-relay",
+        logger: logging.Logger = log,
     ) -> None:
         self.relay = relay
         self.mark = mark
+        self.what = what
+        self.kept = kept
+        self.thread_name = thread_name
+        self.log = logger
         self.shutdown_timeout = shutdown_timeout
         self.mark_interval = mark_interval
         self.batch = batch
@@ -58,7 +76,7 @@ class Relay:
     def _after_fork(self) -> None:
         # Also the initial state: a forked child starts without the parent's thread and work.
         self._todo: list[_Held] = []
-        self._marks: list[str] = []
+        self._marks: list[Any] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
         self._wake = threading.Event()
@@ -78,12 +96,12 @@ class Relay:
             if self._down_since is not None and len(self._todo) >= self.max_held:
                 self._dropped += 1  # pending in the outbox: the sweep queues it
                 return
-            self._todo.append((*item, time.monotonic()))  # added on commit: the lag starts here
+            self._todo.append((item, time.monotonic()))  # added on commit: the lag starts here
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._abandoned = False
                 self._deadline = None
-                self._thread = threading.Thread(target=self._run, name="czo-outbox-relay", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
                 self._thread.start()
         self._wake.set()
 
@@ -110,20 +128,20 @@ class Relay:
                 todo, self._todo = self._todo, []
             done = 0
             try:
-                for event_id, delay, priority, committed in todo:
+                for item, committed in todo:
                     if self._abandoned or (self._deadline is not None and time.monotonic() >= self._deadline):
                         break
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
                         break
                     try:
-                        self.relay(event_id, delay, priority)
+                        self.relay(*item)
                     except Exception as exc:
                         self._failed(exc, len(todo) - done + len(self._todo))
                         break
                     _metrics.outbox_relayed(self, committed)
                     if self._down_since is not None:
                         self._recovered(len(todo) - done)
-                    self._marks.append(event_id)
+                    self._marks.append(item[0])
                     done += 1
             finally:
                 if done < len(todo):
@@ -137,10 +155,10 @@ class Relay:
         if self._down_since is None:
             self._down_since, self._failures, self._dropped, self._retry_in = now, 0, 0, 0.25
             # One line per outage, not a traceback per event: the events are safe in the outbox.
-            log.warning(
-                "the queue is unreachable (%s: %s); holding %d committed event(s) and trying again "
-                "with back-off; they are safe in the outbox, and the sweep queues any left behind",
-                type(exc).__name__, exc, held,
+            self.log.warning(
+                "the queue is unreachable (%s: %s); holding %d committed %s and trying again "
+                "with back-off; they are safe in %s, and the sweep queues any left behind",
+                type(exc).__name__, exc, held, self.what, self.kept,
             )
         self._failures += 1
         self._retry_in = min(self.retry_max, self._retry_in * 2)
@@ -148,10 +166,10 @@ class Relay:
 
     def _recovered(self, held: int) -> None:
         down_for = time.monotonic() - (self._down_since or 0.0)
-        log.warning(
+        self.log.warning(
             "the queue is reachable again after %.1fs and %d failed attempt(s); handing over %d held "
-            "event(s)%s",
-            down_for, self._failures, held,
+            "%s%s",
+            down_for, self._failures, held, self.what,
             f"; {self._dropped} more stay pending for the sweep" if self._dropped else "",
         )
         self._down_since = None
@@ -163,7 +181,9 @@ class Relay:
             try:
                 self.mark(ids)
             except Exception as exc:
-                log.warning("could not mark %d relayed event(s) (%r); the sweep may queue them twice", len(ids), exc)
+                self.log.warning(
+                    "could not mark %d relayed %s (%r); the sweep may queue them twice", len(ids), self.what, exc
+                )
 
     def flush(self, *, mark: bool = True) -> None:
         """Relay (and mark) everything held, in the calling thread, even during an outage."""
@@ -190,10 +210,10 @@ class Relay:
             self.flush()  # no thread: hand over in this one, by the same deadline
         left = len(self._todo) + (1 if self._abandoned else 0)
         if left:
-            log.warning(
-                "the queue did not take %d committed event(s) within %gs of shutdown; they are left "
-                "pending in the outbox and the sweep queues them",
-                left, self.shutdown_timeout,
+            self.log.warning(
+                "the queue did not take %d committed %s within %gs of shutdown; they are left "
+                "pending in %s and the sweep queues them",
+                left, self.what, self.shutdown_timeout, self.kept,
             )
 
 
@@ -211,7 +231,7 @@ def _close_relays() -> None:
         try:
             relay.close(deadline=deadline)
         except Exception:  # pragma: no cover - interpreter shutdown
-            log.warning("could not relay events at exit; the sweep will queue them", exc_info=True)
+            log.warning("could not relay %s at exit; the sweep will queue them", relay.what, exc_info=True)
 
 
 atexit.register(_close_relays)

@@ -1,0 +1,158 @@
+"""Webhook deliveries while the queue's Redis hangs: emitting does not wait for it, nothing is
+lost, and the deliveries go out once it answers again.
+
+Each test runs a private ``redis-server`` that it pauses (SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps_support import OWNER, Receiver, app_kit, app_settings, manifest
+from czo_kit import Kit
+from czo_kit.settings import Settings
+from czo_kit.testing.cache import wait_until
+from test_cache_redis import PrivateRedis, redis_server_binary  # noqa: F401
+from test_events_outage import paused
+
+pytestmark = pytest.mark.redis
+
+SettingsFor = Callable[..., Settings]
+ORDER = {"shop_id": 1, "id": 7, "total": 1999}
+HANG_GUARD = 60.0
+"""Seconds after which a wait means "it never happened". Before the fix, the emitting thread
+waited on the paused Redis for as long as it stayed paused (no socket timeout)."""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def server(redis_server_binary: str) -> Iterator[PrivateRedis]:  # noqa: F811
+    with PrivateRedis(redis_server_binary) as server:
+        try:
+            yield server
+        finally:
+            process = server.process
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)  # a paused server cannot be killed cleanly
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+def settings(settings_for: SettingsFor, db_url: str, tmp_path: Path, server: PrivateRedis, **changes: Any) -> Settings:
+    # The client waits an hour for an answer (redis-py's default is 5 s, then retries): the
+    # paused server hangs longer than any test lasts, so nothing returns by timing out.
+    return app_settings(
+        settings_for, db_url, str(tmp_path), queue_url=server.url + "?socket_timeout=3600",
+        queue_name=f"t{uuid.uuid4().hex[:12]}", events_shutdown_timeout=1.0, **changes,
+    )
+
+
+def threads_queueing(kit: Kit) -> list[str]:
+    """Names of the threads that hand deliveries to the queue, call by call."""
+    assert kit.webhooks.queue is not None
+    queue = kit.webhooks.queue
+    real = queue.deliver
+    names: list[str] = []
+
+    def deliver(delivery_id: int, *, delay: float) -> None:
+        names.append(threading.current_thread().name)
+        real(delivery_id, delay=delay)
+
+    queue.deliver = deliver  # type: ignore[method-assign]
+    return names
+
+
+def delivered_ids(kit: Kit) -> set[str]:
+    return {d.event_id for d in kit.webhooks.deliveries(limit=1000) if d.state == "delivered"}
+
+
+def test_emitting_does_not_wait_for_a_hung_queue_and_delivers_once_it_answers(
+    server: PrivateRedis, db_url: str, tmp_path: Path, settings_for: SettingsFor, receiver: Receiver
+) -> None:
+    with app_kit(settings(settings_for, db_url, tmp_path, server)) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        assert kit.queue is not None and server.process is not None
+        queueing = threads_queueing(kit)
+        # The queue's connection is open and has answered once.
+        first = kit.events.emit_async("order.created", dict(ORDER, id=1)).event_id
+        assert wait_until(lambda: kit.queue.pending_count() == 2, timeout=HANG_GUARD)  # event + webhook
+        pid = server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        emitted: list[str] = []
+        try:
+            def emit() -> None:
+                emitted.append(kit.events.emit_async("order.created", dict(ORDER, id=2)).event_id)
+                emitted.append(kit.events.emit("order.created", dict(ORDER, id=3)).event_id)
+                with kit.db.atomic():
+                    emitted.append(kit.events.emit_async("order.created", dict(ORDER, id=4)).event_id)
+
+            caller = threading.Thread(target=emit, name="emitter", daemon=True)
+            caller.start()
+            caller.join(HANG_GUARD)
+            assert not caller.is_alive(), "emitting is still waiting for the paused Redis"
+            assert paused(pid), "the calls returned only because the server came back"
+            assert len(emitted) == 3
+            states = {d.event_id: d.state for d in kit.webhooks.deliveries()}
+            assert [states[e] for e in emitted] == ["queued"] * 3  # recorded, waiting for the queue
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with kit.consumer(workers=2, sweep_interval=0.5):
+            assert wait_until(lambda: delivered_ids(kit) == {first, *emitted}, timeout=HANG_GUARD), (
+                kit.webhooks.deliveries()
+            )
+    assert sorted(p.json()["data"]["id"] for p in receiver.posts("/hook")) == [1, 2, 3, 4]
+    # Each emit's deliveries reached the queue from the relay's thread, never the caller's.
+    assert queueing[:4] == ["czo-webhook-relay"] * 4, queueing
+
+
+def test_closing_during_a_hang_keeps_the_deadline_and_the_sweep_delivers_the_rest(
+    server: PrivateRedis, db_url: str, tmp_path: Path, settings_for: SettingsFor, receiver: Receiver
+) -> None:
+    # A short lease: the sweep takes a queued delivery whose hand-over was lost after it.
+    options = settings(settings_for, db_url, tmp_path, server, webhooks_lease=1.0)
+    with app_kit(options) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        assert server.process is not None
+        kit.events.emit_async("order.created", dict(ORDER, id=1))
+        assert kit.queue is not None
+        assert wait_until(lambda: kit.queue.pending_count() == 2, timeout=HANG_GUARD)  # event + webhook
+        pid = server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        ids: list[str] = []
+        try:
+            def emit() -> None:
+                ids.extend(kit.events.emit_async("order.created", dict(ORDER, id=n)).event_id for n in range(2, 12))
+
+            caller = threading.Thread(target=emit, name="emitter", daemon=True)
+            caller.start()
+            caller.join(HANG_GUARD)
+            assert not caller.is_alive(), "emitting is still waiting for the paused Redis"
+            closer = threading.Thread(target=kit.close, name="closer", daemon=True)
+            closer.start()
+            closer.join(HANG_GUARD)
+            assert not closer.is_alive(), "kit.close() is still waiting for the paused Redis"
+            assert paused(pid), "close() returned only because the server came back"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with Kit(options) as worker, worker.consumer(workers=2, sweep_interval=0.2):
+            assert wait_until(lambda: set(ids) <= delivered_ids(worker), timeout=HANG_GUARD), (
+                worker.webhooks.deliveries()
+            )
+    ids_posted = [p.json()["data"]["id"] for p in receiver.posts("/hook")]
+    assert sorted(set(ids_posted)) == list(range(1, 12))
