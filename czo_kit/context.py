@@ -114,6 +114,10 @@ class JSONLogFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 line[key] = value
-        if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
+        # As logging.Formatter does: a traceback already formatted (and scrubbed of secrets by
+        # the kit, for webhook failures) in exc_text is used as it is.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["traceback"] = record.exc_text
         return json.dumps(line, ensure_ascii=False, default=str)

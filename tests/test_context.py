@@ -192,3 +192,15 @@ def test_a_cli_command_acts_as_cli_and_logs_json(tmp_path: Path) -> None:
 
     assert all(line["actor"] == f"cli:{getpass.getuser()}" for line in lines)
     assert len({line["correlation_id"] for line in lines}) == 1
+
+
+def test_json_lines_keep_a_traceback_the_kit_already_scrubbed() -> None:
+    """A webhook failure's record carries its scrubbed traceback in exc_text (the URL's token
+    removed); the JSON line must print that one, not format the exception afresh."""
+    try:
+        raise RuntimeError("GET https://app.example/hook?token=s3cr3t failed")
+    except RuntimeError:
+        record = logging.LogRecord("czo_kit.apps.webhooks", logging.ERROR, __file__, 1, "dead", None, sys.exc_info())
+    record.exc_text = "Traceback: RuntimeError: GET https://app.example/hook?*** failed"
+    line = json.loads(JSONLogFormatter().format(record))
+    assert line["traceback"] == record.exc_text and "s3cr3t" not in json.dumps(line)
