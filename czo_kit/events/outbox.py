@@ -37,8 +37,10 @@ import peewee
 from czo_kit._faults import fault_point
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
-from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
+from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
+from czo_kit.events._admin import OutboxAdmin
+from czo_kit.events._models import EVENT_MODELS, DeadLetter, EventDelivery, EventOutbox, ProcessedEvent
 from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
@@ -56,89 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("czo_kit.events")
-
-
-class EventOutbox(KitTable):
-    """An async event, written in the transaction that emitted it."""
-
-    event_id = peewee.CharField(max_length=36, primary_key=True)
-    name = peewee.CharField(max_length=200)
-    payload = BytesField()
-    actor = peewee.CharField(max_length=200, null=True)
-    correlation_id = peewee.CharField(max_length=64)
-    causation_id = peewee.CharField(max_length=36, null=True)
-    created_at = UTCDateTimeField()
-    deliver_at = UTCDateTimeField()
-    retries = peewee.IntegerField()
-    priority = peewee.IntegerField()
-    state = peewee.CharField(max_length=16, default="pending")
-    updated_at = UTCDateTimeField()
-    subscribers = peewee.TextField(null=True)
-    """The producer's subscribers of the event (a JSON list of ids after ``<name>|``), so that a
-    worker without some of them still creates their deliveries."""
-
-    class Meta:
-        table_name = "czo_event_outbox"
-        indexes = ((("state", "updated_at"), False),)
-
-
-class EventDelivery(KitTable):
-    """One subscriber's delivery of one event: the unit that is retried and recovered.
-
-    States: ``queued``, ``running``, ``retry`` (after a failure), ``waiting`` (for a worker
-    that has the subscriber), then ``done``, ``dead`` or ``discarded`` (by an operator).
-    """
-
-    id = peewee.BigAutoField()
-    event_id = peewee.CharField(max_length=36, index=True)
-    subscriber = peewee.CharField(max_length=460)
-    state = peewee.CharField(max_length=16, default="queued")
-    attempts = peewee.IntegerField(default=0)
-    max_attempts = peewee.IntegerField()
-    priority = peewee.IntegerField(default=50)
-    next_attempt_at = UTCDateTimeField(null=True)
-    lease_until = UTCDateTimeField(null=True)
-    last_error = peewee.TextField(null=True)
-    created_at = UTCDateTimeField()
-    updated_at = UTCDateTimeField()
-    finished_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_event_delivery"
-        indexes = (
-            (("event_id", "subscriber"), True),
-            (("state", "updated_at"), False),
-        )
-
-
-class DeadLetter(KitTable):
-    """A delivery that exhausted its retries; ``czo-kit events replay ID`` sends it again."""
-
-    id = peewee.BigAutoField()
-    delivery_id = peewee.BigIntegerField(index=True)
-    event_id = peewee.CharField(max_length=36)
-    name = peewee.CharField(max_length=200)
-    subscriber = peewee.CharField(max_length=460)
-    attempts = peewee.IntegerField()
-    error = peewee.TextField(null=True)
-    died_at = UTCDateTimeField()
-    replayed_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_event_dead_letter"
-
-
-class ProcessedEvent(KitTable):
-    """Markers written by ``idempotent`` handlers, in the same transaction as their effects."""
-
-    key = peewee.CharField(max_length=500, primary_key=True)
-    processed_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "czo_event_processed"
-
-
-EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent)
 
 
 @dataclass(frozen=True)
@@ -177,7 +96,7 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-class Outbox:
+class Outbox(OutboxAdmin):
     """The durable transport of one kit: ``publish`` for producers, the rest for workers."""
 
     def __init__(
@@ -616,83 +535,6 @@ class Outbox:
         for delivery_id, priority in found:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(found)
-
-    # -- dead letters -------------------------------------------------------------------
-
-    def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
-        self.ensure_tables()
-        query = DeadLetter.select().order_by(DeadLetter.id.desc()).limit(limit)
-        if not include_replayed:
-            query = query.where(DeadLetter.replayed_at.is_null(True))
-        return list(query.execute(self.db))
-
-    def replay(self, dead_letter_id: int) -> int:
-        """Send a dead delivery again with a fresh set of attempts; returns the delivery id."""
-        self.ensure_tables()
-        from czo_kit.errors import NotFoundError
-
-        letter = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
-        if letter is None:
-            raise NotFoundError("DeadLetter", dead_letter_id)
-        state = (
-            EventDelivery.select(EventDelivery.state).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
-        )
-        if letter.replayed_at is not None or state != "dead":
-            from czo_kit.errors import ConflictError
-
-            raise ConflictError(
-                f"dead letter {dead_letter_id} was already replayed (its delivery is {state or 'gone'}); "
-                "a delivery is replayed once per death"
-            )
-        now = utcnow()
-        with self.db.atomic():
-            EventDelivery.update(
-                state="queued", attempts=0, next_attempt_at=None, lease_until=None,
-                finished_at=None, updated_at=now,
-            ).where(EventDelivery.id == letter.delivery_id).execute(self.db)
-            DeadLetter.update(replayed_at=now).where(DeadLetter.id == letter.id).execute(self.db)
-        priority = (
-            EventDelivery.select(EventDelivery.priority).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
-        )
-        on_commit(self.db, lambda: self.queue.deliver(letter.delivery_id, delay=0, priority=priority or 50))
-        return int(letter.delivery_id)
-
-    def waiting(self) -> dict[str, int]:
-        """Subscribers whose deliveries wait for a worker that has them, and how many each."""
-        self.ensure_tables()
-        rows = (
-            EventDelivery.select(EventDelivery.subscriber, peewee.fn.COUNT(EventDelivery.id))
-            .where(EventDelivery.state == "waiting")
-            .group_by(EventDelivery.subscriber)
-            .tuples()
-            .execute(self.db)
-        )
-        return {subscriber: count for subscriber, count in rows}
-
-    def discard(self, subscriber: str) -> int:
-        """Give up on every delivery of ``subscriber`` not yet run (a subscriber removed on
-        purpose); they end ``discarded``. Returns how many."""
-        self.ensure_tables()
-        now = utcnow()
-        return int(
-            EventDelivery.update(
-                state="discarded", finished_at=now, lease_until=None, updated_at=now,
-                last_error="discarded by an operator",
-            )
-            .where((EventDelivery.subscriber == subscriber) & EventDelivery.state.in_(("queued", "retry", "waiting")))
-            .execute(self.db)
-        )
-
-    def stats(self) -> dict[str, int]:
-        """How many deliveries are in each state."""
-        self.ensure_tables()
-        rows = (
-            EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id))
-            .group_by(EventDelivery.state)
-            .tuples()
-            .execute(self.db)
-        )
-        return {state: count for state, count in rows}
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
