@@ -3,7 +3,8 @@ what waits, give up on a removed subscriber, count deliveries by state."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -14,7 +15,7 @@ from czo_kit.events._models import DeadLetter, EventDelivery
 if TYPE_CHECKING:
     from czo_kit.events.outbox import Enqueuer
 
-__all__ = ["OutboxAdmin"]
+__all__ = ["OutboxAdmin", "dead_letter_dict"]
 
 
 class OutboxAdmin:
@@ -32,6 +33,16 @@ class OutboxAdmin:
         if not include_replayed:
             query = query.where(DeadLetter.replayed_at.is_null(True))
         return list(query.execute(self.db))
+
+    def dead_letter(self, dead_letter_id: int) -> DeadLetter:
+        """One dead letter, with its error and traceback; ``NotFoundError`` if there is none."""
+        self.ensure_tables()
+        from czo_kit.errors import NotFoundError
+
+        letter: DeadLetter | None = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
+        if letter is None:
+            raise NotFoundError("DeadLetter", dead_letter_id)
+        return letter
 
     def replay(self, dead_letter_id: int) -> int:
         """Send a dead delivery again with a fresh set of attempts; returns the delivery id."""
@@ -101,3 +112,23 @@ class OutboxAdmin:
         )
         return {state: count for state, count in rows}
 
+
+
+def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON-ready data (``czo-kit events dead --json``)."""
+    return {
+        "id": int(letter.id),
+        "delivery_id": int(letter.delivery_id),
+        "event_id": letter.event_id,
+        "name": letter.name,
+        "subscriber": letter.subscriber,
+        "attempts": int(letter.attempts),
+        "error": letter.error,
+        "traceback": letter.traceback,
+        "died_at": _iso(letter.died_at),
+        "replayed_at": _iso(letter.replayed_at),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -7,7 +7,10 @@ import peewee
 
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField
 
-__all__ = ["EVENT_MODELS", "DeadLetter", "EventDelivery", "EventOutbox", "ProcessedEvent"]
+__all__ = ["EVENT_MODELS", "TRACEBACK_LIMIT", "DeadLetter", "EventDelivery", "EventOutbox", "ProcessedEvent"]
+
+TRACEBACK_LIMIT = 8192
+"""Characters of a failed handler's traceback that are kept (the end: where it raised)."""
 
 
 class EventOutbox(KitTable):
@@ -54,6 +57,8 @@ class EventDelivery(KitTable):
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
     finished_at = UTCDateTimeField(null=True)
+    last_traceback = peewee.TextField(null=True)
+    """The traceback of the last failed attempt, its last ``TRACEBACK_LIMIT`` characters."""
 
     class Meta:
         table_name = "czo_event_delivery"
@@ -75,6 +80,8 @@ class DeadLetter(KitTable):
     error = peewee.TextField(null=True)
     died_at = UTCDateTimeField()
     replayed_at = UTCDateTimeField(null=True)
+    traceback = peewee.TextField(null=True)
+    """The traceback of the last attempt, its last ``TRACEBACK_LIMIT`` characters."""
 
     class Meta:
         table_name = "czo_event_dead_letter"

@@ -27,6 +27,7 @@ import os
 import random
 import shlex
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,14 @@ from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events._admin import OutboxAdmin
-from czo_kit.events._models import EVENT_MODELS, DeadLetter, EventDelivery, EventOutbox, ProcessedEvent
+from czo_kit.events._models import (
+    EVENT_MODELS,
+    TRACEBACK_LIMIT,
+    DeadLetter,
+    EventDelivery,
+    EventOutbox,
+    ProcessedEvent,
+)
 from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
@@ -87,6 +95,16 @@ class Enqueuer:
     def pending(self) -> int:
         """How many tasks wait in the queue (0 if unknown)."""
         return 0
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it (with its causes), cut to its last
+    ``TRACEBACK_LIMIT`` characters: the end says where and why it raised."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    cut = len(text) - TRACEBACK_LIMIT
+    return f"[... {cut} earlier characters cut ...]\n" + text[cut:]
 
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
@@ -334,7 +352,7 @@ class Outbox(OutboxAdmin):
             return "skipped"  # done, dead, or running elsewhere: a duplicate task
         event = self._outbox_row(str(delivery.event_id))
         if event is None:
-            return self._finish_dead(delivery, None, "event row is gone")
+            return self._finish_dead(delivery, None, "event row is gone", None)
         sub = self.emitter.subscription(delivery.subscriber)
         if sub is None:
             return self._hand_back(delivery, event)
@@ -354,10 +372,11 @@ class Outbox(OutboxAdmin):
             log.warning(
                 "delivery %s of %s to %s failed (attempt %d of %d): %r",
                 delivery.id, event.name, sub.id, delivery.attempts, delivery.max_attempts, exc,
+                exc_info=exc,
             )
             if delivery.attempts >= delivery.max_attempts:
                 self.emitter.release_once(sub)
-            return self._retry_or_die(delivery, event, repr(exc))
+            return self._retry_or_die(delivery, event, repr(exc), format_traceback(exc))
         self._done(int(delivery.id))
         self.emitter.release_once(sub)
         return "done"
@@ -397,10 +416,10 @@ class Outbox(OutboxAdmin):
             )
         return "waiting"
 
-    def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str) -> str:
+    def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str, trace: str) -> str:
         """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
         if delivery.attempts >= delivery.max_attempts:
-            return self._finish_dead(delivery, event, error)
+            return self._finish_dead(delivery, event, error, trace)
         wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
         now = utcnow()
         EventDelivery.update(
@@ -408,27 +427,33 @@ class Outbox(OutboxAdmin):
             next_attempt_at=now + dt.timedelta(seconds=wait),
             lease_until=None,
             last_error=error[:2000],
+            last_traceback=trace,
             updated_at=now,
         ).where(EventDelivery.id == delivery.id).execute(self.db)
         self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
         return "retry"
 
-    def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str) -> str:
+    def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str, trace: str | None) -> str:
         now = utcnow()
         with self.db.atomic():
             EventDelivery.update(
-                state="dead", finished_at=now, lease_until=None, last_error=error[:2000], updated_at=now
+                state="dead", finished_at=now, lease_until=None, last_error=error[:2000], last_traceback=trace,
+                updated_at=now,
             ).where(EventDelivery.id == delivery.id).execute(self.db)
-            DeadLetter.insert(
+            letter_id = DeadLetter.insert(
                 delivery_id=delivery.id,
                 event_id=delivery.event_id,
                 name=event.name if event is not None else "?",
                 subscriber=delivery.subscriber,
                 attempts=delivery.attempts,
                 error=error[:2000],
+                traceback=trace,
                 died_at=now,
             ).execute(self.db)
-        log.error("event %s to %s is dead after %d attempt(s): %s", delivery.event_id, delivery.subscriber, delivery.attempts, error)
+        log.error(
+            "event %s to %s is dead after %d attempt(s): %s (`czo-kit events dead %s` shows its traceback)",
+            delivery.event_id, delivery.subscriber, delivery.attempts, error, letter_id,
+        )
         return "dead"
 
     # -- recovery -----------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""``czo-kit events ...``: what an operator sees and does about async events (status, dead
+letters and their tracebacks, replay, sweep, discard). Listings take ``--json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+__all__ = ["events_group"]
+
+
+@contextmanager
+def _kit() -> Iterator[Any]:
+    from czo_kit.cli import _kit as kit_of_this_command  # the CLI's own error reporting
+
+    with kit_of_this_command() as kit:
+        if kit.outbox is None:
+            raise click.ClickException("CZO_QUEUE_URL is empty: async events run in-process, nothing is recorded")
+        yield kit
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group("events")
+def events_group() -> None:
+    """Inspect async event deliveries, and replay dead letters."""
+
+
+@events_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def events_status(as_json: bool) -> None:
+    """Count deliveries by state (queued, running, retry, waiting, done, dead, discarded),
+    and name the subscribers whose deliveries wait for a worker that has them."""
+    with _kit() as kit:
+        stats = kit.outbox.stats()
+        waiting = kit.outbox.waiting()
+        if as_json:
+            _echo_json({"deliveries": stats, "waiting_subscribers": waiting})
+            return
+        if not stats:
+            click.echo("no deliveries recorded")
+        for state, count in sorted(stats.items()):
+            click.echo(f"{state:<8} {count}")
+        if waiting:
+            click.echo("waiting for a worker that has their subscriber (start one, or discard a subscriber "
+                       "removed on purpose with `czo-kit events discard SUBSCRIBER`):")
+            for subscriber, count in sorted(waiting.items()):
+                click.echo(f"  {subscriber}  {count}")
+
+
+@events_group.command("discard")
+@click.argument("subscriber")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def events_discard(subscriber: str, yes: bool) -> None:
+    """Give up on the deliveries of SUBSCRIBER (an id such as 'order.created|audit') that no
+    worker has run yet: for a subscriber removed on purpose, whose deliveries would otherwise
+    wait for a worker that has it. They end 'discarded'."""
+    with _kit() as kit:
+        if kit.events.subscription(subscriber) is not None:
+            raise click.ClickException(
+                f"subscriber {subscriber!r} is registered in this installation: a worker will run its "
+                "deliveries; discard only a subscriber that was removed"
+            )
+        waiting = kit.outbox.waiting().get(subscriber, 0)
+        if not yes:
+            click.confirm(
+                f"Discard every delivery of {subscriber!r} not run yet ({waiting} waiting for a worker)?",
+                abort=True,
+            )
+        count = kit.outbox.discard(subscriber)
+        click.echo(f"discarded {count} deliver{'y' if count == 1 else 'ies'} of {subscriber!r}")
+
+
+@events_group.command("dead")
+@click.argument("dead_letter_id", type=click.IntRange(1), required=False)
+@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def events_dead(dead_letter_id: int | None, include_replayed: bool, limit: int, as_json: bool) -> None:
+    """List deliveries that exhausted their retries, newest first; with DEAD_LETTER_ID, show
+    that one with the traceback of its last attempt."""
+    from czo_kit.events._admin import dead_letter_dict
+
+    with _kit() as kit:
+        if dead_letter_id is not None:
+            letter = kit.outbox.dead_letter(dead_letter_id)
+            if as_json:
+                _echo_json(dead_letter_dict(letter))
+            else:
+                _show_dead_letter(letter)
+            return
+        letters = kit.outbox.dead_letters(include_replayed=include_replayed, limit=limit)
+        if as_json:
+            _echo_json([dead_letter_dict(letter) for letter in letters])
+            return
+        if not letters:
+            click.echo("no dead letters")
+        for letter in letters:
+            replayed = f" (replayed {letter.replayed_at:%Y-%m-%d %H:%M})" if letter.replayed_at else ""
+            click.echo(
+                f"{letter.id}  {letter.died_at:%Y-%m-%d %H:%M:%S}  {letter.name}  -> {letter.subscriber}  "
+                f"after {letter.attempts} attempt(s): {letter.error}{replayed}"
+            )
+
+
+def _show_dead_letter(letter: Any) -> None:
+    replayed = f"{letter.replayed_at:%Y-%m-%d %H:%M:%S} UTC" if letter.replayed_at else "no"
+    for label, value in (
+        ("dead letter", letter.id),
+        ("event", f"{letter.name} {letter.event_id}"),
+        ("subscriber", letter.subscriber),
+        ("died", f"{letter.died_at:%Y-%m-%d %H:%M:%S} UTC after {letter.attempts} attempt(s)"),
+        ("delivery", letter.delivery_id),
+        ("replayed", replayed),
+        ("error", letter.error or "-"),
+    ):
+        click.echo(f"{label + ':':<13}{value}")
+    click.echo("")
+    click.echo((letter.traceback or "(no traceback: this attempt did not raise in a handler)").rstrip("\n"))
+
+
+@events_group.command("replay")
+@click.argument("dead_letter_id", type=click.IntRange(1))
+def events_replay(dead_letter_id: int) -> None:
+    """Send dead letter DEAD_LETTER_ID again, with a fresh set of retries."""
+    with _kit() as kit:
+        delivery = kit.outbox.replay(dead_letter_id)
+        click.echo(f"dead letter {dead_letter_id} queued again (delivery {delivery})")
+
+
+@events_group.command("sweep")
+def events_sweep() -> None:
+    """Re-queue events and deliveries that a crash left behind (the worker does this too)."""
+    with _kit() as kit:
+        counts = kit.outbox.sweep()
+        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
