@@ -18,8 +18,6 @@ def _kit() -> Iterator[Any]:
     from czo_kit.cli import _kit as kit_of_this_command  # the CLI's own error reporting
 
     with kit_of_this_command() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: async events run in-process, nothing is recorded")
         yield kit
 
 
@@ -140,3 +138,36 @@ def events_sweep() -> None:
     with _kit() as kit:
         counts = kit.outbox.sweep()
         click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
+
+
+def run_without_queue(kit: Any, *, workers: int, worker_type: str, sweep_interval: float | None) -> None:
+    """``czo-kit worker`` without a queue: the in-process deliverer in the foreground, until
+    SIGINT or SIGTERM; then what is due runs by CZO_EVENTS_SHUTDOWN_TIMEOUT (kit.close())."""
+    import signal
+    import threading
+
+    if worker_type != "thread":
+        raise click.ClickException(
+            f"-k {worker_type} needs a queue (CZO_QUEUE_URL); without one the worker runs threads"
+        )
+    deliverer = kit.deliverer
+    deliverer.workers = workers
+    if sweep_interval:
+        deliverer.sweep_interval = sweep_interval
+    stop = threading.Event()
+
+    def stop_on(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stop_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deliverer.start()
+        click.echo(
+            f"czo-kit worker: no queue (CZO_QUEUE_URL is empty): {workers} thread(s) deliver events and "
+            f"webhooks in this process; sweeping every {deliverer.sweep_interval:g}s", err=True,
+        )
+        while not stop.wait(3600):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -179,14 +179,19 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
     """Run the queue consumer: deliver async events, retry failures, recover after crashes.
 
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
-    events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM.
+    events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM. Without
+    a queue (CZO_QUEUE_URL empty) it runs the in-process deliverer: retries, delayed events
+    and webhooks that other processes left due.
     """
     from czo_kit._parent import tie_forked_workers
     from czo_kit.events.queue import Sweeper
 
     with _kit() as kit:
-        if kit.queue is None or kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue to consume")
+        if kit.queue is None:
+            from czo_kit._cli_events import run_without_queue
+
+            run_without_queue(kit, workers=workers, worker_type=worker_type, sweep_interval=sweep_interval)
+            return
         interval = sweep_interval or kit.settings.events_sweep_interval
         sweeper = Sweeper(kit.outbox, interval, kit.webhooks)
         consumer = kit.queue.create_consumer(
@@ -231,6 +236,8 @@ def serve_command(host: str, port: int, threads: int) -> None:
         if kit.settings.secret_key is None:
             click.echo("warning: CZO_SECRET_KEY is not set: cursors and user tokens this server "
                        "signs will not survive its restart", err=True)
+        if kit.deliverer is not None:
+            kit.deliverer.start()  # no queue: this process delivers, and resumes what was left due
         click.echo(f"czo-kit API on http://{host}:{port}/api/ ({threads} threads)", err=True)
         serve(create_api(kit), host=host, port=port, threads=threads, ident="czo-kit")
 

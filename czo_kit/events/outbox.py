@@ -96,6 +96,14 @@ class Enqueuer:
         """How many tasks wait in the queue (0 if unknown)."""
         return 0
 
+    inline = False
+    """True where there is no queue (``czo_kit.events.deliverer``): a committed event is then
+    handed to ``committed`` instead of the relay."""
+
+    def committed(self, event_id: str, *, delay: float, priority: int) -> None:
+        """An inline enqueuer's hand-over of a committed event (see ``inline``)."""
+        raise NotImplementedError
+
 
 def format_traceback(exc: BaseException) -> str:
     """``exc``'s traceback as Python prints it (with its causes), cut to its last
@@ -182,7 +190,10 @@ class Outbox(OutboxAdmin):
             },
         )
         event_id = ctx.event_id
-        on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
+        if self.queue.inline:
+            on_commit(self.db, lambda: self.queue.committed(event_id, delay=delay, priority=priority))
+        else:
+            on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
     def _subscribers_of(self, name: str) -> str | None:
         """What ``publish`` records: the event's subscribers here, but not ``once`` ones (they
@@ -242,9 +253,10 @@ class Outbox(OutboxAdmin):
         row = info.execute(template, {"id": event_id}).fetchone()
         return info.load(row) if row is not None else None
 
-    def dispatch(self, event_id: str) -> int:
+    def dispatch(self, event_id: str, *, inline: bool = False) -> int:
         """Create a delivery per subscriber, those of this worker and those the producer
-        recorded, and queue each; returns how many queued."""
+        recorded, and queue each; returns how many queued. ``inline`` runs their first attempt
+        in this thread instead (no queue: what ``emit_async`` always did there)."""
         self.ensure_tables()
         row = self._outbox_row(event_id)
         if row is None:
@@ -304,8 +316,20 @@ class Outbox(OutboxAdmin):
                 .execute(self.db)
             )
         for delivery_id, priority in queued:
-            self.queue.deliver(delivery_id, delay=0, priority=priority)
+            if inline:
+                self._deliver_inline(delivery_id, priority)
+            else:
+                self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(queued)
+
+    def _deliver_inline(self, delivery_id: int, priority: int) -> None:
+        try:
+            self.deliver(delivery_id)
+        except Exception as exc:
+            # Not the handler (deliver records its failures): the database failed us. Leave it
+            # to the deliverer's threads; a claim that did go through waits for its lease.
+            log.warning("delivery %s could not run now (%r); it is queued for another try", delivery_id, exc)
+            self.queue.deliver(delivery_id, delay=self.settings.retry_base, priority=priority)
 
     def _claim(self, delivery_id: int) -> EventDelivery | None:
         now = utcnow()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -159,10 +160,13 @@ class Sweeper:
     """Runs ``sweep()`` of the outbox (and of any other given recoverer, such as the webhook
     dispatcher) every ``interval`` seconds on a daemon thread."""
 
-    def __init__(self, outbox: Any, interval: float, *others: Any) -> None:
+    def __init__(self, outbox: Any, interval: float, *others: Any, on_start: Callable[[], Any] | None = None) -> None:
         self.outbox = outbox
         self.others = [o for o in others if o is not None]
         self.interval = interval
+        self.on_start = on_start
+        """Run once on the sweeper's thread before its first sweep (the in-process deliverer's
+        recovery)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,6 +177,11 @@ class Sweeper:
         self._thread.start()
 
     def _run(self) -> None:
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:
+                log.exception("the sweeper's start-up step failed; the sweeps will find what it missed")
         while not self._stop.is_set():
             for target in (self.outbox, *self.others):
                 try:
