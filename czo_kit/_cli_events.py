@@ -136,6 +136,7 @@ def events_replay(dead_letter_id: int) -> None:
 def events_sweep() -> None:
     """Re-queue events and deliveries that a crash left behind (the worker does this too)."""
     with _kit() as kit:
+        kit.outbox.queue.pending()  # it needs the queue: one that does not answer is the error
         counts = kit.outbox.sweep()
         click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
 

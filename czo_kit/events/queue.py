@@ -169,6 +169,7 @@ class Sweeper:
         recovery)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing: dict[int, type[BaseException]] = {}  # by target: what its last sweep raised
 
     def start(self) -> None:
         if self._thread is not None:
@@ -186,20 +187,53 @@ class Sweeper:
             for target in (self.outbox, *self.others):
                 try:
                     target.sweep()
-                except Exception:
-                    log.exception("sweep of %r failed; trying again in %ss", target, self.interval)
+                except Exception as exc:
+                    self._failed(target, exc)
+                else:
+                    if self._failing.pop(id(target), None) is not None:
+                        log.warning("the sweep of %s works again", type(target).__name__)
                 finally:
                     # The sweeper sleeps most of the time: give its connection back meanwhile.
                     db = getattr(target, "db", None)
                     if db is not None and not db.is_closed() and not db.in_transaction():
-                        db.close()
+                        try:
+                            db.close()
+                        except Exception:  # a server gone away: nothing to give back
+                            log.debug("could not close the sweeper's connection", exc_info=True)
             self._stop.wait(self.interval)
+
+    def _failed(self, target: Any, exc: Exception) -> None:
+        """One line when a target's sweep starts failing (with the traceback unless a server
+        is unreachable: a queue or database outage, which the sweep outlives), not one per
+        sweep; the rest at DEBUG."""
+        name = type(target).__name__
+        if self._failing.get(id(target)) == type(exc):
+            log.debug("the sweep of %s failed again", name, exc_info=True)
+            return
+        self._failing[id(target)] = type(exc)
+        log.warning(
+            "the sweep of %s failed (%s: %s); trying again every %gs", name, type(exc).__name__, exc, self.interval,
+            exc_info=not _server_unreachable(exc),
+        )
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """A connection to a server (the queue's Redis, the database) failed, rather than a bug."""
+    import peewee
+
+    if isinstance(exc, (OSError, peewee.OperationalError, peewee.InterfaceError)):
+        return True
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the redis extra is not installed
+        return False
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 class InProcessConsumer:
