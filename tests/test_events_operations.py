@@ -7,18 +7,21 @@ consumer on threads of this process.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from czo_kit import Kit
 from czo_kit.events import EventContext
-from czo_kit.events.outbox import TRACEBACK_LIMIT, EventDelivery
+from czo_kit.events.outbox import TRACEBACK_LIMIT, EventDelivery, EventOutbox
 from czo_kit.testing.cache import wait_until
-from test_outbox import PAIRED, TIMEOUT, backend, cli_env, make_kit, run_cli  # noqa: F401
+from test_outbox import DATABASES, NO_QUEUE, PAIRED, TIMEOUT, backend, cli_env, make_kit, run_cli  # noqa: F401
 
 EVENT = "test.review.posted"
 
@@ -85,3 +88,129 @@ def test_a_failing_handler_logs_and_keeps_its_traceback(
     assert sorted(item["subscriber"] for item in listed) == [f"{EVENT}|index", f"{EVENT}|shout"]
     missing = run_cli("events", "dead", "99999")
     assert missing.exit_code == 1 and "99999" in missing.output
+
+
+# -- events status ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", DATABASES + NO_QUEUE[:1], indirect=True)
+def test_events_status_counts_live_work_with_the_age_of_the_oldest(
+    make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    kit = make_kit(events_retry_base=60.0, events_retry_max=60.0)
+    assert kit.outbox is not None
+    outbox = kit.outbox
+    assert msgspec.to_builtins(outbox.status()) == {
+        "at": ANY, "outbox": {"pending": {"count": 0, "oldest_age": None, "scheduled": 0},
+                              "queued": {"count": 0, "oldest_age": None, "scheduled": 0}},
+        "deliveries": {s: {"count": 0, "oldest_age": None, "scheduled": 0}
+                       for s in ("queued", "running", "retry", "waiting")},
+        "dead_letters": 0, "waiting_subscribers": {}, "finished": None,
+    }
+    kit.events.on(EVENT, post_review, id="index")  # fails: retried, then dead
+    kit.events.on(EVENT, lambda payload, ctx: None, id="ok")
+    with kit.db.atomic():  # rows written straight into each state, with known ages
+        ids = [kit.events.emit_async("test.status.nobody", {"n": n}).event_id for n in range(3)]
+        later = kit.events.emit_async("test.status.nobody", {"n": 9}, delay=3600).event_id
+    kit.outbox.flush()
+    now = dt.datetime.now(dt.timezone.utc)
+    EventOutbox.update(state="pending", deliver_at=now - dt.timedelta(minutes=5)).where(
+        EventOutbox.event_id == ids[0]).execute(kit.db)
+    EventOutbox.update(state="queued", deliver_at=now - dt.timedelta(seconds=30)).where(
+        EventOutbox.event_id.in_(ids[1:])).execute(kit.db)
+    EventOutbox.update(state="queued").where(EventOutbox.event_id == later).execute(kit.db)
+    retried = kit.events.emit_async(EVENT, {"review": 1}, retries=3).event_id
+    dead = kit.events.emit_async(EVENT, {"review": 2}, retries=0).event_id
+    for event_id in (retried, dead):
+        if kit.queue is not None:
+            kit.outbox.flush()
+            kit.outbox.dispatch(event_id)
+            for delivery in EventDelivery.select().where(EventDelivery.event_id == event_id).execute(kit.db):
+                kit.outbox.deliver(delivery.id)
+    EventDelivery.update(created_at=now - dt.timedelta(hours=2)).where(
+        (EventDelivery.event_id == retried) & (EventDelivery.state == "retry")).execute(kit.db)
+
+    status = outbox.status(finished=True)
+    assert status.outbox["pending"].count == 1 and status.outbox["pending"].oldest_age >= 300
+    queued = status.outbox["queued"]
+    assert (queued.count, queued.scheduled) == (3, 1) and 30 <= queued.oldest_age < 300
+    assert status.deliveries["retry"].count == 1 and status.deliveries["retry"].oldest_age >= 7200
+    assert status.deliveries["queued"].count == status.deliveries["running"].count == 0
+    assert status.dead_letters == 1
+    assert status.finished == {"dispatched": 2, "done": 2}  # ("ok" of both events)
+
+    cli_env(monkeypatch, kit)
+    shown = run_cli("events", "status")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert re.search(r"^  pending\s+1  oldest due 5m \d\ds ago$", shown.output, re.M), shown.output
+    assert re.search(r"^  queued\s+3  oldest due \d+s ago  1 delayed, not due yet$", shown.output, re.M), lines
+    assert re.search(r"^  retry\s+1  oldest 2h 0\dm$", shown.output, re.M), lines
+    assert re.search(r"^  dead\s+1  \(czo-kit events dead\)$", shown.output, re.M), lines
+    assert "finished" not in shown.output  # not counted unless asked: it reads every row
+    everything = run_cli("events", "status", "--all")
+    assert re.search(r"^  dispatched\s+2$", everything.output, re.M), everything.output
+    data = json.loads(run_cli("events", "status", "--json").output)
+    assert data["outbox"]["queued"] == {"count": 3, "oldest_age": ANY, "scheduled": 1}
+    assert data["deliveries"]["retry"]["count"] == 1 and data["dead_letters"] == 1
+    assert data["finished"] is None
+
+
+class _Any:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+ANY: Any = _Any()
+
+
+def _statements(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every statement the kit's database runs from now on, with its parameters."""
+    seen: list[tuple[str, Any]] = []
+    real = kit.db.execute_sql
+
+    def record(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append((sql, params))
+        return real(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(kit.db, "execute_sql", record)
+    return seen
+
+
+@pytest.mark.parametrize("backend", DATABASES, indirect=True)
+def test_sweeps_and_status_read_live_rows_through_their_partial_indexes(
+    make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    kit = make_kit()
+    assert kit.outbox is not None
+    kit.events.on(EVENT, lambda payload, ctx: None, id="ok")
+    for n in range(3):
+        ctx = kit.events.emit_async(EVENT, {"n": n})
+        kit.outbox.flush()
+        kit.outbox.dispatch(ctx.event_id)
+    seen = _statements(kit, monkeypatch)
+    kit.outbox.status()
+    kit.outbox.sweep()
+    kit.outbox.waiting()
+    monkeypatch.undo()
+    scans = [
+        (sql, params) for sql, params in seen
+        if re.match(r"\s*(SELECT|UPDATE|DELETE)", sql, re.I) and "czo_event_" in sql
+        and not re.search(r'WHERE \(?"t\d+"\."(event_)?id" = ', sql)  # by primary key
+    ]
+    assert len(scans) >= 6, seen
+    postgres = kit.db.__class__.__name__.lower().startswith("postgres")
+    for sql, params in scans:
+        if postgres:
+            with kit.db.atomic():
+                # Without a usable index PostgreSQL still scans the table; with one it must
+                # take it (a few rows would make it scan anyway: hence no sequential scans).
+                kit.db.execute_sql("SET LOCAL enable_seqscan = off")
+                plan = "\n".join(r[0] for r in kit.db.execute_sql("EXPLAIN " + sql, params).fetchall())
+            assert not re.search(r"Seq Scan on czo_event_(outbox|delivery|dead_letter)", plan), (sql, plan)
+            assert re.search(r"czo_event_\w+_(live|open)\b", plan), (sql, plan)
+        else:
+            plan = "\n".join(str(r[-1]) for r in kit.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+            # SEARCH through an index, or SCAN one of the partial indexes (live rows only).
+            assert not re.search(r"^SCAN \S+$", plan, re.M), (sql, plan)
+            assert re.search(r"INDEX czo_event_\w+_(live|open)\b", plan), (sql, plan)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,7 @@ def test_everything_starts_while_the_queue_redis_is_down_and_catches_up_when_it_
         status = subprocess.run([*czo_kit_command(), "events", "status"], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=HANG_GUARD)
         assert status.returncode == 0, status.stderr
+        assert re.search(r"^  pending\s+20  oldest due ", status.stdout, re.M), status.stdout
         # The worker's sweep finds the script's events (past their grace) and cannot queue them.
         wait_for(lambda: "sweep of Outbox failed" in worker.err_path.read_text() or not worker.alive(),
                  timeout=HANG_GUARD,

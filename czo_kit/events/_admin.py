@@ -6,16 +6,55 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import peewee
 
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
-from czo_kit.events._models import DeadLetter, EventDelivery
+from czo_kit.events._models import (
+    DELIVERY_FINISHED,
+    DELIVERY_LIVE,
+    DELIVERY_LIVE_STATES,
+    LETTER_OPEN,
+    OUTBOX_DISPATCHED,
+    OUTBOX_LIVE,
+    OUTBOX_LIVE_STATES,
+    DeadLetter,
+    EventDelivery,
+    EventOutbox,
+)
 
 if TYPE_CHECKING:
     from czo_kit.events.outbox import Enqueuer
 
-__all__ = ["OutboxAdmin", "dead_letter_dict"]
+__all__ = ["OutboxAdmin", "OutboxStatus", "StateCount", "dead_letter_dict"]
+
+
+class StateCount(msgspec.Struct, frozen=True):
+    """Rows in one state."""
+
+    count: int
+    oldest_age: float | None = None
+    """Seconds since the oldest became due (outbox: its ``deliver_at``; deliveries: created)."""
+    scheduled: int = 0
+    """Outbox rows whose delay has not run out yet (counted in ``count``, not in the age)."""
+
+
+class OutboxStatus(msgspec.Struct, frozen=True):
+    """``Outbox.status()``: live work, by state; ``msgspec.to_builtins`` makes it JSON."""
+
+    at: dt.datetime
+    outbox: dict[str, StateCount]
+    """``pending`` (committed, not yet handed to the queue) and ``queued`` (handed over, not yet
+    dispatched)."""
+    deliveries: dict[str, StateCount]
+    """``queued``, ``running``, ``retry`` and ``waiting`` (for a worker with the subscriber)."""
+    dead_letters: int
+    """Dead letters neither replayed nor discarded."""
+    waiting_subscribers: dict[str, int]
+    finished: dict[str, int] | None = None
+    """With ``status(finished=True)``: ``dispatched`` outbox rows, ``done`` and ``discarded``
+    deliveries kept until the retention runs out."""
 
 
 class OutboxAdmin:
@@ -80,7 +119,7 @@ class OutboxAdmin:
         self.ensure_tables()
         rows = (
             EventDelivery.select(EventDelivery.subscriber, peewee.fn.COUNT(EventDelivery.id))
-            .where(EventDelivery.state == "waiting")
+            .where(DELIVERY_LIVE & (EventDelivery.state == "waiting"))
             .group_by(EventDelivery.subscriber)
             .tuples()
             .execute(self.db)
@@ -97,12 +136,54 @@ class OutboxAdmin:
                 state="discarded", finished_at=now, lease_until=None, updated_at=now,
                 last_error="discarded by an operator",
             )
-            .where((EventDelivery.subscriber == subscriber) & EventDelivery.state.in_(("queued", "retry", "waiting")))
+            .where(
+                DELIVERY_LIVE & (EventDelivery.subscriber == subscriber)
+                & EventDelivery.state.in_(("queued", "retry", "waiting"))
+            )
             .execute(self.db)
         )
 
+    def status(self, *, finished: bool = False) -> OutboxStatus:
+        """What an operator reads first (``czo-kit events status``, ``czo-kit status``): the
+        live rows by state with the age of the oldest, open dead letters, and what waits for a
+        worker with its subscriber; reads only live rows (through their partial indexes).
+        ``finished`` also counts delivered rows, which means reading them all."""
+        self.ensure_tables()
+        now = utcnow()
+        due = peewee.Case(None, [(EventOutbox.deliver_at <= now, EventOutbox.deliver_at)], None)
+        later = peewee.Case(None, [(EventOutbox.deliver_at > now, 1)], 0)
+        outbox = {state: StateCount(0) for state in OUTBOX_LIVE_STATES}
+        for state, count, oldest, scheduled in (
+            EventOutbox.select(EventOutbox.state, peewee.fn.COUNT(EventOutbox.event_id), peewee.fn.MIN(due),
+                               peewee.fn.SUM(later))
+            .where(OUTBOX_LIVE).group_by(EventOutbox.state).tuples().execute(self.db)
+        ):
+            outbox[state] = StateCount(int(count), _age(EventOutbox.deliver_at.python_value(oldest), now),
+                                       int(scheduled or 0))
+        deliveries = {state: StateCount(0) for state in DELIVERY_LIVE_STATES}
+        for state, count, oldest in (
+            EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id),
+                                 peewee.fn.MIN(EventDelivery.created_at))
+            .where(DELIVERY_LIVE).group_by(EventDelivery.state).tuples().execute(self.db)
+        ):
+            deliveries[state] = StateCount(int(count), _age(EventDelivery.created_at.python_value(oldest), now))
+        letters = DeadLetter.select(peewee.fn.COUNT(DeadLetter.id)).where(LETTER_OPEN).scalar(self.db)
+        done: dict[str, int] | None = None
+        if finished:
+            done = {"dispatched": EventOutbox.select().where(OUTBOX_DISPATCHED).count(self.db)}
+            done.update(
+                (state, int(count)) for state, count in
+                EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id))
+                .where(DELIVERY_FINISHED).group_by(EventDelivery.state).tuples().execute(self.db)
+            )
+        return OutboxStatus(
+            at=now, outbox=outbox, deliveries=deliveries, dead_letters=int(letters or 0),
+            waiting_subscribers=self.waiting(), finished=done,
+        )
+
     def stats(self) -> dict[str, int]:
-        """How many deliveries are in each state."""
+        """How many deliveries are in each state (reads every delivery row: ``status()`` is
+        the cheap one)."""
         self.ensure_tables()
         rows = (
             EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id))
@@ -128,6 +209,10 @@ def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
         "died_at": _iso(letter.died_at),
         "replayed_at": _iso(letter.replayed_at),
     }
+
+
+def _age(oldest: dt.datetime | None, now: dt.datetime) -> float | None:
+    return round(max(0.0, (now - oldest).total_seconds()), 3) if oldest is not None else None
 
 
 def _iso(value: dt.datetime | None) -> str | None:

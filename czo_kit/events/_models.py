@@ -34,7 +34,6 @@ class EventOutbox(KitTable):
 
     class Meta:
         table_name = "czo_event_outbox"
-        indexes = ((("state", "updated_at"), False),)
 
 
 class EventDelivery(KitTable):
@@ -62,10 +61,7 @@ class EventDelivery(KitTable):
 
     class Meta:
         table_name = "czo_event_delivery"
-        indexes = (
-            (("event_id", "subscriber"), True),
-            (("state", "updated_at"), False),
-        )
+        indexes = ((("event_id", "subscriber"), True),)
 
 
 class DeadLetter(KitTable):
@@ -82,6 +78,8 @@ class DeadLetter(KitTable):
     replayed_at = UTCDateTimeField(null=True)
     traceback = peewee.TextField(null=True)
     """The traceback of the last attempt, its last ``TRACEBACK_LIMIT`` characters."""
+    discarded_at = UTCDateTimeField(null=True)
+    """When an operator gave up on it (``czo-kit events discard ID``)."""
 
     class Meta:
         table_name = "czo_event_dead_letter"
@@ -96,5 +94,33 @@ class ProcessedEvent(KitTable):
     class Meta:
         table_name = "czo_event_processed"
 
+
+# Sweeps, status and recovery read only live rows, and delivered rows pile up until they are
+# pruned: each table's live rows have a partial index of their own (SQLite and PostgreSQL
+# both have them), so that what a sweep reads does not grow with what is kept. A query uses
+# one only if it repeats its predicate word for word, with the values inline (SQLite does
+# not look into bound parameters): hence these expressions, shared by the indexes and the
+# queries. Finished rows have one too, for the prune.
+
+OUTBOX_LIVE_STATES = ("pending", "queued")
+DELIVERY_LIVE_STATES = ("queued", "running", "retry", "waiting")
+DELIVERY_FINISHED_STATES = ("done", "discarded")
+
+OUTBOX_LIVE = peewee.ValueLiterals(EventOutbox.state.in_(OUTBOX_LIVE_STATES))
+OUTBOX_DISPATCHED = peewee.ValueLiterals(EventOutbox.state == "dispatched")
+DELIVERY_LIVE = peewee.ValueLiterals(EventDelivery.state.in_(DELIVERY_LIVE_STATES))
+DELIVERY_FINISHED = peewee.ValueLiterals(EventDelivery.state.in_(DELIVERY_FINISHED_STATES))
+LETTER_OPEN = DeadLetter.replayed_at.is_null(True) & DeadLetter.discarded_at.is_null(True)
+
+EventOutbox.add_index(EventOutbox.index(EventOutbox.state, EventOutbox.updated_at, name="czo_event_outbox_live",
+                                        where=OUTBOX_LIVE))
+EventOutbox.add_index(EventOutbox.index(EventOutbox.updated_at, name="czo_event_outbox_dispatched",
+                                        where=OUTBOX_DISPATCHED))
+EventDelivery.add_index(EventDelivery.index(EventDelivery.state, EventDelivery.updated_at,
+                                            name="czo_event_delivery_live", where=DELIVERY_LIVE))
+EventDelivery.add_index(EventDelivery.index(EventDelivery.finished_at, name="czo_event_delivery_finished",
+                                            where=DELIVERY_FINISHED))
+DeadLetter.add_index(DeadLetter.index(DeadLetter.died_at, name="czo_event_dead_letter_open", where=LETTER_OPEN))
+ProcessedEvent.add_index(ProcessedEvent.index(ProcessedEvent.processed_at, name="czo_event_processed_at"))
 
 EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from czo_kit._fork import reset_in_children
 from czo_kit.db.model import utcnow
-from czo_kit.events._models import EventDelivery, EventOutbox
+from czo_kit.events._models import DELIVERY_LIVE, OUTBOX_LIVE, EventDelivery, EventOutbox
 from czo_kit.events.outbox import Enqueuer
 
 if TYPE_CHECKING:
@@ -247,7 +247,10 @@ class InProcessDeliverer(Enqueuer):
         scheduled: list[tuple[str, Any, float, int]] = []
         due = (
             EventDelivery.select(EventDelivery.id, EventDelivery.priority, EventDelivery.next_attempt_at)
-            .where(EventDelivery.state.in_(("queued", "retry", "waiting")) & (EventDelivery.updated_at < before))
+            .where(
+                DELIVERY_LIVE & EventDelivery.state.in_(("queued", "retry", "waiting"))
+                & (EventDelivery.updated_at < before)
+            )
             .limit(RECOVER_LIMIT)
             .tuples()
             .execute(outbox.db)
@@ -256,7 +259,7 @@ class InProcessDeliverer(Enqueuer):
             scheduled.append(("deliver", int(delivery_id), _seconds_until(next_attempt_at, now), priority))
         events = (
             EventOutbox.select(EventOutbox.event_id, EventOutbox.priority, EventOutbox.deliver_at)
-            .where(EventOutbox.state.in_(("pending", "queued")) & (EventOutbox.updated_at < before))
+            .where(OUTBOX_LIVE & (EventOutbox.updated_at < before))
             .limit(RECOVER_LIMIT)
             .tuples()
             .execute(outbox.db)

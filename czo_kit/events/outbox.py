@@ -42,7 +42,9 @@ from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events._admin import OutboxAdmin
 from czo_kit.events._models import (
+    DELIVERY_LIVE,
     EVENT_MODELS,
+    OUTBOX_LIVE,
     TRACEBACK_LIMIT,
     DeadLetter,
     EventDelivery,
@@ -503,8 +505,11 @@ class Outbox(OutboxAdmin):
         events = list(
             EventOutbox.select(EventOutbox.event_id, EventOutbox.deliver_at, EventOutbox.priority)
             .where(
-                ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
-                | ((EventOutbox.state == "queued") & (EventOutbox.updated_at < stale) & (EventOutbox.deliver_at < stale))
+                OUTBOX_LIVE  # through the live rows' index: delivered ones are not read
+                & (
+                    ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
+                    | ((EventOutbox.state == "queued") & (EventOutbox.updated_at < stale) & (EventOutbox.deliver_at < stale))
+                )
             )
             .tuples()
             .execute(self.db)
@@ -522,7 +527,7 @@ class Outbox(OutboxAdmin):
         # Running past its lease: the worker died mid-handler. Run it again (at least once).
         recovered = list(
             EventDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where((EventDelivery.state == "running") & (EventDelivery.lease_until < now))
+            .where(DELIVERY_LIVE & (EventDelivery.state == "running") & (EventDelivery.lease_until < now))
             .returning(EventDelivery.id, EventDelivery.priority)
             .tuples()
             .execute(self.db)
@@ -538,8 +543,11 @@ class Outbox(OutboxAdmin):
         lost = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
-                ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
-                | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
+                DELIVERY_LIVE
+                & (
+                    ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
+                    | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
+                )
             )
             .tuples()
             .execute(self.db)
@@ -562,7 +570,7 @@ class Outbox(OutboxAdmin):
         it handed them back for later, maybe long before this one started. Not those just
         queued (their task is on its way)."""
         waited_for = (
-            EventDelivery.select(EventDelivery.subscriber).distinct().where(EventDelivery.state == "waiting")
+            EventDelivery.select(EventDelivery.subscriber).distinct().where(DELIVERY_LIVE & (EventDelivery.state == "waiting"))
         )
         mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
         if not mine:
@@ -570,7 +578,8 @@ class Outbox(OutboxAdmin):
         found = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
-                (EventDelivery.state == "waiting")
+                DELIVERY_LIVE
+                & (EventDelivery.state == "waiting")
                 & EventDelivery.subscriber.in_(mine)
                 & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale))
             )
