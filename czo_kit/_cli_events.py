@@ -1,12 +1,12 @@
 """``czo-kit events ...``: what an operator sees and does about async events (status, dead
-letters and their tracebacks, replay, sweep, discard). Listings take ``--json``."""
+letters and their tracebacks, replay, discard, sweep, prune). Listings take ``--json``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -61,7 +61,7 @@ def events_status(finished: bool, as_json: bool) -> None:
             click.echo(f"  {state:<10}{count:>8}")
     if status.waiting_subscribers:
         click.echo("waiting for a worker that has their subscriber (start one, or discard a subscriber "
-                   "removed on purpose with `czo-kit events discard SUBSCRIBER`):")
+                   "removed on purpose with `czo-kit events discard --subscriber NAME`):")
         for subscriber, count in sorted(status.waiting_subscribers.items()):
             click.echo(f"  {subscriber}  {count}")
 
@@ -77,32 +77,104 @@ def _age(seconds: float) -> str:
     return f"{whole}s"  # pragma: no cover - every value of at least 60 matched above
 
 
+if TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:  # click before 8.2 (the range pyproject allows) has no generic ParamType
+    _FloatParam = click.ParamType
+
+
+class Duration(_FloatParam):
+    """``30d``, ``12h``, ``15m``, ``90s``, ``1w`` or a number of seconds."""
+
+    name = "duration"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = self._UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if unit is not None else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not a duration; write e.g. 30d, 12h, 15m, 90s, 1w or a number of seconds",
+                      param, ctx)
+        return seconds
+
+
 @events_group.command("discard")
-@click.argument("subscriber")
+@click.argument("dead_letter_id", required=False)
+@click.option("--older-than", type=Duration(), default=None, metavar="DURATION",
+              help="Every open dead letter that died longer ago than this (e.g. 30d).")
+@click.option("--subscriber", default=None, metavar="NAME",
+              help="Every delivery not run yet of a subscriber removed on purpose (e.g. 'order.created|audit').")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def events_discard(subscriber: str, yes: bool) -> None:
-    """Give up on the deliveries of SUBSCRIBER (an id such as 'order.created|audit') that no
-    worker has run yet: for a subscriber removed on purpose, whose deliveries would otherwise
-    wait for a worker that has it. They end 'discarded'."""
+def events_discard(dead_letter_id: str | None, older_than: float | None, subscriber: str | None, yes: bool) -> None:
+    """Give up on dead letter DEAD_LETTER_ID, on every dead letter --older-than DURATION, or on
+    the deliveries of a --subscriber removed on purpose. Discarded dead letters are kept (not
+    replayable) until CZO_EVENTS_RETENTION prunes them."""
+    given = [name for name, value in (("DEAD_LETTER_ID", dead_letter_id), ("--older-than", older_than),
+                                      ("--subscriber", subscriber)) if value is not None]
+    if len(given) != 1:
+        raise click.UsageError("give one of DEAD_LETTER_ID, --older-than DURATION or --subscriber NAME"
+                               + (f" (got {', '.join(given)})" if given else ""))
+    if dead_letter_id is not None and not dead_letter_id.isdigit():
+        hint = f" (to discard the deliveries of that subscriber: --subscriber {dead_letter_id!r})" if "|" in \
+            dead_letter_id else ""
+        raise click.UsageError(f"DEAD_LETTER_ID must be a number, got {dead_letter_id!r}{hint}")
     with _kit() as kit:
-        if kit.events.subscription(subscriber) is not None:
-            raise click.ClickException(
-                f"subscriber {subscriber!r} is registered in this installation: a worker will run its "
-                "deliveries; discard only a subscriber that was removed"
-            )
-        waiting = kit.outbox.waiting().get(subscriber, 0)
+        if subscriber is not None:
+            _discard_subscriber(kit, subscriber, yes=yes)
+            return
+        if dead_letter_id is not None:
+            kit.outbox.discard_dead(int(dead_letter_id))
+            click.echo(f"dead letter {dead_letter_id} discarded")
+            return
+        assert older_than is not None
         if not yes:
-            click.confirm(
-                f"Discard every delivery of {subscriber!r} not run yet ({waiting} waiting for a worker)?",
-                abort=True,
-            )
-        count = kit.outbox.discard(subscriber)
-        click.echo(f"discarded {count} deliver{'y' if count == 1 else 'ies'} of {subscriber!r}")
+            click.confirm(f"Discard every open dead letter that died more than {older_than:g}s ago?", abort=True)
+        count = kit.outbox.discard_dead(older_than=older_than)
+        click.echo(f"discarded {count} dead letter{'' if count == 1 else 's'}")
+
+
+def _discard_subscriber(kit: Any, subscriber: str, *, yes: bool) -> None:
+    if kit.events.subscription(subscriber) is not None:
+        raise click.ClickException(
+            f"subscriber {subscriber!r} is registered in this installation: a worker will run its "
+            "deliveries; discard only a subscriber that was removed"
+        )
+    waiting = kit.outbox.waiting().get(subscriber, 0)
+    if not yes:
+        click.confirm(
+            f"Discard every delivery of {subscriber!r} not run yet ({waiting} waiting for a worker)?",
+            abort=True,
+        )
+    count = kit.outbox.discard(subscriber)
+    click.echo(f"discarded {count} deliver{'y' if count == 1 else 'ies'} of {subscriber!r}")
+
+
+@events_group.command("prune")
+@click.option("--older-than", type=Duration(), default=None, metavar="DURATION",
+              help="Keep what is younger than this (default: CZO_EVENTS_RETENTION).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def events_prune(older_than: float | None, as_json: bool) -> None:
+    """Delete delivered events, finished deliveries, replayed or discarded dead letters and
+    idempotency markers older than the retention, in small batches (the worker does it at
+    its sweeps). Nothing still at work and no open dead letter is ever deleted."""
+    with _kit() as kit:
+        counts = kit.outbox.prune(older_than=older_than)
+    if as_json:
+        _echo_json(counts)
+        return
+    click.echo(", ".join(f"{kind}: {count}" for kind, count in counts.items()))
 
 
 @events_group.command("dead")
 @click.argument("dead_letter_id", type=click.IntRange(1), required=False)
-@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
+@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed or discarded.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def events_dead(dead_letter_id: int | None, include_replayed: bool, limit: int, as_json: bool) -> None:
@@ -126,6 +198,8 @@ def events_dead(dead_letter_id: int | None, include_replayed: bool, limit: int, 
             click.echo("no dead letters")
         for letter in letters:
             replayed = f" (replayed {letter.replayed_at:%Y-%m-%d %H:%M})" if letter.replayed_at else ""
+            if letter.discarded_at:
+                replayed = f" (discarded {letter.discarded_at:%Y-%m-%d %H:%M})"
             click.echo(
                 f"{letter.id}  {letter.died_at:%Y-%m-%d %H:%M:%S}  {letter.name}  -> {letter.subscriber}  "
                 f"after {letter.attempts} attempt(s): {letter.error}{replayed}"
@@ -134,6 +208,8 @@ def events_dead(dead_letter_id: int | None, include_replayed: bool, limit: int, 
 
 def _show_dead_letter(letter: Any) -> None:
     replayed = f"{letter.replayed_at:%Y-%m-%d %H:%M:%S} UTC" if letter.replayed_at else "no"
+    if letter.discarded_at:
+        replayed = f"no, discarded {letter.discarded_at:%Y-%m-%d %H:%M:%S} UTC"
     for label, value in (
         ("dead letter", letter.id),
         ("event", f"{letter.name} {letter.event_id}"),

@@ -193,7 +193,8 @@ def worker_command(workers: int, worker_type: str, sweep_interval: float | None,
             run_without_queue(kit, workers=workers, worker_type=worker_type, sweep_interval=sweep_interval)
             return
         interval = sweep_interval or kit.settings.events_sweep_interval
-        sweeper = Sweeper(kit.outbox, interval, kit.webhooks)
+        heartbeat = kit.outbox.heartbeat(f"czo-kit worker ({workers} {worker_type})")
+        sweeper = Sweeper(kit.outbox, interval, kit.webhooks, heartbeat=heartbeat)
         consumer = kit.queue.create_consumer(
             workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
         )

@@ -155,6 +155,7 @@ class Kit:
             lease=settings.events_lease,
             relay_grace=min(10.0, settings.events_lease),
             shutdown_timeout=settings.events_shutdown_timeout,
+            retention=settings.events_retention,
         )
         self.deliverer: InProcessDeliverer | None = None
         enqueuer: Enqueuer
@@ -170,6 +171,7 @@ class Kit:
         self.outbox: Outbox = Outbox(
             self.db, enqueuer, self.events, outbox_settings,
             plugins=tuple(name for name, _ in self.plugins.list_name_plugin()),
+            queue_name=settings.queue_name if self.queue is not None else "",
         )
         self.events.transport = self.outbox
         if self.queue is not None:
@@ -293,7 +295,10 @@ class Kit:
         """What a worker's sweeper does, for the in-process deliverer: first schedule what an
         earlier process left due, then sweep the outbox and the webhooks."""
         assert self.deliverer is not None
-        return Sweeper(self.outbox, self.deliverer.sweep_interval, self.webhooks, on_start=self.deliverer.recover)
+        return Sweeper(
+            self.outbox, self.deliverer.sweep_interval, self.webhooks, on_start=self.deliverer.recover,
+            heartbeat=self.outbox.heartbeat(f"in-process deliverer ({self.deliverer.workers} threads)"),
+        )
 
     def _open_database(self, url: str) -> peewee.Database:
         scheme = urlsplit(url).scheme.lower()

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 
 from czo_kit import Kit
 from czo_kit.events import EventContext
-from czo_kit.events.outbox import TRACEBACK_LIMIT, EventDelivery, EventOutbox
+from czo_kit.events._heartbeat import WorkerHeartbeat
+from czo_kit.events._retention import prune
+from czo_kit.events.outbox import TRACEBACK_LIMIT, DeadLetter, EventDelivery, EventOutbox, ProcessedEvent
 from czo_kit.testing.cache import wait_until
 from test_outbox import DATABASES, NO_QUEUE, PAIRED, TIMEOUT, backend, cli_env, make_kit, run_cli  # noqa: F401
 
@@ -214,3 +217,137 @@ def test_sweeps_and_status_read_live_rows_through_their_partial_indexes(
             # SEARCH through an index, or SCAN one of the partial indexes (live rows only).
             assert not re.search(r"^SCAN \S+$", plan, re.M), (sql, plan)
             assert re.search(r"INDEX czo_event_\w+_(live|open)\b", plan), (sql, plan)
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def _insert_rows(kit: Kit, now: dt.datetime) -> dict[str, Any]:
+    """Rows in every state, old (8 days) unless named young, as a long run leaves them."""
+    old, young = now - dt.timedelta(days=8), now - dt.timedelta(hours=1)
+    names: dict[str, Any] = {}
+
+    def event(label: str, state: str, at: dt.datetime) -> str:
+        event_id = str(uuid.uuid4())
+        EventOutbox.insert(
+            event_id=event_id, name="test.retention", payload=b"\x80", correlation_id="c", created_at=at,
+            deliver_at=at, retries=3, priority=50, state=state, updated_at=at,
+        ).execute(kit.db)
+        names[label] = event_id
+        return event_id
+
+    def delivery(label: str, event_id: str, state: str, at: dt.datetime) -> int:
+        finished = at if state in ("done", "discarded", "dead") else None
+        delivery_id = EventDelivery.insert(
+            event_id=event_id, subscriber=f"test.retention|{label}", state=state, attempts=1, max_attempts=4,
+            created_at=at, updated_at=at, finished_at=finished,
+        ).execute(kit.db)
+        names[label] = int(delivery_id)
+        return int(delivery_id)
+
+    event("pending", "pending", old)
+    event("queued", "queued", old)
+    done_all = event("all done", "dispatched", old)
+    delivery("done", done_all, "done", old)
+    delivery("discarded", done_all, "discarded", old)
+    for state in ("queued", "running", "retry", "waiting", "dead"):
+        delivery(f"{state} delivery", event(f"with {state}", "dispatched", old), state, old)
+    young_event = event("young", "dispatched", young)
+    delivery("young done", young_event, "done", young)
+    event("no subscriber", "dispatched", old)
+    for label, replayed, discarded in (("open", None, None), ("replayed", old, None), ("discarded", None, old),
+                                       ("young replayed", young, None)):
+        names[f"letter {label}"] = int(DeadLetter.insert(
+            delivery_id=names["dead delivery"], event_id=names["with dead"], name="test.retention",
+            subscriber="test.retention|dead delivery", attempts=4, died_at=old, replayed_at=replayed,
+            discarded_at=discarded,
+        ).execute(kit.db))
+    ProcessedEvent.insert_many([{"key": "old", "processed_at": old}, {"key": "young", "processed_at": young}]).execute(
+        kit.db)
+    for label, seen in (("gone worker", old), ("live worker", now)):
+        WorkerHeartbeat.insert(id=uuid.uuid4().hex, host="h", pid=1, kind=label, queue="", plugins="[]",
+                               started_at=seen, last_seen=seen).execute(kit.db)
+    return names
+
+
+@pytest.mark.parametrize("backend", DATABASES, indirect=True)
+def test_prune_deletes_what_is_finished_and_old_and_nothing_at_work(
+    make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    kit = make_kit()
+    assert kit.outbox is not None and kit.settings.events_retention == 7 * 86400
+    now = dt.datetime.now(dt.timezone.utc)
+    names = _insert_rows(kit, now)
+
+    assert kit.outbox.prune() == {"deliveries": 2, "events": 2, "dead_letters": 2, "markers": 1, "workers": 1}
+    kept_events = set(EventOutbox.select(EventOutbox.event_id).tuples().execute(kit.db))
+    assert {e for (e,) in kept_events} == {names[label] for label in (
+        "pending", "queued", "with queued", "with running", "with retry", "with waiting", "with dead", "young")}
+    kept_deliveries = {d for (d,) in EventDelivery.select(EventDelivery.id).tuples().execute(kit.db)}
+    assert kept_deliveries == {names[f"{s} delivery"] for s in ("queued", "running", "retry", "waiting", "dead")} | {
+        names["young done"]}
+    assert {i for (i,) in DeadLetter.select(DeadLetter.id).tuples().execute(kit.db)} == {
+        names["letter open"], names["letter young replayed"]}
+    assert [k for (k,) in ProcessedEvent.select(ProcessedEvent.key).tuples().execute(kit.db)] == ["young"]
+    assert [k for (k,) in WorkerHeartbeat.select(WorkerHeartbeat.kind).tuples().execute(kit.db)] == ["live worker"]
+    assert kit.outbox.prune() == {"deliveries": 0, "events": 0, "dead_letters": 0, "markers": 0, "workers": 0}
+
+    # In batches: the same result, a statement per batch of at most `batch` rows.
+    with kit.db.atomic():
+        for model in (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent, WorkerHeartbeat):
+            model.delete().execute(kit.db)
+    names = _insert_rows(kit, now)
+    seen = _statements(kit, monkeypatch)
+    assert prune(kit.db, before=now - dt.timedelta(days=7), batch=1)["deliveries"] == 2
+    monkeypatch.undo()
+    # One row per statement, and one more statement per kind that finds none left.
+    assert sum(1 for sql, _ in seen if sql.lstrip().upper().startswith("DELETE")) == (2 + 2 + 2 + 1 + 1) + 5
+
+    # By hand, with another age.
+    cli_env(monkeypatch, kit)
+    pruned = run_cli("events", "prune", "--older-than", "30m", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.output) == {"deliveries": 1, "events": 1, "dead_letters": 1, "markers": 1, "workers": 0}
+    assert run_cli("events", "prune", "--older-than", "soon").exit_code == 2
+
+
+@pytest.mark.parametrize("backend", DATABASES, indirect=True)
+def test_discarded_dead_letters_are_not_replayed_and_go_with_the_retention(
+    make_kit: Callable[..., Kit], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    kit = make_kit()
+    assert kit.outbox is not None
+    kit.events.on(EVENT, post_review, id="index")
+    for n in range(3):
+        ctx = kit.events.emit_async(EVENT, {"review": n}, retries=0)
+        kit.outbox.flush()
+        kit.outbox.dispatch(ctx.event_id)
+    for delivery in EventDelivery.select().execute(kit.db):
+        assert kit.outbox.deliver(delivery.id) == "dead"
+    first, second, third = sorted(kit.outbox.dead_letters(), key=lambda letter: letter.id)
+    DeadLetter.update(died_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)).where(
+        DeadLetter.id == second.id).execute(kit.db)
+
+    cli_env(monkeypatch, kit)
+    one = run_cli("events", "discard", str(first.id))
+    assert one.exit_code == 0 and f"dead letter {first.id} discarded" in one.output, one.output
+    again = run_cli("events", "discard", str(first.id))
+    assert again.exit_code == 1 and "already discarded" in again.output
+    replay = run_cli("events", "replay", str(first.id))
+    assert replay.exit_code == 1 and "was discarded" in replay.output, replay.output
+    assert run_cli("events", "discard", "--older-than", "30d").exit_code == 1  # asks first
+    old = run_cli("events", "discard", "--older-than", "30d", "--yes")
+    assert old.exit_code == 0 and "discarded 1 dead letter" in old.output, old.output
+    assert run_cli("events", "discard").exit_code == 2
+    assert run_cli("events", "discard", str(third.id), "--older-than", "1d").exit_code == 2
+
+    assert [letter.id for letter in kit.outbox.dead_letters()] == [third.id]  # the open one
+    listed = run_cli("events", "dead", "--all").output
+    assert listed.count("(discarded ") == 2, listed
+    states = dict(EventDelivery.select(EventDelivery.id, EventDelivery.state).tuples().execute(kit.db))
+    assert sorted(states.values()) == ["dead", "discarded", "discarded"]
+    assert kit.outbox.status().dead_letters == 1
+    # A discarded letter (and its delivery, and their event) goes once the retention has run out.
+    assert kit.outbox.prune(older_than=0.0) == {"deliveries": 2, "events": 2, "dead_letters": 2, "markers": 0,
+                                                "workers": 0}
+    assert [letter.id for letter in kit.outbox.dead_letters(include_replayed=True)] == [third.id]

@@ -1,5 +1,5 @@
-"""What operators do with the outbox, from the CLI or Python: list and replay dead letters, see
-what waits, give up on a removed subscriber, count deliveries by state."""
+"""What operators do with the outbox, from the CLI or Python: status, dead letters (list,
+replay, discard), what waits for a worker with its subscriber, pruning, live workers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import peewee
 
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
+from czo_kit.events._heartbeat import HEARTBEAT_INTERVAL, Heartbeat, WorkerInfo, workers
 from czo_kit.events._models import (
     DELIVERY_FINISHED,
     DELIVERY_LIVE,
@@ -23,9 +24,10 @@ from czo_kit.events._models import (
     EventDelivery,
     EventOutbox,
 )
+from czo_kit.events._retention import prune
 
 if TYPE_CHECKING:
-    from czo_kit.events.outbox import Enqueuer
+    from czo_kit.events.outbox import Enqueuer, OutboxSettings
 
 __all__ = ["OutboxAdmin", "OutboxStatus", "StateCount", "dead_letter_dict"]
 
@@ -62,15 +64,20 @@ class OutboxAdmin:
 
     db: peewee.Database
     queue: Enqueuer
+    queue_name: str
+    plugins: tuple[str, ...]
+    settings: OutboxSettings
 
     def ensure_tables(self) -> None:
         raise NotImplementedError
 
     def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters neither replayed nor discarded, newest first; ``include_replayed``
+        adds those (until the retention prunes them)."""
         self.ensure_tables()
         query = DeadLetter.select().order_by(DeadLetter.id.desc()).limit(limit)
         if not include_replayed:
-            query = query.where(DeadLetter.replayed_at.is_null(True))
+            query = query.where(LETTER_OPEN)
         return list(query.execute(self.db))
 
     def dead_letter(self, dead_letter_id: int) -> DeadLetter:
@@ -94,12 +101,13 @@ class OutboxAdmin:
         state = (
             EventDelivery.select(EventDelivery.state).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
         )
-        if letter.replayed_at is not None or state != "dead":
+        if letter.replayed_at is not None or letter.discarded_at is not None or state != "dead":
             from czo_kit.errors import ConflictError
 
+            done = "discarded" if letter.discarded_at is not None else "already replayed"
             raise ConflictError(
-                f"dead letter {dead_letter_id} was already replayed (its delivery is {state or 'gone'}); "
-                "a delivery is replayed once per death"
+                f"dead letter {dead_letter_id} was {done} (its delivery is {state or 'gone'}); "
+                "a delivery is replayed once per death, and never after it was discarded"
             )
         now = utcnow()
         with self.db.atomic():
@@ -181,6 +189,60 @@ class OutboxAdmin:
             waiting_subscribers=self.waiting(), finished=done,
         )
 
+    def discard_dead(self, dead_letter_id: int | None = None, *, older_than: float | None = None) -> int:
+        """Give up on dead letter ``dead_letter_id``, or on every open one that died more than
+        ``older_than`` seconds ago: each is marked discarded and its delivery ends
+        ``discarded``; the retention prunes them later. Returns how many."""
+        self.ensure_tables()
+        from czo_kit.errors import ConflictError, NotFoundError
+
+        if (dead_letter_id is None) == (older_than is None):
+            raise ValueError("give a dead letter id or older_than, not both")
+        now = utcnow()
+        if dead_letter_id is not None:
+            letter = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
+            if letter is None:
+                raise NotFoundError("DeadLetter", dead_letter_id)
+            if letter.replayed_at is not None or letter.discarded_at is not None:
+                done = "discarded" if letter.discarded_at is not None else "replayed"
+                raise ConflictError(f"dead letter {dead_letter_id} was already {done}; there is nothing to discard")
+            ids = [int(letter.id)]
+        else:
+            assert older_than is not None
+            ids = [
+                int(i) for (i,) in DeadLetter.select(DeadLetter.id)
+                .where(LETTER_OPEN & (DeadLetter.died_at < now - dt.timedelta(seconds=older_than)))
+                .tuples().execute(self.db)
+            ]
+        for start in range(0, len(ids), 500):  # short transactions, whatever the count
+            chunk = ids[start : start + 500]
+            with self.db.atomic():
+                DeadLetter.update(discarded_at=now).where(DeadLetter.id.in_(chunk) & LETTER_OPEN).execute(self.db)
+                deliveries = DeadLetter.select(DeadLetter.delivery_id).where(DeadLetter.id.in_(chunk))
+                EventDelivery.update(
+                    state="discarded", finished_at=now, updated_at=now, last_error="discarded by an operator",
+                ).where(EventDelivery.id.in_(deliveries) & (EventDelivery.state == "dead")).execute(self.db)
+        return len(ids)
+
+    def prune(self, *, older_than: float | None = None, budget: float | None = None) -> dict[str, int]:
+        """Delete what is finished and older than ``older_than`` seconds (default: the
+        retention, ``CZO_EVENTS_RETENTION``) in small batches, until none is left or
+        ``budget`` seconds have gone; never anything at work or an open dead letter. What it
+        deleted, by kind. The worker runs it at its sweeps."""
+        self.ensure_tables()
+        keep = self.settings.retention if older_than is None else older_than
+        return prune(self.db, before=utcnow() - dt.timedelta(seconds=keep), budget=budget)
+
+    def workers(self, *, seen_within: float = 3 * HEARTBEAT_INTERVAL) -> list[WorkerInfo]:
+        """Worker processes whose heartbeat is at most ``seen_within`` seconds old: host, pid,
+        what runs, the queue, the plugins it loaded, when it started and was last seen."""
+        self.ensure_tables()
+        return workers(self.db, seen_within=seen_within)
+
+    def heartbeat(self, kind: str) -> Heartbeat:
+        """This process's heartbeat as a worker of ``kind`` (for its sweeper to beat)."""
+        return Heartbeat(self.db, kind=kind, queue=self.queue_name, plugins=self.plugins)
+
     def stats(self) -> dict[str, int]:
         """How many deliveries are in each state (reads every delivery row: ``status()`` is
         the cheap one)."""
@@ -208,6 +270,7 @@ def dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
         "traceback": letter.traceback,
         "died_at": _iso(letter.died_at),
         "replayed_at": _iso(letter.replayed_at),
+        "discarded_at": _iso(letter.discarded_at),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import peewee
 
 from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField
+from czo_kit.events._heartbeat import WorkerHeartbeat
 
 __all__ = ["EVENT_MODELS", "TRACEBACK_LIMIT", "DeadLetter", "EventDelivery", "EventOutbox", "ProcessedEvent"]
 
@@ -123,4 +124,4 @@ EventDelivery.add_index(EventDelivery.index(EventDelivery.finished_at, name="czo
 DeadLetter.add_index(DeadLetter.index(DeadLetter.died_at, name="czo_event_dead_letter_open", where=LETTER_OPEN))
 ProcessedEvent.add_index(ProcessedEvent.index(ProcessedEvent.processed_at, name="czo_event_processed_at"))
 
-EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent)
+EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent, WorkerHeartbeat)

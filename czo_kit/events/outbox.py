@@ -83,6 +83,8 @@ class OutboxSettings:
     shutdown_timeout: float = 3.0
     """Seconds ``close()`` (or the exit of a process) waits for the queue to take the events
     the relay still holds; the rest stay pending for the sweep."""
+    retention: float = 7 * 86400.0
+    """Seconds finished rows are kept before ``prune()`` deletes them."""
 
 
 class Enqueuer:
@@ -135,9 +137,12 @@ class Outbox(OutboxAdmin):
         settings: OutboxSettings | None = None,
         *,
         plugins: tuple[str, ...] = (),
+        queue_name: str = "",
     ) -> None:
         self.db = db
         self.queue = queue
+        self.queue_name = queue_name
+        """The queue's name (``CZO_QUEUE_NAME``), empty without a queue: for heartbeats."""
         self.emitter = emitter
         self.settings = settings or OutboxSettings()
         self.plugins = plugins
@@ -436,7 +441,7 @@ class Outbox(OutboxAdmin):
             log.warning(
                 "event %s (%s) waits for a worker with subscriber %r: this worker (pid %d) does not "
                 "have it; its plugins: %s. A worker that has it will run it. If the subscriber was "
-                "removed on purpose, drop what waits for it: czo-kit events discard %s",
+                "removed on purpose, drop what waits for it: czo-kit events discard --subscriber %s",
                 event.event_id, event.name, delivery.subscriber, os.getpid(), plugins,
                 shlex.quote(delivery.subscriber),
             )
