@@ -234,12 +234,16 @@ def events_replay(dead_letter_id: int) -> None:
 
 
 @events_group.command("sweep")
-def events_sweep() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def events_sweep(as_json: bool) -> None:
     """Re-queue events and deliveries that a crash left behind (the worker does this too)."""
     with _kit() as kit:
         kit.outbox.queue.pending()  # it needs the queue: one that does not answer is the error
         counts = kit.outbox.sweep()
-        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
+    if as_json:
+        _echo_json(counts)
+        return
+    click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
 
 
 def run_without_queue(kit: Any, *, workers: int, worker_type: str, sweep_interval: float | None) -> None:

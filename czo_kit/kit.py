@@ -285,7 +285,11 @@ class Kit:
         """A consumer running on threads of this process (tests, the demo); ``czo-kit worker``
         is the production one. Use it as a context manager."""
         if self.queue is None:
-            raise ConfigurationError("this kit has no queue (CZO_QUEUE_URL is empty)", variable="CZO_QUEUE_URL")
+            raise ConfigurationError(
+                "this kit has no queue (CZO_QUEUE_URL is empty): its in-process deliverer, kit.deliverer, "
+                "runs the deliveries instead (kit.deliverer.start())",
+                variable="CZO_QUEUE_URL",
+            )
         interval = self.settings.events_sweep_interval if sweep_interval is None else sweep_interval
         return InProcessConsumer(
             self.queue, workers=workers, outbox=self.outbox, sweep_interval=interval, also_sweep=self.webhooks

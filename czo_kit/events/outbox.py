@@ -513,7 +513,11 @@ class Outbox(OutboxAdmin):
                 OUTBOX_LIVE  # through the live rows' index: delivered ones are not read
                 & (
                     ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
-                    | ((EventOutbox.state == "queued") & (EventOutbox.updated_at < stale) & (EventOutbox.deliver_at < stale))
+                    | (
+                        (EventOutbox.state == "queued")
+                        & (EventOutbox.updated_at < stale)
+                        & (EventOutbox.deliver_at < stale)
+                    )
                 )
             )
             .tuples()
@@ -575,7 +579,9 @@ class Outbox(OutboxAdmin):
         it handed them back for later, maybe long before this one started. Not those just
         queued (their task is on its way)."""
         waited_for = (
-            EventDelivery.select(EventDelivery.subscriber).distinct().where(DELIVERY_LIVE & (EventDelivery.state == "waiting"))
+            EventDelivery.select(EventDelivery.subscriber)
+            .distinct()
+            .where(DELIVERY_LIVE & (EventDelivery.state == "waiting"))
         )
         mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
         if not mine:

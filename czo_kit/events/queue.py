@@ -287,10 +287,10 @@ class InProcessConsumer:
             workers=workers, periodic=False, initial_delay=0.01, backoff=1.2, max_delay=0.25,
             scheduler_interval=1, check_worker_health=False,
         )
-        self.sweeper = (
-            Sweeper(outbox, sweep_interval, also_sweep, heartbeat=outbox.heartbeat(f"in-process consumer ({workers} threads)"))
-            if outbox is not None else None
-        )
+        self.sweeper: Sweeper | None = None
+        if outbox is not None:
+            heartbeat = outbox.heartbeat(f"in-process consumer ({workers} threads)")
+            self.sweeper = Sweeper(outbox, sweep_interval, also_sweep, heartbeat=heartbeat)
         self._started = False
 
     def start(self) -> InProcessConsumer:
