@@ -146,12 +146,14 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
         spy = BackgroundServer(_spy_app(public))
         public.append(spy.url)
         servers.append(spy.start())
-        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=app.url + "/manifest")
-        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=spy.url + "/manifest")
+        # The order comes first: without a queue, webhooks are delivered too (in-process), and
+        # the payment app pays the orders it hears of; the widget is to show one unpaid.
         product = kit.services.get_abstract(ProductRepository).create({"shop_id": 1, "name": "Teapot", "price": 3200})
         order = kit.services.get(OrderService).place(
             shop_id=1, customer_email="ada@example.com", items=[(product, 1)]
         )
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=app.url + "/manifest")
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=spy.url + "/manifest")
         yield Dashboard(
             kit=kit, api=api, app=app, spy=spy, stripe=stripe, order_id=int(order.id),
             owner_token=issue_user_token(kit.secret_key, "owner"),
