@@ -1,6 +1,6 @@
 """czo_kit.events and czo_kit.hooks against blinker, pluggy and raw Huey, in the same run.
 
-    python -m benchmarks.events            # full run, about 40 seconds
+    python -m benchmarks.events            # full run, about 2.5 minutes
     python -m benchmarks.events --quick    # smoke run, seconds
     python -m benchmarks.events --markdown # tables as markdown (for docs/benchmarks.md)
 
@@ -13,6 +13,10 @@ SQLite file, and every Huey queue is named ``czo_bench_<pid>_...`` and deleted a
 
 The kit's consumer is the in-process one, ``kit.consumer(workers=4, sweep_interval=3600)``
 (Huey worker threads in this process); raw Huey gets the same consumer settings.
+
+Last, ``emit_async`` and a worker's per-event work with 200,000 old delivered rows in the
+tables against empty tables, on each database (``benchmarks/_events_retention.py``; schemas
+``czo_bench_events_empty`` and ``czo_bench_events_old``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from benchmarks import _events_retention as retention_module
 from benchmarks import _pg
 from benchmarks._stats import (
     Call,
@@ -522,6 +527,8 @@ def run(
                             progress=progress)
         latency_row = latency(pg, raw, count=20 if quick else LATENCY_EVENTS, progress=progress,
                               pool_log=result["pool_in_use"])
+        kits.pop("PostgreSQL").close()
+        retention, pruned = history(database_url, schema, tmp.name, kits, quick=quick, n=n, w=w, progress=progress)
     finally:
         for kit in kits.values():
             kit.close()
@@ -532,6 +539,8 @@ def run(
         client.close()
         tmp.cleanup()
         _pg.drop_schema(database_url, schema)
+        for suffix in ("_empty", "_old"):
+            _pg.drop_schema(database_url, schema + suffix)
 
     pg_enqueue = next(r for r in async_rows if "PostgreSQL" in r.operation)
     sqlite_enqueue = next(r for r in async_rows if "SQLite" in r.operation)
@@ -560,8 +569,54 @@ def run(
         ("Hooks", [r for r in rows if r.operation.startswith("HookRegistry")]),
         ("emit_async enqueue (Redis queue)", async_rows),
         ("Enqueue to handler", [latency_row]),
+        (f"With {retention_module.OLD_ROWS if not quick else QUICK_OLD_ROWS:,} old delivered rows vs empty "
+         "tables", retention),
+    ]
+    for done in pruned:
+        notes.append(
+            f"Retention ({done['label']}): {done['how']}. Pruning the history took {done['seconds']:.1f} s "
+            f"({done['rows_per_s']:,.0f} rows/s, 500 per statement): {done['pruned']}."
+        )
+    checks += [
+        Check(f"{row.operation}: p50 vs empty tables", row.ratio, RETENTION_RATIO_LIMIT, unit="x")
+        for row in retention if row.operation.startswith(("emit_async", "worker"))
     ]
     return sections, checks, notes, result
+
+
+QUICK_OLD_ROWS = 20_000
+RETENTION_RATIO_LIMIT = 1.15  # old rows / empty tables, p50: "the same cost", with noise room
+
+
+def history(database_url: str, schema: str, tmp: str, kits: dict[str, Any], *, quick: bool,
+            n: Callable[[int], int], w: Callable[[int], int],
+            progress: Callable[[str], None]) -> tuple[list[Comparison], list[dict[str, Any]]]:
+    """emit_async and a worker's per-event work with a long history in the tables, against
+    empty tables, on each database (see benchmarks/_events_retention.py)."""
+    rows = QUICK_OLD_ROWS if quick else retention_module.OLD_ROWS
+    out: list[Comparison] = []
+    pruned: list[dict[str, Any]] = []
+    for label in ("PostgreSQL", "SQLite"):
+        pair = []
+        for side in ("empty", "old"):
+            if label == "PostgreSQL":
+                _pg.fresh_schema(database_url, f"{schema}_{side}")
+                url = _pg.schema_url(database_url, f"{schema}_{side}")
+            else:
+                url = f"sqlite:///{tmp}/history-{side}.sqlite3"
+            kit = kits[f"{label} {side}"] = make_kit(url, f"sqlite:///{tmp}/history-queue-{side}.sqlite3",
+                                                     f"czo_bench_{os.getpid()}_history_{side}")
+            kit.create_kit_tables()
+            pair.append(kit)
+        how = retention_module.load_history(pair[1], rows, progress)
+        table, done = retention_module.retention_rows(label, pair[0], pair[1], iterations=n(1000), warmup=w(50),
+                                                      progress=progress)
+        out += table
+        pruned.append({**done, "how": how})
+        for side in ("empty", "old"):
+            kits.pop(f"{label} {side}").close()
+    return out, pruned
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

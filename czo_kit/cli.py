@@ -239,17 +239,23 @@ def worker_command(
     """Run the queue consumer: deliver async events, retry failures, recover after crashes.
 
     Same as `huey_consumer czo_kit.worker.huey`, plus the periodic sweep that re-queues
-    events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM.
+    events a crash left behind. Stop it with Ctrl-C (SIGINT, graceful) or SIGTERM. Without
+    a queue (CZO_QUEUE_URL empty) it runs the in-process deliverer: retries, delayed events
+    and webhooks that other processes left due.
     """
     from czo_kit._parent import tie_forked_workers
     from czo_kit.events.queue import Sweeper
     from czo_kit.metrics import prepare_worker
 
     with _kit() as kit:
-        if kit.queue is None or kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue to consume")
+        if kit.queue is None:
+            from czo_kit._cli_events import run_without_queue
+
+            run_without_queue(kit, workers=workers, worker_type=worker_type, sweep_interval=sweep_interval)
+            return
         interval = sweep_interval or kit.settings.events_sweep_interval
-        sweeper = Sweeper(kit.outbox, interval, kit.webhooks)
+        heartbeat = kit.outbox.heartbeat(f"czo-kit worker ({workers} {worker_type})")
+        sweeper = Sweeper(kit.outbox, interval, kit.webhooks, heartbeat=heartbeat)
         consumer = kit.queue.create_consumer(
             workers=workers, worker_type=worker_type, periodic=True, max_delay=max_delay
         )
@@ -284,96 +290,6 @@ def worker_command(
             stop_metrics()
 
 
-@cli.group("events")
-def events_group() -> None:
-    """Inspect async event deliveries, and replay dead letters."""
-
-
-@events_group.command("status")
-def events_status() -> None:
-    """Count deliveries by state (queued, running, retry, waiting, done, dead, discarded),
-    and name the subscribers whose deliveries wait for a worker that has them."""
-    with _kit() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: async events run in-process, nothing is recorded")
-        stats = kit.outbox.stats()
-        if not stats:
-            click.echo("no deliveries recorded")
-        for state, count in sorted(stats.items()):
-            click.echo(f"{state:<8} {count}")
-        waiting = kit.outbox.waiting()
-        if waiting:
-            click.echo("waiting for a worker that has their subscriber (start one, or discard a subscriber "
-                       "removed on purpose with `czo-kit events discard SUBSCRIBER`):")
-            for subscriber, count in sorted(waiting.items()):
-                click.echo(f"  {subscriber}  {count}")
-
-
-@events_group.command("discard")
-@click.argument("subscriber")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def events_discard(subscriber: str, yes: bool) -> None:
-    """Give up on the deliveries of SUBSCRIBER (an id such as 'order.created|audit') that no
-    worker has run yet: for a subscriber removed on purpose, whose deliveries would otherwise
-    wait for a worker that has it. They end 'discarded'."""
-    with _kit() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there are no deliveries to discard")
-        if kit.events.subscription(subscriber) is not None:
-            raise click.ClickException(
-                f"subscriber {subscriber!r} is registered in this installation: a worker will run its "
-                "deliveries; discard only a subscriber that was removed"
-            )
-        waiting = kit.outbox.waiting().get(subscriber, 0)
-        if not yes:
-            click.confirm(
-                f"Discard every delivery of {subscriber!r} not run yet ({waiting} waiting for a worker)?",
-                abort=True,
-            )
-        count = kit.outbox.discard(subscriber)
-        click.echo(f"discarded {count} deliver{'y' if count == 1 else 'ies'} of {subscriber!r}")
-
-
-@events_group.command("dead")
-@click.option("--all", "include_replayed", is_flag=True, help="Include dead letters already replayed.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-def events_dead(include_replayed: bool, limit: int) -> None:
-    """List deliveries that exhausted their retries, newest first."""
-    with _kit() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there are no dead letters")
-        letters = kit.outbox.dead_letters(include_replayed=include_replayed, limit=limit)
-        if not letters:
-            click.echo("no dead letters")
-        for letter in letters:
-            replayed = f" (replayed {letter.replayed_at:%Y-%m-%d %H:%M})" if letter.replayed_at else ""
-            click.echo(
-                f"{letter.id}  {letter.died_at:%Y-%m-%d %H:%M:%S}  {letter.name}  -> {letter.subscriber}  "
-                f"after {letter.attempts} attempt(s): {letter.error}{replayed}"
-            )
-
-
-@events_group.command("replay")
-@click.argument("dead_letter_id", type=click.IntRange(1))
-def events_replay(dead_letter_id: int) -> None:
-    """Send dead letter DEAD_LETTER_ID again, with a fresh set of retries."""
-    with _kit() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there is nothing to replay")
-        delivery = kit.outbox.replay(dead_letter_id)
-        click.echo(f"dead letter {dead_letter_id} queued again (delivery {delivery})")
-
-
-@events_group.command("sweep")
-def events_sweep() -> None:
-    """Re-queue events and deliveries that a crash left behind (the worker does this too)."""
-    with _kit() as kit:
-        if kit.outbox is None:
-            raise click.ClickException("CZO_QUEUE_URL is empty: there is no queue")
-        counts = kit.outbox.sweep()
-        click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "nothing to do")
-
-
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -389,6 +305,8 @@ def serve_command(host: str, port: int, threads: int) -> None:
         if kit.settings.secret_key is None:
             click.echo("warning: CZO_SECRET_KEY is not set: cursors and user tokens this server "
                        "signs will not survive its restart", err=True)
+        if kit.deliverer is not None:
+            kit.deliverer.start()  # no queue: this process delivers, and resumes what was left due
         click.echo(f"czo-kit API on http://{host}:{port}/api/ ({threads} threads)", err=True)
         serve(with_metrics(create_api(kit), kit), host=host, port=port, threads=threads, ident="czo-kit")
 
@@ -444,15 +362,17 @@ def demo_command(database_url: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def _add_app_commands() -> None:
-    # The apps and webhooks groups live in a module of their own, to keep this one small.
+def _add_command_groups() -> None:
+    # Command groups kept in modules of their own (they import ``_kit`` from here lazily).
     from czo_kit._cli_apps import apps_group, webhooks_group
+    from czo_kit._cli_events import events_group
 
+    cli.add_command(events_group)
     cli.add_command(apps_group)
     cli.add_command(webhooks_group)
 
 
-_add_app_commands()
+_add_command_groups()
 
 
 def build_cli() -> click.Group:

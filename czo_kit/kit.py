@@ -30,8 +30,9 @@ from czo_kit.apps.registry import APP_MODELS, AppRegistry
 from czo_kit.apps.webhooks import WEBHOOK_MODELS, WebhookDispatcher, WebhookSettings
 from czo_kit.cache import CacheManager, create_cache
 from czo_kit.events.emitter import EventEmitter
-from czo_kit.events.outbox import EVENT_MODELS, Outbox, OutboxSettings
-from czo_kit.events.queue import HueyQueue, InProcessConsumer, WebhookQueue
+from czo_kit.events.deliverer import InProcessDeliverer
+from czo_kit.events.outbox import EVENT_MODELS, Enqueuer, Outbox, OutboxSettings
+from czo_kit.events.queue import HueyQueue, InProcessConsumer, Sweeper, WebhookQueue
 from czo_kit.db._tables import upgrade_tables
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
@@ -162,25 +163,37 @@ class Kit:
         self.events = EventEmitter(
             db=self.db, strict=settings.events_strict, default_retries=settings.events_retries
         )
-        self.outbox: Outbox | None = None
+        outbox_settings = OutboxSettings(
+            retry_base=settings.events_retry_base,
+            retry_max=settings.events_retry_max,
+            lease=settings.events_lease,
+            relay_grace=min(10.0, settings.events_lease),
+            shutdown_timeout=settings.events_shutdown_timeout,
+            retention=settings.events_retention,
+        )
+        self.deliverer: InProcessDeliverer | None = None
+        enqueuer: Enqueuer
         if self.queue is not None:
             self.queue_tasks = HueyQueue(self.queue)
-            self.outbox = Outbox(
-                self.db,
-                self.queue_tasks,
-                self.events,
-                OutboxSettings(
-                    retry_base=settings.events_retry_base,
-                    retry_max=settings.events_retry_max,
-                    lease=settings.events_lease,
-                    relay_grace=min(10.0, settings.events_lease),
-                    shutdown_timeout=settings.events_shutdown_timeout,
-                ),
-                plugins=tuple(name for name, _ in self.plugins.list_name_plugin()),
+            enqueuer = self.queue_tasks
+        else:
+            # No queue: deliveries run on threads of this process, durable in the same tables.
+            self.deliverer = enqueuer = InProcessDeliverer(
+                sweep_interval=settings.events_sweep_interval, shutdown_timeout=settings.events_shutdown_timeout,
+                maintenance=self._in_process_sweeper,
             )
+        self.outbox: Outbox = Outbox(
+            self.db, enqueuer, self.events, outbox_settings,
+            plugins=tuple(name for name, _ in self.plugins.list_name_plugin()),
+            queue_name=settings.queue_name if self.queue is not None else "",
+        )
+        self.events.transport = self.outbox
+        if self.queue is not None:
             self.queue_tasks.outbox = self.outbox
-            self.events.transport = self.outbox
             self._release_connections_after_tasks(self.queue, self.db)
+        else:
+            assert self.deliverer is not None
+            self.deliverer.outbox = self.outbox
         hook.czo_register_events(events=self.events, kit=self)
 
         self.permissions = PermissionRegistry()
@@ -212,6 +225,9 @@ class Kit:
         if self.queue is not None:
             self.queue_tasks.webhooks = self.webhooks
             self.webhooks.queue = WebhookQueue(self.queue_tasks)
+        elif self.deliverer is not None:
+            self.deliverer.webhooks = self.webhooks
+            self.webhooks.queue = self.deliverer.webhook_queue
         self.events.tap(self.webhooks.on_event)
         metrics.attach(self)
 
@@ -301,10 +317,23 @@ class Kit:
         """A consumer running on threads of this process (tests, the demo); ``czo-kit worker``
         is the production one. Use it as a context manager."""
         if self.queue is None:
-            raise ConfigurationError("this kit has no queue (CZO_QUEUE_URL is empty)", variable="CZO_QUEUE_URL")
+            raise ConfigurationError(
+                "this kit has no queue (CZO_QUEUE_URL is empty): its in-process deliverer, kit.deliverer, "
+                "runs the deliveries instead (kit.deliverer.start())",
+                variable="CZO_QUEUE_URL",
+            )
         interval = self.settings.events_sweep_interval if sweep_interval is None else sweep_interval
         return InProcessConsumer(
             self.queue, workers=workers, outbox=self.outbox, sweep_interval=interval, also_sweep=self.webhooks
+        )
+
+    def _in_process_sweeper(self) -> Sweeper:
+        """What a worker's sweeper does, for the in-process deliverer: first schedule what an
+        earlier process left due, then sweep the outbox and the webhooks."""
+        assert self.deliverer is not None
+        return Sweeper(
+            self.outbox, self.deliverer.sweep_interval, self.webhooks, on_start=self.deliverer.recover,
+            heartbeat=self.outbox.heartbeat(f"in-process deliverer ({self.deliverer.workers} threads)"),
         )
 
     def _open_database(self, url: str) -> peewee.Database:
@@ -408,8 +437,9 @@ class Kit:
             self.events.close()
             # One shutdown deadline for both relays (events, webhook deliveries).
             deadline = time.monotonic() + self.settings.events_shutdown_timeout
-            if self.outbox is not None:
-                self.outbox.close()
+            if self.deliverer is not None:
+                self.deliverer.close()
+            self.outbox.close()
             self.webhooks.close(deadline=deadline)
             self.http.close()
             if self.queue is not None:

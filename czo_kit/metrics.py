@@ -151,8 +151,7 @@ def attach(kit: Kit) -> None:
     STORE.add_cache(driver, shared.counts, shared.count_lock, shared)
     kit.events.meter = _Meter(every)
     kit.events.tick = every - 1
-    if kit.outbox is not None:
-        kit.outbox._relayer.meter = _Meter(every)
+    kit.outbox._relayer.meter = _Meter(every)
     kit.webhooks.meter = _Meter(every)
 
 
@@ -314,10 +313,6 @@ def database_gauges(kit: Kit) -> Iterator[Any]:
     """Backlog and dead letters, counted now through the ``(state, updated_at)`` indexes."""
     from prometheus_client.core import GaugeMetricFamily
 
-    from czo_kit.apps.webhooks import WebhookDelivery
-    from czo_kit.db.model import utcnow
-    from czo_kit.events.outbox import EventDelivery, EventOutbox
-
     db = kit.db
     up = GaugeMetricFamily("czo_metrics_database_up", "Whether this scrape could read the gauges below from the database")
     pending = GaugeMetricFamily(
@@ -327,26 +322,13 @@ def database_gauges(kit: Kit) -> Iterator[Any]:
     dead = GaugeMetricFamily("czo_dead_letters", "Deliveries that exhausted their retries, not replayed or "
                              "discarded, by kind: event (async handlers) or webhook", labels=["kind"])
     try:
-        from peewee import fn
-
-        now = utcnow()
-        if kit.outbox is not None:
-            kit.outbox.ensure_tables()
-            states = dict(
-                EventOutbox.select(EventOutbox.state, fn.COUNT(EventOutbox.event_id))
-                .where(EventOutbox.state.in_(("pending", "queued")))
-                .group_by(EventOutbox.state).tuples().execute(db)
-            )
-            for state in ("pending", "queued"):
-                pending.add_metric([state], int(states.get(state, 0)))
-            first = (
-                EventOutbox.select(EventOutbox.updated_at).where(EventOutbox.state == "pending")
-                .order_by(EventOutbox.updated_at).first(db)
-            )
-            oldest.add_metric([], max(0.0, (now - first.updated_at).total_seconds()) if first else 0.0)
-            dead.add_metric(["event"], _count(EventDelivery, EventDelivery.state == "dead", db))
-        kit.webhooks.ensure_tables()
-        dead.add_metric(["webhook"], _count(WebhookDelivery, WebhookDelivery.state == "dead", db))
+        # The numbers `czo-kit status` shows, read the same way (live rows, partial indexes).
+        status = kit.outbox.status()
+        for state in ("pending", "queued"):
+            pending.add_metric([state], status.outbox[state].count)
+        oldest.add_metric([], status.outbox["pending"].oldest_age or 0.0)
+        dead.add_metric(["event"], status.dead_letters)
+        dead.add_metric(["webhook"], kit.webhooks.stats().get("dead", 0))
     except Exception as exc:
         log.warning("metrics: could not read the outbox and dead-letter gauges: %s", exc)
         up.add_metric([], 0)
@@ -357,12 +339,6 @@ def database_gauges(kit: Kit) -> Iterator[Any]:
             db.close()  # the scrape thread keeps no pooled connection between scrapes
     up.add_metric([], 1)
     yield from (up, pending, oldest, dead)
-
-
-def _count(model: Any, where: Any, db: Any) -> int:
-    from peewee import fn
-
-    return int(model.select(fn.COUNT(model._meta.primary_key)).where(where).scalar(db) or 0)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

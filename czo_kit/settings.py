@@ -115,6 +115,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Seconds ``kit.close()`` (or a process exit) waits for the queue to take the async events
     the relay still holds; the rest stay pending in the outbox, and the sweep queues them."""
 
+    events_retention: Annotated[float, msgspec.Meta(gt=0, le=10 * 366 * 86400)] = 604800.0
+    """Seconds that delivered async events, their finished delivery records, replayed or
+    discarded dead letters and idempotency markers are kept (default 7 days); then the worker
+    deletes them in small batches at its sweeps (``czo-kit events prune`` does it by hand).
+    Dead letters neither replayed nor discarded are kept whatever their age."""
+
     events_strict: bool = False
     """``emit`` raises handler errors (after running every handler) instead of logging them."""
 

@@ -21,11 +21,13 @@ from czo_kit.metrics import prepare_worker, print_to_stderr
 __all__ = ["huey", "kit"]
 
 kit = Kit.from_env()
-if kit.queue is None or kit.outbox is None:
+if kit.queue is None:
     raise RuntimeError("CZO_QUEUE_URL is empty: there is no queue for a consumer to run")
 
 huey: Huey = kit.queue
-_sweeper = Sweeper(kit.outbox, kit.settings.events_sweep_interval, kit.webhooks)
+_sweeper = Sweeper(
+    kit.outbox, kit.settings.events_sweep_interval, kit.webhooks, heartbeat=kit.outbox.heartbeat("huey_consumer")
+)
 _started = threading.Lock()
 
 
@@ -35,7 +37,13 @@ def _start_sweeper() -> None:
         _sweeper.start()
 
 
+def _stop_sweeper() -> None:
+    # The first worker to stop stops it (removing this worker's heartbeat); stop is idempotent.
+    _sweeper.stop()
+
+
 huey.on_startup()(_start_sweeper)
+huey.on_shutdown()(_stop_sweeper)
 
 
 _create_consumer = huey.create_consumer

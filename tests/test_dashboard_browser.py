@@ -209,9 +209,8 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
         replies = BackgroundServer(_replies_app(replies_public, [api.url]))
         replies_public.append(replies.url)
         servers.append(replies.start())
-        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=app.url + "/manifest")
-        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=spy.url + "/manifest")
-        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=replies.url + "/manifest")
+        # The order comes first: without a queue, webhooks are delivered too (in-process), and
+        # the payment app pays the orders it hears of; the widget is to show one unpaid.
         product = kit.services.get_abstract(ProductRepository).create({"shop_id": 1, "name": "Teapot", "price": 3200})
         order = kit.services.get(OrderService).place(
             shop_id=1, customer_email="ada@example.com", items=[(product, 1)]
@@ -219,6 +218,9 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
         review = kit.services.get_abstract(ReviewRepository).create(
             {"shop_id": 1, "rating": 4, "body": "Pours well", "author_email": "grace@example.com"}
         )
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=app.url + "/manifest")
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=spy.url + "/manifest")
+        kit.apps.install(shop_id=1, installer_id="owner", manifest_url=replies.url + "/manifest")
         yield Dashboard(
             kit=kit, api=api, app=app, spy=spy, stripe=stripe, replies=replies, order_id=int(order.id),
             review_id=int(review.id),

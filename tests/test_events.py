@@ -68,7 +68,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def kit(database_url: str, settings_for: SettingsFor) -> Iterator[Kit]:
     """A kit without a queue, on each database: ``emit_async`` runs handlers in-process."""
     with Kit(settings_for(database_url, queue_url="", plugins=())) as built:
-        assert built.queue is None and built.outbox is None
+        assert built.queue is None and built.deliverer is not None
+        built.outbox.ensure_tables()  # as with a queue: no DDL in the first emit's transaction
         yield built
 
 

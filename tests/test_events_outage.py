@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import textwrap
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from czo_kit.events.outbox import EventOutbox
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
 from test_cache_redis import PrivateRedis, free_port, redis_server_binary  # noqa: F401
+from test_worker import private_pg  # noqa: F401
 
 pytestmark = pytest.mark.redis
 
@@ -167,3 +170,112 @@ def test_a_process_that_exits_without_closing_keeps_the_deadline(
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "emitted"
     assert "left pending" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+# -- starting while the queue's Redis is down -------------------------------------------------
+
+
+@pytest.fixture
+def down_server(redis_server_binary: str) -> Iterator[PrivateRedis]:  # noqa: F811
+    """A private redis-server that is not running yet (its port is chosen); stopped afterwards."""
+    server = PrivateRedis(redis_server_binary)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def outage_db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """(database URL, a reader with ``all(sql)``) with the probe plugin's ``worker_runs``
+    table and the kit's tables made, as `czo-kit db init` would have."""
+    from test_worker import Lite
+
+    if request.param == "sqlite":
+        path = tmp_path / "data.sqlite3"
+        return f"sqlite:///{path}", Lite(path)
+    url, pg = request.getfixturevalue("private_pg")
+    return url, pg
+
+
+def test_everything_starts_while_the_queue_redis_is_down_and_catches_up_when_it_returns(
+    down_server: PrivateRedis, outage_db: Any, tmp_path: Path
+) -> None:
+    from test_worker import (
+        EVENT as PROBE_EVENT,
+        SECRET as WORKER_SECRET,
+        Proc,
+        child_env,
+        czo_kit_command,
+        install_probe_plugin,
+        wait_for,
+    )
+
+    db_url, rows = outage_db
+    site = tmp_path / "site"
+    install_probe_plugin(site)
+    env = child_env(
+        CZO_DATABASE_URL=db_url, CZO_QUEUE_URL=down_server.url, CZO_QUEUE_NAME=f"t{uuid.uuid4().hex[:12]}",
+        CZO_SECRET_KEY=WORKER_SECRET, CZO_PLUGINS="czo-worker-probe", CZO_EVENTS_LEASE="2",
+        CZO_EVENTS_SWEEP_INTERVAL="1", CZO_EVENTS_SHUTDOWN_TIMEOUT="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    settings = Settings(database_url=db_url, queue_url=down_server.url, queue_name=env["CZO_QUEUE_NAME"],
+                        secret_key=WORKER_SECRET, plugins=(), events_shutdown_timeout=1.0)
+
+    def delivered() -> dict[str, int]:
+        found = rows.all("SELECT state, count(*) FROM czo_event_delivery GROUP BY state")
+        return {state: int(n) for state, n in found}
+
+    with ExitStack() as stack:
+        # The worker starts (and waits) although nothing answers on the queue's port.
+        worker = Proc([*czo_kit_command(), "worker", "-w", "2", "--max-delay", "0.2"], env=env, cwd=tmp_path,
+                      label="worker")
+        stack.callback(worker.kill)
+        wait_for(lambda: "czo-kit worker:" in worker.err_path.read_text() or not worker.alive(), timeout=HANG_GUARD,
+                 what="the worker to start", diag=worker.tail)
+        assert worker.alive(), worker.tail()
+
+        # A producer that stays up (its relay holds its events) and one that exits meanwhile
+        # (its events stay pending for the sweep): both commit at once, as if nothing were wrong.
+        producer = Kit(settings)
+        stack.callback(producer.close)
+        held = [producer.events.emit_async(PROBE_EVENT, {"n": n}).event_id for n in range(10)]
+        script = Proc([sys.executable, "-c", textwrap.dedent("""
+            from czo_kit.kit import Kit
+            kit = Kit()
+            for n in range(10):
+                print(kit.events.emit_async("worker.probe", {"n": n}).event_id, flush=True)
+            kit.close()
+        """)], env=env, cwd=tmp_path, label="script")
+        stack.callback(script.kill)
+        assert script.wait(timeout=HANG_GUARD) == 0, script.tail()
+        left = script.stdout().split()
+        assert len(left) == 10
+        assert set(states(producer, held + left).values()) == {"pending"}
+
+        # The CLI reads what it can without the queue.
+        status = subprocess.run([*czo_kit_command(), "events", "status"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=HANG_GUARD)
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^  pending\s+20  oldest due ", status.stdout, re.M), status.stdout
+        # The worker's sweep finds the script's events (past their grace) and cannot queue them.
+        wait_for(lambda: "sweep of Outbox failed" in worker.err_path.read_text() or not worker.alive(),
+                 timeout=HANG_GUARD,
+                 what="the sweep to meet the outage", diag=worker.tail)
+
+        down_server.start()  # the server comes back (empty)
+        wanted = 2 * len(held + left)  # two probe subscribers
+        wait_for(lambda: delivered() == {"done": wanted} or not worker.alive(), timeout=HANG_GUARD,
+                 what="every delivery after the outage", diag=lambda: f"{delivered()}\n{worker.tail()}")
+        assert worker.alive(), worker.tail()
+        worker.popen.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=HANG_GUARD) == 0, worker.tail()
+
+    runs = rows.all("SELECT event_id, subscriber, count(*) FROM worker_runs GROUP BY event_id, subscriber")
+    assert len(runs) == wanted and {int(n) for _, _, n in runs} == {1}, runs  # each once
+    assert {event_id for event_id, _, _ in runs} == set(held + left)
+    log_text = worker.err_path.read_text()
+    assert "Traceback" not in log_text, worker.tail()
+    assert log_text.count("is unreachable") == 1 and log_text.count("answers again") == 1, worker.tail(60)
+    assert log_text.count("sweep of Outbox failed") == 1 and "sweep of Outbox works again" in log_text, worker.tail(60)

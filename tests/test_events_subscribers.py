@@ -71,7 +71,7 @@ def test_a_worker_creates_deliveries_for_the_producers_subscribers_and_leaves_th
     assert worker.outbox.waiting() == {f"{NAME}|b": 1}
     said = [r.getMessage() for r in caplog.records if "waits for a worker" in r.getMessage()]
     assert len(said) == 1, said  # once per subscriber and worker
-    assert f"'{NAME}|b'" in said[0] and "czo-kit events discard" in said[0]
+    assert f"'{NAME}|b'" in said[0] and "czo-kit events discard --subscriber" in said[0]
 
     # The worker that has b runs it, as its first attempt.
     assert producer.outbox.deliver(waiting.id) == "done"
@@ -169,8 +169,11 @@ def test_discard_gives_up_on_a_removed_subscriber(
         cli_env(monkeypatch, kit)
         status = run_cli("events", "status")
         assert status.exit_code == 0 and f"  {NAME}|removed  3" in status.output, status.output
-        assert run_cli("events", "discard", f"{NAME}|removed").exit_code == 1  # asks first: no answer
-        discarded = run_cli("events", "discard", f"{NAME}|removed", "--yes")
+        # The subscriber was once the argument: now DEAD_LETTER_ID is, and the error says what to write.
+        moved = run_cli("events", "discard", f"{NAME}|removed", "--yes")
+        assert moved.exit_code == 2 and f"--subscriber '{NAME}|removed'" in moved.output, moved.output
+        assert run_cli("events", "discard", "--subscriber", f"{NAME}|removed").exit_code == 1  # asks first
+        discarded = run_cli("events", "discard", "--subscriber", f"{NAME}|removed", "--yes")
         assert discarded.exit_code == 0, discarded.output
         assert f"discarded 3 deliveries of '{NAME}|removed'" in discarded.output
         assert kit.outbox.stats() == {"done": 3, "discarded": 3}
@@ -178,5 +181,6 @@ def test_discard_gives_up_on_a_removed_subscriber(
 
         # A subscriber this installation has is not discarded: a worker will run it.
         monkeypatch.setenv("CZO_PLUGINS", "czo_product,czo_order")
-        refused = run_cli("events", "discard", "product.deleted|czo_order.mark_lines_unavailable", "--yes")
+        refused = run_cli("events", "discard", "--subscriber", "product.deleted|czo_order.mark_lines_unavailable",
+                          "--yes")
         assert refused.exit_code == 1 and "is registered in this installation" in refused.output, refused.output

@@ -148,6 +148,32 @@ def test_an_older_kits_tables_are_upgraded_on_first_use_never_in_a_transaction(
         assert "subscribers" in {c.name for c in kit.db.get_columns("czo_event_outbox")}
 
 
+def test_an_older_kits_tables_get_the_indexes_of_a_newer_one_outside_transactions(
+    database_url: str, kit_for: Callable[..., Kit], settings_for: Callable[..., Settings]
+) -> None:
+    old = kit_for(database_url)
+    old.create_tables()
+    for index in ("czo_event_delivery_live", "czo_event_dead_letter_open"):
+        old.db.execute_sql(f'DROP INDEX "{index}"')
+    drop_column(old, "czo_event_dead_letter", "discarded_at")  # the open letters' index covers it
+    assert old.create_kit_tables() == [
+        "added column czo_event_dead_letter.discarded_at",
+        "created index czo_event_delivery_live",
+        "created index czo_event_dead_letter_open",
+    ]
+    for index in ("czo_event_delivery_live", "czo_event_outbox_live"):
+        old.db.execute_sql(f'DROP INDEX "{index}"')
+    with Kit(settings_for(database_url, plugins=()), plugins=[Bookings()]) as kit:
+        with kit.db.atomic():  # a missing index fails nobody, and is not made in here
+            kit.events.emit_async("czo_test.ping", {"n": 1})
+        names = {i.name for t in ("czo_event_outbox", "czo_event_delivery") for i in kit.db.get_indexes(t)}
+        assert not names & {"czo_event_delivery_live", "czo_event_outbox_live"}
+    with Kit(settings_for(database_url, plugins=()), plugins=[Bookings()]) as kit:
+        kit.outbox.sweep()  # a worker's first use, outside any transaction: made
+        names = {i.name for t in ("czo_event_outbox", "czo_event_delivery") for i in kit.db.get_indexes(t)}
+        assert {"czo_event_delivery_live", "czo_event_outbox_live"} <= names
+
+
 def test_create_tables_refuses_to_run_inside_a_transaction(
     database_url: str, kit_for: Callable[..., Kit]
 ) -> None:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,23 @@ KitFactory = Callable[..., Kit]
 
 
 @pytest.fixture
-def make_kit(db_url: str, settings_for: SettingsFor, tmp_path: Path) -> Iterator[KitFactory]:
+def queue_mode(request: pytest.FixtureRequest) -> str:
+    """``queue`` (a SQLite queue and its consumer) unless a test asks for both modes."""
+    return str(getattr(request, "param", "queue"))
+
+
+BOTH_MODES = pytest.mark.parametrize("queue_mode", ["queue", "no-queue"], indirect=True)
+"""Run a test with a queue and without one (``CZO_QUEUE_URL=""``: the in-process deliverer)."""
+
+
+@pytest.fixture
+def make_kit(db_url: str, settings_for: SettingsFor, tmp_path: Path, queue_mode: str) -> Iterator[KitFactory]:
     """Kits on the test's database and queue file; settings changed per test."""
     opened: list[AbstractContextManager[Kit]] = []
 
     def make(**changes: Any) -> Kit:
+        if queue_mode == "no-queue":
+            changes.setdefault("queue_url", "")
         manager = app_kit(app_settings(settings_for, db_url, str(tmp_path), **changes))
         opened.append(manager)
         return manager.__enter__()
@@ -79,6 +91,19 @@ def receiver() -> Iterator[Receiver]:
 
 def install(kit: Kit, base: str, **options: Any) -> InstallResult:
     return kit.apps.install(shop_id=options.pop("shop_id", 1), installer_id=OWNER, manifest=manifest(base, **options))
+
+
+@contextmanager
+def consuming(kit: Kit) -> Iterator[None]:
+    """A consumer of the kit's queue on threads of this process or, without a queue, the
+    kit's in-process deliverer (which runs until the kit closes)."""
+    if kit.queue is None:
+        assert kit.deliverer is not None
+        kit.deliverer.start()
+        yield
+        return
+    with kit.consumer(workers=2, sweep_interval=0.5):
+        yield
 
 
 def only_delivery(kit: Kit) -> WebhookDelivery:
@@ -116,10 +141,11 @@ def standard_verifies(request: Request, secret: str) -> bool:
 # -- payload and headers ----------------------------------------------------------------------
 
 
+@BOTH_MODES
 def test_payload_headers_and_both_signatures(kit: Kit, receiver: Receiver) -> None:
     result = install(kit, receiver.url)
     emitted = int(time.time())
-    with kit.consumer(workers=2, sweep_interval=0.5):
+    with consuming(kit):
         ctx = kit.events.emit_async("order.created", ORDER)
         wait_for(settled(kit, "delivered"), what="the delivery")
     [post] = receiver.posts("/hook")
@@ -306,10 +332,11 @@ def test_verify_signature_compares_in_constant_time(monkeypatch: pytest.MonkeyPa
 # -- retries, dead letters, the attempt log ---------------------------------------------------
 
 
+@BOTH_MODES
 def test_a_500_then_200_is_delivered_on_the_second_attempt(kit: Kit, receiver: Receiver) -> None:
     install(kit, receiver.url)
     receiver.script = answers(Reply(500, b"oops"), Reply(200))
-    with kit.consumer(workers=2, sweep_interval=0.5):
+    with consuming(kit):
         kit.events.emit_async("order.created", ORDER)
         wait_for(settled(kit, "delivered"), what="the retried delivery")
     first, second = receiver.posts("/hook")
@@ -436,13 +463,14 @@ def test_other_3xx_and_4xx_are_dead_at_once(kit: Kit, receiver: Receiver) -> Non
     assert len(receiver.requests) == len(statuses)
 
 
+@BOTH_MODES
 def test_network_errors_are_retried_until_dead(make_kit: KitFactory) -> None:
     kit = make_kit(webhooks_breaker_threshold=100)
     listener = socket.create_server(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{listener.getsockname()[1]}"
     listener.close()  # nothing listens there now
     install(kit, base)
-    with kit.consumer(workers=2, sweep_interval=0.5):
+    with consuming(kit):
         kit.events.emit_async("order.created", ORDER)
         wait_for(settled(kit, "dead"), what="the retries to run out")
     delivery = only_delivery(kit)
@@ -468,6 +496,7 @@ def test_timeouts_are_retried(make_kit: KitFactory, receiver: Receiver) -> None:
     assert second.status == 200
 
 
+@BOTH_MODES
 def test_after_the_last_attempt_the_delivery_is_dead_and_every_attempt_is_logged(
     make_kit: KitFactory, receiver: Receiver
 ) -> None:
@@ -475,7 +504,7 @@ def test_after_the_last_attempt_the_delivery_is_dead_and_every_attempt_is_logged
     install(kit, receiver.url)
     long_answer = b"E" * 5000
     receiver.script = lambda request: Reply(500, long_answer, {"Content-Type": "text/plain"})
-    with kit.consumer(workers=2, sweep_interval=0.5):
+    with consuming(kit):
         kit.events.emit_async("order.created", ORDER)
         wait_for(settled(kit, "dead"), what="the dead letter")
     assert len(receiver.posts("/hook")) == 4
@@ -559,6 +588,7 @@ def test_cli_redeliver_needs_one_target(cli_env: None, kit: Kit) -> None:
 # -- the circuit breaker ----------------------------------------------------------------------
 
 
+@BOTH_MODES
 def test_a_failing_target_is_paused_then_probed_and_recovers(make_kit: KitFactory, receiver: Receiver) -> None:
     cooldown = 2.0
     kit = make_kit(
@@ -574,7 +604,7 @@ def test_a_failing_target_is_paused_then_probed_and_recovers(make_kit: KitFactor
         return rows[0] if rows and rows[0]["opened_until"] is not None else None
 
     outcomes = watch_outcomes(kit)
-    with kit.consumer(workers=2, sweep_interval=0.5):
+    with consuming(kit):
         for i in range(3):
             kit.events.emit_async("order.created", dict(ORDER, id=i))
         wait_for(lambda: circuit() is not None, what="the circuit to open")

@@ -115,7 +115,7 @@ def test_a_worker_without_the_subscribers_plugin_leaves_their_deliveries_to_one_
         status = subprocess.run([*czo_kit_command(), "events", "status"], env=bare_env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
-        assert re.search(r"^waiting\s+40$", status.stdout, re.M), status.stdout
+        assert re.search(r"^  waiting\s+40  oldest ", status.stdout, re.M), status.stdout
         for subscriber in SUBSCRIBERS:
             assert re.search(rf"^\s+{re.escape(subscriber)}\s+20$", status.stdout, re.M), status.stdout
 

@@ -33,35 +33,32 @@ def _missing_columns(
 
 def _missing_indexes(
     db: peewee.Database, models: Sequence[type[peewee.Model]], tables: set[str]
-) -> list[peewee.ModelIndex]:
+) -> list[tuple[type[peewee.Model], peewee.ModelIndex]]:
     """Indexes of ``models`` whose table exists without them (an older kit made it)."""
-    missing: list[peewee.ModelIndex] = []
+    missing: list[tuple[type[peewee.Model], peewee.ModelIndex]] = []
     for model in models:
         if model._meta.table_name in tables:
             have = {index.name for index in db.get_indexes(model._meta.table_name)}
-            missing.extend(i for i in model._meta.fields_to_index() if _index_name(i) not in have)
+            missing.extend((model, i) for i in model._meta.fields_to_index() if getattr(i, "_name") not in have)
     return missing
-
-
-def _index_name(index: peewee.ModelIndex) -> str:
-    return str(getattr(index, "_name"))  # Peewee's own name for it, as create_tables used
 
 
 def ensure_tables(db: peewee.Database, models: Sequence[type[peewee.Model]], *, required: bool = True) -> bool:
     """True once every table of ``models`` exists with every column, making what is missing if
     no transaction is open (the kit's own tables only grow by nullable columns and indexes,
-    added here, so a newer kit upgrades an older one's tables on its own). Inside a caller's
-    transaction nothing is made: a missing table or column is a ``ConfigurationError`` saying
-    to run ``czo-kit db migrate``; only a missing table with ``required=False`` answers
-    ``False`` instead (a caller that can do without it, such as the webhook tap: no app can
-    have subscribed where the app tables do not exist); a missing index is left to the next
-    process that looks outside a transaction (queries are right without it, only slower).
-    Callers remember a True answer, so the check runs once per process."""
+    added here, so a newer kit upgrades an older one's tables on its own; a missing index is
+    only made outside a transaction, and its absence never fails a caller). Inside a caller's
+    transaction nothing is made: what is missing is a ``ConfigurationError`` saying to run
+    ``czo-kit db migrate``; only a missing table with ``required=False`` answers ``False`` instead (a
+    caller that can do without it, such as the webhook tap: no app can have subscribed where
+    the app tables do not exist). Callers remember a True answer, so the check runs once per
+    process."""
     tables = set(db.get_tables())
     missing = sorted(m._meta.table_name for m in models if m._meta.table_name not in tables)
     columns = _missing_columns(db, models, tables)
-    indexes = _missing_indexes(db, models, tables)
-    if missing or columns or (indexes and not db.in_transaction()):
+    if not missing and not columns and _missing_indexes(db, models, tables) and not db.in_transaction():
+        upgrade_tables(db, models)  # an index a newer kit added: made here, never in a transaction
+    elif missing or columns:
         if db.in_transaction():
             if not required and not columns:
                 return False
@@ -99,9 +96,11 @@ def upgrade_tables(db: peewee.Database, models: Sequence[type[peewee.Model]]) ->
                     )
                 migrator.add_column(model._meta.table_name, field.column_name, field).run()
                 actions.append(f"added column {model._meta.table_name}.{field.column_name}")
-        for index in _missing_indexes(db, models, tables):
-            db.execute(index)  # CREATE INDEX IF NOT EXISTS: safe when another process raced us
-            actions.append(f"created index {_index_name(index)}")
+        # After the columns: a new index may cover a new column.
+        for model, index in _missing_indexes(db, models, tables):
+            with db.bind_ctx([model]):
+                db.execute(getattr(model, "_schema")._create_index(index, safe=True))
+            actions.append(f"created index {getattr(index, '_name')}")
     return actions
 
 

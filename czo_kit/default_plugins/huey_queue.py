@@ -1,7 +1,8 @@
 """Queue backends for async events: Huey on SQLite (embedded default) or on Redis.
 
 Both honour priority (``SqliteHuey`` orders by it; on Redis the kit uses ``PriorityRedisHuey``,
-since plain ``RedisHuey`` ignores it). Both use the msgspec serializer: nothing is pickled.
+since plain ``RedisHuey`` ignores it). Both use the msgspec serializer: nothing is pickled. The
+Redis one connects on first use and rides out outages (``czo_kit.events._outage``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from huey import PriorityRedisHuey, SqliteHuey
+from huey import SqliteHuey
 
 from czo_kit.default_plugins.sqlite import check_sqlite_directory, parse_sqlite_url
 from czo_kit.errors import ConfigurationError
@@ -52,13 +53,23 @@ def create_redis_queue(url: str, *, settings: Settings, name: str) -> Huey:
         raise ConfigurationError(
             "invalid CZO_QUEUE_URL: no host; expected 'redis://host:6379/0'", variable="CZO_QUEUE_URL"
         )
-    return PriorityRedisHuey(
+    import redis
+
+    from czo_kit.events._outage import RedisQueue
+    from czo_kit.settings import redact_url
+
+    # Huey names its client with a command at construction (so a kit could not start while
+    # Redis is down); a connection option names each connection when it opens instead.
+    pool = redis.ConnectionPool.from_url(
+        url, client_name="czo-kit-queue", socket_connect_timeout=5.0, socket_keepalive=True
+    )
+    return RedisQueue(
         name,
-        url=url,
+        connection_pool=pool,
         results=False,
         utc=True,
         serializer=MsgspecSerializer(),
-        client_name="czo-kit-queue",
+        where=f"CZO_QUEUE_URL={redact_url(url)}",
     )
 
 

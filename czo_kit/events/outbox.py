@@ -27,6 +27,7 @@ import os
 import random
 import shlex
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,19 @@ import peewee
 from czo_kit._faults import fault_point
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
-from czo_kit.db.model import BytesField, KitTable, UTCDateTimeField, utcnow
+from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
+from czo_kit.events._admin import OutboxAdmin
+from czo_kit.events._models import (
+    DELIVERY_LIVE,
+    EVENT_MODELS,
+    OUTBOX_LIVE,
+    TRACEBACK_LIMIT,
+    DeadLetter,
+    EventDelivery,
+    EventOutbox,
+    ProcessedEvent,
+)
 from czo_kit.events._relay import Relay
 from czo_kit.events.types import EventContext
 
@@ -58,89 +70,6 @@ __all__ = [
 log = logging.getLogger("czo_kit.events")
 
 
-class EventOutbox(KitTable):
-    """An async event, written in the transaction that emitted it."""
-
-    event_id = peewee.CharField(max_length=36, primary_key=True)
-    name = peewee.CharField(max_length=200)
-    payload = BytesField()
-    actor = peewee.CharField(max_length=200, null=True)
-    correlation_id = peewee.CharField(max_length=64)
-    causation_id = peewee.CharField(max_length=36, null=True)
-    created_at = UTCDateTimeField()
-    deliver_at = UTCDateTimeField()
-    retries = peewee.IntegerField()
-    priority = peewee.IntegerField()
-    state = peewee.CharField(max_length=16, default="pending")
-    updated_at = UTCDateTimeField()
-    subscribers = peewee.TextField(null=True)
-    """The producer's subscribers of the event (a JSON list of ids after ``<name>|``), so that a
-    worker without some of them still creates their deliveries."""
-
-    class Meta:
-        table_name = "czo_event_outbox"
-        indexes = ((("state", "updated_at"), False),)
-
-
-class EventDelivery(KitTable):
-    """One subscriber's delivery of one event: the unit that is retried and recovered.
-
-    States: ``queued``, ``running``, ``retry`` (after a failure), ``waiting`` (for a worker
-    that has the subscriber), then ``done``, ``dead`` or ``discarded`` (by an operator).
-    """
-
-    id = peewee.BigAutoField()
-    event_id = peewee.CharField(max_length=36, index=True)
-    subscriber = peewee.CharField(max_length=460)
-    state = peewee.CharField(max_length=16, default="queued")
-    attempts = peewee.IntegerField(default=0)
-    max_attempts = peewee.IntegerField()
-    priority = peewee.IntegerField(default=50)
-    next_attempt_at = UTCDateTimeField(null=True)
-    lease_until = UTCDateTimeField(null=True)
-    last_error = peewee.TextField(null=True)
-    created_at = UTCDateTimeField()
-    updated_at = UTCDateTimeField()
-    finished_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_event_delivery"
-        indexes = (
-            (("event_id", "subscriber"), True),
-            (("state", "updated_at"), False),
-        )
-
-
-class DeadLetter(KitTable):
-    """A delivery that exhausted its retries; ``czo-kit events replay ID`` sends it again."""
-
-    id = peewee.BigAutoField()
-    delivery_id = peewee.BigIntegerField(index=True)
-    event_id = peewee.CharField(max_length=36)
-    name = peewee.CharField(max_length=200)
-    subscriber = peewee.CharField(max_length=460)
-    attempts = peewee.IntegerField()
-    error = peewee.TextField(null=True)
-    died_at = UTCDateTimeField()
-    replayed_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        table_name = "czo_event_dead_letter"
-
-
-class ProcessedEvent(KitTable):
-    """Markers written by ``idempotent`` handlers, in the same transaction as their effects."""
-
-    key = peewee.CharField(max_length=500, primary_key=True)
-    processed_at = UTCDateTimeField()
-
-    class Meta:
-        table_name = "czo_event_processed"
-
-
-EVENT_MODELS: tuple[type[peewee.Model], ...] = (EventOutbox, EventDelivery, DeadLetter, ProcessedEvent)
-
-
 @dataclass(frozen=True)
 class OutboxSettings:
     retry_base: float = 2.0
@@ -154,6 +83,8 @@ class OutboxSettings:
     shutdown_timeout: float = 3.0
     """Seconds ``close()`` (or the exit of a process) waits for the queue to take the events
     the relay still holds; the rest stay pending for the sweep."""
+    retention: float = 7 * 86400.0
+    """Seconds finished rows are kept before ``prune()`` deletes them."""
 
 
 class Enqueuer:
@@ -169,6 +100,24 @@ class Enqueuer:
         """How many tasks wait in the queue (0 if unknown)."""
         return 0
 
+    inline = False
+    """True where there is no queue (``czo_kit.events.deliverer``): a committed event is then
+    handed to ``committed`` instead of the relay."""
+
+    def committed(self, event_id: str, *, delay: float, priority: int) -> None:
+        """An inline enqueuer's hand-over of a committed event (see ``inline``)."""
+        raise NotImplementedError
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it (with its causes), cut to its last
+    ``TRACEBACK_LIMIT`` characters: the end says where and why it raised."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    cut = len(text) - TRACEBACK_LIMIT
+    return f"[... {cut} earlier characters cut ...]\n" + text[cut:]
+
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
     """Seconds before retry number ``attempt`` (1 = first retry): exponential, full jitter
@@ -177,7 +126,7 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-class Outbox:
+class Outbox(OutboxAdmin):
     """The durable transport of one kit: ``publish`` for producers, the rest for workers."""
 
     def __init__(
@@ -188,9 +137,12 @@ class Outbox:
         settings: OutboxSettings | None = None,
         *,
         plugins: tuple[str, ...] = (),
+        queue_name: str = "",
     ) -> None:
         self.db = db
         self.queue = queue
+        self.queue_name = queue_name
+        """The queue's name (``CZO_QUEUE_NAME``), empty without a queue: for heartbeats."""
         self.emitter = emitter
         self.settings = settings or OutboxSettings()
         self.plugins = plugins
@@ -245,7 +197,10 @@ class Outbox:
             },
         )
         event_id = ctx.event_id
-        on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
+        if self.queue.inline:
+            on_commit(self.db, lambda: self.queue.committed(event_id, delay=delay, priority=priority))
+        else:
+            on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
     def _subscribers_of(self, name: str) -> str | None:
         """What ``publish`` records: the event's subscribers here, but not ``once`` ones (they
@@ -305,9 +260,10 @@ class Outbox:
         row = info.execute(template, {"id": event_id}).fetchone()
         return info.load(row) if row is not None else None
 
-    def dispatch(self, event_id: str) -> int:
+    def dispatch(self, event_id: str, *, inline: bool = False) -> int:
         """Create a delivery per subscriber, those of this worker and those the producer
-        recorded, and queue each; returns how many queued."""
+        recorded, and queue each; returns how many queued. ``inline`` runs their first attempt
+        in this thread instead (no queue: what ``emit_async`` always did there)."""
         self.ensure_tables()
         row = self._outbox_row(event_id)
         if row is None:
@@ -367,8 +323,20 @@ class Outbox:
                 .execute(self.db)
             )
         for delivery_id, priority in queued:
-            self.queue.deliver(delivery_id, delay=0, priority=priority)
+            if inline:
+                self._deliver_inline(delivery_id, priority)
+            else:
+                self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(queued)
+
+    def _deliver_inline(self, delivery_id: int, priority: int) -> None:
+        try:
+            self.deliver(delivery_id)
+        except Exception as exc:
+            # Not the handler (deliver records its failures): the database failed us. Leave it
+            # to the deliverer's threads; a claim that did go through waits for its lease.
+            log.warning("delivery %s could not run now (%r); it is queued for another try", delivery_id, exc)
+            self.queue.deliver(delivery_id, delay=self.settings.retry_base, priority=priority)
 
     def _claim(self, delivery_id: int) -> EventDelivery | None:
         now = utcnow()
@@ -415,7 +383,7 @@ class Outbox:
             return "skipped"  # done, dead, or running elsewhere: a duplicate task
         event = self._outbox_row(str(delivery.event_id))
         if event is None:
-            return self._finish_dead(delivery, None, "event row is gone")
+            return self._finish_dead(delivery, None, "event row is gone", None)
         sub = self.emitter.subscription(delivery.subscriber)
         if sub is None:
             return self._hand_back(delivery, event)
@@ -435,10 +403,11 @@ class Outbox:
             log.warning(
                 "delivery %s of %s to %s failed (attempt %d of %d): %r",
                 delivery.id, event.name, sub.id, delivery.attempts, delivery.max_attempts, exc,
+                exc_info=exc,
             )
             if delivery.attempts >= delivery.max_attempts:
                 self.emitter.release_once(sub)
-            return self._retry_or_die(delivery, event, repr(exc))
+            return self._retry_or_die(delivery, event, repr(exc), format_traceback(exc))
         self._done(int(delivery.id))
         self.emitter.release_once(sub)
         return "done"
@@ -472,16 +441,16 @@ class Outbox:
             log.warning(
                 "event %s (%s) waits for a worker with subscriber %r: this worker (pid %d) does not "
                 "have it; its plugins: %s. A worker that has it will run it. If the subscriber was "
-                "removed on purpose, drop what waits for it: czo-kit events discard %s",
+                "removed on purpose, drop what waits for it: czo-kit events discard --subscriber %s",
                 event.event_id, event.name, delivery.subscriber, os.getpid(), plugins,
                 shlex.quote(delivery.subscriber),
             )
         return "waiting"
 
-    def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str) -> str:
+    def _retry_or_die(self, delivery: EventDelivery, event: EventOutbox, error: str, trace: str) -> str:
         """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
         if delivery.attempts >= delivery.max_attempts:
-            return self._finish_dead(delivery, event, error)
+            return self._finish_dead(delivery, event, error, trace)
         wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
         now = utcnow()
         EventDelivery.update(
@@ -489,27 +458,33 @@ class Outbox:
             next_attempt_at=now + dt.timedelta(seconds=wait),
             lease_until=None,
             last_error=error[:2000],
+            last_traceback=trace,
             updated_at=now,
         ).where(EventDelivery.id == delivery.id).execute(self.db)
         self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
         return "retry"
 
-    def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str) -> str:
+    def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str, trace: str | None) -> str:
         now = utcnow()
         with self.db.atomic():
             EventDelivery.update(
-                state="dead", finished_at=now, lease_until=None, last_error=error[:2000], updated_at=now
+                state="dead", finished_at=now, lease_until=None, last_error=error[:2000], last_traceback=trace,
+                updated_at=now,
             ).where(EventDelivery.id == delivery.id).execute(self.db)
-            DeadLetter.insert(
+            letter_id = DeadLetter.insert(
                 delivery_id=delivery.id,
                 event_id=delivery.event_id,
                 name=event.name if event is not None else "?",
                 subscriber=delivery.subscriber,
                 attempts=delivery.attempts,
                 error=error[:2000],
+                traceback=trace,
                 died_at=now,
             ).execute(self.db)
-        log.error("event %s to %s is dead after %d attempt(s): %s", delivery.event_id, delivery.subscriber, delivery.attempts, error)
+        log.error(
+            "event %s to %s is dead after %d attempt(s): %s (`czo-kit events dead %s` shows its traceback)",
+            delivery.event_id, delivery.subscriber, delivery.attempts, error, letter_id,
+        )
         return "dead"
 
     # -- recovery -----------------------------------------------------------------------
@@ -535,8 +510,15 @@ class Outbox:
         events = list(
             EventOutbox.select(EventOutbox.event_id, EventOutbox.deliver_at, EventOutbox.priority)
             .where(
-                ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
-                | ((EventOutbox.state == "queued") & (EventOutbox.updated_at < stale) & (EventOutbox.deliver_at < stale))
+                OUTBOX_LIVE  # through the live rows' index: delivered ones are not read
+                & (
+                    ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
+                    | (
+                        (EventOutbox.state == "queued")
+                        & (EventOutbox.updated_at < stale)
+                        & (EventOutbox.deliver_at < stale)
+                    )
+                )
             )
             .tuples()
             .execute(self.db)
@@ -554,7 +536,7 @@ class Outbox:
         # Running past its lease: the worker died mid-handler. Run it again (at least once).
         recovered = list(
             EventDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where((EventDelivery.state == "running") & (EventDelivery.lease_until < now))
+            .where(DELIVERY_LIVE & (EventDelivery.state == "running") & (EventDelivery.lease_until < now))
             .returning(EventDelivery.id, EventDelivery.priority)
             .tuples()
             .execute(self.db)
@@ -570,8 +552,11 @@ class Outbox:
         lost = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
-                ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
-                | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
+                DELIVERY_LIVE
+                & (
+                    ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
+                    | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
+                )
             )
             .tuples()
             .execute(self.db)
@@ -594,7 +579,9 @@ class Outbox:
         it handed them back for later, maybe long before this one started. Not those just
         queued (their task is on its way)."""
         waited_for = (
-            EventDelivery.select(EventDelivery.subscriber).distinct().where(EventDelivery.state == "waiting")
+            EventDelivery.select(EventDelivery.subscriber)
+            .distinct()
+            .where(DELIVERY_LIVE & (EventDelivery.state == "waiting"))
         )
         mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
         if not mine:
@@ -602,7 +589,8 @@ class Outbox:
         found = list(
             EventDelivery.select(EventDelivery.id, EventDelivery.priority)
             .where(
-                (EventDelivery.state == "waiting")
+                DELIVERY_LIVE
+                & (EventDelivery.state == "waiting")
                 & EventDelivery.subscriber.in_(mine)
                 & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale))
             )
@@ -616,83 +604,6 @@ class Outbox:
         for delivery_id, priority in found:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(found)
-
-    # -- dead letters -------------------------------------------------------------------
-
-    def dead_letters(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
-        self.ensure_tables()
-        query = DeadLetter.select().order_by(DeadLetter.id.desc()).limit(limit)
-        if not include_replayed:
-            query = query.where(DeadLetter.replayed_at.is_null(True))
-        return list(query.execute(self.db))
-
-    def replay(self, dead_letter_id: int) -> int:
-        """Send a dead delivery again with a fresh set of attempts; returns the delivery id."""
-        self.ensure_tables()
-        from czo_kit.errors import NotFoundError
-
-        letter = DeadLetter.select().where(DeadLetter.id == dead_letter_id).first(self.db)
-        if letter is None:
-            raise NotFoundError("DeadLetter", dead_letter_id)
-        state = (
-            EventDelivery.select(EventDelivery.state).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
-        )
-        if letter.replayed_at is not None or state != "dead":
-            from czo_kit.errors import ConflictError
-
-            raise ConflictError(
-                f"dead letter {dead_letter_id} was already replayed (its delivery is {state or 'gone'}); "
-                "a delivery is replayed once per death"
-            )
-        now = utcnow()
-        with self.db.atomic():
-            EventDelivery.update(
-                state="queued", attempts=0, next_attempt_at=None, lease_until=None,
-                finished_at=None, updated_at=now,
-            ).where(EventDelivery.id == letter.delivery_id).execute(self.db)
-            DeadLetter.update(replayed_at=now).where(DeadLetter.id == letter.id).execute(self.db)
-        priority = (
-            EventDelivery.select(EventDelivery.priority).where(EventDelivery.id == letter.delivery_id).scalar(self.db)
-        )
-        on_commit(self.db, lambda: self.queue.deliver(letter.delivery_id, delay=0, priority=priority or 50))
-        return int(letter.delivery_id)
-
-    def waiting(self) -> dict[str, int]:
-        """Subscribers whose deliveries wait for a worker that has them, and how many each."""
-        self.ensure_tables()
-        rows = (
-            EventDelivery.select(EventDelivery.subscriber, peewee.fn.COUNT(EventDelivery.id))
-            .where(EventDelivery.state == "waiting")
-            .group_by(EventDelivery.subscriber)
-            .tuples()
-            .execute(self.db)
-        )
-        return {subscriber: count for subscriber, count in rows}
-
-    def discard(self, subscriber: str) -> int:
-        """Give up on every delivery of ``subscriber`` not yet run (a subscriber removed on
-        purpose); they end ``discarded``. Returns how many."""
-        self.ensure_tables()
-        now = utcnow()
-        return int(
-            EventDelivery.update(
-                state="discarded", finished_at=now, lease_until=None, updated_at=now,
-                last_error="discarded by an operator",
-            )
-            .where((EventDelivery.subscriber == subscriber) & EventDelivery.state.in_(("queued", "retry", "waiting")))
-            .execute(self.db)
-        )
-
-    def stats(self) -> dict[str, int]:
-        """How many deliveries are in each state."""
-        self.ensure_tables()
-        rows = (
-            EventDelivery.select(EventDelivery.state, peewee.fn.COUNT(EventDelivery.id))
-            .group_by(EventDelivery.state)
-            .tuples()
-            .execute(self.db)
-        )
-        return {state: count for state, count in rows}
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,6 +18,7 @@ from huey.serializer import Serializer
 from czo_kit.events.outbox import Enqueuer
 
 if TYPE_CHECKING:
+    from czo_kit.events._heartbeat import Heartbeat
     from czo_kit.events.outbox import Outbox
 
 __all__ = ["DISPATCH_TASK", "DELIVER_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer", "Sweeper"]
@@ -155,16 +158,36 @@ class WebhookQueue:
         return self.queue.pending()
 
 
-class Sweeper:
-    """Runs ``sweep()`` of the outbox (and of any other given recoverer, such as the webhook
-    dispatcher) every ``interval`` seconds on a daemon thread."""
+PRUNE_BUDGET = 2.0
+"""Seconds a sweeper spends pruning at each sweep at most (the next sweep goes on)."""
 
-    def __init__(self, outbox: Any, interval: float, *others: Any) -> None:
+
+class Sweeper:
+    """A worker's housekeeping thread: every ``interval`` seconds it sweeps the outbox (and any
+    other given recoverer, such as the webhook dispatcher) and prunes what the retention let go
+    of; with a ``heartbeat``, it also records every few seconds that this worker is alive, and
+    removes that record when it stops."""
+
+    def __init__(
+        self,
+        outbox: Any,
+        interval: float,
+        *others: Any,
+        on_start: Callable[[], Any] | None = None,
+        heartbeat: Heartbeat | None = None,
+        prune: bool = True,
+    ) -> None:
         self.outbox = outbox
         self.others = [o for o in others if o is not None]
         self.interval = interval
+        self.on_start = on_start
+        """Run once on the sweeper's thread before its first sweep (the in-process deliverer's
+        recovery)."""
+        self.heartbeat = heartbeat
+        self.prune = prune
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing: dict[str, type[BaseException]] = {}  # by step: what it last raised
 
     def start(self) -> None:
         if self._thread is not None:
@@ -173,24 +196,81 @@ class Sweeper:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            for target in (self.outbox, *self.others):
-                try:
-                    target.sweep()
-                except Exception:
-                    log.exception("sweep of %r failed; trying again in %ss", target, self.interval)
-                finally:
-                    # The sweeper sleeps most of the time: give its connection back meanwhile.
-                    db = getattr(target, "db", None)
-                    if db is not None and not db.is_closed() and not db.in_transaction():
-                        db.close()
-            self._stop.wait(self.interval)
+        if hasattr(self.outbox, "ensure_tables"):
+            self._step("table check", self.outbox.ensure_tables)  # before the first heartbeat
+        if self.on_start is not None:
+            self._step("start-up step", self.on_start)
+        heartbeat = self.heartbeat
+        next_sweep = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if heartbeat is not None:
+                    self._step("heartbeat", heartbeat.beat)
+                if time.monotonic() >= next_sweep:
+                    for target in (self.outbox, *self.others):
+                        self._step(f"sweep of {type(target).__name__}", target.sweep)
+                    if self.prune and hasattr(self.outbox, "prune"):
+                        self._step("prune", self._prune)
+                    next_sweep = time.monotonic() + self.interval
+                # The sweeper sleeps most of the time: give its connections back meanwhile.
+                for target in (self.outbox, *self.others):
+                    _release(getattr(target, "db", None))
+                wait = next_sweep - time.monotonic()
+                self._stop.wait(max(0.0, min(wait, heartbeat.interval) if heartbeat is not None else wait))
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()  # a clean stop: this worker is gone
+                _release(heartbeat.db)
+
+    def _prune(self) -> None:
+        pruned = self.outbox.prune(budget=PRUNE_BUDGET)
+        if any(pruned.values()):
+            log.info("pruned what the retention let go of: %s", pruned)
+
+    def _step(self, name: str, run: Callable[[], Any]) -> None:
+        """Run one step; when it starts failing, say so once (with the traceback unless a
+        server is unreachable: an outage, which the sweeper outlives), not at every turn."""
+        try:
+            run()
+        except Exception as exc:
+            if self._failing.get(name) == type(exc):
+                log.debug("the %s failed again", name, exc_info=True)
+                return
+            self._failing[name] = type(exc)
+            log.warning(
+                "the %s failed (%s: %s); trying again every %gs", name, type(exc).__name__, exc, self.interval,
+                exc_info=not _server_unreachable(exc),
+            )
+        else:
+            if self._failing.pop(name, None) is not None:
+                log.warning("the %s works again", name)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+def _release(db: Any) -> None:
+    if db is not None and not db.is_closed() and not db.in_transaction():
+        try:
+            db.close()
+        except Exception:  # a server gone away: nothing to give back
+            log.debug("could not close the sweeper's connection", exc_info=True)
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """A connection to a server (the queue's Redis, the database) failed, rather than a bug."""
+    import peewee
+
+    if isinstance(exc, (OSError, peewee.OperationalError, peewee.InterfaceError)):
+        return True
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the redis extra is not installed
+        return False
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 class InProcessConsumer:
@@ -207,7 +287,10 @@ class InProcessConsumer:
             workers=workers, periodic=False, initial_delay=0.01, backoff=1.2, max_delay=0.25,
             scheduler_interval=1, check_worker_health=False,
         )
-        self.sweeper = Sweeper(outbox, sweep_interval, also_sweep) if outbox is not None else None
+        self.sweeper: Sweeper | None = None
+        if outbox is not None:
+            heartbeat = outbox.heartbeat(f"in-process consumer ({workers} threads)")
+            self.sweeper = Sweeper(outbox, sweep_interval, also_sweep, heartbeat=heartbeat)
         self._started = False
 
     def start(self) -> InProcessConsumer:
