@@ -43,7 +43,10 @@ class BackgroundServer:
         # thread (through its trigger): closed from here, the loop could still be polling
         # them and fail with EBADF.
         if self._thread.is_alive():
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            try:
+                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            except OSError:
+                pass  # the trigger is closed already: the loop closed its map and is ending
             self._thread.join(timeout=10)
         if server._map:
             wasyncore.close_all(server._map)  # never started, or a loop that did not stop
