@@ -130,6 +130,30 @@ def plugins_command(as_json: bool) -> None:
                 click.echo(f"  {what}: {', '.join(names)}")
 
 
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--workers-within", type=click.FloatRange(1, 86400), default=60.0, show_default=True,
+              help="Count workers whose heartbeat is at most this many seconds old.")
+def status_command(as_json: bool, workers_within: float) -> None:
+    """The screen to read first: whether the database, the cache and the queue answer; the
+    outbox and deliveries by state, with the age of the oldest; dead letters; webhook targets
+    with an open circuit; the workers seen recently and their plugins.
+
+    Exits with status 1 when the database, the cache or the queue does not answer.
+    """
+    from czo_kit._status import collect, render
+
+    with _kit() as kit:
+        status = collect(kit, workers_seen_within=workers_within)
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(status), indent=2))
+    else:
+        for line in render(status):
+            click.echo(line)
+    if not status.healthy:
+        raise SystemExit(1)
+
+
 @cli.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def settings_command(as_json: bool) -> None:
