@@ -204,3 +204,26 @@ def test_json_lines_keep_a_traceback_the_kit_already_scrubbed() -> None:
     record.exc_text = "Traceback: RuntimeError: GET https://app.example/hook?*** failed"
     line = json.loads(JSONLogFormatter().format(record))
     assert line["traceback"] == record.exc_text and "s3cr3t" not in json.dumps(line)
+
+
+def test_a_webhook_carries_the_correlation_id_of_what_caused_it(
+    database_url: str, settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from apps_support import OWNER, Receiver, app_settings, manifest, reset_app_tables, wait_for
+
+    settings = app_settings(settings_for, database_url, str(tmp_path))
+    reset_app_tables(settings.database_url)
+    with Kit(settings) as kit, Receiver() as app:
+        kit.create_tables()
+        kit.permission_service.grant(OWNER, 1, "owner")
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(app.url))
+        order = {"id": 1, "shop_id": 1, "total": 100, "currency": "EUR"}
+        with kit.consumer(workers=1, sweep_interval=0.5):
+            with acting("user:owner-1", correlation_id="req-hook-1"):
+                kit.events.emit_async("order.created", order)
+            with kit.events.correlation("not\r\nheader-safe"):  # set in code: any text
+                kit.events.emit_async("order.created", dict(order, id=2))
+            wait_for(lambda: len(app.posts("/hook")) == 2, what="both webhooks")
+    by_order = {post.json()["data"]["id"]: post.headers for post in app.posts("/hook")}
+    assert by_order[1]["x-czo-correlation-id"] == "req-hook-1"
+    assert "x-czo-correlation-id" not in by_order[2]  # left out rather than sent broken

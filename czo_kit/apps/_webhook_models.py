@@ -67,6 +67,9 @@ class WebhookDelivery(KitTable):
     created_at = UTCDateTimeField()
     updated_at = UTCDateTimeField()
     delivered_at = UTCDateTimeField(null=True)
+    correlation_id = peewee.TextField(null=True)
+    """The correlation id of the event (of the request or command that caused it), sent as
+    ``X-CZO-Correlation-Id``."""
 
     class Meta:
         table_name = "czo_webhook_delivery"

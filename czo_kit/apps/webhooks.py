@@ -44,6 +44,7 @@ from czo_kit.apps._webhook_ops import WebhookOperations
 from czo_kit.apps.net import OutboundHTTP, parse_target, shown_url
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
+from czo_kit.context import clean_correlation_id
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
@@ -181,6 +182,7 @@ class WebhookDispatcher(WebhookOperations):
                     "webhook_name": name,
                     "event_id": ctx.event_id,
                     "event_name": ctx.name,
+                    "correlation_id": ctx.correlation_id,
                     "target_url": target_url,
                     "origin": parse_target(target_url).origin,
                     "body": body,
@@ -326,6 +328,10 @@ class WebhookDispatcher(WebhookOperations):
                 "X-CZO-Delivery-Attempt": str(delivery.attempts),
             }
         )
+        # Only a header-safe one: a correlation id set in code may be any text.
+        correlation = clean_correlation_id(delivery.correlation_id)
+        if correlation is not None:
+            headers["X-CZO-Correlation-Id"] = correlation
         status: int | None = None
         excerpt: str | None = None
         error: str | None = None
