@@ -221,10 +221,22 @@ def db_migrate(module: str | None) -> None:
 
 
 @db_group.command("status")
-def db_status() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def db_status(as_json: bool) -> None:
     """Show each module's migrations and whether they are applied."""
     with _kit() as kit:
-        for module, rows in kit.migrations.status().items():
+        status = kit.migrations.status()
+        if as_json:
+            click.echo(json.dumps({
+                module: [
+                    {"name": row.name, "applied": row.applied.isoformat() if row.applied else None,
+                     "file": row.path is not None}
+                    for row in rows
+                ]
+                for module, rows in status.items()
+            }, indent=2))
+            return
+        for module, rows in status.items():
             click.echo(click.style(module, bold=True))
             for row in rows:
                 state = f"applied {row.applied:%Y-%m-%d %H:%M}" if row.applied else "pending"

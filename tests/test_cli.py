@@ -399,3 +399,27 @@ def test_db_init_migration_without_up_is_clean(env: Path) -> None:
     assert run("db", "init").exit_code == 0
     (env / "0002_empty.py").write_text("x = 1\n")
     assert_clean_failure(run("db", "init"), "migrations of czo_product: 0002_empty does not define up()")
+
+
+# Every command that lists things speaks JSON too, for scripts and dashboards.
+LISTINGS = [
+    ("plugins",), ("settings",), ("status",), ("db", "status"), ("events", "status"), ("events", "dead"),
+    ("apps", "list"), ("apps", "tokens"), ("webhooks", "deliveries"), ("webhooks", "dead"), ("webhooks", "circuits"),
+]
+
+
+@pytest.mark.parametrize("path", LISTINGS, ids=" ".join)
+def test_every_listing_command_has_json(path: tuple[str, ...]) -> None:
+    command: Any = build_cli()
+    for name in path:
+        command = command.commands[name]
+    assert "--json" in {opt for param in command.params for opt in getattr(param, "opts", [])}, path
+
+
+def test_db_status_json(env: Path) -> None:
+    run("db", "init")
+    result = run("db", "status", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    [initial] = data["czo_product"]
+    assert initial["name"] == "0001_initial" and initial["applied"] and initial["file"] is True
