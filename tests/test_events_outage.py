@@ -41,13 +41,8 @@ Redis client's 5-second timeout once per held event: 20 events, 100 s."""
 
 @pytest.fixture
 def server(redis_server_binary: str) -> Iterator[PrivateRedis]:  # noqa: F811
-    with PrivateRedis(redis_server_binary) as server:
-        try:
-            yield server
-        finally:
-            process = server.process
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)  # a paused server cannot be killed cleanly
+    with PrivateRedis(redis_server_binary) as server:  # resumed before it is killed
+        yield server
 
 
 def make_settings(settings_for: SettingsFor, sqlite_url: str, server: PrivateRedis, **changes: Any) -> Settings:
@@ -83,7 +78,7 @@ def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
     kit.events.emit_async(EVENT, {"n": -1})
     kit.outbox.flush()  # the queue's connection is open and has answered once
     pid = server.process.pid
-    os.kill(pid, signal.SIGSTOP)
+    server.pause()
     try:
         ids = [kit.events.emit_async(EVENT, {"n": n}).event_id for n in range(20)]
         closer = threading.Thread(target=kit.close, name="closer", daemon=True)
@@ -93,7 +88,7 @@ def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
         assert paused(pid), "close() returned only because the server came back"
         assert set(states(kit, ids).values()) == {"pending"}  # left for the sweep
     finally:
-        os.kill(pid, signal.SIGCONT)
+        server.resume()
 
     # A worker started after the server came back delivers every one of them, once.
     ran: list[str] = []
@@ -166,7 +161,7 @@ def test_a_process_that_exits_without_closing_keeps_the_deadline(
     except subprocess.TimeoutExpired:
         pytest.fail("the process did not exit while the queue's Redis was paused", pytrace=False)
     finally:
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "emitted"
     assert "left pending" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -6,8 +6,6 @@ Each test runs a private ``redis-server`` that it pauses (SIGSTOP).
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,13 +37,8 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def server(redis_server_binary: str) -> Iterator[PrivateRedis]:  # noqa: F811
-    with PrivateRedis(redis_server_binary) as server:
-        try:
-            yield server
-        finally:
-            process = server.process
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)  # a paused server cannot be killed cleanly
+    with PrivateRedis(redis_server_binary) as server:  # resumed before it is killed
+        yield server
 
 
 @pytest.fixture
@@ -93,7 +86,7 @@ def test_emitting_does_not_wait_for_a_hung_queue_and_delivers_once_it_answers(
         first = kit.events.emit_async("order.created", dict(ORDER, id=1)).event_id
         assert wait_until(lambda: kit.queue.pending_count() == 2, timeout=HANG_GUARD)  # event + webhook
         pid = server.process.pid
-        os.kill(pid, signal.SIGSTOP)
+        server.pause()
         emitted: list[str] = []
         try:
             def emit() -> None:
@@ -111,7 +104,7 @@ def test_emitting_does_not_wait_for_a_hung_queue_and_delivers_once_it_answers(
             states = {d.event_id: d.state for d in kit.webhooks.deliveries()}
             assert [states[e] for e in emitted] == ["queued"] * 3  # recorded, waiting for the queue
         finally:
-            os.kill(pid, signal.SIGCONT)
+            server.resume()
         with kit.consumer(workers=2, sweep_interval=0.5):
             assert wait_until(lambda: delivered_ids(kit) == {first, *emitted}, timeout=HANG_GUARD), (
                 kit.webhooks.deliveries()
@@ -133,7 +126,7 @@ def test_closing_during_a_hang_keeps_the_deadline_and_the_sweep_delivers_the_res
         assert kit.queue is not None
         assert wait_until(lambda: kit.queue.pending_count() == 2, timeout=HANG_GUARD)  # event + webhook
         pid = server.process.pid
-        os.kill(pid, signal.SIGSTOP)
+        server.pause()
         ids: list[str] = []
         try:
             def emit() -> None:
@@ -149,7 +142,7 @@ def test_closing_during_a_hang_keeps_the_deadline_and_the_sweep_delivers_the_res
             assert not closer.is_alive(), "kit.close() is still waiting for the paused Redis"
             assert paused(pid), "close() returned only because the server came back"
         finally:
-            os.kill(pid, signal.SIGCONT)
+            server.resume()
         with Kit(options) as worker, worker.consumer(workers=2, sweep_interval=0.2):
             assert wait_until(lambda: set(ids) <= delivered_ids(worker), timeout=HANG_GUARD), (
                 worker.webhooks.deliveries()
