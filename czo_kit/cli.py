@@ -13,7 +13,7 @@ import click
 import msgspec
 
 from czo_kit import __version__
-from czo_kit._cli_errors import FailureReportingGroup, describe_failure
+from czo_kit._cli_errors import FailureReportingGroup
 from czo_kit.context import ContextFilter, JSONLogFormatter, acting
 from czo_kit.errors import CzoError
 
@@ -36,16 +36,14 @@ def _kit(**overrides: Any) -> Iterator[Any]:
 
     quiet = _NoRandomKeyWarning()
     logging.getLogger("czo_kit.kit").addFilter(quiet)
+    # A failure here or in the command is reported by the group (FailureReportingGroup), the
+    # same way for every command, the plugins' included.
     try:
         kit = Kit.from_env(**overrides)
-    except CzoError as exc:
-        raise click.ClickException(describe_failure(exc) or str(exc)) from exc
     finally:
         logging.getLogger("czo_kit.kit").removeFilter(quiet)
     try:
         yield kit
-    except CzoError as exc:  # every command reports the kit's own errors the same way
-        raise click.ClickException(str(exc)) from exc
     finally:
         kit.close()
 
@@ -110,13 +108,8 @@ def plugins_command(as_json: bool) -> None:
     from czo_kit.plugins import create_plugin_manager, describe_plugins, load_plugins
     from czo_kit.settings import Settings
 
-    try:
-        settings = Settings.from_env()
-        manager = load_plugins(
-            create_plugin_manager(), allow=settings.plugins, block=settings.disable_plugins
-        )
-    except CzoError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = Settings.from_env()
+    manager = load_plugins(create_plugin_manager(), allow=settings.plugins, block=settings.disable_plugins)
     infos = describe_plugins(manager)
     if as_json:
         click.echo(json.dumps([info.__dict__ for info in infos], indent=2))
@@ -210,12 +203,9 @@ def db_migrate(module: str | None) -> None:
     """Apply pending migrations of MODULE (default: every module, and create the kit's own tables
     an upgrade added), in order."""
     with _kit() as kit:
-        try:
-            if module is None:
-                click.echo(f"czo-kit: {'; '.join(kit.create_kit_tables()) or 'up to date'}")
-            applied = kit.migrations.up(module)
-        except CzoError as exc:
-            raise click.ClickException(str(exc)) from exc
+        if module is None:
+            click.echo(f"czo-kit: {'; '.join(kit.create_kit_tables()) or 'up to date'}")
+        applied = kit.migrations.up(module)
         for name, done in applied.items():
             click.echo(f"{name}: {', '.join(done) if done else 'up to date'}")
 
@@ -249,10 +239,7 @@ def db_status(as_json: bool) -> None:
 def db_makemigrations(module: str, name: str) -> None:
     """Write MODULE's next migration, NAME, from how its models differ from the database."""
     with _kit() as kit:
-        try:
-            path = kit.migrations.make(module, name)
-        except CzoError as exc:
-            raise click.ClickException(str(exc)) from exc
+        path = kit.migrations.make(module, name)
         click.echo(f"wrote {path}; review it, then run: czo-kit db migrate" if path else "no changes")
 
 
@@ -392,10 +379,7 @@ def demo_command(database_url: str | None) -> None:
     """Walk through the kit with the example modules, on an embedded database, and report."""
     from czo_kit.demo import run_demo
 
-    try:
-        run_demo(database_url=database_url, echo=click.echo)
-    except CzoError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run_demo(database_url=database_url, echo=click.echo)
 
 
 def _add_command_groups() -> None:
