@@ -227,3 +227,71 @@ def test_a_webhook_carries_the_correlation_id_of_what_caused_it(
     by_order = {post.json()["data"]["id"]: post.headers for post in app.posts("/hook")}
     assert by_order[1]["x-czo-correlation-id"] == "req-hook-1"
     assert "x-czo-correlation-id" not in by_order[2]  # left out rather than sent broken
+
+
+CTX_PROBE = '''
+import logging
+from czo_kit.hookspecs import hookimpl
+
+@hookimpl
+def czo_register_events(events, kit):
+    def heard(payload, ctx):
+        logging.getLogger("czo_ctx_probe").warning("heard %s", payload["n"])
+    events.on("czo_test.ctx", heard, id="heard")
+'''
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.redis])])
+def test_a_real_workers_json_log_carries_the_request_that_caused_the_event(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import uuid
+
+    from czo_kit.testing.cache import wait_until
+
+    site = tmp_path / "site"
+    info = site / "czo_ctx_probe-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "czo_ctx_probe.py").write_text(CTX_PROBE)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: czo-ctx-probe\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[czo_kit]\nczo-ctx-probe = czo_ctx_probe\n")
+    if backend == "sqlite":
+        database, queue = f"sqlite:///{tmp_path / 'data.sqlite3'}", f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    else:
+        database, queue = str(request.getfixturevalue("pg_url")), str(request.getfixturevalue("redis_url"))
+    name = f"czo_ctx_{uuid.uuid4().hex[:10]}"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    environ.update(
+        CZO_DATABASE_URL=database, CZO_QUEUE_URL=queue, CZO_QUEUE_NAME=name, CZO_SECRET_KEY=SECRET,
+        CZO_PLUGINS="czo-ctx-probe", CZO_LOG_FORMAT="json", CZO_EVENTS_SWEEP_INTERVAL="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    settings = Settings.from_env({k: v for k, v in environ.items() if k.startswith("CZO_")} | {"CZO_PLUGINS": ""})
+    with Kit(settings) as producer:
+        producer.create_tables()
+        with acting("user:7", correlation_id="req-ctx-1"):
+            ctx = producer.events.emit_async("czo_test.ctx", {"n": 1})
+    script = shutil.which("czo-kit", path=os.path.dirname(sys.executable)) or "czo-kit"
+    errors = tmp_path / "worker.stderr"
+    with open(errors, "w") as stderr:
+        worker = subprocess.Popen([script, "worker", "-w", "1"], env=environ, cwd=tmp_path, stderr=stderr)
+    try:
+        def heard() -> list[dict[str, Any]]:
+            lines = [line for line in errors.read_text().splitlines() if line.startswith("{")]
+            return [entry for entry in map(json.loads, lines) if entry.get("message") == "heard 1"]
+
+        assert wait_until(lambda: bool(heard()) or worker.poll() is not None, timeout=60), errors.read_text()[-2000:]
+        [line] = heard()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        if backend != "sqlite":
+            import redis
+
+            client = redis.Redis.from_url(queue)
+            keys = list(client.scan_iter(match=f"huey.*{name}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+    assert (line["event_id"], line["correlation_id"], line["actor"]) == (ctx.event_id, "req-ctx-1", "user:7")
+    assert line["logger"] == "czo_ctx_probe" and line["level"] == "WARNING"

@@ -109,3 +109,13 @@ def test_a_database_that_does_not_answer_is_down_and_nothing_else_is_read(tmp_pa
     assert "Connection refused" in database["detail"] and ":***@" in database["url"] and "pw@" not in done.stdout
     assert data["outbox"] is None and data["workers"] is None
     assert data["checks"][2]["detail"].startswith("none: events and webhooks are delivered in-process")
+
+
+def test_the_kit_starts_while_the_caches_redis_is_down_and_status_says_so(env: dict[str, str]) -> None:
+    env = {**env, "CZO_CACHE_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    done = czo(env, "status")
+    assert done.returncode == 1, done.stderr
+    cache = next(line for line in done.stdout.splitlines() if line.startswith("cache"))
+    assert cache.split()[1] == "DOWN" and "served as misses" in cache
+    database = next(line for line in done.stdout.splitlines() if line.startswith("database"))
+    assert database.split()[1] == "ok" and "outbox" in done.stdout  # everything else still works
