@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -28,10 +29,12 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "backend_for",
+    "call_each_plugin",
     "create_plugin_manager",
     "describe_plugins",
     "load_plugins",
     "pm",
+    "registering_plugin",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,40 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 PluginManager = pluggy.PluginManager
+
+_registering: ContextVar[str | None] = ContextVar("czo_registering_plugin", default=None)
+
+
+def registering_plugin() -> str | None:
+    """The name of the plugin whose registration hook is running now (``None`` outside one).
+
+    A registry calls this when it receives an item and keeps the name beside it: that is how
+    ``czo-kit plugins`` learns what each plugin registered, from the registry itself."""
+    return _registering.get()
+
+
+def call_each_plugin(caller: Any, **kwargs: Any) -> list[Any]:
+    """Call the hook ``caller`` (``manager.hook.czo_register_x``) one implementation at a time,
+    in pluggy's own order (``tryfirst`` first, later registrations first), with
+    ``registering_plugin()`` naming the plugin whose implementation is running.
+
+    Returns the implementations' results that are not ``None``, as a plain hook call would.
+    """
+    results: list[Any] = []
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r}: {caller.name} is a registration hook; "
+                "it cannot be a wrapper (drop hookwrapper=True / wrapper=True)"
+            )
+        token = _registering.set(impl.plugin_name)
+        try:
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+        finally:
+            _registering.reset(token)
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def backend_for(url: str, factories: dict[str, Any], *, variable: str, kind: str, none: str = "none",

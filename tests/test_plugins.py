@@ -379,3 +379,40 @@ def test_backend_scheme_must_be_a_word(scheme: Any, sqlite_url: str, settings_fo
 
     with pytest.raises(PluginError, match="scheme must be a word"):
         Kit(settings_for(sqlite_url), plugins=[Bad()])
+
+
+def test_call_each_plugin_names_the_plugin_behind_each_registration() -> None:
+    manager = create_plugin_manager()
+    seen: list[tuple[str | None, str]] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def czo_register_cache_drivers(self, register: Any) -> None:
+            register("first", None)
+
+    class Second:
+        @hookimpl
+        def czo_register_cache_drivers(self, register: Any) -> None:
+            register("second", None)
+
+    manager.register(Second(), name="second-plugin")
+    manager.register(First(), name="first-plugin")
+    plugins_module.call_each_plugin(
+        manager.hook.czo_register_cache_drivers,
+        register=lambda scheme, factory: seen.append((plugins_module.registering_plugin(), scheme)),
+    )
+    assert seen == [("first-plugin", "first"), ("second-plugin", "second")]
+    assert plugins_module.registering_plugin() is None
+
+
+def test_call_each_plugin_refuses_a_wrapper_on_a_registration_hook() -> None:
+    manager = create_plugin_manager()
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def czo_register_cache_drivers(self, register: Any) -> Any:
+            return (yield)
+
+    manager.register(Wrapping(), name="wrapping")
+    with pytest.raises(PluginError, match="wrapping.*cannot be a wrapper"):
+        plugins_module.call_each_plugin(manager.hook.czo_register_cache_drivers, register=lambda *a: None)
