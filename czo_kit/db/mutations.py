@@ -2,7 +2,8 @@
 
 Every write runs through ``hooks.run("<table>.<operation>", ctx, ...)`` when hooks are given,
 and emits ``<table>.created`` / ``.updated`` / ``.deleted`` / ``.restored`` / ``.hard_deleted``
-once the outermost transaction commits (never after a rollback).
+(``<event_prefix>.created``, ... when one is given) once the outermost transaction commits
+(never after a rollback). ``input_type=`` types what ``create`` and ``update`` take.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+import msgspec
 import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
@@ -31,6 +33,15 @@ __all__ = ["EventSink", "HookRunner", "MutationContext", "Mutations", "create_mu
 
 M = TypeVar("M", bound=peewee.Model)
 R = TypeVar("R")
+
+if TYPE_CHECKING:
+    # PEP 696 defaults, which mypy knows and Python 3.11's typing does not: Mutations[Product]
+    # is Mutations[Product, Mapping[str, Any]], what every write took before inputs were typed.
+    from typing_extensions import TypeVar as _DefaultedTypeVar
+
+    In = _DefaultedTypeVar("In", contravariant=True, default=Mapping[str, Any])
+else:
+    In = TypeVar("In", contravariant=True)
 
 MANAGED_FIELDS = frozenset({"version", "deleted_at", "updated_at"})
 MAX_PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32,766 bound-parameter limit
@@ -88,13 +99,29 @@ def row_payload(row: peewee.Model) -> dict[str, Any]:
     return dict(row.__data__)
 
 
-class Mutations(RepositoryBase[M]):
-    """Write functions for one model."""
+class Mutations(RepositoryBase[M], Generic[M, In]):
+    """Write functions for one model; ``In`` is what ``create`` and ``update`` take."""
 
     PARTS: ClassVar[frozenset[str]] = frozenset({"mutations"})
 
+    if not TYPE_CHECKING:
+
+        def __class_getitem__(cls, params):
+            # The runtime half of In's default: Repository[Product] must still subscript.
+            if not isinstance(params, tuple):
+                params = (params,)
+            if len(params) == len(getattr(cls, "__parameters__", ())) - 1:
+                params = (*params, Mapping[str, Any])
+            return super().__class_getitem__(params)
+
     def _setup(self) -> None:
         super()._setup()
+        prefix = self._options.get("event_prefix")
+        self._event_prefix: str = self._info.table if prefix is None else _check_prefix(prefix)
+        input_type = self._options.get("input_type")
+        self.input_type: type[Any] | None = (
+            None if input_type is None else _check_input_type(self.model, self._info.names, input_type)
+        )
         self._hooks: HookRunner | None = self._options.get("hooks")
         self._events: EventSink | None = self._options.get("events")
         self._async_events: bool = bool(self._options.get("async_events", False))
@@ -103,7 +130,8 @@ class Mutations(RepositoryBase[M]):
         self._after_write: list[Callable[[str, list[M]], None]] = list(
             self._options.get("after_write", ())
         )
-        cache = self._options.get("cache")
+        # The kit's cache too, without cache=: extras may cache reads under this table's tags.
+        cache = self._found_cache()
         self._invalidates: CacheInvalidator | None = cache
         if cache is not None:
             self._after_write.insert(0, self._invalidator(cache))
@@ -160,7 +188,7 @@ class Mutations(RepositoryBase[M]):
         return result
 
     def _event_name(self, operation: str) -> str:
-        return f"{self._info.table}.{PAST_TENSE[operation]}"
+        return f"{self._event_prefix}.{PAST_TENSE[operation]}"
 
     def _checks_event_in_transaction(self, operation: str) -> bool:
         """Whether this write's event must be handled before its commit."""
@@ -359,7 +387,7 @@ class Mutations(RepositoryBase[M]):
 
     # -- writes -------------------------------------------------------------------------
 
-    def create(self, data: Mapping[str, Any]) -> M:
+    def create(self, data: In) -> M:
         """Insert one row and return it as stored (defaults and id filled in)."""
         ctx = MutationContext("create", self.model, self._info.table, data=dict(_mapping(data)))
         return self._run(ctx, self._create)
@@ -377,7 +405,7 @@ class Mutations(RepositoryBase[M]):
         created = info.execute(template, values).fetchone()
         return info.load(created)
 
-    def create_many(self, rows: Iterable[Mapping[str, Any]]) -> list[M]:
+    def create_many(self, rows: Iterable[In]) -> list[M]:
         """Insert many rows with one ``INSERT ... RETURNING``; returns them in input order."""
         if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
             raise InvalidDataError(f"rows must be a list of mappings, got {type(rows).__name__}")
@@ -414,7 +442,7 @@ class Mutations(RepositoryBase[M]):
                 created.extend(info.load_all(info.execute_query(query).fetchall()))
         return created
 
-    def update(self, id: Any, data: Mapping[str, Any], *, expected_version: int | None = None) -> M:
+    def update(self, id: Any, data: In, *, expected_version: int | None = None) -> M:
         """Change some fields of a live row; bumps ``version``.
 
         With ``expected_version``, the write only happens if the row still has that version,
@@ -522,9 +550,66 @@ def _declared_event(name: str) -> type | None:
 
 
 def _mapping(data: Any) -> Mapping[Any, Any]:
+    if isinstance(data, msgspec.Struct):
+        # A typed input: its fields are the row's values. UNSET ones are left out, so that a
+        # Struct with UNSET defaults serves partial updates.
+        values = ((name, getattr(data, name)) for name in data.__struct_fields__)
+        return {name: value for name, value in values if value is not msgspec.UNSET}
     if not isinstance(data, Mapping):
-        raise InvalidDataError(f"data must be a mapping of field to value, got {type(data).__name__}")
+        raise InvalidDataError(
+            f"data must be a mapping of field to value or a msgspec Struct, got {type(data).__name__}"
+        )
     return data
+
+
+def _check_prefix(prefix: Any) -> str:
+    """``prefix`` if ``<prefix>.created`` and the other event names it makes are valid."""
+    from czo_kit.events.types import InvalidEventError, check_event_name
+
+    if not isinstance(prefix, str) or prefix.startswith(".") or prefix.endswith("."):
+        raise InvalidEventError(
+            f"event_prefix {prefix!r}: expected text such as 'catalog.item' (events are then "
+            "'catalog.item.created', ...), not starting or ending with '.'"
+        )
+    try:
+        # The longest name it makes: if that one is valid, all are.
+        check_event_name(f"{prefix}.hard_deleted")
+    except InvalidEventError as exc:
+        raise InvalidEventError(f"event_prefix {prefix!r}: {exc}") from None
+    return prefix
+
+
+def _input_fields(input_type: Any) -> list[str] | None:
+    """The field names of a msgspec Struct class or a TypedDict class; None for anything else."""
+    if isinstance(input_type, type) and issubclass(input_type, msgspec.Struct):
+        return list(input_type.__struct_fields__)
+    # typing and typing_extensions each make their own TypedDicts: both are dict subclasses
+    # with __total__ and __annotations__.
+    if isinstance(input_type, type) and issubclass(input_type, dict) and hasattr(input_type, "__total__"):
+        return list(getattr(input_type, "__annotations__", {}))
+    return None
+
+
+def _check_input_type(model: type[peewee.Model], names: Iterable[str], input_type: Any) -> type[Any]:
+    """``input_type`` if it is a Struct or TypedDict whose fields the model can take."""
+    fields = _input_fields(input_type)
+    if fields is None:
+        raise TypeError(
+            f"{model.__name__}: input_type must be a msgspec Struct class or a TypedDict class, "
+            f"got {input_type!r}"
+        )
+    allowed = [n for n in names if n not in MANAGED_FIELDS]
+    wrong = [f for f in fields if f not in allowed]
+    if wrong:
+        # Caught here, where it is declared: mypy checks callers against the input type, but
+        # nothing would check the input type against the model.
+        raise InvalidDataError(
+            f"{model.__name__}: input_type {input_type.__name__} has field(s) "
+            f"{', '.join(wrong)} that {model.__name__} cannot take; allowed: {', '.join(allowed)}",
+            field=wrong[0],
+        )
+    checked: type[Any] = input_type
+    return checked
 
 
 def _check_value(model: type[peewee.Model], target: peewee.Field, value: Any) -> Any:
@@ -547,14 +632,24 @@ def create_mutations(
     events: EventSink | None = None,
     cache: CacheInvalidator | None = None,
     async_events: bool = False,
-) -> Mutations[M]:
+    event_prefix: str | None = None,
+    input_type: type[In] | None = None,
+) -> Mutations[M, In]:
     """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``.
 
-    With ``cache``, each committed write invalidates the cached reads of
-    ``create_cached_queries`` for the rows it changed and the table's lists and counts.
-    With ``async_events=True``, events go out with ``events.emit_async`` (through the durable
-    outbox, in the write's own transaction) instead of ``emit`` after commit.
+    With ``cache`` (or, on ``kit.db``, the kit's cache), each committed write invalidates the
+    cached reads of ``create_cached_queries`` for the rows it changed and the table's lists
+    and counts. With ``async_events=True``, events go out with ``events.emit_async`` (through
+    the durable outbox, in the write's own transaction) instead of ``emit`` after commit.
+    ``event_prefix="catalog.item"`` names the events ``catalog.item.created``, ... instead of
+    ``<table>.created``. ``input_type`` (a msgspec Struct or a TypedDict) is what ``create``
+    and ``update`` take, for mypy; a Struct instance is written as its fields' values.
     """
     return Mutations(
-        model, db=db, options={"hooks": hooks, "events": events, "cache": cache, "async_events": async_events}
+        model,
+        db=db,
+        options={
+            "hooks": hooks, "events": events, "cache": cache, "async_events": async_events,
+            "event_prefix": event_prefix, "input_type": input_type,
+        },
     )
