@@ -566,7 +566,7 @@ def _check_prefix(prefix: Any) -> str:
     """``prefix`` if ``<prefix>.created`` and the other event names it makes are valid."""
     from czo_kit.events.types import InvalidEventError, check_event_name
 
-    if not isinstance(prefix, str) or prefix.startswith(".") or prefix.endswith("."):
+    if not isinstance(prefix, str) or not prefix or prefix.startswith(".") or prefix.endswith("."):
         raise InvalidEventError(
             f"event_prefix {prefix!r}: expected text such as 'catalog.item' (events are then "
             "'catalog.item.created', ...), not starting or ending with '.'"
@@ -581,6 +581,8 @@ def _check_prefix(prefix: Any) -> str:
 
 def _input_fields(input_type: Any) -> list[str] | None:
     """The field names of a msgspec Struct class or a TypedDict class; None for anything else."""
+    if input_type is msgspec.Struct:
+        return None  # the base class itself, not a declared input
     if isinstance(input_type, type) and issubclass(input_type, msgspec.Struct):
         return list(input_type.__struct_fields__)
     # typing and typing_extensions each make their own TypedDicts: both are dict subclasses
