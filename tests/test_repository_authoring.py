@@ -413,3 +413,85 @@ def test_omit_must_name_columns_and_model_must_be_a_class(sqlite_url: str, setti
         class BadOmit(Event, omit="secret"):
             id: int
     assert "omit= must be a list of field names" in str(bad.value)
+
+
+# -- the same, in a module found by its entry point only (tests/plugins/czo-test-reviews) ---------
+
+
+@pytest.fixture(params=[("sqlite", "memory"), ("postgresql", "redis")], ids=["sqlite-memory", "postgresql-redis"])
+def reviews_settings(request: pytest.FixtureRequest, settings_for: SettingsFor) -> Settings:
+    database, cache = request.param
+    url = str(request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url"))
+    cache_url = "memory://" if cache == "memory" else str(request.getfixturevalue("redis_url"))
+    return settings_for(url, queue_url="", plugins=("czo_test_reviews",), cache_url=cache_url,
+                        cache_prefix=f"t{uuid.uuid4().hex[:12]}:")
+
+
+@pytest.fixture
+def reviews_kit(reviews_settings: Settings) -> Iterator[Kit]:
+    from czo_test_reviews import Review
+
+    with Kit(reviews_settings) as kit:
+        kit.create_tables()
+        try:
+            yield kit
+        finally:
+            kit.db.drop_tables([Review], safe=True)
+
+
+def test_the_reviews_module_writes_its_typed_input_and_names_its_events(reviews_kit: Kit) -> None:
+    from czo_test_reviews import ReviewInput, ReviewPosted, ReviewRepository
+
+    posted: list[Any] = []
+    reviews_kit.events.on(ReviewPosted, lambda event, ctx: posted.append(event))
+    heard = _listen(reviews_kit.events, [f"{p}.{v}" for p in ("review", "czo_test_reviews_review") for v in VERBS])
+    repo = reviews_kit.services.get_abstract(ReviewRepository)
+    assert repo.input_type is ReviewInput
+    row = repo.create(ReviewInput(shop_id=1, rating=5, body="Lovely", author_email="ada@example.com"))
+    assert (row.rating, row.author_email) == (5, "ada@example.com")
+    (event,) = posted
+    assert isinstance(event, ReviewPosted) and (event.id, event.rating, event.body) == (row.id, 5, "Lovely")
+    assert not hasattr(event, "author_email")  # left out of the event on purpose (omit=)
+    changed = repo.update(row.id, ReviewInput(rating=4), expected_version=row.version)
+    assert (changed.rating, changed.body, changed.version) == (4, "Lovely", 2)
+    repo.delete(row.id)
+    assert heard == ["review.created", "review.updated", "review.deleted"]
+    with pytest.raises(InvalidDataError) as info:
+        repo.create(ReviewInput(shop_id=1, rating=5, body="No author"))
+    assert "required field 'author_email'" in str(info.value)
+
+
+def test_the_reviews_rating_summary_is_cached_until_a_review_is_written(reviews_kit: Kit) -> None:
+    from czo_test_reviews import RatingSummary, Review, ReviewInput, ReviewRepository
+
+    repo = reviews_kit.services.get_abstract(ReviewRepository)
+    assert repo.cache is reviews_kit.cache
+    assert repo.rating_summary(1) == RatingSummary(0, None)
+    first = repo.create(ReviewInput(shop_id=1, rating=5, body="a", author_email="a@example.com"))
+    repo.create(ReviewInput(shop_id=1, rating=4, body="b", author_email="b@example.com"))
+    assert repo.rating_summary(1) == RatingSummary(2, 4.5)
+    # Written behind the repository's back: the cached summary stands...
+    Review.insert(shop_id=1, rating=1, body="c", author_email="c@example.com").execute(reviews_kit.db)
+    assert repo.rating_summary(1) == RatingSummary(2, 4.5)
+    with reviews_kit.db.atomic():
+        assert repo.rating_summary(1) == RatingSummary(3, 3.33)  # in a transaction: the database
+    # ...until a write through the repository invalidates the table's tag.
+    repo.delete(first.id)
+    assert repo.rating_summary(1) == RatingSummary(2, 2.5)
+    assert repo.rating_summary(2) == RatingSummary(0, None)
+
+
+def test_a_column_added_to_reviews_but_not_to_its_event_stops_the_kit(reviews_settings: Settings) -> None:
+    from czo_test_reviews import Review
+
+    Review._meta.add_field("title", peewee.CharField(null=True))
+    try:
+        with pytest.raises(InvalidEventError) as info:
+            Kit(reviews_settings)
+    finally:
+        Review._meta.remove_field("title")
+    message = str(info.value)
+    assert "'review.created'" in message and "ReviewPosted" in message and "missing title" in message, message
+    assert "author_email" not in message  # omitted on purpose, not missing
+    with Kit(reviews_settings):
+        pass  # and the module as it ships starts
