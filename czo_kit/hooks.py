@@ -30,7 +30,7 @@ Unsubscribe = Callable[[], None]
 class HookName(Generic[C, R]):
     """A hook name that carries its context and result types, so mypy checks handlers.
 
-    ``PRODUCT_CREATE: HookName[MutationContext, Product] = HookName("product.create")``
+    ``ITEM_CREATE: HookName[MutationContext, Item] = HookName("item.create")``
     """
 
     __slots__ = ("name",)

@@ -390,7 +390,7 @@ class Kit:
             if not (isinstance(prefix, str) and re.fullmatch(r"[A-Z][A-Z0-9_]*_", prefix)) or prefix == ENV_PREFIX:
                 raise PluginError(
                     f"plugin {plugin!r}: settings prefix {prefix!r} must be upper case, end with '_' and "
-                    f"be the plugin's own (not {ENV_PREFIX!r}), such as 'CZO_REVIEW_'"
+                    f"be the plugin's own (not {ENV_PREFIX!r}), such as 'CZO_WIDGET_'"
                 )
             for other, (owner, other_prefix, _) in self._plugin_settings.items():
                 if other is kind or other_prefix == prefix:

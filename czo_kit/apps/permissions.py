@@ -93,7 +93,7 @@ class PermissionRegistry:
     _contributions: Contributions = field(default_factory=Contributions, repr=False, compare=False)
 
     def resource(self, name: str, actions: Iterable[str], *, description: str = "") -> None:
-        """Declare a resource and its actions: ``register.resource("order", ["read", "write"])``."""
+        """Declare a resource and its actions: ``register.resource("item", ["read", "write"])``."""
         wanted = frozenset(actions)
         if not name or not wanted:
             raise ConfigurationError(f"resource {name!r} needs a name and at least one action")
@@ -103,7 +103,7 @@ class PermissionRegistry:
         self._contributions.record(f"resource {name}")
 
     def role(self, name: str, grants: Mapping[str, Iterable[str]]) -> None:
-        """Declare what a role holds: ``register.role("staff", {"order": ["read"]})``."""
+        """Declare what a role holds: ``register.role("staff", {"item": ["read"]})``."""
         pairs = frozenset((resource, action) for resource, actions in grants.items() for action in actions)
         self.roles[name] = self.roles.get(name, frozenset()) | pairs
         self._contributions.record(f"role {name}")
@@ -117,7 +117,7 @@ class PermissionRegistry:
         sensitive: Mapping[str, Pair] | None = None,
     ) -> None:
         """Say what an app must hold to receive ``name``, and which payload fields are left
-        out unless it also holds their own permission: ``sensitive={"email": ("customer",
+        out unless it also holds their own permission: ``sensitive={"email": ("contact",
         "read")}``. Undeclared events require ``read`` on their first name segment."""
         self.events[name] = EventRule(resource, action, dict(sensitive or {}))
         self._contributions.record(f"event {name}")

@@ -104,7 +104,7 @@ class ApiRoutes:
             # which convention the other modules follow.
             raise PluginError(
                 f"route {path!r} does not fit the routes other modules added: {exc}. Name ids as they "
-                "do, with the kit's converters: {shop_id:shop} for shops, {order_id:id} for rows"
+                "do, with the kit's converters: {shop_id:shop} for shops, {item_id:id} for rows"
             ) from None
         self.paths.append(path)
         self._contributions.record(path)
