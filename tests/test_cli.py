@@ -150,6 +150,19 @@ def test_plugins_while_the_database_cache_and_queue_are_down(env: Path, monkeypa
     assert by_name["czo_kit.default_plugins.redis_cache"]["registers"] == {"cache_drivers": ["redis", "rediss"]}
 
 
+def test_plugins_lists_what_an_outside_plugin_registered(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # czo_test_reviews is found by its entry point only; what it registered comes from the
+    # kit's registries, under its own name.
+    monkeypatch.setenv("CZO_PLUGINS", "czo_test_reviews")
+    result = run("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    reviews = {item["name"]: item for item in json.loads(result.output)}["czo_test_reviews"]
+    assert reviews["distribution"] == "czo-test-reviews"
+    assert reviews["registers"]["dashboard"] == ["mount REVIEW_DETAILS", "page reviews"]
+    assert reviews["registers"]["models"] == ["Review"]
+    assert reviews["registers"]["permissions"][:2] == ["resource review", "role moderator"]
+
+
 def test_plugins_respects_block_list(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CZO_DISABLE_PLUGINS", "czo_product,postgres")
     result = run("plugins", "--json")
