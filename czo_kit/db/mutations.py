@@ -35,8 +35,8 @@ M = TypeVar("M", bound=peewee.Model)
 R = TypeVar("R")
 
 if TYPE_CHECKING:
-    # PEP 696 defaults, which mypy knows and Python 3.11's typing does not: Mutations[Product]
-    # is Mutations[Product, Mapping[str, Any]], what every write took before inputs were typed.
+    # PEP 696 defaults, which mypy knows and Python 3.11's typing does not: Mutations[Item]
+    # is Mutations[Item, Mapping[str, Any]], what every write took before inputs were typed.
     from typing_extensions import TypeVar as _DefaultedTypeVar
 
     In = _DefaultedTypeVar("In", contravariant=True, default=Mapping[str, Any])
@@ -107,7 +107,7 @@ class Mutations(RepositoryBase[M], Generic[M, In]):
     if not TYPE_CHECKING:
 
         def __class_getitem__(cls, params):
-            # The runtime half of In's default: Repository[Product] must still subscript.
+            # The runtime half of In's default: Repository[Item] must still subscript.
             if not isinstance(params, tuple):
                 params = (params,)
             if len(params) == len(getattr(cls, "__parameters__", ())) - 1:

@@ -2,7 +2,7 @@
 
 ``class ItemCreated(Event, name="item.created")`` declares a typed event: a msgspec Struct
 with a name. Declared names are kept in a process-wide registry so that an event emitted by
-name, or decoded in a worker, is checked against (and turned into) its type. ``model=Product``
+name, or decoded in a worker, is checked against (and turned into) its type. ``model=Item``
 says the event carries rows of that model, which a kit checks field by field at startup.
 """
 
