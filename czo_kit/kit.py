@@ -33,6 +33,7 @@ from czo_kit.events.emitter import EventEmitter
 from czo_kit.events.deliverer import InProcessDeliverer
 from czo_kit.events.outbox import EVENT_MODELS, Enqueuer, Outbox, OutboxSettings
 from czo_kit.events.queue import HueyQueue, InProcessConsumer, Sweeper, WebhookQueue
+from czo_kit.db._event_fields import check_model_events
 from czo_kit.db._tables import upgrade_tables
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
@@ -164,6 +165,9 @@ class Kit:
 
         self.cache_drivers = cache_drivers(self.plugins)
         self.cache = create_cache(settings=self.settings, drivers=self.cache_drivers)
+        # Repositories built on kit.db find the kit's cache here (repo.cache), as they find
+        # the secret key: a module's service factory need not pass it along.
+        setattr(self.db, "czo_cache", self.cache)
 
         settings = self.settings
         self.queue_backends: Backends = Backends()
@@ -204,6 +208,9 @@ class Kit:
             assert self.deliverer is not None
             self.deliverer.outbox = self.outbox
         call_each_plugin(hook.czo_register_events, events=self.events, kit=self)
+        # After the events hook, where a module may declare its event types: a declared event
+        # that no longer carries every column of its model would drop the new ones silently.
+        check_model_events(self.all_models())
 
         self.permissions = PermissionRegistry()
         call_each_plugin(hook.czo_register_permissions, register=self.permissions)

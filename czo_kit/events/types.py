@@ -2,7 +2,8 @@
 
 ``class ItemCreated(Event, name="item.created")`` declares a typed event: a msgspec Struct
 with a name. Declared names are kept in a process-wide registry so that an event emitted by
-name, or decoded in a worker, is checked against (and turned into) its type.
+name, or decoded in a worker, is checked against (and turned into) its type. ``model=Item``
+says the event carries rows of that model, which a kit checks field by field at startup.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -92,7 +94,19 @@ class _EventMeta(_StructMeta):
 
     def __new__(mcls, *args: Any, **kwargs: Any) -> Any:
         event_name = kwargs.pop("name", None)
+        model = kwargs.pop("model", None)
+        omit = kwargs.pop("omit", None)
         cls: Any = super().__new__(mcls, *args, **kwargs)
+        if model is not None:
+            if not isinstance(model, type):
+                raise InvalidEventError(f"{cls.__name__}: model= must be a model class, got {model!r}")
+            cls.__event_model__ = model
+        if omit is not None:
+            if isinstance(omit, str) or not all(isinstance(f, str) for f in omit):
+                raise InvalidEventError(
+                    f"{cls.__name__}: omit= must be a list of field names, got {omit!r}"
+                )
+            cls.__event_omit__ = frozenset(omit)
         if event_name is not None:
             check_event_name(event_name)
             cls.__event_name__ = event_name
@@ -110,7 +124,8 @@ class _EventMeta(_StructMeta):
         return cls
 
     def __init__(cls, *args: Any, **kwargs: Any) -> None:
-        kwargs.pop("name", None)
+        for keyword in ("name", "model", "omit"):
+            kwargs.pop(keyword, None)
         super().__init__(*args, **kwargs)
 
 
@@ -122,10 +137,16 @@ class Event(msgspec.Struct, kw_only=True, metaclass=_EventMeta):
     """
 
     __event_name__: ClassVar[str] = ""
+    __event_model__: ClassVar[type[Any] | None] = None
+    """The model whose rows this event carries (``model=``), inherited by subclasses."""
+    __event_omit__: ClassVar[frozenset[str]] = frozenset()
+    """Columns of that model the event leaves out on purpose (``omit=``)."""
 
     if TYPE_CHECKING:
 
-        def __init_subclass__(cls, *, name: str = ..., **kwargs: Any) -> None: ...
+        def __init_subclass__(
+            cls, *, name: str = ..., model: type[Any] = ..., omit: Iterable[str] = ..., **kwargs: Any
+        ) -> None: ...
 
 
 def event_type(name: str) -> type[Event] | None:
