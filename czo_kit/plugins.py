@@ -330,6 +330,13 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
                 return add
 
         return _Hooks(), seen
+    if hook == "czo_register_apps":
+
+        def register_app(manifest: Any, **kw: Any) -> None:
+            app_id = manifest.get("id") if isinstance(manifest, dict) else getattr(manifest, "id", None)
+            seen.append(f"app {app_id}")
+
+        return register_app, seen
     if hook == "czo_register_commands":
         import click
 
@@ -359,6 +366,7 @@ _ARGUMENT = {
     "czo_register_services": "registry",
     "czo_register_commands": "cli",
     "czo_register_hooks": "hooks",
+    "czo_register_apps": "register",
 }
 
 

@@ -133,6 +133,38 @@ def require_app(req: falcon.Request, resource: str, action: str, *, shop_id: int
     return principal
 
 
+class _AppRoutes:
+    """Serves the routes of in-process apps (``czo_register_apps(..., routes=...)``) under
+    ``/apps/<app id>``, to callers with that app's token only: ``req.context.app`` is then
+    the installation calling (its shop, its permissions)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, tuple[str, object]] = {}
+
+    def add(self, app: falcon.App[Any, Any], app_id: str, routes: dict[str, object] | Any) -> None:
+        for suffix, resource in routes.items():
+            path = f"/apps/{app_id}{suffix}".rstrip("/") or "/"
+            try:
+                app.add_route(path, resource)
+            except (UnacceptableRouteError, ValueError, TypeError) as exc:
+                raise PluginError(f"in-process app {app_id!r}: route {path!r} is refused: {exc}") from None
+            # The resource is kept with its id, so the id is never reused while it is looked up.
+            self.owners[id(resource)] = (app_id, resource)
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]) -> None:
+        owner = self.owners.get(id(resource))
+        if owner is None or owner[1] is not resource:
+            return
+        app_id = owner[0]
+        principal = req.context.app
+        if principal is None:
+            raise AuthenticationError(
+                f"the routes of app {app_id!r} take that app's token (Authorization: Bearer czo_app_...)"
+            )
+        if principal.app_id != app_id:
+            raise PermissionDeniedError(f"app {principal.app_id} cannot call the routes of app {app_id}")
+
+
 class _ContextMiddleware:
     """Each request's correlation id (the caller's ``X-Request-ID`` if it is a safe one, else
     a new one), echoed in the response; it and the actor authentication names go with every
@@ -340,8 +372,9 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
 
     kit.plugins.hook.czo_register_authenticators(register=register)
     ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
+    app_routes = _AppRoutes()
     middleware: list[Any] = [
-        _ContextMiddleware(), _AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)
+        _ContextMiddleware(), _AuthMiddleware(kit, ordered), app_routes, IdempotencyMiddleware(kit, max_body=MAX_BODY)
     ]
     app = falcon.App(middleware=middleware)
     app.router_options.converters["id"] = IdConverter
@@ -354,6 +387,10 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
     app.add_route("/api/apps/install", _InstallResource(kit))
     app.add_route("/api/apps/{app_id}", _AppResource(kit))
     kit.plugins.hook.czo_register_http_routes(api=ApiRoutes(app, kit), kit=kit)
+    for app_id in kit.apps.in_process.ids():
+        registered = kit.apps.in_process.get(app_id)
+        if registered is not None and registered.routes:
+            app_routes.add(app, app_id, registered.routes)
     from czo_kit.http.dashboard import add_dashboard
 
     add_dashboard(app, kit, authenticators=ordered)
