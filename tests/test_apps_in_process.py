@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 import inprocess_probe as probe
-from apps_support import OWNER, Receiver, app_settings, manifest, raw_rows, reset_app_tables, wait_for
+from apps_support import OWNER, Receiver, app_settings, drop_tables, manifest, raw_rows, reset_app_tables, wait_for
 from czo_kit import Kit, hookimpl
 from czo_kit.apps import AppManifest, InstalledApp, PermissionSpec, WebhookSpec, parse_manifest
 from czo_kit.apps.registry import AppToken
@@ -53,22 +53,6 @@ def queue_mode(request: pytest.FixtureRequest) -> str:
 
 
 BOTH_MODES = pytest.mark.parametrize("queue_mode", ["queue", "no-queue"], indirect=True)
-
-
-def drop_tables(url: str, *tables: str) -> None:
-    """PostgreSQL tables outlive a test (one schema per session): start without these."""
-    if not url.startswith("postgres"):
-        return
-    db = peewee.PostgresqlDatabase(None)
-    from czo_kit.default_plugins.postgres import parse_postgresql_url
-
-    name, params = parse_postgresql_url(url)
-    db.init(name, **params)
-    try:
-        for table in tables:
-            db.execute_sql(f'DROP TABLE IF EXISTS "{table}" CASCADE')
-    finally:
-        db.close()
 
 
 @contextmanager
@@ -530,3 +514,42 @@ def test_a_delivery_whose_worker_is_killed_is_redelivered_not_lost(
     # The killed attempt wrote nothing (its transaction died with it); the second one did.
     assert delivery.attempts == 2
     assert [(r["attempt"], r["pid"]) for r in rows] == [(2, workers[1].pid)]
+
+
+# -- installing through the API and the command line -------------------------------------------
+
+
+def test_the_api_installs_an_in_process_app_by_app_id(kit: Kit) -> None:
+    from czo_kit.http import issue_user_token
+
+    client = falcon.testing.TestClient(create_api(kit))
+    headers = {"Authorization": f"Bearer {issue_user_token(kit.secret_key, OWNER)}"}
+    created = client.simulate_post("/api/apps/install", json={"appId": "probe", "shopId": 1}, headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json["app"]["appId"] == "probe"
+    assert [row.app_id for row in kit.apps.list(1)] == ["probe"]
+    for body, field in (
+        ({"appId": "probe", "manifestUrl": "https://x.example.com/m", "shopId": 1}, "$.appId"),
+        ({"appId": "Not An Id", "shopId": 1}, "$.appId"),
+        ({"shopId": 1}, "$.manifestUrl"),
+    ):
+        refused = client.simulate_post("/api/apps/install", json=body, headers=headers)
+        assert (refused.status_code, refused.json["field"]) == (400, field), refused.text
+    unknown = client.simulate_post("/api/apps/install", json={"appId": "nope", "shopId": 1}, headers=headers)
+    assert unknown.status_code == 400 and "loyalty, probe" in unknown.json["message"]
+
+
+def test_the_cli_installs_an_in_process_app_by_app_id(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kit: Kit
+) -> None:
+    from conftest import SECRET
+
+    monkeypatch.setenv("CZO_DATABASE_URL", db_url)
+    monkeypatch.setenv("CZO_QUEUE_URL", "")
+    monkeypatch.setenv("CZO_SECRET_KEY", SECRET)
+    result = CliRunner().invoke(cli, ["apps", "install", "loyalty", "--shop", "2", "--user", OWNER])
+    assert result.exit_code == 0, result.output
+    assert "installed loyalty in shop 2" in result.output and "czo_app_" in result.output
+    assert [row.app_id for row in kit.apps.list(2)] == ["loyalty"]
+    wrong = CliRunner().invoke(cli, ["apps", "install", "nope", "--shop", "2", "--user", OWNER])
+    assert wrong.exit_code == 1 and "the in-process apps of this installation are: loyalty" in wrong.output

@@ -37,6 +37,7 @@ from czo_kit.errors import (
     UnsafeURLError,
 )
 from czo_kit.http._ids import (
+    APP_ID as APP_ID_PATTERN,
     SHOP_ID_MAX,
     IdConverter,
     InvalidId,
@@ -282,8 +283,9 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
 
 
 class _InstallBody(msgspec.Struct, forbid_unknown_fields=True):
-    manifestUrl: str  # noqa: N815 - the API's JSON field names are camelCase
-    shopId: ShopId  # noqa: N815
+    shopId: ShopId  # noqa: N815 - the API's JSON field names are camelCase
+    manifestUrl: str | None = None  # noqa: N815 - a remote app
+    appId: str | None = None  # noqa: N815 - an in-process app
 
 
 def _shop_param(req: falcon.Request) -> int:
@@ -329,8 +331,22 @@ class _InstallResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = require_user(req)
         body = read_json(req, _InstallBody)
+        if (body.manifestUrl is None) == (body.appId is None):
+            raise _bad_request(
+                "give manifestUrl (a remote app) or appId (an in-process app), not both or neither",
+                "$.manifestUrl" if body.manifestUrl is None else "$.appId",
+            )
+        if body.appId is not None and not APP_ID_PATTERN.fullmatch(body.appId):
+            raise _bad_request(
+                f"appId must be 2 to 64 characters of a-z 0-9 . _ -, starting with a letter or digit, "
+                f"got {body.appId[:24]!r}",
+                "$.appId",
+            )
         _check_user(self.kit, user, body.shopId, *APP_MANAGEMENT)
-        result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
+        if body.appId is not None:
+            result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, app_id=body.appId)
+        else:
+            result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
         resp.status = falcon.HTTP_201
         resp.media = {"app": _app_json(result.installation)}
 
