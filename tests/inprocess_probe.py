@@ -33,6 +33,9 @@ MANIFEST = AppManifest(
 
 CALLS: list[tuple[dict[str, Any], EventContext, InstalledApp]] = []
 BEHAVIOUR: dict[str, int] = {"fail": 0}
+PAUSE: dict[str, threading.Event] = {}
+"""With ``entered`` and ``resume`` set by a test: the handler, once it has written its row,
+sets ``entered`` and waits for ``resume``."""
 _lock = threading.Lock()
 
 
@@ -54,6 +57,9 @@ def on_order(payload: Mapping[str, Any], ctx: EventContext, app: InstalledApp) -
     ProbeRow.insert(shop_id=app.shop_id, message_id=app.message_id, attempt=app.attempt, pid=os.getpid()).execute()
     with _lock:
         CALLS.append((dict(payload), ctx, app))
+    if "entered" in PAUSE:
+        PAUSE["entered"].set()
+        PAUSE["resume"].wait(30)
     marker = os.environ.get("PROBE_BLOCK_MARKER")
     if marker and not os.path.exists(marker):
         with open(marker, "w") as handle:

@@ -99,6 +99,7 @@ def _fresh_probe() -> Iterator[None]:
     yield
     probe.CALLS.clear()
     probe.BEHAVIOUR["fail"] = 0
+    probe.PAUSE.clear()
 
 
 @contextmanager
@@ -403,6 +404,30 @@ def test_uninstall_stops_the_deliveries(kit: Kit) -> None:
         kit.events.emit_async("order.created", dict(ORDER, shop_id=2, id=8))
         wait_for(lambda: states(kit) == {"delivered": 1}, what="shop 2's delivery")
     assert [(c[2].shop_id, c[0]["id"]) for c in probe.CALLS] == [(2, 8)]
+
+
+@pytest.mark.postgres
+def test_an_uninstall_during_the_handler_rolls_its_writes_back(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # PostgreSQL only: there the uninstall commits while the handler's transaction is open
+    # (SQLite would queue it behind the handler's write lock).
+    import threading
+
+    with probe_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, app_id="probe")
+        probe.PAUSE.update(entered=threading.Event(), resume=threading.Event())
+        outcomes: list[str] = []
+        real = kit.webhooks.deliver
+        kit.webhooks.deliver = lambda delivery_id: outcomes.append(real(delivery_id)) or outcomes[-1]  # type: ignore[method-assign]
+        with consuming(kit):
+            kit.events.emit_async("order.created", ORDER)
+            assert probe.PAUSE["entered"].wait(30), "the handler never ran"
+            kit.apps.uninstall(shop_id=1, app_id="probe")
+            probe.PAUSE["resume"].set()
+            wait_for(lambda: outcomes == ["skipped"], what="the attempt to end")
+        assert raw_rows(kit, "probe_row") == []
+        assert kit.webhooks.deliveries() == [] and raw_rows(kit, "czo_webhook_attempt") == []
 
 
 def test_a_worker_without_the_app_fails_the_attempt_saying_so(kit: Kit) -> None:

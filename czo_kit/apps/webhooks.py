@@ -389,7 +389,7 @@ class WebhookDispatcher(WebhookOperations):
         installation_id = int(delivery.__data__["installation"])
         started = utcnow()
         try:
-            with self.db.atomic():
+            with self.db.atomic() as transaction:
                 row = (
                     AppInstallation.select(AppInstallation.permissions)
                     .where(AppInstallation.id == installation_id)
@@ -404,9 +404,12 @@ class WebhookDispatcher(WebhookOperations):
                     shop_id=int(delivery.shop_id), permissions=granted, message_id=str(delivery.message_id),
                     attempt=int(delivery.attempts), correlation_id=delivery.correlation_id,
                 )
-                return self._record(
+                state = self._record(
                     delivery, started, None, None, None, final=False, delivered=True, target_failed=False
                 )
+                if state == "skipped":
+                    transaction.rollback()  # uninstalled during the attempt: its writes go too
+                return state
         except Exception as exc:
             # The app's own failure, not a target's: no circuit counts it, and the retries,
             # the dead letter and its traceback are those of a failed POST.
