@@ -239,7 +239,7 @@ class RegisterApp(Protocol):
 
 @hookspec
 def czo_register_apps(register: RegisterApp) -> None:
-    """Ship an app as a plugin: ``register(manifest, handlers={"order.created": on_order})``.
+    """Ship an app as a plugin: ``register(manifest, handlers={"note.created": on_note})``.
 
     ``manifest`` is an ``AppManifest`` without URLs (no ``app_url``, ``token_target_url`` or
     webhook ``target_url``); ``handlers`` maps each event its webhooks subscribe to to

@@ -227,7 +227,7 @@ def on_any(payload: Any, ctx: Any, app: Any) -> None:
         ),
         (
             lambda r: r(IN_PROCESS, handlers={"order.created": on_any}, routes={"../up": object()}),
-            ["route '../up' must be a path such as '/points'"],
+            ["route '../up' must be a path such as '/things'"],
         ),
         (
             lambda r: r(IN_PROCESS, handlers={"order.created": on_any}, routes={"/x": None}),

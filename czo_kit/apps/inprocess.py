@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 IN_PROCESS_SCHEME = "czo-app"
-"""The scheme of an in-process app's subscription targets (``czo-app://loyalty/orders``)."""
+"""The scheme of an in-process app's subscription targets (``czo-app://<app id>/<webhook name>``)."""
 
 _ROUTE = re.compile(r"^(/[A-Za-z0-9._~{}:-]+)*/?\Z")
 
@@ -186,8 +186,8 @@ class InProcessApps:
         for path, resource in routes.items():
             if not isinstance(path, str) or len(path) > 200 or not _ROUTE.fullmatch(path) or ".." in path:
                 raise PluginError(
-                    f"{where}: route {str(path)[:60]!r} must be a path such as '/points' or "
-                    "'/points/{customer}' (mounted under /apps/<app id>), or '' for /apps/<app id> itself"
+                    f"{where}: route {str(path)[:60]!r} must be a path such as '/things' or "
+                    "'/things/{thing_id}' (mounted under /apps/<app id>), or '' for /apps/<app id> itself"
                 )
             if resource is None or isinstance(resource, (str, bytes, int, float)):
                 raise PluginError(f"{where}: route {path!r} needs a Falcon resource (an object with on_get...), got {resource!r}")
