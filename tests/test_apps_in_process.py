@@ -466,11 +466,19 @@ def test_routes_answer_the_apps_own_token_only(kit: Kit) -> None:
 
 WORKER = textwrap.dedent(
     """
+    import os
+    import threading
+
     import inprocess_probe
     from czo_kit import Kit, Settings
     from czo_kit.events.queue import Sweeper
 
     kit = Kit(Settings.from_env(), plugins=[inprocess_probe])
+    if kit.queue is None:  # CZO_QUEUE_URL="": this process's in-process deliverer does the work
+        kit.deliverer.start()
+        if os.environ.get("PROBE_EMIT"):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": 7, "total": 1999})
+        threading.Event().wait()
     sweeper = Sweeper(kit.outbox, 0.5, kit.webhooks)
     consumer = kit.queue.create_consumer(workers=2)
     sweeper.start()
@@ -482,16 +490,16 @@ WORKER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "servers",
-    ["sqlite", pytest.param("postgresql+redis", marks=[pytest.mark.postgres, pytest.mark.redis])],
+    ["sqlite", "sqlite, no queue", pytest.param("postgresql+redis", marks=[pytest.mark.postgres, pytest.mark.redis])],
 )
 def test_a_delivery_whose_worker_is_killed_is_redelivered_not_lost(
     servers: str, settings_for: SettingsFor, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     from conftest import SECRET
 
-    if servers == "sqlite":
+    if servers.startswith("sqlite"):
         db_url = str(request.getfixturevalue("sqlite_url"))
-        queue_url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+        queue_url = "" if "no queue" in servers else f"sqlite:///{tmp_path / 'queue.sqlite3'}"
     else:
         db_url, queue_url = str(request.getfixturevalue("pg_url")), str(request.getfixturevalue("redis_url"))
     queue_name = f"czo_inprocess_kill_{uuid.uuid4().hex[:8]}"
@@ -502,6 +510,7 @@ def test_a_delivery_whose_worker_is_killed_is_redelivered_not_lost(
         **{k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
         "CZO_DATABASE_URL": db_url, "CZO_QUEUE_URL": queue_url, "CZO_QUEUE_NAME": queue_name,
         "CZO_SECRET_KEY": SECRET, "CZO_WEBHOOKS_LEASE": "2", "CZO_LOG_LEVEL": "WARNING",
+        "CZO_EVENTS_SWEEP_INTERVAL": "0.5",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
         "PROBE_BLOCK_MARKER": str(marker),
     }
@@ -509,18 +518,24 @@ def test_a_delivery_whose_worker_is_killed_is_redelivered_not_lost(
                             webhooks_lease=2.0)
     workers: list[subprocess.Popen[bytes]] = []
 
-    def start_worker(name: str) -> subprocess.Popen[bytes]:
+    def start_worker(name: str, **extra: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / f"{name}.log", "wb") as log:
-            process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, str(script)], env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT
+            )
         workers.append(process)
         return process
 
     with probe_kit(settings) as kit:
         try:
             kit.apps.install(shop_id=1, installer_id=OWNER, app_id="probe")
-            kit.events.emit_async("order.created", ORDER)
-            kit.webhooks.flush()
-            first = start_worker("first")
+            if kit.queue is None:
+                # Without a queue the process that emits delivers: the first worker does both.
+                first = start_worker("first", PROBE_EMIT="1")
+            else:
+                kit.events.emit_async("order.created", ORDER)
+                kit.webhooks.flush()
+                first = start_worker("first")
             wait_for(marker.exists, timeout=60, what="the handler to start in the first worker")
             assert states(kit) == {"running": 1}
             first.send_signal(signal.SIGKILL)
