@@ -233,6 +233,10 @@ def on_any(payload: Any, ctx: Any, app: Any) -> None:
             lambda r: r(IN_PROCESS, handlers={"order.created": on_any}, routes={"/x": None}),
             ["route '/x' needs a Falcon resource"],
         ),
+        (
+            lambda r: r(IN_PROCESS, handlers={"order.created": on_any}, routes=["/x"]),
+            ["routes must map paths to Falcon resources, got list"],
+        ),
     ],
 )
 def test_a_wrong_app_stops_the_kit_at_startup_saying_what_is_wrong(
@@ -338,6 +342,7 @@ def test_the_handler_gets_the_payload_a_remote_app_gets(kit: Kit) -> None:
     assert payload == post.json()["data"]
     assert "customer_email" not in payload and payload["total"] == 1999  # filtered by permission
     assert (event.name, event.event_id, event.correlation_id) == ("order.created", ctx.event_id, ctx.correlation_id)
+    assert event.timestamp == ctx.timestamp
     assert isinstance(app, InstalledApp)
     assert (app.app_id, app.shop_id, app.installation_id) == ("probe", 1, int(installed.installation.id))
     assert app.permissions == frozenset({("order", "read")}) and app.has("order", "read") and not app.has("order", "write")
@@ -460,6 +465,19 @@ def test_routes_answer_the_apps_own_token_only(kit: Kit) -> None:
     kit.apps.uninstall(shop_id=2, app_id="probe")
     assert get(installed.token).status_code == 401
     assert client.simulate_get("/apps/probe/elsewhere", headers={"Authorization": f"Bearer {loyalty.token}"}).status_code == 404
+
+
+def test_a_route_falcon_refuses_stops_the_api_naming_the_app(sqlite_url: str, settings_for: SettingsFor) -> None:
+    class Resource:
+        def on_get(self, req: Any, resp: Any) -> None:
+            pass
+
+    plugin = registering(lambda r: r(dict(IN_PROCESS, id="twice"), handlers={"order.created": on_any},
+                                     routes={"/{a}/{a}": Resource()}))
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=(plugin,)) as kit:
+        with pytest.raises(PluginError) as info:
+            create_api(kit)
+    assert "in-process app 'twice': route '/apps/twice/{a}/{a}' is refused" in str(info.value)
 
 
 # -- a real worker killed mid-delivery --------------------------------------------------------
