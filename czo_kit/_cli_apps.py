@@ -111,13 +111,16 @@ def apps_list(shop_id: int, as_json: bool) -> None:
 
 
 @apps_group.command("install")
-@click.argument("manifest_url")
+@click.argument("manifest_url", metavar="MANIFEST_URL|APP_ID")
 @click.option("--shop", "shop_id", type=click.IntRange(1), required=True)
 @click.option("--user", "user_id", required=True, help="Installing user (must hold apps:manage and every permission asked).")
 def apps_install(manifest_url: str, shop_id: int, user_id: str) -> None:
-    """Install the app whose manifest is at MANIFEST_URL. The token is printed once."""
+    """Install the app whose manifest is at MANIFEST_URL, or the in-process app APP_ID (one a
+    plugin registered; `czo-kit plugins` lists them). The token is printed once."""
     with _kit() as kit:
-        result = kit.apps.install(shop_id=shop_id, installer_id=user_id, manifest_url=manifest_url)
+        # An app id never holds "://" (its manifest's pattern): anything else is a URL.
+        source = {"manifest_url": manifest_url} if "://" in manifest_url else {"app_id": manifest_url}
+        result = kit.apps.install(shop_id=shop_id, installer_id=user_id, **source)
         click.echo(f"installed {result.app_id} in shop {shop_id}")
         click.echo(f"app token (shown once): {result.token}")
 

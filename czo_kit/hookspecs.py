@@ -7,8 +7,8 @@ value, so one implementation can register any number of things.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import huey
 
     from czo_kit.apps.extensions import DashboardRegistry
+    from czo_kit.apps.inprocess import AppHandler
+    from czo_kit.apps.manifest import AppManifest
     from czo_kit.apps.permissions import PermissionRegistry
     from czo_kit.http.api import ApiRoutes
     from czo_kit.http.auth import UserIdentity
@@ -35,6 +37,7 @@ __all__ = [
     "CacheDriverFactory",
     "DatabaseFactory",
     "QueueFactory",
+    "RegisterApp",
     "RegisterAuthenticator",
     "RegisterCacheDriver",
     "RegisterQueueBackend",
@@ -221,6 +224,30 @@ def czo_register_dashboard(register: DashboardRegistry, kit: Kit) -> None:
     ``/dashboard/shops/<id>/<slug>`` (and ``/<slug>/<object id>``) listed for people holding
     ``<resource>:read``; ``render(kit, shop_id, object_id)`` returns a ``Page`` or ``None``
     (404).
+    """
+
+
+class RegisterApp(Protocol):
+    def __call__(
+        self,
+        manifest: AppManifest | Mapping[str, Any],
+        *,
+        handlers: Mapping[str, AppHandler],
+        routes: Mapping[str, object] | None = None,
+    ) -> None: ...
+
+
+@hookspec
+def czo_register_apps(register: RegisterApp) -> None:
+    """Ship an app as a plugin: ``register(manifest, handlers={"note.created": on_note})``.
+
+    ``manifest`` is an ``AppManifest`` without URLs (no ``app_url``, ``token_target_url`` or
+    webhook ``target_url``); ``handlers`` maps each event its webhooks subscribe to to
+    ``fn(payload, ctx, app)``, run by the worker with the permission-filtered payload a remote
+    app would be POSTed, with the same retries and dead letters; ``app`` is an
+    ``InstalledApp`` (installation, shop, granted permissions, the kit). ``routes`` maps paths
+    to Falcon resources served under ``/apps/<app id>``, for callers with that app's token.
+    Installed per shop with ``kit.apps.install(shop_id=..., installer_id=..., app_id=...)``.
     """
 
 

@@ -24,6 +24,7 @@ from czo_kit import metrics
 from czo_kit._logging import install_log_redaction
 from czo_kit.apps.extensions import DashboardRegistry
 from czo_kit.apps.handoff import HandoffSigner
+from czo_kit.apps.inprocess import InProcessApps
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
 from czo_kit.apps.registry import APP_MODELS, AppRegistry
@@ -214,6 +215,9 @@ class Kit:
 
         self.permissions = PermissionRegistry()
         call_each_plugin(hook.czo_register_permissions, register=self.permissions)
+        # After the permissions: each app's handlers are checked against the event rules.
+        in_process_apps = InProcessApps(self.permissions)
+        call_each_plugin(hook.czo_register_apps, register=in_process_apps)
         self.http = OutboundHTTP(
             allow_private=settings.apps_allow_private_urls,
             read_timeout=settings.webhooks_timeout,
@@ -222,7 +226,9 @@ class Kit:
             self.db, permissions=self.permissions, permission_service=lambda: self.permission_service, http=self.http,
             signer=HandoffSigner.from_secret_key(self.secret_key),
             mounts=lambda: self.dashboard.mount_names(),
+            in_process=in_process_apps,
         )
+        in_process_apps.kit = self
         self.webhooks = WebhookDispatcher(
             self.db,
             self.apps,

@@ -334,6 +334,7 @@ def registries(kit: Kit, *, cli: Any = None) -> list[tuple[str, Any]]:
         ("authenticators", kit.authenticators),
         ("http_routes", routes_of(kit)),
         ("dashboard", kit.dashboard),
+        ("apps", kit.apps.in_process),
         ("commands", cli if cli is not None else build_cli(kit.plugins)),
     ]
 

@@ -185,6 +185,22 @@ def reset_app_tables(url: str) -> None:
         db.close()
 
 
+def drop_tables(url: str, *tables: str) -> None:
+    """PostgreSQL tables outlive a test (one schema per session): start without these."""
+    if not url.startswith("postgres"):
+        return
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    dbname, params = parse_postgresql_url(url)
+    db = peewee.PostgresqlDatabase(dbname, **params)
+    try:
+        with db.atomic():
+            for table in tables:
+                db.execute_sql(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+    finally:
+        db.close()
+
+
 def app_settings(settings_for: Callable[..., Settings], url: str, queue_dir: str, **changes: Any) -> Settings:
     values: dict[str, Any] = {
         "apps_allow_private_urls": True,

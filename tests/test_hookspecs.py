@@ -410,3 +410,34 @@ def test_hook_czo_shutdown(sqlite_url: str, settings_for: SettingsFor) -> None:
     kit.close()
     assert plugin.events == ["startup", "shutdown db=1"]  # once only
     assert kit.db.is_closed()
+
+
+def test_hook_czo_register_apps(sqlite_url: str, settings_for: SettingsFor) -> None:
+    from czo_kit.apps import AppManifest, PermissionSpec, WebhookSpec
+
+    heard: list[tuple[dict[str, Any], str, int]] = []
+
+    class Notes:
+        @hookimpl
+        def czo_register_permissions(self, register: Any) -> None:
+            register.resource("note", ["read"])
+
+        @hookimpl
+        def czo_register_apps(self, register: Any) -> None:
+            manifest = AppManifest(
+                id="notes-app", name="Notes", version="1",
+                permissions=[PermissionSpec("note", ["read"])],
+                webhooks=[WebhookSpec(name="notes", events=["note.created"])],
+            )
+            register(manifest, handlers={"note.created": lambda payload, ctx, app: heard.append(
+                (dict(payload), ctx.name, app.shop_id))})
+
+    with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Notes()]) as kit:
+        kit.create_tables()
+        kit.permission_service.grant("owner-1", 3, "owner")
+        kit.apps.install(shop_id=3, installer_id="owner-1", app_id="notes-app")
+        assert kit.deliverer is not None
+        kit.deliverer.start()
+        kit.events.emit_async("note.created", {"shop_id": 3, "id": 1})
+        assert wait_until(lambda: heard != [], timeout=15)
+    assert heard == [({"shop_id": 3, "id": 1}, "note.created", 3)]

@@ -4,6 +4,7 @@ checked at install, per-app tokens, and signed webhooks with retries and a dead-
 from __future__ import annotations
 
 from czo_kit.apps.handoff import HandoffSigner, HandoffVerifier, RepeatedHandoffError, verify_handoff
+from czo_kit.apps.inprocess import AppHandler, InProcessApp, InProcessApps, InstalledApp
 from czo_kit.apps.manifest import AppManifest, ExtensionSpec, PermissionSpec, WebhookSpec, parse_manifest
 from czo_kit.apps.permissions import (
     APP_MANAGEMENT,
@@ -19,6 +20,7 @@ from czo_kit.errors import ManifestError, PermissionDeniedError, WebhookSignatur
 
 __all__ = [
     "APP_MANAGEMENT",
+    "AppHandler",
     "AppManifest",
     "AppPermissionChecker",
     "AppPrincipal",
@@ -27,6 +29,9 @@ __all__ = [
     "ExtensionSpec",
     "HandoffSigner",
     "HandoffVerifier",
+    "InProcessApp",
+    "InProcessApps",
+    "InstalledApp",
     "RepeatedHandoffError",
     "InstallResult",
     "ManifestError",

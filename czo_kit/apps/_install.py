@@ -24,6 +24,7 @@ import peewee
 
 from czo_kit.apps._models import AppInstallation, AppInstallPending, AppSecret, AppToken, AppWebhook
 from czo_kit.apps.handoff import HandoffSigner
+from czo_kit.apps.inprocess import in_process_target
 from czo_kit.apps.manifest import AppManifest
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.db.model import utcnow
@@ -93,7 +94,7 @@ def reserve(
                     version=manifest.version,
                     manifest=manifest.to_json().decode(),
                     permissions=json.dumps(permissions),
-                    app_url=manifest.app_url,
+                    app_url=manifest.app_url or "",  # none for an in-process app
                     installed_by=installer,
                     installed_at=now,
                 ).execute(db)
@@ -127,9 +128,12 @@ def complete(
         ).execute(db)
         AppSecret.insert(installation=installation.id, secret=secret, created_at=now).execute(db)
         for webhook in manifest.webhooks:
+            # An in-process app's subscription targets its handlers (a scheme no remote
+            # manifest can give); its deliveries are claimed and recorded like any other.
+            target = webhook.target_url or in_process_target(manifest.id, webhook.name)
             AppWebhook.insert(
                 installation=installation.id, shop_id=installation.shop_id, name=webhook.name,
-                events=json.dumps(webhook.events), target_url=webhook.target_url, is_active=webhook.is_active,
+                events=json.dumps(webhook.events), target_url=target, is_active=webhook.is_active,
             ).execute(db)
 
 

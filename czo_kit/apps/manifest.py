@@ -2,6 +2,11 @@
 
 A manifest is JSON. Every problem is a ``ManifestError`` whose ``path`` names the field
 (``$.webhooks[0].target_url``) and whose message says what was expected.
+
+Two kinds of app share the type. A remote app (served at its manifest URL) must give its
+``app_url`` and each webhook's ``target_url``. An in-process app (a pip-installed plugin,
+``czo_register_apps``) gives no URL at all: its webhooks are delivered to its handlers by
+the worker. ``parse_manifest(..., in_process=True)`` checks the second kind.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "PermissionSpec",
     "WebhookSpec",
+    "check_manifest",
     "parse_manifest",
 ]
 
@@ -45,11 +51,12 @@ class PermissionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WebhookSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A subscription: ``events`` delivered as signed POSTs to ``target_url``."""
+    """A subscription: ``events`` delivered as signed POSTs to ``target_url`` (a remote app),
+    or to the app's handlers (an in-process app, which gives no ``target_url``)."""
 
     name: Identifier
     events: Annotated[list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(min_length=1, max_length=100)]
-    target_url: Url
+    target_url: Url | None = None
     is_active: bool = True
 
 
@@ -66,12 +73,15 @@ class ExtensionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class AppManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The manifest of an app, as served at its manifest URL."""
+    """The manifest of an app, as served at its manifest URL (a remote app), or as an
+    in-process app registers it, without any URL."""
 
     id: Identifier
     name: Text
     version: Version
-    app_url: Url
+    # Required of a remote app (``parse_manifest`` says so, naming the field); an in-process
+    # app has none.
+    app_url: Url | None = None
     about: LongText = ""
     token_target_url: Url | None = None
     permissions: Annotated[list[PermissionSpec], msgspec.Meta(max_length=100)] = []
@@ -95,8 +105,40 @@ def _check_url(value: str, path: str) -> None:
         raise ManifestError(f"expected an http(s) URL with a host: {exc}", path=path) from None
 
 
-def _semantic_checks(manifest: AppManifest) -> None:
-    _check_url(manifest.app_url, "$.app_url")
+def _missing(field: str) -> ManifestError:
+    return ManifestError(
+        f"Object missing required field `{field.rsplit('.', 1)[-1]}`: a remote app's manifest gives it "
+        "(an in-process app, registered through czo_register_apps, gives no URL)",
+        path=field,
+    )
+
+
+def _in_process_checks(manifest: AppManifest) -> None:
+    """An in-process app's manifest names no URL: its webhooks reach its handlers in the
+    worker, its token is returned by the install, and its pages come from its plugin."""
+    why = "an in-process app (czo_register_apps) has no URLs: its webhooks are delivered to its handlers"
+    if manifest.app_url is not None:
+        raise ManifestError(f"{why}; remove app_url", path="$.app_url")
+    if manifest.token_target_url is not None:
+        raise ManifestError(f"{why}, and install returns its token; remove token_target_url", path="$.token_target_url")
+    for i, webhook in enumerate(manifest.webhooks):
+        if webhook.target_url is not None:
+            raise ManifestError(f"{why}; remove target_url", path=f"$.webhooks[{i}].target_url")
+    if manifest.extensions:
+        raise ManifestError(
+            "an in-process app adds dashboard pages through czo_register_dashboard, not URL extensions; "
+            "remove extensions",
+            path="$.extensions",
+        )
+
+
+def _semantic_checks(manifest: AppManifest, *, in_process: bool = False) -> None:
+    if in_process:
+        _in_process_checks(manifest)
+    else:
+        if manifest.app_url is None:
+            raise _missing("$.app_url")
+        _check_url(manifest.app_url, "$.app_url")
     if manifest.token_target_url is not None:
         _check_url(manifest.token_target_url, "$.token_target_url")
     for i, permission in enumerate(manifest.permissions):
@@ -107,7 +149,10 @@ def _semantic_checks(manifest: AppManifest) -> None:
         if webhook.name in names:
             raise ManifestError(f"webhook name {webhook.name!r} is used twice", path=f"$.webhooks[{i}].name")
         names.add(webhook.name)
-        _check_url(webhook.target_url, f"$.webhooks[{i}].target_url")
+        if not in_process:
+            if webhook.target_url is None:
+                raise _missing(f"$.webhooks[{i}].target_url")
+            _check_url(webhook.target_url, f"$.webhooks[{i}].target_url")
         for j, event in enumerate(webhook.events):
             try:
                 check_event_name(event)
@@ -140,8 +185,9 @@ def validation_error_path(exc: msgspec.ValidationError) -> tuple[str, str]:
     return message, path
 
 
-def parse_manifest(data: bytes | str | Mapping[str, Any]) -> AppManifest:
-    """A validated ``AppManifest`` from JSON text or an already decoded mapping."""
+def parse_manifest(data: bytes | str | Mapping[str, Any], *, in_process: bool = False) -> AppManifest:
+    """A validated ``AppManifest`` from JSON text or an already decoded mapping: a remote
+    app's (with its URLs), or with ``in_process=True`` an in-process app's (without any)."""
     try:
         if isinstance(data, Mapping):
             manifest = msgspec.convert(data, AppManifest)
@@ -155,5 +201,11 @@ def parse_manifest(data: bytes | str | Mapping[str, Any]) -> AppManifest:
         raise ManifestError(message, path=path) from None
     except msgspec.DecodeError as exc:
         raise ManifestError(f"not valid JSON: {exc}", path="$") from None
-    _semantic_checks(manifest)
+    _semantic_checks(manifest, in_process=in_process)
     return manifest
+
+
+def check_manifest(manifest: AppManifest, *, in_process: bool = False) -> AppManifest:
+    """Check an ``AppManifest`` built in code as ``parse_manifest`` checks JSON (a Struct
+    built in Python skips msgspec's validation of its constraints, so it is re-decoded)."""
+    return parse_manifest(manifest.to_json(), in_process=in_process)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import peewee
 
 from czo_kit.apps import _idempotency, _install
@@ -35,6 +36,7 @@ from czo_kit.apps._models import (
 )
 from czo_kit.apps.extensions import KIT_MOUNTS
 from czo_kit.apps.handoff import HandoffSigner
+from czo_kit.apps.inprocess import InProcessApps
 from czo_kit.apps.manifest import AppManifest, parse_manifest
 from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import (
@@ -125,8 +127,11 @@ class AppRegistry:
         http: OutboundHTTP,
         signer: HandoffSigner | None = None,
         mounts: Callable[[], Collection[str]] | None = None,
+        in_process: InProcessApps | None = None,
     ) -> None:
         self.db = db
+        self.in_process = in_process if in_process is not None else InProcessApps(permissions)
+        """The in-process apps plugins registered (``czo_register_apps``), installed by id."""
         # Asked at each install, not at construction: the mounts come from the modules'
         # dashboard registrations, which the kit collects on first use.
         self._mounts = mounts or (lambda: KIT_MOUNTS)
@@ -231,25 +236,37 @@ class AppRegistry:
         installer_id: str | int,
         manifest_url: str | None = None,
         manifest: AppManifest | dict[str, Any] | None = None,
+        app_id: str | None = None,
     ) -> InstallResult:
-        """Install an app in a shop; ``PermissionDeniedError`` lists what the installer lacks."""
-        if (manifest_url is None) == (manifest is None):
-            raise ManifestError("give either manifest_url or manifest, not both or neither", path="manifestUrl")
+        """Install an app in a shop: a remote one from ``manifest_url`` (or its ``manifest``),
+        or an in-process one by ``app_id``; ``PermissionDeniedError`` lists what the installer
+        lacks."""
+        if sum(given is not None for given in (manifest_url, manifest, app_id)) != 1:
+            raise ManifestError(
+                "give one of manifest_url, manifest (a remote app) or app_id (an in-process app)", path="manifestUrl"
+            )
         if not isinstance(shop_id, int) or isinstance(shop_id, bool) or not 1 <= shop_id <= SHOP_ID_MAX:
             raise ManifestError(
                 f"shop id must be a whole number from 1 to {SHOP_ID_MAX}, got {str(shop_id)[:24]!r}", path="shopId"
             )
-        if manifest is None:
+        in_process = app_id is not None
+        if app_id is not None:
+            parsed = self._in_process_manifest(app_id)
+        elif manifest is None:
             assert manifest_url is not None
             parsed = self.fetch_manifest(manifest_url)
         elif isinstance(manifest, AppManifest):
             parsed = manifest
         else:
             parsed = parse_manifest(manifest)
+        if not in_process:
+            self._check_remote(parsed)
         installer = str(installer_id)
         self._check_mounts(parsed)
         granted = self._check_grants(parsed, installer, shop_id)
-        targets = [(f"$.webhooks[{i}].target_url", w.target_url) for i, w in enumerate(parsed.webhooks)]
+        targets = [
+            (f"$.webhooks[{i}].target_url", w.target_url) for i, w in enumerate(parsed.webhooks) if w.target_url
+        ]
         if parsed.token_target_url:
             targets.append(("$.token_target_url", parsed.token_target_url))
         for path, target in targets:
@@ -290,6 +307,32 @@ class AppRegistry:
         log.info("installed app %s (%s) in shop %s", parsed.id, parsed.version, shop_id)
         return InstallResult(installation=installation, token=token, webhook_secret=secret)
 
+    def _in_process_manifest(self, app_id: Any) -> AppManifest:
+        app = self.in_process.get(app_id) if isinstance(app_id, str) else None
+        if app is None:
+            raise ManifestError(
+                f"no in-process app has the id {str(app_id)[:64]!r}; the in-process apps of this installation "
+                f"are: {', '.join(self.in_process.ids()) or 'none'} (a remote app is installed from its manifest_url)",
+                path="appId",
+            )
+        return app.manifest
+
+    def _check_remote(self, manifest: AppManifest) -> None:
+        """A remote manifest gives its URLs (one built in code skipped ``parse_manifest``), and
+        does not take the id of an in-process app (whose deliveries would not be its own)."""
+        if manifest.app_url is None:
+            raise ManifestError("a remote app's manifest needs app_url (install an in-process app by app_id)", path="$.app_url")
+        for i, webhook in enumerate(manifest.webhooks):
+            if webhook.target_url is None:
+                raise ManifestError("a remote app's webhook needs a target_url", path=f"$.webhooks[{i}].target_url")
+        owner = self.in_process.get(manifest.id)
+        if owner is not None:
+            raise ManifestError(
+                f"app id {manifest.id!r} belongs to the in-process app of plugin {owner.plugin or '?'}; install that "
+                f"one with app_id={manifest.id!r}, or give the remote app another id",
+                path="$.id",
+            )
+
     def sweep(self) -> dict[str, int]:
         """Remove what dead processes left: installs past their lease, expired idempotency keys."""
         self.ensure_tables()
@@ -320,7 +363,8 @@ class AppRegistry:
         )
 
     def manifest_of(self, installation: AppInstallation) -> AppManifest:
-        return parse_manifest(str(installation.manifest))
+        """The manifest an installation was made from (checked when it was installed)."""
+        return msgspec.json.decode(str(installation.manifest), type=AppManifest)
 
     def uninstall(self, *, shop_id: int, app_id: str) -> None:
         """Remove the app, its tokens, secrets, subscriptions and pending webhooks, at once."""

@@ -41,6 +41,7 @@ from czo_kit.apps._webhook_models import (
 )
 from czo_kit.apps._webhook_failures import ERROR_LIMIT, Failure, TracebackScrubber, failure
 from czo_kit.apps._webhook_ops import WebhookOperations
+from czo_kit.apps.inprocess import is_in_process_target
 from czo_kit.apps.net import OutboundHTTP, parse_target, shown_url
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
@@ -184,7 +185,7 @@ class WebhookDispatcher(WebhookOperations):
                     "event_name": ctx.name,
                     "correlation_id": ctx.correlation_id,
                     "target_url": target_url,
-                    "origin": parse_target(target_url).origin,
+                    "origin": _origin(target_url),
                     "body": body,
                     "state": "queued",
                     "max_attempts": len(self.settings.schedule) + 1,
@@ -317,6 +318,8 @@ class WebhookDispatcher(WebhookOperations):
             # Uninstalled since the claim (secrets and deliveries go with the installation):
             # never send a webhook unsigned.
             return "skipped"
+        if is_in_process_target(str(delivery.target_url)):
+            return self._deliver_in_process(delivery)
         body = bytes(delivery.body)
         headers = sign(body, secrets_, message_id=str(delivery.message_id))
         headers.update(
@@ -374,6 +377,45 @@ class WebhookDispatcher(WebhookOperations):
             delivery, started, status, excerpt, error or f"HTTP {status}", final=False,
             retry_after=retry_after, circuit=circuit, failed=failed,
         )
+
+    def _deliver_in_process(self, delivery: WebhookDelivery) -> str:
+        """The transport of an in-process app: its handler, called here with the delivery's
+        body (the payload a remote app is POSTed), instead of a POST. The handler and the
+        record of its success share one transaction, so a worker killed in between leaves
+        neither (the delivery stays ``running``, and the sweep hands it out again); an
+        exception rolls the handler's writes back and is a failed attempt, retried on the
+        schedule, with its traceback kept like a failed POST's."""
+        target = str(delivery.target_url)
+        installation_id = int(delivery.__data__["installation"])
+        started = utcnow()
+        try:
+            with self.db.atomic() as transaction:
+                row = (
+                    AppInstallation.select(AppInstallation.permissions)
+                    .where(AppInstallation.id == installation_id)
+                    .tuples()
+                    .first(self.db)
+                )
+                if row is None:
+                    return "skipped"  # uninstalled since the claim
+                granted = frozenset((r, a) for r, _, a in (item.partition(":") for item in json.loads(row[0])))
+                self.apps.in_process.call(
+                    target=target, body=bytes(delivery.body), installation_id=installation_id,
+                    shop_id=int(delivery.shop_id), permissions=granted, message_id=str(delivery.message_id),
+                    attempt=int(delivery.attempts), correlation_id=delivery.correlation_id,
+                )
+                state = self._record(
+                    delivery, started, None, None, None, final=False, delivered=True, target_failed=False
+                )
+                if state == "skipped":
+                    transaction.rollback()  # uninstalled during the attempt: its writes go too
+                return state
+        except Exception as exc:
+            # The app's own failure, not a target's: no circuit counts it, and the retries,
+            # the dead letter and its traceback are those of a failed POST.
+            failed = failure(exc, target_url=target)
+            return self._record(delivery, started, None, None, failed.error, final=False, target_failed=False,
+                                failed=failed)
 
     def _record(
         self,
@@ -543,6 +585,13 @@ class WebhookDispatcher(WebhookOperations):
         if cleared["abandoned_installs"]:
             log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
         return {**counts, **cleared}
+
+
+def _origin(target_url: str) -> str:
+    """What a target's circuit is keyed by: its origin, or an in-process app's ``czo-app://<id>``."""
+    if is_in_process_target(target_url):
+        return target_url.rsplit("/", 1)[0]
+    return parse_target(target_url).origin
 
 
 def _no_marks(ids: list[Any]) -> None:

@@ -37,6 +37,7 @@ from czo_kit.errors import (
     UnsafeURLError,
 )
 from czo_kit.http._ids import (
+    APP_ID as APP_ID_PATTERN,
     SHOP_ID_MAX,
     IdConverter,
     InvalidId,
@@ -164,6 +165,38 @@ def require_app(req: falcon.Request, resource: str, action: str, *, shop_id: int
     return principal
 
 
+class _AppRoutes:
+    """Serves the routes of in-process apps (``czo_register_apps(..., routes=...)``) under
+    ``/apps/<app id>``, to callers with that app's token only: ``req.context.app`` is then
+    the installation calling (its shop, its permissions)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, tuple[str, object]] = {}
+
+    def add(self, app: falcon.App[Any, Any], app_id: str, routes: dict[str, object] | Any) -> None:
+        for suffix, resource in routes.items():
+            path = f"/apps/{app_id}{suffix}".rstrip("/") or "/"
+            try:
+                app.add_route(path, resource)
+            except (UnacceptableRouteError, ValueError, TypeError) as exc:
+                raise PluginError(f"in-process app {app_id!r}: route {path!r} is refused: {exc}") from None
+            # The resource is kept with its id, so the id is never reused while it is looked up.
+            self.owners[id(resource)] = (app_id, resource)
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]) -> None:
+        owner = self.owners.get(id(resource))
+        if owner is None or owner[1] is not resource:
+            return
+        app_id = owner[0]
+        principal = req.context.app
+        if principal is None:
+            raise AuthenticationError(
+                f"the routes of app {app_id!r} take that app's token (Authorization: Bearer czo_app_...)"
+            )
+        if principal.app_id != app_id:
+            raise PermissionDeniedError(f"app {principal.app_id} cannot call the routes of app {app_id}")
+
+
 class _ContextMiddleware:
     """Each request's correlation id (the caller's ``X-Request-ID`` if it is a safe one, else
     a new one), echoed in the response; it and the actor authentication names go with every
@@ -281,8 +314,9 @@ def _http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
 
 
 class _InstallBody(msgspec.Struct, forbid_unknown_fields=True):
-    manifestUrl: str  # noqa: N815 - the API's JSON field names are camelCase
-    shopId: ShopId  # noqa: N815
+    shopId: ShopId  # noqa: N815 - the API's JSON field names are camelCase
+    manifestUrl: str | None = None  # noqa: N815 - a remote app
+    appId: str | None = None  # noqa: N815 - an in-process app
 
 
 def _shop_param(req: falcon.Request) -> int:
@@ -328,8 +362,22 @@ class _InstallResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = require_user(req)
         body = read_json(req, _InstallBody)
+        if (body.manifestUrl is None) == (body.appId is None):
+            raise _bad_request(
+                "give manifestUrl (a remote app) or appId (an in-process app), not both or neither",
+                "$.manifestUrl" if body.manifestUrl is None else "$.appId",
+            )
+        if body.appId is not None and not APP_ID_PATTERN.fullmatch(body.appId):
+            raise _bad_request(
+                f"appId must be 2 to 64 characters of a-z 0-9 . _ -, starting with a letter or digit, "
+                f"got {body.appId[:24]!r}",
+                "$.appId",
+            )
         _check_user(self.kit, user, body.shopId, *APP_MANAGEMENT)
-        result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
+        if body.appId is not None:
+            result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, app_id=body.appId)
+        else:
+            result = self.kit.apps.install(shop_id=body.shopId, installer_id=user.user_id, manifest_url=body.manifestUrl)
         resp.status = falcon.HTTP_201
         resp.media = {"app": _app_json(result.installation)}
 
@@ -374,8 +422,9 @@ def routes_of(kit: Kit) -> ApiRoutes:
 
 def _build_api(kit: Kit) -> tuple[falcon.App[Any, Any], ApiRoutes]:
     ordered = kit.authenticators.ordered()
+    app_routes = _AppRoutes()
     middleware: list[Any] = [
-        _ContextMiddleware(), _AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)
+        _ContextMiddleware(), _AuthMiddleware(kit, ordered), app_routes, IdempotencyMiddleware(kit, max_body=MAX_BODY)
     ]
     app = falcon.App(middleware=middleware)
     app.router_options.converters["id"] = IdConverter
@@ -389,6 +438,10 @@ def _build_api(kit: Kit) -> tuple[falcon.App[Any, Any], ApiRoutes]:
     app.add_route("/api/apps/{app_id}", _AppResource(kit))
     routes = ApiRoutes(app, kit)
     call_each_plugin(kit.plugins.hook.czo_register_http_routes, api=routes, kit=kit)
+    for app_id in kit.apps.in_process.ids():
+        registered = kit.apps.in_process.get(app_id)
+        if registered is not None and registered.routes:
+            app_routes.add(app, app_id, registered.routes)
     from czo_kit.http.dashboard import add_dashboard
 
     add_dashboard(app, kit, authenticators=ordered)

@@ -1,6 +1,7 @@
 """Reviews of a shop, written as a module author outside the kit would write one, from the
 docs alone: a model, a permission, a service, and through ``czo_register_dashboard`` a
-"Reviews" page with a ``REVIEW_DETAILS`` mount that app extensions can target.
+"Reviews" page with a ``REVIEW_DETAILS`` mount that app extensions can target; and through
+``czo_register_apps`` an in-process app, ``review-alerts``, that flags poor reviews.
 
 Its repository shows what a module author gets from the kit's builders: a typed
 ``ReviewInput`` that mypy checks, a cached extra (``rating_summary``) that reaches the kit's
@@ -15,6 +16,7 @@ It imports only the kit's public API and knows nothing of the example modules.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -22,11 +24,21 @@ import peewee
 import svcs
 
 from czo_kit import Kit, hookimpl
+from czo_kit.apps import AppManifest, InstalledApp, PermissionSpec, WebhookSpec
 from czo_kit.apps.extensions import ExtensionContext, Page
 from czo_kit.db import Model, Repository, create_mutations, create_queries
-from czo_kit.events import Event
+from czo_kit.events import Event, EventContext
 
-__all__ = ["RatingSummary", "Review", "ReviewInput", "ReviewPosted", "ReviewRepository"]
+__all__ = [
+    "ALERTS_MANIFEST",
+    "RatingSummary",
+    "Review",
+    "ReviewAlert",
+    "ReviewInput",
+    "ReviewPosted",
+    "ReviewRepository",
+    "flag_poor_review",
+]
 
 
 class Review(Model):
@@ -145,7 +157,7 @@ def review_context(kit: Kit, shop_id: int, review_id: int | None) -> ExtensionCo
 
 @hookimpl
 def czo_register_models(register: Any) -> None:
-    register(Review)
+    register(Review, ReviewAlert)
 
 
 @hookimpl
@@ -173,3 +185,42 @@ def czo_register_services(registry: Any) -> None:
 def czo_register_dashboard(register: Any, kit: Kit) -> None:
     register.mount("REVIEW_DETAILS", resource="review", context=review_context)
     register.page("reviews", title="Reviews", resource="review", render=render_reviews)
+
+
+# -- an in-process app: review alerts (czo_register_apps) ---------------------------------------
+
+
+class ReviewAlert(Model):
+    """A poor review the ``review-alerts`` app flagged for the shop to answer."""
+
+    shop_id = peewee.IntegerField(index=True)
+    review_id = peewee.BigIntegerField()
+    rating = peewee.IntegerField()
+
+    class Meta:
+        table_name = "czo_test_reviews_alert"
+        indexes = ((("shop_id", "review_id"), True),)
+
+
+ALERTS_MANIFEST = AppManifest(
+    id="review-alerts",
+    name="Review alerts",
+    version="1.0.0",
+    about="Flags reviews of two stars or fewer.",
+    permissions=[PermissionSpec(resource="review", actions=["read"])],
+    webhooks=[WebhookSpec(name="reviews", events=["review.created"])],
+)
+
+
+def flag_poor_review(payload: Mapping[str, Any], ctx: EventContext, app: InstalledApp) -> None:
+    """``review.created``: flag a review of two stars or fewer, once (delivery is at least
+    once, so a review already flagged is left alone)."""
+    rating, review_id = payload.get("rating"), payload.get("id")
+    if not isinstance(rating, int) or not isinstance(review_id, int) or rating > 2:
+        return
+    ReviewAlert.insert(shop_id=app.shop_id, review_id=review_id, rating=rating).on_conflict_ignore().execute()
+
+
+@hookimpl
+def czo_register_apps(register: Any) -> None:
+    register(ALERTS_MANIFEST, handlers={"review.created": flag_poor_review})
