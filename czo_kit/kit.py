@@ -198,6 +198,8 @@ class Kit:
 
         self.permissions = PermissionRegistry()
         hook.czo_register_permissions(register=self.permissions)
+        # Every module has declared its resources now: event rules naming others are refused.
+        self.permissions.check()
         self.http = OutboundHTTP(
             allow_private=settings.apps_allow_private_urls,
             read_timeout=settings.webhooks_timeout,
