@@ -194,11 +194,12 @@ class PermissionRegistry:
         kind = event_type(name)
         if rule.fields is None:
             self._warn(name, "*", f"event {name!r} declares no fields, so apps that hear it receive only "
-                       f"its id; {_how(name, rule, '...')}")
+                       f"its id; {_how(name, rule, 'name', what='each field apps may see')}")
             return
         if kind is None:
             return  # a mapping payload: its fields are checked as it is sent
-        carried = [f.encode_name for f in msgspec.structs.fields(kind)]
+        # The names its payload carries (renamed ones as written); no annotations evaluated.
+        carried: list[str] = list(kind.__struct_encode_fields__)
         extra = sorted(set(rule.fields) - set(carried))
         if extra:
             raise ConfigurationError(
@@ -245,7 +246,8 @@ class PermissionRegistry:
             left_out = [str(key) for key in data if key != "id"]
             if left_out:
                 self._warn(event, "*", f"event {event!r} declares no fields, so apps receive only its id "
-                           f"(left out: {', '.join(sorted(left_out))}); {_how(event, rule, left_out[0])}")
+                           f"(left out: {', '.join(sorted(left_out))}); "
+                           f"{_how(event, rule, sorted(left_out)[0], what='each field apps may see')}")
             ident = data.get("id")
             kept = {"id": ident} if isinstance(ident, (int, str)) and not isinstance(ident, bool) else {}
             return kept
@@ -322,13 +324,13 @@ def _builtins(event: str, value: Any) -> Any:
         ) from None
 
 
-def _how(event: str, rule: EventRule, path: str) -> str:
+def _how(event: str, rule: EventRule, path: str, *, what: str = "it") -> str:
     """How to declare the field at dotted ``path`` of ``event``, as code to copy."""
     spec = "None"
     for key in reversed(path.split(".")):
         spec = f"{{..., {key!r}: {spec}}}"
     return (
-        f"declare it in czo_register_permissions: register.event({event!r}, resource={rule.resource!r}, "
+        f"declare {what} in czo_register_permissions: register.event({event!r}, resource={rule.resource!r}, "
         f"fields={spec}) sends it to every app that hears the event; a (resource, action) pair "
         "instead of None sends it only to apps granted that permission"
     )

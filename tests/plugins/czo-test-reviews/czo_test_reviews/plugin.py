@@ -15,8 +15,9 @@ import svcs
 from czo_kit import Kit, hookimpl
 from czo_kit.apps.extensions import ExtensionContext, Page
 from czo_kit.db import Model, Repository, create_mutations, create_queries
+from czo_kit.events import Event
 
-__all__ = ["Review", "ReviewRepository"]
+__all__ = ["Review", "ReviewCreated", "ReviewRepository", "post_review"]
 
 
 class Review(Model):
@@ -83,6 +84,10 @@ def czo_register_models(register: Any) -> None:
 def czo_register_permissions(register: Any) -> None:
     register.resource("review", ["read", "write"], description="customers' reviews of the shop")
     register.role("moderator", {"review": ["read", "write"]})
+    # Authors' emails are customers' personal data. Declared here too (resources merge), so
+    # the module stands alone when no other module declares "customer".
+    register.resource("customer", ["read"], description="customers' personal data")
+    register.event("review.created", resource="review", fields=REVIEW_EVENT_FIELDS)
 
 
 @hookimpl
@@ -99,3 +104,38 @@ def czo_register_services(registry: Any) -> None:
 def czo_register_dashboard(register: Any, kit: Kit) -> None:
     register.mount("REVIEW_DETAILS", resource="review", context=review_context)
     register.page("reviews", title="Reviews", resource="review", render=render_reviews)
+
+
+# -- the event apps hear: review.created, each field with what an app needs to see it ----
+
+
+class ReviewCreated(Event, name="review.created"):
+    """A review was posted."""
+
+    id: int
+    shop_id: int
+    rating: int
+    body: str
+    author_email: str
+
+
+REVIEW_EVENT_FIELDS = {
+    "id": None,
+    "shop_id": None,
+    "rating": None,
+    "body": None,
+    "author_email": ("customer", "read"),
+}
+"""Every field of ``ReviewCreated``: an app hearing reviews sees the email only with customer:read."""
+
+
+def post_review(kit: Kit, *, shop_id: int, rating: int, body: str, author_email: str) -> Review:
+    """Save a review and announce it in the same transaction: apps hear only of kept reviews."""
+    with kit.db.atomic():
+        review: Review = _reviews(kit).create(
+            {"shop_id": shop_id, "rating": rating, "body": body, "author_email": author_email}
+        )
+        kit.events.emit_async(
+            ReviewCreated(id=int(review.id), shop_id=shop_id, rating=rating, body=body, author_email=author_email)
+        )
+    return review
