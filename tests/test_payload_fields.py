@@ -233,8 +233,8 @@ def _too_deep() -> dict[str, Any]:
     ("fields", "message"),
     [
         ("id", "fields must be a mapping of field name to None (any app that hears the event sees it), a "
-               "(resource, action) pair such as ('customer', 'read'), or a mapping declaring the fields nested "
-               "inside; got str"),
+               "(resource, action) pair of strings (only apps granted it see it), or a mapping declaring the "
+               "fields nested inside; got str"),
         ([("id", None)], "fields must be a mapping of field name to None"),
         ({"email": "customer:read"}, "field 'email' is declared as 'customer:read' (write ('customer', 'read')); "
                                      "a field is declared with None"),
@@ -271,7 +271,7 @@ def test_the_old_sensitive_form_is_refused_with_the_way_forward() -> None:
     with pytest.raises(ConfigurationError) as info:
         PermissionRegistry().event("order.created", resource="order", sensitive={"email": CUSTOMER_READ})
     assert str(info.value).startswith("register.event('order.created', sensitive=...) is no longer supported: ")
-    assert "fields={'id': None, 'email': ('customer', 'read')}" in str(info.value)
+    assert str(info.value).endswith("fields={'id': None, ..., 'email': ('customer', 'read')}")
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ MAX_FIELD_DEPTH = 32
 """Most mappings nested in one declaration: payloads are shallow, a deeper one is a mistake."""
 
 _FORMS = (
-    "None (any app that hears the event sees it), a (resource, action) pair such as "
-    "('customer', 'read'), or a mapping declaring the fields nested inside"
+    "None (any app that hears the event sees it), a (resource, action) pair of strings "
+    "(only apps granted it see it), or a mapping declaring the fields nested inside"
 )
 
 

@@ -111,7 +111,7 @@ class PermissionRegistry:
     _warned_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def resource(self, name: str, actions: Iterable[str], *, description: str = "") -> None:
-        """Declare a resource and its actions: ``register.resource("order", ["read", "write"])``."""
+        """Declare a resource and its actions: ``register.resource("widget", ["read", "write"])``."""
         wanted = frozenset(actions)
         if not name or not wanted:
             raise ConfigurationError(f"resource {name!r} needs a name and at least one action")
@@ -120,7 +120,7 @@ class PermissionRegistry:
             self.descriptions[name] = description
 
     def role(self, name: str, grants: Mapping[str, Iterable[str]]) -> None:
-        """Declare what a role holds: ``register.role("staff", {"order": ["read"]})``."""
+        """Declare what a role holds: ``register.role("staff", {"widget": ["read"]})``."""
         pairs = frozenset((resource, action) for resource, actions in grants.items() for action in actions)
         self.roles[name] = self.roles.get(name, frozenset()) | pairs
 
@@ -136,10 +136,10 @@ class PermissionRegistry:
         """Say what an app must hold to receive ``name`` (``resource:action``), and every
         payload field an app may see, each with what it needs::
 
-            register.event("order.created", resource="order", fields={
-                "id": None, "total": None,                   # any app that hears the event
-                "customer_email": ("customer", "read"),      # only apps granted customer:read
-                "lines": {"product_id": None, "quantity": None},  # a nested mapping, or a list of them
+            register.event("widget.made", resource="widget", fields={
+                "id": None, "size": None,                    # any app that hears the event
+                "maker_email": ("people", "read"),           # only apps granted people:read
+                "parts": {"id": None, "cost": ("finance", "read")},  # a nested mapping, or a list of them
             })
 
         A payload field not declared here is sent to no app (and logged once). Without
@@ -152,8 +152,8 @@ class PermissionRegistry:
             raise ConfigurationError(
                 f"register.event({name!r}, sensitive=...) is no longer supported: payloads now "
                 "carry only declared fields; declare every field apps may see with fields={...}, "
-                "the sensitive ones with their permission, e.g. fields={'id': None, "
-                "'email': ('customer', 'read')}"
+                "the sensitive ones with their permission: fields={'id': None, ..., "
+                + ", ".join(f"{key!r}: {pair!r}" for key, pair in _items(sensitive)) + "}"
             )
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"register.event: the event name must be a non-empty string, got {name!r}")
@@ -305,12 +305,19 @@ def _pairs(event: str, granted: object) -> frozenset[Pair]:
         candidates = list(granted)
     for pair in candidates:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-            hint = " (write ('order', 'read'), not 'order:read')" if isinstance(pair, str) else ""
+            hint = ""
+            if isinstance(pair, str):
+                resource, _, action = pair.partition(":")
+                hint = f" (write ({resource!r}, {action!r}), not {pair!r})"
             raise TypeError(
                 f"payload_for({event!r}): granted holds {pair!r}, which is not a (resource, action) "
                 f"pair of strings{hint}"
             )
     return candidates if isinstance(candidates, frozenset) else frozenset(candidates)
+
+
+def _items(value: object) -> list[tuple[Any, Any]]:
+    return list(value.items()) if isinstance(value, Mapping) else []
 
 
 def _builtins(event: str, value: Any) -> Any:
