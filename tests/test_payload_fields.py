@@ -151,6 +151,12 @@ def test_a_typed_payload_is_filtered_like_a_mapping_and_comes_out_as_json_values
     as_dict = {"id": 1, "shop_id": 2, "sent_at": sent, "email": "grace@example.com",
                "address": {"city": "Lyon", "street": "1 Secret Lane"}}
     assert reg.payload_for("test.payload.shipped", as_dict, {("test", "read")}) == expected
+    # A Struct inside a mapping payload is filtered as the mapping it is written as.
+    mixed = {**as_dict, "address": Address("Lyon", "1 Secret Lane")}
+    assert reg.payload_for("test.payload.shipped", mixed, {("test", "read")}) == expected
+    listed = {"id": 1, "address": [Address("Lyon", "1 Secret Lane"), None]}
+    assert reg.payload_for("test.payload.shipped", listed, {("test", "read")}) == {"id": 1, "address": [
+        {"city": "Lyon"}, None]}
 
 
 # -- undeclared fields: dropped, logged once ------------------------------------------------

@@ -9,8 +9,10 @@ added to a model later cannot leak to apps before someone decides who may see it
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any, Union
+
+import msgspec
 
 from czo_kit.errors import ConfigurationError
 
@@ -136,15 +138,25 @@ def visible(
             out[key] = value
             continue
         path = prefix + key
+        value = _plain(value)
         if isinstance(value, Mapping):
             out[key] = visible(event, node.children, value, allowed, warn, path + ".")
-        elif isinstance(value, (list, tuple)) and all(item is None or isinstance(item, Mapping) for item in value):
+            continue
+        items = [_plain(item) for item in value] if isinstance(value, (list, tuple)) else None
+        if items is not None and all(item is None or isinstance(item, Mapping) for item in items):
             out[key] = [
                 None if item is None else visible(event, node.children, item, allowed, warn, path + ".")
-                for item in value
+                for item in items
             ]
         else:
             # Declared as a mapping but holding something else: what it holds was never
             # declared, so it is not sent.
             warn(event, path, f"not a mapping ({type(value).__name__})")
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A Struct or dataclass inside a mapping payload, as the mapping JSON would make of it."""
+    if isinstance(value, msgspec.Struct) or (is_dataclass(value) and not isinstance(value, type)):
+        return msgspec.to_builtins(value)
+    return value
