@@ -490,3 +490,56 @@ def test_the_installed_modules_declare_every_field_they_send(
             declared = set(kit.permissions.events)
     assert {"order.created", "order.updated", "product.created", "product.deleted", "review.created"} <= declared
     assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_real_worker_delivers_the_filtered_review_webhooks(
+    backend: str, request: pytest.FixtureRequest, settings_for: SettingsFor, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The outside module's event, emitted here, POSTed by a `czo-kit worker` process (which
+    loads every installed plugin, so it checks their declarations at its own startup)."""
+    import uuid
+
+    from czo_test_reviews.plugin import post_review
+    from test_worker import Proc, child_env, czo_kit_command
+
+    if backend == "sqlite":
+        database, queue = f"sqlite:///{tmp_path / 'data.sqlite3'}", f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    else:
+        database, queue = str(request.getfixturevalue("pg_url")), str(request.getfixturevalue("redis_url"))
+    name = f"czo_fields_{uuid.uuid4().hex[:10]}"
+    settings = app_settings(settings_for, database, str(tmp_path), queue_url=queue, queue_name=name)
+    env = child_env(
+        CZO_DATABASE_URL=database, CZO_QUEUE_URL=queue, CZO_QUEUE_NAME=name, CZO_SECRET_KEY=str(settings.secret_key),
+        CZO_APPS_ALLOW_PRIVATE_URLS="true", CZO_EVENTS_SWEEP_INTERVAL="1",
+    )
+    worker: Proc | None = None
+    try:
+        with app_kit(settings) as kit:
+            reading = [{"resource": "review", "actions": ["read"]}]
+            kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(
+                receiver.url + "/plain", app_id="plain", events=["review.created"], permissions=reading))
+            kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(
+                receiver.url + "/crm", app_id="crm", events=["review.created"],
+                permissions=[*reading, {"resource": "customer", "actions": ["read"]}]))
+            review = post_review(kit, shop_id=1, rating=4, body="Quick delivery", author_email="ada@example.com")
+            kit.webhooks.flush()  # handed to the queue now: the worker is another process
+            worker = Proc([*czo_kit_command(), "worker", "-w", "1"], env=env, cwd=tmp_path, label="worker")
+            wait_for(lambda: len(receiver.posts()) >= 2 or not worker.alive(), timeout=60, what="two POSTs")
+            assert worker.alive(), worker.tail()
+    finally:
+        if worker is not None:
+            worker.kill()
+        if backend != "sqlite":
+            import redis
+
+            client = redis.Redis.from_url(queue)
+            keys = list(client.scan_iter(match=f"huey.*{name}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+    [plain] = receiver.posts("/plain/hook")
+    [crm] = receiver.posts("/crm/hook")
+    assert plain.json()["data"] == {"id": review.id, "shop_id": 1, "rating": 4, "body": "Quick delivery"}
+    assert b"ada@example.com" not in plain.body
+    assert crm.json()["data"]["author_email"] == "ada@example.com"
