@@ -228,11 +228,29 @@ def _looping() -> dict[str, Any]:
     return {"nested": inner}
 
 
-def _too_deep() -> dict[str, Any]:
+def _nested(levels: int) -> dict[str, Any]:
+    """A declaration of ``levels`` mappings, one inside the other."""
     spec: dict[str, Any] = {"leaf": None}
-    for _ in range(MAX_FIELD_DEPTH + 1):
+    for _ in range(levels - 1):
         spec = {"down": spec}
     return spec
+
+
+def _too_deep() -> dict[str, Any]:
+    return _nested(MAX_FIELD_DEPTH + 1)
+
+
+def test_a_declaration_as_deep_as_allowed_is_accepted_and_filters_at_that_depth() -> None:
+    reg = PermissionRegistry()
+    reg.event("order.shipped", resource="order", fields=_nested(MAX_FIELD_DEPTH))
+    deep: dict[str, Any] = {"leaf": 1, "secret": 2}
+    for _ in range(MAX_FIELD_DEPTH - 1):
+        deep = {"down": deep}
+    seen = reg.payload_for("order.shipped", deep, {ORDER_READ})
+    for _ in range(MAX_FIELD_DEPTH - 1):
+        assert seen is not None
+        seen = seen["down"]
+    assert seen == {"leaf": 1}
 
 
 @pytest.mark.parametrize(

@@ -51,13 +51,13 @@ def compile_fields(event: str, fields: object) -> tuple[dict[str, FieldSpec], di
             f"register.event({event!r}, fields=...): fields must be a mapping of field name to "
             f"{_FORMS}; got {type(fields).__name__}"
         )
-    return _compile(event, fields, "", set())
+    return _compile(event, fields, "", set(), 1)
 
 
 def _compile(
-    event: str, fields: Mapping[Any, Any], prefix: str, seen: set[int]
+    event: str, fields: Mapping[Any, Any], prefix: str, seen: set[int], depth: int
 ) -> tuple[dict[str, FieldSpec], dict[str, Node]]:
-    if id(fields) in seen or prefix.count(".") >= MAX_FIELD_DEPTH:
+    if id(fields) in seen or depth > MAX_FIELD_DEPTH:
         raise ConfigurationError(
             f"register.event({event!r}, fields=...): the declaration of {prefix.rstrip('.') or 'fields'!r} "
             f"is nested more than {MAX_FIELD_DEPTH} levels deep, or contains itself"
@@ -81,7 +81,7 @@ def _compile(
                     "mapping, which would send it empty; declare its nested fields, or give None "
                     "or a (resource, action) pair to send it whole"
                 )
-            plain[key], children = _compile(event, spec, path + ".", seen)
+            plain[key], children = _compile(event, spec, path + ".", seen, depth + 1)
             nodes[key] = Node(None, children)
         elif _is_pair(spec):
             pair = (spec[0], spec[1])
