@@ -24,6 +24,7 @@ from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import ConfigurationError
 from czo_kit.events.types import event_type
+from czo_kit.plugins import Contributions
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
@@ -105,24 +106,27 @@ class PermissionRegistry:
     roles: dict[str, frozenset[Pair]] = field(default_factory=dict)
     events: dict[str, EventRule] = field(default_factory=dict)
     _service: tuple[int, Callable[[Kit], PermissionService]] | None = None
+    _contributions: Contributions = field(default_factory=Contributions, repr=False, compare=False)
     # (event, field) pairs already warned about: a field left out is reported once, not at
     # every event. "*" stands for the whole payload of an event that declares no fields.
     _warned: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _warned_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def resource(self, name: str, actions: Iterable[str], *, description: str = "") -> None:
-        """Declare a resource and its actions: ``register.resource("widget", ["read", "write"])``."""
+        """Declare a resource and its actions: ``register.resource("item", ["read", "write"])``."""
         wanted = frozenset(actions)
         if not name or not wanted:
             raise ConfigurationError(f"resource {name!r} needs a name and at least one action")
         self.resources[name] = self.resources.get(name, frozenset()) | wanted
         if description:
             self.descriptions[name] = description
+        self._contributions.record(f"resource {name}")
 
     def role(self, name: str, grants: Mapping[str, Iterable[str]]) -> None:
-        """Declare what a role holds: ``register.role("staff", {"widget": ["read"]})``."""
+        """Declare what a role holds: ``register.role("staff", {"item": ["read"]})``."""
         pairs = frozenset((resource, action) for resource, actions in grants.items() for action in actions)
         self.roles[name] = self.roles.get(name, frozenset()) | pairs
+        self._contributions.record(f"role {name}")
 
     def event(
         self,
@@ -136,9 +140,9 @@ class PermissionRegistry:
         """Say what an app must hold to receive ``name`` (``resource:action``), and every
         payload field an app may see, each with what it needs::
 
-            register.event("widget.made", resource="widget", fields={
+            register.event("item.created", resource="item", fields={
                 "id": None, "size": None,                    # any app that hears the event
-                "maker_email": ("people", "read"),           # only apps granted people:read
+                "maker_email": ("contact", "read"),          # only apps granted contact:read
                 "parts": {"id": None, "cost": ("finance", "read")},  # a nested mapping, or a list of them
             })
 
@@ -162,14 +166,20 @@ class PermissionRegistry:
                 raise ConfigurationError(f"register.event({name!r}): {label} must be a non-empty string, got {value!r}")
         if fields is None:
             self.events[name] = EventRule(resource, action)
-            return
-        plain, nodes = compile_fields(name, fields)
-        self.events[name] = EventRule(resource, action, plain, nodes)
+        else:
+            plain, nodes = compile_fields(name, fields)
+            self.events[name] = EventRule(resource, action, plain, nodes)
+        self._contributions.record(f"event {name}")
 
     def service(self, factory: Callable[[Kit], PermissionService], *, priority: int = 0) -> None:
         """Provide the ``PermissionService``; the highest ``priority`` wins (built-in: -100)."""
         if self._service is None or priority >= self._service[0]:
             self._service = (priority, factory)
+        self._contributions.record("permission service")
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> what it declared in ``czo_register_permissions``."""
+        return self._contributions.contributions()
 
     def check(self) -> None:
         """Called once every module has registered: refuse event rules naming a resource or

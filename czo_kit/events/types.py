@@ -1,6 +1,6 @@
 """Event types and the context every delivery carries.
 
-``class ProductCreated(Event, name="product.created")`` declares a typed event: a msgspec Struct
+``class ItemCreated(Event, name="item.created")`` declares a typed event: a msgspec Struct
 with a name. Declared names are kept in a process-wide registry so that an event emitted by
 name, or decoded in a worker, is checked against (and turned into) its type.
 """
@@ -66,13 +66,13 @@ _checked_names: set[str] = set()  # names already found valid (bounded: see belo
 
 
 def check_event_name(name: Any) -> str:
-    """``name`` if it is a valid event name (``product.created``), else ``InvalidEventError``."""
+    """``name`` if it is a valid event name (``item.created``), else ``InvalidEventError``."""
     if type(name) is str and name in _checked_names:
         return name
     if not isinstance(name, str) or not 1 <= len(name) <= 200 or not set(name) <= _NAME_CHARS:
         raise InvalidEventError(
             f"invalid event name {name!r}: use 1-200 lowercase letters, digits and '._-:' "
-            "(for example 'product.created')"
+            "(for example 'item.created')"
         )
     if type(name) is str and len(_checked_names) < 4096:
         _checked_names.add(name)
@@ -115,7 +115,7 @@ class _EventMeta(_StructMeta):
 
 
 class Event(msgspec.Struct, kw_only=True, metaclass=_EventMeta):
-    """Base of typed events: ``class ProductCreated(Event, name="product.created"): id: int``.
+    """Base of typed events: ``class ItemCreated(Event, name="item.created"): id: int``.
 
     Every handler receives the same object: treat it as read-only (declare a subclass
     ``frozen=True`` to have that enforced).
