@@ -460,6 +460,8 @@ def test_review_webhooks_show_the_authors_email_only_to_apps_granted_customer_re
     from czo_test_reviews.plugin import post_review  # the outside module, loaded by its entry point
 
     assert "czo_test_reviews" in dict(kit.plugins.list_name_plugin())
+    # The registry records who declared the event (what `czo-kit plugins` lists).
+    assert "event review.created" in kit.permissions.contributions()["czo_test_reviews"]
     reading = [{"resource": "review", "actions": ["read"]}]
     kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(
         receiver.url + "/plain", app_id="plain", events=["review.created"], permissions=reading))
