@@ -127,6 +127,9 @@ def make_kit(database_url: str, redis_url: str, queue: str) -> Any:
 def install_app(kit: Any, receiver_url: str) -> None:
     if "order" not in kit.permissions.resources:  # the order plugin is not loaded (plugins=())
         kit.permissions.resource("order", ["read", "write"])
+    # Apps receive only declared fields: every field of the bench payload is, so the receiver
+    # gets the whole of it (its "seq" and "notify" time the run), filtered as in production.
+    kit.permissions.event("order.created", resource="order", fields={name: None for name in order(0, notify=False)})
     kit.webhooks.ensure_tables()  # the apps' and deliveries' tables, as `czo-kit db init` would
     kit.outbox.ensure_tables()
     kit.permission_service.grant(OWNER, SHOP, "owner")

@@ -179,9 +179,10 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
 def czo_register_permissions(register: PermissionRegistry) -> None:
     """Declare resources, roles and event rules, or provide the permission service.
 
-    ``register.resource("item", ["read", "write"])``, ``register.role("staff", {"item":
-    ["read"]})``, ``register.event("item.created", resource="item", sensitive={"email":
-    ("contact", "read")})``; an auth module replaces the built-in ``PermissionService``
+    ``register.resource("widget", ["read", "write"])``, ``register.role("staff", {"widget":
+    ["read"]})``, ``register.event("widget.made", resource="widget", fields={"id": None,
+    "maker_email": ("contact", "read")})``: apps receive only the declared fields, each if
+    granted its permission. An auth module replaces the built-in ``PermissionService``
     (``shop_members``) with ``register.service(factory, priority=0)``.
     """
 

@@ -215,6 +215,8 @@ class Kit:
 
         self.permissions = PermissionRegistry()
         call_each_plugin(hook.czo_register_permissions, register=self.permissions)
+        # Every module has declared its resources now: event rules naming others are refused.
+        self.permissions.check()
         # After the permissions: each app's handlers are checked against the event rules.
         in_process_apps = InProcessApps(self.permissions)
         call_each_plugin(hook.czo_register_apps, register=in_process_apps)

@@ -266,8 +266,8 @@ def test_what_each_plugin_registered_is_recorded(sqlite_url: str, settings_for: 
         kit.apps.in_process(dict(IN_PROCESS, id="by-hand"), handlers={"order.created": on_any})
         assert kit.apps.in_process.get("by-hand") is not None
         assert "app by-hand" not in [label for labels in kit.apps.in_process.contributions().values() for label in labels]
-        # `czo-kit plugins` lists them (until it reads the registries themselves).
-        [info] = [i for i in describe_plugins(kit.plugins) if i.name == name]
+        # `czo-kit plugins` lists them, as the registry recorded them.
+        [info] = [i for i in describe_plugins(kit) if i.name == name]
         assert info.registers["apps"] == ["app probe"]
 
 

@@ -191,16 +191,15 @@ def test_loyalty_credits_an_order_once_however_often_it_is_delivered(
 def test_the_reviews_module_app_flags_poor_reviews_with_a_real_worker(
     servers: str, settings_for: SettingsFor, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    from czo_test_reviews.plugin import ReviewAlert
+    from czo_test_reviews.plugin import ReviewAlert, post_review
 
     with real_worker(servers, settings_for, tmp_path, request, REVIEW_TABLES) as kit:
         kit.permissions.role("moderator-and-apps", {"review": ["read"], "apps": ["manage"]})
         kit.permission_service.grant("mod", 1, "moderator-and-apps")
         kit.apps.install(shop_id=1, installer_id="mod", app_id="review-alerts")
-        for review_id, rating in ((1, 5), (2, 1), (3, 2)):
-            kit.events.emit_async("review.created", {"shop_id": 1, "id": review_id, "rating": rating,
-                                                     "author_email": "x@example.com"})
-        kit.events.emit_async("review.created", {"shop_id": 2, "id": 4, "rating": 1})  # not installed there
+        posted = [post_review(kit, shop_id=1, rating=rating, body="...", author_email="x@example.com").id
+                  for rating in (5, 1, 2)]
+        post_review(kit, shop_id=2, rating=1, body="...", author_email="y@example.com")  # not installed there
         wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 3}, timeout=60, what="three deliveries")
         flagged = [(r.shop_id, r.review_id, r.rating) for r in ReviewAlert.select().order_by(ReviewAlert.review_id)]
-    assert flagged == [(1, 2, 1), (1, 3, 2)]
+    assert flagged == [(1, posted[1], 1), (1, posted[2], 2)]

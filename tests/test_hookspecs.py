@@ -126,7 +126,9 @@ def test_hook_czo_register_permissions(sqlite_url: str, settings_for: SettingsFo
         def czo_register_permissions(self, register: PermissionRegistry) -> None:
             register.resource("shipment", ["read", "write"])
             register.role("courier", {"shipment": ["read"]})
-            register.event("shipment.sent", resource="shipment", sensitive={"address": ("customer", "read")})
+            register.resource("customer", ["read"])
+            register.event("shipment.sent", resource="shipment",
+                           fields={"id": None, "address": ("customer", "read")})
 
     class FixedPermissions:
         def permissions(self, user_id: str, shop_id: int) -> frozenset[tuple[str, str]]:
@@ -139,7 +141,11 @@ def test_hook_czo_register_permissions(sqlite_url: str, settings_for: SettingsFo
 
     with Kit(settings_for(sqlite_url, queue_url=""), plugins=[Shipping()]) as kit:
         assert kit.permissions.resources["shipment"] == frozenset({"read", "write"})
-        assert kit.permissions.rule_for("shipment.sent").sensitive == {"address": ("customer", "read")}
+        assert kit.permissions.rule_for("shipment.sent").fields == {"id": None, "address": ("customer", "read")}
+        sent = {"id": 4, "address": "1 Rue X", "secret": "s"}
+        assert kit.permissions.payload_for("shipment.sent", sent, {("shipment", "read")}) == {"id": 4}
+        assert kit.permissions.payload_for("shipment.sent", sent, {("shipment", "read"), ("customer", "read")}) == {
+            "id": 4, "address": "1 Rue X"}
         kit.permission_service.grant("bob", 3, "courier")  # the built-in service, shop_members
         assert kit.permission_service.permissions("bob", 3) == frozenset({("shipment", "read")})
         assert kit.permission_service.permissions("bob", 4) == frozenset()

@@ -311,7 +311,10 @@ def test_describe_plugins_reports_registrations(sqlite_url: str, settings_for: S
         "czo_register_permissions",
         "czo_register_services",
     ]
-    assert product.registers["permissions"] == ["resource product", "role staff"]
+    assert product.registers["permissions"] == [
+        "resource product", "role staff",
+        "event product.created", "event product.updated", "event product.deleted", "event product.restored",
+    ]
     assert product.registers["dashboard"] == ["mount PRODUCT_DETAILS", "mount PRODUCT_LIST", "page products"]
     assert product.registers["models"] == ["Product"]
     assert product.registers["services"] == ["czo_product.repository"]

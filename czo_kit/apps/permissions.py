@@ -1,23 +1,29 @@
 """Permissions: what users hold in a shop, what apps may ask for, what events require.
 
 Statements are ``(resource, action)`` pairs; ``*`` matches any resource or action. Modules
-declare their resources, roles and event requirements at boot through
+declare their resources, roles, and events with the fields apps may see, at boot through
 ``czo_register_permissions``; the ``PermissionService`` that answers "what does this user
 hold in this shop" is the built-in one (``shop_members`` table) unless an auth module
-registers its own with a higher priority.
+registers its own with a higher priority. ``PermissionRegistry.payload_for`` is the one
+filter every payload goes through on its way to an app.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import msgspec
 import peewee
 
+from czo_kit.apps._fields import MAX_FIELD_DEPTH, FieldSpec, Node, compile_fields, needed_pairs, visible
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import ConfigurationError
+from czo_kit.events.types import event_type
 from czo_kit.plugins import Contributions
 
 if TYPE_CHECKING:
@@ -27,6 +33,9 @@ __all__ = [
     "APP_MANAGEMENT",
     "AppPermissionChecker",
     "DefaultPermissionService",
+    "EventRule",
+    "FieldSpec",
+    "MAX_FIELD_DEPTH",
     "Pair",
     "PermissionRegistry",
     "PermissionService",
@@ -35,6 +44,8 @@ __all__ = [
     "allows",
     "format_pairs",
 ]
+
+log = logging.getLogger("czo_kit.apps")
 
 Pair = tuple[str, str]
 APP_MANAGEMENT: Pair = ("apps", "manage")
@@ -74,11 +85,16 @@ class ShopMemberships(Protocol):
 
 @dataclass(frozen=True)
 class EventRule:
-    """What an app must hold to receive an event, and which fields need more."""
+    """What an app must hold to receive an event, and the fields it may see in its payload.
+
+    ``fields`` is the declaration (``None``: the event declares no fields, so apps receive
+    only its ``id``); a field it does not name is never sent to any app.
+    """
 
     resource: str
     action: str
-    sensitive: Mapping[str, Pair]
+    fields: Mapping[str, FieldSpec] | None = None
+    nodes: Mapping[str, Node] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -91,6 +107,10 @@ class PermissionRegistry:
     events: dict[str, EventRule] = field(default_factory=dict)
     _service: tuple[int, Callable[[Kit], PermissionService]] | None = None
     _contributions: Contributions = field(default_factory=Contributions, repr=False, compare=False)
+    # (event, field) pairs already warned about: a field left out is reported once, not at
+    # every event. "*" stands for the whole payload of an event that declares no fields.
+    _warned: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _warned_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def resource(self, name: str, actions: Iterable[str], *, description: str = "") -> None:
         """Declare a resource and its actions: ``register.resource("item", ["read", "write"])``."""
@@ -114,12 +134,41 @@ class PermissionRegistry:
         *,
         resource: str,
         action: str = "read",
-        sensitive: Mapping[str, Pair] | None = None,
+        fields: Mapping[str, FieldSpec] | None = None,
+        sensitive: object = None,
     ) -> None:
-        """Say what an app must hold to receive ``name``, and which payload fields are left
-        out unless it also holds their own permission: ``sensitive={"email": ("contact",
-        "read")}``. Undeclared events require ``read`` on their first name segment."""
-        self.events[name] = EventRule(resource, action, dict(sensitive or {}))
+        """Say what an app must hold to receive ``name`` (``resource:action``), and every
+        payload field an app may see, each with what it needs::
+
+            register.event("item.created", resource="item", fields={
+                "id": None, "size": None,                    # any app that hears the event
+                "maker_email": ("contact", "read"),          # only apps granted contact:read
+                "parts": {"id": None, "cost": ("finance", "read")},  # a nested mapping, or a list of them
+            })
+
+        A payload field not declared here is sent to no app (and logged once). Without
+        ``fields`` apps receive only the payload's ``id``. Events never declared need ``read``
+        on their first name segment and also send only the ``id``.
+        """
+        if sensitive is not None:
+            # The old opt-out form: it sent every field but the listed ones, so a field added
+            # later leaked. Refused with the way forward rather than silently misread.
+            raise ConfigurationError(
+                f"register.event({name!r}, sensitive=...) is no longer supported: payloads now "
+                "carry only declared fields; declare every field apps may see with fields={...}, "
+                "the sensitive ones with their permission: fields={'id': None, ..., "
+                + ", ".join(f"{key!r}: {pair!r}" for key, pair in _items(sensitive)) + "}"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"register.event: the event name must be a non-empty string, got {name!r}")
+        for label, value in (("resource", resource), ("action", action)):
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"register.event({name!r}): {label} must be a non-empty string, got {value!r}")
+        if fields is None:
+            self.events[name] = EventRule(resource, action)
+        else:
+            plain, nodes = compile_fields(name, fields)
+            self.events[name] = EventRule(resource, action, plain, nodes)
         self._contributions.record(f"event {name}")
 
     def service(self, factory: Callable[[Kit], PermissionService], *, priority: int = 0) -> None:
@@ -132,13 +181,103 @@ class PermissionRegistry:
         """Plugin name -> what it declared in ``czo_register_permissions``."""
         return self._contributions.contributions()
 
+    def check(self) -> None:
+        """Called once every module has registered: refuse event rules naming a resource or
+        action nobody declared, and fields a typed event does not have; warn once about the
+        fields of typed events that no app will see because nobody declared them."""
+        declared = ", ".join(f"{r}:{'|'.join(sorted(a))}" for r, a in sorted(self.resources.items())) or "none"
+        for name, rule in sorted(self.events.items()):
+            if self.unknown([(rule.resource, rule.action)]):
+                raise ConfigurationError(
+                    f"register.event({name!r}, resource={rule.resource!r}, action={rule.action!r}): "
+                    f"no module declares {rule.resource}:{rule.action}; declared: {declared}"
+                )
+            for path, pair in needed_pairs(rule.nodes or {}):
+                if self.unknown([pair]):
+                    raise ConfigurationError(
+                        f"register.event({name!r}, fields=...): field {path!r} needs "
+                        f"{pair[0]}:{pair[1]}, which no module declares; declared: {declared}"
+                    )
+            self._check_typed(name, rule)
+
+    def _check_typed(self, name: str, rule: EventRule) -> None:
+        kind = event_type(name)
+        if rule.fields is None:
+            self._warn(name, "*", f"event {name!r} declares no fields, so apps that hear it receive only "
+                       f"its id; {_how(name, rule, 'name', what='each field apps may see')}")
+            return
+        if kind is None:
+            return  # a mapping payload: its fields are checked as it is sent
+        # The names its payload carries (renamed ones as written); no annotations evaluated.
+        carried: list[str] = list(kind.__struct_encode_fields__)
+        extra = sorted(set(rule.fields) - set(carried))
+        if extra:
+            raise ConfigurationError(
+                f"register.event({name!r}, fields=...): {kind.__name__}, the event's type, has no "
+                f"field {', '.join(map(repr, extra))}; its fields: {', '.join(carried)}"
+            )
+        for key in carried:
+            if key not in rule.fields:
+                self._warn(name, key, _undeclared(name, rule, key))
+
     # -- questions ----------------------------------------------------------------------
 
     def rule_for(self, event_name: str) -> EventRule:
         rule = self.events.get(event_name)
         if rule is not None:
             return rule
-        return EventRule(event_name.split(".", 1)[0], "read", {})
+        return EventRule(event_name.split(".", 1)[0], "read")
+
+    def payload_for(self, event: str, payload: Any, granted: Iterable[Pair]) -> dict[str, Any] | None:
+        """What an app granted ``granted`` may see of ``payload``, an ``event`` payload (a
+        mapping or an ``Event``), as plain JSON-ready values; ``None`` when the app may not
+        receive the event at all. The one filter of payloads to apps: webhooks and in-process
+        apps both go through it.
+
+        Only declared fields are kept, each only if ``granted`` holds its permission (nested
+        ones too); an event that declares no fields gives only its ``id``. Each field left
+        out undeclared is logged once.
+        """
+        if not isinstance(event, str) or not event:
+            raise TypeError(f"payload_for: event must be an event name, got {event!r}")
+        held = _pairs(event, granted)
+        rule = self.rule_for(event)
+        if not allows(held, rule.resource, rule.action):
+            return None
+        if isinstance(payload, Mapping):
+            data: Mapping[Any, Any] = payload
+        elif isinstance(payload, msgspec.Struct):
+            data = _builtins(event, payload)
+        else:
+            raise TypeError(
+                f"payload_for({event!r}): the payload must be a mapping or an Event, got {type(payload).__name__}"
+            )
+        if rule.nodes is None:
+            left_out = [str(key) for key in data if key != "id"]
+            if left_out:
+                self._warn(event, "*", f"event {event!r} declares no fields, so apps receive only its id "
+                           f"(left out: {', '.join(sorted(left_out))}); "
+                           f"{_how(event, rule, sorted(left_out)[0], what='each field apps may see')}")
+            ident = data.get("id")
+            kept = {"id": ident} if isinstance(ident, (int, str)) and not isinstance(ident, bool) else {}
+            return kept
+
+        def warn(name: str, path: str, why: str) -> None:
+            if why == "undeclared":
+                self._warn(name, path, _undeclared(name, rule, path))
+            else:
+                self._warn(name, path, f"event {name!r}: field {path!r} is declared as a mapping of "
+                           f"fields but holds something else, {why}; no app receives it")
+
+        filtered = visible(event, rule.nodes, data, lambda pair: allows(held, *pair), warn)
+        return filtered if isinstance(payload, msgspec.Struct) else _builtins(event, filtered)
+
+    def _warn(self, event: str, path: str, message: str) -> None:
+        with self._warned_lock:
+            if (event, path) in self._warned:
+                return
+            self._warned.add((event, path))
+        log.warning("%s", message)
 
     def unknown(self, pairs: Iterable[Pair]) -> list[Pair]:
         """Pairs naming a resource or action nobody declared."""
@@ -161,6 +300,61 @@ class PermissionRegistry:
         if not isinstance(service, PermissionService):
             raise ConfigurationError(f"{service!r} does not implement PermissionService.permissions")
         return service
+
+
+def _pairs(event: str, granted: object) -> frozenset[Pair]:
+    """``granted`` as a set of pairs, or a ``TypeError`` naming what is not a pair."""
+    if isinstance(granted, (str, bytes)) or not isinstance(granted, Iterable):
+        raise TypeError(
+            f"payload_for({event!r}): granted must be an iterable of (resource, action) pairs, "
+            f"got {type(granted).__name__}"
+        )
+    if isinstance(granted, frozenset) and all(type(p) is tuple for p in granted):
+        candidates: Iterable[Any] = granted
+    else:
+        candidates = list(granted)
+    for pair in candidates:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            hint = ""
+            if isinstance(pair, str):
+                resource, _, action = pair.partition(":")
+                hint = f" (write ({resource!r}, {action!r}), not {pair!r})"
+            raise TypeError(
+                f"payload_for({event!r}): granted holds {pair!r}, which is not a (resource, action) "
+                f"pair of strings{hint}"
+            )
+    return candidates if isinstance(candidates, frozenset) else frozenset(candidates)
+
+
+def _items(value: object) -> list[tuple[Any, Any]]:
+    return list(value.items()) if isinstance(value, Mapping) else []
+
+
+def _builtins(event: str, value: Any) -> Any:
+    """``value`` as JSON-ready builtins, as an app's JSON decoder would give it back."""
+    try:
+        return msgspec.to_builtins(value)
+    except (TypeError, ValueError, RecursionError, msgspec.MsgspecError) as exc:
+        raise TypeError(
+            f"payload_for({event!r}): the payload cannot be written as JSON ({exc}); payloads hold "
+            "mappings, lists, strings, numbers, booleans, None, datetimes, Decimals, UUIDs and Structs"
+        ) from None
+
+
+def _how(event: str, rule: EventRule, path: str, *, what: str = "it") -> str:
+    """How to declare the field at dotted ``path`` of ``event``, as code to copy."""
+    spec = "None"
+    for key in reversed(path.split(".")):
+        spec = f"{{..., {key!r}: {spec}}}"
+    return (
+        f"declare {what} in czo_register_permissions: register.event({event!r}, resource={rule.resource!r}, "
+        f"fields={spec}) sends it to every app that hears the event; a (resource, action) pair "
+        "instead of None sends it only to apps granted that permission"
+    )
+
+
+def _undeclared(event: str, rule: EventRule, path: str) -> str:
+    return f"event {event!r}: field {path!r} is in its payload but not declared, so no app receives it; {_how(event, rule, path)}"
 
 
 class ShopMember(KitTable):

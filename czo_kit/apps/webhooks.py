@@ -154,16 +154,14 @@ class WebhookDispatcher(WebhookOperations):
         if not subscriptions:
             return None
         data = as_mapping(value)
-        rule = self.permissions.rule_for(ctx.name)
         now = utcnow()
         rows = []
         for installation_id, name, _, target_url, granted in subscriptions:
-            if not _allows(granted, rule.resource, rule.action):
+            # The one filter every app's payload goes through: declared fields only, each
+            # if the app holds its permission.
+            visible = self.permissions.payload_for(ctx.name, data, granted)
+            if visible is None:
                 continue  # permissions narrowed since the install: stay silent
-            visible = {
-                key: item for key, item in data.items()
-                if key not in rule.sensitive or _allows(granted, *rule.sensitive[key])
-            }
             message_id = "msg_" + uuid7().replace("-", "")
             body = self._encoder.encode(
                 {
@@ -596,12 +594,6 @@ def _origin(target_url: str) -> str:
 
 def _no_marks(ids: list[Any]) -> None:
     """A delivery handed to the queue stays ``queued`` until a worker claims it: no mark."""
-
-
-def _allows(held: frozenset[tuple[str, str]], resource: str, action: str) -> bool:
-    from czo_kit.apps.permissions import allows
-
-    return allows(held, resource, action)
 
 
 def payload_of(delivery: WebhookDelivery) -> Mapping[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import svcs
 
 from czo_kit import Kit, hookimpl
+from czo_kit.apps.permissions import FieldSpec
 from czo_kit.events import EventContext, EventEmitter
 from czo_order.models import Order, OrderLine, OrderPayment
 from czo_order.repository import OrderRepository, OrderService, build_order_service
@@ -43,14 +44,32 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
     events.on(ProductRestored, on_product_restored, id="czo_order.mark_lines_available")
 
 
+ORDER_FIELDS: dict[str, FieldSpec] = {
+    "id": None,
+    "shop_id": None,
+    "status": None,
+    "total": None,
+    "currency": None,
+    "paid_amount": None,
+    "payment_reference": None,
+    "version": None,
+    "created_at": None,
+    "updated_at": None,
+    "deleted_at": None,
+    "customer_email": ("customer", "read"),
+}
+"""What apps may see of an order event's payload (the order's row), and what each field needs."""
+
+
 @hookimpl
 def czo_register_permissions(register: Any) -> None:
     register.resource("order", ["read", "write"], description="orders of a shop")
     register.resource("customer", ["read"], description="customers' personal data")
     register.role("staff", {"order": ["read", "write"], "customer": ["read"]})
     # An app needs order:read to hear about orders, and customer:read to see who ordered.
-    for name in ("order.created", "order.updated", "order.deleted"):
-        register.event(name, resource="order", action="read", sensitive={"customer_email": ("customer", "read")})
+    # Every column is listed: one added to Order later reaches no app until it is declared.
+    for operation in ("created", "updated", "deleted", "restored", "hard_deleted"):
+        register.event(f"order.{operation}", resource="order", action="read", fields=ORDER_FIELDS)
 
 
 @hookimpl

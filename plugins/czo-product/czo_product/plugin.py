@@ -50,6 +50,12 @@ def czo_register_hooks(hooks: HookRegistry) -> None:
 def czo_register_permissions(register: Any) -> None:
     register.resource("product", ["read", "write"], description="the shop's catalogue")
     register.role("staff", {"product": ["read", "write"]})
+    # The catalogue is no one's personal data: an app that may read products sees every
+    # field of ProductEvent. Listed all the same, so a field added to it later is a choice.
+    fields = {name: None for name in ("id", "shop_id", "name", "slug", "price", "currency", "version",
+                                      "updated_at", "deleted_at")}
+    for operation in ("created", "updated", "deleted", "restored"):
+        register.event(f"product.{operation}", resource="product", action="read", fields=fields)
 
 
 @hookimpl
