@@ -330,6 +330,16 @@ def _recorder(hook: str) -> tuple[Any, list[str]] | None:
                 return add
 
         return _Hooks(), seen
+    if hook == "czo_register_tasks":
+
+        class _Tasks:
+            def task(self, fn: Any, **kw: Any) -> None:
+                seen.append(f"task {kw.get('name') or _label(fn)}")
+
+            def periodic(self, fn: Any, *, cron: str = "*/5 * * * *", **kw: Any) -> None:
+                seen.append(f"periodic {kw.get('name') or _label(fn)} ({cron})")
+
+        return _Tasks(), seen
     if hook == "czo_register_commands":
         import click
 
@@ -359,6 +369,7 @@ _ARGUMENT = {
     "czo_register_services": "registry",
     "czo_register_commands": "cli",
     "czo_register_hooks": "hooks",
+    "czo_register_tasks": "register",
 }
 
 
