@@ -135,7 +135,7 @@ class Task:
             except TypeError as exc:
                 raise TaskError(
                     f"task {self.name!r} cannot take these arguments: {exc}; "
-                    f"its signature is {self.name}{self.signature}"
+                    f"its signature is {self.name}{_plain(self.signature)}"
                 ) from None
         try:
             return msgspec.msgpack.encode({"args": list(args), "kwargs": dict(kwargs)})
@@ -279,7 +279,7 @@ class TaskRegistry:
             except TypeError:
                 raise PluginError(
                     f"{who}periodic task {task_name!r} must take no arguments (but kit=), "
-                    f"its signature is {task.signature}"
+                    f"its signature is {_plain(task.signature)}"
                 ) from None
         with self._lock:
             other = self._tasks.get(task_name) or self._tasks.get(self._by_event.get(task.event, ""))
@@ -456,6 +456,13 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins have none: arguments are not checked early
         return None
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """A signature without its annotations (under postponed annotations they show as strings)."""
+    empty = inspect.Parameter.empty
+    bare = [p.replace(annotation=empty, default=empty if p.default is empty else ...) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=bare, return_annotation=empty)).replace("=Ellipsis", "=...")
 
 
 def _who(plugin: str | None) -> str:
