@@ -54,7 +54,8 @@ TASK_EVENT_PREFIX = "czo.task:"
 TICK_TASK = "czo_tasks_tick"
 """The Huey periodic task the consumer's scheduler enqueues every minute."""
 TICK_KEEP = dt.timedelta(days=2)
-"""How long the claim of a tick is kept (any scheduler is long past it by then)."""
+"""How long the claim of a tick is kept; a tick older than this is skipped, not run (its claim
+may be gone)."""
 CATCH_UP_MINUTES = 60
 """Minutes a sweep without a queue looks back for ticks it missed (a long sweep interval)."""
 
@@ -397,6 +398,10 @@ class TaskRegistry:
         due = [task for task in self.periodic_tasks() if task.cron is not None and task.cron.matches(minute)]
         if not due:
             return []
+        if minute < utcnow() - TICK_KEEP:
+            # Its claim may be pruned already: running it could run that minute twice.
+            log.warning("the tick of %s is older than %s (a queue that was down?); skipped", minute, TICK_KEEP)
+            return []
         if not self._tables_ready:
             self._tables_ready = ensure_tables(kit.db, TASK_MODELS)
         claimed: list[str] = []
@@ -408,7 +413,10 @@ class TaskRegistry:
                 except peewee.IntegrityError:
                     log.info("periodic task %s: the tick of %s was claimed by another worker", task.name, minute)
                     continue
-                TaskTick.delete_rows().where((TaskTick.task == task.name) & (TaskTick.tick < minute - TICK_KEEP)).execute(kit.db)
+                # Pruned by the clock, not by this minute: an older tick still in a queue must
+                # find its claim (ticks older than the clock's cut are skipped above).
+                cut = utcnow() - TICK_KEEP
+                TaskTick.delete_rows().where((TaskTick.task == task.name) & (TaskTick.tick < cut)).execute(kit.db)
                 # The claim and the run's outbox row commit together: a claimed tick always runs.
                 self._enqueue(task, msgspec.msgpack.encode({"args": [], "kwargs": {}}))
             log.info("periodic task %s: tick of %s claimed (pid %d)", task.name, minute, os.getpid())

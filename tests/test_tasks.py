@@ -94,8 +94,8 @@ def test_hook_czo_register_tasks(kit_for: Callable[..., Kit]) -> None:
         kit.tasks.get("czo_test_reviews.recompute_rating").enqueue(shop)
     stats = wait_for(lambda: ReviewStats.get_or_none(ReviewStats.shop_id == shop), what="the recompute task")
     assert (stats.reviews, stats.average) == (3, 4.0)
-    # A minute long past, ticked by hand (the deliverer's own sweep ticks the current one).
-    minute = dt.datetime(2001, 1, 1, 0, 0, tzinfo=UTC) + dt.timedelta(minutes=uuid.uuid4().int % 500_000)
+    # A minute years ahead, ticked by hand (the deliverer's own sweep ticks the current one).
+    minute = dt.datetime(2101, 1, 1, 0, 0, tzinfo=UTC) + dt.timedelta(minutes=uuid.uuid4().int % 500_000)
     assert kit.tasks.tick(minute) == ["czo_test_reviews.refresh_ratings"]
     assert kit.tasks.tick(minute) == []  # once per tick
     wait_for(lambda: ReviewStats.get(ReviewStats.shop_id == shop).refreshes >= 1, what="the periodic refresh")
@@ -386,15 +386,17 @@ def test_a_tick_runs_each_due_periodic_task_once(kit_for: Callable[..., Kit]) ->
         r.periodic(lambda: runs.append("hourly"), cron="0 * * * *", name=hourly),
         r.periodic(lambda kit: runs.append(f"daily {type(kit).__name__}"), cron="0 0 * * *", name=daily),
     )))
-    assert kit.tasks.tick(at("2001-02-03T04:05")) == []
-    assert kit.tasks.tick(at("2001-02-03T04:00")) == [hourly]
-    assert kit.tasks.tick(at("2001-02-03T00:00:42")) == [hourly, daily]
-    assert kit.tasks.tick(at("2001-02-03T00:00:59")) == []  # the same minute: already claimed
+    assert kit.tasks.tick(at("2101-02-03T04:05")) == []
+    assert kit.tasks.tick(at("2101-02-03T04:00")) == [hourly]
+    assert kit.tasks.tick(at("2101-02-03T00:00:42")) == [hourly, daily]
+    assert kit.tasks.tick(at("2101-02-03T00:00:59")) == []  # the same minute: already claimed
+    stale = (dt.datetime.now(UTC) - dt.timedelta(days=3)).replace(minute=0)  # an hourly minute
+    assert kit.tasks.tick(stale) == []  # over two days old: its claim may be pruned, so not run
     wait_for(lambda: len(runs) == 3, what="three periodic runs")
     assert sorted(runs) == ["daily Kit", "hourly", "hourly"]
     claims = TaskTick.select().where(TaskTick.task.in_([hourly, daily])).execute(kit.db)
     assert sorted((c.task, c.tick) for c in claims) == sorted(
-        [(hourly, at("2001-02-03T04:00")), (hourly, at("2001-02-03T00:00")), (daily, at("2001-02-03T00:00"))]
+        [(hourly, at("2101-02-03T04:00")), (hourly, at("2101-02-03T00:00")), (daily, at("2101-02-03T00:00"))]
     )
 
 
@@ -402,13 +404,13 @@ def test_without_a_queue_the_sweep_ticks_every_minute_since_the_last(kit_for: Ca
     name = unique("t.every")
     kit = kit_for(make_plugin(lambda r: r.periodic(lambda: None, cron="* * * * *", name=name)))
     claimed = lambda: sorted(c.tick for c in TaskTick.select().where(TaskTick.task == name).execute(kit.db))  # noqa: E731
-    base = at("2002-05-06T07:08:30")
+    base = at("2102-05-06T07:08:30")
     assert kit.deliverer is not None
     kit.deliverer.make_sweeper = None  # this test is the sweeper: no other sweep ticks the real minute
     assert kit.tasks.sweep(now=base) == {"periodic": 1}
     assert kit.tasks.sweep(now=base + dt.timedelta(seconds=20)) == {}  # same minute
     assert kit.tasks.sweep(now=base + dt.timedelta(minutes=3)) == {"periodic": 3}  # caught up
-    assert claimed() == [at("2002-05-06T07:08") + dt.timedelta(minutes=n) for n in range(4)]
+    assert claimed() == [at("2102-05-06T07:08") + dt.timedelta(minutes=n) for n in range(4)]
 
 
 TICK_SCRIPT = """
@@ -423,7 +425,7 @@ class P:
         register.periodic(lambda: None, cron="* * * * *", name=sys.argv[2])
 
 kit = Kit(Settings(database_url=sys.argv[1], queue_url="", secret_key="k" * 40, plugins=()), plugins=[P()])
-kit.deliverer.make_sweeper = None  # no tick of the real minute (whose pruning would drop 2003's)
+kit.deliverer.make_sweeper = None  # only the ticks of this script
 start = dt.datetime.fromisoformat(sys.argv[3])
 barrier = pathlib.Path(sys.argv[5])
 (barrier / str(os.getpid())).touch()
@@ -444,7 +446,7 @@ def test_two_processes_ticking_the_same_minutes_claim_each_once(
     kit = kit_for()  # creates the kit's tables
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    args = [sys.executable, "-c", TICK_SCRIPT, database_url, name, "2003-01-01T00:00:00+00:00", "40", str(barrier)]
+    args = [sys.executable, "-c", TICK_SCRIPT, database_url, name, "2103-01-01T00:00:00+00:00", "40", str(barrier)]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [proc.communicate(timeout=120) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
@@ -460,17 +462,17 @@ def test_the_consumers_scheduler_enqueues_the_tick_of_its_minute(tmp_path: Path)
                         secret_key=SECRET, plugins=())
     with Kit(settings, plugins=[make_plugin(lambda r: r.periodic(prune_carts, cron="* * * * *"))]) as kit:
         assert kit.queue is not None
-        (tick,) = kit.queue.read_periodic(dt.datetime(2026, 12, 7, 10, 5, 42))
-        assert tick.args == ("2026-12-07T10:05:00+00:00",)
+        (tick,) = kit.queue.read_periodic(dt.datetime(2126, 12, 7, 10, 5, 42))
+        assert tick.args == ("2126-12-07T10:05:00+00:00",)
         kit.queue.enqueue(tick)
         message = kit.queue.dequeue()  # through the msgspec serializer
-        assert message.args == ("2026-12-07T10:05:00+00:00",)
+        assert message.args == ("2126-12-07T10:05:00+00:00",)
         kit.create_tables()
         kit.queue.execute(message)
-        assert [(c.task, c.tick) for c in TaskTick.select().execute(kit.db)] == [(f"{__name__}.prune_carts", at("2026-12-07T10:05"))]
+        assert [(c.task, c.tick) for c in TaskTick.select().execute(kit.db)] == [(f"{__name__}.prune_carts", at("2126-12-07T10:05"))]
     # A kit whose plugins have no periodic task puts nothing on the scheduler.
     with Kit(settings) as kit:
-        assert kit.queue is not None and kit.queue.read_periodic(dt.datetime(2026, 12, 7, 10, 5)) == []
+        assert kit.queue is not None and kit.queue.read_periodic(dt.datetime(2126, 12, 7, 10, 5)) == []
 
 
 def test_czo_kit_plugins_lists_a_plugins_tasks() -> None:
