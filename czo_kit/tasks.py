@@ -448,6 +448,8 @@ class TaskRegistry:
 
 def _minute(when: dt.datetime) -> dt.datetime:
     """``when``'s minute in UTC (a naive datetime is taken as UTC, as Huey's ``utc=True`` gives)."""
+    if not isinstance(when, dt.datetime):
+        raise TaskError(f"a tick is a datetime (its minute, UTC if naive), got {when!r}")
     when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
     return when.replace(second=0, microsecond=0)
 
