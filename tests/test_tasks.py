@@ -505,3 +505,13 @@ def test_czo_kit_plugins_lists_a_plugins_tasks() -> None:
     manager = load_plugins(create_plugin_manager(), allow=("czo_test_reviews",))
     (info,) = [info for info in describe_plugins(manager) if info.name == "czo_test_reviews"]
     assert info.registers["tasks"] == ["task recompute_rating", "periodic refresh_ratings (* * * * *)"]
+
+
+def test_what_cannot_run_says_why(kit_for: Callable[..., Kit]) -> None:
+    loose = TaskRegistry().task(send_digest, name="loose.digest")
+    with pytest.raises(TaskError, match=r"this task registry is not bound to a kit \(tasks run through kit.tasks\)"):
+        loose.enqueue(1)
+    kit = kit_for(make_plugin(lambda r: r.periodic(prune_carts, cron="* * * * *", name="queue.less")))
+    with pytest.raises(TaskError, match=r"this kit has no queue \(CZO_QUEUE_URL is empty\): call kit.tasks.tick"):
+        kit.tasks.schedule_tick(dt.datetime(2126, 1, 1, tzinfo=UTC))
+    assert len(kit.tasks) == 1 and repr(kit.tasks.get("queue.less")) == "<Task queue.less (periodic '* * * * *')>"
