@@ -176,7 +176,7 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
 @hookspec
 def czo_register_tasks(register: TaskRegistry) -> None:
     """Declare background tasks: ``digest = register.task(send_digest, retries=3,
-    retry_delay=10)`` and ``register.periodic(prune_carts, cron="*/5 * * * *")``.
+    retry_delay=10)`` and ``register.periodic(prune_sessions, cron="*/5 * * * *")``.
 
     ``digest.enqueue(*args, **kwargs)`` runs ``send_digest`` on the kit's consumer (the
     in-process deliverer without a queue) once the caller's transaction commits, with

@@ -495,6 +495,6 @@ def _task_name(fn: Any, name: str | None, plugin: str | None, who: str, kind: st
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PluginError(
             f"{who}{kind} name {name!r} is not allowed: use 1-150 letters, digits and '_.:-', "
-            "starting with a letter, digit or '_' (such as 'reviews.recompute_rating')"
+            "starting with a letter, digit or '_' (such as 'my_plugin.send_digest')"
         )
     return name
