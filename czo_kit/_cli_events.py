@@ -110,7 +110,7 @@ class Duration(_FloatParam):
 @click.option("--older-than", type=Duration(), default=None, metavar="DURATION",
               help="Every open dead letter that died longer ago than this (e.g. 30d).")
 @click.option("--subscriber", default=None, metavar="NAME",
-              help="Every delivery not run yet of a subscriber removed on purpose (e.g. 'order.created|audit').")
+              help="Every delivery not run yet of a subscriber removed on purpose (e.g. 'item.created|audit').")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def events_discard(dead_letter_id: str | None, older_than: float | None, subscriber: str | None, yes: bool) -> None:
     """Give up on dead letter DEAD_LETTER_ID, on every dead letter --older-than DURATION, or on

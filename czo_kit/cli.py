@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -16,6 +17,10 @@ from czo_kit import __version__
 from czo_kit._cli_errors import FailureReportingGroup
 from czo_kit.context import ContextFilter, JSONLogFormatter, acting
 from czo_kit.errors import CzoError
+from czo_kit.plugins import Contributions
+
+if TYPE_CHECKING:
+    import pluggy
 
 __all__ = ["build_cli", "main"]
 
@@ -48,8 +53,24 @@ def _kit(**overrides: Any) -> Iterator[Any]:
         kit.close()
 
 
+class _CommandLine(FailureReportingGroup):
+    """The root group: remembers which plugin added which command (``czo_register_commands``),
+    for ``czo-kit plugins``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._contributions = Contributions()
+        super().__init__(*args, **kwargs)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        self._contributions.record(name or cmd.name or "?")
+
+    def contributions(self) -> dict[str, list[str]]:
+        return self._contributions.contributions()
+
+
 @click.group(
-    cls=FailureReportingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_CommandLine, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(__version__, prog_name="czo-kit")
 @click.option(
@@ -105,12 +126,12 @@ def _os_user() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def plugins_command(as_json: bool) -> None:
     """List loaded plugins, the hooks each implements and what each registers."""
-    from czo_kit.plugins import create_plugin_manager, describe_plugins, load_plugins
-    from czo_kit.settings import Settings
+    from czo_kit.plugins import describe_plugins
 
-    settings = Settings.from_env()
-    manager = load_plugins(create_plugin_manager(), allow=settings.plugins, block=settings.disable_plugins)
-    infos = describe_plugins(manager)
+    # What each plugin registered is what the kit's registries recorded as it was built (a
+    # kit starts with its database, cache or queue down, so this works during an outage too).
+    with _kit() as kit:
+        infos = describe_plugins(kit)
     if as_json:
         click.echo(json.dumps([info.__dict__ for info in infos], indent=2))
         return
@@ -369,19 +390,6 @@ def users_grant(user_id: str, shop_id: int, role: str) -> None:
         click.echo(f"user {user_id} is {role} in shop {shop_id}")
 
 
-@cli.command("demo")
-@click.option(
-    "--database-url",
-    default=None,
-    help="Database to run the demo on (default: a fresh SQLite file in a temporary directory).",
-)
-def demo_command(database_url: str | None) -> None:
-    """Walk through the kit with the example modules, on an embedded database, and report."""
-    from czo_kit.demo import run_demo
-
-    run_demo(database_url=database_url, echo=click.echo)
-
-
 def _add_command_groups() -> None:
     # Command groups kept in modules of their own (they import ``_kit`` from here lazily).
     from czo_kit._cli_apps import apps_group, webhooks_group
@@ -395,17 +403,23 @@ def _add_command_groups() -> None:
 _add_command_groups()
 
 
-def build_cli() -> click.Group:
-    """The root command with every plugin's commands added."""
-    from czo_kit.plugins import load_plugins
+def build_cli(manager: pluggy.PluginManager | None = None) -> click.Group:
+    """The root command with the commands of every plugin of ``manager`` (default: the
+    process-wide one, loaded from the environment) added: a new group each time, so ``cli``
+    itself stays the kit's own, and one that records which plugin added which command."""
+    from czo_kit.plugins import call_each_plugin, load_plugins
 
-    try:
-        manager = load_plugins()
-    except CzoError as exc:
-        click.echo(f"warning: plugins not loaded: {exc}", err=True)
-        return cli
-    manager.hook.czo_register_commands(cli=cli)
-    return cli
+    root = copy.copy(cli)
+    root.commands = dict(cli.commands)
+    root._contributions = Contributions()
+    if manager is None:
+        try:
+            manager = load_plugins()
+        except CzoError as exc:
+            click.echo(f"warning: plugins not loaded: {exc}", err=True)
+            return root
+    call_each_plugin(manager.hook.czo_register_commands, cli=root)
+    return root
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
+from czo_kit.plugins import Contributions
+
 __all__ = ["HookName", "HookRegistry", "Unsubscribe"]
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ Unsubscribe = Callable[[], None]
 class HookName(Generic[C, R]):
     """A hook name that carries its context and result types, so mypy checks handlers.
 
-    ``PRODUCT_CREATE: HookName[MutationContext, Product] = HookName("product.create")``
+    ``ITEM_CREATE: HookName[MutationContext, Item] = HookName("item.create")``
     """
 
     __slots__ = ("name",)
@@ -91,6 +93,7 @@ class HookRegistry:
         self._chains: dict[str, _Chain] = {}
         self._lock = threading.Lock()
         self._seq = itertools.count()
+        self._contributions = Contributions()
 
     # -- registration -------------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class HookRegistry:
                 # Reverse of the before order: lower priority first, later registration first.
                 ordered = sorted(entries, key=lambda e: (e.priority, -e.seq))
             setattr(chain, kind, tuple(ordered))
+        self._contributions.record(f"{'on_error' if kind == 'error' else kind} {key}")
 
         def unsubscribe() -> None:
             with self._lock:
@@ -185,6 +189,10 @@ class HookRegistry:
         return unsubscribe
 
     # -- inspection ---------------------------------------------------------------------
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> the hooks it added in ``czo_register_hooks`` (``"before item.create"``)."""
+        return self._contributions.contributions()
 
     def has(self, name: str | HookName[Any, Any]) -> bool:
         """Whether any hook is registered for ``name``."""

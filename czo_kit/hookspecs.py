@@ -124,7 +124,7 @@ def czo_register_queue_backends(register: RegisterQueueBackend) -> None:
 
 @hookspec
 def czo_register_models(register: RegisterModel) -> None:
-    """Declare a module's models: ``register(Product, Variant)``.
+    """Declare a module's models: ``register(Item, Variant)``.
 
     The kit binds them to ``kit.db``; ``czo-kit db init`` creates their tables.
     """
@@ -146,12 +146,12 @@ class RegisterSettings(Protocol):
 
 @hookspec
 def czo_register_settings(register: RegisterSettings) -> None:
-    """Declare the plugin's own settings: ``register(ReviewSettings, prefix="CZO_REVIEW_")``.
+    """Declare the plugin's own settings: ``register(WidgetSettings, prefix="CZO_WIDGET_")``.
 
-    ``ReviewSettings`` is a ``msgspec.Struct`` whose fields have defaults; each is read from
+    ``WidgetSettings`` is a ``msgspec.Struct`` whose fields have defaults; each is read from
     ``<prefix><FIELD>`` when the kit starts, validated like the kit's own (a bad value stops
     the kit, naming the variable and what is allowed), and read with
-    ``kit.settings_for(ReviewSettings)``. ``czo-kit settings`` lists them, secrets masked
+    ``kit.settings_for(WidgetSettings)``. ``czo-kit settings`` lists them, secrets masked
     (fields in the Struct's ``SECRET_FIELDS`` ClassVar, and names with secret, password or
     token in them).
     """
@@ -159,12 +159,12 @@ def czo_register_settings(register: RegisterSettings) -> None:
 
 @hookspec
 def czo_register_hooks(hooks: HookRegistry) -> None:
-    """Add before / after / on_error hooks: ``hooks.before("product.create", fn)``."""
+    """Add before / after / on_error hooks: ``hooks.before("item.create", fn)``."""
 
 
 @hookspec
 def czo_register_events(events: EventEmitter, kit: Kit) -> None:
-    """Subscribe to events: ``events.on(ProductDeleted, handler)``.
+    """Subscribe to events: ``events.on(ItemDeleted, handler)``.
 
     Called in every process that builds a kit (web and worker alike), so whoever emits never
     decides who listens, and async deliveries find their handler in the worker. ``kit`` is
@@ -190,9 +190,9 @@ def czo_register_tasks(register: TaskRegistry) -> None:
 def czo_register_permissions(register: PermissionRegistry) -> None:
     """Declare resources, roles and event rules, or provide the permission service.
 
-    ``register.resource("order", ["read", "write"])``, ``register.role("staff", {"order":
-    ["read"]})``, ``register.event("order.created", resource="order", sensitive={"email":
-    ("customer", "read")})``; an auth module replaces the built-in ``PermissionService``
+    ``register.resource("item", ["read", "write"])``, ``register.role("staff", {"item":
+    ["read"]})``, ``register.event("item.created", resource="item", sensitive={"email":
+    ("contact", "read")})``; an auth module replaces the built-in ``PermissionService``
     (``shop_members``) with ``register.service(factory, priority=0)``.
     """
 
@@ -201,7 +201,7 @@ def czo_register_permissions(register: PermissionRegistry) -> None:
 def czo_register_services(registry: ServiceRegistry) -> None:
     """Register singletons other modules look up by type.
 
-    ``registry.register_factory(ProductRepository, make_repo)``; a factory may take the
+    ``registry.register_factory(ItemRepository, make_repo)``; a factory may take the
     ``svcs.Container`` and fetch the ``Kit`` (or anything else) from it.
     """
 
@@ -220,7 +220,7 @@ def czo_register_authenticators(register: RegisterAuthenticator) -> None:
 def czo_register_http_routes(api: ApiRoutes, kit: Kit) -> None:
     """Add routes to the HTTP API: ``api.add_route("/api/shops/{shop_id:shop}/...", resource)``.
 
-    Resources are Falcon resources; ``czo_kit.http.require_app(req, "order", "write",
+    Resources are Falcon resources; ``czo_kit.http.require_app(req, "item", "write",
     shop_id=...)`` and ``require_user(req)`` check who is calling.
     """
 

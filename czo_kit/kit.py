@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -28,20 +28,31 @@ from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.permissions import PermissionRegistry, PermissionService
 from czo_kit.apps.registry import APP_MODELS, AppRegistry
 from czo_kit.apps.webhooks import WEBHOOK_MODELS, WebhookDispatcher, WebhookSettings
-from czo_kit.cache import CacheManager, create_cache
+from czo_kit.cache import CacheManager, cache_drivers, create_cache
 from czo_kit.events.emitter import EventEmitter
 from czo_kit.events.deliverer import InProcessDeliverer
 from czo_kit.events.outbox import EVENT_MODELS, Enqueuer, Outbox, OutboxSettings
 from czo_kit.events.queue import HueyQueue, InProcessConsumer, Sweeper, WebhookQueue
+from czo_kit.db._event_fields import check_model_events
 from czo_kit.db._tables import upgrade_tables
 from czo_kit.db.migrations import Migrations, ModuleMigrations
 from czo_kit.errors import ConfigurationError, PluginError
 from czo_kit.hookspecs import DatabaseFactory
 from czo_kit.hooks import HookRegistry
-from czo_kit.plugins import backend_for, call_each_plugin, create_plugin_manager, load_plugins
+from czo_kit.plugins import (
+    Backends,
+    backend_for,
+    call_each_plugin,
+    create_plugin_manager,
+    load_plugins,
+    registering_plugin,
+)
 from czo_kit.services import ServiceRegistry
 from czo_kit.settings import ENV_PREFIX, Settings, read_settings, redact_url, unknown_variables
 from czo_kit.tasks import TASK_MODELS, TaskRegistry
+
+if TYPE_CHECKING:
+    from czo_kit.http.api import Authenticators
 
 __all__ = ["KIT_MODELS", "Kit"]
 
@@ -85,6 +96,7 @@ class Kit:
         self._closed = False
         self._lock = threading.Lock()
         self._dashboard_lock = threading.Lock()
+        self._authenticators_lock = threading.Lock()
         if plugin_manager is None:
             plugin_manager = load_plugins(
                 create_plugin_manager(),
@@ -103,8 +115,8 @@ class Kit:
         self.plugins = plugin_manager
         hook = self.plugins.hook
 
-        self.database_backends: dict[str, DatabaseFactory] = {}
-        hook.czo_register_database_backends(register=self._register_backend)
+        self.database_backends: Backends = Backends()
+        call_each_plugin(hook.czo_register_database_backends, register=self._register_backend)
         self.db = self._open_database(self.settings.database_url)
         try:
             self._wire()
@@ -135,15 +147,12 @@ class Kit:
 
         # First: what plugins read at startup below comes from their settings.
         self._plugin_settings: dict[type[Any], tuple[str, str, Any]] = {}
-        for impl in hook.czo_register_settings.get_hookimpls():
-            impl.function(register=self._settings_registrar(impl.plugin_name))
+        call_each_plugin(hook.czo_register_settings, register=self._settings_registrar())
 
         self.models: dict[str, list[type[peewee.Model]]] = {}
         migration_dirs: dict[str, str] = {}
-        for impl in hook.czo_register_models.get_hookimpls():
-            impl.function(register=self._model_registrar(impl.plugin_name))
-        for impl in hook.czo_register_migrations.get_hookimpls():
-            impl.function(register=self._migration_registrar(impl.plugin_name, migration_dirs))
+        call_each_plugin(hook.czo_register_models, register=self._model_registrar())
+        call_each_plugin(hook.czo_register_migrations, register=self._migration_registrar(migration_dirs))
         all_models = [m for models in self.models.values() for m in models]
         if all_models:
             self.db.bind(all_models)
@@ -154,13 +163,17 @@ class Kit:
         self.migrations = Migrations(self.db, modules)
 
         self.hooks = HookRegistry()
-        hook.czo_register_hooks(hooks=self.hooks)
+        call_each_plugin(hook.czo_register_hooks, hooks=self.hooks)
 
-        self.cache = create_cache(settings=self.settings, plugins=self.plugins)
+        self.cache_drivers = cache_drivers(self.plugins)
+        self.cache = create_cache(settings=self.settings, drivers=self.cache_drivers)
+        # Repositories built on kit.db find the kit's cache here (repo.cache), as they find
+        # the secret key: a module's service factory need not pass it along.
+        setattr(self.db, "czo_cache", self.cache)
 
         settings = self.settings
-        self.queue_backends: dict[str, Any] = {}
-        hook.czo_register_queue_backends(register=self._register_queue_backend)
+        self.queue_backends: Backends = Backends()
+        call_each_plugin(hook.czo_register_queue_backends, register=self._register_queue_backend)
         self.queue = self._open_queue(settings.queue_url) if settings.queue_url else None
         self.events = EventEmitter(
             db=self.db, strict=settings.events_strict, default_retries=settings.events_retries
@@ -196,14 +209,17 @@ class Kit:
         else:
             assert self.deliverer is not None
             self.deliverer.outbox = self.outbox
-        hook.czo_register_events(events=self.events, kit=self)
+        call_each_plugin(hook.czo_register_events, events=self.events, kit=self)
+        # After the events hook, where a module may declare its event types: a declared event
+        # that no longer carries every column of its model would drop the new ones silently.
+        check_model_events(self.all_models())
         # Tasks ride on the outbox (czo_kit.tasks): registered once the events are wired.
         self.tasks = TaskRegistry()
         call_each_plugin(hook.czo_register_tasks, register=self.tasks)
         self.tasks.bind(self)
 
         self.permissions = PermissionRegistry()
-        hook.czo_register_permissions(register=self.permissions)
+        call_each_plugin(hook.czo_register_permissions, register=self.permissions)
         self.http = OutboundHTTP(
             allow_private=settings.apps_allow_private_urls,
             read_timeout=settings.webhooks_timeout,
@@ -248,7 +264,7 @@ class Kit:
         self.services.register_value(WebhookDispatcher, self.webhooks)
         self.services.register_value(PermissionRegistry, self.permissions)
         self.services.register_value(TaskRegistry, self.tasks)
-        hook.czo_register_services(registry=self.services)
+        call_each_plugin(hook.czo_register_services, registry=self.services)
 
         hook.czo_startup(kit=self)
 
@@ -264,14 +280,14 @@ class Kit:
             raise PluginError(f"database backend scheme must be a word like 'sqlite', got {scheme!r}")
         if not callable(factory):
             raise PluginError(f"database backend {scheme!r}: factory {factory!r} is not callable")
-        self.database_backends[scheme.lower()] = factory
+        self.database_backends.add(scheme, factory)
 
     def _register_queue_backend(self, scheme: str, factory: Any) -> None:
         if not isinstance(scheme, str) or not scheme:
             raise PluginError(f"queue backend scheme must be a non-empty string, got {scheme!r}")
         if not callable(factory):
             raise PluginError(f"queue backend {scheme!r}: factory {factory!r} is not callable")
-        self.queue_backends[scheme.lower()] = factory
+        self.queue_backends.add(scheme, factory)
 
     def _open_queue(self, url: str) -> Huey:
         scheme = urlsplit(url).scheme.lower()
@@ -316,8 +332,24 @@ class Kit:
                 registry = self.__dict__.get("_dashboard")
                 if registry is None:  # once per kit, even when two requests come first together
                     registry = DashboardRegistry()
-                    self.plugins.hook.czo_register_dashboard(register=registry, kit=self)
+                    call_each_plugin(self.plugins.hook.czo_register_dashboard, register=registry, kit=self)
                     self.__dict__["_dashboard"] = registry
+        return registry
+
+    @property
+    def authenticators(self) -> Authenticators:
+        """Who a bearer token belongs to, as modules registered (``czo_register_authenticators``),
+        collected on first use by the HTTP API."""
+        registry = self.__dict__.get("_authenticators")
+        if registry is None:
+            from czo_kit.http.api import Authenticators
+
+            with self._authenticators_lock:
+                registry = self.__dict__.get("_authenticators")
+                if registry is None:
+                    registry = Authenticators()
+                    call_each_plugin(self.plugins.hook.czo_register_authenticators, register=registry)
+                    self.__dict__["_authenticators"] = registry
         return registry
 
     def consumer(self, *, workers: int = 2, sweep_interval: float | None = None) -> InProcessConsumer:
@@ -353,8 +385,9 @@ class Kit:
             raise PluginError(f"database backend {scheme!r} returned {db!r}, not a peewee.Database")
         return db
 
-    def _model_registrar(self, plugin: str) -> Any:
+    def _model_registrar(self) -> Any:
         def register(*models: type[peewee.Model]) -> None:
+            plugin = registering_plugin() or "unknown"
             for model in models:
                 if not (isinstance(model, type) and issubclass(model, peewee.Model)):
                     raise PluginError(f"plugin {plugin!r} registered {model!r}, which is not a peewee Model")
@@ -364,14 +397,15 @@ class Kit:
 
         return register
 
-    def _settings_registrar(self, plugin: str) -> Any:
+    def _settings_registrar(self) -> Any:
         def register(kind: type[Any], *, prefix: str) -> None:
+            plugin = registering_plugin() or "unknown"
             if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
                 raise PluginError(f"plugin {plugin!r} registered settings {kind!r}, which is not a msgspec.Struct")
             if not (isinstance(prefix, str) and re.fullmatch(r"[A-Z][A-Z0-9_]*_", prefix)) or prefix == ENV_PREFIX:
                 raise PluginError(
                     f"plugin {plugin!r}: settings prefix {prefix!r} must be upper case, end with '_' and "
-                    f"be the plugin's own (not {ENV_PREFIX!r}), such as 'CZO_REVIEW_'"
+                    f"be the plugin's own (not {ENV_PREFIX!r}), such as 'CZO_WIDGET_'"
                 )
             for other, (owner, other_prefix, _) in self._plugin_settings.items():
                 if other is kind or other_prefix == prefix:
@@ -401,8 +435,9 @@ class Kit:
         """(plugin, prefix, values) of every plugin's settings, in registration order."""
         return list(self._plugin_settings.values())
 
-    def _migration_registrar(self, plugin: str, into: dict[str, str]) -> Any:
+    def _migration_registrar(self, into: dict[str, str]) -> Any:
         def register(directory: str) -> None:
+            plugin = registering_plugin() or "unknown"
             if plugin in into and into[plugin] != str(directory):
                 raise PluginError(f"plugin {plugin!r} registered two migration directories")
             into[plugin] = str(directory)

@@ -12,29 +12,36 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from czo_kit import hookspecs
 from czo_kit.errors import PluginError
 
+if TYPE_CHECKING:
+    from czo_kit.kit import Kit
+
 __all__ = [
     "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
+    "Backends",
+    "Contributions",
     "PluginInfo",
     "PluginManager",
     "backend_for",
     "call_each_plugin",
     "create_plugin_manager",
     "describe_plugins",
+    "label_of",
     "load_plugins",
     "pm",
     "registering_plugin",
+    "registries",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,7 +251,8 @@ class PluginInfo:
     registers: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _label(obj: Any) -> str:
+def label_of(obj: Any) -> str:
+    """How ``czo-kit plugins`` names a registered class, function or service key."""
     metadata = getattr(obj, "__metadata__", None)
     if metadata:  # Annotated[...] service keys: show their label
         return str(metadata[0])
@@ -253,155 +261,107 @@ def _label(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
 
 
-def _recorder(hook: str) -> tuple[Any, list[str]] | None:
-    """A stand-in collector for a registration hook that writes down what is registered."""
-    seen: list[str] = []
-    if hook in ("czo_register_database_backends", "czo_register_cache_drivers", "czo_register_queue_backends"):
-        return (lambda scheme, factory: seen.append(scheme)), seen
-    if hook == "czo_register_models":
-        return (lambda *models: seen.extend(_label(m) for m in models)), seen
-    if hook == "czo_register_migrations":
-        return (lambda directory: seen.append(str(directory))), seen
-    if hook == "czo_register_services":
+class Contributions:
+    """What each plugin gave one registry: the registry calls ``record(label)`` as an item
+    arrives, and answers ``contributions()`` from it. Items that arrive outside a
+    registration hook (the kit's own, or a call at run time) have no plugin and are left out.
+    """
 
-        class _Recorder:
-            def register_factory(self, svc_type: Any, factory: Any, **kw: Any) -> None:
-                seen.append(_label(svc_type))
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str]] = []
 
-            def register_value(self, svc_type: Any, value: Any, **kw: Any) -> None:
-                seen.append(_label(svc_type))
+    def record(self, label: str) -> None:
+        plugin = registering_plugin()
+        if plugin is not None:
+            self._items.append((plugin, label))
 
-        return _Recorder(), seen
-    if hook == "czo_register_dashboard":
-
-        class _Dashboard:
-            def mount(self, name: str, **kw: Any) -> None:
-                seen.append(f"mount {name}")
-
-            def page(self, slug: str, **kw: Any) -> None:
-                seen.append(f"page {slug}")
-
-        return _Dashboard(), seen
-    if hook == "czo_register_authenticators":
-        return (lambda fn, **kw: seen.append(_label(fn))), seen
-    if hook == "czo_register_http_routes":
-
-        class _Routes:
-            def add_route(self, path: str, resource: Any, **kw: Any) -> None:
-                seen.append(path)
-
-        return _Routes(), seen
-    if hook == "czo_register_permissions":
-
-        class _Permissions:
-            def resource(self, name: str, actions: Any, **kw: Any) -> None:
-                seen.append(f"resource {name}")
-
-            def role(self, name: str, grants: Any) -> None:
-                seen.append(f"role {name}")
-
-            def event(self, name: str, **kw: Any) -> None:
-                seen.append(f"event {name}")
-
-            def service(self, factory: Any, **kw: Any) -> None:
-                seen.append("permission service")
-
-        return _Permissions(), seen
-    if hook == "czo_register_events":
-
-        class _Events:
-            def on(self, event: Any, handler: Any, **kw: Any) -> Callable[[], None]:
-                seen.append(f"on {getattr(event, '__event_name__', event)}")
-                return lambda: None
-
-            def once(self, event: Any, handler: Any, **kw: Any) -> Callable[[], None]:
-                seen.append(f"once {getattr(event, '__event_name__', event)}")
-                return lambda: None
-
-        return _Events(), seen
-    if hook == "czo_register_hooks":
-
-        class _Hooks:
-            def __getattr__(self, kind: str) -> Callable[..., Any]:
-                def add(name: Any, fn: Any, **kw: Any) -> Callable[[], None]:
-                    seen.append(f"{kind} {name}")
-                    return lambda: None
-
-                return add
-
-        return _Hooks(), seen
-    if hook == "czo_register_tasks":
-
-        class _Tasks:
-            def task(self, fn: Any, **kw: Any) -> None:
-                seen.append(f"task {kw.get('name') or _label(fn)}")
-
-            def periodic(self, fn: Any, *, cron: str = "*/5 * * * *", **kw: Any) -> None:
-                seen.append(f"periodic {kw.get('name') or _label(fn)} ({cron})")
-
-        return _Tasks(), seen
-    if hook == "czo_register_commands":
-        import click
-
-        group = click.Group()
-        original = group.add_command
-
-        def add_command(cmd: click.Command, name: str | None = None) -> None:
-            original(cmd, name)
-            seen.append(name or cmd.name or "?")
-
-        group.add_command = add_command  # type: ignore[method-assign]
-        return group, seen
-    return None
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> labels of what it registered, in registration order."""
+        found: dict[str, list[str]] = {}
+        for plugin, label in self._items:
+            found.setdefault(plugin, []).append(label)
+        return found
 
 
-_ARGUMENT = {
-    "czo_register_database_backends": "register",
-    "czo_register_cache_drivers": "register",
-    "czo_register_queue_backends": "register",
-    "czo_register_events": "events",
-    "czo_register_permissions": "register",
-    "czo_register_authenticators": "register",
-    "czo_register_http_routes": "api",
-    "czo_register_dashboard": "register",
-    "czo_register_models": "register",
-    "czo_register_migrations": "register",
-    "czo_register_services": "registry",
-    "czo_register_commands": "cli",
-    "czo_register_hooks": "hooks",
-    "czo_register_tasks": "register",
-}
+class Backends(dict[str, Any]):
+    """Scheme -> factory, as plugins registered them (a later scheme replaces an earlier one),
+    remembering which plugin registered which scheme."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._contributions = Contributions()
+
+    def add(self, scheme: str, factory: Any) -> None:
+        self[scheme.lower()] = factory
+        self._contributions.record(scheme)
+
+    def contributions(self) -> dict[str, list[str]]:
+        return self._contributions.contributions()
 
 
-def describe_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
-    """Every registered plugin with its hooks and, for registration hooks, what it registers."""
+class _ByPlugin:
+    """The contributions of a registry the kit keeps as plugin -> items already."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        self._contributions: dict[str, list[str]] = {}
+        for plugin, label in items:
+            self._contributions.setdefault(plugin, []).append(label)
+
+    def contributions(self) -> dict[str, list[str]]:
+        return self._contributions
+
+
+def registries(kit: Kit, *, cli: Any = None) -> list[tuple[str, Any]]:
+    """Each registration hook (short name) with the registry of ``kit`` that received what
+    plugins registered through it; each answers ``contributions()``. ``describe_plugins``
+    reads these and nothing else: a new registry is one more line here. ``cli`` is the
+    command line whose commands to report (default: one built for the kit's plugins)."""
+    from czo_kit.cli import build_cli
+    from czo_kit.http.api import routes_of
+
+    return [
+        ("database_backends", kit.database_backends),
+        ("cache_drivers", kit.cache_drivers),
+        ("queue_backends", kit.queue_backends),
+        ("settings", _ByPlugin((plugin, label_of(type(values))) for plugin, _, values in kit.plugin_settings())),
+        ("models", _ByPlugin((plugin, label_of(m)) for plugin, models in kit.models.items() for m in models)),
+        ("migrations", _ByPlugin((name, entry.directory) for name, entry in kit.migrations.modules.items()
+                                 if entry.directory is not None)),
+        ("hooks", kit.hooks),
+        ("events", kit.events),
+        ("tasks", kit.tasks),
+        ("permissions", kit.permissions),
+        ("services", kit.services),
+        ("authenticators", kit.authenticators),
+        ("http_routes", routes_of(kit)),
+        ("dashboard", kit.dashboard),
+        ("commands", cli if cli is not None else build_cli(kit.plugins)),
+    ]
+
+
+def describe_plugins(kit: Kit, *, cli: Any = None) -> list[PluginInfo]:
+    """Every plugin of ``kit`` with its hooks and, for registration hooks, what it registered,
+    as the kit's registries recorded it (``registries``)."""
+    manager = kit.plugins
+    recorded = {what: registry.contributions() for what, registry in registries(kit, cli=cli)}
     dists = {name: dist for name, dist in _dist_names(manager)}
     infos: list[PluginInfo] = []
     for name, plugin in sorted(manager.list_name_plugin(), key=lambda item: item[0] or ""):
         if plugin is None or name is None:
             continue
-        hooks: list[str] = []
-        registers: dict[str, list[str]] = {}
-        for caller in manager.get_hookcallers(plugin) or []:
-            hooks.append(caller.name)
-            recorder = _recorder(caller.name)
-            if recorder is None:
-                continue
-            collector, seen = recorder
-            for impl in caller.get_hookimpls():
-                if impl.plugin is plugin:
-                    # Other arguments (the kit, for czo_register_events) are not needed to
-                    # record what is registered; handlers that use them only run later.
-                    wanted = {_ARGUMENT[caller.name]: collector, "kit": None}
-                    impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
-            registers[caller.name.removeprefix("czo_register_")] = seen
+        hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+        registers = {
+            what: recorded[what].get(name, [])
+            for hook in hooks
+            if (what := hook.removeprefix("czo_register_")) in recorded
+        }
         dist = dists.get(name)
         infos.append(
             PluginInfo(
                 name=name,
                 distribution=dist[0] if dist else ("czo-kit" if name in DEFAULT_PLUGINS else None),
                 version=dist[1] if dist else None,
-                hooks=sorted(hooks),
+                hooks=hooks,
                 registers=registers,
             )
         )

@@ -12,6 +12,8 @@ from typing import Any, TypeVar, overload
 
 import svcs
 
+from czo_kit.plugins import Contributions, label_of
+
 __all__ = ["ServiceNotFoundError", "ServiceRegistry"]
 
 T = TypeVar("T")
@@ -28,6 +30,7 @@ class ServiceRegistry:
         self._registry = svcs.Registry()
         self._container = svcs.Container(self._registry)
         self._types: list[Any] = []
+        self._contributions = Contributions()
 
     @property
     def registry(self) -> svcs.Registry:
@@ -38,11 +41,13 @@ class ServiceRegistry:
         """Register a ready-made instance under ``svc_type``."""
         self._registry.register_value(svc_type, value, **options)
         self._types.append(svc_type)
+        self._contributions.record(label_of(svc_type))
 
     def register_factory(self, svc_type: Any, factory: Callable[..., Any], **options: Any) -> None:
         """Register a factory, called once on first ``get``. It may take a ``svcs.Container``."""
         self._registry.register_factory(svc_type, factory, **options)
         self._types.append(svc_type)
+        self._contributions.record(label_of(svc_type))
 
     @overload
     def get(self, svc_type: type[T], /) -> T: ...
@@ -73,6 +78,10 @@ class ServiceRegistry:
     def types(self) -> list[Any]:
         """Every registered key, in registration order."""
         return list(self._types)
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> the service keys it registered in ``czo_register_services``."""
+        return self._contributions.contributions()
 
     def container(self) -> svcs.Container:
         """A new short-lived container (close it, or use it as a context manager)."""

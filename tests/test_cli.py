@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def test_help_on_every_command(env: Path) -> None:
     root = build_cli()
     paths = list(command_paths(root))
     # The walk reaches the nested commands (so new ones are covered automatically).
-    assert {("plugins",), ("db",), ("db", "init"), ("db", "makemigrations"), ("demo",)} <= set(paths)
+    assert {("plugins",), ("db",), ("db", "init"), ("db", "makemigrations")} <= set(paths)
     for path in paths:
         for flag in ("--help", "-h"):
             result = CliRunner().invoke(root, [*path, flag], prog_name="czo-kit")
@@ -132,6 +133,34 @@ def test_plugins_json(env: Path) -> None:
     assert "czo_register_models" in product["hooks"]
     assert product["registers"]["models"] == ["Product"]
     assert by_name["czo_kit.default_plugins.sqlite"]["registers"] == {"database_backends": ["sqlite"]}
+
+
+def test_plugins_while_the_database_cache_and_queue_are_down(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What plugins registered comes from a kit's registries; a kit starts during an outage.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    monkeypatch.setenv("CZO_DATABASE_URL", f"postgresql://czo@127.0.0.1:{closed}/none")
+    monkeypatch.setenv("CZO_CACHE_URL", f"redis://127.0.0.1:{closed}/0")
+    monkeypatch.setenv("CZO_QUEUE_URL", f"redis://127.0.0.1:{closed}/0")
+    result = run("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    by_name = {item["name"]: item for item in json.loads(result.output)}
+    assert by_name["czo_product"]["registers"]["models"] == ["Product"]
+    assert by_name["czo_kit.default_plugins.redis_cache"]["registers"] == {"cache_drivers": ["redis", "rediss"]}
+
+
+def test_plugins_lists_what_an_outside_plugin_registered(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # czo_test_reviews is found by its entry point only; what it registered comes from the
+    # kit's registries, under its own name.
+    monkeypatch.setenv("CZO_PLUGINS", "czo_test_reviews")
+    result = run("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    reviews = {item["name"]: item for item in json.loads(result.output)}["czo_test_reviews"]
+    assert reviews["distribution"] == "czo-test-reviews"
+    assert reviews["registers"]["dashboard"] == ["mount REVIEW_DETAILS", "page reviews"]
+    assert reviews["registers"]["models"] == ["Review"]
+    assert reviews["registers"]["permissions"][:2] == ["resource review", "role moderator"]
 
 
 def test_plugins_respects_block_list(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +284,6 @@ def test_db_makemigrations_needs_arguments(env: Path) -> None:
         ("db", "status"),
         ("db", "migrate"),
         ("db", "makemigrations", "czo_product", "x"),
-        ("demo",),
     ],
 )
 def test_bad_setting_is_a_clean_error(
@@ -296,45 +324,6 @@ def test_log_level_option_is_case_insensitive(env: Path) -> None:
     bad = run("--log-level", "loud", "db", "status")
     assert bad.exit_code == 2
     assert "Invalid value for '--log-level'" in bad.output
-
-
-# -- demo -----------------------------------------------------------------------------------------------------
-
-
-def test_demo_report(env: Path) -> None:
-    result = run("demo")
-    assert result.exit_code == 0, result.output
-    out = result.output
-    assert out.startswith("czo-kit demo\n")
-    assert "== Cursor pagination" in out
-    pages = re.findall(r"page (\d+): .*next_cursor=(\S+)", out)
-    assert [number for number, _ in pages] == ["1", "2", "3", "4"]
-    tails = [tail for _, tail in pages[:-1]]
-    assert len(set(tails)) == len(tails)  # each page shows a different cursor
-    assert pages[-1][1] == "-"
-    assert "24 rows, each once" in out
-    assert "a cursor reused with another order is refused" in out
-    assert "a stale writer is refused" in out
-    assert "modified concurrently: expected version 1, found 2" in out  # the version conflict
-    assert "restore refused: cannot restore Product" in out
-    assert "== Done in" in out
-    assert not (Path.cwd() / "czo-demo.sqlite3").exists()
-
-
-def test_demo_on_given_database(env: Path, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'demo-here.sqlite3'}"
-    result = run("demo", "--database-url", url)
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo-here.sqlite3").exists()
-
-
-def test_demo_without_product_module(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CZO_DISABLE_PLUGINS", "czo_product")
-    assert_clean_failure(
-        run("demo"),
-        "the czo_product plugin is installed but not loaded (check CZO_PLUGINS and "
-        "CZO_DISABLE_PLUGINS)",
-    )
 
 
 # -- the real console script ------------------------------------------------------------------------------------

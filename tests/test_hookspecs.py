@@ -355,23 +355,19 @@ def test_hook_czo_register_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.output == "hello world\n"
 
     # And through build_cli(), the path the console script takes, with the process-wide
-    # manager and root group swapped for copies for the duration of the test.
+    # manager swapped for a fresh one for the duration of the test.
     original = cli_module.cli
-    root = click.Group(
-        original.name,
-        commands=dict(original.commands),
-        callback=original.callback,
-        params=list(original.params),
-    )
-    monkeypatch.setattr(cli_module, "cli", root)
     global_pm = create_plugin_manager()
-    global_pm.register(HelloCommands())
+    hello_plugin = HelloCommands()
+    global_pm.register(hello_plugin)
     monkeypatch.setattr(plugins_module, "pm", global_pm)
     monkeypatch.setattr(plugins_module, "_global_loaded", False)
     built = cli_module.build_cli()
-    assert built is root
-    assert {"hello", "db", "plugins", "demo"} <= set(built.commands)
-    assert "hello" not in original.commands  # the real root group is untouched
+    assert built is not original  # a new group each time: the module's own stays the kit's
+    assert {"hello", "db", "plugins"} <= set(built.commands)
+    assert "hello" not in original.commands
+    # The group records who added each command: what `czo-kit plugins` reports.
+    assert built.contributions()[global_pm.get_name(hello_plugin)] == ["hello"]  # type: ignore[attr-defined]
     result = CliRunner().invoke(built, ["hello", "there"], prog_name="czo-kit")
     assert result.output == "hello there\n"
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any
+from typing import Annotated, Any
 
 import click
 import peewee
@@ -267,6 +268,9 @@ class Reporter:
 
     __name__ = "czo_reporter"  # a stable plugin name (pluggy uses __name__)
 
+    def __init__(self) -> None:
+        self.started = 0
+
     @hookimpl
     def czo_register_commands(self, cli: click.Group) -> None:
         @cli.command("hello")
@@ -275,16 +279,17 @@ class Reporter:
 
     @hookimpl
     def czo_register_hooks(self, hooks: Any) -> None:
-        hooks.after("order.create", lambda result, ctx: None)
+        hooks.after("item.create", lambda result, ctx: None)
 
     @hookimpl
     def czo_startup(self, kit: Kit) -> None:
-        raise AssertionError("describe_plugins must not run lifecycle hooks")
+        self.started += 1  # a lifecycle hook: implemented, but it registers nothing
 
 
-def test_describe_plugins_reports_registrations() -> None:
-    manager = load_plugins(create_plugin_manager(), extra=[Reporter()])
-    infos = {info.name: info for info in describe_plugins(manager)}
+def test_describe_plugins_reports_registrations(sqlite_url: str, settings_for: SettingsFor) -> None:
+    reporter_plugin = Reporter()
+    with Kit(settings_for(sqlite_url), plugins=[reporter_plugin]) as kit:
+        infos = {info.name: info for info in describe_plugins(kit)}
 
     sqlite = infos["czo_kit.default_plugins.sqlite"]
     assert sqlite.distribution == "czo-kit"
@@ -293,6 +298,7 @@ def test_describe_plugins_reports_registrations() -> None:
     assert infos["czo_kit.default_plugins.postgres"].registers == {
         "database_backends": ["postgresql", "postgres"]
     }
+    assert infos["czo_kit.default_plugins.http_auth"].registers == {"authenticators": ["default_authenticator"]}
 
     product = infos["czo_product"]
     assert product.distribution == "czo-product"
@@ -313,17 +319,131 @@ def test_describe_plugins_reports_registrations() -> None:
     assert len(product.registers["migrations"]) == 1
     assert product.registers["migrations"][0].endswith("migrations")
 
+    order = infos["czo_order"]
+    assert order.registers["events"] == ["on product.deleted", "on product.restored"]
+    assert order.registers["http_routes"] == ["/api/shops/{shop_id:shop}/orders/{order_id:id}/payments"]
+    assert infos["czo_demo"].registers == {"commands": ["demo"]}
+
     reporter = infos["czo_reporter"]
     assert reporter.distribution is None  # registered by hand
     assert reporter.version is None
     assert reporter.hooks == ["czo_register_commands", "czo_register_hooks", "czo_startup"]
-    assert reporter.registers == {"commands": ["hello"], "hooks": ["after order.create"]}
+    assert reporter.registers == {"commands": ["hello"], "hooks": ["after item.create"]}
+    assert reporter_plugin.started == 1
 
 
-def test_describe_plugins_is_sorted_and_complete() -> None:
-    manager = load_plugins(create_plugin_manager())
-    infos = describe_plugins(manager)
-    assert [info.name for info in infos] == sorted(names(manager))
+def test_describe_plugins_is_sorted_and_complete(sqlite_url: str, settings_for: SettingsFor) -> None:
+    with Kit(settings_for(sqlite_url)) as kit:
+        infos = describe_plugins(kit)
+    assert [info.name for info in infos] == sorted(names(kit.plugins))
+
+
+class _Shelf:
+    """Two plugins register into the same registries; each item must be listed under the
+    plugin that registered it, not under the other, and not under whoever runs the hook."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+        self.word = name.rsplit("_", 1)[-1]
+
+    @hookimpl
+    def czo_register_hooks(self, hooks: Any) -> None:
+        hooks.before(f"{self.word}.create", lambda ctx: None)
+        hooks.on_error(f"{self.word}.create", lambda error, ctx: None)
+
+    @hookimpl
+    def czo_register_events(self, events: Any) -> None:
+        events.on(f"{self.word}.created", lambda payload, ctx: None)
+        events.once(f"{self.word}.gone", lambda payload, ctx: None)
+
+    @hookimpl
+    def czo_register_services(self, registry: Any) -> None:
+        registry.register_value(Annotated[str, f"{self.word}.label"], self.word)
+
+    @hookimpl
+    def czo_register_permissions(self, register: Any) -> None:
+        register.resource(self.word, ["read"])
+        register.role(f"{self.word}-reader", {self.word: ["read"]})
+        register.event(f"{self.word}.created", resource=self.word)
+
+    @hookimpl
+    def czo_register_dashboard(self, register: Any, kit: Kit) -> None:
+        register.mount(f"{self.word.upper()}_DETAILS", resource=self.word, context=lambda kit, shop, obj: None)
+        register.page(f"{self.word}s", title=self.word, resource=self.word, render=lambda kit, shop, obj: None)
+
+    @hookimpl
+    def czo_register_authenticators(self, register: Any) -> None:
+        def nobody(token: str, kit: Kit) -> None:
+            return None
+
+        register(nobody, priority=5)
+
+    @hookimpl
+    def czo_register_http_routes(self, api: Any, kit: Kit) -> None:
+        class Resource:
+            def on_get(self, req: Any, resp: Any) -> None:
+                resp.media = {}
+
+        api.add_route(f"/api/{self.word}s", Resource())
+
+    @hookimpl
+    def czo_register_cache_drivers(self, register: Any) -> None:
+        register(f"{self.word}cache", create_sqlite_database)
+
+    @hookimpl
+    def czo_register_queue_backends(self, register: Any) -> None:
+        register(f"{self.word}queue", create_sqlite_database)
+
+    @hookimpl
+    def czo_register_database_backends(self, register: Any) -> None:
+        register(f"{self.word}db", create_sqlite_database)
+
+    @hookimpl
+    def czo_register_commands(self, cli: click.Group) -> None:
+        cli.add_command(click.Command(self.word, callback=lambda: None))
+
+
+def test_each_registry_lists_an_item_under_the_plugin_that_registered_it(
+    sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    with Kit(settings_for(sqlite_url, plugins=()), plugins=[_Shelf("czo_apples"), _Shelf("czo_pears")]) as kit:
+        infos = {info.name: info for info in describe_plugins(kit)}
+        # Run time subscriptions, outside a registration hook, belong to no plugin.
+        kit.events.on("apples.created", lambda payload, ctx: None)
+        kit.hooks.after("apples.create", lambda result, ctx: None)
+        assert kit.events.contributions()["czo_apples"] == ["on apples.created", "once apples.gone"]
+        assert kit.hooks.contributions()["czo_apples"] == ["before apples.create", "on_error apples.create"]
+        # The kit's own services (Kit, Settings, ...) are registered outside any hook: nobody's.
+        assert set(kit.services.contributions()) == {"czo_apples", "czo_pears"}
+    for word in ("apples", "pears"):
+        info = infos[f"czo_{word}"]
+        assert info.registers == {
+            "authenticators": ["_Shelf.czo_register_authenticators.<locals>.nobody"],
+            "cache_drivers": [f"{word}cache"],
+            "commands": [word],
+            "dashboard": [f"mount {word.upper()}_DETAILS", f"page {word}s"],
+            "database_backends": [f"{word}db"],
+            "events": [f"on {word}.created", f"once {word}.gone"],
+            "hooks": [f"before {word}.create", f"on_error {word}.create"],
+            "http_routes": [f"/api/{word}s"],
+            "permissions": [f"resource {word}", f"role {word}-reader", f"event {word}.created"],
+            "queue_backends": [f"{word}queue"],
+            "services": [f"{word}.label"],
+        }, word
+
+
+def test_every_registration_hook_has_a_registry() -> None:
+    """A new ``czo_register_*`` hookspec without a line in ``registries`` would vanish from
+    ``czo-kit plugins``: the table and the hookspecs must name the same hooks."""
+    import inspect
+
+    from czo_kit import hookspecs
+
+    specs = {name.removeprefix("czo_register_") for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+             if name.startswith("czo_register_")}
+    source = inspect.getsource(plugins_module.registries)
+    listed = set(re.findall(r'\("(\w+)", ', source))
+    assert listed == specs
 
 
 # -- replacing a built-in ----------------------------------------------------------------------------
@@ -416,3 +536,23 @@ def test_call_each_plugin_refuses_a_wrapper_on_a_registration_hook() -> None:
     manager.register(Wrapping(), name="wrapping")
     with pytest.raises(PluginError, match="wrapping.*cannot be a wrapper"):
         plugins_module.call_each_plugin(manager.hook.czo_register_cache_drivers, register=lambda *a: None)
+
+
+@pytest.mark.parametrize(
+    ("fn", "priority", "message"),
+    [
+        ("not a function", 0, "authenticator 'not a function' is not callable; register fn(token, kit)"),
+        (lambda token, kit: None, "high", "priority must be an int, got 'high'"),
+    ],
+)
+def test_a_malformed_authenticator_is_refused_naming_it(
+    fn: Any, priority: Any, message: str, sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    class Bad:
+        @hookimpl
+        def czo_register_authenticators(self, register: Any) -> None:
+            register(fn, priority=priority)
+
+    with Kit(settings_for(sqlite_url, plugins=()), plugins=[Bad()]) as kit:
+        with pytest.raises(PluginError, match=re.escape(message)):
+            kit.authenticators

@@ -23,7 +23,7 @@ from czo_kit import Kit, hookimpl
 from czo_kit._cron import Cron, CronError
 from czo_kit.errors import PluginError
 from czo_kit.events.outbox import EventDelivery, EventOutbox
-from czo_kit.plugins import create_plugin_manager, describe_plugins, load_plugins
+from czo_kit.plugins import create_plugin_manager, describe_plugins
 from czo_kit.settings import Settings
 from czo_kit.tasks import TASK_EVENT_PREFIX, TaskError, TaskRegistry, TaskTick
 
@@ -501,10 +501,12 @@ def test_a_tick_must_be_a_datetime(kit_for: Callable[..., Kit]) -> None:
         kit.tasks.tick("2026-01-01")  # type: ignore[arg-type]
 
 
-def test_czo_kit_plugins_lists_a_plugins_tasks() -> None:
-    manager = load_plugins(create_plugin_manager(), allow=("czo_test_reviews",))
-    (info,) = [info for info in describe_plugins(manager) if info.name == "czo_test_reviews"]
-    assert info.registers["tasks"] == ["task recompute_rating", "periodic refresh_ratings (* * * * *)"]
+def test_czo_kit_plugins_lists_a_plugins_tasks(kit_for: Callable[..., Kit]) -> None:
+    kit = kit_for(plugins=("czo_test_reviews",))
+    (info,) = [info for info in describe_plugins(kit) if info.name == "czo_test_reviews"]
+    assert info.registers["tasks"] == [
+        "task czo_test_reviews.recompute_rating", "periodic czo_test_reviews.refresh_ratings (* * * * *)"
+    ]
 
 
 def test_what_cannot_run_says_why(kit_for: Callable[..., Kit]) -> None:

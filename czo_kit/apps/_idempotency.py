@@ -20,7 +20,7 @@ from czo_kit.db.model import utcnow
 __all__ = ["KEY_LIFETIME", "RUNNING_LEASE", "Claim", "begin", "finish", "prune", "release"]
 
 KEY_LIFETIME = 24 * 3600.0
-"""Seconds a key is remembered, from its first use (Stripe keeps them 24 hours too)."""
+"""Seconds a key is remembered, from its first use (a day, as common idempotent APIs do)."""
 RUNNING_LEASE = 120.0
 """Seconds a request in flight holds its key; past that its process is presumed dead."""
 

@@ -25,6 +25,7 @@ import msgspec
 
 from czo_kit.apps.permissions import Pair, allows
 from czo_kit.errors import AuthenticationError, PluginError
+from czo_kit.plugins import Contributions
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
@@ -182,6 +183,7 @@ class DashboardRegistry:
 
     mounts: dict[str, MountSpec] = field(default_factory=dict)
     pages: dict[str, PageSpec] = field(default_factory=dict)
+    _contributions: Contributions = field(default_factory=Contributions, repr=False, compare=False)
 
     def mount(self, name: str, *, resource: str, context: ContextFunction) -> None:
         name = str(name)
@@ -195,6 +197,7 @@ class DashboardRegistry:
         if not callable(context):
             raise PluginError(f"mount {name}: context must be a function fn(kit, shop_id, object_id)")
         self.mounts[name] = MountSpec(name, resource, context)
+        self._contributions.record(f"mount {name}")
 
     def page(self, slug: str, *, title: str, resource: str, render: RenderFunction) -> None:
         if not isinstance(slug, str) or not SLUG.fullmatch(slug):
@@ -209,6 +212,7 @@ class DashboardRegistry:
         if not callable(render):
             raise PluginError(f"page {slug!r}: render must be a function fn(kit, shop_id, object_id)")
         self.pages[slug] = PageSpec(slug, title, resource, render)
+        self._contributions.record(f"page {slug}")
 
     def context(self, mount: Any, provider: Any) -> None:
         """Gone: one call could not say which page shows a mount without the kit naming it."""
@@ -217,6 +221,10 @@ class DashboardRegistry:
             "register.mount(name, resource=..., context=fn) and the page that shows it with "
             "register.page(slug, title=..., resource=..., render=fn) (see docs/extensions.md)"
         )
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> the mounts and pages it registered."""
+        return self._contributions.contributions()
 
     def mount_names(self) -> tuple[str, ...]:
         """Every mount a manifest may target: the kit's own, then the registered ones."""

@@ -18,6 +18,7 @@ import peewee
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import KitTable, UTCDateTimeField, utcnow
 from czo_kit.errors import ConfigurationError
+from czo_kit.plugins import Contributions
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
@@ -89,20 +90,23 @@ class PermissionRegistry:
     roles: dict[str, frozenset[Pair]] = field(default_factory=dict)
     events: dict[str, EventRule] = field(default_factory=dict)
     _service: tuple[int, Callable[[Kit], PermissionService]] | None = None
+    _contributions: Contributions = field(default_factory=Contributions, repr=False, compare=False)
 
     def resource(self, name: str, actions: Iterable[str], *, description: str = "") -> None:
-        """Declare a resource and its actions: ``register.resource("order", ["read", "write"])``."""
+        """Declare a resource and its actions: ``register.resource("item", ["read", "write"])``."""
         wanted = frozenset(actions)
         if not name or not wanted:
             raise ConfigurationError(f"resource {name!r} needs a name and at least one action")
         self.resources[name] = self.resources.get(name, frozenset()) | wanted
         if description:
             self.descriptions[name] = description
+        self._contributions.record(f"resource {name}")
 
     def role(self, name: str, grants: Mapping[str, Iterable[str]]) -> None:
-        """Declare what a role holds: ``register.role("staff", {"order": ["read"]})``."""
+        """Declare what a role holds: ``register.role("staff", {"item": ["read"]})``."""
         pairs = frozenset((resource, action) for resource, actions in grants.items() for action in actions)
         self.roles[name] = self.roles.get(name, frozenset()) | pairs
+        self._contributions.record(f"role {name}")
 
     def event(
         self,
@@ -113,14 +117,20 @@ class PermissionRegistry:
         sensitive: Mapping[str, Pair] | None = None,
     ) -> None:
         """Say what an app must hold to receive ``name``, and which payload fields are left
-        out unless it also holds their own permission: ``sensitive={"email": ("customer",
+        out unless it also holds their own permission: ``sensitive={"email": ("contact",
         "read")}``. Undeclared events require ``read`` on their first name segment."""
         self.events[name] = EventRule(resource, action, dict(sensitive or {}))
+        self._contributions.record(f"event {name}")
 
     def service(self, factory: Callable[[Kit], PermissionService], *, priority: int = 0) -> None:
         """Provide the ``PermissionService``; the highest ``priority`` wins (built-in: -100)."""
         if self._service is None or priority >= self._service[0]:
             self._service = (priority, factory)
+        self._contributions.record("permission service")
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> what it declared in ``czo_register_permissions``."""
+        return self._contributions.contributions()
 
     # -- questions ----------------------------------------------------------------------
 

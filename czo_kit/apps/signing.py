@@ -1,4 +1,4 @@
-"""Webhook signatures: ``X-CZO-Signature`` (the scheme Stripe's verifiers accept) and the
+"""Webhook signatures: ``X-CZO-Signature`` (a timestamped HMAC common verifiers accept) and the
 Standard Webhooks headers, plus ``verify_signature`` for app authors.
 
 ``X-CZO-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`` keyed with the

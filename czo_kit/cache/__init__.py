@@ -10,18 +10,23 @@ from czo_kit.cache.driver import CacheDriver, CacheUnavailable
 from czo_kit.cache.manager import CacheManager
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pluggy
+
+    from czo_kit.plugins import Backends
 
     from czo_kit.settings import Settings
 
 __all__ = ["CacheDriver", "CacheManager", "CacheUnavailable", "cache_drivers", "create_cache"]
 
 
-def cache_drivers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
-    """Scheme -> driver factory, from every plugin's ``czo_register_cache_drivers``."""
-    from czo_kit.plugins import load_plugins
+def cache_drivers(manager: pluggy.PluginManager | None = None) -> Backends:
+    """Scheme -> driver factory, from every plugin's ``czo_register_cache_drivers``, with
+    which plugin registered which scheme (``contributions()``)."""
+    from czo_kit.plugins import Backends, call_each_plugin, load_plugins
 
-    found: dict[str, Any] = {}
+    found = Backends()
     pm = manager if manager is not None else load_plugins()
 
     def register(scheme: str, factory: Any) -> None:
@@ -29,9 +34,9 @@ def cache_drivers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]
             raise ValueError(f"cache driver scheme must be a non-empty string, got {scheme!r}")
         if not callable(factory):
             raise TypeError(f"cache driver {scheme!r}: factory {factory!r} is not callable")
-        found[scheme.lower()] = factory
+        found.add(scheme, factory)
 
-    pm.hook.czo_register_cache_drivers(register=register)
+    call_each_plugin(pm.hook.czo_register_cache_drivers, register=register)
     return found
 
 
@@ -40,11 +45,13 @@ def create_cache(
     *,
     settings: Settings | None = None,
     plugins: pluggy.PluginManager | None = None,
+    drivers: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> CacheManager:
     """A ``CacheManager`` for ``url`` (``memory://``, ``redis://host:6379/0``, or a scheme a
-    plugin registers). ``options`` override settings: ``prefix``, ``default_ttl``, ``strict``,
-    ``lock_timeout``, ``retry_after``."""
+    plugin registers). ``drivers`` are the factories to choose from (default: those the
+    plugins of ``plugins`` register). ``options`` override settings: ``prefix``,
+    ``default_ttl``, ``strict``, ``lock_timeout``, ``retry_after``."""
     import msgspec
 
     from czo_kit.plugins import backend_for
@@ -52,7 +59,7 @@ def create_cache(
 
     base = settings if settings is not None else Settings.from_env()
     target = url or base.cache_url
-    factory = backend_for(target, cache_drivers(plugins), variable="CZO_CACHE_URL", kind="cache driver")
+    factory = backend_for(target, dict(drivers if drivers is not None else cache_drivers(plugins)), variable="CZO_CACHE_URL", kind="cache driver")
     prefix = options.pop("prefix", base.cache_prefix)
     if prefix != base.cache_prefix:  # the driver sees the prefix the manager writes under
         base = msgspec.structs.replace(base, cache_prefix=prefix)

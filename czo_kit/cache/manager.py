@@ -423,7 +423,7 @@ class CacheManager:
     def invalidate(self, pattern: str) -> int:
         """Remove keys of this namespace matching a glob ``pattern`` (SCAN + UNLINK batches)."""
         if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_KEY_LENGTH:
-            raise ValueError(f"invalidate needs a glob pattern such as 'product:*', got {pattern!r}")
+            raise ValueError(f"invalidate needs a glob pattern such as 'item:*', got {pattern!r}")
         full = escape_glob(self._key_prefix) + pattern
         removed = self._call(lambda: self._shared.driver.delete_matching(full), 0)
         self._shared.count("invalidations")

@@ -14,9 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import peewee
 
 from czo_kit.db._sql import ModelInfo, model_info
+from czo_kit.db._tags import list_tag, row_tag
 from czo_kit.db._values import coerce
 from czo_kit.db.filters import MAX_IN_VALUES
-from czo_kit.errors import InvalidFilterError
+from czo_kit.errors import ConfigurationError, InvalidFilterError
+
+if TYPE_CHECKING:
+    from czo_kit.cache.manager import CacheManager
 
 __all__ = ["RepositoryBase", "register_composition"]
 
@@ -61,6 +65,47 @@ class RepositoryBase(Generic[M]):
     def _setup(self) -> None:
         """Read ``self._options`` into attributes; parts override and chain to super()."""
 
+    # -- the cache, for extra functions -------------------------------------------------
+
+    def _found_cache(self) -> Any:
+        """The cache given to the builder, else the kit's (a kit's database carries it)."""
+        cache = self._options.get("cache")
+        if cache is None:
+            cache = getattr(self.db, "czo_cache", None)
+        return cache
+
+    @property
+    def cache(self) -> CacheManager:
+        """The cache this repository's writes invalidate: the one given with ``cache=``, else
+        the kit's, for a repository built on ``kit.db``.
+
+        Extra functions cache their own reads here, tagged with ``list_tag`` (or
+        ``row_tag(id)``), so that the repository's writes invalidate them.
+        """
+        cache = self._found_cache()
+        if cache is None:
+            # Not an AttributeError: __getattr__ and hasattr() would turn that into
+            # "has no 'cache'", hiding the reason.
+            raise ConfigurationError(
+                f"{type(self).__name__} of {self.model.__name__} has no cache: build it on "
+                "kit.db (a kit's database carries the kit's cache) or pass cache=kit.cache"
+            )
+        found: CacheManager = cache
+        return found
+
+    @property
+    def list_tag(self) -> str:
+        """The cache tag that every committed write of this table invalidates.
+
+        Tag a cached read of several rows with it (``repo.cache.get_or_set(key, load,
+        tags=[repo.list_tag])``) to have any create, update or delete drop it.
+        """
+        return list_tag(self._info.table)
+
+    def row_tag(self, id: Any) -> str:
+        """The cache tag that a committed write of the row ``id`` invalidates."""
+        return row_tag(self._info.table, self._check_id(id))
+
     # -- ids ----------------------------------------------------------------------------
 
     def _check_id(self, id: Any) -> Any:
@@ -93,6 +138,8 @@ class RepositoryBase(Generic[M]):
             raise ValueError(f"extra function name {name!r} must be a public identifier")
         if not callable(fn):
             raise TypeError(f"extra {name!r} must be callable, got {fn!r}")
+        if isinstance(getattr(type(self), name, None), property):
+            raise ValueError(f"extra function name {name!r} is taken by the repository's {name!r} attribute")
         self._extras[name] = fn
         # An instance attribute shadows a method of the same name: extras may override.
         setattr(self, name, types.MethodType(fn, self))

@@ -1,7 +1,7 @@
 """The order pending migrations of several modules run in: each module's files in numeric
 order, and a file after every migration it names in ``depends_on``, such as
-``depends_on = [("czo_product", "0001_initial")]`` for an order module whose table refers to
-products. A missing dependency or a cycle is refused before anything runs."""
+``depends_on = [("czo_items", "0001_initial")]`` for a module whose table refers to another
+module's items. A missing dependency or a cycle is refused before anything runs."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _depends_on(step: Step, migration: Migration) -> list[tuple[str, str]]:
     ):
         raise CzoError(
             f"migration {step}: depends_on must be a list of (module, migration name) pairs, "
-            f"such as [('czo_product', '0001_initial')]; got {declared!r}"[:400]
+            f"such as [('czo_items', '0001_initial')]; got {declared!r}"[:400]
         )
     return [(module, name) for module, name in pairs]
 

@@ -86,7 +86,7 @@ class ModelInfo(Generic[M]):
         self.pk: peewee.Field = pk
         self.fields: tuple[peewee.Field, ...] = tuple(meta.sorted_fields)
         self.field_map: dict[str, peewee.Field] = dict(meta.fields)
-        # Foreign keys are also accepted by column name (order_id as well as order).
+        # Foreign keys are also accepted by column name (owner_id as well as owner).
         self.column_map: dict[str, peewee.Field] = {
             f.column_name: f for f in self.fields if f.column_name not in self.field_map
         }

@@ -21,7 +21,7 @@ import peewee
 from czo_kit.cache.manager import CacheManager
 from czo_kit.db._base import register_composition
 from czo_kit.db._tags import id_token, list_tag, row_tag
-from czo_kit.db.mutations import Mutations
+from czo_kit.db.mutations import In, Mutations
 from czo_kit.db.repository import Repository
 from czo_kit.db.pagination import PaginatedResult
 from czo_kit.db.queries import DEFAULT_LIMIT, MAX_LIMIT, Queries
@@ -272,7 +272,7 @@ class CachedQueries(Queries[M]):
         return result
 
 
-class CachedRepository(CachedQueries[M], Repository[M]):
+class CachedRepository(CachedQueries[M], Repository[M, In]):
     """Cached reads plus writes that invalidate them: ``create_repository(..., cache=)``."""
 
     PARTS: ClassVar[frozenset[str]] = CachedQueries.PARTS | Mutations.PARTS

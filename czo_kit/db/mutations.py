@@ -2,7 +2,8 @@
 
 Every write runs through ``hooks.run("<table>.<operation>", ctx, ...)`` when hooks are given,
 and emits ``<table>.created`` / ``.updated`` / ``.deleted`` / ``.restored`` / ``.hard_deleted``
-once the outermost transaction commits (never after a rollback).
+(``<event_prefix>.created``, ... when one is given) once the outermost transaction commits
+(never after a rollback). ``input_type=`` types what ``create`` and ``update`` take.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+import msgspec
 import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
 from czo_kit.db._sql import Slot
 from czo_kit.db._tags import list_tag, row_tag
 from czo_kit.db._values import coerce, int_bound
+from czo_kit.db._write_options import check_input_type, check_prefix
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.errors import (
@@ -31,6 +34,15 @@ __all__ = ["EventSink", "HookRunner", "MutationContext", "Mutations", "create_mu
 
 M = TypeVar("M", bound=peewee.Model)
 R = TypeVar("R")
+
+if TYPE_CHECKING:
+    # PEP 696 defaults, which mypy knows and Python 3.11's typing does not: Mutations[Item]
+    # is Mutations[Item, Mapping[str, Any]], what every write took before inputs were typed.
+    from typing_extensions import TypeVar as _DefaultedTypeVar
+
+    In = _DefaultedTypeVar("In", contravariant=True, default=Mapping[str, Any])
+else:
+    In = TypeVar("In", contravariant=True)
 
 MANAGED_FIELDS = frozenset({"version", "deleted_at", "updated_at"})
 MAX_PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32,766 bound-parameter limit
@@ -88,13 +100,31 @@ def row_payload(row: peewee.Model) -> dict[str, Any]:
     return dict(row.__data__)
 
 
-class Mutations(RepositoryBase[M]):
-    """Write functions for one model."""
+class Mutations(RepositoryBase[M], Generic[M, In]):
+    """Write functions for one model; ``In`` is what ``create`` and ``update`` take."""
 
     PARTS: ClassVar[frozenset[str]] = frozenset({"mutations"})
 
+    if not TYPE_CHECKING:
+
+        def __class_getitem__(cls, params):
+            # The runtime half of In's default: Repository[Item] must still subscript.
+            if not isinstance(params, tuple):
+                params = (params,)
+            if len(params) == len(getattr(cls, "__parameters__", ())) - 1:
+                params = (*params, Mapping[str, Any])
+            return super().__class_getitem__(params)
+
     def _setup(self) -> None:
         super()._setup()
+        prefix = self._options.get("event_prefix")
+        self._event_prefix: str = self._info.table if prefix is None else check_prefix(prefix)
+        input_type = self._options.get("input_type")
+        self.input_type: type[Any] | None = (
+            None
+            if input_type is None
+            else check_input_type(self.model, self._info.names, input_type, managed=MANAGED_FIELDS)
+        )
         self._hooks: HookRunner | None = self._options.get("hooks")
         self._events: EventSink | None = self._options.get("events")
         self._async_events: bool = bool(self._options.get("async_events", False))
@@ -103,7 +133,8 @@ class Mutations(RepositoryBase[M]):
         self._after_write: list[Callable[[str, list[M]], None]] = list(
             self._options.get("after_write", ())
         )
-        cache = self._options.get("cache")
+        # The kit's cache too, without cache=: extras may cache reads under this table's tags.
+        cache = self._found_cache()
         self._invalidates: CacheInvalidator | None = cache
         if cache is not None:
             self._after_write.insert(0, self._invalidator(cache))
@@ -160,7 +191,7 @@ class Mutations(RepositoryBase[M]):
         return result
 
     def _event_name(self, operation: str) -> str:
-        return f"{self._info.table}.{PAST_TENSE[operation]}"
+        return f"{self._event_prefix}.{PAST_TENSE[operation]}"
 
     def _checks_event_in_transaction(self, operation: str) -> bool:
         """Whether this write's event must be handled before its commit."""
@@ -359,7 +390,7 @@ class Mutations(RepositoryBase[M]):
 
     # -- writes -------------------------------------------------------------------------
 
-    def create(self, data: Mapping[str, Any]) -> M:
+    def create(self, data: In) -> M:
         """Insert one row and return it as stored (defaults and id filled in)."""
         ctx = MutationContext("create", self.model, self._info.table, data=dict(_mapping(data)))
         return self._run(ctx, self._create)
@@ -377,7 +408,7 @@ class Mutations(RepositoryBase[M]):
         created = info.execute(template, values).fetchone()
         return info.load(created)
 
-    def create_many(self, rows: Iterable[Mapping[str, Any]]) -> list[M]:
+    def create_many(self, rows: Iterable[In]) -> list[M]:
         """Insert many rows with one ``INSERT ... RETURNING``; returns them in input order."""
         if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
             raise InvalidDataError(f"rows must be a list of mappings, got {type(rows).__name__}")
@@ -414,7 +445,7 @@ class Mutations(RepositoryBase[M]):
                 created.extend(info.load_all(info.execute_query(query).fetchall()))
         return created
 
-    def update(self, id: Any, data: Mapping[str, Any], *, expected_version: int | None = None) -> M:
+    def update(self, id: Any, data: In, *, expected_version: int | None = None) -> M:
         """Change some fields of a live row; bumps ``version``.
 
         With ``expected_version``, the write only happens if the row still has that version,
@@ -522,8 +553,15 @@ def _declared_event(name: str) -> type | None:
 
 
 def _mapping(data: Any) -> Mapping[Any, Any]:
+    if isinstance(data, msgspec.Struct):
+        # A typed input: its fields are the row's values. UNSET ones are left out, so that a
+        # Struct with UNSET defaults serves partial updates.
+        values = ((name, getattr(data, name)) for name in data.__struct_fields__)
+        return {name: value for name, value in values if value is not msgspec.UNSET}
     if not isinstance(data, Mapping):
-        raise InvalidDataError(f"data must be a mapping of field to value, got {type(data).__name__}")
+        raise InvalidDataError(
+            f"data must be a mapping of field to value or a msgspec Struct, got {type(data).__name__}"
+        )
     return data
 
 
@@ -547,14 +585,24 @@ def create_mutations(
     events: EventSink | None = None,
     cache: CacheInvalidator | None = None,
     async_events: bool = False,
-) -> Mutations[M]:
+    event_prefix: str | None = None,
+    input_type: type[In] | None = None,
+) -> Mutations[M, In]:
     """Write functions for ``model`` on ``db``, run through ``hooks``, announced on ``events``.
 
-    With ``cache``, each committed write invalidates the cached reads of
-    ``create_cached_queries`` for the rows it changed and the table's lists and counts.
-    With ``async_events=True``, events go out with ``events.emit_async`` (through the durable
-    outbox, in the write's own transaction) instead of ``emit`` after commit.
+    With ``cache`` (or, on ``kit.db``, the kit's cache), each committed write invalidates the
+    cached reads of ``create_cached_queries`` for the rows it changed and the table's lists
+    and counts. With ``async_events=True``, events go out with ``events.emit_async`` (through
+    the durable outbox, in the write's own transaction) instead of ``emit`` after commit.
+    ``event_prefix="catalog.item"`` names the events ``catalog.item.created``, ... instead of
+    ``<table>.created``. ``input_type`` (a msgspec Struct or a TypedDict) is what ``create``
+    and ``update`` take, for mypy; a Struct instance is written as its fields' values.
     """
     return Mutations(
-        model, db=db, options={"hooks": hooks, "events": events, "cache": cache, "async_events": async_events}
+        model,
+        db=db,
+        options={
+            "hooks": hooks, "events": events, "cache": cache, "async_events": async_events,
+            "event_prefix": event_prefix, "input_type": input_type,
+        },
     )

@@ -100,7 +100,7 @@ class SortOrder:
 def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
     """Normalise ``order_by`` and append the primary key as the final tie-breaker.
 
-    Accepts ``"price"``, ``"-price"``, a Peewee field, ``Product.price.desc()``, or a sequence
+    Accepts ``"price"``, ``"-price"``, a Peewee field, ``Item.price.desc()``, or a sequence
     of those. Unknown fields, and fields of another model, raise ``InvalidFilterError`` naming
     the allowed ones.
     """

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import peewee
 
 from czo_kit.db._base import register_composition
-from czo_kit.db.mutations import EventSink, HookRunner, Mutations
+from czo_kit.db.mutations import EventSink, HookRunner, In, Mutations
 from czo_kit.db.queries import DEFAULT_LIMIT, MAX_LIMIT, Queries
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ __all__ = ["Repository", "create_repository"]
 M = TypeVar("M", bound=peewee.Model)
 
 
-class Repository(Queries[M], Mutations[M]):
+class Repository(Queries[M], Mutations[M, In]):
     """Every query and mutation of one model (what ``queries | mutations`` gives)."""
 
     PARTS: ClassVar[frozenset[str]] = Queries.PARTS | Mutations.PARTS
@@ -39,11 +39,14 @@ def create_repository(
     secret_key: str | bytes | None = None,
     default_limit: int = DEFAULT_LIMIT,
     max_limit: int = MAX_LIMIT,
-) -> Repository[M]:
+    event_prefix: str | None = None,
+    input_type: type[In] | None = None,
+) -> Repository[M, In]:
     """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``.
 
     With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds) and writes
-    invalidate them after commit.
+    invalidate them after commit. ``event_prefix`` and ``input_type`` are those of
+    ``create_mutations``.
     """
     if not 1 <= default_limit <= max_limit:
         raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
@@ -56,6 +59,8 @@ def create_repository(
         "async_events": async_events,
         "cache": cache,
         "ttl": ttl,
+        "event_prefix": event_prefix,
+        "input_type": input_type,
     }
     if cache is not None:
         from czo_kit.db.cached import CachedRepository

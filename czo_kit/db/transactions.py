@@ -33,6 +33,9 @@ class TransactionalDatabaseMixin(peewee.Database):
     czo_secret_key: bytes | None = None
     """Key that signs pagination cursors, set by the kit from ``CZO_SECRET_KEY``."""
 
+    czo_cache: Any = None
+    """The kit's ``CacheManager``, set by the kit: what ``repo.cache`` is without ``cache=``."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._czo_local = threading.local()

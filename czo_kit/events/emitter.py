@@ -22,6 +22,7 @@ import msgspec
 from czo_kit import metrics as _metrics
 from czo_kit.context import _actor, correlation_var
 from czo_kit.events._payload import payload_for
+from czo_kit.plugins import Contributions
 from czo_kit.events.types import (
     Event,
     EventContext,
@@ -106,6 +107,7 @@ class EventEmitter:
         self._lock = threading.Lock()
         self._timers: set[threading.Timer] = set()
         self._taps: tuple[Callable[[EventContext, Any], Callable[[], Any] | None], ...] = ()
+        self._contributions = Contributions()
         # Set here, not later: an attribute added after __init__ slows every attribute read.
         self.tick = _metrics.NEVER  # emits left before the next timed one (czo_kit.metrics)
         self.meter: Any = None
@@ -169,6 +171,7 @@ class EventEmitter:
             sub = Subscription(name, handler, sub_id, once=once)
             self._store(name, (*self._subs.get(name, ()), sub))
             self._by_id[sub_id] = sub
+        self._contributions.record(f"{'once' if once else 'on'} {name}")
 
         def unsubscribe() -> None:
             with self._lock:
@@ -185,6 +188,10 @@ class EventEmitter:
             self._subs[name] = subs
         else:
             self._subs.pop(name, None)
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> what it subscribed to in ``czo_register_events`` (``"on item.created"``)."""
+        return self._contributions.contributions()
 
     def subscribers(self, event: Any) -> tuple[Subscription, ...]:
         """The active subscriptions of ``event``, in subscription order."""

@@ -1,8 +1,9 @@
 """Event types and the context every delivery carries.
 
-``class ProductCreated(Event, name="product.created")`` declares a typed event: a msgspec Struct
+``class ItemCreated(Event, name="item.created")`` declares a typed event: a msgspec Struct
 with a name. Declared names are kept in a process-wide registry so that an event emitted by
-name, or decoded in a worker, is checked against (and turned into) its type.
+name, or decoded in a worker, is checked against (and turned into) its type. ``model=Item``
+says the event carries rows of that model, which a kit checks field by field at startup.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -66,13 +68,13 @@ _checked_names: set[str] = set()  # names already found valid (bounded: see belo
 
 
 def check_event_name(name: Any) -> str:
-    """``name`` if it is a valid event name (``product.created``), else ``InvalidEventError``."""
+    """``name`` if it is a valid event name (``item.created``), else ``InvalidEventError``."""
     if type(name) is str and name in _checked_names:
         return name
     if not isinstance(name, str) or not 1 <= len(name) <= 200 or not set(name) <= _NAME_CHARS:
         raise InvalidEventError(
             f"invalid event name {name!r}: use 1-200 lowercase letters, digits and '._-:' "
-            "(for example 'product.created')"
+            "(for example 'item.created')"
         )
     if type(name) is str and len(_checked_names) < 4096:
         _checked_names.add(name)
@@ -92,7 +94,19 @@ class _EventMeta(_StructMeta):
 
     def __new__(mcls, *args: Any, **kwargs: Any) -> Any:
         event_name = kwargs.pop("name", None)
+        model = kwargs.pop("model", None)
+        omit = kwargs.pop("omit", None)
         cls: Any = super().__new__(mcls, *args, **kwargs)
+        if model is not None:
+            if not isinstance(model, type):
+                raise InvalidEventError(f"{cls.__name__}: model= must be a model class, got {model!r}")
+            cls.__event_model__ = model
+        if omit is not None:
+            if isinstance(omit, str) or not all(isinstance(f, str) for f in omit):
+                raise InvalidEventError(
+                    f"{cls.__name__}: omit= must be a list of field names, got {omit!r}"
+                )
+            cls.__event_omit__ = frozenset(omit)
         if event_name is not None:
             check_event_name(event_name)
             cls.__event_name__ = event_name
@@ -110,22 +124,29 @@ class _EventMeta(_StructMeta):
         return cls
 
     def __init__(cls, *args: Any, **kwargs: Any) -> None:
-        kwargs.pop("name", None)
+        for keyword in ("name", "model", "omit"):
+            kwargs.pop(keyword, None)
         super().__init__(*args, **kwargs)
 
 
 class Event(msgspec.Struct, kw_only=True, metaclass=_EventMeta):
-    """Base of typed events: ``class ProductCreated(Event, name="product.created"): id: int``.
+    """Base of typed events: ``class ItemCreated(Event, name="item.created"): id: int``.
 
     Every handler receives the same object: treat it as read-only (declare a subclass
     ``frozen=True`` to have that enforced).
     """
 
     __event_name__: ClassVar[str] = ""
+    __event_model__: ClassVar[type[Any] | None] = None
+    """The model whose rows this event carries (``model=``), inherited by subclasses."""
+    __event_omit__: ClassVar[frozenset[str]] = frozenset()
+    """Columns of that model the event leaves out on purpose (``omit=``)."""
 
     if TYPE_CHECKING:
 
-        def __init_subclass__(cls, *, name: str = ..., **kwargs: Any) -> None: ...
+        def __init_subclass__(
+            cls, *, name: str = ..., model: type[Any] = ..., omit: Iterable[str] = ..., **kwargs: Any
+        ) -> None: ...
 
 
 def event_type(name: str) -> type[Event] | None:

@@ -1,7 +1,7 @@
 """Ids that enter through the HTTP API: shop ids, row ids and app ids, checked before they
 reach a query, so a malformed or out-of-range value is a 400 naming where it came from.
 
-Path parameters use the router converters ``{shop_id:shop}`` and ``{order_id:id}``; bodies use
+Path parameters use the router converters ``{shop_id:shop}`` and ``{item_id:id}``; bodies use
 the ``ShopId`` and ``RowId`` types with ``read_json``; query parameters use ``parse_id``.
 """
 
@@ -92,7 +92,7 @@ class InvalidId:
 
 
 class IdConverter(falcon.routing.BaseConverter):
-    """``{order_id:id}``: a row id from 1 to 2**63 - 1."""
+    """``{item_id:id}``: a row id from 1 to 2**63 - 1."""
 
     maximum = ROW_ID_MAX
 

@@ -47,17 +47,42 @@ from czo_kit.http._ids import (
 )
 from czo_kit.http.auth import USER_TOKEN_PREFIX, UserIdentity, verify_user_token
 from czo_kit.http.idempotency import IdempotencyMiddleware
+from czo_kit.plugins import Contributions, call_each_plugin, label_of
 
 if TYPE_CHECKING:
     from czo_kit.kit import Kit
 
-__all__ = ["ApiRoutes", "create_api", "read_json", "require_app", "require_user"]
+__all__ = ["ApiRoutes", "Authenticators", "create_api", "read_json", "require_app", "require_user"]
 
 log = logging.getLogger("czo_kit.http")
 
 T = TypeVar("T")
 MAX_BODY = 1024 * 1024
 Authenticator = Callable[[str, "Kit"], UserIdentity | None]
+
+
+class Authenticators:
+    """What ``czo_register_authenticators`` registered (``kit.authenticators``): functions
+    ``fn(token, kit)`` that say who a bearer token belongs to, asked highest priority first."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[int, Authenticator]] = []
+        self._contributions = Contributions()
+
+    def __call__(self, fn: Authenticator, *, priority: int = 0) -> None:
+        if not callable(fn):
+            raise PluginError(f"authenticator {fn!r} is not callable; register fn(token, kit) -> UserIdentity | None")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise PluginError(f"authenticator {label_of(fn)}: priority must be an int, got {priority!r}")
+        self._entries.append((priority, fn))
+        self._contributions.record(label_of(fn))
+
+    def ordered(self) -> list[Authenticator]:
+        """Highest priority first; registration order breaks ties."""
+        return [fn for _, fn in sorted(self._entries, key=lambda item: -item[0])]
+
+    def contributions(self) -> dict[str, list[str]]:
+        return self._contributions.contributions()
 
 
 @dataclass
@@ -67,6 +92,7 @@ class ApiRoutes:
     app: falcon.App[Any, Any]
     kit: Kit
     paths: list[str] = field(default_factory=list)
+    _contributions: Contributions = field(default_factory=Contributions, repr=False)
 
     def add_route(self, path: str, resource: object, **kwargs: Any) -> None:
         if not path.startswith("/api/"):
@@ -78,9 +104,14 @@ class ApiRoutes:
             # which convention the other modules follow.
             raise PluginError(
                 f"route {path!r} does not fit the routes other modules added: {exc}. Name ids as they "
-                "do, with the kit's converters: {shop_id:shop} for shops, {order_id:id} for rows"
+                "do, with the kit's converters: {shop_id:shop} for shops, {item_id:id} for rows"
             ) from None
         self.paths.append(path)
+        self._contributions.record(path)
+
+    def contributions(self) -> dict[str, list[str]]:
+        """Plugin name -> the paths it added."""
+        return self._contributions.contributions()
 
 
 def read_json(req: falcon.Request, kind: type[T]) -> T:
@@ -333,13 +364,16 @@ class _SigningKey:
 
 def create_api(kit: Kit) -> falcon.App[Any, Any]:
     """The WSGI application: built-in routes plus every module's ``czo_register_http_routes``."""
-    authenticators: list[tuple[int, Authenticator]] = []
+    return _build_api(kit)[0]
 
-    def register(fn: Authenticator, *, priority: int = 0) -> None:
-        authenticators.append((priority, fn))
 
-    kit.plugins.hook.czo_register_authenticators(register=register)
-    ordered = [fn for _, fn in sorted(authenticators, key=lambda item: -item[0])]
+def routes_of(kit: Kit) -> ApiRoutes:
+    """The routes plugins add to an API built for ``kit``, with who added which."""
+    return _build_api(kit)[1]
+
+
+def _build_api(kit: Kit) -> tuple[falcon.App[Any, Any], ApiRoutes]:
+    ordered = kit.authenticators.ordered()
     middleware: list[Any] = [
         _ContextMiddleware(), _AuthMiddleware(kit, ordered), IdempotencyMiddleware(kit, max_body=MAX_BODY)
     ]
@@ -353,8 +387,9 @@ def create_api(kit: Kit) -> falcon.App[Any, Any]:
     app.add_route("/api/apps", _AppsResource(kit))
     app.add_route("/api/apps/install", _InstallResource(kit))
     app.add_route("/api/apps/{app_id}", _AppResource(kit))
-    kit.plugins.hook.czo_register_http_routes(api=ApiRoutes(app, kit), kit=kit)
+    routes = ApiRoutes(app, kit)
+    call_each_plugin(kit.plugins.hook.czo_register_http_routes, api=routes, kit=kit)
     from czo_kit.http.dashboard import add_dashboard
 
     add_dashboard(app, kit, authenticators=ordered)
-    return app
+    return app, routes

@@ -1,12 +1,12 @@
 """``Idempotency-Key`` on every app-authenticated POST of the API, module routes included,
-the way Stripe honours it: a retry with the same key and the same request gets the saved
-answer (``Idempotent-Replayed: true``) instead of running again.
+as well-known public HTTP APIs honour it: a retry with the same key and the same request
+gets the saved answer (``Idempotent-Replayed: true``) instead of running again.
 
 - same key, another method, path or body: 400 ``idempotency_error``;
 - same key while its first request is still running: 409 ``idempotency_error``;
 - keys are per app installation, and remembered 24 hours;
 - answers below 500 are saved, except 409 and 429 (a retry may well succeed). A 5xx saves
-  nothing, so a retry runs again (Stripe saves those too; here a 5xx means the request's
+  nothing, so a retry runs again (some APIs save those too; here a 5xx means the request's
   transaction did not commit, and the example app retries exactly then).
 """
 

@@ -45,7 +45,7 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, interval:
     return condition()
 
 
-class Product(msgspec.Struct):
+class Widget(msgspec.Struct):
     id: int
     name: str
     price: decimal.Decimal
@@ -131,9 +131,9 @@ class CacheDriverContract:
 
     def test_values_round_trip_through_msgpack(self, cache: CacheManager) -> None:
         when = dt.datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
-        product = Product(1, "Mug", decimal.Decimal("12.50"), when)
-        cache.set("product", product)
-        assert cache.get("product", type=Product) == product
+        widget = Widget(1, "Mug", decimal.Decimal("12.50"), when)
+        cache.set("widget", widget)
+        assert cache.get("widget", type=Widget) == widget
         cache.set("point", Point(1, 2.5))
         assert cache.get("point", type=Point) == Point(1, 2.5)
         cache.set("points", [Point(1, 1.0), Point(2, 2.0)])
@@ -151,9 +151,9 @@ class CacheDriverContract:
             cache.set("k", object())
         with pytest.raises(TypeError):
             cache.set("k", {1, 2}.__iter__())
-        cache.set("text", "not a product")
+        cache.set("text", "not a widget")
         before = cache.stats()["decode_errors"]
-        assert cache.get("text", type=Product) is None
+        assert cache.get("text", type=Widget) is None
         assert cache.stats()["decode_errors"] == before + 1
 
     @pytest.mark.parametrize(
@@ -205,17 +205,17 @@ class CacheDriverContract:
     # -- tags ---------------------------------------------------------------------------
 
     def test_tags_invalidate_every_entry_carrying_them(self, cache: CacheManager) -> None:
-        cache.set("p1", 1, tags=["product:1", "shop:1"])
-        cache.set("p2", 2, tags=["product:2", "shop:1"])
-        cache.set("p3", 3, tags=["product:3", "shop:2"])
-        cache.invalidate_tags(["product:1"])
+        cache.set("p1", 1, tags=["widget:1", "shop:1"])
+        cache.set("p2", 2, tags=["widget:2", "shop:1"])
+        cache.set("p3", 3, tags=["widget:3", "shop:2"])
+        cache.invalidate_tags(["widget:1"])
         assert cache.get("p1") is None and cache.get("p2") == 2
         cache.invalidate_tags(["shop:1"])
         assert cache.get("p2") is None and cache.get("p3") == 3
         cache.invalidate_tags([])
         cache.invalidate_tags(["never-used"])
         assert cache.get("p3") == 3
-        cache.set("p1", 10, tags=["product:1"])  # set again after invalidation: fresh
+        cache.set("p1", 10, tags=["widget:1"])  # set again after invalidation: fresh
         assert cache.get("p1") == 10
 
     def test_a_missing_tag_version_means_invalid(self, cache: CacheManager, driver: CacheDriver) -> None:
@@ -242,21 +242,21 @@ class CacheDriverContract:
     # -- namespaces and patterns --------------------------------------------------------
 
     def test_namespaces_isolate_and_clear_in_one_step(self, cache: CacheManager) -> None:
-        products = cache.namespace("product")
-        variants = products.namespace("variant")
-        orders = cache.namespace("order")
+        widgets = cache.namespace("widget")
+        variants = widgets.namespace("variant")
+        others = cache.namespace("other")
         cache.set("1", "root")
-        products.set("1", "product")
+        widgets.set("1", "widget")
         variants.set("1", "variant")
-        orders.set("1", "order")
-        assert [c.get("1") for c in (cache, products, variants, orders)] == ["root", "product", "variant", "order"]
-        assert products.key("1") != variants.key("1") != cache.key("1")
-        products.clear()  # the namespace and everything nested in it
-        assert [c.get("1") for c in (cache, products, variants, orders)] == ["root", None, None, "order"]
-        products.set("2", "again")
-        assert products.get("2") == "again"
+        others.set("1", "other")
+        assert [c.get("1") for c in (cache, widgets, variants, others)] == ["root", "widget", "variant", "other"]
+        assert widgets.key("1") != variants.key("1") != cache.key("1")
+        widgets.clear()  # the namespace and everything nested in it
+        assert [c.get("1") for c in (cache, widgets, variants, others)] == ["root", None, None, "other"]
+        widgets.set("2", "again")
+        assert widgets.get("2") == "again"
         cache.clear()
-        assert [c.get(k) for c, k in ((cache, "1"), (orders, "1"), (products, "2"))] == [None, None, None]
+        assert [c.get(k) for c, k in ((cache, "1"), (others, "1"), (widgets, "2"))] == [None, None, None]
         for bad in ("", "a b", "a*", "a:b", 5):
             with pytest.raises(ValueError):
                 cache.namespace(bad)  # type: ignore[arg-type]
@@ -402,7 +402,7 @@ class CacheDriverContract:
             cache.set(key, 1)
 
     @pytest.mark.parametrize(
-        "tags", ["product:1", ["a,b"], ["a b"], ["a=b"], ["a|b"], [""], ["x" * 257], [5], [None], ["ns:product"]]
+        "tags", ["widget:1", ["a,b"], ["a b"], ["a=b"], ["a|b"], [""], ["x" * 257], [5], [None], ["ns:widget"]]
     )
     def test_bad_tags_are_refused(self, cache: CacheManager, tags: Any) -> None:
         with pytest.raises(ValueError):

@@ -496,11 +496,11 @@ class DatabaseBackendContract:
                 for n in range(30)
             ]
         )
-        orders: list[list[str]] = [
+        sort_orders: list[list[str]] = [
             ["shop_id", "-price"], ["-shop_id", "name"], ["published_at"], ["-published_at", "slug"],
             ["note", "-published_at"], ["-note", "published_at"], ["-note"],
         ]
-        for order in orders:
+        for order in sort_orders:
             everything = repo.find_many(order_by=order, limit=100).items
             assert len(everything) == 30
             # NULL sorts as the greatest value: last going up, first going down.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import peewee
 
@@ -13,7 +13,32 @@ from czo_kit.db.mutations import EventSink, HookRunner
 from czo_kit.errors import ConflictError, InvalidDataError, NotFoundError
 from czo_order.models import OPEN_STATES, Order, OrderLine, OrderPayment
 
-OrderRepository = Annotated[Repository[Order], "czo_order.repository"]
+
+class OrderInput(TypedDict, total=False):
+    """What the order repository's ``create`` and ``update`` take (checked by mypy)."""
+
+    shop_id: int
+    customer_email: str
+    status: str
+    total: int
+    currency: str
+    paid_amount: int
+    payment_reference: str | None
+
+
+class OrderLineInput(TypedDict, total=False):
+    """What the order line repository's ``create``, ``create_many`` and ``update`` take."""
+
+    order: int
+    shop_id: int
+    product_id: int
+    product_name: str
+    quantity: int
+    unit_price: int
+    product_available: bool
+
+
+OrderRepository = Annotated[Repository[Order, OrderInput], "czo_order.repository"]
 """Service key of the order repository."""
 
 
@@ -22,8 +47,8 @@ class OrderService:
     """Creating orders from products, and reacting to product changes."""
 
     db: peewee.Database
-    orders: Repository[Order]
-    lines: Repository[OrderLine]
+    orders: Repository[Order, OrderInput]
+    lines: Repository[OrderLine, OrderLineInput]
 
     def place(self, *, shop_id: int, customer_email: str, items: Sequence[tuple[Any, int]]) -> Order:
         """An open order for ``items`` (pairs of a product row and a quantity), in one transaction."""
@@ -116,6 +141,8 @@ def build_order_service(
     db: peewee.Database, *, hooks: HookRunner | None = None, events: EventSink | None = None,
     async_events: bool = False,
 ) -> OrderService:
-    orders = create_repository(Order, db=db, hooks=hooks, events=events, async_events=async_events)
-    lines = create_repository(OrderLine, db=db, hooks=hooks)
+    orders = create_repository(
+        Order, db=db, hooks=hooks, events=events, async_events=async_events, input_type=OrderInput
+    )
+    lines = create_repository(OrderLine, db=db, hooks=hooks, input_type=OrderLineInput)
     return OrderService(db=db, orders=orders, lines=lines)

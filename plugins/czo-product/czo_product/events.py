@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 from czo_kit.events import Event
+from czo_product.models import Product
 
 
-class ProductEvent(Event):
-    """The product row as it is after the change."""
+class ProductEvent(Event, model=Product):
+    """The product row as it is after the change.
+
+    ``model=Product``: the kit refuses to start if a column of ``Product`` is missing here.
+    """
 
     id: int
     shop_id: int
@@ -17,6 +21,7 @@ class ProductEvent(Event):
     price: int
     currency: str
     version: int
+    created_at: dt.datetime
     updated_at: dt.datetime
     deleted_at: dt.datetime | None = None
 

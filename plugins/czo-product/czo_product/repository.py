@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import peewee
 
@@ -12,7 +12,22 @@ from czo_kit.db import Repository, create_mutations, create_queries
 from czo_kit.db.mutations import EventSink, HookRunner
 from czo_product.models import Product
 
-ProductRepository = Annotated[Repository[Product], "czo_product.repository"]
+
+class ProductInput(TypedDict, total=False):
+    """What ``create`` and ``update`` take: mypy flags a misspelt or ill-typed field.
+
+    Every key is optional because ``update`` changes some fields only; ``create`` still
+    refuses, at run time, a product without ``shop_id``, ``name`` or ``price``.
+    """
+
+    shop_id: int
+    name: str
+    slug: str  # filled in from the name when left out
+    price: int
+    currency: str
+
+
+ProductRepository = Annotated[Repository[Product, ProductInput], "czo_product.repository"]
 """Service key: ``kit.services.get_abstract(ProductRepository)``."""
 
 
@@ -38,11 +53,13 @@ def build_product_repository(
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
     async_events: bool = False,
-) -> Repository[Product]:
+) -> Repository[Product, ProductInput]:
     """Queries, mutations (through hooks, announcing ``product.*`` events) and extras."""
-    repo: Repository[Product] = (
+    repo: Repository[Product, ProductInput] = (
         create_queries(Product, db=db)
-        | create_mutations(Product, db=db, hooks=hooks, events=events, async_events=async_events)
+        | create_mutations(
+            Product, db=db, hooks=hooks, events=events, async_events=async_events, input_type=ProductInput
+        )
         | {"find_by_slug": find_by_slug, "list_for_shop": list_for_shop}
     )
     return repo

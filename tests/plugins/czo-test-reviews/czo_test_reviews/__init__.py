@@ -1,5 +1,5 @@
 """A test-only c-zo module: reviews, with a dashboard page and a mount of their own."""
 
-from czo_test_reviews.plugin import Review, ReviewRepository
+from czo_test_reviews.plugin import RatingSummary, Review, ReviewInput, ReviewPosted, ReviewRepository
 
-__all__ = ["Review", "ReviewRepository"]
+__all__ = ["RatingSummary", "Review", "ReviewInput", "ReviewPosted", "ReviewRepository"]

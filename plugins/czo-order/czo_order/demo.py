@@ -1,7 +1,10 @@
 """``czo-kit demo``: a guided run of the kit with the example modules, printed as a report.
 
-It runs on a fresh SQLite file in a temporary directory unless given a database URL, so it
-needs no server and leaves nothing behind.
+A plugin of its own (entry point ``czo_demo``, shipped with the order module, which already
+needs the product module): the kit itself names no module, so the demo adds its command
+through ``czo_register_commands`` like any third party. It runs on a fresh SQLite file in a
+temporary directory unless given a database URL, so it needs no server and leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import click
+
+from czo_kit import hookimpl
 from czo_kit.errors import ConflictError, CzoError, OptimisticLockError
 
-__all__ = ["run_demo"]
+__all__ = ["czo_register_commands", "run_demo"]
 
 Echo = Callable[[str], Any]
 
@@ -38,6 +44,19 @@ class _Report:
 def _tail(cursor: str | None) -> str:
     # Cursors share a leading header (format, sort order); their ends tell them apart.
     return f"..{cursor[-12:]}" if cursor else "-"
+
+
+@hookimpl
+def czo_register_commands(cli: click.Group) -> None:
+    @cli.command("demo")
+    @click.option(
+        "--database-url",
+        default=None,
+        help="Database to run the demo on (default: a fresh SQLite file in a temporary directory).",
+    )
+    def demo_command(database_url: str | None) -> None:
+        """Walk through the kit with the example modules, on an embedded database, and report."""
+        run_demo(database_url=database_url, echo=click.echo)
 
 
 def run_demo(*, database_url: str | None = None, echo: Echo = print) -> None:
@@ -64,7 +83,7 @@ def _run(url: str, queue_url: str, report: _Report) -> None:
     report.echo("czo-kit demo")
     with Kit(settings) as kit:
         report.section("Plugins")
-        for info in describe_plugins(kit.plugins):
+        for info in describe_plugins(kit):
             what = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registers.items()) if v)
             report.line(f"{info.name:<36} {what}")
         try:
