@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from czo_kit.kit import Kit
     from czo_kit.services import ServiceRegistry
     from czo_kit.settings import Settings
+    from czo_kit.tasks import TaskRegistry
 
 __all__ = [
     "PROJECT_NAME",
@@ -172,6 +173,19 @@ def czo_register_events(events: EventEmitter, kit: Kit) -> None:
     decides who listens, and async deliveries find their handler in the worker. ``kit`` is
     the kit being built (its services are ready once it has started), for handlers that need
     them; implementations may leave the argument out.
+    """
+
+
+@hookspec
+def czo_register_tasks(register: TaskRegistry) -> None:
+    """Declare background tasks: ``digest = register.task(send_digest, retries=3,
+    retry_delay=10)`` and ``register.periodic(prune_sessions, cron="*/5 * * * *")``.
+
+    ``digest.enqueue(*args, **kwargs)`` runs ``send_digest`` on the kit's consumer (the
+    in-process deliverer without a queue) once the caller's transaction commits, with
+    arguments encoded by msgspec; a periodic task runs once per matching minute (UTC) however
+    many workers run. A task whose function has a ``kit`` parameter is given the kit. Called in
+    every process that builds a kit, so the worker finds the tasks the web process enqueues.
     """
 
 

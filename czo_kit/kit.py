@@ -50,6 +50,7 @@ from czo_kit.plugins import (
 )
 from czo_kit.services import ServiceRegistry
 from czo_kit.settings import ENV_PREFIX, Settings, read_settings, redact_url, unknown_variables
+from czo_kit.tasks import TASK_MODELS, TaskRegistry
 
 if TYPE_CHECKING:
     from czo_kit.http.api import Authenticators
@@ -60,7 +61,7 @@ S = TypeVar("S")
 
 # The kit's own tables: made by `czo-kit db init` / `db migrate` whatever plugins are loaded,
 # since the outbox, the app registry and the webhook dispatcher are not plugins.
-KIT_MODELS: tuple[type[peewee.Model], ...] = (*EVENT_MODELS, *APP_MODELS, *WEBHOOK_MODELS)
+KIT_MODELS: tuple[type[peewee.Model], ...] = (*EVENT_MODELS, *APP_MODELS, *WEBHOOK_MODELS, *TASK_MODELS)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Kit:
     services: ServiceRegistry
     settings: Settings
     migrations: Migrations
+    tasks: TaskRegistry
 
     def __init__(
         self,
@@ -212,6 +214,10 @@ class Kit:
         # After the events hook, where a module may declare its event types: a declared event
         # that no longer carries every column of its model would drop the new ones silently.
         check_model_events(self.all_models())
+        # Tasks ride on the outbox (czo_kit.tasks): registered once the events are wired.
+        self.tasks = TaskRegistry()
+        call_each_plugin(hook.czo_register_tasks, register=self.tasks)
+        self.tasks.bind(self)
 
         self.permissions = PermissionRegistry()
         call_each_plugin(hook.czo_register_permissions, register=self.permissions)
@@ -265,6 +271,7 @@ class Kit:
         self.services.register_value(AppRegistry, self.apps)
         self.services.register_value(WebhookDispatcher, self.webhooks)
         self.services.register_value(PermissionRegistry, self.permissions)
+        self.services.register_value(TaskRegistry, self.tasks)
         call_each_plugin(hook.czo_register_services, registry=self.services)
 
         hook.czo_startup(kit=self)
@@ -369,10 +376,11 @@ class Kit:
 
     def _in_process_sweeper(self) -> Sweeper:
         """What a worker's sweeper does, for the in-process deliverer: first schedule what an
-        earlier process left due, then sweep the outbox and the webhooks."""
+        earlier process left due, then sweep the outbox and the webhooks; with no consumer's
+        scheduler, its sweep of the tasks ticks the periodic ones."""
         assert self.deliverer is not None
         return Sweeper(
-            self.outbox, self.deliverer.sweep_interval, self.webhooks, on_start=self.deliverer.recover,
+            self.outbox, self.deliverer.sweep_interval, self.webhooks, self.tasks, on_start=self.deliverer.recover,
             heartbeat=self.outbox.heartbeat(f"in-process deliverer ({self.deliverer.workers} threads)"),
         )
 

@@ -329,6 +329,7 @@ def registries(kit: Kit, *, cli: Any = None) -> list[tuple[str, Any]]:
                                  if entry.directory is not None)),
         ("hooks", kit.hooks),
         ("events", kit.events),
+        ("tasks", kit.tasks),
         ("permissions", kit.permissions),
         ("services", kit.services),
         ("authenticators", kit.authenticators),

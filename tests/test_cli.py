@@ -159,8 +159,11 @@ def test_plugins_lists_what_an_outside_plugin_registered(env: Path, monkeypatch:
     reviews = {item["name"]: item for item in json.loads(result.output)}["czo_test_reviews"]
     assert reviews["distribution"] == "czo-test-reviews"
     assert reviews["registers"]["dashboard"] == ["mount REVIEW_DETAILS", "page reviews"]
-    assert reviews["registers"]["models"] == ["Review"]
+    assert reviews["registers"]["models"] == ["Review", "ReviewStats"]
     assert reviews["registers"]["permissions"][:2] == ["resource review", "role moderator"]
+    assert reviews["registers"]["tasks"] == [
+        "task czo_test_reviews.recompute_rating", "periodic czo_test_reviews.refresh_ratings (* * * * *)"
+    ]
 
 
 def test_plugins_respects_block_list(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,12 +115,12 @@ class InProcessDeliverer(Enqueuer):
         with self._cond:
             return sum(1 for task in self._heap if task[0] <= now)
 
-    def committed(self, event_id: str, *, delay: float, priority: int) -> None:
+    def committed(self, event_id: str, *, delay: float, priority: int, background: bool = False) -> None:
         """After the commit of an event: run its first attempts now, in this thread, or
-        schedule it for its delay."""
+        schedule it for its delay (or, ``background``, for the deliverer's threads now)."""
         self.start()
         outbox = self._outbox()
-        if delay > 0:
+        if delay > 0 or background:
             self.dispatch(event_id, delay=delay, priority=priority)
             outbox._mark_queued([event_id])  # as the relay does: the sweep leaves it be
             return

@@ -104,8 +104,9 @@ class Enqueuer:
     """True where there is no queue (``czo_kit.events.deliverer``): a committed event is then
     handed to ``committed`` instead of the relay."""
 
-    def committed(self, event_id: str, *, delay: float, priority: int) -> None:
-        """An inline enqueuer's hand-over of a committed event (see ``inline``)."""
+    def committed(self, event_id: str, *, delay: float, priority: int, background: bool = False) -> None:
+        """An inline enqueuer's hand-over of a committed event (see ``inline``); ``background``
+        keeps even its first attempt off the committing thread."""
         raise NotImplementedError
 
 
@@ -147,6 +148,9 @@ class Outbox(OutboxAdmin):
         self.settings = settings or OutboxSettings()
         self.plugins = plugins
         """Names of this process's plugins, for the warning about a missing subscriber."""
+        self.retry_delays: dict[str, float] = {}
+        """Subscriber ids whose retries wait a fixed number of seconds instead of the backoff
+        (plugin tasks, ``czo_kit.tasks``: their ``retry_delay``)."""
         self._recorded: dict[str, tuple[tuple[Subscription, ...], str | None]] = {}
         self._warned: set[str] = set()  # subscribers this worker said it does not have
         self._warn_lock = threading.Lock()
@@ -164,7 +168,13 @@ class Outbox(OutboxAdmin):
 
     # -- producer side ------------------------------------------------------------------
 
-    def publish(self, ctx: EventContext, payload: bytes, *, delay: float, retries: int, priority: int) -> None:
+    def publish(
+        self, ctx: EventContext, payload: bytes, *, delay: float, retries: int, priority: int, background: bool = False
+    ) -> None:
+        """Write the event's outbox row in the caller's transaction; it is queued after the
+        commit. Without a queue its first attempt runs in the committing thread, as
+        ``emit_async`` always did, unless ``background`` (plugin tasks) hands it to the
+        in-process deliverer's threads."""
         self.ensure_tables()
         now = utcnow()
         info = model_info(EventOutbox, self.db)
@@ -198,7 +208,9 @@ class Outbox(OutboxAdmin):
         )
         event_id = ctx.event_id
         if self.queue.inline:
-            on_commit(self.db, lambda: self.queue.committed(event_id, delay=delay, priority=priority))
+            on_commit(
+                self.db, lambda: self.queue.committed(event_id, delay=delay, priority=priority, background=background)
+            )
         else:
             on_commit(self.db, lambda: self._relayer.add((event_id, delay, priority)))
 
@@ -451,7 +463,11 @@ class Outbox(OutboxAdmin):
         """Schedule the next attempt with backoff and jitter, or dead-letter the last one."""
         if delivery.attempts >= delivery.max_attempts:
             return self._finish_dead(delivery, event, error, trace)
-        wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
+        fixed = self.retry_delays.get(delivery.subscriber)
+        if fixed is not None:
+            wait = fixed
+        else:
+            wait = backoff(delivery.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
         now = utcnow()
         EventDelivery.update(
             state="retry",

@@ -38,6 +38,7 @@ __all__ = [
     "ReviewInput",
     "ReviewPosted",
     "ReviewRepository",
+    "ReviewStats",
     "flag_poor_review",
     "post_review",
 ]
@@ -175,7 +176,7 @@ def review_context(kit: Kit, shop_id: int, review_id: int | None) -> ExtensionCo
 
 @hookimpl
 def czo_register_models(register: Any) -> None:
-    register(Review, ReviewAlert)
+    register(Review, ReviewAlert, ReviewStats)
 
 
 @hookimpl
@@ -259,3 +260,52 @@ def post_review(kit: Kit, *, shop_id: int, rating: int, body: str, author_email:
             ReviewInput(shop_id=shop_id, rating=rating, body=body, author_email=author_email)
         )
     return review
+
+# -- background tasks (czo_register_tasks) ----------------------------------------------------
+
+
+class ReviewStats(Model):
+    """A shop's average rating, kept by a task rather than computed on every page view."""
+
+    shop_id = peewee.IntegerField(unique=True)
+    reviews = peewee.IntegerField(default=0)
+    average = peewee.FloatField(null=True)
+    refreshes = peewee.IntegerField(default=0)  # runs of the periodic refresh that saw it
+
+    class Meta:
+        table_name = "czo_test_reviews_stats"
+
+
+def _store_stats(kit: Kit, shop_id: int, *, refreshed: bool) -> None:
+    count, average = (
+        Review.select(peewee.fn.COUNT(Review.id), peewee.fn.AVG(Review.rating))
+        .where((Review.shop_id == shop_id) & Review.deleted_at.is_null())
+        .tuples()
+        .get()
+    )
+    with kit.db.atomic():
+        row = ReviewStats.get_or_none(ReviewStats.shop_id == shop_id)
+        if row is None:
+            row = ReviewStats(shop_id=shop_id, refreshes=0)
+        row.reviews = int(count)
+        row.average = float(average) if average is not None else None
+        row.refreshes = row.refreshes + (1 if refreshed else 0)
+        row.save()
+
+
+def recompute_rating(shop_id: int, *, kit: Kit) -> None:
+    """Recompute one shop's average rating: enqueued after reviews change."""
+    _store_stats(kit, shop_id, refreshed=False)
+
+
+def refresh_ratings(kit: Kit) -> None:
+    """Every minute, recompute every shop's average (what a missed enqueue would leave stale)."""
+    shops = [shop_id for (shop_id,) in Review.select(Review.shop_id).distinct().tuples()]
+    for shop_id in shops:
+        _store_stats(kit, shop_id, refreshed=True)
+
+
+@hookimpl
+def czo_register_tasks(register: Any) -> None:
+    register.task(recompute_rating, retries=2, retry_delay=1)
+    register.periodic(refresh_ratings, cron="* * * * *")
