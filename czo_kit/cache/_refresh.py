@@ -190,11 +190,11 @@ def _refresh_keys(
                     )
         shared.count("refreshes", len(todo))
     except Exception:
-        shared.count("refresh_errors")
         log.error(
             "background refresh of %s failed; the current value is still served until its stale window ends",
             ", ".join(repr(full) for full in fulls), exc_info=True,
         )
+        shared.count("refresh_errors")  # after the log: whoever sees the count finds the record
     finally:
         for full in locked:
             lock_key = shared.lock_prefix + full

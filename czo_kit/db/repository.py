@@ -39,14 +39,20 @@ def create_repository(
     secret_key: str | bytes | None = None,
     default_limit: int = DEFAULT_LIMIT,
     max_limit: int = MAX_LIMIT,
+    stale_while_revalidate: float | None = None,
+    refresh_ahead: float | None = None,
 ) -> Repository[M]:
     """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``.
 
-    With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds) and writes
-    invalidate them after commit.
+    With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds, with its
+    ``stale_while_revalidate`` and ``refresh_ahead``) and writes invalidate them after commit.
     """
     if not 1 <= default_limit <= max_limit:
         raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
+    if cache is None:
+        for name, value in (("stale_while_revalidate", stale_while_revalidate), ("refresh_ahead", refresh_ahead)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} needs cache=: without a cache, reads go to the database")
     options = {
         "secret_key": secret_key,
         "default_limit": default_limit,
@@ -56,6 +62,8 @@ def create_repository(
         "async_events": async_events,
         "cache": cache,
         "ttl": ttl,
+        "stale_while_revalidate": stale_while_revalidate,
+        "refresh_ahead": refresh_ahead,
     }
     if cache is not None:
         from czo_kit.db.cached import CachedRepository
