@@ -167,13 +167,14 @@ def _refresh_keys(
                 locked.append(full)
         if not locked:
             return  # another process is refreshing them
-        todo = []
-        for full in locked:
-            entry = cache._read([full], tags[full])[0]
+        hint = list(dict.fromkeys(tag for full in locked for tag in tags[full]))
+        todo = [
+            full
+            for full, entry in zip(locked, cache._read(locked, hint))
             # A newer entry than the one whose age triggered us: someone else refreshed it
             # between our read and our lock. A vanished one (expired, invalidated) is computed.
-            if entry is None or entry[4] == generations[full]:
-                todo.append(full)
+            if entry is None or entry[4] == generations[full]
+        ]
         if not todo:
             return
         every_tag = list(dict.fromkeys(tag for full in todo for tag in tags[full]))

@@ -13,7 +13,6 @@ import concurrent.futures
 import logging
 import math
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
