@@ -4,6 +4,7 @@ processes on Redis, the refresh pool stopped by ``close()``, and stale reads in 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -133,3 +134,30 @@ def test_close_stops_the_refresh_threads_and_schedules_no_more() -> None:
     started = threading.active_count()
     assert cache.get_or_set("late", lambda: "new", ttl=60) == "old"
     assert threading.active_count() == started and not cache._shared.refreshing
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_runs_refreshes_on_threads_of_its_own(tmp_path: Path) -> None:
+    cache = CacheManager(MemoryDriver(), prefix="rf:")
+    try:
+        # The parent has a refresh pool with live threads when it forks.
+        cache.set("k", "v1", ttl=0.1, stale_while_revalidate=60)
+        assert wait_until(lambda: not cache.has("k"))
+        assert cache.get_or_set("k", lambda: "v2", ttl=60) == "v1"
+        assert wait_until(lambda: cache.get("k") == "v2")
+        result = tmp_path / "child"
+        pid = os.fork()
+        if pid == 0:  # the child: a stale read must still get refreshed
+            code = 1
+            try:
+                cache.set("c", "c1", ttl=0.1, stale_while_revalidate=60)
+                if wait_until(lambda: not cache.has("c")) and cache.get_or_set("c", lambda: "c2", ttl=60) == "c1":
+                    if wait_until(lambda: cache.get("c") == "c2"):
+                        result.write_text("refreshed")
+                        code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and result.read_text() == "refreshed"
+    finally:
+        cache.close()

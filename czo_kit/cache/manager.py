@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from czo_kit import metrics as _metrics
+from czo_kit._fork import reset_in_children
 from czo_kit.cache._refresh import (
     check_refresh_ahead,
     check_stale_window,
@@ -96,6 +97,16 @@ class _Shared:
         # Set here, not later: an attribute added after __init__ slows every attribute read.
         self.tick = _metrics.NEVER  # reads left before the next timed one (czo_kit.metrics)
         self.meter: Any = None
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # The refresh pool's threads, and the flights they were on, stayed in the parent: a
+        # child submitting to the inherited pool would queue refreshes no thread ever runs.
+        self.executor = None
+        self.flights = {}
+        self.refreshing = set()
+        self.flights_lock = threading.Lock()
+        self.count_lock = threading.Lock()
 
     def count(self, name: str, n: int = 1) -> None:
         with self.count_lock:
