@@ -61,9 +61,15 @@ def check_refresh_ahead(value: Any, name: str = "refresh_ahead") -> float | None
     return float(value)
 
 
-def due_ahead(created: int, fresh_until: int, now: int, ahead: float | None) -> bool:
-    """Whether a fresh entry has lived past ``ahead`` of its TTL."""
-    return ahead is not None and now >= created + (fresh_until - created) * ahead
+def due_ahead(created: bytes, fresh_until: int, now: int, ahead: float | None) -> bool:
+    """Whether a fresh entry (``created`` as its header holds it) has lived past ``ahead`` of its TTL."""
+    if ahead is None:
+        return False
+    try:
+        born = int(created)
+    except ValueError:  # not the kit's header: never refreshed ahead, it expires as usual
+        return False
+    return now >= born + (fresh_until - born) * ahead
 
 
 def refresh_later(
@@ -73,7 +79,7 @@ def refresh_later(
     ttl: float,
     swr: float | None,
     tags: Sequence[str],
-    generation: int,
+    generation: bytes,
 ) -> None:
     """Recompute ``full`` in the background, unless this process is already on it."""
     shared = cache._shared
@@ -96,7 +102,7 @@ def refresh_later(
 
 def refresh_many_later(
     cache: CacheManager,
-    due: Mapping[str, tuple[str, int]],
+    due: Mapping[str, tuple[str, bytes]],
     factory: Callable[[list[str]], Mapping[str, Any]],
     ttl: float,
     swr: float | None,
@@ -147,7 +153,7 @@ def _submit(cache: CacheManager, job: Callable[[], None]) -> bool:
 def _refresh_keys(
     cache: CacheManager,
     fulls: list[str],
-    generations: Mapping[str, int],
+    generations: Mapping[str, bytes],
     compute: Callable[[list[str]], Mapping[str, Any]],
     ttl: float,
     swr: float | None,

@@ -47,9 +47,10 @@ _GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
 
-_Entry = tuple[int, int, list[tuple[str, bytes]], bytes, int]
+_Entry = tuple[int, int, list[tuple[str, bytes]], bytes, bytes]
 """An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload, and
-created (ms), which tells one generation of a key from the next."""
+created (ms, as written: only refreshes need the number), which tells one generation of a key
+from the next."""
 
 STAT_NAMES = (
     "hits", "misses", "stale_served", "refreshes", "refresh_errors", "errors",
@@ -261,7 +262,7 @@ class CacheManager:
             return None
         parts = raw[:newline].split(b"|", 4)
         try:
-            created, fresh, stale = int(parts[1]), int(parts[2]), int(parts[3])
+            fresh, stale = int(parts[2]), int(parts[3])
         except (IndexError, ValueError):
             return None
         tags: list[tuple[str, bytes]] = []
@@ -269,7 +270,7 @@ class CacheManager:
             for item in parts[4].split(b","):
                 tag, _, version = item.partition(b"=")
                 tags.append((tag.decode(), version))
-        return fresh, stale, tags, raw[newline + 1 :], created
+        return fresh, stale, tags, raw[newline + 1 :], parts[1]
 
     def _decode(self, payload: bytes, kind: Any) -> Any:
         try:
@@ -341,7 +342,17 @@ class CacheManager:
         shared.tick -= 1
         if shared.tick < 0:  # this call is one czo_kit.metrics times
             return _metrics.timed_get(self, key, default, type, tags)
-        return self._get(key, default, type, tags)[0]
+        # _get inlined: this is the hottest path of the cache.
+        entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
+        if entry is not None:
+            now = _now_ms()
+            if now < entry[1]:
+                value = self._decode(entry[3], type)
+                if value is not _MISSING:
+                    shared.count("hits" if now < entry[0] else "stale_served")
+                    return value
+        shared.count("misses")
+        return default
 
     def _get(self, key: str, default: Any, type: Any, tags: Iterable[str]) -> tuple[Any, str]:
         """``get``'s value, and whether it was a hit, stale or a miss (for the metrics)."""
@@ -521,8 +532,9 @@ class CacheManager:
         shared.tick -= 1
         started = _metrics.clock() if shared.tick < 0 else 0
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        swr = check_stale_window(stale_while_revalidate)
-        ahead = check_refresh_ahead(refresh_ahead)
+        # Checked only when given: this is every cached read's path.
+        swr = None if stale_while_revalidate is None else check_stale_window(stale_while_revalidate)
+        ahead = None if refresh_ahead is None else check_refresh_ahead(refresh_ahead)
         all_tags = self._all_tags(tags)
         full = self.key(key)
         entry = self._read([full], all_tags)[0]
@@ -621,7 +633,7 @@ class CacheManager:
         entries = self._read(fulls, hint)
         now = _now_ms()
         found: dict[str, Any] = {}
-        due: dict[str, tuple[str, int]] = {}
+        due: dict[str, tuple[str, bytes]] = {}
         stale = 0
         for key, full, entry in zip(wanted, fulls, entries):
             if entry is None or now >= entry[1]:

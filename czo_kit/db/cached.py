@@ -76,24 +76,20 @@ class CachedQueries(Queries[M]):
     def _cached(self, key: str, load: Callable[[], R], tags: list[str], kind: Any) -> R:
         """``get_or_set`` with this repository's TTL, stale window and refresh-ahead."""
         value: R = self._cache.get_or_set(
-            key, self._own_connection(load), ttl=self._ttl, tags=tags, stale_while_revalidate=self._swr,
-            type=kind, refresh_ahead=self._ahead,
+            key, load, ttl=self._ttl, tags=tags, stale_while_revalidate=self._swr, type=kind,
+            refresh_ahead=self._ahead,
         )
         return value
 
-    def _own_connection(self, load: Callable[..., R]) -> Callable[..., R]:
-        """``load``, run on a connection it closes when it runs as a background refresh: the
-        refresh threads live as long as the cache, and would otherwise each keep a connection
-        (a pool slot) open. A caller's own reads keep the caller's connection."""
-        db = self.db
-
-        def run(*args: Any) -> R:
-            if not in_background_refresh():
-                return load(*args)
-            with db.connection_context():
-                return load(*args)
-
-        return run
+    def _query(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """``fn(self, *args, **kwargs)`` for a loader; as a background refresh, on a connection
+        it closes when done: the refresh threads live as long as the cache, and would otherwise
+        each keep a connection (a pool slot) open. A caller's reads keep the caller's connection.
+        (Called by the loaders, not wrapped around them: a hit builds nothing more.)"""
+        if not in_background_refresh():
+            return fn(self, *args, **kwargs)
+        with self.db.connection_context():
+            return fn(self, *args, **kwargs)
 
     def _uncached(self) -> bool:
         """Whether to read the database directly: inside a transaction it may hold this
@@ -131,7 +127,7 @@ class CachedQueries(Queries[M]):
         info = self._info
 
         def load() -> list[Any] | None:
-            row = Queries.find_by_id(self, id, with_deleted=True)
+            row = self._query(Queries.find_by_id, id, with_deleted=True)
             return info.values_of(row) if row is not None else None
 
         return self._cached(f"r:{id_token(id)}", load, [row_tag(info.table, id)], self._row_type | None)
@@ -166,7 +162,7 @@ class CachedQueries(Queries[M]):
             missing_ids = [id_of[key] for key in missing]
             found = {
                 row.__data__[info.pk.name]: row
-                for row in Queries.find_by_ids(self, missing_ids, with_deleted=True)
+                for row in self._query(Queries.find_by_ids, missing_ids, with_deleted=True)
             }
             return {
                 key: info.values_of(found[id]) if id in found else None
@@ -175,7 +171,7 @@ class CachedQueries(Queries[M]):
 
         cached = self._cache.get_or_set_many(
             {key: [row_tag(info.table, id)] for key, id in id_of.items()},
-            self._own_connection(load),
+            load,
             ttl=self._ttl,
             type=self._row_type | None,
             stale_while_revalidate=self._swr,
@@ -210,8 +206,8 @@ class CachedQueries(Queries[M]):
         key = self._arguments_key("one", where, (self._order_key(order_by), with_deleted, only_deleted))
 
         def load() -> list[Any] | None:
-            row = Queries.find_one(
-                self, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
+            row = self._query(
+                Queries.find_one, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
             )
             return info.values_of(row) if row is not None else None
 
@@ -245,8 +241,8 @@ class CachedQueries(Queries[M]):
         )
 
         def load() -> Any:
-            page = Queries.find_many(
-                self,
+            page = self._query(
+                Queries.find_many,
                 where,
                 order_by=order_by,
                 limit=limit,
@@ -279,7 +275,7 @@ class CachedQueries(Queries[M]):
             return Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("count", where, (with_deleted, only_deleted))
         result: int = self._cached(
-            key, lambda: Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            key, lambda: self._query(Queries.count, where, with_deleted=with_deleted, only_deleted=only_deleted),
             self._list_tags, int,
         )
         return result
@@ -289,7 +285,7 @@ class CachedQueries(Queries[M]):
             return Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("exists", where, (with_deleted, only_deleted))
         result: bool = self._cached(
-            key, lambda: Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            key, lambda: self._query(Queries.exists, where, with_deleted=with_deleted, only_deleted=only_deleted),
             self._list_tags, bool,
         )
         return result
