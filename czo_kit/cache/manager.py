@@ -106,8 +106,7 @@ class _Shared:
         self.executor = None
         self.flights = {}
         self.refreshing = set()
-        self.flights_lock = threading.Lock()
-        self.count_lock = threading.Lock()
+        self.flights_lock = threading.Lock()  # a parent's refresh thread may have held it
 
     def count(self, name: str, n: int = 1) -> None:
         with self.count_lock:
