@@ -214,12 +214,12 @@ def test_reads_inside_a_transaction_start_no_refresh_and_a_refresh_never_sees_un
 
 
 def test_refresh_ahead_rereads_a_hot_row_before_it_expires(db: peewee.Database, cache: CacheManager) -> None:
-    repo: Any = create_repository(Gizmo, db=db, cache=cache, ttl=3, refresh_ahead=0.3, secret_key=SECRET)
+    repo: Any = create_repository(Gizmo, db=db, cache=cache, ttl=6, refresh_ahead=0.2, secret_key=SECRET)
     row = repo.create({"name": "v1"})
     assert reads(repo, row.id)[:4] == ("v1", "v1", ["v1"], "v1")
     behind_its_back(db, row.id, name="v2")
     entry = cache.namespace("db").namespace("czo_swr_gizmo")
-    # Past 30% of the TTL a read answers from the cache and starts a refresh; the key never
+    # Past 20% of the TTL a read answers from the cache and starts a refresh; the key never
     # goes stale or missing meanwhile, and the new answer arrives before the old one expires.
     assert wait_until(lambda: reads(repo, row.id)[:4] == ("v2", "v2", ["v2"], "v2"))
     assert entry.has(f"r:{row.id}")

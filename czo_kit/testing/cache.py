@@ -477,7 +477,7 @@ class CacheDriverContract:
         cache.set("cold", "c1", ttl=3600)
         untouched = Counter("c2")
         assert cache.get_or_set("cold", untouched, ttl=3600, refresh_ahead=0.5) == "c1"
-        cache.set("hot", "v1", ttl=3)
+        cache.set("hot", "v1", ttl=6)
         release = threading.Event()
         refresh = Counter("v2")
 
@@ -486,18 +486,18 @@ class CacheDriverContract:
             release.wait(timeout=10)
             return value
 
-        # Past 30% of its TTL a read starts the refresh; the readers keep the current value.
+        # Past 20% of its TTL (1.2 s of 6) a read starts the refresh; the readers keep the current value.
         assert wait_until(
-            lambda: cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.3) == "v1" and refresh.calls == 1
+            lambda: cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) == "v1" and refresh.calls == 1
         )
-        assert [cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.3) for _ in range(10)] == ["v1"] * 10
+        assert [cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) for _ in range(10)] == ["v1"] * 10
         assert cache.has("hot")  # refreshed ahead: it never went stale or missing
         release.set()
         assert wait_until(lambda: cache.get("hot") == "v2")
         assert wait_until(lambda: cache.stats()["refreshes"] >= 1)
         assert refresh.calls == 1 and untouched.calls == 0
         # The new value has a TTL of its own (60 s): reading it does not refresh again.
-        assert cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.3) == "v2"
+        assert cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) == "v2"
         assert refresh.calls == 1
 
     def test_refresh_ahead_runs_once_across_processes(self, cache: CacheManager, driver: CacheDriver) -> None:
