@@ -179,12 +179,13 @@ def timed_get(cache: Any, key: str, default: Any, kind: Any, tags: Any) -> Any:
     path of ``get`` then pays only the countdown: timing it inline cost more.)"""
     shared = cache._shared
     meter: _Meter | None = shared.meter
-    shared.tick = meter.every if meter is not None else NEVER  # the call below counts one down
+    shared.tick = meter.every - 1 if meter is not None else NEVER  # untimed calls before the next timed one
     started = clock()
-    value = cache.get(key, _ABSENT, type=kind, tags=tags)
+    value, result = cache._get(key, _ABSENT, kind, tags)
     elapsed = (clock() - started) / 1e9
     if meter is not None:
-        result = "hit" if value is not _ABSENT else "error" if shared.outage else "miss"
+        if result == "miss" and shared.outage:
+            result = "error"  # the backend is down: the read degraded to a miss
         STORE.observe(("czo_cache_get_seconds", (meter.driver, "get", result)), FAST_BUCKETS, elapsed)
     return default if value is _ABSENT else value
 

@@ -436,6 +436,24 @@ def test_fast_paths_time_one_call_in_metrics_sample(local: tuple[Kit, Scraper]) 
     assert value(after, "czo_cache_get_seconds_count", **key) - value(before, "czo_cache_get_seconds_count", **key) == 2
 
 
+def test_a_stale_cache_read_is_reported_as_stale(local: tuple[Kit, Scraper]) -> None:
+    from czo_kit.testing.cache import wait_until
+
+    kit, scrape_local = local
+    kit.cache.set("old", 1, ttl=0.1, stale_while_revalidate=60)
+    assert wait_until(lambda: not kit.cache.has("old"))  # has() is not a timed read
+    before = scrape_local()
+    for _ in range(8):
+        assert kit.cache.get("old") == 1  # get() returns a value in its stale window
+    after = scrape_local()
+    stale = {"driver": "memory", "op": "get", "result": "stale"}
+    hit = {"driver": "memory", "op": "get", "result": "hit"}
+    assert value(after, "czo_cache_get_seconds_count", **stale) - value(before, "czo_cache_get_seconds_count", **stale) == 2
+    assert value(after, "czo_cache_get_seconds_count", **hit) == value(before, "czo_cache_get_seconds_count", **hit)
+    served = ("czo_cache_operations_total", {"driver": "memory", "operation": "stale"})
+    assert value(after, served[0], **served[1]) - value(before, served[0], **served[1]) == 8
+
+
 def test_a_cache_read_during_an_outage_is_an_error(local: tuple[Kit, Scraper]) -> None:
     from czo_kit.cache.driver import CacheUnavailable
 

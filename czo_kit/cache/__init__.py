@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from czo_kit.cache._refresh import in_background_refresh
 from czo_kit.cache.driver import CacheDriver, CacheUnavailable
 from czo_kit.cache.manager import CacheManager
 
@@ -18,7 +19,14 @@ if TYPE_CHECKING:
 
     from czo_kit.settings import Settings
 
-__all__ = ["CacheDriver", "CacheManager", "CacheUnavailable", "cache_drivers", "create_cache"]
+__all__ = [
+    "CacheDriver",
+    "CacheManager",
+    "CacheUnavailable",
+    "cache_drivers",
+    "create_cache",
+    "in_background_refresh",
+]
 
 
 def cache_drivers(manager: pluggy.PluginManager | None = None) -> Backends:

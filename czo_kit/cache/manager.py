@@ -13,7 +13,6 @@ import concurrent.futures
 import logging
 import math
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +21,15 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from czo_kit import metrics as _metrics
+from czo_kit._fork import reset_in_children
+from czo_kit.cache._refresh import (
+    check_refresh_ahead,
+    check_stale_window,
+    due_ahead,
+    refresh_later,
+    refresh_many_later,
+)
+from czo_kit.cache._stampede import Flight, single_flight
 from czo_kit.cache.driver import HEADER_MAGIC, CacheDriver, CacheUnavailable
 from czo_kit.cache.glob import escape_glob
 
@@ -39,8 +47,10 @@ _GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
 
-_Entry = tuple[int, int, list[tuple[str, bytes]], bytes]
-"""An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload."""
+_Entry = tuple[int, int, list[tuple[str, bytes]], bytes, bytes]
+"""An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload, and
+created (ms, as written: only refreshes need the number), which tells one generation of a key
+from the next."""
 
 STAT_NAMES = (
     "hits", "misses", "stale_served", "refreshes", "refresh_errors", "errors",
@@ -50,17 +60,6 @@ STAT_NAMES = (
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _Flight:
-    """One in-process computation of a key that other threads wait on."""
-
-    __slots__ = ("error", "event", "value")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
 
 
 class _Shared:
@@ -91,7 +90,7 @@ class _Shared:
         self.count_lock = threading.Lock()
         self.outage = False
         self.down_until = 0.0
-        self.flights: dict[str, _Flight] = {}
+        self.flights: dict[str, Flight] = {}
         self.flights_lock = threading.Lock()
         self.refreshing: set[str] = set()
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -99,6 +98,15 @@ class _Shared:
         # Set here, not later: an attribute added after __init__ slows every attribute read.
         self.tick = _metrics.NEVER  # reads left before the next timed one (czo_kit.metrics)
         self.meter: Any = None
+        reset_in_children(self)
+
+    def _after_fork(self) -> None:
+        # The refresh pool's threads, and the flights they were on, stayed in the parent: a
+        # child submitting to the inherited pool would queue refreshes no thread ever runs.
+        self.executor = None
+        self.flights = {}
+        self.refreshing = set()
+        self.flights_lock = threading.Lock()  # a parent's refresh thread may have held it
 
     def count(self, name: str, n: int = 1) -> None:
         with self.count_lock:
@@ -247,7 +255,7 @@ class CacheManager:
 
     @staticmethod
     def _open(raw: bytes) -> _Entry | None:
-        """(fresh-until, stale-until, recorded tag versions, payload) of an envelope."""
+        """(fresh-until, stale-until, recorded tag versions, payload, created) of an envelope."""
         newline = raw.find(b"\n")
         if newline < 0 or not raw.startswith(HEADER_MAGIC):
             return None
@@ -261,7 +269,7 @@ class CacheManager:
             for item in parts[4].split(b","):
                 tag, _, version = item.partition(b"=")
                 tags.append((tag.decode(), version))
-        return fresh, stale, tags, raw[newline + 1 :]
+        return fresh, stale, tags, raw[newline + 1 :], parts[1]
 
     def _decode(self, payload: bytes, kind: Any) -> Any:
         try:
@@ -322,22 +330,45 @@ class CacheManager:
     ) -> T | None: ...
 
     def get(self, key: str, default: Any = None, *, type: Any = None, tags: Iterable[str] = ()) -> Any:
-        """The fresh value of ``key`` (decoded as ``type`` if given), else ``default``.
+        """The value of ``key`` (decoded as ``type`` if given), else ``default``.
 
-        Naming the ``tags`` the entry was stored with saves a round trip for their versions.
+        A value stored with ``stale_while_revalidate`` is still returned in its stale window
+        (counted as ``stale_served``; ``has`` says whether it is fresh): ``get`` has no factory
+        to refresh it with, ``get_or_set`` does. Naming the ``tags`` the entry was stored with
+        saves a round trip for their versions.
         """
         shared = self._shared
         shared.tick -= 1
         if shared.tick < 0:  # this call is one czo_kit.metrics times
             return _metrics.timed_get(self, key, default, type, tags)
+        # _get inlined: this is the hottest path of the cache.
         entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
-        if entry is not None and _now_ms() < entry[0]:
-            value = self._decode(entry[3], type)
-            if value is not _MISSING:
-                shared.count("hits")
-                return value
+        if entry is not None:
+            now = _now_ms()
+            if now < entry[1]:
+                value = self._decode(entry[3], type)
+                if value is not _MISSING:
+                    shared.count("hits" if now < entry[0] else "stale_served")
+                    return value
         shared.count("misses")
         return default
+
+    def _get(self, key: str, default: Any, type: Any, tags: Iterable[str]) -> tuple[Any, str]:
+        """``get``'s value, and whether it was a hit, stale or a miss (for the metrics)."""
+        shared = self._shared
+        entry = self._read([self.key(key)], self._all_tags(tags) if tags else self._ns_tags)[0]
+        if entry is not None:
+            now = _now_ms()
+            if now < entry[1]:
+                value = self._decode(entry[3], type)
+                if value is not _MISSING:
+                    if now < entry[0]:
+                        shared.count("hits")
+                        return value, "hit"
+                    shared.count("stale_served")
+                    return value, "stale"
+        shared.count("misses")
+        return default, "miss"
 
     def has(self, key: str) -> bool:
         """Whether ``key`` holds a fresh value."""
@@ -345,7 +376,8 @@ class CacheManager:
         return entry is not None and _now_ms() < entry[0]
 
     def get_many(self, keys: Iterable[str], *, type: Any = None, tags: Iterable[str] = ()) -> dict[str, Any]:
-        """The fresh values among ``keys``, in one round trip; missing keys are left out."""
+        """The values among ``keys`` (fresh, or in their stale window as ``get`` returns them),
+        in one round trip; missing keys are left out."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
@@ -355,16 +387,21 @@ class CacheManager:
         entries = self._read([self.key(k) for k in wanted], self._all_tags(tags))
         now = _now_ms()
         found: dict[str, Any] = {}
+        stale = 0
         for key, entry in zip(wanted, entries):
-            if entry is None or now >= entry[0]:
+            if entry is None or now >= entry[1]:
                 continue
             value = self._decode(entry[3], type)
             if value is not _MISSING:
                 found[key] = value
-        self._shared.count("hits", len(found))
-        self._shared.count("misses", len(wanted) - len(found))
+                stale += now >= entry[0]
+        shared.count("hits", len(found) - stale)
+        if stale:
+            shared.count("stale_served", stale)
+        shared.count("misses", len(wanted) - len(found))
         if started:
-            _metrics.cache_read(shared, started, "get_many", "hit" if len(found) == len(wanted) else "miss")
+            result = "miss" if len(found) < len(wanted) else "stale" if stale else "hit"
+            _metrics.cache_read(shared, started, "get_many", result)
         return found
 
     # -- writes -------------------------------------------------------------------------
@@ -375,13 +412,34 @@ class CacheManager:
         shared = self._shared
         return self._call(lambda: shared.driver.tag_versions(tags, shared.tag_prefix), None)
 
-    def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
-        """Store ``value`` for ``ttl`` seconds (float, millisecond precision), tagged."""
-        self.set_many({key: value}, ttl=ttl, tags=tags)
+    def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        *,
+        stale_while_revalidate: float | None = None,
+    ) -> None:
+        """Store ``value`` for ``ttl`` seconds (float, millisecond precision), tagged.
 
-    def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None, tags: Iterable[str] = ()) -> None:
+        With ``stale_while_revalidate``, the value outlives its TTL by that many seconds as a
+        stale value: ``get`` still returns it, and ``get_or_set`` returns it while one caller
+        across processes recomputes it in the background.
+        """
+        self.set_many({key: value}, ttl=ttl, tags=tags, stale_while_revalidate=stale_while_revalidate)
+
+    def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        *,
+        stale_while_revalidate: float | None = None,
+    ) -> None:
         """Store several values with one TTL and tag set: one round trip for the values."""
         ttl_s = self._shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        swr = check_stale_window(stale_while_revalidate)
         all_tags = self._all_tags(tags)
         items = [(self.key(k), self._encode(v)) for k, v in mapping.items()]
         if not items:
@@ -389,7 +447,7 @@ class CacheManager:
         versions = self._versions(all_tags)
         if versions is None:
             return  # unreachable: nothing can be stored
-        self._store(items, ttl_s, None, all_tags, versions)
+        self._store(items, ttl_s, swr, all_tags, versions)
 
     def _store(
         self,
@@ -458,24 +516,29 @@ class CacheManager:
         stale_while_revalidate: float | None = None,
         *,
         type: Any = None,
+        refresh_ahead: float | None = None,
     ) -> T:
         """The cached value of ``key``, or ``factory()`` stored for ``ttl`` seconds.
 
         However many threads and processes ask for a cold key at once, ``factory`` runs once:
         threads of one process wait for one computation, processes for a lock with a lease.
-        With ``stale_while_revalidate``, an expired value is still served for that many
-        seconds while one background refresh runs.
+        With ``stale_while_revalidate``, the value is stored to be served that many seconds
+        past its TTL; a stale value (this call's, or one ``set`` stored) is returned while
+        one background refresh runs. With ``refresh_ahead`` (0.8: 80% of the TTL), a read of
+        a value past that share of its TTL returns it and starts one background refresh.
         """
         shared = self._shared
         shared.tick -= 1
         started = _metrics.clock() if shared.tick < 0 else 0
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        swr = None if stale_while_revalidate is None else _check_ttl(stale_while_revalidate, "stale_while_revalidate")
+        # Checked only when given: this is every cached read's path.
+        swr = None if stale_while_revalidate is None else check_stale_window(stale_while_revalidate)
+        ahead = None if refresh_ahead is None else check_refresh_ahead(refresh_ahead)
         all_tags = self._all_tags(tags)
         full = self.key(key)
         entry = self._read([full], all_tags)[0]
         if entry is not None:
-            fresh_until, stale_until, _, payload = entry
+            fresh_until, stale_until, _, payload, created = entry
             now = _now_ms()
             if now < stale_until:
                 value = self._decode(payload, type)
@@ -484,16 +547,18 @@ class CacheManager:
                         shared.count("hits")
                         if started:
                             _metrics.cache_read(shared, started, "get_or_set", "hit")
+                        if ahead is not None and due_ahead(created, fresh_until, now, ahead):
+                            refresh_later(self, full, factory, ttl_s, swr, all_tags, created)
                         return value  # type: ignore[no-any-return]
                     shared.count("stale_served")
                     if started:
                         _metrics.cache_read(shared, started, "get_or_set", "stale")
-                    self._refresh_later(full, factory, ttl_s, swr, all_tags)
+                    refresh_later(self, full, factory, ttl_s, swr, all_tags, created)
                     return value  # type: ignore[no-any-return]
         shared.count("misses")
         if started:  # the read only: what the factory costs on a miss is the caller's
             _metrics.cache_read(shared, started, "get_or_set", "miss")
-        return self._single_flight(full, factory, ttl_s, swr, all_tags, type)
+        return single_flight(self, full, factory, ttl_s, swr, all_tags, type)
 
     def get_or_set_many(
         self,
@@ -502,6 +567,8 @@ class CacheManager:
         ttl: float | None = None,
         *,
         type: Any = None,
+        stale_while_revalidate: float | None = None,
+        refresh_ahead: float | None = None,
     ) -> dict[str, Any]:
         """Cache-aside for many keys, each mapped to its own tags: the fresh values in one
         round trip, the rest from one ``factory(missing_keys)`` call, stored in one more.
@@ -509,14 +576,18 @@ class CacheManager:
         As in ``get_or_set``, tag versions are read before ``factory`` runs, so values computed
         from data that changes meanwhile are never stored as fresh. Keys the factory leaves
         out are neither stored nor returned. There is no stampede lock: the factory is meant
-        to be one cheap batch query.
+        to be one cheap batch query. Stale values, and with ``refresh_ahead`` values near the
+        end of their TTL, are returned and refreshed together by one background
+        ``factory(keys)`` call, each key once across processes, as in ``get_or_set``.
         """
         shared = self._shared
         ttl_s = shared.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        swr = check_stale_window(stale_while_revalidate)
+        ahead = check_refresh_ahead(refresh_ahead)
         own = {key: _check_tags(tags) for key, tags in keys.items()}
         tagged = {key: [*self._ns_tags, *key_tags] for key, key_tags in own.items()}
-        hint = [tag for key_tags in own.values() for tag in key_tags]  # get_many adds the namespace's
-        found = self.get_many(tagged, type=type, tags=hint)
+        hint = [tag for key_tags in own.values() for tag in key_tags]
+        found = self._get_many_due(tagged, type, [*self._ns_tags, *hint], ahead, factory, ttl_s, swr)
         missing = [key for key in tagged if key not in found]
         if not missing:
             return found
@@ -529,7 +600,7 @@ class CacheManager:
             for key in missing:
                 if key in computed:
                     envelope, ttl_ms = self._envelope(
-                        self._encode(computed[key]), ttl_s, None, tagged[key],
+                        self._encode(computed[key]), ttl_s, swr, tagged[key],
                         [version_of[tag] for tag in tagged[key]],
                     )
                     batch.append((self.key(key), envelope, ttl_ms))
@@ -539,120 +610,53 @@ class CacheManager:
         found.update((key, computed[key]) for key in missing if key in computed)
         return found
 
-    def _single_flight(
+    def _get_many_due(
         self,
-        full: str,
-        factory: Callable[[], T],
+        tagged: Mapping[str, list[str]],
+        kind: Any,
+        hint: list[str],
+        ahead: float | None,
+        factory: Callable[[list[str]], Mapping[str, Any]],
         ttl: float,
         swr: float | None,
-        tags: Sequence[str],
-        kind: Any,
-    ) -> T:
+    ) -> dict[str, Any]:
+        """``get_many`` for ``get_or_set_many``, scheduling the refresh of the keys it finds
+        stale or, with ``ahead``, near the end of their TTL."""
         shared = self._shared
-        with shared.flights_lock:
-            flight = shared.flights.get(full)
-            leader = flight is None
-            if flight is None:
-                flight = shared.flights[full] = _Flight()
-        if not leader:
-            if not flight.event.wait(timeout=shared.lock_timeout * 3):
-                return self._compute(full, factory, ttl, swr, tags, kind)
-            if flight.error is not None:
-                raise flight.error
-            return flight.value  # type: ignore[no-any-return]
-        try:
-            flight.value = self._compute(full, factory, ttl, swr, tags, kind)
-            return flight.value  # type: ignore[no-any-return]
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            flight.event.set()
-            with shared.flights_lock:
-                shared.flights.pop(full, None)
-
-    def _compute(
-        self,
-        full: str,
-        factory: Callable[[], T],
-        ttl: float,
-        swr: float | None,
-        tags: Sequence[str],
-        kind: Any,
-    ) -> T:
-        """Compute under the distributed lock; while another process holds it, wait for its value."""
-        shared = self._shared
-        driver = shared.driver
-        token = secrets.token_hex(16)
-        lock_key = shared.lock_prefix + full
-        lease_ms = math.ceil(shared.lock_timeout * 1000)
-        give_up = time.monotonic() + 2 * shared.lock_timeout
-        acquired = self._call(lambda: driver.acquire_lock(lock_key, token, lease_ms), None)
-        delay = 0.005
-        waited = False
-        while acquired is False:
-            if not waited:
-                shared.count("lock_waits")
-                waited = True
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-            entry = self._read([full], tags)[0]
-            if entry is not None and _now_ms() < entry[0]:
-                value = self._decode(entry[3], kind)
-                if value is not _MISSING:
-                    return value  # type: ignore[no-any-return]
-            if time.monotonic() >= give_up:
-                # Holders keep failing to produce a value: compute it ourselves, unlocked.
-                acquired = None
-                break
-            # Succeeds once the holder releases, or once its lease runs out if it died.
-            acquired = self._call(lambda: driver.acquire_lock(lock_key, token, lease_ms), None)
-        try:
-            versions = self._versions(tags)  # before the factory: old data never looks fresh
-            value = factory()
-            if versions is not None:
-                self._store([(full, self._encode(value))], ttl, swr, tags, versions)
-            return value
-        finally:
-            if acquired:
-                self._call(lambda: driver.release_lock(lock_key, token), False)
-
-    def _refresh_later(
-        self, full: str, factory: Callable[[], Any], ttl: float, swr: float | None, tags: Sequence[str]
-    ) -> None:
-        shared = self._shared
-        with shared.flights_lock:
-            if full in shared.refreshing or shared.closed:
-                return
-            shared.refreshing.add(full)
-
-        def refresh() -> None:
-            driver = shared.driver
-            token = secrets.token_hex(16)
-            lock_key = shared.lock_prefix + full
-            try:
-                acquired = self._call(
-                    lambda: driver.acquire_lock(lock_key, token, math.ceil(shared.lock_timeout * 1000)), None
-                )
-                if acquired is False:
-                    return  # another process is refreshing it
-                try:
-                    versions = self._versions(tags)
-                    value = factory()
-                    if versions is not None:
-                        self._store([(full, self._encode(value))], ttl, swr, tags, versions)
-                    shared.count("refreshes")
-                finally:
-                    if acquired:
-                        self._call(lambda: driver.release_lock(lock_key, token), False)
-            except Exception:
-                shared.count("refresh_errors")
-                log.warning("background refresh of %r failed; still serving the stale value", full, exc_info=True)
-            finally:
-                with shared.flights_lock:
-                    shared.refreshing.discard(full)
-
-        shared.submit(refresh)
+        wanted = list(tagged)
+        if not wanted:
+            return {}
+        shared.tick -= 1
+        started = _metrics.clock() if shared.tick < 0 else 0
+        fulls = [self.key(key) for key in wanted]
+        entries = self._read(fulls, hint)
+        now = _now_ms()
+        found: dict[str, Any] = {}
+        due: dict[str, tuple[str, bytes]] = {}
+        stale = 0
+        for key, full, entry in zip(wanted, fulls, entries):
+            if entry is None or now >= entry[1]:
+                continue
+            value = self._decode(entry[3], kind)
+            if value is _MISSING:
+                continue
+            found[key] = value
+            if now >= entry[0]:
+                stale += 1
+                due[full] = (key, entry[4])
+            elif ahead is not None and due_ahead(entry[4], entry[0], now, ahead):
+                due[full] = (key, entry[4])
+        shared.count("hits", len(found) - stale)
+        if stale:
+            shared.count("stale_served", stale)
+        shared.count("misses", len(wanted) - len(found))
+        if started:
+            result = "miss" if len(found) < len(wanted) else "stale" if stale else "hit"
+            _metrics.cache_read(shared, started, "get_many", result)
+        if due:
+            tags_of = {full: tagged[key] for full, (key, _generation) in due.items()}
+            refresh_many_later(self, due, factory, ttl, swr, tags_of)
+        return found
 
     # -- introspection and lifecycle ----------------------------------------------------
 

@@ -7,17 +7,22 @@ tag ``db:<table>:list``. Mutations built with ``cache=`` bump those tags once th
 transaction commits, so a read after a committed write never sees the old row, and a reader
 that raced the write cannot store the old row as fresh (tag versions are snapshotted before
 the database is read). Inside a transaction, reads skip the cache and go to the database.
+
+With ``stale_while_revalidate`` and ``refresh_ahead``, a read past its TTL (or near its end)
+returns the cached answer and the cache's refresh pool re-reads the database in the
+background, on a connection of its own that it closes when done.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import peewee
 
+from czo_kit.cache._refresh import check_refresh_ahead, check_stale_window, in_background_refresh
 from czo_kit.cache.manager import CacheManager
 from czo_kit.db._base import register_composition
 from czo_kit.db._tags import id_token, list_tag, row_tag
@@ -30,6 +35,7 @@ from czo_kit.errors import InvalidCursorError, InvalidFilterError
 __all__ = ["CachedQueries", "CachedRepository", "create_cached_queries", "list_tag", "row_tag"]
 
 M = TypeVar("M", bound=peewee.Model)
+R = TypeVar("R")
 
 _KEY_ENCODER = msgspec.msgpack.Encoder()
 
@@ -47,6 +53,8 @@ class CachedQueries(Queries[M]):
             raise TypeError(f"cache must be a CacheManager, got {type(cache).__name__}")
         self._cache: CacheManager = cache.namespace("db").namespace(self._info.table)
         self._ttl: float | None = self._options.get("ttl")
+        self._swr = check_stale_window(self._options.get("stale_while_revalidate"))
+        self._ahead = check_refresh_ahead(self._options.get("refresh_ahead"))
         self._row_type = self._info.row_type
         # A page type per model, so cached rows decode straight to their exact types.
         self._page_type = msgspec.defstruct(
@@ -64,6 +72,24 @@ class CachedQueries(Queries[M]):
             array_like=True,
         )
         self._list_tags = [list_tag(self._info.table)]
+
+    def _cached(self, key: str, load: Callable[[], R], tags: list[str], kind: Any) -> R:
+        """``get_or_set`` with this repository's TTL, stale window and refresh-ahead."""
+        value: R = self._cache.get_or_set(
+            key, load, ttl=self._ttl, tags=tags, stale_while_revalidate=self._swr, type=kind,
+            refresh_ahead=self._ahead,
+        )
+        return value
+
+    def _query(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """``fn(self, *args, **kwargs)`` for a loader; as a background refresh, on a connection
+        it closes when done: the refresh threads live as long as the cache, and would otherwise
+        each keep a connection (a pool slot) open. A caller's reads keep the caller's connection.
+        (Called by the loaders, not wrapped around them: a hit builds nothing more.)"""
+        if not in_background_refresh():
+            return fn(self, *args, **kwargs)
+        with self.db.connection_context():
+            return fn(self, *args, **kwargs)
 
     def _uncached(self) -> bool:
         """Whether to read the database directly: inside a transaction it may hold this
@@ -101,13 +127,10 @@ class CachedQueries(Queries[M]):
         info = self._info
 
         def load() -> list[Any] | None:
-            row = Queries.find_by_id(self, id, with_deleted=True)
+            row = self._query(Queries.find_by_id, id, with_deleted=True)
             return info.values_of(row) if row is not None else None
 
-        values: list[Any] | None = self._cache.get_or_set(
-            f"r:{id_token(id)}", load, ttl=self._ttl, tags=[row_tag(info.table, id)], type=self._row_type | None
-        )
-        return values
+        return self._cached(f"r:{id_token(id)}", load, [row_tag(info.table, id)], self._row_type | None)
 
     def _visible(self, row: M | None, with_deleted: bool, only_deleted: bool) -> M | None:
         info = self._info
@@ -139,7 +162,7 @@ class CachedQueries(Queries[M]):
             missing_ids = [id_of[key] for key in missing]
             found = {
                 row.__data__[info.pk.name]: row
-                for row in Queries.find_by_ids(self, missing_ids, with_deleted=True)
+                for row in self._query(Queries.find_by_ids, missing_ids, with_deleted=True)
             }
             return {
                 key: info.values_of(found[id]) if id in found else None
@@ -151,6 +174,8 @@ class CachedQueries(Queries[M]):
             load,
             ttl=self._ttl,
             type=self._row_type | None,
+            stale_while_revalidate=self._swr,
+            refresh_ahead=self._ahead,
         )
         rows: dict[Any, M | None] = {}
         for key, id in id_of.items():
@@ -181,12 +206,12 @@ class CachedQueries(Queries[M]):
         key = self._arguments_key("one", where, (self._order_key(order_by), with_deleted, only_deleted))
 
         def load() -> list[Any] | None:
-            row = Queries.find_one(
-                self, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
+            row = self._query(
+                Queries.find_one, where, order_by=order_by, with_deleted=with_deleted, only_deleted=only_deleted
             )
             return info.values_of(row) if row is not None else None
 
-        values = self._cache.get_or_set(key, load, ttl=self._ttl, tags=self._list_tags, type=self._row_type | None)
+        values = self._cached(key, load, self._list_tags, self._row_type | None)
         return info.from_values(values) if values is not None else None
 
     def find_many(
@@ -216,8 +241,8 @@ class CachedQueries(Queries[M]):
         )
 
         def load() -> Any:
-            page = Queries.find_many(
-                self,
+            page = self._query(
+                Queries.find_many,
                 where,
                 order_by=order_by,
                 limit=limit,
@@ -233,7 +258,7 @@ class CachedQueries(Queries[M]):
                 page.next_cursor, page.prev_cursor,
             )
 
-        page = self._cache.get_or_set(key, load, ttl=self._ttl, tags=self._list_tags, type=self._page_type)
+        page = self._cached(key, load, self._list_tags, self._page_type)
         return PaginatedResult(
             items=[info.from_values(values) for values in page.rows],
             limit=page.limit,
@@ -249,12 +274,9 @@ class CachedQueries(Queries[M]):
         if self._uncached():
             return Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("count", where, (with_deleted, only_deleted))
-        result: int = self._cache.get_or_set(
-            key,
-            lambda: Queries.count(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
-            ttl=self._ttl,
-            tags=self._list_tags,
-            type=int,
+        result: int = self._cached(
+            key, lambda: self._query(Queries.count, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            self._list_tags, int,
         )
         return result
 
@@ -262,12 +284,9 @@ class CachedQueries(Queries[M]):
         if self._uncached():
             return Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted)
         key = self._arguments_key("exists", where, (with_deleted, only_deleted))
-        result: bool = self._cache.get_or_set(
-            key,
-            lambda: Queries.exists(self, where, with_deleted=with_deleted, only_deleted=only_deleted),
-            ttl=self._ttl,
-            tags=self._list_tags,
-            type=bool,
+        result: bool = self._cached(
+            key, lambda: self._query(Queries.exists, where, with_deleted=with_deleted, only_deleted=only_deleted),
+            self._list_tags, bool,
         )
         return result
 
@@ -291,10 +310,16 @@ def create_cached_queries(
     secret_key: str | bytes | None = None,
     default_limit: int = DEFAULT_LIMIT,
     max_limit: int = MAX_LIMIT,
+    stale_while_revalidate: float | None = None,
+    refresh_ahead: float | None = None,
 ) -> CachedQueries[M]:
     """``create_queries`` served from ``cache`` for ``ttl`` seconds (the cache's default if None).
 
-    Compose with ``create_mutations(..., cache=cache)`` so that writes invalidate.
+    Compose with ``create_mutations(..., cache=cache)`` so that writes invalidate. With
+    ``stale_while_revalidate`` (seconds), an answer past its TTL is still returned for that
+    long while one background refresh re-reads it; with ``refresh_ahead`` (a fraction of the
+    TTL, 0.8 for 80%), a read of an answer past that share of its TTL starts one. Writes
+    still invalidate at once: an invalidated answer is never served stale.
     """
     if not 1 <= default_limit <= max_limit:
         raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
@@ -307,5 +332,7 @@ def create_cached_queries(
             "secret_key": secret_key,
             "default_limit": default_limit,
             "max_limit": max_limit,
+            "stale_while_revalidate": check_stale_window(stale_while_revalidate),
+            "refresh_ahead": check_refresh_ahead(refresh_ahead),
         },
     )

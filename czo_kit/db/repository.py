@@ -41,15 +41,21 @@ def create_repository(
     max_limit: int = MAX_LIMIT,
     event_prefix: str | None = None,
     input_type: type[In] | None = None,
+    stale_while_revalidate: float | None = None,
+    refresh_ahead: float | None = None,
 ) -> Repository[M, In]:
     """Queries and mutations of ``model``; the same as ``create_queries(...) | create_mutations(...)``.
 
-    With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds) and writes
-    invalidate them after commit. ``event_prefix`` and ``input_type`` are those of
-    ``create_mutations``.
+    With ``cache``, reads are ``create_cached_queries`` (for ``ttl`` seconds, with its
+    ``stale_while_revalidate`` and ``refresh_ahead``) and writes invalidate them after commit.
+    ``event_prefix`` and ``input_type`` are those of ``create_mutations``.
     """
     if not 1 <= default_limit <= max_limit:
         raise ValueError(f"default_limit must be between 1 and max_limit ({max_limit})")
+    if cache is None:
+        for name, value in (("stale_while_revalidate", stale_while_revalidate), ("refresh_ahead", refresh_ahead)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} needs cache=: without a cache, reads go to the database")
     options = {
         "secret_key": secret_key,
         "default_limit": default_limit,
@@ -61,6 +67,8 @@ def create_repository(
         "ttl": ttl,
         "event_prefix": event_prefix,
         "input_type": input_type,
+        "stale_while_revalidate": stale_while_revalidate,
+        "refresh_ahead": refresh_ahead,
     }
     if cache is not None:
         from czo_kit.db.cached import CachedRepository

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import logging
 import threading
 import time
 import uuid
@@ -384,13 +385,160 @@ class CacheDriverContract:
         assert wait_until(lambda: cache.stats()["refreshes"] >= 1)
         assert cache.stats()["stale_served"] >= 20
 
-    def test_a_failing_refresh_keeps_serving_stale(self, cache: CacheManager) -> None:
+    def test_a_failing_refresh_keeps_serving_stale(
+        self, cache: CacheManager, caplog: pytest.LogCaptureFixture
+    ) -> None:
         cache.get_or_set("swr", Counter("old"), ttl=0.2, stale_while_revalidate=30)
         assert wait_until(lambda: not cache.has("swr"))
         broken = Counter(fail=True)
+        with caplog.at_level(logging.ERROR, logger="czo_kit.cache"):
+            assert cache.get_or_set("swr", broken, ttl=30, stale_while_revalidate=30) == "old"
+            assert wait_until(lambda: cache.stats()["refresh_errors"] >= 1)
+        failures = [r for r in caplog.records if "background refresh" in r.getMessage()]
+        assert failures and failures[0].levelno == logging.ERROR and failures[0].exc_info is not None
         assert cache.get_or_set("swr", broken, ttl=30, stale_while_revalidate=30) == "old"
-        assert wait_until(lambda: cache.stats()["refresh_errors"] >= 1)
-        assert cache.get_or_set("swr", broken, ttl=30, stale_while_revalidate=30) == "old"
+        assert cache.get("swr") == "old"
+
+    def test_a_stale_value_whose_refresh_fails_is_a_miss_once_its_window_ends(self, cache: CacheManager) -> None:
+        cache.set("short", "old", ttl=0.1, stale_while_revalidate=0.3)
+        broken = Counter(fail=True)
+
+        def window_over() -> bool:
+            # Stale (refreshes failing in the background) until the window ends; then a miss,
+            # which runs the factory in the caller and raises its error.
+            try:
+                assert cache.get_or_set("short", broken, ttl=30) == "old"
+            except RuntimeError:
+                return True
+            return False
+
+        assert wait_until(window_over)
+        assert cache.get("short") is None
+
+    def test_set_with_stale_while_revalidate_serves_stale_then_refreshes_once(self, cache: CacheManager) -> None:
+        cache.set("k", "v1", ttl=0.2, stale_while_revalidate=30)
+        cache.set("plain", "p", ttl=0.2)
+        assert wait_until(lambda: not cache.has("k") and not cache.has("plain"))
+        before = cache.stats()["stale_served"]
+        # A plain read returns the stale value and counts it; has() says it is not fresh.
+        assert cache.get("k") == "v1" and cache.get_many(["k", "plain"]) == {"k": "v1"}
+        assert cache.get("plain") is None
+        assert cache.stats()["stale_served"] - before == 2
+        release = threading.Event()
+        refresh = Counter("v2")
+
+        def slow() -> str:
+            release.wait(timeout=10)
+            return str(refresh())
+
+        served = [cache.get_or_set("k", slow, ttl=30) for _ in range(10)]
+        assert served == ["v1"] * 10  # nobody waits for the refresh
+        release.set()
+        assert wait_until(lambda: cache.has("k") and cache.get("k") == "v2")
+        assert refresh.calls == 1
+
+    def test_a_stale_entry_of_an_invalidated_tag_is_never_served(self, cache: CacheManager) -> None:
+        cache.set("row", "old", ttl=0.2, tags=["row:1"], stale_while_revalidate=30)
+        assert cache.get_or_set("fresh", lambda: "old", ttl=30, tags=["row:1"], stale_while_revalidate=30) == "old"
+        assert wait_until(lambda: not cache.has("row"))
+        assert cache.get("row") == "old"
+        cache.invalidate_tags(["row:1"])  # a write: invalidation drops, it does not mark stale
+        assert cache.get("row") is None and cache.get("fresh") is None
+        assert cache.get_or_set("row", lambda: "new", ttl=30, tags=["row:1"], stale_while_revalidate=30) == "new"
+        assert cache.get_or_set("fresh", lambda: "new", ttl=30, tags=["row:1"], stale_while_revalidate=30) == "new"
+
+    def test_get_or_set_many_serves_stale_and_refreshes_the_stale_keys_in_one_call(self, cache: CacheManager) -> None:
+        keys = {"a": ["t:a"], "b": ["t:b"], "c": ["t:c"]}
+        first = cache.get_or_set_many(
+            keys, lambda missing: {k: k + "1" for k in missing}, ttl=0.2, stale_while_revalidate=30
+        )
+        assert first == {"a": "a1", "b": "b1", "c": "c1"}
+        cache.set("c", "c-long", ttl=60, tags=["t:c"])
+        assert wait_until(lambda: not cache.has("a") and not cache.has("b"))
+        release = threading.Event()
+        batches: list[list[str]] = []
+
+        def load(missing: list[str]) -> dict[str, str]:
+            batches.append(sorted(missing))
+            release.wait(timeout=10)
+            return {k: k + "2" for k in missing}
+
+        for _ in range(5):
+            assert cache.get_or_set_many(keys, load, ttl=30, stale_while_revalidate=30) == {
+                "a": "a1", "b": "b1", "c": "c-long"
+            }
+        release.set()
+        assert wait_until(lambda: cache.get_many(["a", "b"]) == {"a": "a2", "b": "b2"} and cache.has("a"))
+        assert batches == [["a", "b"]]  # one background call, for the stale keys only
+
+    # -- refresh-ahead --------------------------------------------------------------------
+
+    def test_refresh_ahead_refreshes_a_hot_key_once_before_it_expires(self, cache: CacheManager) -> None:
+        cache.set("cold", "c1", ttl=3600)
+        untouched = Counter("c2")
+        assert cache.get_or_set("cold", untouched, ttl=3600, refresh_ahead=0.5) == "c1"
+        cache.set("hot", "v1", ttl=6)
+        release = threading.Event()
+        refresh = Counter("v2")
+
+        def slow() -> str:
+            value = str(refresh())
+            release.wait(timeout=10)
+            return value
+
+        # Past 20% of its TTL (1.2 s of 6) a read starts the refresh; the readers keep the current value.
+        assert wait_until(
+            lambda: cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) == "v1" and refresh.calls == 1
+        )
+        assert [cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) for _ in range(10)] == ["v1"] * 10
+        assert cache.has("hot")  # refreshed ahead: it never went stale or missing
+        release.set()
+        assert wait_until(lambda: cache.get("hot") == "v2")
+        assert wait_until(lambda: cache.stats()["refreshes"] >= 1)
+        assert refresh.calls == 1 and untouched.calls == 0
+        # The new value has a TTL of its own (60 s): reading it does not refresh again.
+        assert cache.get_or_set("hot", slow, ttl=60, refresh_ahead=0.2) == "v2"
+        assert refresh.calls == 1
+
+    def test_refresh_ahead_runs_once_across_processes(self, cache: CacheManager, driver: CacheDriver) -> None:
+        # Two managers over one store with one prefix stand for two processes: they share no
+        # memory, only the driver's data and locks.
+        gate = threading.Event()
+        waiting = threading.Event()
+        real_acquire = driver.acquire_lock
+
+        def acquire_lock(key: str, token: str, ttl_ms: int) -> bool:
+            waiting.set()
+            gate.wait(timeout=10)  # the other process's refresh comes and goes meanwhile
+            return real_acquire(key, token, ttl_ms)
+
+        other = CacheManager(
+            _Replaced(driver, acquire_lock=acquire_lock), prefix=cache._shared.prefix, lock_timeout=2.0
+        )
+        try:
+            cache.set("hot", "v1", ttl=3, stale_while_revalidate=30)
+            factory = Counter("v2")
+            # The other process reads the key past 30% of its TTL and starts its refresh, which
+            # stops just before taking the lock ...
+            assert wait_until(
+                lambda: other.get_or_set("hot", factory, ttl=60, refresh_ahead=0.3) == "v1" and waiting.is_set()
+            )
+            # ... while this one refreshes it from start to end.
+            assert cache.get_or_set("hot", factory, ttl=60, refresh_ahead=0.3) == "v1"
+            assert wait_until(lambda: cache.stats()["refreshes"] >= 1)
+            assert cache.get("hot") == "v2"
+            gate.set()
+            # The late refresh takes the lock, sees a newer value than the one it set out to
+            # refresh, and leaves it.
+            assert wait_until(lambda: not other._shared.refreshing)
+            assert factory.calls == 1
+            assert other.stats()["refreshes"] == 0 and other.stats()["refresh_errors"] == 0
+            assert other.get("hot") == "v2"
+        finally:
+            gate.set()
+            other._shared.closed = True
+            if other._shared.executor is not None:
+                other._shared.executor.shutdown(wait=True)
 
     # -- input checks -------------------------------------------------------------------
 
@@ -416,8 +564,25 @@ class CacheDriverContract:
             cache.set("k", 1, ttl=ttl)
         with pytest.raises(ValueError):
             cache.get_or_set("k", lambda: 1, ttl=ttl)
-        with pytest.raises(ValueError):
-            cache.get_or_set("k", lambda: 1, stale_while_revalidate=ttl)
+        if ttl != 0:  # no stale window at all is allowed
+            with pytest.raises(ValueError, match="stale_while_revalidate"):
+                cache.get_or_set("k", lambda: 1, stale_while_revalidate=ttl)
+            with pytest.raises(ValueError, match="stale_while_revalidate"):
+                cache.set("k", 1, stale_while_revalidate=ttl)
+
+    @pytest.mark.parametrize("ahead", [0, 1, 1.5, -0.2, float("nan"), True, "0.8"])
+    def test_bad_refresh_ahead_is_refused_with_the_allowed_range(self, cache: CacheManager, ahead: Any) -> None:
+        with pytest.raises(ValueError, match=r"refresh_ahead .*more than 0 and less than 1"):
+            cache.get_or_set("k", lambda: 1, refresh_ahead=ahead)
+        with pytest.raises(ValueError, match=r"refresh_ahead .*more than 0 and less than 1"):
+            cache.get_or_set_many({"k": []}, lambda keys: {}, refresh_ahead=ahead)
+        with pytest.raises(ValueError, match=r"stale_while_revalidate .*0 to"):
+            cache.get_or_set_many({"k": []}, lambda keys: {}, stale_while_revalidate=-1)
+        assert cache.get("k") is None  # nothing was computed or stored
+
+    def test_a_zero_stale_window_means_none(self, cache: CacheManager) -> None:
+        cache.set("k", 1, ttl=0.2, stale_while_revalidate=0)
+        assert wait_until(lambda: cache.get("k") is None)
 
     def test_stats_count_hits_and_misses(self, cache: CacheManager) -> None:
         base = cache.stats()

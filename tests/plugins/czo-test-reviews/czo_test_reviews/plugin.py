@@ -309,3 +309,27 @@ def refresh_ratings(kit: Kit) -> None:
 def czo_register_tasks(register: Any) -> None:
     register.task(recompute_rating, retries=2, retry_delay=1)
     register.periodic(refresh_ratings, cron="* * * * *")
+
+
+# -- the shop's rating: a cached figure that may lag, and never makes a page wait ---------------
+
+
+def shop_rating(kit: Kit, shop_id: int, *, ttl: float = 60.0) -> dict[str, Any]:
+    """How many reviews the shop has and their average rating, as a storefront shows them on
+    every page. A figure that lags new reviews by a minute is fine; a page view that waits for
+    the aggregate is not: the value is refreshed in the background from 80% of its TTL on
+    (``refresh_ahead``), and served stale for up to five more minutes while a refresh runs
+    (``stale_while_revalidate``), once across the shop's processes."""
+
+    def compute() -> dict[str, Any]:
+        count, average = (
+            Review.select(peewee.fn.COUNT(Review.id), peewee.fn.AVG(Review.rating))
+            .where(Review.shop_id == shop_id)
+            .scalar(as_tuple=True)
+        )
+        return {"reviews": int(count), "average": round(float(average), 2) if count else None}
+
+    rating: dict[str, Any] = kit.cache.namespace("reviews").get_or_set(
+        f"rating:{shop_id}", compute, ttl=ttl, stale_while_revalidate=300, refresh_ahead=0.8
+    )
+    return rating
