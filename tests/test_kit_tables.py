@@ -56,11 +56,14 @@ def kit_for(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., Kit
 
     yield make
     for kit in kits:
+        # Close first: a kit without a queue prunes its tables on a thread of its own, and a
+        # DROP racing that prune can deadlock. The closed kit's database reconnects for the DROP.
+        kit.close()
         try:
             with kit.db.bind_ctx(models):
                 kit.db.drop_tables(models, safe=True)
         finally:
-            kit.close()
+            kit.db.close()
 
 
 def test_db_init_creates_every_kit_table(database_url: str, kit_for: Callable[..., Kit]) -> None:
