@@ -266,9 +266,12 @@ def reviews_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 @pytest.mark.parametrize(
     ("variable", "raw", "message"),
     [
-        ("CZO_REVIEW_ALERT_THRESHOLD", "9", "invalid setting CZO_REVIEW_ALERT_THRESHOLD='9': expected an integer >= 1 and <= 5"),
-        ("CZO_REVIEW_PAGE_SIZE", "lots", "invalid setting CZO_REVIEW_PAGE_SIZE='lots': expected an integer >= 1 and <= 200"),
-        ("CZO_REVIEW_PAGE_ORDER", "random", "invalid setting CZO_REVIEW_PAGE_ORDER='random': Invalid enum value 'random'; allowed: best, newest, worst"),
+        ("CZO_REVIEW_ALERT_THRESHOLD", "9",
+         "invalid setting CZO_REVIEW_ALERT_THRESHOLD='9': expected an integer >= 1 and <= 5"),
+        ("CZO_REVIEW_PAGE_SIZE", "lots",
+         "invalid setting CZO_REVIEW_PAGE_SIZE='lots': expected an integer >= 1 and <= 200"),
+        ("CZO_REVIEW_PAGE_ORDER", "random",
+         "invalid setting CZO_REVIEW_PAGE_ORDER='random': Invalid enum value 'random'; allowed: best, newest, worst"),
     ],
 )
 def test_a_bad_review_setting_stops_the_kit_naming_the_variable(
@@ -361,7 +364,8 @@ def test_the_rating_index_migration_says_what_it_depends_on(reviews_env: dict[st
     with Kit.from_env() as kit:
         report = kit.create_tables()["czo_test_reviews"]
         assert report[-2:] == ["marked applied 0001_initial", "marked applied 0002_rating_index"]
-        assert "czo_test_reviews_review_shop_id_rating" in {i.name for i in kit.db.get_indexes("czo_test_reviews_review")}
+        indexes = {index.name for index in kit.db.get_indexes("czo_test_reviews_review")}
+        assert "czo_test_reviews_review_shop_id_rating" in indexes
     path = reviews_env["CZO_DATABASE_URL"].removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         assert [n for (n,) in conn.execute('SELECT name FROM "czo_migrations_czo_test_reviews" ORDER BY id')] == [

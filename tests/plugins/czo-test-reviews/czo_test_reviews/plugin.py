@@ -379,7 +379,7 @@ def czo_register_migrations(register: Any) -> None:
 
 # -- a rating is 1 to 5 stars, whoever writes it (czo_register_hooks) --------------------------
 
-REVIEW_TABLE = Review._meta.table_name  # type: ignore[attr-defined]
+REVIEW_TABLE = Review._meta.table_name
 
 
 def _check_rating(value: Any, field: str) -> None:
