@@ -370,3 +370,25 @@ def test_the_rating_index_migration_says_what_it_depends_on(reviews_env: dict[st
     with sqlite3.connect(path) as conn:
         assert [n for (n,) in conn.execute('SELECT name FROM "czo_migrations_czo_test_reviews" ORDER BY id')] == [
             "0001_initial", "0002_rating_index"]
+
+
+# -- the commands refuse malformed arguments before they touch the database ---------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "0", "5", "Fine", "--email", "a@example.com"], "Invalid value for 'SHOP_ID': 0 is not in the range"),
+        (["add", "1", "five", "Fine", "--email", "a@example.com"],
+         "Invalid value for 'RATING': 'five' is not a valid integer"),
+        (["add", "1", "5", "Fine"], "Missing option '--email'"),
+        (["list", "shop-1"], "Invalid value for 'SHOP_ID': 'shop-1' is not a valid integer"),
+    ],
+)
+def test_the_reviews_commands_name_a_malformed_argument(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from czo_test_reviews.cli import reviews_group
+
+    result = CliRunner().invoke(reviews_group, args)
+    assert result.exit_code == 2 and message in result.output, result.output
