@@ -427,6 +427,7 @@ def test_hook_czo_register_apps(sqlite_url: str, settings_for: SettingsFor) -> N
         @hookimpl
         def czo_register_permissions(self, register: Any) -> None:
             register.resource("note", ["read"])
+            register.event("note.created", resource="note", fields={"shop_id": None, "id": None})
 
         @hookimpl
         def czo_register_apps(self, register: Any) -> None:
