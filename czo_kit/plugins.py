@@ -53,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "czo_kit.default_plugins.postgres",
     "czo_kit.default_plugins.memory_cache",
     "czo_kit.default_plugins.redis_cache",
+    "czo_kit.default_plugins.redis_cluster_cache",
     "czo_kit.default_plugins.huey_queue",
     "czo_kit.default_plugins.events",
     "czo_kit.default_plugins.permissions",
