@@ -62,8 +62,13 @@ class RedisDriver(RedisCommands):
         # A cluster node answers a key of another node's slot with MOVED (and a multi-key
         # command with CROSSSLOT): to a single-node client the cache is unusable, not broken
         # per call. Degrade like an outage, saying which URL to use instead.
-        if isinstance(exc, self._redis.exceptions.ResponseError) and str(exc).startswith(_CLUSTER_REPLIES):
-            return f"this Redis is a cluster node ({exc}); use CZO_CACHE_URL=redis+cluster://host:port"
+        errors = self._redis.exceptions
+        cluster_errors = (errors.AskError, errors.ClusterCrossSlotError, errors.ClusterDownError, errors.TryAgainError)
+        if isinstance(exc, cluster_errors) or (
+            isinstance(exc, errors.ResponseError) and str(exc).startswith(_CLUSTER_REPLIES)
+        ):
+            reply = f"{type(exc).__name__}: {exc}"
+            return f"this Redis is a cluster node ({reply}); use CZO_CACHE_URL=redis+cluster://host:port"
         return super()._outage(exc)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
