@@ -9,7 +9,12 @@ Tests that kill a node start a cluster of their own (``private_cluster``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -280,3 +285,36 @@ def test_the_single_node_driver_on_a_cluster_degrades_and_names_the_cluster_url(
         cache.close()
     warned = [r.getMessage() for r in caplog.records if "cache unavailable" in r.getMessage()]
     assert warned and "redis+cluster://" in warned[0] and "cluster node" in warned[0]
+
+
+# -- czo-kit status -----------------------------------------------------------------------
+
+
+def status_of_cache(cluster: LocalCluster, tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    environ.update(
+        CZO_DATABASE_URL=f"sqlite:///{tmp_path / 'status.sqlite3'}", CZO_QUEUE_URL="", CZO_PLUGINS="",
+        CZO_CACHE_URL=cluster.url.replace("://", "://:s3cret@", 1), CZO_CACHE_NEAR_ENTRIES="0",
+    )
+    script = shutil.which("czo-kit", path=os.path.dirname(sys.executable)) or "czo-kit"
+    done = subprocess.run([script, "status", "--json"], capture_output=True, text=True, env=environ, timeout=120)
+    assert "s3cret" not in done.stdout
+    checks = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+    return done.returncode, checks["cache"]
+
+
+def test_status_shows_the_cluster_cache_reachable_then_names_a_dead_primary(
+    private_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    for port in private_cluster.ports:  # the URL's password reaches every node
+        private_cluster.command(port, "CONFIG", "SET", "requirepass", "s3cret")
+    code, cache = status_of_cache(private_cluster, tmp_path)
+    assert (code, cache["ok"], cache["detail"]) == (0, True, "3 primaries answer")
+    assert cache["url"].startswith("redis+cluster://:***@")
+
+    victim = private_cluster.ports[1]
+    private_cluster.kill(victim)
+    code, cache = status_of_cache(private_cluster, tmp_path)
+    assert (code, cache["ok"]) == (1, False)
+    assert f"primary 127.0.0.1:{victim} of 3 does not answer" in cache["detail"]
+    assert "served as misses" in cache["detail"]

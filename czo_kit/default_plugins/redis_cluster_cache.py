@@ -190,9 +190,24 @@ class RedisClusterDriver(RedisCommands):
         except CacheUnavailable:
             return False
 
-    def primaries(self) -> list[str]:
-        """``host:port`` of each primary, as the client last learnt the slot map."""
-        return [node.name for node in self.client.get_primaries()]
+    def health(self) -> tuple[bool, str]:
+        """Whether every primary answers, and which do not (for ``czo-kit status``)."""
+        try:
+            client = self.client
+        except CacheUnavailable as exc:
+            return False, f"no node of the cluster answers: {exc}"
+        down = []
+        primaries = client.get_primaries()
+        for node in primaries:
+            try:
+                client.ping(target_nodes=node)
+            except Exception as exc:
+                if self._outage(exc) is None:
+                    raise
+                down.append(node.name)
+        if down:
+            return False, f"primary {', '.join(down)} of {len(primaries)} does not answer"
+        return True, f"{len(primaries)} primaries answer"
 
     def close(self) -> None:
         with self._lock:
