@@ -64,19 +64,18 @@ class LocalCluster:
     def start_node(self, port: int) -> None:
         node_dir = self.directory / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
-        log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 - the process owns it
-        self.processes[port] = subprocess.Popen(
-            [
-                self.server, "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout", str(self.node_timeout_ms),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(node_dir),
-                "--loglevel", "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(node_dir / "redis.log", "ab") as log:  # the process keeps its own copy of the fd
+            self.processes[port] = subprocess.Popen(
+                [
+                    self.server, "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(node_dir),
+                    "--loglevel", "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self._wait(lambda: self._answers(port), f"redis-server on port {port} never answered")
 
     def start(self) -> None:

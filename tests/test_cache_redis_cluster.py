@@ -175,9 +175,9 @@ def test_a_killed_primary_is_served_as_misses_and_the_cache_recovers(
     victim = private_cluster.ports[0]
     private_cluster.kill(victim)  # kill -9
     dead = by_port[victim][0]
-    errors_before = cache.stats()["errors"]
+    alive = by_port[private_cluster.ports[1]][0]
 
-    def every_call_degrades() -> bool:
+    def every_call_degrades(errors_before: int) -> bool:
         # Nothing raises: reads are misses (or hits on the live nodes), writes are dropped.
         assert cache.get(dead) is None
         assert cache.get(dead, tags=["t"]) is None
@@ -190,10 +190,29 @@ def test_a_killed_primary_is_served_as_misses_and_the_cache_recovers(
         assert not cache.ping()
         return cache.stats()["errors"] > errors_before + 5
 
-    assert wait_until(every_call_degrades, timeout=10)
+    before = cache.stats()["errors"]
+    assert wait_until(lambda: every_call_degrades(before), timeout=10)
     with pytest.raises(CacheUnavailable):
         strict.get(dead)
     assert any("cache unavailable" in r.getMessage() for r in caplog.records)
+
+    # Once the others see the node fail, the whole cluster answers CLUSTERDOWN (every slot
+    # must be served): the live primaries' keys are misses too, still never an exception.
+    live_port = private_cluster.ports[1]
+    assert wait_until(
+        lambda: "cluster_state:fail" in private_cluster.command(live_port, "CLUSTER", "INFO"), timeout=30
+    )
+    before = cache.stats()["errors"]
+    assert wait_until(lambda: every_call_degrades(before) and cache.get(alive) is None, timeout=10)
+
+    def the_driver_says_cluster_down() -> bool:
+        try:
+            cache.driver.get_many([cache.key(alive)])
+        except CacheUnavailable as exc:  # what the manager turned into the misses above
+            return "ClusterDownError" in str(exc)
+        return False
+
+    assert wait_until(the_driver_says_cluster_down, timeout=10)
 
     private_cluster.start_node(victim)  # back on its port with its node file: it rejoins
     private_cluster.wait_ok()
