@@ -21,6 +21,7 @@ down; until it answers, reads are misses as with the single-node driver.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -151,8 +152,6 @@ class RedisClusterDriver(RedisCommands):
     def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
         if not tags:
             return []
-        import secrets
-
         seed = str(secrets.randbits(40))
         fresh = [f"{seed}{i}".encode() for i in range(1, len(tags) + 1)]
 
@@ -166,21 +165,18 @@ class RedisClusterDriver(RedisCommands):
         return [old if old is not None else new for old, new in zip(self._call(run), fresh)]
 
     def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
-        # Each primary holds its own slots' keys: SCAN every one of them to its end.
-        keys: Iterator[Any] = self.client.scan_iter(match=pattern, count=batch, target_nodes=self._cluster.PRIMARIES)
-        return keys
-
-    @property
-    def _cluster(self) -> Any:
         from redis.cluster import RedisCluster
 
-        return RedisCluster
+        # Each primary holds its own slots' keys: SCAN every one of them to its end.
+        keys: Iterator[Any] = self.client.scan_iter(match=pattern, count=batch, target_nodes=RedisCluster.PRIMARIES)
+        return keys
 
     def release_lock(self, key: str, token: str) -> bool:
         return bool(self._call(lambda: self.client.eval(RELEASE_SCRIPT, 1, key, token)))
 
     def ping(self) -> bool:
         """Whether every primary answers (a dead one leaves its slots' keys unreachable)."""
+
         def every_primary() -> bool:
             client = self.client
             return all(client.ping(target_nodes=node) for node in client.get_primaries())
