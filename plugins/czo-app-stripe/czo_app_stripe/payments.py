@@ -256,6 +256,9 @@ class Payments:
                 "amount": payment.amount,
                 "currency": payment.currency.lower(),
                 "payment_method": self.payment_method,
+                # Cards only: with Stripe's automatic payment methods, confirming without a
+                # customer on a page would ask for a return_url.
+                "payment_method_types": ["card"],
                 "metadata": {"czo_shop_id": str(payment.shop_id), "czo_order_id": str(payment.order_id)},
             },
             # A crash after Stripe created it and before the id below is stored: the retry
