@@ -353,7 +353,9 @@ def test_the_store_runs_on_postgresql(pg_url: str) -> None:
         assert store.first_time("stripe", "evt_pg") is True
         assert store.first_time("stripe", "evt_pg") is False
         store.open_payment(shop_id=1, order_id=1, amount=10, currency="EUR", idempotency_key="czo-1-1")
-        assert Store(pg_url).payment(1, 1) is not None
+        again = Store(pg_url)
+        assert again.payment(1, 1) is not None
+        again.close()
     finally:
         store.close()
 
@@ -376,3 +378,21 @@ def test_without_an_api_key_the_app_says_which_setting_is_missing(tmp_path: Path
     answer = falcon.testing.TestClient(wsgi).simulate_post("/stripe/webhooks", body=b"{}")
     assert answer.status_code == 503 and "STRIPE_WEBHOOK_SECRET" in answer.json["description"]
     state.store.close()
+
+
+def test_only_stripe_itself_is_told_that_no_payment_method_redirects(tmp_path: Path) -> None:
+    """Stripe asks for a return_url on confirm unless told no method redirects; localstripe
+    refuses the parameter it does not know."""
+    from czo_app_stripe import create_app
+    from czo_app_stripe.app import STRIPE_CREATE_PARAMS
+
+    _, real = create_app(public_url="http://pay.test", czo_api_url="http://127.0.0.1:9", stripe_api_key="sk_test_x",
+                         database_url=f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    _, local = create_app(public_url="http://pay.test", czo_api_url="http://127.0.0.1:9", stripe_api_key="sk_test_x",
+                          stripe_api_base="http://127.0.0.1:8420", database_url=f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    assert real.flow.create_params == STRIPE_CREATE_PARAMS == {
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}
+    }
+    assert local.flow.create_params == {}
+    real.store.close()
+    local.store.close()

@@ -34,6 +34,8 @@ from czo_app_stripe.store import DEFAULT_DATABASE_URL, Installation, Payment, St
 log = logging.getLogger("czo_app_stripe")
 
 
+STRIPE_CREATE_PARAMS: dict[str, Any] = {"automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}}
+
 HANDLED_STRIPE_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 
 
@@ -65,7 +67,10 @@ class StripeApp:
 
     def __post_init__(self) -> None:
         self.flow = Payments(
-            self.store, CzoApi(self.czo_api_url, http=self.http), self.stripe, payment_method=self.payment_method
+            self.store, CzoApi(self.czo_api_url, http=self.http), self.stripe, payment_method=self.payment_method,
+            # Stripe itself asks for a return_url on confirm unless told no payment method will
+            # redirect (there is no customer page here); localstripe knows no such parameter.
+            create_params=None if self.stripe_api_base else STRIPE_CREATE_PARAMS,
         )
         self.flow.errors = self.errors
 

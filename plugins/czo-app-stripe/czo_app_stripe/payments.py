@@ -145,8 +145,10 @@ class Payments:
         client: Callable[[], stripe.StripeClient],
         *,
         payment_method: str = "pm_card_visa",
+        create_params: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.create_params: Any = create_params or {}
         self.czo = czo
         self._client = client
         self.payment_method = payment_method
@@ -251,16 +253,15 @@ class Payments:
     def _intent(self, payment: Payment) -> dict[str, Any]:
         if payment.intent_id is not None:
             return _plain(self.client.v1.payment_intents.retrieve(payment.intent_id))
+        params: Any = {  # stripe's TypedDict cannot see through ** of create_params
+            "amount": payment.amount,
+            "currency": payment.currency.lower(),
+            "payment_method": self.payment_method,
+            "metadata": {"czo_shop_id": str(payment.shop_id), "czo_order_id": str(payment.order_id)},
+            **self.create_params,
+        }
         intent = _plain(self.client.v1.payment_intents.create(
-            params={
-                "amount": payment.amount,
-                "currency": payment.currency.lower(),
-                "payment_method": self.payment_method,
-                # Cards only: with Stripe's automatic payment methods, confirming without a
-                # customer on a page would ask for a return_url.
-                "payment_method_types": ["card"],
-                "metadata": {"czo_shop_id": str(payment.shop_id), "czo_order_id": str(payment.order_id)},
-            },
+            params=params,
             # A crash after Stripe created it and before the id below is stored: the retry
             # sends the same key and Stripe answers the same intent. Against a server that
             # ignores keys, the orphan is never confirmed, so nothing is charged twice.

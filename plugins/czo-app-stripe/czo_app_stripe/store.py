@@ -56,7 +56,7 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-def _models(db: peewee.Database) -> tuple[type[peewee.Model], type[peewee.Model], type[peewee.Model]]:
+def _models(db: peewee.Database) -> tuple[Any, Any, Any]:  # peewee's fields are not typed per model
     # Built per store: two stores (two apps in one test process, or a restart) never share
     # a binding.
     class Base(peewee.Model):
