@@ -83,8 +83,7 @@ class Shop:
         if self.app is not None:
             self.app.stop()
         if self.state is not None:
-            self.state.http.clear()
-            self.state.store.close()
+            self.state.close()
         self.api.stop()
 
 

@@ -320,6 +320,24 @@ def test_the_app_killed_mid_payment_resumes_without_charging_twice(
         shop.stop()
 
 
+def test_a_payment_c_zo_could_not_take_is_recorded_once_it_is_back(kit: Kit, shop: Shop) -> None:
+    assert shop.state is not None
+    # No Stripe events to this app: only its resume loop can finish the payment.
+    shop.localstripe.add_webhook("czo", shop.api.url + "/nowhere", STRIPE_SECRET)
+    shop.gate.closed = True
+    with kit.consumer(workers=2, sweep_interval=0.5):
+        order = place(kit, total=900)
+        wait_for(lambda: len(shop.gate.refused) >= 1 and shop.state.errors != [],  # type: ignore[union-attr]
+                 timeout=30, what="the app to find c-zo away")
+        assert shop.state.payments[0].state == "pending" and order_of(kit, order.id).status == "open"
+        shop.gate.closed = False
+        shop.state.resume_forever(interval=0.2)
+        wait_for(lambda: order_of(kit, order.id).status == "paid", timeout=30, what="the resumed payment")
+    [intent] = intents_for(shop.localstripe, order.id)
+    assert len(charges_for(shop.localstripe, intent["id"])) == 1
+    assert order_of(kit, order.id).paid_amount == 900
+
+
 def test_the_store_keeps_its_state_across_restarts_and_forgets_old_event_ids(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     store = Store(url)

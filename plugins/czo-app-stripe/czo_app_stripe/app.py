@@ -64,6 +64,7 @@ class StripeApp:
     http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10)))
     _verifier: HandoffVerifier | None = None
     _client: stripe.StripeClient | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.flow = Payments(
@@ -107,16 +108,22 @@ class StripeApp:
         (after c-zo or Stripe was away)."""
 
         def loop() -> None:
-            while True:
+            while not self._stopping.is_set():
                 try:
                     self.flow.resume()
                 except Exception:  # noqa: BLE001 - the loop must outlive one bad round
                     log.exception("resuming payments failed; trying again in %ss", interval)
-                time.sleep(interval)
+                self._stopping.wait(interval)
 
         thread = threading.Thread(target=loop, name="czo-app-stripe-resume", daemon=True)
         thread.start()
         return thread
+
+    def close(self) -> None:
+        """Stop the resume loop and close the app's database and connections."""
+        self._stopping.set()
+        self.http.clear()
+        self.store.close()
 
     def handoff_verifier(self) -> HandoffVerifier:
         """Built on first use: ``public_url`` may be known only once the server listens."""
