@@ -276,6 +276,7 @@ def test_the_widget_shows_a_declined_payment_with_stripes_reason(page: Any, dash
         state = dashboard.stripe
         state.stripe_api_key, state.stripe_api_base = LocalStripe.api_key, server.url
         state.flow.payment_method = "pm_card_chargeCustomerFail"  # localstripe's declined card
+        state.flow.create_params = {}  # as create_app leaves it for a STRIPE_API_BASE
         state.flow.order_created(1, OrderPayload(order_id=dashboard.order_id, amount=3200, currency="EUR"))
         assert state.payments[0].state == "failed"
         widget = _open_order(page, dashboard)
