@@ -185,7 +185,7 @@ def test_the_order_module_migrates_after_the_product_module(
         monkeypatch.setenv(variable, value)
     result = CliRunner().invoke(cli, ["db", "migrate"])
     assert result.exit_code == 0, result.output
-    assert "czo_order: 0001_initial, 0002_payments" in result.output.splitlines()
+    assert "czo_order: 0001_initial, 0002_payments, 0003_refunds" in result.output.splitlines()
     assert "czo_product: 0001_initial" in result.output.splitlines()
     tables = {"czo_order": "czo_migrations_czo_order", "czo_product": "czo_migrations_czo_product"}
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
@@ -195,6 +195,6 @@ def test_the_order_module_migrates_after_the_product_module(
             for name, at in conn.execute(f'SELECT "name", "applied" FROM "{table}"')
         }
     assert sorted(applied) == [("czo_order", "0001_initial"), ("czo_order", "0002_payments"),
-                               ("czo_product", "0001_initial")]
+                               ("czo_order", "0003_refunds"), ("czo_product", "0001_initial")]
     # The history's times, to the microsecond: product's table was made first.
     assert applied[("czo_product", "0001_initial")] < applied[("czo_order", "0001_initial")]
