@@ -29,18 +29,29 @@ __all__ = ["RedisDriver", "create_redis_driver"]
 
 T = TypeVar("T")
 
+# Versions are random (a per-call seed and the tag's position), never a counter: a key that
+# expired or was removed must not come back with a version an old entry still records. A key
+# that would expire within ``ttl`` ms (or never: one written before versions expired) gets
+# twice ``ttl``, so a hot tag is extended once per ``ttl``, not on every write: each PEXPIRE
+# makes Redis tell every near cache to drop its copy of the key.
 _TAG_VERSIONS = """
 local prefix = ARGV[1]
 local seed = ARGV[2]
+local ttl = tonumber(ARGV[3])
 local out = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local key = prefix .. ARGV[i]
   local v = redis.call('GET', key)
   if not v then
-    redis.call('SET', key, seed .. (i - 2), 'NX')
-    v = redis.call('GET', key)
+    v = seed .. (i - 3)
+    redis.call('SET', key, v, 'PX', 2 * ttl)
+  else
+    local left = redis.call('PTTL', key)
+    if left < ttl then
+      redis.call('PEXPIRE', key, 2 * ttl)
+    end
   end
-  out[i - 2] = v
+  out[i - 3] = v
 end
 return out
 """
@@ -132,14 +143,15 @@ class RedisDriver:
             self._forget(keys)
         return removed
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         if not tags:
             return []
-        seed = str(secrets.randbits(40))
+        # The separator keeps seed 12 + position 3 apart from seed 1 + position 23.
+        seed = f"{secrets.randbits(64)}."
         keys = [tag_prefix + tag for tag in tags]
         try:
             versions: list[bytes] = self._call(
-                lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
+                lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, max(1, ttl_ms), *tags])
             )
         except BaseException:
             self._forget(keys)
@@ -154,16 +166,13 @@ class RedisDriver:
         if not tags:
             return
 
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.incr(tag_prefix + tag)
-            pipe.execute()
-
+        keys = [tag_prefix + tag for tag in tags]
+        # Removed, not incremented: a missing version invalidates, the next writer creates a
+        # random one, and a tag nobody writes again leaves no key behind.
         try:
-            self._call(run)
+            self._call(lambda: self.client.unlink(*keys))
         finally:
-            self._forget([tag_prefix + tag for tag in tags])
+            self._forget(keys)
 
     def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
         def run() -> int:
