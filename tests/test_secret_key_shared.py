@@ -138,3 +138,33 @@ def test_a_cursor_one_process_signs_is_accepted_by_another(tmp_path: Path, pg_ur
     alone = {"CZO_DATABASE_URL": sqlite_url, "CZO_QUEUE_URL": ""}
     cursor = run(alone, "first")
     assert run(alone, "next", cursor).startswith("refused:")
+
+
+def wsgi_module_of_the_docs() -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "scaling.md").read_text(encoding="utf-8")
+    start = text.index("  # wsgi.py")
+    block = text[start : text.index("```", start)]
+    return textwrap.dedent(block)
+
+
+@pytest.mark.postgres
+def test_the_wsgi_module_of_the_docs_checks_the_key_and_serves(tmp_path: Path, pg_url: str) -> None:
+    (tmp_path / "wsgi.py").write_text(wsgi_module_of_the_docs())
+    probe = (
+        "import io, wsgi\n"
+        "seen = []\n"
+        "environ = {'REQUEST_METHOD': 'GET', 'PATH_INFO': '/metrics', 'SERVER_NAME': 'x', 'SERVER_PORT': '80',\n"
+        "           'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(), 'QUERY_STRING': ''}\n"
+        "body = b''.join(wsgi.application(environ, lambda status, headers, *rest: seen.append(status)))\n"
+        "print(seen[0], b'czo_' in body)\n"
+        "wsgi.kit.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    env.update(CZO_DATABASE_URL=pg_url, CZO_QUEUE_URL="", CZO_PLUGINS="", PYTHONPATH=str(tmp_path))
+    refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=120)
+    assert refused.returncode != 0 and "CZO_SECRET_KEY is not set, and the WSGI app on postgresql" in refused.stderr
+    served = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={**env, "CZO_SECRET_KEY": SECRET}, cwd=tmp_path, timeout=120)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.split() == ["200", "OK", "True"]
