@@ -69,6 +69,14 @@ def collect(kit: Kit, *, workers_seen_within: float = 60.0) -> KitStatus:
         return ""
 
     def cache() -> str:
+        # A driver over several servers (Redis Cluster) may say which of them answer: one
+        # down primary leaves only its slots' keys unreachable.
+        health = getattr(kit.cache.driver, "health", None)
+        if callable(health):
+            ok, detail = health()
+            if not ok:
+                raise ConnectionError(f"{detail} (reads are served as misses meanwhile)")
+            return str(detail)
         if not kit.cache.ping():
             raise ConnectionError("it does not answer (reads are served as misses meanwhile)")
         return ""

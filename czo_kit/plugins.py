@@ -53,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "czo_kit.default_plugins.postgres",
     "czo_kit.default_plugins.memory_cache",
     "czo_kit.default_plugins.redis_cache",
+    "czo_kit.default_plugins.redis_cluster_cache",
     "czo_kit.default_plugins.huey_queue",
     "czo_kit.default_plugins.events",
     "czo_kit.default_plugins.permissions",
@@ -105,7 +106,10 @@ def backend_for(url: str, factories: dict[str, Any], *, variable: str, kind: str
 
     from czo_kit.errors import ConfigurationError
 
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # a malformed host ('[::1:7000'): the driver's own parser says what is wrong
+        scheme = url.partition(":")[0].lower()
     factory = factories.get(scheme)
     if factory is None:
         raise ConfigurationError(

@@ -126,3 +126,18 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         service_unavailable(f"Redis at {REDIS_URL}", str(exc))
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A local Redis Cluster of three primaries (tests/redis_cluster.py), started once per
+    session on free ports and killed at the end. Without redis-server and redis-cli the tests
+    skip locally and fail under CI."""
+    from redis_cluster import LocalCluster, cluster_binaries
+
+    binaries = cluster_binaries()
+    if binaries is None:
+        service_unavailable("Redis Cluster", "redis-server or redis-cli is not installed")
+    assert binaries is not None
+    with LocalCluster(*binaries, tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

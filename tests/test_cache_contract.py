@@ -4,6 +4,7 @@ third-party driver installed as a plugin."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from importlib.metadata import entry_points
 
 import pytest
@@ -12,6 +13,7 @@ from czo_kit.cache import cache_drivers, create_cache
 from czo_kit.cache.driver import CacheDriver
 from czo_kit.default_plugins.memory_cache import MemoryDriver
 from czo_kit.default_plugins.redis_cache import create_redis_driver
+from czo_kit.default_plugins.redis_cluster_cache import create_redis_cluster_driver
 from czo_kit.settings import Settings
 from czo_kit.testing import CacheDriverContract
 
@@ -50,3 +52,16 @@ class TestEntryPointPluginDriver(CacheDriverContract):
             "install the test plugin: pip install -e tests/plugins/czo-test-cache"
         )
         assert "dictcache" in cache_drivers()
+
+
+@pytest.mark.redis
+class TestRedisClusterDriver(CacheDriverContract):
+    """The same contract on a local three-primary Redis Cluster (the ``redis_cluster`` fixture):
+    every test's keys and tag versions spread over the three nodes."""
+
+    @pytest.fixture
+    def driver(self, redis_cluster: Any) -> Iterator[CacheDriver]:
+        url = redis_cluster.url
+        driver = create_redis_cluster_driver(url, settings=Settings(cache_url=url, cache_near_entries=0))
+        yield driver
+        driver.close()

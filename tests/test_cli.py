@@ -159,7 +159,14 @@ def test_plugins_lists_what_an_outside_plugin_registered(env: Path, monkeypatch:
     reviews = {item["name"]: item for item in json.loads(result.output)}["czo_test_reviews"]
     assert reviews["distribution"] == "czo-test-reviews"
     assert reviews["registers"]["dashboard"] == ["mount REVIEW_DETAILS", "page reviews"]
-    assert reviews["registers"]["models"] == ["Review", "ReviewStats"]
+    assert reviews["registers"]["models"] == ["Review", "ReviewAlert", "ReviewStats"]
+    assert reviews["registers"]["settings"] == ["ReviewSettings"]
+    assert reviews["registers"]["migrations"][0].endswith("czo_test_reviews/migrations")
+    assert reviews["registers"]["hooks"][0] == "before czo_test_reviews_review.create"
+    assert reviews["registers"]["events"] == ["on review.created"]
+    assert reviews["registers"]["http_routes"] == ["/api/shops/{shop_id:shop}/reviews"]
+    assert reviews["registers"]["authenticators"] == ["authenticate_widget"]
+    assert reviews["registers"]["commands"] == ["reviews"]
     assert reviews["registers"]["permissions"][:2] == ["resource review", "role moderator"]
     assert reviews["registers"]["tasks"] == [
         "task czo_test_reviews.recompute_rating", "periodic czo_test_reviews.refresh_ratings (* * * * *)"

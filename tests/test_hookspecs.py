@@ -427,6 +427,7 @@ def test_hook_czo_register_apps(sqlite_url: str, settings_for: SettingsFor) -> N
         @hookimpl
         def czo_register_permissions(self, register: Any) -> None:
             register.resource("note", ["read"])
+            register.event("note.created", resource="note", fields={"shop_id": None, "id": None})
 
         @hookimpl
         def czo_register_apps(self, register: Any) -> None:
@@ -447,3 +448,29 @@ def test_hook_czo_register_apps(sqlite_url: str, settings_for: SettingsFor) -> N
         kit.events.emit_async("note.created", {"shop_id": 3, "id": 1})
         assert wait_until(lambda: heard != [], timeout=15)
     assert heard == [({"shop_id": 3, "id": 1}, "note.created", 3)]
+
+
+# -- the outside module keeps up with the hookspecs ---------------------------------------------
+
+BACKEND_HOOKS = {"czo_register_database_backends", "czo_register_cache_drivers", "czo_register_queue_backends"}
+"""Exercised by the outside backend plugin, tests/plugins/czo-test-cache, and the contract suites."""
+
+
+def test_the_outside_reviews_module_implements_every_module_hook(sqlite_url: str, settings_for: SettingsFor) -> None:
+    """``czo-test-reviews`` (tests/plugins/) is the proof that a module outside the kit can use
+    every hook: a hookspec added to the kit fails here until it uses that one too (and
+    tests/test_reviews_module.py drives it)."""
+    import inspect
+    from importlib import metadata
+
+    from czo_kit import hookspecs
+
+    marker = hookspecs.PROJECT_NAME + "_spec"
+    specs = {name for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) and hasattr(fn, marker)}
+    assert {"czo_startup", "czo_register_settings"} <= specs and BACKEND_HOOKS <= specs
+    (entry,) = [ep for ep in metadata.entry_points(group="czo_kit") if ep.name == "czo_test_reviews"]
+    with Kit(settings_for(sqlite_url, queue_url="", plugins=("czo_test_reviews",))) as kit:
+        plugin = kit.plugins.get_plugin("czo_test_reviews")
+        assert plugin is entry.load()  # found by its entry point, nothing registered by hand
+        implemented = {impl_caller.name for impl_caller in kit.plugins.get_hookcallers(plugin) or ()}
+    assert sorted(specs - BACKEND_HOOKS - implemented) == []

@@ -164,3 +164,37 @@ def test_a_dependency_already_applied_is_satisfied(
     kit.migrations.up()
     (plugins[0].directory / "0002_refers_to_b.py").write_text(A_NEEDS_B)  # shipped in a later release
     assert kit.migrations.up("czo_test_a") == {"czo_test_a": ["0002_refers_to_b"]}
+
+
+# -- the example modules: orders refer to products --------------------------------------------
+
+
+def test_the_order_module_migrates_after_the_product_module(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``czo-kit db migrate`` on an empty database: by name czo_order would run first (and
+    the allow-list names it first too); its 0001 declares that it needs czo_product's."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from czo_kit.cli import cli
+
+    for variable, value in {"CZO_DATABASE_URL": sqlite_url, "CZO_QUEUE_URL": "", "CZO_SECRET_KEY": "m" * 40,
+                            "CZO_PLUGINS": "czo_order,czo_product"}.items():
+        monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(cli, ["db", "migrate"])
+    assert result.exit_code == 0, result.output
+    assert "czo_order: 0001_initial, 0002_payments" in result.output.splitlines()
+    assert "czo_product: 0001_initial" in result.output.splitlines()
+    tables = {"czo_order": "czo_migrations_czo_order", "czo_product": "czo_migrations_czo_product"}
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        applied = {
+            (module, name): at
+            for module, table in tables.items()
+            for name, at in conn.execute(f'SELECT "name", "applied" FROM "{table}"')
+        }
+    assert sorted(applied) == [("czo_order", "0001_initial"), ("czo_order", "0002_payments"),
+                               ("czo_product", "0001_initial")]
+    # The history's times, to the microsecond: product's table was made first.
+    assert applied[("czo_product", "0001_initial")] < applied[("czo_order", "0001_initial")]

@@ -451,7 +451,9 @@ def test_the_reviews_module_writes_its_typed_input_and_names_its_events(reviews_
     assert (row.rating, row.author_email) == (5, "ada@example.com")
     (event,) = posted
     assert isinstance(event, ReviewPosted) and (event.id, event.rating, event.body) == (row.id, 5, "Lovely")
-    assert not hasattr(event, "author_email")  # left out of the event on purpose (omit=)
+    # The event carries the address; the module's payload fields keep it from apps without
+    # customer:read (tests/test_payload_fields.py).
+    assert event.author_email == "ada@example.com"
     changed = repo.update(row.id, ReviewInput(rating=4), expected_version=row.version)
     assert (changed.rating, changed.body, changed.version) == (4, "Lovely", 2)
     repo.delete(row.id)
@@ -492,6 +494,6 @@ def test_a_column_added_to_reviews_but_not_to_its_event_stops_the_kit(reviews_se
         Review._meta.remove_field("title")
     message = str(info.value)
     assert "'review.created'" in message and "ReviewPosted" in message and "missing title" in message, message
-    assert "author_email" not in message  # omitted on purpose, not missing
+    assert "author_email" not in message  # the event carries it: only the new column is named
     with Kit(reviews_settings):
         pass  # and the module as it ships starts

@@ -44,7 +44,8 @@ class CacheDriver(Protocol):
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of ``keys`` in order (``None`` where missing), read atomically in one round
-        trip. Tag version keys are read through it too, next to the entries they guard."""
+        trip where the server can (a cluster reads per slot, in one pipelined pass). Tag
+        version keys are read through it too, next to the entries they guard."""
         ...
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from czo_kit.settings import Settings
 
-__all__ = ["create_redis_queue", "create_sqlite_queue"]
+__all__ = ["create_redis_queue", "create_sqlite_queue", "refuse_cluster_queue"]
 
 
 def create_sqlite_queue(url: str, *, settings: Settings, name: str) -> Huey:
@@ -73,8 +73,28 @@ def create_redis_queue(url: str, *, settings: Settings, name: str) -> Huey:
     )
 
 
+def refuse_cluster_queue(url: str, *, settings: Settings, name: str) -> Huey:
+    """``redis+cluster://`` is the cache's, not the queue's: refused, saying what to use.
+
+    Huey's Redis storage talks to one server through a single-node client, and its keys
+    (``huey.redis.<name>``, ``huey.schedule.<name>``, ``huey.results.<name>``, ...) hash to
+    different slots: on a cluster, delayed tasks, retries and locks answer MOVED. Braces that
+    would pin them to one slot are not allowed in CZO_QUEUE_NAME (Huey strips them from its keys).
+    """
+    raise ConfigurationError(
+        "CZO_QUEUE_URL cannot be a Redis Cluster: Huey's Redis storage needs one standalone "
+        "Redis server (its keys huey.redis.<name>, huey.schedule.<name>, ... fall in different "
+        "hash slots, so delays and retries fail on a cluster); use redis://host:6379/0 on a "
+        "server outside the cluster (the cache may stay on redis+cluster://), see "
+        "docs/operations.md, 'Redis Cluster'",
+        variable="CZO_QUEUE_URL",
+    )
+
+
 @hookimpl
 def czo_register_queue_backends(register: Any) -> None:
     register("sqlite", create_sqlite_queue)
     register("redis", create_redis_queue)
     register("rediss", create_redis_queue)
+    register("redis+cluster", refuse_cluster_queue)
+    register("rediss+cluster", refuse_cluster_queue)

@@ -4,19 +4,20 @@ Reads are plain GET / MGET (the manager checks tag versions it reads in the same
 from a near cache in this process when it holds every key asked for (``czo_kit.cache.near``:
 Redis key tracking drops a copy the moment the key changes anywhere). Timeouts are short and
 retries off, so an unreachable Redis costs a caller milliseconds, not seconds; the manager turns
-``CacheUnavailable`` into misses. Not for Redis Cluster: one MGET reads an entry with its tag
-keys, which live in other hash slots.
+``CacheUnavailable`` into misses. Not for Redis Cluster (one MGET reads an entry with its tag
+keys, which live in other hash slots): a cluster node's MOVED or CROSSSLOT reply degrades like
+an outage, with a message naming ``redis+cluster://`` (``redis_cluster_cache``).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from czo_kit.cache.driver import CacheUnavailable
 from czo_kit.cache.near import NearCache
+from czo_kit.default_plugins._redis_common import RELEASE_SCRIPT, RedisCommands, import_redis, version_seed
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import hookimpl
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from czo_kit.settings import Settings
 
 __all__ = ["RedisDriver", "create_redis_driver"]
-
-T = TypeVar("T")
 
 # Versions are random (a per-call seed and the tag's position), never a counter: a key that
 # expired or was removed must not come back with a version an old entry still records. A key
@@ -56,38 +55,31 @@ end
 return out
 """
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_OUTAGE_REPLIES = ("OOM", "LOADING", "READONLY", "MISCONF", "MASTERDOWN", "BUSY")
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN")
 
 
-class RedisDriver:
+class RedisDriver(RedisCommands):
     """A ``CacheDriver`` over one Redis database."""
 
     def __init__(self, client: redis.Redis, *, near: NearCache | None = None) -> None:
-        import redis as redis_module
-
-        self._redis = redis_module
+        super().__init__()
         self.client = client
         self.near = near
         self._tag_versions = client.register_script(_TAG_VERSIONS)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_SCRIPT)
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _outage(self, exc: BaseException) -> str | None:
+        # A cluster node answers a key of another node's slot with MOVED (and a multi-key
+        # command with CROSSSLOT): to a single-node client the cache is unusable, not broken
+        # per call. Degrade like an outage, saying which URL to use instead.
         errors = self._redis.exceptions
-        try:
-            return fn()
-        except (errors.ConnectionError, errors.TimeoutError) as exc:
-            raise CacheUnavailable(f"Redis unreachable: {exc}") from exc
-        except errors.ResponseError as exc:
-            if str(exc).startswith(_OUTAGE_REPLIES):
-                raise CacheUnavailable(f"Redis refused the command: {exc}") from exc
-            raise
+        cluster_errors = (errors.AskError, errors.ClusterCrossSlotError, errors.ClusterDownError, errors.TryAgainError)
+        if isinstance(exc, cluster_errors) or (
+            isinstance(exc, errors.ResponseError) and str(exc).startswith(_CLUSTER_REPLIES)
+        ):
+            reply = f"{type(exc).__name__}: {exc}"
+            return f"this Redis is a cluster node ({reply}); use CZO_CACHE_URL=redis+cluster://host:port"
+        return super()._outage(exc)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -97,7 +89,6 @@ class RedisDriver:
             held, token = near.lookup(keys)
             if held is not None:
                 return held
-        # The client is built without decode_responses, so values are bytes (or None).
         if len(keys) == 1:
             key = keys[0]
             values: list[Any] = [self._call(lambda: self.client.get(key))]
@@ -107,47 +98,10 @@ class RedisDriver:
             near.store(keys, values, token)
         return values
 
-    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        if not items:
-            return
-        if len(items) == 1:
-            key, value, ttl_ms = items[0]
-            try:
-                self._call(lambda: self.client.set(key, value, px=ttl_ms if ttl_ms > 0 else None))
-            finally:
-                self._forget([key])
-            return
-
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for key, value, ttl_ms in items:
-                pipe.set(key, value, px=ttl_ms if ttl_ms > 0 else None)
-            pipe.execute()
-
-        try:
-            self._call(run)
-        finally:
-            self._forget([key for key, _, _ in items])
-
-    def _forget(self, keys: Sequence[str]) -> None:
-        # This process wrote them: drop its copies now rather than when Redis's push arrives.
-        if self.near is not None:
-            self.near.forget(keys)
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        try:
-            removed: int = self._call(lambda: self.client.unlink(*keys))
-        finally:
-            self._forget(keys)
-        return removed
-
     def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         if not tags:
             return []
-        # The separator keeps seed 12 + position 3 apart from seed 1 + position 23.
-        seed = f"{secrets.randbits(64)}."
+        seed = version_seed()
         keys = [tag_prefix + tag for tag in tags]
         try:
             versions: list[bytes] = self._call(
@@ -162,42 +116,9 @@ class RedisDriver:
             self.near.forget_unless_held(keys, versions)
         return versions
 
-    def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
-        if not tags:
-            return
-
-        keys = [tag_prefix + tag for tag in tags]
-        # Removed, not incremented: a missing version invalidates, the next writer creates a
-        # random one, and a tag nobody writes again leaves no key behind.
-        try:
-            self._call(lambda: self.client.unlink(*keys))
-        finally:
-            self._forget(keys)
-
-    def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
-        def run() -> int:
-            removed = 0
-            pending: list[Any] = []
-            # SCAN visits a few keys per call and UNLINK frees memory in the background,
-            # so neither blocks other clients the way KEYS or DEL on a big set would.
-            for key in self.client.scan_iter(match=pattern, count=batch):
-                pending.append(key)
-                if len(pending) >= batch:
-                    removed += self.client.unlink(*pending)
-                    pending.clear()
-            if pending:
-                removed += self.client.unlink(*pending)
-            return removed
-
-        try:
-            result: int = self._call(run)
-        finally:
-            if self.near is not None:
-                self.near.forget_all()
-        return result
-
-    def acquire_lock(self, key: str, token: str, ttl_ms: int) -> bool:
-        return bool(self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms)))
+    def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
+        keys: Iterator[Any] = self.client.scan_iter(match=pattern, count=batch)
+        return keys
 
     def release_lock(self, key: str, token: str) -> bool:
         return bool(self._call(lambda: self._release(keys=[key], args=[token])))
@@ -216,16 +137,10 @@ class RedisDriver:
 
 def create_redis_driver(url: str, *, settings: Settings) -> RedisDriver:
     """``redis://[:password@]host:port/db`` (``rediss://`` for TLS)."""
-    try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        raise ConfigurationError(
-            "CZO_CACHE_URL is a Redis URL but redis-py is not installed; install it with: "
-            "pip install 'czo-kit[redis]'",
-            variable="CZO_CACHE_URL",
-        ) from None
+    redis_py = import_redis()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     parts = urlsplit(url)
     if not parts.hostname:
         raise ConfigurationError(
@@ -233,7 +148,7 @@ def create_redis_driver(url: str, *, settings: Settings) -> RedisDriver:
             variable="CZO_CACHE_URL",
         )
     try:
-        client = redis.Redis.from_url(
+        client = redis_py.Redis.from_url(
             url,
             socket_timeout=settings.cache_timeout,
             socket_connect_timeout=settings.cache_timeout,

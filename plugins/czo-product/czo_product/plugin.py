@@ -53,7 +53,7 @@ def czo_register_permissions(register: Any) -> None:
     # The catalogue is no one's personal data: an app that may read products sees every
     # field of ProductEvent. Listed all the same, so a field added to it later is a choice.
     fields = {name: None for name in ("id", "shop_id", "name", "slug", "price", "currency", "version",
-                                      "updated_at", "deleted_at")}
+                                      "created_at", "updated_at", "deleted_at")}
     for operation in ("created", "updated", "deleted", "restored"):
         register.event(f"product.{operation}", resource="product", action="read", fields=fields)
 

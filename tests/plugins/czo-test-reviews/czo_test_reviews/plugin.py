@@ -10,15 +10,24 @@ cache through ``repo.cache`` and is invalidated by the repository's writes throu
 ``ReviewPosted`` tied to the model, so the kit refuses to start if a column is added to
 ``Review`` and not to the event.
 
+It uses every hook a module can (tests/test_hookspecs.py checks it): its own settings
+(``CZO_REVIEW_*``), migrations that declare what they depend on, a before-hook refusing a
+rating outside 1..5, a handler of its own ``review.created`` that enqueues a task, an HTTP
+route, a storefront widget's token, ``czo-kit reviews`` commands, and startup and shutdown.
+
 It imports only the kit's public API and knows nothing of the example modules.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import msgspec
 import peewee
 import svcs
@@ -27,7 +36,11 @@ from czo_kit import Kit, hookimpl
 from czo_kit.apps import AppManifest, InstalledApp, PermissionSpec, WebhookSpec
 from czo_kit.apps.extensions import ExtensionContext, Page
 from czo_kit.db import Model, Repository, create_mutations, create_queries
-from czo_kit.events import Event, EventContext
+from czo_kit.db.mutations import MutationContext
+from czo_kit.errors import ConfigurationError, InvalidDataError
+from czo_kit.events import Event, EventContext, EventEmitter
+from czo_kit.hooks import HookRegistry
+from czo_test_reviews.settings import PREFIX, ReviewSettings
 
 __all__ = [
     "ALERTS_MANIFEST",
@@ -41,7 +54,11 @@ __all__ = [
     "ReviewStats",
     "flag_poor_review",
     "post_review",
+    "reviews_of",
 ]
+
+log = logging.getLogger("czo_test_reviews")
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Review(Model):
@@ -54,6 +71,8 @@ class Review(Model):
 
     class Meta:
         table_name = "czo_test_reviews_review"
+        # Made by migration 0002 on databases that predate it; by db init from here.
+        indexes = ((("shop_id", "rating"), False),)
 
 
 class ReviewInput(msgspec.Struct, kw_only=True):
@@ -134,8 +153,12 @@ def rating_summary(repo: Any, shop_id: int) -> RatingSummary:
 ReviewRepository = Annotated[Repository[Review, ReviewInput], "czo_test_reviews.repository"]
 
 
-def _reviews(kit: Kit) -> Any:
+def reviews_of(kit: Kit) -> Any:
+    """The kit's review repository (``ReviewRepository``)."""
     return kit.services.get_abstract(ReviewRepository)
+
+
+_reviews = reviews_of
 
 
 def _review(kit: Kit, shop_id: int, review_id: int | None) -> Any:
@@ -147,7 +170,9 @@ def _review(kit: Kit, shop_id: int, review_id: int | None) -> Any:
 def render_reviews(kit: Kit, shop_id: int, review_id: int | None) -> Page | None:
     """The shop's reviews, newest first; or one review, with the apps' extensions beside it."""
     if review_id is None:
-        reviews = _reviews(kit).find_many({"shop_id": shop_id}, order_by="-id", limit=50).items
+        from czo_test_reviews.http import list_reviews
+
+        reviews = list_reviews(kit, shop_id)  # as many, in the order, CZO_REVIEW_PAGE_* say
         return Page(
             summary={f"Review #{r.id}": f"{r.rating}/5: {r.body}" for r in reviews},
             links=[(f"Review #{r.id}", f"/dashboard/shops/{shop_id}/reviews/{r.id}") for r in reviews],
@@ -193,8 +218,11 @@ def czo_register_permissions(register: Any) -> None:
 def czo_register_services(registry: Any) -> None:
     def factory(container: svcs.Container) -> Repository[Review, ReviewInput]:
         kit = container.get(Kit)
+        # With a queue, review.created goes through the durable outbox, in the write's
+        # transaction, so the worker runs its handlers; without one, listeners hear it after commit.
         mutations = create_mutations(
-            Review, db=kit.db, events=kit.events, event_prefix=EVENT_PREFIX, input_type=ReviewInput
+            Review, db=kit.db, hooks=kit.hooks, events=kit.events, async_events=kit.queue is not None,
+            event_prefix=EVENT_PREFIX, input_type=ReviewInput,
         )
         repo: Repository[Review, ReviewInput] = (
             create_queries(Review, db=kit.db) | mutations | {"rating_summary": rating_summary}
@@ -229,17 +257,18 @@ ALERTS_MANIFEST = AppManifest(
     id="review-alerts",
     name="Review alerts",
     version="1.0.0",
-    about="Flags reviews of two stars or fewer.",
+    about="Flags poor reviews (two stars or fewer; CZO_REVIEW_ALERT_THRESHOLD).",
     permissions=[PermissionSpec(resource="review", actions=["read"])],
     webhooks=[WebhookSpec(name="reviews", events=["review.created"])],
 )
 
 
 def flag_poor_review(payload: Mapping[str, Any], ctx: EventContext, app: InstalledApp) -> None:
-    """``review.created``: flag a review of two stars or fewer, once (delivery is at least
-    once, so a review already flagged is left alone)."""
+    """``review.created``: flag a review of ``alert_threshold`` stars or fewer, once (delivery
+    is at least once, so a review already flagged is left alone)."""
     rating, review_id = payload.get("rating"), payload.get("id")
-    if not isinstance(rating, int) or not isinstance(review_id, int) or rating > 2:
+    threshold = app.kit.settings_for(ReviewSettings).alert_threshold
+    if not isinstance(rating, int) or not isinstance(review_id, int) or rating > threshold:
         return
     ReviewAlert.insert(shop_id=app.shop_id, review_id=review_id, rating=rating).on_conflict_ignore().execute()
 
@@ -333,3 +362,116 @@ def shop_rating(kit: Kit, shop_id: int, *, ttl: float = 60.0) -> dict[str, Any]:
         f"rating:{shop_id}", compute, ttl=ttl, stale_while_revalidate=300, refresh_ahead=0.8
     )
     return rating
+
+
+# -- the module's own settings and migrations -------------------------------------------------
+
+
+@hookimpl
+def czo_register_settings(register: Any) -> None:
+    register(ReviewSettings, prefix=PREFIX)
+
+
+@hookimpl
+def czo_register_migrations(register: Any) -> None:
+    register(str(MIGRATIONS))
+
+
+# -- a rating is 1 to 5 stars, whoever writes it (czo_register_hooks) --------------------------
+
+REVIEW_TABLE = Review._meta.table_name
+
+
+def _check_rating(value: Any, field: str) -> None:
+    # bool is an int to Python, and True stars is not a rating.
+    if "rating" in field and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5):
+        raise InvalidDataError(f"{field} must be a whole number of stars from 1 to 5, got {value!r}"[:200],
+                               field="rating")
+
+
+def refuse_bad_rating(ctx: MutationContext) -> None:
+    """Before a review is written: its rating, if it sets one, is 1 to 5 stars."""
+    if "rating" in ctx.data:
+        _check_rating(ctx.data["rating"], "rating")
+    for index, row in enumerate(ctx.rows or ()):
+        if "rating" in row:
+            _check_rating(row["rating"], f"rows[{index}].rating")
+
+
+_posted: weakref.WeakKeyDictionary[Kit, int] = weakref.WeakKeyDictionary()
+"""Reviews each kit of this process wrote, for the summary logged at shutdown."""
+
+
+@hookimpl
+def czo_register_hooks(hooks: HookRegistry) -> None:
+    for operation in ("create", "create_many", "update"):
+        hooks.before(f"{REVIEW_TABLE}.{operation}", refuse_bad_rating)
+
+
+# -- hearing of a new review: the shop's rating is recomputed in the background ----------------
+
+
+@hookimpl
+def czo_register_events(events: EventEmitter, kit: Kit) -> None:
+    def recompute_on_post(event: ReviewPosted, ctx: EventContext) -> None:
+        """review.created: recompute the shop's stored rating, in a task of its own (run on
+        the kit's consumer), so a burst of reviews never holds up their announcement."""
+        _posted[kit] = _posted.get(kit, 0) + 1
+        kit.tasks.get("czo_test_reviews.recompute_rating").enqueue(event.shop_id)
+
+    # An explicit id: it names the handler in delivery records, across deployments.
+    events.on(ReviewPosted, recompute_on_post, id="czo_test_reviews.recompute_on_post")
+
+
+# -- the API, the storefront widget's token, the command line -------------------------------------
+
+
+@hookimpl
+def czo_register_http_routes(api: Any, kit: Kit) -> None:
+    from czo_test_reviews.http import ReviewsResource
+
+    api.add_route("/api/shops/{shop_id:shop}/reviews", ReviewsResource(kit))
+
+
+@hookimpl
+def czo_register_authenticators(register: Any) -> None:
+    from czo_test_reviews.http import authenticate_widget
+
+    register(authenticate_widget, priority=0)
+
+
+@hookimpl
+def czo_register_commands(cli: click.Group) -> None:
+    from czo_test_reviews.cli import reviews_group
+
+    cli.add_command(reviews_group)
+
+
+# -- startup and shutdown ---------------------------------------------------------------------
+
+WIDGET_TOKEN_MIN = 32
+
+
+@hookimpl
+def czo_startup(kit: Kit) -> None:
+    """A widget token anyone could guess would open every shop's reviews to anyone: refuse to
+    start with one (what a Struct field's constraints cannot say about a secret), and say
+    which settings are in effect."""
+    settings = kit.settings_for(ReviewSettings)
+    token = settings.widget_token
+    if token is not None and len(token) < WIDGET_TOKEN_MIN:
+        raise ConfigurationError(
+            f"invalid setting {PREFIX}WIDGET_TOKEN: it must be at least {WIDGET_TOKEN_MIN} characters long "
+            f"(got {len(token)}), or unset for no storefront widget; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+            variable=f"{PREFIX}WIDGET_TOKEN",
+        )
+    _posted[kit] = 0
+    log.info("reviews: alerts at %d stars or fewer; pages of %d, %s first; storefront widget %s",
+             settings.alert_threshold, settings.page_size, settings.page_order, "on" if token else "off")
+
+
+@hookimpl
+def czo_shutdown(kit: Kit) -> None:
+    """Say how many reviews this kit heard of, for the operator's log."""
+    log.info("reviews: %d new review(s) heard of by this process", _posted.pop(kit, 0))
