@@ -291,6 +291,11 @@ class Kit:
         session or app hand-off one of them signs with a random key of its own is refused by
         the next. Only an embedded SQLite database is allowed to do without (a newcomer's
         first run, the demo). Call it from a WSGI module that builds ``create_api(kit)``."""
+        if not isinstance(process, str) or not process.strip():
+            raise ValueError(
+                "require_shared_secret_key needs the name of the process it guards, such as 'gunicorn', "
+                f"got {process!r}"
+            )
         if self.settings.secret_key is not None or isinstance(self.db, peewee.SqliteDatabase):
             return
         scheme = urlsplit(self.settings.database_url).scheme or "this database"

@@ -53,7 +53,8 @@ def test_the_embedded_sqlite_default_worker_starts_without_a_key(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
     env.update(CZO_DATABASE_URL=f"sqlite:///{tmp_path / 'kit.sqlite3'}",
                CZO_QUEUE_URL=f"sqlite:///{tmp_path / 'queue.sqlite3'}")
-    assert subprocess.run([script, "db", "init"], env=env, cwd=tmp_path, capture_output=True, timeout=120).returncode == 0
+    init = subprocess.run([script, "db", "init"], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert init.returncode == 0, init.stderr
     worker = subprocess.Popen([script, "worker", "-w", "1"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         assert worker.stderr is not None
@@ -80,6 +81,36 @@ def test_the_check_names_the_setting_and_lets_sqlite_or_a_key_through(
             kit.require_shared_secret_key("gunicorn")
     assert refused.value.variable == "CZO_SECRET_KEY"
     assert "gunicorn on postgresql needs it" in str(refused.value)
+
+
+@pytest.mark.parametrize("process", ["", "   ", None, 7])
+def test_the_check_names_a_bad_process_name(sqlite_url: str, process: object) -> None:
+    with Kit(Settings(database_url=sqlite_url, queue_url="")) as kit:
+        with pytest.raises(ValueError, match="the name of the process it guards, such as 'gunicorn', got"):
+            kit.require_shared_secret_key(process)  # type: ignore[arg-type]
+
+
+def test_huey_consumer_on_embedded_sqlite_starts_without_a_key_and_says_so(tmp_path: Path) -> None:
+    binary = shutil.which("huey_consumer", path=os.path.dirname(sys.executable))
+    command = [binary] if binary else [sys.executable, "-m", "huey.bin.huey_consumer"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CZO_")}
+    env.update(CZO_DATABASE_URL=f"sqlite:///{tmp_path / 'kit.sqlite3'}",
+               CZO_QUEUE_URL=f"sqlite:///{tmp_path / 'queue.sqlite3'}", CZO_PLUGINS="")
+    consumer = subprocess.Popen([*command, "czo_kit.worker.huey", "-w", "1"], stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=tmp_path)
+    try:
+        assert consumer.stderr is not None
+        lines = []
+        for line in consumer.stderr:  # ends when it exits: then the assertion below shows why
+            lines.append(line)
+            if "Huey consumer started" in line:
+                break
+        text = "".join(lines)
+        assert "Huey consumer started" in text, text
+        assert "CZO_SECRET_KEY is not set: this consumer signs with a random key of its own" in text
+    finally:
+        consumer.terminate()
+        consumer.communicate(timeout=30)
 
 
 PAGER = textwrap.dedent(
