@@ -35,6 +35,7 @@ APP_TABLES = (
     "czo_app_installation",
     "shop_members",
     "order_payment",  # references are unique per shop: each test starts without any
+    "order_refund",
 )
 
 

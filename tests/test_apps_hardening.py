@@ -178,7 +178,13 @@ class PaymentApp:
         from czo_app_stripe import create_app
 
         self.receiver = Receiver(self._relay).start()
-        options: dict[str, Any] = {"czo_public_key": kit.apps.public_key}
+        import uuid
+
+        # A database of its own per app (in the test's private working directory): each
+        # PaymentApp starts knowing nothing, as a fresh deployment does.
+        options: dict[str, Any] = {
+            "czo_public_key": kit.apps.public_key, "database_url": f"sqlite:///stripe-app-{uuid.uuid4().hex}.sqlite3",
+        }
         if clock is not None:
             options["clock"] = clock
         wsgi, self.state = create_app(
@@ -197,6 +203,7 @@ class PaymentApp:
     def stop(self) -> None:
         self.receiver.stop()
         self.state.http.clear()
+        self.state.store.close()
 
 
 @pytest.fixture

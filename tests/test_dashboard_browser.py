@@ -197,7 +197,9 @@ def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
         kit.permission_service.grant("viewer", 1, "viewer")
         api = BackgroundServer(create_api(kit)).start()
         servers.append(api)
-        wsgi, stripe = create_app(public_url="", czo_api_url=api.url)
+        wsgi, stripe = create_app(
+            public_url="", czo_api_url=api.url, database_url=f"sqlite:///{tmp_path / 'stripe-app.sqlite3'}"
+        )
         app = BackgroundServer(wsgi)
         stripe.public_url = app.url
         servers.append(app.start())
@@ -266,6 +268,28 @@ def _open_order(page: Any, dashboard: Dashboard, token: str | None = None) -> An
     return widget
 
 
+def test_the_widget_shows_a_declined_payment_with_stripes_reason(page: Any, dashboard: Dashboard) -> None:
+    from czo_app_stripe import LocalStripe
+    from czo_app_stripe.payments import OrderPayload
+
+    with LocalStripe() as server:
+        state = dashboard.stripe
+        state.stripe_api_key, state.stripe_api_base = LocalStripe.api_key, server.url
+        state.flow.payment_method = "pm_card_chargeCustomerFail"  # localstripe's declined card
+        state.flow.create_params = {}  # as create_app leaves it for a STRIPE_API_BASE
+        state.flow.order_created(1, OrderPayload(order_id=dashboard.order_id, amount=3200, currency="EUR"))
+        assert state.payments[0].state == "failed"
+        widget = _open_order(page, dashboard)
+        line = widget.locator("#stripe", has_text="declined")
+        line.wait_for(timeout=15000)
+        stripe_says = json.loads(widget.locator("body").get_attribute("data-stripe"))
+        assert stripe_says["status"] == "requires_payment_method" and stripe_says["failure"]
+        assert line.text_content() == (
+            f"Stripe: requires_payment_method ({stripe_says['intent']}, 32.00 EUR) - declined: {stripe_says['failure']}"
+        )
+        assert widget.locator("#status").text_content() == "Awaiting payment"  # the order stays unpaid
+
+
 def test_the_widget_renders_in_the_order_page_with_its_context(page: Any, dashboard: Dashboard) -> None:
     session = issue_session(dashboard.kit.secret_key, "owner", lifetime=600)
     response = page.request.get(dashboard.order_url(), headers={"Cookie": f"czo_session={session}"})
@@ -281,6 +305,8 @@ def test_the_widget_renders_in_the_order_page_with_its_context(page: Any, dashbo
     assert iframe.get_attribute("sandbox") == "allow-scripts allow-same-origin allow-forms"
     assert widget.locator("#status").text_content() == "Awaiting payment"
     assert widget.locator("#detail").text_content() == f"Order #{dashboard.order_id}: 0.00 EUR of 32.00 EUR"
+    # Asked of the app's backend with an extension token c-zo accepted for this order.
+    widget.locator("#stripe", has_text="Stripe: no payment yet").wait_for(timeout=15000)
     context = json.loads(widget.locator("body").get_attribute("data-context"))
     assert context["order"]["id"] == dashboard.order_id
     assert context["shop"] == {"id": 1} and context["mount"] == "ORDER_DETAILS"

@@ -109,3 +109,22 @@ def test_without_the_demo_plugin_nothing_mentions_a_demo(env: Path, monkeypatch:
     missing = run("demo")
     assert missing.exit_code == 2
     assert "No such command 'demo'" in missing.output
+
+
+def test_the_demo_pays_an_order_through_localstripe_and_refunds_a_cancelled_one(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CZO_PLUGINS", "czo_product,czo_order,czo_demo")
+    monkeypatch.setenv("CZO_DISABLE_PLUGINS", "")
+    result = run("demo")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert re.search(r"localstripe \(a Stripe emulator\) listening at http://127\.0\.0\.1:\d+", out)
+    created = re.search(r"created PaymentIntent (pi_\w+) at Stripe: 6150 eur \(order (\d+)\), status succeeded", out)
+    assert created, out
+    intent, order = created.groups()
+    assert f"order #{order} is paid, 61.50 EUR paid through localstripe (reference {intent})" in out
+    assert "Stripe's own payment_intent.succeeded came to /stripe/webhooks, verified: yes" in out
+    assert re.search(r"order #\d+ paid, then cancelled: .* is refunded, 22\.00 EUR back", out)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[-2].endswith(f"order #{order} is paid through localstripe") and lines[-1].startswith("== Done in")

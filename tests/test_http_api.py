@@ -521,58 +521,64 @@ def test_the_api_over_a_real_waitress_server(kit: Kit, app_server: Receiver) -> 
         http.clear()
 
 
-def test_the_whole_loop_with_the_payment_app(kit: Kit) -> None:
+def test_the_whole_loop_with_the_payment_app(kit: Kit, tmp_path: Path) -> None:
     """As ``czo-kit demo`` shows it: install through the API, order, the app gets the signed
-    webhook, charges, and pays the order through the API with its token."""
-    from czo_app_stripe import create_app
+    webhook, has localstripe charge the card, and pays the order through the API with its
+    token. (tests/test_app_stripe.py covers the app's payments in depth.)"""
+    from czo_app_stripe import LocalStripe, create_app
 
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False)
     api = BackgroundServer(create_api(kit)).start()
-    wsgi, stripe_app = create_app(public_url="", czo_api_url=api.url)
-    app_server = BackgroundServer(wsgi)
-    stripe_app.public_url = app_server.url
-    app_server.start()
-    try:
-        installed = http.request(
-            "POST", f"{api.url}/api/apps/install",
-            body=json.dumps({"manifestUrl": f"{app_server.url}/manifest", "shopId": 1}).encode(),
-            headers={**user(kit), "Content-Type": "application/json"},
+    with LocalStripe() as stripe_server:
+        wsgi, stripe_app = create_app(
+            public_url="", czo_api_url=api.url, database_url=f"sqlite:///{tmp_path / 'stripe-app.sqlite3'}",
+            stripe_api_key=LocalStripe.api_key, stripe_api_base=stripe_server.url,
         )
-        assert installed.status == 201, installed.data
-        assert installed.json()["app"]["appId"] == "stripe"
-        installation = stripe_app.installations[1]  # the token reached its token_target_url
-        assert kit.apps.authenticate(installation.token).shop_id == 1
+        app_server = BackgroundServer(wsgi)
+        stripe_app.public_url = app_server.url
+        app_server.start()
+        try:
+            installed = http.request(
+                "POST", f"{api.url}/api/apps/install",
+                body=json.dumps({"manifestUrl": f"{app_server.url}/manifest", "shopId": 1}).encode(),
+                headers={**user(kit), "Content-Type": "application/json"},
+            )
+            assert installed.status == 201, installed.data
+            assert installed.json()["app"]["appId"] == "stripe"
+            installation = stripe_app.installations[1]  # the token reached its token_target_url
+            assert kit.apps.authenticate(installation.token).shop_id == 1
 
-        with kit.consumer(workers=2, sweep_interval=0.5):
-            order = place(kit, 1, total=4200)
-            orders = kit.services.get(OrderService).orders
-            wait_for(lambda: orders.get_by_id(order.id).status == "paid", timeout=20, what="the order to be paid")
-            wait_for(lambda: len(stripe_app.payments) == 1, what="the app to note its payment")
-            wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="the webhook to be recorded")
-        final = orders.get_by_id(order.id)
-        assert (final.status, final.paid_amount) == ("paid", 4200)
-        assert final.payment_reference == stripe_app.payments[0]["reference"]
-        assert final.payment_reference.startswith("pi_")
-        assert stripe_app.payments[0] == {
-            "shop_id": 1, "order_id": order.id, "amount": 4200, "reference": final.payment_reference,
-        }
-        assert stripe_app.errors == []
-        assert len(stripe_app.seen_webhooks) == 1
-    finally:
-        http.clear()
-        stripe_app.http.clear()
-        app_server.stop()
-        api.stop()
+            with kit.consumer(workers=2, sweep_interval=0.5):
+                order = place(kit, 1, total=4200)
+                orders = kit.services.get(OrderService).orders
+                wait_for(lambda: orders.get_by_id(order.id).status == "paid", timeout=20, what="the order to be paid")
+                wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="the webhook to be recorded")
+            final = orders.get_by_id(order.id)
+            assert (final.status, final.paid_amount) == ("paid", 4200)
+            [payment] = stripe_app.payments
+            assert (payment.shop_id, payment.order_id, payment.amount, payment.state) == (1, order.id, 4200, "paid")
+            assert final.payment_reference == payment.intent_id
+            intent = json.loads(stripe_server.get(f"/v1/payment_intents/{payment.intent_id}").data)
+            assert (intent["status"], intent["amount"], intent["currency"]) == ("succeeded", 4200, "eur")
+            assert stripe_app.errors == []
+            assert len(stripe_app.seen_webhooks) == 1
+        finally:
+            http.clear()
+            stripe_app.http.clear()
+            stripe_app.store.close()
+            app_server.stop()
+            api.stop()
 
 
-def test_the_payment_app_verifies_every_webhook() -> None:
+def test_the_payment_app_verifies_every_webhook(tmp_path: Path) -> None:
     from czo_app_stripe import create_app
 
     from czo_kit.apps import HandoffSigner, new_webhook_secret, parse_manifest, sign
 
     kit_key = HandoffSigner(b"k" * 32)
     wsgi, state = create_app(
-        public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9", czo_public_key=kit_key.public_key
+        public_url="http://pay.example.test", czo_api_url="http://127.0.0.1:9", czo_public_key=kit_key.public_key,
+        database_url=f"sqlite:///{tmp_path / 'stripe-app.sqlite3'}",
     )
     app = falcon.testing.TestClient(wsgi)
     try:

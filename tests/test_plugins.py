@@ -324,7 +324,11 @@ def test_describe_plugins_reports_registrations(sqlite_url: str, settings_for: S
 
     order = infos["czo_order"]
     assert order.registers["events"] == ["on product.deleted", "on product.restored"]
-    assert order.registers["http_routes"] == ["/api/shops/{shop_id:shop}/orders/{order_id:id}/payments"]
+    assert order.registers["http_routes"] == [
+        "/api/shops/{shop_id:shop}/orders/{order_id:id}",
+        "/api/shops/{shop_id:shop}/orders/{order_id:id}/payments",
+        "/api/shops/{shop_id:shop}/orders/{order_id:id}/refunds",
+    ]
     assert infos["czo_demo"].registers == {"commands": ["demo"]}
 
     reporter = infos["czo_reporter"]

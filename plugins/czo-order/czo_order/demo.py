@@ -261,28 +261,49 @@ def _events_part(kit: Any, products: Any, report: _Report) -> None:
 
 
 def _apps_part(kit: Any, products: Any, report: _Report) -> None:
-    """Install the payment app through the API, order, and watch the payment come back."""
+    """Install the payment app through the API, order, and watch Stripe (localstripe, on this
+    machine) take the payment; then cancel an order and watch the refund come back."""
     try:
-        from czo_app_stripe import create_app
+        from czo_app_stripe import LocalStripe, create_app
     except ImportError:
         report.section("Apps (skipped: pip install ./plugins/czo-app-stripe to see the payment app)")
         return
     if "czo_order" not in kit.models:
         return
+    report.section("Apps: a payment app installed per shop, signed webhooks, app tokens, Stripe")
+    try:
+        stripe_server = LocalStripe().start()
+    except (OSError, RuntimeError) as exc:
+        report.line(f"could not start localstripe, the Stripe emulator the demo pays through: {exc}")
+        return
+    report.ok(f"localstripe (a Stripe emulator) listening at {stripe_server.url}: nothing leaves this machine")
+    with tempfile.TemporaryDirectory(prefix="czo-demo-stripe-") as tmp:
+        try:
+            _pay_through_stripe(kit, products, report, stripe_server, f"sqlite:///{os.path.join(tmp, 'stripe-app.sqlite3')}")
+        finally:
+            stripe_server.stop()
+
+
+def _pay_through_stripe(kit: Any, products: Any, report: _Report, stripe_server: Any, app_database: str) -> None:
     import json
 
     import urllib3
+    from czo_app_stripe import LocalStripe, create_app
 
     from czo_kit.http import BackgroundServer, create_api, issue_user_token
     from czo_order import OrderService
 
-    report.section("Apps: a payment app installed per shop, signed webhooks, app tokens")
     kit.permission_service.grant("admin", 1, "owner")
     api = BackgroundServer(create_api(kit)).start()
-    wsgi, stripe = create_app(public_url="", czo_api_url=api.url)
+    webhook_secret = "whsec_czo_demo_" + os.urandom(8).hex()
+    wsgi, stripe = create_app(
+        public_url="", czo_api_url=api.url, database_url=app_database, stripe_api_key=LocalStripe.api_key,
+        stripe_api_base=stripe_server.url, stripe_webhook_secret=webhook_secret,
+    )
     app_server = BackgroundServer(wsgi)
     stripe.public_url = app_server.url
     app_server.start()
+    stripe_server.add_webhook("czo-demo", app_server.url + "/stripe/webhooks", webhook_secret)
     http = urllib3.PoolManager()
     try:
         admin = issue_user_token(kit.secret_key, "admin")
@@ -295,7 +316,7 @@ def _apps_part(kit: Any, products: Any, report: _Report) -> None:
                   f"{json.loads(response.data)['app']['appId']} with {json.loads(response.data)['app']['permissions']}")
         installed = stripe.installations.get(1)
         report.ok(f"the app received its token at its token_target_url (…{installed.token[-4:] if installed else '?'}), "
-                  "stored by c-zo only as a hash")
+                  "stored by c-zo only as a hash, by the app in its own database")
         nobody = issue_user_token(kit.secret_key, "mallory")
         denied = http.request("GET", f"{api.url}/api/apps?shopId=1", headers={"Authorization": f"Bearer {nobody}"})
         report.ok(f"a user without rights lists apps -> HTTP {denied.status}")
@@ -306,18 +327,38 @@ def _apps_part(kit: Any, products: Any, report: _Report) -> None:
         report.ok(f"the app tries to pay an order of another shop -> HTTP {other.status}")
 
         orders = kit.services.get(OrderService)
-        mug = products.find_by_slug(1, "mug-7")
+        mug, cup = products.find_by_slug(1, "mug-7"), products.find_by_slug(1, "mug-8")
         with kit.consumer(workers=2, sweep_interval=1.0):
             order = orders.place(shop_id=1, customer_email="grace@example.com", items=[(mug, 3)])
             report.ok(f"order #{order.id} placed: {order.total / 100:.2f} EUR; order.created goes out as a webhook")
             paid = _wait(lambda: orders.orders.get_by_id(order.id).status == "paid", timeout=30)
-        final = orders.orders.get_by_id(order.id)
-        report.ok(f"the app verified the X-CZO-Signature, charged, and called back with its token: "
-                  f"order #{final.id} is {final.status} (reference {final.payment_reference})"
-                  if paid else f"payment not recorded yet ({stripe.errors})")
+            final = orders.orders.get_by_id(order.id)
+            if not paid:
+                report.line(f"payment not recorded yet ({stripe.errors})")
+                return
+            intent = json.loads(stripe_server.get(f"/v1/payment_intents/{final.payment_reference}").data)
+            report.ok(f"the app verified the X-CZO-Signature and created PaymentIntent {intent['id']} at Stripe: "
+                      f"{intent['amount']} {intent['currency']} (order {intent['metadata']['czo_order_id']}), "
+                      f"status {intent['status']}")
+            report.ok(f"it called back with its token: order #{final.id} is {final.status}, "
+                      f"{final.paid_amount / 100:.2f} EUR paid through localstripe (reference {final.payment_reference})")
+            heard = _wait(lambda: bool(stripe.store.processed("stripe")), timeout=15)
+            report.ok(f"Stripe's own payment_intent.succeeded came to /stripe/webhooks, verified: "
+                      f"{'yes' if heard else 'not yet'}")
+
+            second = orders.place(shop_id=1, customer_email="alan@example.com", items=[(cup, 1)])
+            _wait(lambda: orders.orders.get_by_id(second.id).status == "paid", timeout=30)
+            orders.cancel(shop_id=1, order_id=second.id)
+            refunded = _wait(lambda: orders.orders.get_by_id(second.id).status == "refunded", timeout=30)
+            report.ok(f"order #{second.id} paid, then cancelled: order.cancelled -> the app refunded it at Stripe "
+                      f"-> order #{second.id} is {orders.orders.get_by_id(second.id).status}, "
+                      f"{orders.refunded(second.id) / 100:.2f} EUR back" if refunded else "refund not recorded yet")
         for delivery in kit.webhooks.deliveries(shop_id=1, limit=3):
             report.ok(f"webhook {delivery.message_id}: {delivery.state} after {delivery.attempts} attempt(s), HTTP {delivery.last_status}")
+        report.ok(f"order #{final.id} is paid through localstripe")
     finally:
         http.clear()
+        stripe.http.clear()
+        stripe.store.close()
         app_server.stop()
         api.stop()

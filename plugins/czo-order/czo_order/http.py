@@ -1,4 +1,4 @@
-"""The order module's HTTP routes for apps: recording a payment on an order."""
+"""The order module's HTTP routes for apps: reading an order, recording a payment or a refund."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import falcon
 import msgspec
 
+from czo_kit.errors import NotFoundError
 from czo_kit.http import read_json, require_app
 from czo_order.repository import OrderService
 
@@ -40,4 +41,45 @@ class PaymentsResource:
         resp.status = falcon.HTTP_201
         resp.media = {
             "order": {"id": order.id, "status": order.status, "paid": order.paid_amount, "total": order.total}
+        }
+
+
+class RefundsResource:
+    """``POST /api/shops/{shop_id}/orders/{order_id}/refunds`` with an app token holding
+    ``order:write``: money given back (``reference`` is the provider's refund id)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, shop_id: int, order_id: int) -> None:
+        require_app(req, "order", "write", shop_id=shop_id)
+        body = read_json(req, PaymentBody)
+        if not 1 <= len(body.reference) <= 200:
+            raise falcon.HTTPBadRequest(title="Invalid request", description="reference is 1-200 characters", code="$.reference")
+        service = self.kit.services.get(OrderService)
+        order = service.record_refund(
+            shop_id=shop_id, order_id=order_id, amount=body.amount, reference=body.reference, currency=body.currency
+        )
+        resp.status = falcon.HTTP_201
+        resp.media = {"order": {"id": order.id, "status": order.status, "refunded": service.refunded(order.id)}}
+
+
+class OrderResource:
+    """``GET /api/shops/{shop_id}/orders/{order_id}`` with an app or extension token holding
+    ``order:read`` in that shop: the order's state (what an app's widget may check)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, shop_id: int, order_id: int) -> None:
+        require_app(req, "order", "read", shop_id=shop_id)
+        service = self.kit.services.get(OrderService)
+        order = service.orders.find_one({"id": order_id, "shop_id": shop_id})
+        if order is None:
+            raise NotFoundError("Order", order_id)
+        resp.media = {
+            "order": {
+                "id": order.id, "status": order.status, "total": order.total, "currency": order.currency,
+                "paid": order.paid_amount, "refunded": service.refunded(order.id),
+            }
         }

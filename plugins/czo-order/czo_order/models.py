@@ -53,3 +53,18 @@ class OrderPayment(TimestampedModel):
     class Meta:
         table_name = "order_payment"
         indexes = ((("shop_id", "reference"), True),)
+
+
+class OrderRefund(TimestampedModel):
+    """Money given back on an order, once per ``reference`` (the provider's refund id) in a
+    shop, like payments."""
+
+    order = peewee.ForeignKeyField(Order, backref="refunds", on_delete="CASCADE")
+    shop_id = peewee.IntegerField()
+    reference = peewee.CharField(max_length=200)
+    amount = peewee.IntegerField()
+    currency = peewee.CharField(max_length=3)
+
+    class Meta:
+        table_name = "order_refund"
+        indexes = ((("shop_id", "reference"), True),)

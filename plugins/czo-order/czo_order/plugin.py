@@ -10,17 +10,16 @@ import svcs
 from czo_kit import Kit, hookimpl
 from czo_kit.apps.permissions import FieldSpec
 from czo_kit.events import EventContext, EventEmitter
-from czo_order.models import Order, OrderLine, OrderPayment
+from czo_order.models import Order, OrderLine, OrderPayment, OrderRefund
 from czo_order.repository import OrderRepository, OrderService, build_order_service
 from czo_product.events import ProductDeleted, ProductRestored
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-
 @hookimpl
 def czo_register_models(register: Any) -> None:
-    register(Order, OrderLine, OrderPayment)
+    register(Order, OrderLine, OrderPayment, OrderRefund)
 
 
 @hookimpl
@@ -68,15 +67,18 @@ def czo_register_permissions(register: Any) -> None:
     register.role("staff", {"order": ["read", "write"], "customer": ["read"]})
     # An app needs order:read to hear about orders, and customer:read to see who ordered.
     # Every column is listed: one added to Order later reaches no app until it is declared.
-    for operation in ("created", "updated", "deleted", "restored", "hard_deleted"):
+    # order.cancelled is the order service's own (OrderService.cancel), with the same row.
+    for operation in ("created", "updated", "deleted", "restored", "hard_deleted", "cancelled"):
         register.event(f"order.{operation}", resource="order", action="read", fields=ORDER_FIELDS)
 
 
 @hookimpl
 def czo_register_http_routes(api: Any, kit: Kit) -> None:
-    from czo_order.http import PaymentsResource
+    from czo_order.http import OrderResource, PaymentsResource, RefundsResource
 
+    api.add_route("/api/shops/{shop_id:shop}/orders/{order_id:id}", OrderResource(kit))
     api.add_route("/api/shops/{shop_id:shop}/orders/{order_id:id}/payments", PaymentsResource(kit))
+    api.add_route("/api/shops/{shop_id:shop}/orders/{order_id:id}/refunds", RefundsResource(kit))
 
 
 @hookimpl

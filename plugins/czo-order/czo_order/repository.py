@@ -10,8 +10,11 @@ import peewee
 
 from czo_kit.db import Repository, create_repository
 from czo_kit.db.mutations import EventSink, HookRunner
+from czo_kit.db.transactions import on_commit
 from czo_kit.errors import ConflictError, InvalidDataError, NotFoundError
-from czo_order.models import OPEN_STATES, Order, OrderLine, OrderPayment
+from czo_order.models import OPEN_STATES, Order, OrderLine, OrderPayment, OrderRefund
+
+CLOSED_STATES = ("cancelled", "refunded")
 
 
 class OrderInput(TypedDict, total=False):
@@ -49,6 +52,8 @@ class OrderService:
     db: peewee.Database
     orders: Repository[Order, OrderInput]
     lines: Repository[OrderLine, OrderLineInput]
+    events: EventSink | None = None
+    async_events: bool = False
 
     def place(self, *, shop_id: int, customer_email: str, items: Sequence[tuple[Any, int]]) -> Order:
         """An open order for ``items`` (pairs of a product row and a quantity), in one transaction."""
@@ -122,19 +127,82 @@ class OrderService:
                 expected_version=order.version,
             )
 
-    def _recorded(self, shop_id: int, order_id: int, amount: int, reference: str, currency: str) -> Order:
-        earlier = (
-            OrderPayment.select()
-            .where((OrderPayment.shop_id == shop_id) & (OrderPayment.reference == reference))
-            .get(self.db)
-        )
+    def _recorded(
+        self, shop_id: int, order_id: int, amount: int, reference: str, currency: str,
+        model: type[OrderPayment] | type[OrderRefund] = OrderPayment,
+    ) -> Order:
+        what = "payment" if model is OrderPayment else "refund"
+        earlier = model.select().where((model.shop_id == shop_id) & (model.reference == reference)).get(self.db)
         if (int(earlier.order_id), int(earlier.amount), str(earlier.currency)) != (order_id, amount, currency):
             raise ConflictError(
-                f"payment reference {reference!r} was already recorded for order {earlier.order_id} "
-                f"({earlier.amount} {earlier.currency}); a reference names one payment",
+                f"{what} reference {reference!r} was already recorded for order {earlier.order_id} "
+                f"({earlier.amount} {earlier.currency}); a reference names one {what}",
                 fields=("reference",),
             )
         return self.orders.get_by_id(order_id)
+
+    def cancel(self, *, shop_id: int, order_id: int) -> Order:
+        """Cancel the order and announce ``order.cancelled`` (a payment app refunds on it).
+
+        Cancelling a cancelled or refunded order changes nothing and announces nothing.
+        """
+        with self.db.atomic():
+            order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
+            if order is None:
+                raise NotFoundError("Order", order_id)
+            if order.status in CLOSED_STATES:
+                return order
+            order = self.orders.update(order.id, {"status": "cancelled"}, expected_version=order.version)
+            self._announce("order.cancelled", order)
+        return order
+
+    def _announce(self, name: str, order: Order) -> None:
+        if self.events is None:
+            return
+        # The same payload as the repository's own order events: the row.
+        payload = dict(order.__data__)
+        events = self.events
+        if self.async_events:
+            # In the cancel's transaction: durable with it, gone with it on rollback.
+            getattr(events, "emit_async")(name, payload)
+        else:
+            on_commit(self.db, lambda: events.emit(name, payload))
+
+    def record_refund(
+        self, *, shop_id: int, order_id: int, amount: int, reference: str, currency: str = "EUR"
+    ) -> Order:
+        """Record money given back; the order is ``refunded`` once refunds cover what was paid.
+
+        Once per ``reference`` in a shop, as payments are. Refunds beyond what was paid are a
+        ``ConflictError``.
+        """
+        with self.db.atomic():
+            order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
+            if order is None:
+                raise NotFoundError("Order", order_id)
+            try:
+                with self.db.atomic():
+                    OrderRefund.insert(
+                        order=order.id, shop_id=shop_id, reference=reference, amount=amount, currency=currency
+                    ).execute(self.db)
+            except peewee.IntegrityError:
+                return self._recorded(shop_id, order_id, amount, reference, currency, OrderRefund)
+            refunded = self.refunded(order.id)
+            if refunded > int(order.paid_amount):
+                raise ConflictError(
+                    f"refund {reference!r} of {amount} would bring refunds of order {order_id} to {refunded}, "
+                    f"more than the {order.paid_amount} paid",
+                    fields=("amount",),
+                )
+            status = "refunded" if refunded >= int(order.paid_amount) else order.status
+            return self.orders.update(order.id, {"status": status}, expected_version=order.version)
+
+    def refunded(self, order_id: int) -> int:
+        """What was given back on the order so far."""
+        total = OrderRefund.select(peewee.fn.COALESCE(peewee.fn.SUM(OrderRefund.amount), 0)).where(
+            OrderRefund.order == order_id
+        ).scalar(self.db)
+        return int(total)
 
 
 def build_order_service(
@@ -145,4 +213,4 @@ def build_order_service(
         Order, db=db, hooks=hooks, events=events, async_events=async_events, input_type=OrderInput
     )
     lines = create_repository(OrderLine, db=db, hooks=hooks, input_type=OrderLineInput)
-    return OrderService(db=db, orders=orders, lines=lines)
+    return OrderService(db=db, orders=orders, lines=lines, events=events, async_events=async_events)

@@ -306,12 +306,10 @@ class ReviewStats(Model):
 
 
 def _store_stats(kit: Kit, shop_id: int, *, refreshed: bool) -> None:
-    count, average = (
-        Review.select(peewee.fn.COUNT(Review.id), peewee.fn.AVG(Review.rating))
-        .where((Review.shop_id == shop_id) & Review.deleted_at.is_null())
-        .tuples()
-        .get()
+    query = Review.select(peewee.fn.COUNT(Review.id), peewee.fn.AVG(Review.rating)).where(
+        (Review.shop_id == shop_id) & Review.deleted_at.is_null()
     )
+    count, average = query.scalar(as_tuple=True)
     with kit.db.atomic():
         row = ReviewStats.get_or_none(ReviewStats.shop_id == shop_id)
         if row is None:
@@ -329,7 +327,7 @@ def recompute_rating(shop_id: int, *, kit: Kit) -> None:
 
 def refresh_ratings(kit: Kit) -> None:
     """Every minute, recompute every shop's average (what a missed enqueue would leave stale)."""
-    shops = [shop_id for (shop_id,) in Review.select(Review.shop_id).distinct().tuples()]
+    shops: list[int] = [row[0] for row in Review.select(Review.shop_id).distinct().tuples().iterator()]
     for shop_id in shops:
         _store_stats(kit, shop_id, refreshed=True)
 
