@@ -669,10 +669,10 @@ def test_a_thousand_short_entries_with_their_own_tags_leave_no_key_behind(
     cache = make_cache(redis_url, lock_timeout=0.05, near=0)
     prefix = cache._shared.prefix
     try:
-        for n in range(1000):
-            cache.set(f"order:{n}", n, ttl=0.2, tags=[f"order:{n}"])
+        for n in range(1000):  # kept 2 s (twice the TTL and the lease): long enough to count them
+            cache.set(f"order:{n}", n, ttl=0.95, tags=[f"order:{n}"])
         assert count_keys(client, prefix + "tag:*") == 1000
-        assert wait_until(lambda: count_keys(client, prefix + "*") == 0, timeout=10), (
+        assert wait_until(lambda: count_keys(client, prefix + "*") == 0, timeout=15), (
             f"{count_keys(client, prefix + 'tag:*')} tag version keys outlived their entries"
         )
     finally:
