@@ -16,12 +16,21 @@ import peewee
 
 from czo_kit.errors import CzoError
 
-__all__ = ["FailureReportingGroup", "describe_failure"]
+__all__ = ["FailureReportingGroup", "NoRandomKeyWarning", "describe_failure"]
 
 log = logging.getLogger("czo_kit.cli")
 
 _MORE = " (--traceback shows where)"
 _ENDPOINT = re.compile(r"connecting to ([^\s:]+):(\d+)")
+
+
+class NoRandomKeyWarning(logging.Filter):
+    """Holds back the kit's random-key warning. A one-shot command signs nothing that must
+    outlive it, so the warning is noise there; `serve` and the workers say it themselves
+    where it applies (embedded SQLite), and refuse to start where it would break things."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("CZO_SECRET_KEY is not set")
 
 
 def _setting(variable: str) -> str:

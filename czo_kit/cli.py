@@ -14,7 +14,7 @@ import click
 import msgspec
 
 from czo_kit import __version__
-from czo_kit._cli_errors import FailureReportingGroup
+from czo_kit._cli_errors import FailureReportingGroup, NoRandomKeyWarning
 from czo_kit.context import ContextFilter, JSONLogFormatter, acting
 from czo_kit.errors import CzoError
 from czo_kit.plugins import Contributions
@@ -27,19 +27,11 @@ __all__ = ["build_cli", "main"]
 _LEVELS = ("CRITICAL", "DEBUG", "ERROR", "INFO", "WARNING")
 
 
-class _NoRandomKeyWarning(logging.Filter):
-    """A one-shot command signs nothing that must outlive it, so the random-key warning is
-    noise there; `serve`, whose cursors and tokens must survive a restart, says it itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("CZO_SECRET_KEY is not set")
-
-
 @contextmanager
 def _kit(**overrides: Any) -> Iterator[Any]:
     from czo_kit.kit import Kit
 
-    quiet = _NoRandomKeyWarning()
+    quiet = NoRandomKeyWarning()
     logging.getLogger("czo_kit.kit").addFilter(quiet)
     # A failure here or in the command is reported by the group (FailureReportingGroup), the
     # same way for every command, the plugins' included.
@@ -292,6 +284,7 @@ def worker_command(
     from czo_kit.metrics import prepare_worker
 
     with _kit() as kit:
+        kit.require_shared_secret_key("`czo-kit worker`")
         if kit.queue is None:
             from czo_kit._cli_events import run_without_queue
 
@@ -346,7 +339,8 @@ def serve_command(host: str, port: int, threads: int) -> None:
     from czo_kit.metrics import with_metrics
 
     with _kit() as kit:
-        if kit.settings.secret_key is None:
+        kit.require_shared_secret_key("`czo-kit serve`")
+        if kit.settings.secret_key is None:  # embedded SQLite: one process, a newcomer's first run
             click.echo("warning: CZO_SECRET_KEY is not set: cursors and user tokens this server "
                        "signs will not survive its restart", err=True)
         if kit.deliverer is not None:

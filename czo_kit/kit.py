@@ -283,6 +283,31 @@ class Kit:
         """A kit from ``CZO_*`` environment variables; keyword arguments override them."""
         return cls(Settings.from_env(**overrides))
 
+    def require_shared_secret_key(self, process: str) -> None:
+        """Refuse to run ``process`` (a web server, a worker) on a shared database without
+        ``CZO_SECRET_KEY``, raising ``ConfigurationError``.
+
+        Such a process runs next to others on the same data: a cursor, API token, dashboard
+        session or app hand-off one of them signs with a random key of its own is refused by
+        the next. Only an embedded SQLite database is allowed to do without (a newcomer's
+        first run, the demo). Call it from a WSGI module that builds ``create_api(kit)``."""
+        if not isinstance(process, str) or not process.strip():
+            raise ValueError(
+                "require_shared_secret_key needs the name of the process it guards, such as 'gunicorn', "
+                f"got {process!r}"
+            )
+        if self.settings.secret_key is not None or isinstance(self.db, peewee.SqliteDatabase):
+            return
+        scheme = urlsplit(self.settings.database_url).scheme or "this database"
+        raise ConfigurationError(
+            f"CZO_SECRET_KEY is not set, and {process} on {scheme} needs it: every process must sign "
+            "cursors, API tokens, dashboard sessions and app hand-offs with the same key, or each "
+            "rejects what the others signed; set one CZO_SECRET_KEY (at least 32 characters) in every "
+            "process, for example the output of: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'",
+            variable="CZO_SECRET_KEY",
+        )
+
     def _register_backend(self, scheme: str, factory: DatabaseFactory) -> None:
         if not isinstance(scheme, str) or not scheme.isidentifier() and "+" not in scheme:
             raise PluginError(f"database backend scheme must be a word like 'sqlite', got {scheme!r}")

@@ -8,19 +8,40 @@ consumer plus the sweep; under ``huey_consumer`` the sweep starts with the first
 from __future__ import annotations
 
 import atexit
+import logging
+import sys
 import threading
 from typing import Any
 
 from huey import Huey
 
+from czo_kit._cli_errors import NoRandomKeyWarning
 from czo_kit._parent import tie_forked_workers
+from czo_kit.errors import ConfigurationError
 from czo_kit.events.queue import Sweeper
 from czo_kit.kit import Kit
 from czo_kit.metrics import prepare_worker, print_to_stderr
 
 __all__ = ["huey", "kit"]
 
-kit = Kit.from_env()
+_quiet = NoRandomKeyWarning()  # said below where it applies; a refusal is the one line
+logging.getLogger("czo_kit.kit").addFilter(_quiet)
+try:
+    kit = Kit.from_env()
+finally:
+    logging.getLogger("czo_kit.kit").removeFilter(_quiet)
+try:
+    kit.require_shared_secret_key("`huey_consumer czo_kit.worker.huey`")
+except ConfigurationError as exc:
+    kit.close()
+    # One line and exit status 1, as the czo-kit commands report it: huey_consumer would
+    # otherwise print a traceback of this import.
+    sys.exit(f"Error: {exc}")
+if kit.settings.secret_key is None:  # embedded SQLite: allowed, but nothing it signs lasts
+    logging.getLogger("czo_kit.worker").warning(
+        "CZO_SECRET_KEY is not set: this consumer signs with a random key of its own, which no "
+        "other process accepts and a restart forgets"
+    )
 if kit.queue is None:
     raise RuntimeError("CZO_QUEUE_URL is empty: there is no queue for a consumer to run")
 

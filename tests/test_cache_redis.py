@@ -1,6 +1,7 @@
 """The Redis cache driver beyond the shared contract, on real servers: outages and slow
 servers, stampedes across processes, invalidating 100,000 keys without blocking Redis, one
-round trip per bulk operation, and tag invalidation that costs one INCR per tag.
+round trip per bulk operation, tag invalidation that costs one UNLINK, and version keys
+that expire with the entries recording them.
 
 Tests that kill, pause or count the commands of a server start a private ``redis-server``
 on a free port, so they never disturb (or get disturbed by) anything else using Redis.
@@ -608,7 +609,7 @@ def test_bulk_operations_are_one_round_trip_each(
     assert round_trips(lambda: cache.get_or_set_many(wanted, compute)) == (values, 1)
 
 
-def test_invalidating_a_tag_is_one_incr_however_many_keys_carry_it(
+def test_invalidating_a_tag_is_one_unlink_however_many_keys_carry_it(
     quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager]
 ) -> None:
     client = quiet_redis.client()
@@ -626,9 +627,54 @@ def test_invalidating_a_tag_is_one_incr_however_many_keys_carry_it(
             after = quiet_redis.command_calls(client)
             costs.append({name: after[name] - before.get(name, 0) for name in after if name != "info"})
         for cost in costs:
-            # redis-py sends INCR as INCRBY 1; nothing is deleted, scanned or rewritten.
-            assert {name: n for name, n in cost.items() if n} in ({"incr": 1}, {"incrby": 1})
+            # The version key goes; no entry is deleted, scanned or rewritten.
+            assert {name: n for name, n in cost.items() if n} == {"unlink": 1}
         assert cache.get("lonely") is None
         assert cache.get_many(crowd) == {}
     finally:
+        client.close()
+
+
+# -- tag version keys expire -----------------------------------------------------------------
+
+
+def test_version_keys_get_a_ttl_covering_the_entry_and_never_shortened(
+    redis_url: str, make_cache: Callable[..., CacheManager]
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = make_cache(redis_url, lock_timeout=2.0)
+    key = cache._shared.tag_prefix + "product:1"
+    try:
+        # A key written before version keys expired has no TTL: the next write gives it one.
+        client.set(key, b"12345")
+        cache.set("p", 1, ttl=30, tags=["product:1"], stale_while_revalidate=10)
+        assert cache.get("p") == 1  # the old version was kept, so are its entries
+        lifetime = (30 + 10 + 2.0) * 1000  # the TTL, the stale window, the lock's lease
+        assert lifetime - 1000 < client.pttl(key) <= 2 * lifetime
+        cache.set("q", 2, ttl=1000, tags=["product:1"])
+        assert client.pttl(key) > 1000_000
+        cache.set("r", 3, ttl=1, tags=["product:1"])  # a shorter entry never shortens it
+        assert client.pttl(key) > 1000_000
+        cache.invalidate_tags(["product:1"])
+        assert client.exists(key) == 0
+        assert cache.get_many(["p", "q", "r"]) == {}
+    finally:
+        client.close()
+
+
+def test_a_thousand_short_entries_with_their_own_tags_leave_no_key_behind(
+    redis_url: str, make_cache: Callable[..., CacheManager]
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = make_cache(redis_url, lock_timeout=0.05, near=0)
+    prefix = cache._shared.prefix
+    try:
+        for n in range(1000):  # kept 2 s (twice the TTL and the lease): long enough to count them
+            cache.set(f"order:{n}", n, ttl=0.95, tags=[f"order:{n}"])
+        assert count_keys(client, prefix + "tag:*") == 1000
+        assert wait_until(lambda: count_keys(client, prefix + "*") == 0, timeout=15), (
+            f"{count_keys(client, prefix + 'tag:*')} tag version keys outlived their entries"
+        )
+    finally:
+        cache.clear()
         client.close()

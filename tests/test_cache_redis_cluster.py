@@ -337,3 +337,29 @@ def test_status_shows_the_cluster_cache_reachable_then_names_a_dead_primary(
     assert (code, cache["ok"]) == (1, False)
     assert f"primary 127.0.0.1:{victim} of 3 does not answer" in cache["detail"]
     assert "served as misses" in cache["detail"]
+
+
+def test_tag_version_keys_expire_with_their_entries_on_the_cluster(
+    redis_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    cache = make_cache(redis_cluster.url, lock_timeout=2.0)
+    key = cache._shared.tag_prefix + "product:1"
+    port = redis_cluster.primary_of(key)
+
+    def pttl() -> int:
+        return int(redis_cluster.command(port, "PTTL", key).strip())
+
+    redis_cluster.command(port, "SET", key, "12345")  # written before versions expired: no TTL
+    cache.set("p", 1, ttl=30, tags=["product:1"], stale_while_revalidate=10)
+    assert cache.get("p") == 1  # the old version was kept, so are its entries
+    lifetime = (30 + 10 + 2.0) * 1000  # the TTL, the stale window, the lock's lease
+    assert lifetime - 1000 < pttl() <= lifetime
+    cache.set("q", 2, ttl=1000, tags=["product:1"])
+    assert pttl() > 1000_000
+    cache.set("r", 3, ttl=1, tags=["product:1"])  # a shorter entry never shortens it
+    assert pttl() > 1000_000
+    cache.set("s", 4, ttl=5, tags=["product:2"])  # created with its expiry
+    assert 0 < int(redis_cluster.command(redis_cluster.primary_of(key[:-1] + "2"), "PTTL", key[:-1] + "2").strip())
+    cache.invalidate_tags(["product:1"])
+    assert pttl() == -2  # gone: a version is removed, never counted on
+    assert cache.get_many(["p", "q", "r"]) == {} and cache.get("s") == 4

@@ -105,24 +105,29 @@ class CircuitBreaker:
             if circuit is not None:  # nothing to close when no failure was ever recorded
                 WebhookCircuit.delete_rows().where(WebhookCircuit.origin == origin).execute(self.db)
             return
-        current = self.row(origin)
-        failures = (current[0] if current is not None else 0) + 1
-        opened = None
-        if failures >= self.threshold:
-            opened = now + dt.timedelta(seconds=self.cooldown)
-            if current is None or current[1] is None or current[1] <= now:
-                log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.cooldown)
-        (
-            WebhookCircuit.insert(origin=origin, failures=failures, opened_until=opened, updated_at=now)
+        # One statement, so concurrent failures (threads, workers) each count: read, add one
+        # and write back from Python would lose increments that land in between.
+        opened = WebhookCircuit.opened_until.db_value(now + dt.timedelta(seconds=self.cooldown))
+        count = WebhookCircuit.failures + 1
+        row = (
+            WebhookCircuit.insert(
+                origin=origin, failures=1, opened_until=opened if self.threshold <= 1 else None, updated_at=now
+            )
             .on_conflict(
                 conflict_target=[WebhookCircuit.origin],
                 update={
-                    WebhookCircuit.failures: failures, WebhookCircuit.opened_until: opened,
+                    WebhookCircuit.failures: count,
+                    WebhookCircuit.opened_until: peewee.Case(None, [(count >= self.threshold, opened)], None),
                     WebhookCircuit.probe_started_at: None, WebhookCircuit.updated_at: now,
                 },
             )
+            .returning(WebhookCircuit.failures)
+            .tuples()
             .execute(self.db)
         )
+        failures = int(next(iter(row))[0])
+        if failures == self.threshold:  # exactly one caller sees the count reach it
+            log.warning("webhook target %s failed %d times in a row: paused for %ss", origin, failures, self.cooldown)
 
     def states(self, origins: Iterable[str] | None, now: dt.datetime) -> dict[str, CircuitState]:
         """The state of each of ``origins`` (closed where no row), or with ``None`` of every

@@ -184,7 +184,7 @@ def _refresh_keys(
         if not todo:
             return
         every_tag = list(dict.fromkeys(tag for full in todo for tag in tags[full]))
-        versions = cache._versions(every_tag)  # before the factory: old data never looks fresh
+        versions = cache._versions(every_tag, ttl, swr)  # before the factory: old data never looks fresh
         computed = compute(todo)
         if versions is not None:
             version_of = dict(zip(every_tag, versions))

@@ -104,7 +104,7 @@ def _compute(
         # Succeeds once the holder releases, or once its lease runs out if it died.
         acquired = cache._call(lambda: driver.acquire_lock(lock_key, token, lease_ms), None)
     try:
-        versions = cache._versions(tags)  # before the factory: old data never looks fresh
+        versions = cache._versions(tags, ttl, swr)  # before the factory: old data never looks fresh
         value = factory()
         if versions is not None:
             cache._store([(full, cache._encode(value))], ttl, swr, tags, versions)

@@ -56,12 +56,21 @@ class CacheDriver(Protocol):
         """Remove keys; returns how many existed."""
         ...
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
-        """Current version of each tag, creating a never-before-used version where missing."""
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
+        """Current version of each tag, creating a never-before-used version where missing.
+
+        Each version key then expires no sooner than ``ttl_ms`` from now: an expiry that is
+        sooner (or none at all) is pushed out, a later one is kept. Version keys must expire,
+        or every tag ever used stays in the server."""
         ...
 
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
-        """Change each tag's version (one INCR each), invalidating every entry recording it."""
+        """Invalidate every entry recording a tag's current version, in one round trip: remove
+        the version key (the next ``tag_versions`` creates a new one) or replace it.
+
+        A version must never come back, even after its key expired or was removed: an entry
+        still recording it would be valid again. Hence random versions, never a counter
+        that restarts where the key is missing."""
         ...
 
     def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:

@@ -406,11 +406,18 @@ class CacheManager:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _versions(self, tags: Sequence[str]) -> list[bytes] | None:
+    def _versions(self, tags: Sequence[str], ttl: float, swr: float | None) -> list[bytes] | None:
+        """The current versions of ``tags``, for entries that live ``ttl`` + ``swr`` seconds.
+
+        Each version key is kept at least that long, plus the stampede lease: versions are
+        read before a factory runs, so the entry is stored up to a lease later. A version key
+        that went earlier would only turn its entries into misses; one that never went would
+        stay in the server forever."""
         if not tags:
             return []
         shared = self._shared
-        return self._call(lambda: shared.driver.tag_versions(tags, shared.tag_prefix), None)
+        hold_ms = math.ceil((ttl + (swr or 0.0) + shared.lock_timeout) * 1000)
+        return self._call(lambda: shared.driver.tag_versions(tags, shared.tag_prefix, hold_ms), None)
 
     def set(
         self,
@@ -444,7 +451,7 @@ class CacheManager:
         items = [(self.key(k), self._encode(v)) for k, v in mapping.items()]
         if not items:
             return
-        versions = self._versions(all_tags)
+        versions = self._versions(all_tags, ttl_s, swr)
         if versions is None:
             return  # unreachable: nothing can be stored
         self._store(items, ttl_s, swr, all_tags, versions)
@@ -592,7 +599,7 @@ class CacheManager:
         if not missing:
             return found
         tags = list(dict.fromkeys(tag for key in missing for tag in tagged[key]))
-        versions = self._versions(tags)
+        versions = self._versions(tags, ttl_s, swr)
         computed = factory(missing)
         if versions is not None:
             version_of = dict(zip(tags, versions))

@@ -1,5 +1,5 @@
 """What the single-node Redis driver and the Redis Cluster driver share: the commands whose
-shape is the same on both (pipelined SETs and INCRs, UNLINK, SCAN + UNLINK batches, the lock),
+shape is the same on both (pipelined SETs, UNLINK, SCAN + UNLINK batches, the lock),
 turning a server that does not answer into ``CacheUnavailable``, and redis-py's import.
 
 Every command here names one key, or is split by slot by redis-py's cluster client
@@ -10,6 +10,7 @@ a hash slot.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import secrets
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from czo_kit.cache.driver import CacheUnavailable
@@ -18,7 +19,7 @@ from czo_kit.errors import ConfigurationError
 if TYPE_CHECKING:
     from czo_kit.cache.near import NearCache
 
-__all__ = ["OUTAGE_REPLIES", "RELEASE_SCRIPT", "RedisCommands", "import_redis"]
+__all__ = ["OUTAGE_REPLIES", "RELEASE_SCRIPT", "RedisCommands", "import_redis", "version_seed"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,13 @@ return 0
 
 OUTAGE_REPLIES = ("OOM", "LOADING", "READONLY", "MISCONF", "MASTERDOWN", "BUSY")
 """Error replies of a server that is there but cannot serve now: an outage, not a bug."""
+
+
+def version_seed() -> str:
+    """The start of new tag versions: ``<seed><position of the tag>``. Random, never a counter,
+    so a version never comes back once its key expired or was removed (an entry recording it
+    would be valid again); the dot keeps seed 12 + position 3 apart from seed 1 + position 23."""
+    return f"{secrets.randbits(64)}."
 
 
 def import_redis() -> Any:
@@ -115,17 +123,13 @@ class RedisCommands:
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
         if not tags:
             return
-
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.incr(tag_prefix + tag)
-            pipe.execute()
-
+        keys = [tag_prefix + tag for tag in tags]
+        # Removed, not incremented: a missing version invalidates, the next writer creates a
+        # random one (``version_seed``), and a tag nobody writes again leaves no key behind.
         try:
-            self._call(run)
+            self._call(lambda: self.client.unlink(*keys))
         finally:
-            self._forget([tag_prefix + tag for tag in tags])
+            self._forget(keys)
 
     def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
         raise NotImplementedError

@@ -103,27 +103,28 @@ class MemoryDriver:
                     removed += 1
         return removed
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         now = _now_ms()
+        hold = now + ttl_ms
         versions = []
         with self._lock:
             for tag in tags:
                 key = tag_prefix + tag
                 version = self._read(key, now)
                 if version is None:
-                    version = str(secrets.randbits(48)).encode()
-                    self._write(key, version, 0)
+                    # Random, never a counter: a version must not come back once its key went.
+                    version = str(secrets.randbits(64)).encode()
+                    self._write(key, version, hold)
+                elif self._data[key][1] < hold:
+                    self._write(key, version, hold)
                 versions.append(version)
         return versions
 
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
-        now = _now_ms()
         with self._lock:
             for tag in tags:
-                key = tag_prefix + tag
-                current = self._read(key, now)
-                number = int(current) + 1 if current is not None else 1
-                self._write(key, str(number).encode(), 0)
+                # A missing version invalidates; the next writer creates a random new one.
+                self._data.pop(tag_prefix + tag, None)
 
     def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
         regex = glob_to_regex(pattern)

@@ -11,14 +11,13 @@ an outage, with a message naming ``redis+cluster://`` (``redis_cluster_cache``).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from czo_kit.cache.driver import CacheUnavailable
 from czo_kit.cache.near import NearCache
-from czo_kit.default_plugins._redis_common import RELEASE_SCRIPT, RedisCommands, import_redis
+from czo_kit.default_plugins._redis_common import RELEASE_SCRIPT, RedisCommands, import_redis, version_seed
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import hookimpl
 
@@ -29,18 +28,29 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisDriver", "create_redis_driver"]
 
+# Versions are random (a per-call seed and the tag's position), never a counter: a key that
+# expired or was removed must not come back with a version an old entry still records. A key
+# that would expire within ``ttl`` ms (or never: one written before versions expired) gets
+# twice ``ttl``, so a hot tag is extended once per ``ttl``, not on every write: each PEXPIRE
+# makes Redis tell every near cache to drop its copy of the key.
 _TAG_VERSIONS = """
 local prefix = ARGV[1]
 local seed = ARGV[2]
+local ttl = tonumber(ARGV[3])
 local out = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local key = prefix .. ARGV[i]
   local v = redis.call('GET', key)
   if not v then
-    redis.call('SET', key, seed .. (i - 2), 'NX')
-    v = redis.call('GET', key)
+    v = seed .. (i - 3)
+    redis.call('SET', key, v, 'PX', 2 * ttl)
+  else
+    local left = redis.call('PTTL', key)
+    if left < ttl then
+      redis.call('PEXPIRE', key, 2 * ttl)
+    end
   end
-  out[i - 2] = v
+  out[i - 3] = v
 end
 return out
 """
@@ -88,14 +98,14 @@ class RedisDriver(RedisCommands):
             near.store(keys, values, token)
         return values
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         if not tags:
             return []
-        seed = str(secrets.randbits(40))
+        seed = version_seed()
         keys = [tag_prefix + tag for tag in tags]
         try:
             versions: list[bytes] = self._call(
-                lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, *tags])
+                lambda: self._tag_versions(keys=[], args=[tag_prefix, seed, max(1, ttl_ms), *tags])
             )
         except BaseException:
             self._forget(keys)

@@ -4,13 +4,14 @@
 No cache key carries a hash tag, deliberately: entries and tag versions spread over every
 primary, and no operation needs two keys in one slot. A multi-key read (an entry with the
 versions of its tags, or ``get_many``) is one MGET per slot, pipelined to the nodes in one
-round trip; writes, UNLINK and INCRs are split by slot the same way; creating a tag version is
+round trip; writes and UNLINK are split by slot the same way; creating a tag version is
 ``SET key seed NX GET`` (one key, atomic) instead of the single-node driver's script over many
 keys. An entry and its tag versions are then read in one pass rather than one atomic snapshot,
-which is still exact: versions only move forward, an entry is served only if every version it
-recorded equals the one read, and a version read before a concurrent bump is the answer a read
-made a moment earlier would have given. Hash-tagging a namespace (``{shop}``) would instead put
-all of its entries on one primary, which is what a cluster is there to avoid.
+which is still exact: an entry is served only if every version it recorded equals the one read,
+a version never comes back once bumped (removed; the next one is random), and a version read
+before a concurrent bump is the answer a read made a moment earlier would have given.
+Hash-tagging a namespace (``{shop}``) would instead put all of its entries on one primary,
+which is what a cluster is there to avoid.
 
 ``invalidate(pattern)`` and ``clear()`` SCAN every primary. The near cache is refused: key
 tracking reports writes made on the node a connection is on, so it would need one tracking
@@ -21,14 +22,13 @@ down; until it answers, reads are misses as with the single-node driver.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from czo_kit.cache.driver import CacheUnavailable
-from czo_kit.default_plugins._redis_common import RELEASE_SCRIPT, RedisCommands, import_redis
+from czo_kit.default_plugins._redis_common import RELEASE_SCRIPT, RedisCommands, import_redis, version_seed
 from czo_kit.errors import ConfigurationError
 from czo_kit.hookspecs import hookimpl
 
@@ -149,18 +149,24 @@ class RedisClusterDriver(RedisCommands):
         # every primary.
         return list(self._call(lambda: self.client.mget_nonatomic(list(keys))))
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         if not tags:
             return []
-        seed = str(secrets.randbits(40))
+        seed = version_seed()
         fresh = [f"{seed}{i}".encode() for i in range(1, len(tags) + 1)]
+        ttl = max(1, ttl_ms)
 
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for tag, value in zip(tags, fresh):
+                key = tag_prefix + tag
                 # One key, atomic: the version already there, or (nil) ours, just created.
-                pipe.set(tag_prefix + tag, value, nx=True, get=True)
-            return list(pipe.execute())
+                pipe.set(key, value, nx=True, get=True, px=ttl)
+                # An existing key lives at least ``ttl`` more: GT pushes a sooner expiry out
+                # (never in), NX gives one to a key that had none.
+                pipe.pexpire(key, ttl, gt=True)
+                pipe.pexpire(key, ttl, nx=True)
+            return list(pipe.execute())[::3]
 
         return [old if old is not None else new for old, new in zip(self._call(run), fresh)]
 

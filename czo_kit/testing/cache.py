@@ -240,6 +240,55 @@ class CacheDriverContract:
         assert cache.get_or_set("row", fresh, tags=["row:1"]) == "recomputed"
         assert fresh.calls == 1
 
+    def test_tag_version_keys_expire_once_their_entries_have(self, driver: CacheDriver) -> None:
+        # A short lease: a version key is kept for its entries' lifetime plus the lease.
+        cache = CacheManager(driver, prefix=f"ct{uuid.uuid4().hex[:10]}:", lock_timeout=0.05)
+        tag_keys = [cache._shared.tag_prefix + f"order:{n}" for n in range(50)] + [cache._shared.tag_prefix + "shop:1"]
+        try:
+            for n in range(50):  # tags used once, as an order's would be
+                cache.set(f"order:{n}", n, ttl=0.5, tags=[f"order:{n}", "shop:1"])
+                assert None not in driver.get_many(tag_keys[n : n + 1] + tag_keys[-1:])
+            assert wait_until(lambda: cache.get_many([f"order:{n}" for n in range(50)]) == {})
+            assert wait_until(lambda: driver.get_many(tag_keys) == [None] * len(tag_keys)), (
+                "tag version keys outlived every entry recording them"
+            )
+        finally:
+            cache.clear()
+
+    def test_a_tag_version_key_outlives_the_longest_entry_recording_it(self, driver: CacheDriver) -> None:
+        cache = CacheManager(driver, prefix=f"ct{uuid.uuid4().hex[:10]}:", lock_timeout=0.05)
+        probe = cache._shared.tag_prefix + "probe"
+        try:
+            cache.set("long", "kept", ttl=60, tags=["shared"])
+            cache.set("stale", "kept stale", ttl=0.05, tags=["windowed"], stale_while_revalidate=60)
+            # Written later with a short TTL: the shared tag's key must not be shortened.
+            cache.set("short", "gone soon", ttl=0.05, tags=["shared"])
+            cache.set("yardstick", "gone soon", ttl=0.05, tags=["probe"])
+            # Once a key held as long as "short" needs has expired, the others still hold.
+            assert wait_until(lambda: driver.get_many([probe]) == [None])
+            assert cache.get("short") is None
+            assert cache.get("long") == "kept"
+            assert cache.get("stale") == "kept stale"  # its stale window counts too
+        finally:
+            cache.clear()
+
+    def test_an_invalidated_entry_never_comes_back_after_its_version_key_went(
+        self, cache: CacheManager, driver: CacheDriver
+    ) -> None:
+        tag_key = cache._shared.tag_prefix + "row:7"
+        driver.delete_many([tag_key])  # as if expired: versions must not restart from a counter
+        cache.invalidate_tags(["row:7"])
+        cache.set("row", "old", ttl=60, tags=["row:7"])
+        assert cache.get_or_set("view", lambda: "old view", ttl=60, tags=["row:7"]) == "old view"
+        cache.invalidate_tags(["row:7"])  # the row changed
+        for round_ in range(5):
+            driver.delete_many([tag_key])  # the version key expired (or was evicted) ...
+            cache.invalidate_tags(["row:7"])  # ... and the row changed again
+            assert cache.get("row") is None, f"an invalidated entry came back (round {round_})"
+            assert cache.get_or_set("view", lambda: "new view", ttl=0.05, tags=["row:7"]) == "new view"
+            cache.set("other", round_, ttl=60, tags=["row:7"])  # a new version for new entries
+            assert cache.get("row") is None and cache.get("other") == round_
+
     # -- namespaces and patterns --------------------------------------------------------
 
     def test_namespaces_isolate_and_clear_in_one_step(self, cache: CacheManager) -> None:

@@ -60,22 +60,24 @@ class DictCacheDriver:
                     removed += 1
         return removed
 
-    def tag_versions(self, tags: Sequence[str], tag_prefix: str) -> list[bytes]:
+    def tag_versions(self, tags: Sequence[str], tag_prefix: str, ttl_ms: int) -> list[bytes]:
         now = _now_ms()
         versions = []
         with self._lock:
             for tag in tags:
-                version = self._get(tag_prefix + tag, now)
+                key = tag_prefix + tag
+                version = self._get(key, now)
                 if version is None:
                     version = secrets.token_hex(8).encode()
-                    self._items[tag_prefix + tag] = (version, 0)
+                # Never sooner than asked: an entry may depend on it that long.
+                self._items[key] = (version, max(self._items.get(key, (b"", 0))[1], now + ttl_ms))
                 versions.append(version)
         return versions
 
     def bump_tags(self, tags: Sequence[str], tag_prefix: str) -> None:
         with self._lock:
             for tag in tags:
-                self._items[tag_prefix + tag] = (secrets.token_hex(8).encode(), 0)
+                self._items.pop(tag_prefix + tag, None)
 
     def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
         regex = glob_to_regex(pattern)
