@@ -261,3 +261,59 @@ def test_set_webhook_active_refuses_bad_input(kit: Kit, changes: dict[str, Any],
     with pytest.raises(error, match=named.replace("(", r"\(").replace(")", r"\)")):
         kit.apps.set_webhook_active(**arguments)
     assert delivered(kit, emit(kit)) == 1  # nothing changed
+
+
+@pytest.mark.postgres
+def test_a_listener_that_does_not_acknowledge_is_cut_off_before_the_change_returns(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    monkeypatch.setattr(_subscriptions, "ACK_TIMEOUT", 0.5)
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path), queue_url="")) as kit:
+        dbname, params = parse_postgresql_url(pg_url)
+        # A process hung with its listener connected: it hears the change but never forgets.
+        stuck = psycopg2.connect(dbname=dbname, **{**params, "application_name": _subscriptions.LISTENER_NAME})
+        stuck.autocommit = True
+        try:
+            with stuck.cursor() as cursor:
+                cursor.execute(f"LISTEN {_subscriptions.CHANNEL}")
+            pid = stuck.get_backend_pid()
+            install(kit)  # returns once the stuck listener's connection is gone
+            alive = kit.db.execute_sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            assert alive is None
+            with pytest.raises(psycopg2.OperationalError):
+                with stuck.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+        finally:
+            stuck.close()
+
+
+def test_a_forked_child_leaves_the_parents_watch_alone(kit: Kit) -> None:
+    install(kit)
+    warm(kit)
+    cache = kit.apps.subscription_cache
+    watched = cache._conn if cache.mode == "postgresql" else cache._sqlite
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own watch, never the parent's connection
+        code = 1
+        try:
+            fresh = cache.cached_shops() == [] and cache._conn is None and cache._sqlite is None
+            code = 0 if fresh else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"\x00", "the child inherited the parent's memory or connection"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    # The parent's watch still works, from the same connection.
+    assert (cache._conn if cache.mode == "postgresql" else cache._sqlite) is watched
+    kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=False)
+    assert delivered(kit, emit(kit)) == 0

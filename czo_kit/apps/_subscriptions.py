@@ -5,10 +5,12 @@ time cost more than the rest of the emit together, so the answer is kept per sho
 process, and dropped when it may have changed:
 
 - PostgreSQL: every change sends ``NOTIFY czo_app_subscriptions`` in its own transaction
-  (delivered at commit, never on rollback). A connection of this process ``LISTEN``\\s; each
-  lookup reads what arrived on that socket first (no round trip: a non-blocking read), so it
-  does not wait on the listener thread to be scheduled. While that connection is down (a
-  restart, ``pg_terminate_backend``) or not yet listening, every lookup queries the
+  (delivered at commit, never on rollback). A connection of this process ``LISTEN``\s; each
+  lookup reads what arrived on that socket first (no round trip: a non-blocking read). A
+  notification may still be on its way when the change's commit returns, so the change then
+  waits until every listening process has forgotten the shop and acknowledged it; one that
+  does not answer in time has its connection ended. While this process's connection is down
+  (a restart, ``pg_terminate_backend``) or not yet listening, every lookup queries the
   database; once it listens again the memory starts empty.
 - SQLite (a file): ``PRAGMA data_version`` on a connection of this cache, which changes
   whenever any other connection, of any process, commits to the file (no round trip: a
