@@ -5,7 +5,7 @@ time cost more than the rest of the emit together, so the answer is kept per sho
 process, and dropped when it may have changed:
 
 - PostgreSQL: every change sends ``NOTIFY czo_app_subscriptions`` in its own transaction
-  (delivered at commit, never on rollback). A connection of this process ``LISTEN``\s; each
+  (delivered at commit, never on rollback). A connection of this process ``LISTEN``s; each
   lookup reads what arrived on that socket first (no round trip: a non-blocking read). A
   notification may still be on its way when the change's commit returns, so the change then
   waits until every listening process has forgotten the shop and acknowledged it; one that
