@@ -15,7 +15,9 @@ from czo_kit.settings import Settings
 
 
 def main() -> None:
-    kit = Kit(Settings(database_url=sys.argv[1], secret_key="s" * 32, queue_url="", cache_url="memory://"))
+    # A queue nobody consumes, in its working directory: deliveries are recorded and stay queued.
+    kit = Kit(Settings(database_url=sys.argv[1], secret_key="s" * 32, queue_url="sqlite:///queue-a.sqlite3",
+                       cache_url="memory://"))
     cache = kit.apps.subscription_cache
     seq = 0
     try:

@@ -36,9 +36,10 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
 
 
+# A queue nobody consumes (app_settings' SQLite one): deliveries are recorded and stay queued.
 @pytest.fixture
 def kit(db_url: str, settings_for: SettingsFor, tmp_path: Path) -> Iterator[Kit]:
-    manager: AbstractContextManager[Kit] = app_kit(app_settings(settings_for, db_url, str(tmp_path), queue_url=""))
+    manager: AbstractContextManager[Kit] = app_kit(app_settings(settings_for, db_url, str(tmp_path)))
     with manager as kit:
         yield kit
 
@@ -141,7 +142,7 @@ def test_a_change_to_another_shop_leaves_this_one_right(kit: Kit, process_a: Pro
 def test_a_dropped_listener_falls_back_to_the_database_and_listens_again(
     pg_url: str, settings_for: SettingsFor, tmp_path: Path
 ) -> None:
-    with app_kit(app_settings(settings_for, pg_url, str(tmp_path), queue_url="")) as kit:
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
         process = ProcessA(pg_url, tmp_path)
         try:
             before = process.warm()["listener"]
@@ -273,7 +274,7 @@ def test_a_listener_that_does_not_acknowledge_is_cut_off_before_the_change_retur
     from czo_kit.default_plugins.postgres import parse_postgresql_url
 
     monkeypatch.setattr(_subscriptions, "ACK_TIMEOUT", 0.5)
-    with app_kit(app_settings(settings_for, pg_url, str(tmp_path), queue_url="")) as kit:
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
         dbname, params = parse_postgresql_url(pg_url)
         # A process hung with its listener connected: it hears the change but never forgets.
         stuck = psycopg2.connect(dbname=dbname, **{**params, "application_name": _subscriptions.LISTENER_NAME})
