@@ -21,7 +21,7 @@ import pytest
 
 from apps_support import OWNER, app_kit, app_settings, manifest, wait_for
 from czo_kit import Kit
-from czo_kit.apps._subscriptions import SubscriptionCache
+from czo_kit.apps import SubscriptionCache
 from czo_kit.apps.webhooks import WebhookDelivery
 from czo_kit.errors import InvalidDataError, NotFoundError
 from czo_kit.settings import Settings
@@ -244,6 +244,18 @@ def test_a_database_that_cannot_say_what_changed_is_queried_each_time(tmp_path: 
     cache = SubscriptionCache(OtherDatabase(None))
     assert cache.state == "querying"
     assert cache._fresh() is False
+
+
+def test_an_in_memory_sqlite_database_is_this_process_alone() -> None:
+    cache = SubscriptionCache(peewee.SqliteDatabase(":memory:"))  # no other process can open it
+    assert cache.state == "memory"
+    assert cache._fresh() is True
+
+
+@pytest.mark.parametrize("shop_id", ["1", 1.0, True, None])
+def test_changed_refuses_what_is_not_a_shop_id(kit: Kit, shop_id: Any) -> None:
+    with pytest.raises(TypeError, match=r"shop_id must be a shop's integer id, got \w+ "):
+        kit.apps.subscription_cache.changed(shop_id)
 
 
 @pytest.mark.parametrize(

@@ -213,7 +213,8 @@ class SubscriptionCache:
         at commit, this one empties its memory then, and until the transaction ends this
         thread's lookups read the database, its own changes included. On PostgreSQL the
         commit returns once every listening process has emptied its memory (below)."""
-        shop_id = int(shop_id)
+        if not isinstance(shop_id, int) or isinstance(shop_id, bool):
+            raise TypeError(f"shop_id must be a shop's integer id, got {type(shop_id).__name__} {str(shop_id)[:24]!r}")
         after: Callable[[], None] = lambda: self._forget(shop_id)
         if self.mode == "postgresql":
             token = secrets.token_hex(8)
