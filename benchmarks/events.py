@@ -160,6 +160,78 @@ def emit_pairs(n: Callable[[int], int], w: Callable[[int], int]) -> list[Pair]:
     return pairs
 
 
+SHOP_EMIT_TARGET = 2.0  # shop-event emit p50 / blinker send p50 (issue 13)
+
+
+def _warm_shop(kit: Any, event: str, payload: dict[str, Any]) -> None:
+    """Emit until the shop's subscriptions are served from memory (the listener is up)."""
+    cache = kit.apps.subscription_cache
+    deadline = time.monotonic() + 30
+    while cache.state == "querying" or payload["shop_id"] not in cache.cached_shops():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the subscriptions of shop {payload['shop_id']} never reached memory ({cache.state})")
+        kit.events.emit(event, payload)
+        time.sleep(0.01)
+
+
+def shop_emit_rows(database_url: str, schema: str, tmp: str, n: Callable[[int], int], w: Callable[[int], int],
+                   progress: Callable[[str], None]) -> list[Comparison]:
+    """``emit`` of a shop event by name (a mapping carrying ``shop_id``), 10 handlers, through
+    a whole kit, so the webhook tap looks up the shop's subscriptions on every emit: from
+    memory, against blinker with 10 receivers; and, for context, with the memory closed (a
+    query per emit, what every emit did before)."""
+    import blinker
+
+    from czo_kit.kit import Kit
+    from czo_kit.settings import Settings
+
+    _pg.fresh_schema(database_url, schema)
+    rows: list[Comparison] = []
+    try:
+        for label, url in (("PostgreSQL", _pg.schema_url(database_url, schema)),
+                           ("SQLite", f"sqlite:///{tmp}/shop-emit.sqlite3")):
+            settings = Settings(database_url=url, queue_url="", cache_url="memory://", secret_key=SECRET, plugins=())
+            kit, querying = Kit(settings), Kit(settings)
+            try:
+                kit.create_tables()
+                event, payload = "bench.shop10", {"shop_id": 1, **MAPPING}
+                signal = blinker.Namespace().signal("bench.shop10")
+                for k, handler in enumerate(_no_op_handlers(10)):
+                    kit.events.on(event, handler, id=f"noop-{k}")
+                    querying.events.on(event, handler, id=f"noop-{k}")
+                    signal.connect(handler)
+                _warm_shop(kit, event, payload)
+                querying.apps.subscription_cache.close()  # every lookup queries, as before issue 13
+
+                def check(ctx: Any, base: list[Any], kit: Any = kit) -> None:
+                    if ctx.errors or len(base) != 10 or 1 not in kit.apps.subscription_cache.cached_shops():
+                        raise AssertionError("expected 10 handlers on both sides and shop 1 held in memory")
+
+                pairs = [
+                    Pair(f"emit shop event by name, 10 handlers ({label})", _emit(kit.events, event, payload),
+                         _send(signal, payload), "blinker send, 10 receivers", n(20000), w(2000), SHOP_EMIT_TARGET,
+                         group=f"shop-{label}", check=check,
+                         note=f"subscriptions from memory ({kit.apps.subscription_cache.state}); no app hears it"),
+                    Pair(f"emit shop event by name, 10 handlers, a query per emit ({label})",
+                         _emit(querying.events, event, payload), _send(signal, payload), "blinker send, 10 receivers",
+                         n(2000), w(200), None, group=f"shop-{label}-query",
+                         note="context: the memory closed, each emit reads the subscriptions (the old way)"),
+                ]
+                progress(f"shop-event emit ({label})")
+                rows += run_pairs(pairs, progress=progress)
+            finally:
+                querying.close()
+                kit.close()
+    finally:
+        _pg.drop_schema(database_url, schema)
+    return rows
+
+
+def shop_emit_checks(rows: Sequence[Comparison]) -> list[Check]:
+    return [Check(f"{row.operation}: p50 vs blinker", row.ratio, SHOP_EMIT_TARGET, unit="x")
+            for row in rows if row.target is not None]
+
+
 def hook_rows(n: Callable[[int], int], w: Callable[[int], int], progress: Callable[[str], None]) -> list[Comparison]:
     """HookRegistry.run with 3 + 3 no-op hooks, a plain call and a pluggy hook, in one loop."""
     import pluggy
@@ -514,6 +586,8 @@ def run(
         # One kit at a time, so that the SQLite and PostgreSQL figures do not share the
         # process with another kit's threads (the event models are process-wide, but each
         # kit now passes its own database to every statement, binary columns included).
+        shop_rows = shop_emit_rows(database_url, schema + "_shop", tmp.name, n, w, progress)
+        rows += shop_rows
         kits["SQLite"] = make_kit(f"sqlite:///{tmp.name}/bench.sqlite3", redis_url, queues.sqlite)
         async_rows = emit_async_rows("SQLite", kits["SQLite"], raw, n, w, progress)
         kits.pop("SQLite").close()
@@ -554,6 +628,7 @@ def run(
         Check("emit_async (PostgreSQL outbox): p95", pg_enqueue.kit.p95 / 1000, ENQUEUE_P95_LIMIT_MS, unit="ms"),
         Check("emit_async (SQLite outbox): p95", sqlite_enqueue.kit.p95 / 1000, ENQUEUE_P95_LIMIT_MS, unit="ms"),
     ]
+    checks += shop_emit_checks(shop_rows)
     notes = [
         f"HookRegistry.run overhead over the plain call: p50 {hooks_row.kit.p50 - hooks_row.base.p50:.1f} µs, "
         f"p99 {hooks_row.kit.p99 - hooks_row.base.p99:.1f} µs.",
@@ -625,7 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"scratch schema (default {DEFAULT_SCHEMA})")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    parser.add_argument("--only", choices=["shop-emit"], help="run one part only: shop-emit (emit of a shop "
+                        "event through a kit vs blinker, on PostgreSQL and SQLite)")
     args = parser.parse_args(argv)
+    if args.only == "shop-emit":
+        return _main_shop_emit(args)
     import peewee
     import psycopg2
     import redis
@@ -653,6 +732,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json(args.json, env=env, quick=args.quick, sections=sections, checks=checks, notes=notes,
                    throughput=result)
+    return 1 if any("mismatch" in row.extra for row in rows) else 0
+
+
+def _main_shop_emit(args: argparse.Namespace) -> int:
+    database_url = _pg.database_url()
+    env = environment(["blinker", "msgspec", "peewee", "psycopg2-binary"])
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="czo-bench-shop-emit-") as tmp:
+        rows = shop_emit_rows(database_url, args.schema + "_shop", tmp, lambda full: 40 if args.quick else full,
+                              lambda full: 5 if args.quick else full,
+                              lambda text: print(text, file=sys.stderr, flush=True))
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(compose_report(env, [("Shop-event emit vs blinker", rows)], shop_emit_checks(rows),
+                         notes=[f"load average (1, 5, 15 min) at the end: {load}"], markdown=args.markdown,
+                         elapsed=time.monotonic() - started))
     return 1 if any("mismatch" in row.extra for row in rows) else 0
 
 

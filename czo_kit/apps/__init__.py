@@ -3,6 +3,7 @@ checked at install, per-app tokens, and signed webhooks with retries and a dead-
 
 from __future__ import annotations
 
+from czo_kit.apps._subscriptions import SubscriptionCache
 from czo_kit.apps.handoff import HandoffSigner, HandoffVerifier, RepeatedHandoffError, verify_handoff
 from czo_kit.apps.inprocess import AppHandler, InProcessApp, InProcessApps, InstalledApp
 from czo_kit.apps.manifest import AppManifest, ExtensionSpec, PermissionSpec, WebhookSpec, parse_manifest
@@ -34,6 +35,7 @@ __all__ = [
     "InstalledApp",
     "RepeatedHandoffError",
     "InstallResult",
+    "SubscriptionCache",
     "ManifestError",
     "PermissionDeniedError",
     "PermissionRegistry",

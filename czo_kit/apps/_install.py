@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -108,10 +109,18 @@ def reserve(
 
 
 def complete(
-    db: peewee.Database, installation: AppInstallation, manifest: AppManifest, token_hash: str, last4: str, secret: str
+    db: peewee.Database,
+    installation: AppInstallation,
+    manifest: AppManifest,
+    token_hash: str,
+    last4: str,
+    secret: str,
+    *,
+    changed: Callable[[int], None] | None = None,
 ) -> None:
     """Make a pending installation real, in one transaction; ``ConflictError`` if it was
-    abandoned meanwhile (its lease ran out, and the sweep removed it)."""
+    abandoned meanwhile (its lease ran out, and the sweep removed it). ``changed(shop_id)``
+    is called inside it, once the subscriptions are written."""
     now = utcnow()
     with db.atomic():
         # Deleting the mark is the claim: the sweep deletes marks first too, so exactly one
@@ -135,6 +144,8 @@ def complete(
                 installation=installation.id, shop_id=installation.shop_id, name=webhook.name,
                 events=json.dumps(webhook.events), target_url=target, is_active=webhook.is_active,
             ).execute(db)
+        if changed is not None:
+            changed(int(installation.shop_id))
 
 
 def _remove_pending(db: peewee.Database, where: Any) -> int:

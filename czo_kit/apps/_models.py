@@ -13,6 +13,7 @@ __all__ = [
     "AppInstallPending",
     "AppInstallation",
     "AppSecret",
+    "AppSubscriptionsVersion",
     "AppToken",
     "AppWebhook",
     "IdempotencyKey",
@@ -110,6 +111,17 @@ class IdempotencyKey(KitTable):
         indexes = ((("installation", "key"), True),)
 
 
+class AppSubscriptionsVersion(KitTable):
+    """One counter, bumped in the transaction of every change of webhook subscriptions: on
+    SQLite, how a process tells those changes from the other writes to the file."""
+
+    id = peewee.IntegerField(primary_key=True)
+    version = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "czo_app_subscriptions_version"
+
+
 APP_MODELS: tuple[type[peewee.Model], ...] = (
-    AppInstallation, AppToken, AppWebhook, AppSecret, AppInstallPending, IdempotencyKey,
+    AppInstallation, AppToken, AppWebhook, AppSecret, AppInstallPending, IdempotencyKey, AppSubscriptionsVersion,
 )

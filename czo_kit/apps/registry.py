@@ -26,6 +26,7 @@ import peewee
 
 from czo_kit.apps import _idempotency, _install
 from czo_kit.apps._fetch import MANIFEST_DEADLINE, fetch_manifest
+from czo_kit.apps._subscriptions import SubscriptionCache
 from czo_kit.apps._models import (
     APP_MODELS,
     AppInstallation,
@@ -52,6 +53,7 @@ from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
 from czo_kit.errors import (
     AuthenticationError,
+    InvalidDataError,
     ManifestError,
     NotFoundError,
     PermissionDeniedError,
@@ -145,6 +147,8 @@ class AppRegistry:
         self.handoff_deadline = _install.HANDOFF_DEADLINE
         self.install_lease = _install.INSTALL_LEASE
         self._ready = False
+        self.subscription_cache = SubscriptionCache(db)
+        """Each shop's active subscriptions, in memory, for emits (``_subscriptions``)."""
 
     def ensure_tables(self) -> None:
         if not self._ready:
@@ -297,7 +301,10 @@ class AppRegistry:
                         f"the app did not accept its token at token_target_url ({failure}); nothing was installed",
                         path="$.token_target_url",
                     )
-            _install.complete(self.db, installation, parsed, hash_token(token), token[-4:], secret)
+            _install.complete(
+                self.db, installation, parsed, hash_token(token), token[-4:], secret,
+                changed=self.subscription_cache.changed,
+            )
         except BaseException:
             try:
                 _install.abandon(self.db, int(installation.id))
@@ -369,7 +376,9 @@ class AppRegistry:
     def uninstall(self, *, shop_id: int, app_id: str) -> None:
         """Remove the app, its tokens, secrets, subscriptions and pending webhooks, at once."""
         installation = self.get(shop_id, app_id)
-        AppInstallation.delete_rows().where(AppInstallation.id == installation.id).execute(self.db)
+        with self.db.atomic():
+            AppInstallation.delete_rows().where(AppInstallation.id == installation.id).execute(self.db)
+            self.subscription_cache.changed(shop_id)
         log.info("uninstalled app %s from shop %s", app_id, shop_id)
 
     # -- tokens -------------------------------------------------------------------------
@@ -452,6 +461,7 @@ class AppRegistry:
             AppSecret.delete_rows().where(
                 (AppSecret.installation == installation.id) & (AppSecret.expires_at <= now)
             ).execute(self.db)
+            self.subscription_cache.changed(shop_id)
         target = self.manifest_of(installation).token_target_url
         if target:
             # Tell the app, signed like the install hand-off; until it has the new secret, the
@@ -469,6 +479,29 @@ class AppRegistry:
             if failure is not None:
                 log.warning("app %s in shop %s did not take its new webhook secret: %s", app_id, shop_id, failure)
         return secret
+
+    def set_webhook_active(self, *, shop_id: int, app_id: str, name: str, active: bool) -> None:
+        """Turn one webhook of an installed app on or off; emits of every process see it from
+        the commit on (an inactive webhook gets no delivery, and keeps its deliveries)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidDataError(f"webhook name must be a non-empty string, got {str(name)[:64]!r}", field="name")
+        if not isinstance(active, bool):
+            raise InvalidDataError(f"active must be True or False, got {str(active)[:24]!r}", field="active")
+        installation = self.get(shop_id, app_id)
+        with self.db.atomic():
+            changed = AppWebhook.update(is_active=active).where(
+                (AppWebhook.installation == installation.id) & (AppWebhook.name == name)
+            ).execute(self.db)
+            if not changed:
+                names = [
+                    str(row[0])
+                    for row in AppWebhook.select(AppWebhook.name).where(AppWebhook.installation == installation.id)
+                    .order_by(AppWebhook.name).tuples().execute(self.db)
+                ]
+                raise NotFoundError("AppWebhook", f"{name[:64]} of {app_id} in shop {shop_id} (its webhooks: "
+                                    f"{', '.join(names) or 'none'})")
+            self.subscription_cache.changed(shop_id)
+        log.info("turned webhook %s of app %s in shop %s %s", name, app_id, shop_id, "on" if active else "off")
 
     def subscriptions(self, shop_id: int) -> builtins.list[AppWebhook]:
         """Active webhook subscriptions of one shop (with their installation)."""

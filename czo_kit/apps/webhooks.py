@@ -150,7 +150,8 @@ class WebhookDispatcher(WebhookOperations):
             return None  # not a shop event: no app hears it
         if not self.ensure_tables(required=False):
             return None  # no app tables, so no app installed: nobody to deliver to
-        subscriptions = [s for s in self._subscriptions(shop_id) if ctx.name in s[2]]
+        # From memory, kept exact across processes (czo_kit.apps._subscriptions).
+        subscriptions = self.apps.subscription_cache.lookup(shop_id, ctx.name)
         if not subscriptions:
             return None
         data = as_mapping(value)
@@ -204,25 +205,6 @@ class WebhookDispatcher(WebhookOperations):
 
         return write
 
-    def _subscriptions(self, shop_id: int) -> list[tuple[int, str, list[str], str, frozenset[tuple[str, str]]]]:
-        """(installation id, webhook name, events, target URL, granted permissions) of every
-        active subscription of a shop."""
-        info = model_info(AppWebhook, self.db)
-        template = info.template(
-            ("shop_subscriptions",),
-            lambda: AppWebhook.select(
-                AppWebhook.installation, AppWebhook.name, AppWebhook.events, AppWebhook.target_url,
-                AppInstallation.permissions,
-            )
-            .join(AppInstallation)
-            .where((AppWebhook.shop_id == Slot("shop")) & (AppWebhook.is_active == True)),  # noqa: E712
-        )
-        found = []
-        for installation_id, name, events, target_url, permissions in info.execute(template, {"shop": shop_id}).fetchall():
-            granted = frozenset((r, a) for r, _, a in (item.partition(":") for item in json.loads(permissions)))
-            found.append((int(installation_id), str(name), json.loads(events), str(target_url), granted))
-        return found
-
     def _enqueue_all(self, ids: Sequence[int]) -> None:
         """Queue committed deliveries: handed to the relay, which queues them off the caller's
         thread; what the queue does not take stays ``queued`` in the table for the sweep."""
@@ -247,6 +229,7 @@ class WebhookDispatcher(WebhookOperations):
         ``settings.shutdown_timeout`` from now) and stop its thread; the rest stays ``queued``
         in the table, for the sweep."""
         self._relayer.close(deadline=deadline)
+        self.apps.subscription_cache.close()
 
     # -- delivering ---------------------------------------------------------------------
 
