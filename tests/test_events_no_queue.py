@@ -194,3 +194,44 @@ def test_czo_kit_worker_without_a_queue_takes_up_what_a_producer_left(tmp_path: 
     assert sorted(event_id for event_id, _, _ in runs) == sorted(ids)  # each once
     assert {attempt for _, attempt, _ in runs} == {2} and {pid for _, _, pid in runs} == {worker.pid}
     assert "Traceback" not in worker.err_path.read_text(), worker.tail()
+
+
+def test_a_close_racing_the_start_never_leaves_a_sweeper_running() -> None:
+    """kit.close() while the first event starts the deliverer: the sweeper is either never
+    made or made and stopped, never made after the close looked and left running (it also
+    raised "cannot join thread before it is started" when the close caught it half made)."""
+    from czo_kit.events.deliverer import InProcessDeliverer
+
+    making = threading.Event()
+    release = threading.Event()
+    sweepers: list[Any] = []
+
+    class Sweeper:
+        def __init__(self) -> None:
+            self.running = False
+
+        def start(self) -> None:
+            self.running = True
+
+        def stop(self) -> None:
+            self.running = False
+
+    def make_sweeper() -> Sweeper:
+        making.set()
+        assert release.wait(TIMEOUT)
+        sweeper = Sweeper()
+        sweepers.append(sweeper)
+        return sweeper
+
+    deliverer = InProcessDeliverer(sweep_interval=60, shutdown_timeout=1, maintenance=make_sweeper)
+    starting = threading.Thread(target=deliverer.start)
+    starting.start()
+    assert making.wait(TIMEOUT)
+    closing = threading.Thread(target=deliverer.close)
+    closing.start()
+    closing.join(0.2)  # the close may wait for the start; give it the chance to run ahead
+    release.set()
+    starting.join(TIMEOUT)
+    closing.join(TIMEOUT)
+    assert not starting.is_alive() and not closing.is_alive()
+    assert [s.running for s in sweepers] == [False]

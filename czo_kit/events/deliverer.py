@@ -163,9 +163,11 @@ class InProcessDeliverer(Enqueuer):
                 thread = threading.Thread(target=self._work, name=f"czo-deliverer-{n + 1}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
-        if self.make_sweeper is not None:
-            self._sweeper = self.make_sweeper()
-            self._sweeper.start()
+            # Under the lock: a close() racing this start either comes first (and nothing
+            # starts) or finds the sweeper started, never one half made that outlives it.
+            if self.make_sweeper is not None:
+                self._sweeper = self.make_sweeper()
+                self._sweeper.start()
 
     def _next(self) -> _Task | None:
         with self._cond:
