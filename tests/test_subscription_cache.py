@@ -7,6 +7,7 @@ used at all."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -301,6 +302,42 @@ def test_a_listener_that_does_not_acknowledge_is_cut_off_before_the_change_retur
             with pytest.raises(psycopg2.OperationalError):
                 with stuck.cursor() as cursor:
                     cursor.execute("SELECT 1")
+        finally:
+            stuck.close()
+
+
+def test_a_listener_that_cannot_be_ended_leaves_the_change_committed_and_says_so(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database role without the right to end another's connection: the install is kept
+    (it committed before the wait), the kit says which listener may lag, and nothing raises."""
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    monkeypatch.setattr(_subscriptions, "ACK_TIMEOUT", 0.5)
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        dbname, params = parse_postgresql_url(pg_url)
+        stuck = psycopg2.connect(dbname=dbname, **{**params, "application_name": _subscriptions.LISTENER_NAME})
+        stuck.autocommit = True
+        execute_sql = kit.db.execute_sql
+
+        def refusing(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if "pg_terminate_backend" in sql:
+                raise peewee.ProgrammingError("permission denied to terminate process")
+            return execute_sql(sql, *args, **kwargs)
+
+        monkeypatch.setattr(kit.db, "execute_sql", refusing)
+        try:
+            with stuck.cursor() as cursor:
+                cursor.execute(f"LISTEN {_subscriptions.CHANNEL}")
+            pid = stuck.get_backend_pid()
+            with caplog.at_level(logging.WARNING, logger=_subscriptions.log.name):
+                install(kit)
+            assert [a.app_id for a in kit.apps.list(1)] == ["acme"]
+            assert any(f"could not end subscriptions listener {pid}" in r.getMessage() for r in caplog.records)
         finally:
             stuck.close()
 
