@@ -576,6 +576,7 @@ class RepositoryContract:
         hooks.after(f"{self.table}.create", after)
         row = repo.create(item(1, name="shout"))
         assert row.name == "SHOUT" and calls == ["before create", f"after create #{row.id}"]
+        assert events.names() == [f"{self.table}.created"]  # a write through hooks is announced
 
         def recover(error: BaseException, ctx: MutationContext) -> Any:
             return repo.find_one({"slug": ctx.data["slug"]}) if isinstance(error, ConflictError) else None
