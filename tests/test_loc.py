@@ -114,3 +114,13 @@ def test_the_report_counts_the_files_it_names(capsys: pytest.CaptureFixture[str]
     assert loc.main(["--markdown"]) == 0
     table = capsys.readouterr().out
     assert f"| {before.lines} | {before.code} |" in table and f"| {after.lines} | {after.code} |" in table
+
+
+def test_the_published_figure_is_the_current_count() -> None:
+    # docs/benchmarks.md publishes the count: a change to either repository must update it.
+    docs = (loc.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    before, after = loc.count_file(loc.BEFORE), loc.count_file(loc.AFTER)
+    table = loc.report(before, after, markdown=True)
+    assert table in docs, "docs/benchmarks.md is stale: paste `python -m benchmarks.loc --markdown` into it"
+    change = f"**-{loc.reduction(before.code, after.code):.0%}**: the product repository is {before.code} code lines"
+    assert change in docs, "the PRD table at the top of docs/benchmarks.md is stale"
