@@ -75,11 +75,11 @@ class DatabaseBackendContract(RepositoryContract):
                 for n in range(30)
             ]
         )
-        orders: list[list[str]] = [
+        sort_orders: list[list[str]] = [
             ["shop_id", "-price"], ["-shop_id", "name"], ["published_at"], ["-published_at", "slug"],
             ["note", "-published_at"], ["-note", "published_at"], ["-note"],
         ]
-        walk_every_order(repo, orders, rows=30)
+        walk_every_order(repo, sort_orders, rows=30)
 
     def test_models_that_opt_out(self, db: peewee.Database, tables: None) -> None:
         plain = create_repository(ContractPlain, db=db)

@@ -51,9 +51,9 @@ class RepositoryFactory(Protocol):
     ) -> Any: ...
 
 
-def walk_every_order(repo: Any, orders: list[list[str]], *, rows: int) -> None:
+def walk_every_order(repo: Any, sort_orders: list[list[str]], *, rows: int) -> None:
     """Page through all ``rows`` rows in each order, forward then back, 4 at a time."""
-    for order in orders:
+    for order in sort_orders:
         everything = repo.find_many(order_by=order, limit=100).items
         assert len(everything) == rows
         # NULL sorts as the greatest value: last going up, first going down.
@@ -453,8 +453,8 @@ class RepositoryContract:
         repo.create_many(
             [item(n, shop_id=n % 3, price=(n % 4) * 10, name=f"Item {n % 5}") for n in range(30)]
         )
-        orders = [["shop_id", "-price"], ["-shop_id", "name"], ["-price", "name"], ["name", "-slug"]]
-        walk_every_order(repo, orders, rows=30)
+        sort_orders = [["shop_id", "-price"], ["-shop_id", "name"], ["-price", "name"], ["name", "-slug"]]
+        walk_every_order(repo, sort_orders, rows=30)
 
     def test_bad_cursors_are_refused_with_a_reason(
         self, repo: Any, make_repository: RepositoryFactory

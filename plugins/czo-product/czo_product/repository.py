@@ -8,8 +8,9 @@ from typing import Annotated, Any, TypedDict
 
 import peewee
 
+from czo_kit.cache import CacheManager
 from czo_kit.db import Repository, create_mutations, create_queries
-from czo_kit.db.mutations import CacheInvalidator, EventSink, HookRunner
+from czo_kit.db.mutations import EventSink, HookRunner
 from czo_product.models import Product
 
 
@@ -53,7 +54,7 @@ def build_product_repository(
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
     async_events: bool = False,
-    cache: CacheInvalidator | None = None,
+    cache: CacheManager | None = None,
     secret_key: str | bytes | None = None,
 ) -> Repository[Product, ProductInput]:
     """Queries, mutations (through hooks, announcing ``product.*`` events) and extras.
