@@ -363,7 +363,10 @@ class HandwrittenProductRepository:
                 name, descending = item.name, False
             else:
                 raise InvalidFilterError(f"order_by: cannot order by {item!r}")
-            if name not in COLUMNS or (isinstance(item, peewee.Node) and getattr(item, "model", Product) is not Product):
+            column = item.node if isinstance(item, peewee.Ordering) else item
+            if isinstance(column, peewee.Field) and column.model is not Product:
+                raise InvalidFilterError(f"order_by: field {name!r} belongs to {column.model.__name__}, not Product")
+            if name not in COLUMNS:
                 raise InvalidFilterError(f"order_by: unknown field {name!r} on Product; allowed: {', '.join(sorted(COLUMNS))}")
             if any(name == seen for seen, _ in keys):
                 raise InvalidFilterError(f"order_by names {name!r} twice")
