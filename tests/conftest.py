@@ -15,6 +15,9 @@ import pytest
 
 from czo_kit.settings import Settings
 
+# Each package coverage measures is held to --cov-fail-under on its own, not only the total.
+pytest_plugins = ["coverage_floors"]
+
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_URL = os.environ.get("CZO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CZO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

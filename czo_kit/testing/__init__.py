@@ -13,6 +13,9 @@ A backend passes when a subclass of its contract that provides the named fixture
 
 - ``DatabaseBackendContract``: fixture ``db``, a fresh database using
   ``TransactionalDatabaseMixin``.
+- ``RepositoryContract``: fixtures ``db`` and ``make_repository``, a factory of the
+  repository under test (a module's own, built with the kit or by hand); ``MODEL``, ``TABLES``
+  and ``SPARSE`` describe its model.
 - ``CacheDriverContract``: fixture ``driver``, a fresh, empty ``CacheDriver``.
 
 Needs pytest (``pip install 'czo-kit[dev]'``).
@@ -21,6 +24,7 @@ Needs pytest (``pip install 'czo-kit[dev]'``).
 from __future__ import annotations
 
 from czo_kit.testing.cache import CacheDriverContract
+from czo_kit.testing.repository import RepositoryContract, RepositoryFactory, walk_every_order
 from czo_kit.testing.database import (
     CONTRACT_MODELS,
     ContractItem,
@@ -41,5 +45,8 @@ __all__ = [
     "ContractVersioned",
     "DatabaseBackendContract",
     "RecordingEvents",
+    "RepositoryContract",
+    "RepositoryFactory",
     "StatementCounter",
+    "walk_every_order",
 ]

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypedDict
 
 import peewee
 
+from czo_kit.cache import CacheManager
 from czo_kit.db import Repository, create_mutations, create_queries
 from czo_kit.db.mutations import EventSink, HookRunner
 from czo_product.models import Product
@@ -53,12 +54,19 @@ def build_product_repository(
     hooks: HookRunner | None = None,
     events: EventSink | None = None,
     async_events: bool = False,
+    cache: CacheManager | None = None,
+    secret_key: str | bytes | None = None,
 ) -> Repository[Product, ProductInput]:
-    """Queries, mutations (through hooks, announcing ``product.*`` events) and extras."""
+    """Queries, mutations (through hooks, announcing ``product.*`` events) and extras.
+
+    Writes invalidate ``cache`` (else the kit's, on ``kit.db``); cursors are signed with
+    ``secret_key`` (else ``CZO_SECRET_KEY``).
+    """
     repo: Repository[Product, ProductInput] = (
-        create_queries(Product, db=db)
+        create_queries(Product, db=db, secret_key=secret_key)
         | create_mutations(
-            Product, db=db, hooks=hooks, events=events, async_events=async_events, input_type=ProductInput
+            Product, db=db, hooks=hooks, events=events, cache=cache, async_events=async_events,
+            input_type=ProductInput,
         )
         | {"find_by_slug": find_by_slug, "list_for_shop": list_for_shop}
     )
