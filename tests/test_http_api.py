@@ -553,6 +553,9 @@ def test_the_whole_loop_with_the_payment_app(kit: Kit, tmp_path: Path) -> None:
                 orders = kit.services.get(OrderService).orders
                 wait_for(lambda: orders.get_by_id(order.id).status == "paid", timeout=20, what="the order to be paid")
                 wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 1}, what="the webhook to be recorded")
+                # The app marks its own record once c-zo has answered the payment: just after
+                # the order turns paid, not before.
+                wait_for(lambda: [p.state for p in stripe_app.payments] == ["paid"], what="the app's record of it")
             final = orders.get_by_id(order.id)
             assert (final.status, final.paid_amount) == ("paid", 4200)
             [payment] = stripe_app.payments
