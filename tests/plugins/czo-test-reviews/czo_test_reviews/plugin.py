@@ -310,14 +310,18 @@ def _store_stats(kit: Kit, shop_id: int, *, refreshed: bool) -> None:
         (Review.shop_id == shop_id) & Review.deleted_at.is_null()
     )
     count, average = query.scalar(as_tuple=True)
-    with kit.db.atomic():
-        row = ReviewStats.get_or_none(ReviewStats.shop_id == shop_id)
-        if row is None:
-            row = ReviewStats(shop_id=shop_id, refreshes=0)
-        row.reviews = int(count)
-        row.average = float(average) if average is not None else None
-        row.refreshes = row.refreshes + (1 if refreshed else 0)
-        row.save()
+    mean = float(average) if average is not None else None
+    bump = 1 if refreshed else 0
+    # One statement: the task after a review and the periodic refresh may store the same
+    # shop at once (a read-then-insert lost that race to the unique shop_id).
+    ReviewStats.insert(shop_id=shop_id, reviews=int(count), average=mean, refreshes=bump).on_conflict(
+        conflict_target=[ReviewStats.shop_id],
+        update={
+            ReviewStats.reviews: int(count),
+            ReviewStats.average: mean,
+            ReviewStats.refreshes: ReviewStats.refreshes + bump,
+        },
+    ).execute()
 
 
 def recompute_rating(shop_id: int, *, kit: Kit) -> None:
