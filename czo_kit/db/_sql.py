@@ -11,7 +11,8 @@ import datetime as dt
 import decimal
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import peewee
@@ -19,7 +20,7 @@ import peewee
 from czo_kit.db.model import has_soft_delete, has_version
 from czo_kit.errors import ConflictError, InvalidDataError, InvalidFilterError
 
-__all__ = ["ModelInfo", "Slot", "SqlTemplate", "model_info"]
+__all__ = ["MAX_SHAPES", "ModelInfo", "ShapeCache", "Slot", "SqlTemplate", "model_info"]
 
 M = TypeVar("M", bound=peewee.Model)
 
@@ -27,7 +28,7 @@ M = TypeVar("M", bound=peewee.Model)
 class Slot(peewee.ColumnBase):
     """A named placeholder: compiles to the driver's parameter marker and records its place."""
 
-    def __init__(self, name: str, converter: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, name: Hashable, converter: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
         self.name = name
         self.convert = converter
@@ -52,7 +53,8 @@ class SqlTemplate:
             for p in params
         )
 
-    def params(self, values: Mapping[str, Any]) -> list[Any]:
+    def params(self, values: Mapping[Any, Any] | Sequence[Any]) -> list[Any]:
+        """The parameters in SQL order: ``values`` by slot name (or by index, for a list)."""
         out = []
         for is_slot, item, converter in self.plan:
             if is_slot:
@@ -61,6 +63,45 @@ class SqlTemplate:
             else:
                 out.append(item)
         return out
+
+
+MAX_SHAPES = 2048  # compiled query shapes kept per model and database
+
+
+class ShapeCache:
+    """A thread-safe LRU of compiled statements keyed by query shape, at most ``size`` long.
+
+    Distinct filters a client can send are unbounded; the least recently used shape is
+    dropped (and compiled again if it comes back) so memory stays flat whatever arrives.
+    """
+
+    __slots__ = ("_entries", "_lock", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: Any, entry: Any) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _needs_conversion(field: peewee.Field) -> bool:
@@ -100,6 +141,8 @@ class ModelInfo(Generic[M]):
             (i, f.name, f.python_value) for i, f in enumerate(self.fields) if _needs_conversion(f)
         )
         self._templates: dict[Any, SqlTemplate] = {}
+        # Query shapes come from user input (filters), so these are kept in a bounded LRU.
+        self.shapes: ShapeCache = ShapeCache(MAX_SHAPES)
         self._row_type: Any = None
         self._lock = threading.Lock()
         self.unique_groups: tuple[tuple[peewee.Field, ...], ...] = _unique_groups(model)
@@ -156,7 +199,7 @@ class ModelInfo(Generic[M]):
                 self._templates[key] = template
         return template
 
-    def execute(self, template: SqlTemplate, values: Mapping[str, Any]) -> Any:
+    def execute(self, template: SqlTemplate, values: Mapping[Any, Any] | Sequence[Any]) -> Any:
         """Run a template; integrity errors become ``ConflictError`` / ``InvalidDataError``."""
         try:
             return self.db.execute_sql(template.sql, template.params(values))

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -151,12 +151,24 @@ def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
     return SortOrder(tuple(keys), fingerprint)
 
 
-def keyset_condition(order: SortOrder, values: Sequence[Any], *, direction: Direction) -> Any:
-    """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``."""
+def keyset_condition(
+    order: SortOrder,
+    values: Sequence[Any],
+    *,
+    direction: Direction,
+    placeholder: Callable[[int, SortKey], Any] | None = None,
+) -> Any:
+    """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``.
+
+    With ``placeholder``, each non-NULL value is replaced by ``placeholder(index, key)`` (a
+    slot of a compiled statement): the SQL then depends only on which values are NULL.
+    """
     keys = order.keys
     converted = [
-        None if value is None else peewee.Value(key.field.db_value(value), converter=False)
-        for key, value in zip(keys, values)
+        None if value is None
+        else placeholder(i, key) if placeholder is not None
+        else peewee.Value(key.field.db_value(value), converter=False)
+        for i, (key, value) in enumerate(zip(keys, values))
     ]
     forward = direction == "next"
     if len({key.descending for key in keys}) == 1 and not any(key.field.null for key in keys):
