@@ -216,12 +216,20 @@ class CursorCodec:
         # A dedicated sub-key, so a cursor MAC can never be replayed as any other signature.
         self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
         self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
+        # The typed shape of each sort order's values, built once (msgspec compiles a type
+        # on first use; a fresh tuple[...] per call would be compiled every time).
+        self._value_types: dict[bytes, Any] = {}
+
+    def _mac(self, payload: bytes) -> bytes:
+        # hmac.digest is OpenSSL's one-shot HMAC: the same bytes as hmac.new(...).digest().
+        return hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
 
     def encode(self, order: SortOrder, values: Sequence[Any], direction: Direction) -> str:
         payload = self._encoder.encode(
             (CURSOR_VERSION, direction[0], order.fingerprint, list(values))
         )
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = self._mac(payload)
         token: str = base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
         return token
 
@@ -246,7 +254,7 @@ class CursorCodec:
                 "never a cursor); pass next_cursor or prev_cursor back unchanged"
             )
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        expected = self._mac(payload)
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
             if _cut_short(payload):
                 raise InvalidCursorError(
@@ -257,11 +265,8 @@ class CursorCodec:
                 "cursor signature does not match: it was altered, or signed with another "
                 "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
             )
-        types = tuple(python_type(key.field) for key in order.keys)
         try:
-            version, direction, fingerprint, values = msgspec.msgpack.decode(
-                payload, type=tuple[int, str, bytes, list[Any]]
-            )
+            version, direction, fingerprint, values = self._decoder.decode(payload)
         except msgspec.DecodeError:
             raise InvalidCursorError("cursor payload is malformed") from None
         if version != CURSOR_VERSION:
@@ -271,10 +276,16 @@ class CursorCodec:
                 f"cursor was made for another sort order; this query orders by "
                 f"{order.describe()} (start again without a cursor)"
             )
-        if direction not in ("n", "p") or len(values) != len(types):
+        if direction not in ("n", "p") or len(values) != len(order.keys):
             raise InvalidCursorError("cursor payload is malformed")
+        value_type = self._value_types.get(order.fingerprint)
+        if value_type is None:
+            types = tuple(python_type(key.field) for key in order.keys)
+            value_type = tuple[types]  # type: ignore[valid-type]
+            if len(self._value_types) < 256:  # sort orders come from code and requests alike
+                self._value_types[order.fingerprint] = value_type
         try:
-            typed = msgspec.convert(values, tuple[types], strict=False)  # type: ignore[valid-type]
+            typed = msgspec.convert(values, value_type, strict=False)
         except msgspec.ValidationError:
             raise InvalidCursorError("cursor values do not match the sort fields") from None
         return ("next" if direction == "n" else "prev"), list(typed)
