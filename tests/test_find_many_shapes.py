@@ -209,6 +209,67 @@ def test_conditions_combine_with_and_and_expressions_keep_or(repo: Any) -> None:
         assert repo.count(expression) == len(want)
 
 
+def _nested(low: int, high: int, note: str, shops: list[int]) -> tuple[Any, Callable[[dict[str, Any]], bool]]:
+    I = ShapeItem
+    expression = ((I.price >= low) & (I.price < high)) | (
+        (I.note == note) & (I.shop_id.in_(shops) | I.note.is_null())
+    )
+
+    def keep(r: dict[str, Any]) -> bool:
+        return (low <= r["price"] < high) or (r["note"] == note and (r["shop_id"] in shops or r["note"] is None))
+
+    return expression, keep
+
+
+def test_an_expression_with_and_or_nesting_is_compiled_once_per_shape(
+    repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = _compilations(repo.db, monkeypatch)
+    expression, _ = _nested(1, 5, "n1", [1, 2])
+    repo.find_many(expression, order_by="-price", limit=100)
+    repo.count(expression)
+    first = len(compiled)
+    for low, high, note, shops in ((0, 3, "n2", [3, 1]), (10, 19, "n4", [2, 3]), (5, 6, "n0", [1, 3])):
+        expression, keep = _nested(low, high, note, shops)
+        want = _expected(repo, keep)
+        assert sorted(_ids(repo.find_many(expression, order_by="-price", limit=100))) == want
+        assert repo.count(expression) == len(want)
+    assert len(compiled) == first
+
+
+def test_expressions_of_each_nesting_and_in_length_return_their_own_rows(repo: Any) -> None:
+    I = ShapeItem
+    for shops in ([], [1], [1, 2], [3, 2, 1], [2]):
+        for low in (3, 12):
+            expressions: list[tuple[Any, Callable[[dict[str, Any]], bool]]] = [
+                (I.shop_id.in_(shops) & (I.price > low),
+                 lambda r: r["shop_id"] in shops and r["price"] > low),
+                (I.shop_id.in_(shops) | (I.price > low),
+                 lambda r: r["shop_id"] in shops or r["price"] > low),
+                (I.shop_id.not_in(shops) & ((I.price <= low) | I.note.is_null(False)),
+                 lambda r: r["shop_id"] not in shops and (r["price"] <= low or r["note"] is not None)),
+                ((I.price == low) | (I.note != "n1"),
+                 lambda r: r["price"] == low or (r["note"] is not None and r["note"] != "n1")),
+            ]
+            for expression, keep in expressions:
+                want = _expected(repo, keep)
+                assert _ids(repo.find_many(expression, limit=100)) == want, (shops, low)
+                assert repo.count(expression) == len(want)
+
+
+def test_expressions_beyond_plain_comparisons_are_compiled_by_peewee_each_time(repo: Any) -> None:
+    I = ShapeItem
+    info = model_info(ShapeItem, repo.db)
+    before = len(info.shapes)
+    for name in ("ITEM 01", "item 02"):
+        want = _expected(repo, lambda r: r["name"] == name.lower())
+        assert _ids(repo.find_many(peewee.fn.LOWER(I.name) == name.lower(), limit=100)) == want
+        assert _ids(repo.find_many((I.price > 3) & (peewee.fn.LOWER(I.name) == name.lower()), limit=100)) == [
+            id for id in want if next(r for r in _live(repo) if r["id"] == id)["price"] > 3
+        ]
+    assert len(info.shapes) == before
+
+
 @pytest.mark.parametrize("order_by", ["price", "-price", "note", "-note", ["shop_id", "-price"]])
 def test_cursor_pages_both_ways_for_each_filter_value(repo: Any, order_by: Any) -> None:
     keys = [order_by] if isinstance(order_by, str) else order_by

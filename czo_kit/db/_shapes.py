@@ -2,13 +2,18 @@
 
 A shape is a ``where`` mapping with its values taken out: its keys in order, and for each value
 only what changes the SQL (``None`` or not, ``True`` / ``False``, the length of an ``in`` list
-rounded up to a power of two). The statement for a shape is built by Peewee once; later calls
-only check each value the way ``compile_where`` does (same errors) and bind it. Anything else,
-a Peewee expression or a long ``in`` list, is left to ``compile_where``.
+rounded up to a power of two). A Peewee expression has a shape too when it is made only of
+AND / OR over comparisons of this model's fields with plain values: the tree of operators and
+fields, values taken out the same way. The statement for a shape is built by Peewee once; later
+calls only check each value the way ``compile_where`` does (same errors) and bind it. Anything
+else (functions, subqueries, other models' fields, a long ``in`` list) is left to Peewee.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +49,27 @@ _BIND_PREFIX_SUBSTR = 6  # a string's length, then the string (SQLite's substr c
 
 Condition = tuple[str, peewee.Field, int, int]  # key, field, how to bind, list bucket
 
+# The conditions of an expression shape: its values are found by walking the expression again.
+EXPRESSION: tuple[Condition, ...] = (("", peewee.Field(), _BIND_NONE, 0),)
+
+OP = peewee.OP
+_JOINS = (OP.AND, OP.OR)
+_COMPARISONS = frozenset((OP.EQ, OP.NE, OP.LT, OP.LTE, OP.GT, OP.GTE, OP.IN, OP.NOT_IN, OP.IS, OP.IS_NOT))
+# Exact types only: a subclass may adapt itself differently when Peewee compiles it.
+_PLAIN = frozenset((int, bool, float, str, decimal.Decimal, dt.datetime, dt.date, dt.time, uuid.UUID))
+
 
 def _bucket(n: int) -> int:
     return 0 if n == 0 else 1 << (n - 1).bit_length()
 
 
-def where_shape(where: Any) -> tuple[tuple[str, Any], ...] | None:
+def where_shape(model: type[peewee.Model], where: Any) -> tuple[Any, ...] | None:
     """The shape of ``where``, or ``None`` when it is not one that is compiled per shape."""
     if where is None:
         return ()
+    if type(where) is peewee.Expression:
+        tree = _expression_shape(model, where)
+        return None if tree is None else ("expr", tree)
     if type(where) is not dict:
         return None
     shape = []
@@ -71,14 +88,84 @@ def where_shape(where: Any) -> tuple[tuple[str, Any], ...] | None:
     return tuple(shape)
 
 
+def _expression_shape(model: type[peewee.Model], node: Any) -> tuple[Any, ...] | None:
+    if type(node) is not peewee.Expression:
+        return None
+    op = node.op
+    if op in _JOINS:
+        left = _expression_shape(model, node.lhs)
+        right = _expression_shape(model, node.rhs) if left is not None else None
+        return None if right is None else (op, node.flat, left, right)
+    field = node.lhs
+    if op not in _COMPARISONS or not isinstance(field, peewee.Field) or field.model is not model:
+        return None
+    if not getattr(field, "_coerce", True):
+        return None
+    rhs = node.rhs
+    kind: Any
+    if rhs is None:
+        kind = None
+    elif type(rhs) in _PLAIN:
+        kind = _SCALAR
+    elif type(rhs) in _COLLECTIONS and op in (OP.IN, OP.NOT_IN) and len(rhs) <= MAX_IN_SLOTS:
+        if not all(type(item) in _PLAIN for item in rhs):
+            return None
+        kind = _bucket(len(rhs))
+    else:
+        return None
+    return (op, node.flat, field.name, kind)
+
+
+def _compile_expression(model: type[peewee.Model], tree: tuple[Any, ...], n: int) -> tuple[Any, int]:
+    """The expression of ``tree`` with slots from ``n`` on, in the order ``_bind_expression`` walks."""
+    op, flat = tree[0], tree[1]
+    if op in _JOINS:
+        left, n = _compile_expression(model, tree[2], n)
+        right, n = _compile_expression(model, tree[3], n)
+        return peewee.Expression(left, op, right, flat=flat), n
+    field = model._meta.fields[tree[2]]
+    kind = tree[3]
+    rhs: Any
+    if kind is None:
+        rhs = None
+    elif kind == _SCALAR:
+        rhs, n = Slot(n, field.db_value), n + 1
+    elif kind == 0:
+        rhs = ()
+    else:
+        rhs = peewee.EnclosedNodeList([Slot(n + i, field.db_value) for i in range(kind)])
+        n += kind
+    return peewee.Expression(field, op, rhs, flat=flat), n
+
+
+def _bind_expression(node: Any, out: list[Any]) -> None:
+    if node.op in _JOINS:
+        _bind_expression(node.lhs, out)
+        _bind_expression(node.rhs, out)
+        return
+    rhs = node.rhs
+    if rhs is None:
+        return
+    if type(rhs) in _PLAIN:
+        out.append(rhs)
+        return
+    items = list(rhs)
+    if items:
+        out.extend(items)
+        out.extend([items[-1]] * (_bucket(len(items)) - len(items)))
+
+
 def compile_shape(
-    model: type[peewee.Model], db: peewee.Database, shape: Sequence[tuple[str, Any]]
+    model: type[peewee.Model], db: peewee.Database, shape: Sequence[Any]
 ) -> tuple[Any, tuple[Condition, ...], int]:
     """The condition for ``shape`` with slots ``0 .. n-1``, how to bind them, and ``n``.
 
     Only call it for a shape whose ``where`` passed ``compile_where``: every combination of
     operator and value shape left here is then one ``compile_where`` accepts.
     """
+    if shape and shape[0] == "expr":
+        expression, n = _compile_expression(model, shape[1], 0)
+        return expression, EXPRESSION, n
     is_sqlite = isinstance(db, peewee.SqliteDatabase)
     nodes: list[Any] = []
     conditions: list[Condition] = []
@@ -127,6 +214,9 @@ def bind_where(conditions: Sequence[Condition], where: Any, out: list[Any]) -> N
     Each value is checked as ``compile_where`` checks it, with the same errors.
     """
     if not conditions:
+        return
+    if conditions is EXPRESSION:
+        _bind_expression(where, out)
         return
     for (key, field, bind, bucket), value in zip(conditions, where.values()):
         if bind == _BIND_SCALAR:

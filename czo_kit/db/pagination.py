@@ -216,14 +216,17 @@ class CursorCodec:
         # A dedicated sub-key, so a cursor MAC can never be replayed as any other signature.
         self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
         self._encoder = msgspec.msgpack.Encoder()
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
         self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
         # The typed shape of each sort order's values, built once (msgspec compiles a type
         # on first use; a fresh tuple[...] per call would be compiled every time).
         self._value_types: dict[bytes, Any] = {}
 
     def _mac(self, payload: bytes) -> bytes:
-        # hmac.digest is OpenSSL's one-shot HMAC: the same bytes as hmac.new(...).digest().
-        return hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
+        # Copying a keyed HMAC skips hashing the key again: half the cost of hmac.new per call.
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()[:_MAC_BYTES]
 
     def encode(self, order: SortOrder, values: Sequence[Any], direction: Direction) -> str:
         payload = self._encoder.encode(

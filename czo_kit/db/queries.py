@@ -181,7 +181,7 @@ class Queries(RepositoryBase[M]):
                 self._select(where, with_deleted, only_deleted)  # a bad filter is reported first
                 raise
         backward = direction == "prev"
-        shape = where_shape(where)
+        shape = where_shape(self.model, where)
         if shape is None:
             query = self._select(where, with_deleted, only_deleted)
             if values is not None:
@@ -192,7 +192,8 @@ class Queries(RepositoryBase[M]):
             return info.load_all(info.execute_query(query).fetchall()), direction
         key = (
             "page", with_deleted, only_deleted, order.fingerprint, shape, offset is not None,
-            None if values is None else (backward, tuple(value is None for value in values)),
+            None if values is None
+            else (backward, tuple(value is None for value in values) if None in values else ()),
         )
         entry = info.shapes.get(key)
         if entry is None:
@@ -335,7 +336,7 @@ class Queries(RepositoryBase[M]):
 
     def count(self, where: Any = None, *, with_deleted: bool = False, only_deleted: bool = False) -> int:
         """How many rows match ``where``."""
-        shape = where_shape(where)
+        shape = where_shape(self.model, where)
         if shape is None:
             return self._count_query(self._select(where, with_deleted, only_deleted))
         info = self._info
