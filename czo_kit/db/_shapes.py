@@ -49,9 +49,6 @@ _BIND_PREFIX_SUBSTR = 6  # a string's length, then the string (SQLite's substr c
 
 Condition = tuple[str, peewee.Field, int, int]  # key, field, how to bind, list bucket
 
-# The conditions of an expression shape: its values are found by walking the expression again.
-EXPRESSION: tuple[Condition, ...] = (("", peewee.Field(), _BIND_NONE, 0),)
-
 OP = peewee.OP
 _JOINS = (OP.AND, OP.OR)
 _COMPARISONS = frozenset((OP.EQ, OP.NE, OP.LT, OP.LTE, OP.GT, OP.GTE, OP.IN, OP.NOT_IN, OP.IS, OP.IS_NOT))
@@ -157,15 +154,17 @@ def _bind_expression(node: Any, out: list[Any]) -> None:
 
 def compile_shape(
     model: type[peewee.Model], db: peewee.Database, shape: Sequence[Any]
-) -> tuple[Any, tuple[Condition, ...], int]:
+) -> tuple[Any, tuple[Condition, ...] | None, int]:
     """The condition for ``shape`` with slots ``0 .. n-1``, how to bind them, and ``n``.
+
+    How to bind is ``None`` for an expression: its values are found by walking it again.
 
     Only call it for a shape whose ``where`` passed ``compile_where``: every combination of
     operator and value shape left here is then one ``compile_where`` accepts.
     """
     if shape and shape[0] == "expr":
         expression, n = _compile_expression(model, shape[1], 0)
-        return expression, EXPRESSION, n
+        return expression, None, n
     is_sqlite = isinstance(db, peewee.SqliteDatabase)
     nodes: list[Any] = []
     conditions: list[Condition] = []
@@ -208,15 +207,15 @@ def compile_shape(
     return expression, tuple(conditions), n
 
 
-def bind_where(conditions: Sequence[Condition], where: Any, out: list[Any]) -> None:
+def bind_where(conditions: Sequence[Condition] | None, where: Any, out: list[Any]) -> None:
     """Append the parameters of ``where`` (of the shape ``conditions`` came from) to ``out``.
 
     Each value is checked as ``compile_where`` checks it, with the same errors.
     """
-    if not conditions:
-        return
-    if conditions is EXPRESSION:
+    if conditions is None:
         _bind_expression(where, out)
+        return
+    if not conditions:  # no where at all
         return
     for (key, field, bind, bucket), value in zip(conditions, where.values()):
         if bind == _BIND_SCALAR:
