@@ -285,7 +285,7 @@ class CursorCodec:
         if value_type is None:
             types = tuple(python_type(key.field) for key in order.keys)
             value_type = tuple[types]  # type: ignore[valid-type]
-            if len(self._value_types) < 256:  # sort orders come from code and requests alike
+            if len(self._value_types) < 256:  # one per sort order; a request can pick any
                 self._value_types[order.fingerprint] = value_type
         try:
             typed = msgspec.convert(values, value_type, strict=False)
