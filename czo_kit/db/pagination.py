@@ -220,7 +220,7 @@ class CursorCodec:
         self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
         # The typed shape of each sort order's values, built once (msgspec compiles a type
         # on first use; a fresh tuple[...] per call would be compiled every time).
-        self._value_types: dict[bytes, Any] = {}
+        self._value_types: dict[bytes, tuple[Any, tuple[tuple[type, bool], ...] | None]] = {}
 
     def _mac(self, payload: bytes) -> bytes:
         # Copying a keyed HMAC skips hashing the key again: half the cost of hmac.new per call.
@@ -281,17 +281,41 @@ class CursorCodec:
             )
         if direction not in ("n", "p") or len(values) != len(order.keys):
             raise InvalidCursorError("cursor payload is malformed")
-        value_type = self._value_types.get(order.fingerprint)
-        if value_type is None:
-            types = tuple(python_type(key.field) for key in order.keys)
-            value_type = tuple[types]  # type: ignore[valid-type]
+        known = self._value_types.get(order.fingerprint)
+        if known is None:
+            known = _value_types(order)
             if len(self._value_types) < 256:  # one per sort order; a request can pick any
-                self._value_types[order.fingerprint] = value_type
+                self._value_types[order.fingerprint] = known
+        value_type, exact = known
+        if exact is not None and all(
+            type(value) is kind or (value is None and nullable)
+            for value, (kind, nullable) in zip(values, exact)
+        ):
+            # msgpack already gave each value its field's exact type: convert would return it.
+            return ("next" if direction == "n" else "prev"), values
         try:
             typed = msgspec.convert(values, value_type, strict=False)
         except msgspec.ValidationError:
             raise InvalidCursorError("cursor values do not match the sort fields") from None
         return ("next" if direction == "n" else "prev"), list(typed)
+
+
+_EXACT = (int, str, float, bool, bytes)  # types msgpack decodes to exactly
+
+
+def _value_types(order: SortOrder) -> tuple[Any, tuple[tuple[type, bool], ...] | None]:
+    """The msgspec type of a cursor's values, and, when every sort field holds one of
+    ``_EXACT``, each field's (type, nullable) for a check that needs no conversion."""
+    types = tuple(python_type(key.field) for key in order.keys)
+    exact: list[tuple[type, bool]] | None = []
+    for key, kind in zip(order.keys, types):
+        args = getattr(kind, "__args__", (kind,))
+        plain = [arg for arg in args if arg is not type(None)]
+        if exact is None or len(plain) != 1 or plain[0] not in _EXACT:
+            exact = None
+            continue
+        exact.append((plain[0], bool(key.field.null)))
+    return tuple[types], (None if exact is None else tuple(exact))  # type: ignore[valid-type]
 
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
