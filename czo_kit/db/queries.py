@@ -168,8 +168,8 @@ class Queries(RepositoryBase[M]):
     ) -> tuple[list[M], Direction]:
         """Up to ``size + 1`` rows of a page, and its direction (``prev`` only for a prev cursor).
 
-        A ``where`` mapping runs the statement compiled for its shape, with its values bound;
-        anything else is compiled by Peewee on each call.
+        A ``where`` with a shape (see ``_shapes``) runs the statement compiled for that shape,
+        with its values bound; anything else is compiled by Peewee on each call.
         """
         info = self._info
         direction: Direction = "next"
@@ -274,7 +274,7 @@ class Queries(RepositoryBase[M]):
         rows, _ = self._fetch_page(where, order, size, offset, None, with_deleted, only_deleted)
         has_next = len(rows) > size
         items = rows[:size]
-        total = self.count(where, with_deleted=with_deleted, only_deleted=only_deleted) if with_total else None
+        total = self._count(where, with_deleted, only_deleted) if with_total else None
         return PaginatedResult(
             items=items,
             limit=size,
@@ -336,6 +336,10 @@ class Queries(RepositoryBase[M]):
 
     def count(self, where: Any = None, *, with_deleted: bool = False, only_deleted: bool = False) -> int:
         """How many rows match ``where``."""
+        return self._count(where, with_deleted, only_deleted)
+
+    def _count(self, where: Any, with_deleted: bool, only_deleted: bool) -> int:
+        # Not count(): a subclass's count (a cached one) must not answer for an offset page.
         shape = where_shape(self.model, where)
         if shape is None:
             return self._count_query(self._select(where, with_deleted, only_deleted))
