@@ -11,7 +11,15 @@ created at the start and dropped at the end, so the benchmark never touches othe
 
 Each operation runs the kit and the raw Peewee equivalent alternately, call by call, on the
 same connection and the same input, after a warm-up; both sides return model instances with
-every column, so they do the same work.
+every column, so they do the same work. The reads also run the hand-written SELECT through
+psycopg2 (``cursor.execute`` + ``fetchall`` on a connection of its own, the same rows as
+tuples): the floor a repository could reach, with its own target.
+
+    python -m benchmarks.repository --growth   # a cursor page at depth 100,000 of 1,000,000
+
+The full run ends with the growth point of issue 13: a table of 1,000,000 rows (filled with
+one INSERT ... SELECT generate_series, ~10 s) and a cursor page at depth 100,000 against the
+first page, for the kit and for psycopg2. ``--growth`` runs only that; ``--quick`` skips it.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from benchmarks._stats import (
     Call,
     Comparison,
     environment,
+    environment_line,
     format_ratio,
     format_table,
     render,
@@ -49,6 +58,7 @@ DEFAULT_SCHEMA = "czo_bench"
 SECRET = "czo-bench-secret-" + "x" * 32
 
 OVERHEAD_TARGET = 1.15  # kit p50 / raw Peewee p50, per call
+DRIVER_TARGET = 1.6  # kit p50 / raw psycopg2 p50, reads (issue 13)
 DEPTH_TARGET = 1.5  # cursor page at depth / first page, kit p50
 
 READ_ROWS = 20_000  # find_by_id, find_many, count
@@ -105,6 +115,11 @@ class Case:
     target: float | None = OVERHEAD_TARGET
     note: str = ""
     group: str = ""  # cases with the same group are timed together, in one loop
+    # The same read hand-written for psycopg2: (driver(arg) -> (rows, has_next) or a count).
+    driver: Callable[[Any], Any] | None = None
+    driver_arg: Callable[[int], Any] | None = None
+    driver_check: Callable[[Any, Any], None] | None = None  # (kit result, driver result)
+    driver_note: str = ""
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -184,7 +199,27 @@ def _raw_page(query: Any) -> tuple[list[Any], bool]:
     return rows[:PAGE], len(rows) > PAGE
 
 
-def build_cases(db: peewee.Database, *, quick: bool) -> list[Case]:
+def _driver_page(cur: Any, sql: str, params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], bool]:
+    """A page the way a psycopg2 user writes it: execute, fetchall, one row more than a page."""
+    cur.execute(sql, (*params, PAGE + 1))
+    rows = cur.fetchall()
+    return rows[:PAGE], len(rows) > PAGE
+
+
+def _same_driver_page(kit: Any, raw: tuple[list[tuple[Any, ...]], bool]) -> None:
+    rows, has_next = raw
+    _same("page ids (psycopg2)", _ids(kit.items), [row[0] for row in rows])
+    _same("page has_next (psycopg2)", kit.has_next, has_next)
+    _same("page columns (psycopg2)", [len(r.__data__) for r in kit.items], [len(row) for row in rows])
+
+
+def _select_sql(model: type[Model], where: str, order: str = "price, id") -> str:
+    """A hand-written SELECT of every column; ``where`` holds only %s placeholders."""
+    columns = ", ".join(f.column_name for f in _fields(model))
+    return f"SELECT {columns} FROM {model._meta.table_name} WHERE {where} ORDER BY {order} LIMIT %s"
+
+
+def build_cases(db: peewee.Database, *, quick: bool, driver: Any = None) -> list[Case]:
     def n(full: int) -> int:
         return 40 if quick else full
 
@@ -221,6 +256,50 @@ def build_cases(db: peewee.Database, *, quick: bool) -> list[Case]:
 
     def raw_count_shop(shop_id: int) -> int:
         return R.select().where(R.shop_id == shop_id, R.deleted_at.is_null()).count()
+
+    def price_range(i: int) -> tuple[int, int]:
+        return shop(i), (i * 37) % 9000  # about 100 rows of the shop in [low, low + 1000)
+
+    def kit_find_range(arg: tuple[int, int]) -> Any:
+        shop_id, low = arg
+        return reads.find_many(
+            {"shop_id": shop_id, "price__gte": low, "price__lt": low + 1000}, order_by="price", limit=PAGE
+        )
+
+    def raw_find_range(arg: tuple[int, int]) -> tuple[list[Model], bool]:
+        shop_id, low = arg
+        return _raw_page(
+            R.select()
+            .where(R.shop_id == shop_id, R.price >= low, R.price < low + 1000, R.deleted_at.is_null())
+            .order_by(R.price, R.id)
+        )
+
+    def shops(i: int) -> list[int]:
+        return [shop(i), shop(i + 7), shop(i + 13)]
+
+    def kit_find_in(ids: list[int]) -> Any:
+        return reads.find_many({"shop_id__in": ids}, order_by="price", limit=PAGE)
+
+    def raw_find_in(ids: list[int]) -> tuple[list[Model], bool]:
+        return _raw_page(R.select().where(R.shop_id.in_(ids), R.deleted_at.is_null()).order_by(R.price, R.id))
+
+    # -- the same reads hand-written for psycopg2, on a connection of its own
+    cur: Any = driver.cursor() if driver is not None else None
+    sql_shop = _select_sql(R, "shop_id = %s AND deleted_at IS NULL")
+    sql_range = _select_sql(R, "shop_id = %s AND price >= %s AND price < %s AND deleted_at IS NULL")
+    sql_in = _select_sql(R, "shop_id IN (%s, %s, %s) AND deleted_at IS NULL")
+    sql_first = _select_sql(P, "deleted_at IS NULL")
+    sql_after = _select_sql(P, "deleted_at IS NULL AND (price, id) > (%s, %s)")
+
+    def driver_count(sql: str, params: Sequence[Any]) -> int:
+        cur.execute(sql, params)
+        return int(cur.fetchone()[0])
+
+    def driver_range(arg: tuple[int, int]) -> Any:
+        return _driver_page(cur, sql_range, (arg[0], arg[1], arg[1] + 1000))
+
+    def driver_cursor(after: tuple[int, int]) -> Any:
+        return _driver_page(cur, sql_after, after)
 
     # -- writes
     def new_row(i: int) -> dict[str, Any]:
@@ -325,19 +404,35 @@ def build_cases(db: peewee.Database, *, quick: bool) -> list[Case]:
         _same("raw keyset page vs offset page", _ids(raw[0]), at_depth)
         _same_page(kit, raw)
 
-    return [
+    cases = [
         Case("find_by_id", lambda id: reads.find_by_id(id), raw_find_by_id, n(5000), w(300),
              kit_arg=lambda i: random_ids[i % len(random_ids)], check=_same_row,
              note="get_or_none(id == x, deleted_at IS NULL)"),
         Case(f"find_many (shop, by price, {PAGE})", kit_find_many, raw_find_many, n(5000), w(300),
              kit_arg=shop, check=_same_page,
-             note="first page, cursor mode; raw: where().order_by(price, id).limit(21)"),
+             note="first page, cursor mode; raw: where().order_by(price, id).limit(21)",
+             driver=lambda s: _driver_page(cur, sql_shop, (s,)), driver_check=_same_driver_page,
+             driver_note="WHERE shop_id = %s AND deleted_at IS NULL ORDER BY price, id LIMIT 21"),
+        Case(f"find_many (shop + price range, {PAGE})", kit_find_range, raw_find_range, n(5000), w(300),
+             kit_arg=price_range, check=_same_page,
+             note="shop_id = ?, price >= ?, price < ?; ~100 rows match",
+             driver=driver_range, driver_check=_same_driver_page,
+             driver_note="shop_id = %s AND price >= %s AND price < %s ... LIMIT 21"),
+        Case(f"find_many (shop in 3, {PAGE})", kit_find_in, raw_find_in, n(3000), w(200),
+             kit_arg=shops, check=_same_page, note="shop_id IN (3 values); ~3,000 rows match",
+             driver=lambda ids: _driver_page(cur, sql_in, ids), driver_check=_same_driver_page,
+             driver_note="shop_id IN (%s, %s, %s) ... LIMIT 21"),
         Case(f"count (all live, {READ_ROWS:,} rows)", lambda _: reads.count(), raw_count, n(2000), w(100),
              check=lambda k, r: _same("count", k, r),
              note="deleted_at IS NULL over the whole table; raw: select().where().count()"),
         Case("count (one shop)", lambda s: reads.count({"shop_id": s}), raw_count_shop, n(5000), w(300),
              kit_arg=shop, check=lambda k, r: _same("count", k, r),
-             note=f"~{READ_ROWS // SHOPS:,} rows counted"),
+             note=f"~{READ_ROWS // SHOPS:,} rows counted",
+             driver=lambda s: driver_count(
+                 f"SELECT COUNT(*) FROM {R._meta.table_name} WHERE shop_id = %s AND deleted_at IS NULL", (s,)
+             ),
+             driver_check=lambda k, r: _same("count (psycopg2)", k, r),
+             driver_note="SELECT COUNT(*) ... WHERE shop_id = %s AND deleted_at IS NULL"),
         Case("create", lambda data: writes.create(data), raw_create, n(5000), w(300),
              kit_arg=new_row, raw_arg=lambda i: new_row(-i - 1), check=check_create,
              note="raw: insert(...).returning(all columns)"),
@@ -352,15 +447,22 @@ def build_cases(db: peewee.Database, *, quick: bool) -> list[Case]:
         # by side. The offset page stays out: whatever runs after a deep OFFSET scan is slower.
         Case(f"page: first ({PAGE_ROWS:,} rows)", kit_first, raw_first, n(5000), w(300),
              check=_same_page, note="order by (price, id), no filter but deleted_at IS NULL",
-             group="depth"),
+             group="depth", driver=lambda _: _driver_page(cur, sql_first, ()), driver_check=_same_driver_page,
+             driver_note="WHERE deleted_at IS NULL ORDER BY price, id LIMIT 21"),
         Case(f"page: cursor @ {DEPTH:,}", kit_cursor, raw_cursor, n(5000), w(300),
              kit_arg=lambda i: cursor, raw_arg=lambda i: (edge.price, edge.id), check=check_cursor,
-             note="raw: (price, id) > (?, ?) hand-written keyset", group="depth"),
+             note="raw: (price, id) > (?, ?) hand-written keyset", group="depth",
+             driver=driver_cursor, driver_arg=lambda i: (edge.price, edge.id), driver_check=_same_driver_page,
+             driver_note="deleted_at IS NULL AND (price, id) > (%s, %s) ... LIMIT 21"),
         Case(f"page: offset @ {DEPTH:,}", kit_offset, raw_offset, n(1000), w(50),
              check=_same_page, note="kit: with_total=False; raw: .offset(10000)"),
         Case(f"page: offset @ {DEPTH:,} + total", kit_offset_total, raw_offset_total, n(300), w(20),
              check=check_offset_total, note="kit default offset mode; raw: page + .count()"),
     ]
+    if driver is None:
+        for case in cases:
+            case.driver = None
+    return cases
 
 
 # -- running ------------------------------------------------------------------------------
@@ -372,6 +474,11 @@ def _check(case: Case) -> str:
         return ""
     index = -case.warmup - 2  # before the warm-up: never an input the timing uses
     kit_result = case.kit(case.kit_arg(index))
+    if case.driver is not None and case.driver_check is not None:
+        try:
+            case.driver_check(kit_result, case.driver((case.driver_arg or case.kit_arg)(index)))
+        except AssertionError as exc:
+            return str(exc)
     raw_result = case.raw((case.raw_arg or case.kit_arg)(index))
     if case.kit_after is not None:
         case.kit_after(kit_result)
@@ -392,23 +499,32 @@ def run_group(cases: Sequence[Case]) -> list[Comparison]:
     for case in cases:
         calls.append(Call(case.kit, case.kit_arg, case.kit_after))
         calls.append(Call(case.raw, case.raw_arg or case.kit_arg, case.raw_after))
+        if case.driver is not None:
+            calls.append(Call(case.driver, case.driver_arg or case.kit_arg))
     samples = time_round_robin(
         calls,
         iterations=max(case.iterations for case in cases),
         warmup=max(case.warmup for case in cases),
     )
     rows = []
-    for j, (case, mismatch) in enumerate(zip(cases, mismatches)):
-        row = Comparison(case.name, summarize(samples[2 * j]), summarize(samples[2 * j + 1]),
-                         case.target, case.note)
+    k = 0
+    for case, mismatch in zip(cases, mismatches):
+        kit = summarize(samples[k])
+        row = Comparison(case.name, kit, summarize(samples[k + 1]), case.target, case.note, baseline="Peewee")
+        k += 2
         if mismatch:
             row.extra["mismatch"] = mismatch
         rows.append(row)
+        if case.driver is not None:
+            rows.append(Comparison(case.name, kit, summarize(samples[k]), DRIVER_TARGET,
+                                   case.driver_note, baseline="psycopg2"))
+            k += 1
     return rows
 
 
 def derived(rows: Sequence[Comparison]) -> list[tuple[str, float, float, float | None]]:
     """(what, kit ratio, raw ratio, target) for the pagination depth comparisons."""
+    rows = [row for row in rows if row.baseline != "psycopg2"]
     by_name = {row.operation.split(" (")[0]: row for row in rows}
     first = next((r for r in rows if r.operation.startswith("page: first")), None)
     cursor = by_name.get(f"page: cursor @ {DEPTH:,}")
@@ -452,7 +568,8 @@ def report(rows: Sequence[Comparison], env: dict[str, str], *, markdown: bool, e
             parts.append(f"RESULTS DIFFER in {row.operation!r}: {row.extra['mismatch']}")
     counts: dict[int, list[str]] = {}
     for row in rows:
-        counts.setdefault(row.kit.n, []).append(row.operation)
+        if row.baseline != "psycopg2":  # the kit side of a psycopg2 row is its Peewee row's
+            counts.setdefault(row.kit.n, []).append(row.operation)
     samples = "; ".join(
         f"{n:,}" if len(counts) == 1 else f"{n:,} ({', '.join(names)})" for n, names in counts.items()
     )
@@ -475,11 +592,13 @@ def run(
     # The schema name matched the pattern above before it reaches these statements.
     _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
     db: peewee.Database | None = None
+    driver: Any = None
     try:
         db = open_database(base_url, schema)
         progress(f"loading {READ_ROWS + PAGE_ROWS + UPDATE_ROWS:,} rows into schema {schema}")
         load_data(db)
-        cases = build_cases(db, quick=quick)
+        driver = open_driver(base_url, schema)
+        cases = build_cases(db, quick=quick, driver=driver)
         if only:
             cases = [c for c in cases if any(c.name.startswith(prefix) for prefix in only)]
         groups: dict[str, list[Case]] = {}
@@ -487,51 +606,205 @@ def run(
             groups.setdefault(case.group or case.name, []).append(case)
         results = []
         for group in groups.values():
-            progress(", ".join(case.name for case in group) + f": {group[0].iterations:,} x {2 * len(group)} calls")
+            sides = sum(3 if case.driver is not None else 2 for case in group)
+            progress(", ".join(case.name for case in group) + f": {group[0].iterations:,} x {sides} calls")
             results.extend(run_group(group))
         return results
     finally:
+        if driver is not None:
+            driver.close()
         if db is not None:
             db.close()
             db.close_all()  # type: ignore[attr-defined]  # a pooled database
         _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def open_driver(base_url: str, schema: str) -> Any:
+    """A plain psycopg2 connection to the scratch schema, autocommit as Peewee's connections are."""
+    import psycopg2
+
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    dbname, params = parse_postgresql_url(schema_url(base_url, schema))
+    conn = psycopg2.connect(dbname=dbname, connect_timeout=10, **params)
+    conn.autocommit = True
+    return conn
+
+
+# -- growth: a cursor page deep in a large table (issue 13) ------------------------------------
+
+GROWTH_ROWS = 1_000_000
+GROWTH_DEPTH = 100_000
+
+
+class GrowthRow(_Row):
+    class Meta:
+        table_name = "bench_growth"
+        indexes = ((("price", "id"), False),)
+
+
+def fill_growth(driver: Any, rows: int) -> None:
+    """``rows`` rows in one INSERT ... SELECT, indexes built after, then VACUUM ANALYZE.
+
+    The scratch server runs without autovacuum: without the ANALYZE the planner knows nothing
+    of the table, and without the VACUUM an index-only scan would visit the heap anyway.
+    """
+    table = GrowthRow._meta.table_name
+    with driver.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {table} (created_at, updated_at, version, deleted_at, shop_id, name, price) "
+            "SELECT now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc', 1, "
+            "CASE WHEN mod(g, 100) = 0 THEN now() AT TIME ZONE 'utc' END, "
+            f"mod(g, {SHOPS}) + 1, 'item ' || g, mod(g::bigint * 7919, %s) "
+            "FROM generate_series(1, %s) AS g",
+            (rows // 2, rows),
+        )
+    GrowthRow._schema.create_indexes(safe=True)  # type: ignore[attr-defined]
+    with driver.cursor() as cur:
+        cur.execute(f"VACUUM ANALYZE {table}")
+
+
+def run_growth(
+    base_url: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    quick: bool = False,
+    progress: Callable[[str], None] = lambda text: None,
+) -> list[Comparison]:
+    """The first page and a cursor page at ``GROWTH_DEPTH`` of ``GROWTH_ROWS``, kit and psycopg2."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
+    _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
+    db: peewee.Database | None = None
+    driver: Any = None
+    try:
+        db = open_database(base_url, schema)
+        db.bind([GrowthRow])
+        GrowthRow._schema.create_table(safe=True)  # type: ignore[attr-defined]
+        driver = open_driver(base_url, schema)
+        started = time.monotonic()
+        progress(f"filling {GROWTH_ROWS:,} rows into {schema}.{GrowthRow._meta.table_name}")
+        fill_growth(driver, GROWTH_ROWS)
+        progress(f"filled in {time.monotonic() - started:.0f} s")
+        G = GrowthRow
+        rows = create_repository(G, db=db, secret_key=SECRET)
+        before = rows.find_many(order_by="price", limit=PAGE, offset=GROWTH_DEPTH - PAGE, with_total=False)
+        cursor = before.next_cursor
+        edge = (before.items[-1].price, before.items[-1].id)
+        assert cursor is not None
+        cur = driver.cursor()
+        sql_first = _select_sql(G, "deleted_at IS NULL")
+        sql_after = _select_sql(G, "deleted_at IS NULL AND (price, id) > (%s, %s)")
+        calls = [
+            Call(lambda _: rows.find_many(order_by="price", limit=PAGE)),
+            Call(lambda _: _driver_page(cur, sql_first, ())),
+            Call(lambda _: rows.find_many(order_by="price", limit=PAGE, cursor=cursor)),
+            Call(lambda _: _driver_page(cur, sql_after, edge)),
+        ]
+        # The kit and psycopg2 see the same rows at both depths.
+        _same_driver_page(calls[0].fn(None), calls[1].fn(None))
+        _same_driver_page(calls[2].fn(None), calls[3].fn(None))
+        iterations = 40 if quick else 3000
+        progress(f"first page and cursor @ {GROWTH_DEPTH:,}: {iterations:,} x 4 calls")
+        samples = time_round_robin(calls, iterations=iterations, warmup=5 if quick else 200)
+        first, first_raw, deep, deep_raw = (summarize(s) for s in samples)
+        return [
+            Comparison(f"growth: first page ({GROWTH_ROWS:,} rows)", first, first_raw, DRIVER_TARGET,
+                       "order by (price, id), deleted_at IS NULL", baseline="psycopg2"),
+            Comparison(f"growth: cursor @ {GROWTH_DEPTH:,}", deep, deep_raw, DRIVER_TARGET,
+                       "(price, id) > (%s, %s)", baseline="psycopg2"),
+        ]
+    finally:
+        if driver is not None:
+            driver.close()
+        if db is not None:
+            db.close()
+            db.close_all()  # type: ignore[attr-defined]  # a pooled database
+        _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def growth_derived(rows: Sequence[Comparison]) -> list[tuple[str, float, float, float | None]]:
+    first, deep = rows
+    return [(f"cursor @ {GROWTH_DEPTH:,} / first page ({GROWTH_ROWS:,} rows)",
+             deep.kit.p50 / first.kit.p50, deep.base.p50 / first.base.p50, DEPTH_TARGET)]
+
+
+def growth_report(rows: Sequence[Comparison], *, markdown: bool, elapsed: float) -> str:
+    depth = growth_derived(rows)
+    missed = [r.operation for r in rows if r.met is False]
+    missed += [what for what, kit, _, target in depth if target is not None and kit > target]
+    return "\n".join([
+        format_table(rows, kit_label="kit", base_label="raw", markdown=markdown),
+        "",
+        format_derived(depth, markdown=markdown),
+        "",
+        f"Growth point: ratio = kit p50 / psycopg2 p50; depth ratios = cursor page p50 / first page "
+        f"p50 on each side. Calls timed per side: {rows[0].kit.n:,}.",
+        f"Targets missed: {', '.join(missed) if missed else 'none'}. Growth run took {elapsed:.0f} s "
+        f"(filling {GROWTH_ROWS:,} rows included).",
+    ])
+
+
+def _json_rows(rows: Sequence[Comparison]) -> list[dict[str, Any]]:
+    return [{**dataclasses.asdict(row), "ratio": row.ratio, "met": row.met} for row in rows]
+
+
+def _json_derived(items: Sequence[tuple[str, float, float, float | None]]) -> list[dict[str, Any]]:
+    return [{"what": what, "kit": kit, "raw": raw, "target": target} for what, kit, raw, target in items]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.repository", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (40 calls per side)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke run (40 calls per side), without the growth point")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"scratch schema (default {DEFAULT_SCHEMA})")
     parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
-                        help="run only operations whose name starts with PREFIX (repeatable)")
+                        help="run only operations whose name starts with PREFIX (repeatable; "
+                             "'growth' for the growth point)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    parser.add_argument("--growth", action="store_true",
+                        help=f"only the growth point: a cursor page at depth {GROWTH_DEPTH:,} of "
+                             f"{GROWTH_ROWS:,} rows against the first page (fills the table first)")
     args = parser.parse_args(argv)
     import psycopg2
     url = os.environ.get("CZO_BENCH_DATABASE_URL", DEFAULT_URL)
     env = environment(["peewee", "psycopg2-binary", "msgspec"])
-    started = time.monotonic()
+    only_growth = args.growth or (bool(args.only) and all("growth: ".startswith(p) for p in args.only))
+    with_growth = only_growth or (
+        not args.quick and (not args.only or any("growth: ".startswith(p) for p in args.only))
+    )
+    progress: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    rows: list[Comparison] = []
+    grown: list[Comparison] = []
     try:
-        rows = run(url, schema=args.schema, quick=args.quick, only=args.only,
-                   progress=lambda text: print(text, file=sys.stderr, flush=True))
+        started = time.monotonic()
+        if not only_growth:
+            rows = run(url, schema=args.schema, quick=args.quick, only=args.only, progress=progress)
+        elapsed = time.monotonic() - started
+        if with_growth:
+            started = time.monotonic()
+            grown = run_growth(url, schema=args.schema, quick=args.quick, progress=progress)
+            grown_elapsed = time.monotonic() - started
     except (peewee.OperationalError, psycopg2.OperationalError) as exc:
         print(f"PostgreSQL at {url} is not usable ({str(exc).strip()}); set CZO_BENCH_DATABASE_URL",
               file=sys.stderr)
         return 2
-    elapsed = time.monotonic() - started
-    print(report(rows, env, markdown=args.markdown, elapsed=elapsed))
+    if rows:
+        print(report(rows, env, markdown=args.markdown, elapsed=elapsed))
+    else:
+        print(environment_line(env, markdown=args.markdown))
+    if grown:
+        print()
+        print(growth_report(grown, markdown=args.markdown, elapsed=grown_elapsed))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(
                 {
                     "environment": env,
                     "quick": args.quick,
-                    "results": [
-                        {**dataclasses.asdict(row), "ratio": row.ratio, "met": row.met} for row in rows
-                    ],
-                    "derived": [
-                        {"what": what, "kit": kit, "raw": raw, "target": target}
-                        for what, kit, raw, target in derived(rows)
-                    ],
+                    "results": _json_rows(rows) + _json_rows(grown),
+                    "derived": _json_derived(derived(rows)) + _json_derived(growth_derived(grown) if grown else []),
                 },
                 f,
                 indent=2,

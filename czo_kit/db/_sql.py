@@ -11,15 +11,16 @@ import datetime as dt
 import decimal
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import peewee
 
-from czo_kit.db.model import has_soft_delete, has_version
+from czo_kit.db.model import UTCDateTimeField, has_soft_delete, has_version
 from czo_kit.errors import ConflictError, InvalidDataError, InvalidFilterError
 
-__all__ = ["ModelInfo", "Slot", "SqlTemplate", "model_info"]
+__all__ = ["MAX_SHAPES", "ModelInfo", "ShapeCache", "Slot", "SqlTemplate", "model_info"]
 
 M = TypeVar("M", bound=peewee.Model)
 
@@ -27,7 +28,7 @@ M = TypeVar("M", bound=peewee.Model)
 class Slot(peewee.ColumnBase):
     """A named placeholder: compiles to the driver's parameter marker and records its place."""
 
-    def __init__(self, name: str, converter: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, name: Hashable, converter: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
         self.name = name
         self.convert = converter
@@ -52,7 +53,8 @@ class SqlTemplate:
             for p in params
         )
 
-    def params(self, values: Mapping[str, Any]) -> list[Any]:
+    def params(self, values: Mapping[Any, Any] | Sequence[Any]) -> list[Any]:
+        """The parameters in SQL order: ``values`` by slot name (or by index, for a list)."""
         out = []
         for is_slot, item, converter in self.plan:
             if is_slot:
@@ -61,6 +63,71 @@ class SqlTemplate:
             else:
                 out.append(item)
         return out
+
+
+MAX_SHAPES = 2048  # compiled query shapes kept per model and database
+
+
+class ShapeCache:
+    """A thread-safe LRU of compiled statements keyed by query shape, at most ``size`` long.
+
+    Distinct filters a client can send are unbounded; the least recently used shape is
+    dropped (and compiled again if it comes back) so memory stays flat whatever arrives.
+    """
+
+    __slots__ = ("_entries", "_lock", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: Any, entry: Any) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _is_plain_utc(field: peewee.Field) -> bool:
+    """A ``UTCDateTimeField`` whose conversion to Python is the stock one."""
+    return type(field).python_value is UTCDateTimeField.python_value
+
+
+def _python_converter(field: peewee.Field) -> Callable[[Any], Any]:
+    """``field.python_value``, with a shortcut for what a driver already hands back typed."""
+    convert: Callable[[Any], Any] = field.python_value
+    if _is_plain_utc(field):
+        # psycopg2 returns a naive datetime for a timestamp column: only the zone is missing.
+        # combine() gives what replace(tzinfo=UTC) gives, several times faster (replace parses
+        # keyword arguments), and a page of rows converts two timestamps per row.
+        def utc(
+            value: Any,
+            convert: Callable[[Any], Any] = convert,
+            combine: Callable[..., dt.datetime] = dt.datetime.combine,
+            time_of: Callable[[dt.datetime], dt.time] = dt.datetime.time,
+        ) -> Any:
+            if type(value) is dt.datetime and value.tzinfo is None:
+                return combine(value, time_of(value), dt.timezone.utc)
+            return convert(value)
+
+        return utc
+    return convert
 
 
 def _needs_conversion(field: peewee.Field) -> bool:
@@ -97,9 +164,20 @@ class ModelInfo(Generic[M]):
         self.version: peewee.Field | None = meta.fields.get("version")
         self.updated_at: peewee.Field | None = meta.fields.get("updated_at")
         self._convert = tuple(
-            (i, f.name, f.python_value) for i, f in enumerate(self.fields) if _needs_conversion(f)
+            (i, f.name, _python_converter(f)) for i, f in enumerate(self.fields) if _needs_conversion(f)
+        )
+        # load_all converts plain UTCDateTimeFields inline (no call per value), the rest as load.
+        self._utc_fields: tuple[tuple[int, str, Callable[[Any], Any]], ...] = tuple(
+            (i, f.name, f.python_value) for i, f in enumerate(self.fields) if _is_plain_utc(f)
+        )
+        self._other_convert = tuple(
+            (i, f.name, _python_converter(f))
+            for i, f in enumerate(self.fields)
+            if _needs_conversion(f) and not _is_plain_utc(f)
         )
         self._templates: dict[Any, SqlTemplate] = {}
+        # Query shapes come from user input (filters), so these are kept in a bounded LRU.
+        self.shapes: ShapeCache = ShapeCache(MAX_SHAPES)
         self._row_type: Any = None
         self._lock = threading.Lock()
         self.unique_groups: tuple[tuple[peewee.Field, ...], ...] = _unique_groups(model)
@@ -112,7 +190,7 @@ class ModelInfo(Generic[M]):
         for index, name, convert in self._convert:
             value = row[index]
             if value is not None:
-                data[name] = convert(value)  # type: ignore[no-untyped-call]
+                data[name] = convert(value)
         # What peewee's own cursor wrapper builds, without running __init__ and its defaults.
         obj: M = object.__new__(self.model)
         obj.__data__ = data
@@ -121,7 +199,34 @@ class ModelInfo(Generic[M]):
         return obj
 
     def load_all(self, rows: Sequence[Sequence[Any]]) -> list[M]:
-        return [self.load(row) for row in rows]
+        """``load`` for each row; inlined, as a page of rows is the hot path of every list."""
+        names, conversions, model, new = self.names, self._other_convert, self.model, object.__new__
+        utc_fields, combine, time_of, utc, datetime = (
+            self._utc_fields, dt.datetime.combine, dt.datetime.time, dt.timezone.utc, dt.datetime
+        )
+        out: list[M] = []
+        append = out.append
+        for row in rows:
+            data = dict(zip(names, row))  # a SELECT of self.fields: one value per name
+            for index, name, convert in utc_fields:
+                value = row[index]
+                if value is not None:
+                    # What _python_converter's shortcut does, without a call per value.
+                    data[name] = (
+                        combine(value, time_of(value), utc)
+                        if type(value) is datetime and value.tzinfo is None
+                        else convert(value)
+                    )
+            for index, name, convert in conversions:
+                value = row[index]
+                if value is not None:
+                    data[name] = convert(value)
+            obj = new(model)
+            obj.__data__ = data
+            obj._dirty = set()  # type: ignore[attr-defined]
+            obj.__rel__ = {}
+            append(obj)
+        return out
 
     def values_of(self, obj: M) -> list[Any]:
         """An instance's Python values in field order (what the row cache stores)."""
@@ -156,7 +261,7 @@ class ModelInfo(Generic[M]):
                 self._templates[key] = template
         return template
 
-    def execute(self, template: SqlTemplate, values: Mapping[str, Any]) -> Any:
+    def execute(self, template: SqlTemplate, values: Mapping[Any, Any] | Sequence[Any]) -> Any:
         """Run a template; integrity errors become ``ConflictError`` / ``InvalidDataError``."""
         try:
             return self.db.execute_sql(template.sql, template.params(values))

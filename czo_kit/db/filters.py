@@ -102,11 +102,10 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _like(field: peewee.Field, pattern: str, *, insensitive: bool) -> peewee.Node:
+def _like(field: peewee.Field, pattern: str | peewee.Node, *, insensitive: bool) -> peewee.Node:
     keyword = "ILIKE" if insensitive else "LIKE"
-    return peewee.NodeList(
-        (field, peewee.SQL(keyword), peewee.Value(pattern, converter=False), peewee.SQL("ESCAPE '\\'"))
-    )
+    value = pattern if isinstance(pattern, peewee.Node) else peewee.Value(pattern, converter=False)
+    return peewee.NodeList((field, peewee.SQL(keyword), value, peewee.SQL("ESCAPE '\\'")))
 
 
 def _condition(db: peewee.Database | None, key: str, field: peewee.Field, op: str, value: Any) -> Any:

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -151,12 +151,24 @@ def parse_order(model: type[peewee.Model], order_by: Any) -> SortOrder:
     return SortOrder(tuple(keys), fingerprint)
 
 
-def keyset_condition(order: SortOrder, values: Sequence[Any], *, direction: Direction) -> Any:
-    """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``."""
+def keyset_condition(
+    order: SortOrder,
+    values: Sequence[Any],
+    *,
+    direction: Direction,
+    placeholder: Callable[[int, SortKey], Any] | None = None,
+) -> Any:
+    """Rows strictly after (``next``) or before (``prev``) ``values`` in ``order``.
+
+    With ``placeholder``, each non-NULL value is replaced by ``placeholder(index, key)`` (a
+    slot of a compiled statement): the SQL then depends only on which values are NULL.
+    """
     keys = order.keys
     converted = [
-        None if value is None else peewee.Value(key.field.db_value(value), converter=False)
-        for key, value in zip(keys, values)
+        None if value is None
+        else placeholder(i, key) if placeholder is not None
+        else peewee.Value(key.field.db_value(value), converter=False)
+        for i, (key, value) in enumerate(zip(keys, values))
     ]
     forward = direction == "next"
     if len({key.descending for key in keys}) == 1 and not any(key.field.null for key in keys):
@@ -204,12 +216,23 @@ class CursorCodec:
         # A dedicated sub-key, so a cursor MAC can never be replayed as any other signature.
         self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
         self._encoder = msgspec.msgpack.Encoder()
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
+        self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
+        # The typed shape of each sort order's values, built once (msgspec compiles a type
+        # on first use; a fresh tuple[...] per call would be compiled every time).
+        self._value_types: dict[bytes, tuple[Any, tuple[tuple[type, bool], ...] | None]] = {}
+
+    def _mac(self, payload: bytes) -> bytes:
+        # Copying a keyed HMAC skips hashing the key again: half the cost of hmac.new per call.
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()[:_MAC_BYTES]
 
     def encode(self, order: SortOrder, values: Sequence[Any], direction: Direction) -> str:
         payload = self._encoder.encode(
             (CURSOR_VERSION, direction[0], order.fingerprint, list(values))
         )
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = self._mac(payload)
         token: str = base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
         return token
 
@@ -234,7 +257,7 @@ class CursorCodec:
                 "never a cursor); pass next_cursor or prev_cursor back unchanged"
             )
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        expected = self._mac(payload)
         if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
             if _cut_short(payload):
                 raise InvalidCursorError(
@@ -245,11 +268,8 @@ class CursorCodec:
                 "cursor signature does not match: it was altered, or signed with another "
                 "secret key (CZO_SECRET_KEY changed, or the process restarted without one)"
             )
-        types = tuple(python_type(key.field) for key in order.keys)
         try:
-            version, direction, fingerprint, values = msgspec.msgpack.decode(
-                payload, type=tuple[int, str, bytes, list[Any]]
-            )
+            version, direction, fingerprint, values = self._decoder.decode(payload)
         except msgspec.DecodeError:
             raise InvalidCursorError("cursor payload is malformed") from None
         if version != CURSOR_VERSION:
@@ -259,13 +279,43 @@ class CursorCodec:
                 f"cursor was made for another sort order; this query orders by "
                 f"{order.describe()} (start again without a cursor)"
             )
-        if direction not in ("n", "p") or len(values) != len(types):
+        if direction not in ("n", "p") or len(values) != len(order.keys):
             raise InvalidCursorError("cursor payload is malformed")
+        known = self._value_types.get(order.fingerprint)
+        if known is None:
+            known = _value_types(order)
+            if len(self._value_types) < 256:  # one per sort order; a request can pick any
+                self._value_types[order.fingerprint] = known
+        value_type, exact = known
+        if exact is not None and all(
+            type(value) is kind or (value is None and nullable)
+            for value, (kind, nullable) in zip(values, exact)
+        ):
+            # msgpack already gave each value its field's exact type: convert would return it.
+            return ("next" if direction == "n" else "prev"), values
         try:
-            typed = msgspec.convert(values, tuple[types], strict=False)  # type: ignore[valid-type]
+            typed = msgspec.convert(values, value_type, strict=False)
         except msgspec.ValidationError:
             raise InvalidCursorError("cursor values do not match the sort fields") from None
         return ("next" if direction == "n" else "prev"), list(typed)
+
+
+_EXACT = (int, str, float, bool, bytes)  # types msgpack decodes to exactly
+
+
+def _value_types(order: SortOrder) -> tuple[Any, tuple[tuple[type, bool], ...] | None]:
+    """The msgspec type of a cursor's values, and, when every sort field holds one of
+    ``_EXACT``, each field's (type, nullable) for a check that needs no conversion."""
+    types = tuple(python_type(key.field) for key in order.keys)
+    exact: list[tuple[type, bool]] | None = []
+    for key, kind in zip(order.keys, types):
+        args = getattr(kind, "__args__", (kind,))
+        plain = [arg for arg in args if arg is not type(None)]
+        if exact is None or len(plain) != 1 or plain[0] not in _EXACT:
+            exact = None
+            continue
+        exact.append((plain[0], bool(key.field.null)))
+    return tuple[types], (None if exact is None else tuple(exact))  # type: ignore[valid-type]
 
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")

@@ -10,17 +10,19 @@ from typing import Any, ClassVar, TypeVar
 import peewee
 
 from czo_kit.db._base import RepositoryBase, register_composition
-from czo_kit.db._sql import Slot
+from czo_kit.db._shapes import bind_where, compile_shape, where_shape
+from czo_kit.db._sql import Slot, SqlTemplate
 from czo_kit.db.filters import compile_where
 from czo_kit.db.pagination import (
     CursorCodec,
+    Direction,
     PaginatedResult,
     SortOrder,
     edge_values,
     keyset_condition,
     parse_order,
 )
-from czo_kit.errors import InvalidFilterError, NotFoundError
+from czo_kit.errors import InvalidCursorError, InvalidFilterError, NotFoundError
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Queries", "create_queries"]
 
@@ -142,15 +144,82 @@ class Queries(RepositoryBase[M]):
         return order
 
     def _select(self, where: Any, with_deleted: bool, only_deleted: bool) -> peewee.ModelSelect[M]:
+        return self._scoped(compile_where(self.model, where, db=self.db), with_deleted, only_deleted)
+
+    def _scoped(self, condition: Any, with_deleted: bool, only_deleted: bool) -> peewee.ModelSelect[M]:
         info = self._info
         query = info.select_all()
-        condition = compile_where(self.model, where, db=self.db)
         clause = info.deleted_clause(with_deleted=with_deleted, only_deleted=only_deleted)
         if condition is not None:
             query = query.where(condition)
         if clause is not None:
             query = query.where(clause)
         return query
+
+    def _fetch_page(
+        self,
+        where: Any,
+        order: SortOrder,
+        size: int,
+        offset: int | None,
+        cursor: str | None,
+        with_deleted: bool,
+        only_deleted: bool,
+    ) -> tuple[list[M], Direction]:
+        """Up to ``size + 1`` rows of a page, and its direction (``prev`` only for a prev cursor).
+
+        A ``where`` with a shape (see ``_shapes``) runs the statement compiled for that shape,
+        with its values bound; anything else is compiled by Peewee on each call.
+        """
+        info = self._info
+        direction: Direction = "next"
+        values: list[Any] | None = None
+        if cursor is not None:
+            try:
+                direction, values = self._codec.decode(order, cursor)
+            except InvalidCursorError:
+                self._select(where, with_deleted, only_deleted)  # a bad filter is reported first
+                raise
+        backward = direction == "prev"
+        shape = where_shape(self.model, where)
+        if shape is None:
+            query = self._select(where, with_deleted, only_deleted)
+            if values is not None:
+                query = query.where(keyset_condition(order, values, direction=direction))
+            query = query.order_by(*order.orderings(reverse=backward)).limit(size + 1)
+            if offset is not None:
+                query = query.offset(offset)
+            return info.load_all(info.execute_query(query).fetchall()), direction
+        key = (
+            "page", with_deleted, only_deleted, order.fingerprint, shape, offset is not None,
+            None if values is None
+            else (backward, tuple(value is None for value in values) if None in values else ()),
+        )
+        entry = info.shapes.get(key)
+        if entry is None:
+            self._select(where, with_deleted, only_deleted)  # the checks and errors of the Peewee path
+            condition, conditions, n = compile_shape(self.model, self.db, shape)
+            query = self._scoped(condition, with_deleted, only_deleted)
+            if values is not None:
+                query = query.where(keyset_condition(
+                    order, values, direction=direction,
+                    placeholder=lambda i, key: Slot(n + i, key.field.db_value),
+                ))
+                n += len(values)
+            query = query.order_by(*order.orderings(reverse=backward)).limit(Slot(n))
+            if offset is not None:
+                query = query.offset(Slot(n + 1))
+            entry = (SqlTemplate(self.db, query), conditions)
+            info.shapes.put(key, entry)
+        template, conditions = entry
+        params: list[Any] = []
+        bind_where(conditions, where, params)
+        if values is not None:
+            params.extend(values)
+        params.append(size + 1)
+        if offset is not None:
+            params.append(offset)
+        return info.load_all(info.execute(template, params).fetchall()), direction
 
     def _check_limit(self, limit: Any) -> int:
         if limit is None:
@@ -202,13 +271,10 @@ class Queries(RepositoryBase[M]):
             raise InvalidFilterError(f"offset must be a non-negative integer, got {offset!r}")
         if offset > 10_000_000:
             raise InvalidFilterError("offset is larger than 10,000,000; use cursor pagination")
-        info = self._info
-        base = self._select(where, with_deleted, only_deleted)
-        query = base.order_by(*order.orderings()).limit(size + 1).offset(offset)
-        rows = info.load_all(info.execute_query(query).fetchall())
+        rows, _ = self._fetch_page(where, order, size, offset, None, with_deleted, only_deleted)
         has_next = len(rows) > size
         items = rows[:size]
-        total = self._count_query(base) if with_total else None
+        total = self._count(where, with_deleted, only_deleted) if with_total else None
         return PaginatedResult(
             items=items,
             limit=size,
@@ -235,15 +301,8 @@ class Queries(RepositoryBase[M]):
         with_deleted: bool,
         only_deleted: bool,
     ) -> PaginatedResult[M]:
-        info = self._info
-        query = self._select(where, with_deleted, only_deleted)
-        direction = "next"
-        if cursor is not None:
-            direction, values = self._codec.decode(order, cursor)
-            query = query.where(keyset_condition(order, values, direction=direction))
+        rows, direction = self._fetch_page(where, order, size, None, cursor, with_deleted, only_deleted)
         backward = direction == "prev"
-        query = query.order_by(*order.orderings(reverse=backward)).limit(size + 1)
-        rows = info.load_all(info.execute_query(query).fetchall())
         more = len(rows) > size
         items = rows[:size]
         if backward:
@@ -277,7 +336,28 @@ class Queries(RepositoryBase[M]):
 
     def count(self, where: Any = None, *, with_deleted: bool = False, only_deleted: bool = False) -> int:
         """How many rows match ``where``."""
-        return self._count_query(self._select(where, with_deleted, only_deleted))
+        return self._count(where, with_deleted, only_deleted)
+
+    def _count(self, where: Any, with_deleted: bool, only_deleted: bool) -> int:
+        # Not count(): a subclass's count (a cached one) must not answer for an offset page.
+        shape = where_shape(self.model, where)
+        if shape is None:
+            return self._count_query(self._select(where, with_deleted, only_deleted))
+        info = self._info
+        key = ("count", with_deleted, only_deleted, shape)
+        entry = info.shapes.get(key)
+        if entry is None:
+            self._select(where, with_deleted, only_deleted)  # the checks and errors of the Peewee path
+            condition, conditions, _ = compile_shape(self.model, self.db, shape)
+            query = self._scoped(condition, with_deleted, only_deleted)
+            counted = query.select(peewee.fn.COUNT(peewee.SQL("*"))).order_by()
+            entry = (SqlTemplate(self.db, counted), conditions)
+            info.shapes.put(key, entry)
+        template, conditions = entry
+        params: list[Any] = []
+        bind_where(conditions, where, params)
+        row = info.execute(template, params).fetchone()
+        return int(row[0]) if row else 0
 
     def exists(self, where: Any, *, with_deleted: bool = False, only_deleted: bool = False) -> bool:
         """Whether any row matches ``where``."""
