@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import peewee
 import pytest
@@ -367,3 +368,43 @@ def test_a_forked_child_leaves_the_parents_watch_alone(kit: Kit) -> None:
     assert (cache._conn if cache.mode == "postgresql" else cache._sqlite) is watched
     kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=False)
     assert delivered(kit, emit(kit)) == 0
+
+
+@pytest.mark.postgres
+def test_a_change_in_another_schema_of_the_database_is_acknowledged_not_applied(
+    pg_base_url: str, pg_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    """Kits in two schemas of one database share the notification channel: a change of the
+    other kit's shop 1 leaves this kit's shop 1 in memory, and this kit's listener answers
+    it (the other committer waits for every listener of the database), so it stays up."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    other_schema = f"czotest_other_{os.getpid()}_{tmp_path.name[-8:]}".lower()
+    dbname, params = parse_postgresql_url(pg_base_url)
+    admin = psycopg2.connect(dbname=dbname, **params)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(other_schema)))
+    separator = "&" if "?" in pg_base_url else "?"
+    other_url = pg_base_url + separator + urlencode({"options": f"-csearch_path={other_schema}"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        with app_kit(app_settings(settings_for, pg_url, str(tmp_path / "a"))) as kit, app_kit(
+            app_settings(settings_for, other_url, str(tmp_path / "b"))
+        ) as other:
+            install(kit)
+            warm(kit)
+            pid = kit.apps.subscription_cache.listener_pid()
+            assert pid is not None and 1 in kit.apps.subscription_cache.cached_shops()
+            install(other)  # shop 1 of the other schema: returns once every listener answered
+            assert kit.apps.subscription_cache.cached_shops() == [1]
+            assert kit.apps.subscription_cache.listener_pid() == pid  # answered, not cut off
+            assert delivered(kit, emit(kit)) == 1
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other_schema)))
+        admin.close()

@@ -83,6 +83,7 @@ class SubscriptionCache:
         self._data_version: int | None = None
         self._version: int | None = None  # of czo_app_subscriptions_version, as last read
         self._conn: Any = None  # the psycopg2 connection that LISTENs, once it does
+        self._scope = ""  # this kit's schema, read by the listener: a change names it
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
@@ -217,13 +218,15 @@ class SubscriptionCache:
             raise TypeError(f"shop_id must be a shop's integer id, got {type(shop_id).__name__} {str(shop_id)[:24]!r}")
         after: Callable[[], None] = lambda: self._forget(shop_id)
         if self.mode == "postgresql":
-            token = secrets.token_hex(8)
+            listening = self._ensure_listening()
+            # The token names this kit's schema: listeners of other schemas that share the
+            # database (and so the channel) acknowledge it without forgetting anything.
+            token = f"{secrets.token_hex(8)}@{self._scope}" if self._scope else secrets.token_hex(8)
             with self._lock:
                 # Before the commit: a fast listener's ack may arrive before ``after`` runs.
                 # (A rolled-back change leaves its few bytes here.)
                 self._acks[token] = set()
             self.db.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{shop_id}:{token}"))
-            listening = self._ensure_listening()
 
             def after() -> None:
                 self._forget(shop_id)
@@ -277,12 +280,20 @@ class SubscriptionCache:
         for notify in notifies:
             payload = str(notify.payload)
             if notify.channel == ACK_CHANNEL:
-                token, _, pid = payload.partition(":")
+                token, _, pid = payload.rpartition(":")
                 if token in self._acks and pid.isdigit():
                     self._acks[token].add(int(pid))
                 continue
-            self._generation += 1
             shop, _, token = payload.partition(":")
+            scope = token.partition("@")[2]
+            if scope and scope != self._scope:
+                # Another schema's kit in the same database (the channel is per database): its
+                # shops are not ours. Acknowledged all the same, since its committer waits for
+                # every listener of the database.
+                if token:
+                    tokens.append(token)
+                continue
+            self._generation += 1
             if shop.isascii() and shop.isdigit():
                 self._map.pop(int(shop), None)
             else:
@@ -419,6 +430,9 @@ class SubscriptionCache:
             cursor.execute(f"LISTEN {CHANNEL}")
             cursor.execute(f"LISTEN {ACK_CHANNEL}")
             cursor.execute("SET application_name = %s", (LISTENER_NAME,))
+            cursor.execute("SELECT current_schema()")
+            (schema,) = cursor.fetchone()
+        self._scope = str(schema or "")
         return conn
 
     def _listen(self) -> None:
