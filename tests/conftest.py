@@ -131,6 +131,22 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture
+def scratch_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on the shared test Redis, its keys removed afterwards."""
+    import redis
+
+    prefix = f"sc{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A local Redis Cluster of three primaries (tests/redis_cluster.py), started once per

@@ -370,20 +370,6 @@ def worker_script(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def scratch_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own on the shared test Redis, removed afterwards."""
-    prefix = f"rt{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.unlink(*keys)
-    finally:
-        client.close()
-
-
 def spawn(script: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
