@@ -115,6 +115,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A database URL of each backend: SQLite in tmp, then PostgreSQL (the session schema)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def queue_mode(request: pytest.FixtureRequest) -> str:
+    """``queue`` (a SQLite queue and its consumer) unless a test asks for both modes
+    (``apps_support.BOTH_MODES``)."""
+    return str(getattr(request, "param", "queue"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """``CZO_TEST_REDIS_URL`` (default database 15 of the local server), checked reachable."""
