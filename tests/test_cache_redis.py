@@ -525,6 +525,33 @@ def test_invalidating_100000_keys_scans_in_batches_and_never_blocks(
         client.close()
 
 
+def test_invalidating_by_pattern_is_one_round_trip_per_scan_step(
+    quiet_redis: PrivateRedis, make_cache: Callable[..., CacheManager], round_trips: RoundTrips
+) -> None:
+    """The keys a SCAN step finds are unlinked on the server, not sent here and back in an
+    UNLINK of their own: clearing a million keys costs a thousand round trips, not two."""
+    client = quiet_redis.client()
+    cache = make_cache(quiet_redis.url, timeout=5.0, near=0, prefix="steps:")
+    try:
+        client.mset({f"steps:item:{n}": b"x" for n in range(10_000)})
+        client.mset({f"steps:kept:{n}": b"kept" for n in range(100)})
+        cache.invalidate("none:*")  # warm up: connect, and let redis-py load its script once
+        before = quiet_redis.command_calls(client)
+        removed, requests = round_trips(lambda: cache.invalidate("item:*"))
+        after = quiet_redis.command_calls(client)
+        scans = after["scan"] - before.get("scan", 0)
+        unlinks = after["unlink"] - before.get("unlink", 0)
+
+        assert removed == 10_000
+        assert count_keys(client, "steps:item:*") == 0
+        assert count_keys(client, "steps:kept:*") == 100
+        assert scans >= 10 and unlinks >= 10  # still SCAN COUNT 1000 and UNLINK in batches ...
+        assert requests == scans  # ... one request per SCAN step, the UNLINKs riding along
+    finally:
+        client.flushdb()
+        client.close()
+
+
 # -- round trips ------------------------------------------------------------------------------
 
 
