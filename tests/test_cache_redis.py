@@ -509,7 +509,7 @@ def test_invalidating_100000_keys_scans_in_batches_and_never_blocks(
         assert not any(command.startswith("KEYS ") for command in seen)  # never KEYS
         scans = [command.split() for command in seen if command.startswith("SCAN ")]
         unlinks = [i for i, command in enumerate(seen) if command.startswith("UNLINK ")]
-        assert len(scans) >= 100 and all(scan[-2:] == ["COUNT", "1000"] for scan in scans)
+        assert len(scans) >= 100 and all(scan[-2] == "COUNT" and int(scan[-1]) <= 1000 for scan in scans)
         assert len(unlinks) >= 100  # freed in batches ...
         assert max(len(seen[i].split()) - 1 for i in unlinks) <= 1000  # ... of at most 1,000 keys
         # Redis kept serving the other client between the batches, not only after them.
