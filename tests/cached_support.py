@@ -1,5 +1,5 @@
-"""What the cached-repository tests share: a database of each backend with a test's tables,
-and a cache of each driver under a prefix of the test's own."""
+"""What the repository tests share: a database of each backend with a test's tables, and a
+cache of each driver under a prefix of the test's own."""
 
 from __future__ import annotations
 
@@ -21,17 +21,18 @@ CACHES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 """Params of a ``cache`` fixture: every test runs with the memory and the Redis driver."""
 
 
+def database_url_of(request: pytest.FixtureRequest) -> str:
+    """The URL of the backend ``request.param`` names (a ``DATABASES`` param)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
 def open_database(
-    request: pytest.FixtureRequest, settings_for: Callable[..., Settings], models: Sequence[type[peewee.Model]]
+    url: str, settings_for: Callable[..., Settings], models: Sequence[type[peewee.Model]]
 ) -> Iterator[peewee.Database]:
-    """The body of a ``db`` fixture: the backend ``request.param`` with fresh tables of
-    ``models``, dropped afterwards."""
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-        database = create_sqlite_database(url, settings=settings_for(url))
-    else:
-        url = request.getfixturevalue("pg_url")
-        database = create_postgresql_database(url, settings=settings_for(url))
+    """The body of a database fixture: ``url``'s database with fresh tables of ``models``,
+    dropped afterwards."""
+    factory = create_sqlite_database if url.startswith("sqlite") else create_postgresql_database
+    database: peewee.Database = factory(url, settings=settings_for(url))
     database.bind(models)
     database.drop_tables(models, safe=True)
     database.create_tables(models)

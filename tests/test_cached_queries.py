@@ -16,7 +16,7 @@ import msgspec
 import peewee
 import pytest
 
-from cached_support import CACHES, DATABASES, open_cache, open_database
+from cached_support import CACHES, DATABASES, database_url_of, open_cache, open_database
 from czo_kit.cache import CacheManager
 from czo_kit.cache.driver import HEADER_MAGIC, parse_tag_spec
 from czo_kit.db import Model, UTCDateTimeField, create_mutations, create_queries, create_repository
@@ -69,7 +69,7 @@ class Boom(Exception):
 
 @pytest.fixture(params=DATABASES)
 def db(request: pytest.FixtureRequest, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
-    yield from open_database(request, settings_for, [Gadget])
+    yield from open_database(database_url_of(request), settings_for, [Gadget])
 
 
 @pytest.fixture(params=CACHES)

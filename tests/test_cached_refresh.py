@@ -12,7 +12,7 @@ from typing import Any
 import peewee
 import pytest
 
-from cached_support import CACHES, DATABASES, open_cache, open_database
+from cached_support import CACHES, DATABASES, database_url_of, open_cache, open_database
 from czo_kit.cache import CacheManager, in_background_refresh
 from czo_kit.db import Model, create_mutations, create_repository
 from czo_kit.db.cached import create_cached_queries
@@ -32,7 +32,7 @@ class Gizmo(Model):
 
 @pytest.fixture(params=DATABASES)
 def db(request: pytest.FixtureRequest, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
-    yield from open_database(request, settings_for, [Gizmo])
+    yield from open_database(database_url_of(request), settings_for, [Gizmo])
 
 
 @pytest.fixture(params=CACHES)
