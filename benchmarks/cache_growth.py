@@ -69,7 +69,11 @@ FILL_CHUNK = 10_000  # keys per fill script: a few milliseconds of Redis each
 ENTRY_TTL_MS = 3_600_000
 IDLE_SECONDS = 2.0
 
-SLOW_COMMAND_LIMIT_MS = 20.0  # the slowest kit command Redis ran (server time) at the large size
+# The slowest kit command Redis ran (server time) at the large size. Not the 0.8 ms a batch
+# takes on a quiet server: on a loaded machine Redis itself is preempted, and the baseline's
+# UNLINKs of 1,000 keys logged up to 23 ms here (its DELs up to 60 ms). A KEYS or one DEL over
+# a million keys holds Redis for seconds.
+SLOW_COMMAND_LIMIT_MS = 50.0
 TAG_GROWTH_LIMIT = 3.0  # kit invalidate_tags p50 at the large size / at the small size
 
 
