@@ -368,7 +368,7 @@ def invalidation(cache: Any, *, quick: bool, progress: Callable[[str], None]) ->
         Call(lambda _: cache.invalidate_tags([many])),
         Call(lambda _: cache.invalidate_tags([one])),
         "same, tag on 1 key", iterations, warmup, INVALIDATE_TARGET,
-        note="one INCR of the tag's version either way",
+        note="one UNLINK of the tag's version key either way",
     )
     (row,) = run_pairs([pair])
     progress(f"invalidate('inv:*'): deleting {tagged:,} keys by pattern")

@@ -13,11 +13,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
+import pytest
 
 from czo_kit import Kit
 from czo_kit.settings import Settings
@@ -215,9 +216,10 @@ def app_settings(settings_for: Callable[..., Settings], url: str, queue_dir: str
 
 
 @contextmanager
-def app_kit(settings: Settings) -> Iterator[Kit]:
+def app_kit(settings: Settings, *plugins: object) -> Iterator[Kit]:
+    """A kit with ``plugins`` on fresh app tables, the owner of shops 1 and 2."""
     reset_app_tables(settings.database_url)
-    kit = Kit(settings)
+    kit = Kit(settings, plugins=plugins)
     try:
         kit.create_tables()
         kit.webhooks.ensure_tables()
@@ -232,6 +234,50 @@ def raw_rows(kit: Kit, table: str) -> list[dict[str, Any]]:
     cursor = kit.db.execute_sql(f'SELECT * FROM "{table}"')
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+KitFactory = Callable[..., Kit]
+
+BOTH_MODES = pytest.mark.parametrize("queue_mode", ["queue", "no-queue"], indirect=True)
+"""Run a test with a queue and without one (``CZO_QUEUE_URL=""``: the in-process deliverer),
+through the ``queue_mode`` fixture (conftest)."""
+
+
+def kit_factory(
+    open_kit: Callable[..., AbstractContextManager[Kit]],
+    settings_for: Callable[..., Settings],
+    db_url: str,
+    queue_dir: str,
+    queue_mode: str,
+) -> Iterator[KitFactory]:
+    """The body of a ``make_kit`` fixture: ``make(*plugins, **changes)`` opens
+    ``open_kit(app_settings(...), *plugins)`` on the test's database and queue file (no queue
+    in ``no-queue`` mode); every kit it opened is closed afterwards, the last first."""
+    opened: list[AbstractContextManager[Kit]] = []
+
+    def make(*plugins: object, **changes: Any) -> Kit:
+        if queue_mode == "no-queue":
+            changes.setdefault("queue_url", "")
+        manager = open_kit(app_settings(settings_for, db_url, queue_dir, **changes), *plugins)
+        opened.append(manager)
+        return manager.__enter__()
+
+    yield make
+    for manager in reversed(opened):
+        manager.__exit__(None, None, None)
+
+
+@contextmanager
+def consuming(kit: Kit) -> Iterator[None]:
+    """A consumer of the kit's queue on threads of this process or, without a queue, the
+    kit's in-process deliverer (which runs until the kit closes)."""
+    if kit.queue is None:
+        assert kit.deliverer is not None
+        kit.deliverer.start()
+        yield
+        return
+    with kit.consumer(workers=2, sweep_interval=0.5):
+        yield
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0, what: str = "condition") -> None:

@@ -115,6 +115,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A database URL of each backend: SQLite in tmp, then PostgreSQL (the session schema)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+
+
+@pytest.fixture
+def queue_mode(request: pytest.FixtureRequest) -> str:
+    """``queue`` (a SQLite queue and its consumer) unless a test asks for both modes
+    (``apps_support.BOTH_MODES``)."""
+    return str(getattr(request, "param", "queue"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """``CZO_TEST_REDIS_URL`` (default database 15 of the local server), checked reachable."""
@@ -129,6 +142,22 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         service_unavailable(f"Redis at {REDIS_URL}", str(exc))
     return REDIS_URL
+
+
+@pytest.fixture
+def scratch_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own on the shared test Redis, its keys removed afterwards."""
+    import redis
+
+    prefix = f"sc{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

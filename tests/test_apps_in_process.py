@@ -16,7 +16,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,20 @@ import pytest
 from click.testing import CliRunner
 
 import inprocess_probe as probe
-from apps_support import OWNER, Receiver, app_settings, drop_tables, manifest, raw_rows, reset_app_tables, wait_for
+from apps_support import (
+    BOTH_MODES,
+    OWNER,
+    KitFactory,
+    Receiver,
+    app_kit,
+    app_settings,
+    consuming,
+    drop_tables,
+    kit_factory,
+    manifest,
+    raw_rows,
+    wait_for,
+)
 from czo_kit import Kit, hookimpl
 from czo_kit.apps import AppManifest, InstalledApp, PermissionSpec, WebhookSpec, parse_manifest
 from czo_kit.apps.registry import AppToken
@@ -37,54 +50,21 @@ from czo_kit.plugins import describe_plugins
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
-KitFactory = Callable[..., Kit]
 ORDER = {"shop_id": 1, "id": 7, "total": 1999, "currency": "EUR", "customer_email": "grace@example.com"}
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
-@pytest.fixture
-def queue_mode(request: pytest.FixtureRequest) -> str:
-    return str(getattr(request, "param", "queue"))
-
-
-BOTH_MODES = pytest.mark.parametrize("queue_mode", ["queue", "no-queue"], indirect=True)
-
-
 @contextmanager
 def probe_kit(settings: Settings, *plugins: object) -> Iterator[Kit]:
-    """A kit with the probe app (and ``plugins``), its tables made, the owner of shops 1 and 2."""
-    reset_app_tables(settings.database_url)
+    """An app kit with the probe app (and ``plugins``), its tables made."""
     drop_tables(settings.database_url, "probe_row")
-    kit = Kit(settings, plugins=(probe, *plugins))
-    try:
-        kit.create_tables()
-        kit.webhooks.ensure_tables()
-        kit.permission_service.grant(OWNER, 1, "owner")
-        kit.permission_service.grant(OWNER, 2, "owner")
+    with app_kit(settings, probe, *plugins) as kit:
         yield kit
-    finally:
-        kit.close()
 
 
 @pytest.fixture
 def make_kit(db_url: str, settings_for: SettingsFor, tmp_path: Path, queue_mode: str) -> Iterator[KitFactory]:
-    opened: list[AbstractContextManager[Kit]] = []
-
-    def make(*plugins: object, **changes: Any) -> Kit:
-        if queue_mode == "no-queue":
-            changes.setdefault("queue_url", "")
-        manager = probe_kit(app_settings(settings_for, db_url, str(tmp_path), **changes), *plugins)
-        opened.append(manager)
-        return manager.__enter__()
-
-    yield make
-    for manager in reversed(opened):
-        manager.__exit__(None, None, None)
+    yield from kit_factory(probe_kit, settings_for, db_url, str(tmp_path), queue_mode)
 
 
 @pytest.fixture
@@ -100,17 +80,6 @@ def _fresh_probe() -> Iterator[None]:
     probe.CALLS.clear()
     probe.BEHAVIOUR["fail"] = 0
     probe.PAUSE.clear()
-
-
-@contextmanager
-def consuming(kit: Kit) -> Iterator[None]:
-    if kit.queue is None:
-        assert kit.deliverer is not None
-        kit.deliverer.start()
-        yield
-        return
-    with kit.consumer(workers=2, sweep_interval=0.5):
-        yield
 
 
 def states(kit: Kit) -> dict[str, int]:

@@ -21,7 +21,7 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from apps_support import OWNER, app_kit, app_settings, drop_tables, wait_for
+from apps_support import OWNER, app_kit, app_settings, consuming, drop_tables, wait_for
 from czo_kit import Kit
 from czo_kit.http import create_api
 from czo_kit.settings import Settings
@@ -38,17 +38,6 @@ def example_kit(settings: Settings, tables: tuple[str, ...]) -> Iterator[Kit]:
     drop_tables(settings.database_url, *tables)
     with app_kit(settings) as kit:
         yield kit
-
-
-@contextmanager
-def consuming(kit: Kit) -> Iterator[None]:
-    if kit.queue is None:
-        assert kit.deliverer is not None
-        kit.deliverer.start()
-        yield
-        return
-    with kit.consumer(workers=2, sweep_interval=0.5):
-        yield
 
 
 def czo_kit_worker(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,21 +56,6 @@ READER = textwrap.dedent(
         client.close()
     """
 )
-
-
-@pytest.fixture
-def scratch_prefix(redis_url: str) -> Iterator[str]:
-    import redis
-
-    prefix = f"rf{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.unlink(*keys)
-    finally:
-        client.close()
 
 
 @pytest.mark.redis

@@ -16,13 +16,12 @@ import msgspec
 import peewee
 import pytest
 
-from czo_kit.cache import CacheManager, create_cache
+from cached_support import CACHES, DATABASES, database_url_of, open_cache, open_database
+from czo_kit.cache import CacheManager
 from czo_kit.cache.driver import HEADER_MAGIC, parse_tag_spec
 from czo_kit.db import Model, UTCDateTimeField, create_mutations, create_queries, create_repository
 from czo_kit.db.cached import create_cached_queries, list_tag, row_tag
 from czo_kit.db.queries import Queries
-from czo_kit.default_plugins.postgres import create_postgresql_database
-from czo_kit.default_plugins.sqlite import create_sqlite_database
 from czo_kit.errors import InvalidCursorError, InvalidFilterError, NotFoundError, OptimisticLockError
 from czo_kit.settings import Settings
 from czo_kit.testing import StatementCounter
@@ -68,40 +67,14 @@ class Boom(Exception):
 # -- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def db(request: pytest.FixtureRequest, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-        database = create_sqlite_database(url, settings=settings_for(url))
-    else:
-        url = request.getfixturevalue("pg_url")
-        database = create_postgresql_database(url, settings=settings_for(url))
-    database.bind([Gadget])
-    database.drop_tables([Gadget], safe=True)
-    database.create_tables([Gadget])
-    try:
-        yield database
-    finally:
-        database.drop_tables([Gadget], safe=True)
-        database.close()
-        close_all = getattr(database, "close_all", None)
-        if callable(close_all):
-            close_all()
+    yield from open_database(database_url_of(request), settings_for, [Gadget])
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=CACHES)
 def cache(request: pytest.FixtureRequest) -> Iterator[CacheManager]:
-    prefix = f"cq{uuid.uuid4().hex[:10]}:"  # a prefix per test: tests never share entries
-    if request.param == "memory":
-        manager = create_cache("memory://", settings=Settings(), prefix=prefix)
-    else:
-        url = request.getfixturevalue("redis_url")
-        manager = create_cache(url, settings=Settings(cache_url=url), prefix=prefix)
-    try:
-        yield manager
-    finally:
-        manager.clear()
-        manager.close()
+    yield from open_cache(request, "cq")
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ at once, reads inside a transaction never start a refresh, and bad options are r
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import peewee
 import pytest
 
-from czo_kit.cache import CacheManager, create_cache, in_background_refresh
+from cached_support import CACHES, DATABASES, database_url_of, open_cache, open_database
+from czo_kit.cache import CacheManager, in_background_refresh
 from czo_kit.db import Model, create_mutations, create_repository
 from czo_kit.db.cached import create_cached_queries
-from czo_kit.default_plugins.postgres import create_postgresql_database
-from czo_kit.default_plugins.sqlite import create_sqlite_database
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
 
@@ -32,40 +30,14 @@ class Gizmo(Model):
         table_name = "czo_swr_gizmo"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def db(request: pytest.FixtureRequest, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-        database = create_sqlite_database(url, settings=settings_for(url))
-    else:
-        url = request.getfixturevalue("pg_url")
-        database = create_postgresql_database(url, settings=settings_for(url))
-    database.bind([Gizmo])
-    database.drop_tables([Gizmo], safe=True)
-    database.create_tables([Gizmo])
-    try:
-        yield database
-    finally:
-        database.drop_tables([Gizmo], safe=True)
-        database.close()
-        close_all = getattr(database, "close_all", None)
-        if callable(close_all):
-            close_all()
+    yield from open_database(database_url_of(request), settings_for, [Gizmo])
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=CACHES)
 def cache(request: pytest.FixtureRequest) -> Iterator[CacheManager]:
-    prefix = f"sw{uuid.uuid4().hex[:10]}:"
-    if request.param == "memory":
-        manager = create_cache("memory://", settings=Settings(), prefix=prefix)
-    else:
-        url = request.getfixturevalue("redis_url")
-        manager = create_cache(url, settings=Settings(cache_url=url), prefix=prefix)
-    try:
-        yield manager
-    finally:
-        manager.clear()
-        manager.close()
+    yield from open_cache(request, "sw")
 
 
 def behind_its_back(db: peewee.Database, id: int, **changes: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import peewee
 import pytest
 
+from cached_support import open_database
 from czo_kit.cache import create_cache
 from czo_kit.db import Model, Repository, create_repository
 from czo_kit.default_plugins.postgres import create_postgresql_database
@@ -52,17 +53,7 @@ class TestPostgreSQLBackend(DatabaseBackendContract):
 
 @pytest.fixture
 def backend(database_url: str, settings_for: Callable[..., Settings]) -> Iterator[peewee.Database]:
-    factory = create_sqlite_database if database_url.startswith("sqlite") else create_postgresql_database
-    database: peewee.Database = factory(database_url, settings=settings_for(database_url))
-    database.bind(CONTRACT_MODELS)
-    database.drop_tables(CONTRACT_MODELS, safe=True)
-    database.create_tables(CONTRACT_MODELS)
-    try:
-        yield database
-    finally:
-        database.drop_tables(CONTRACT_MODELS, safe=True)
-        database.close()
-        getattr(database, "close_all", lambda: None)()
+    yield from open_database(database_url, settings_for, CONTRACT_MODELS)
 
 
 @pytest.fixture(params=["plain", "cached"])

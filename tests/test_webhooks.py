@@ -21,7 +21,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,21 @@ import standardwebhooks
 import stripe
 from click.testing import CliRunner
 
-from apps_support import OWNER, Receiver, Reply, Request, app_kit, app_settings, manifest, raw_rows, wait_for
+from apps_support import (
+    BOTH_MODES,
+    OWNER,
+    KitFactory,
+    Receiver,
+    Reply,
+    Request,
+    app_kit,
+    app_settings,
+    consuming,
+    kit_factory,
+    manifest,
+    raw_rows,
+    wait_for,
+)
 from czo_kit import Kit
 from czo_kit.apps import InstallResult, sign, verify_signature
 from czo_kit.apps.webhooks import WebhookDelivery, payload_of
@@ -43,39 +56,10 @@ SIGNATURE = re.compile(r"^t=(\d+),v1=([0-9a-f]{64})$")
 ORDER = {"shop_id": 1, "id": 7, "total": 1999, "currency": "EUR", "customer_email": "grace@example.com"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
-KitFactory = Callable[..., Kit]
-
-
-@pytest.fixture
-def queue_mode(request: pytest.FixtureRequest) -> str:
-    """``queue`` (a SQLite queue and its consumer) unless a test asks for both modes."""
-    return str(getattr(request, "param", "queue"))
-
-
-BOTH_MODES = pytest.mark.parametrize("queue_mode", ["queue", "no-queue"], indirect=True)
-"""Run a test with a queue and without one (``CZO_QUEUE_URL=""``: the in-process deliverer)."""
-
-
 @pytest.fixture
 def make_kit(db_url: str, settings_for: SettingsFor, tmp_path: Path, queue_mode: str) -> Iterator[KitFactory]:
     """Kits on the test's database and queue file; settings changed per test."""
-    opened: list[AbstractContextManager[Kit]] = []
-
-    def make(**changes: Any) -> Kit:
-        if queue_mode == "no-queue":
-            changes.setdefault("queue_url", "")
-        manager = app_kit(app_settings(settings_for, db_url, str(tmp_path), **changes))
-        opened.append(manager)
-        return manager.__enter__()
-
-    yield make
-    for manager in reversed(opened):
-        manager.__exit__(None, None, None)
+    yield from kit_factory(app_kit, settings_for, db_url, str(tmp_path), queue_mode)
 
 
 @pytest.fixture
@@ -91,19 +75,6 @@ def receiver() -> Iterator[Receiver]:
 
 def install(kit: Kit, base: str, **options: Any) -> InstallResult:
     return kit.apps.install(shop_id=options.pop("shop_id", 1), installer_id=OWNER, manifest=manifest(base, **options))
-
-
-@contextmanager
-def consuming(kit: Kit) -> Iterator[None]:
-    """A consumer of the kit's queue on threads of this process or, without a queue, the
-    kit's in-process deliverer (which runs until the kit closes)."""
-    if kit.queue is None:
-        assert kit.deliverer is not None
-        kit.deliverer.start()
-        yield
-        return
-    with kit.consumer(workers=2, sweep_interval=0.5):
-        yield
 
 
 def only_delivery(kit: Kit) -> WebhookDelivery:

@@ -8,42 +8,26 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from apps_support import OWNER, Receiver, Reply, app_kit, app_settings, manifest, wait_for
+from apps_support import OWNER, KitFactory, Receiver, Reply, app_kit, app_settings, kit_factory, manifest, wait_for
 from czo_kit import Kit
 from czo_kit.apps import InstallResult
 from czo_kit.cli import cli
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
-KitFactory = Callable[..., Kit]
 ORDER = {"shop_id": 1, "id": 7, "total": 1999}
 TOKEN = "s3cr3t-query-token"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 @pytest.fixture
 def make_kit(db_url: str, settings_for: SettingsFor, tmp_path: Path) -> Iterator[KitFactory]:
-    opened: list[AbstractContextManager[Kit]] = []
-
-    def make(**changes: Any) -> Kit:
-        manager = app_kit(app_settings(settings_for, db_url, str(tmp_path), **changes))
-        opened.append(manager)
-        return manager.__enter__()
-
-    yield make
-    for manager in reversed(opened):
-        manager.__exit__(None, None, None)
+    yield from kit_factory(app_kit, settings_for, db_url, str(tmp_path), "queue")
 
 
 @pytest.fixture

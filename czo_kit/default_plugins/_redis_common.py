@@ -56,7 +56,8 @@ def import_redis() -> Any:
 
 class RedisCommands:
     """The driver methods both Redis drivers run the same way; subclasses give ``client``
-    (built without ``decode_responses``, so values are bytes) and ``_scan``."""
+    (built without ``decode_responses``, so values are bytes) and ``_scan``, or their own
+    ``_unlink_matching``."""
 
     client: Any
     near: NearCache | None = None
@@ -134,23 +135,24 @@ class RedisCommands:
     def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
         raise NotImplementedError
 
-    def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
-        def run() -> int:
-            removed = 0
-            pending: list[Any] = []
-            # SCAN visits a few keys per call and UNLINK frees memory in the background,
-            # so neither blocks other clients the way KEYS or DEL on a big set would.
-            for key in self._scan(pattern, batch):
-                pending.append(key)
-                if len(pending) >= batch:
-                    removed += self.client.unlink(*pending)
-                    pending.clear()
-            if pending:
+    def _unlink_matching(self, pattern: str, batch: int) -> int:
+        """Remove the keys matching ``pattern``, ``batch`` at a time; how many there were."""
+        removed = 0
+        pending: list[Any] = []
+        # SCAN visits a few keys per call and UNLINK frees memory in the background,
+        # so neither blocks other clients the way KEYS or DEL on a big set would.
+        for key in self._scan(pattern, batch):
+            pending.append(key)
+            if len(pending) >= batch:
                 removed += self.client.unlink(*pending)
-            return removed
+                pending.clear()
+        if pending:
+            removed += self.client.unlink(*pending)
+        return removed
 
+    def delete_matching(self, pattern: str, *, batch: int = 1000) -> int:
         try:
-            result: int = self._call(run)
+            result: int = self._call(lambda: self._unlink_matching(pattern, batch))
         finally:
             if self.near is not None:
                 self.near.forget_all()

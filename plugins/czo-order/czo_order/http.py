@@ -21,6 +21,15 @@ class PaymentBody(msgspec.Struct, forbid_unknown_fields=True):
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")] = "EUR"
 
 
+def _read_money(req: falcon.Request, shop_id: int) -> PaymentBody:
+    """The body of a payment or a refund, from an app holding ``order:write`` in the shop."""
+    require_app(req, "order", "write", shop_id=shop_id)
+    body = read_json(req, PaymentBody)
+    if not 1 <= len(body.reference) <= 200:
+        raise falcon.HTTPBadRequest(title="Invalid request", description="reference is 1-200 characters", code="$.reference")
+    return body
+
+
 class PaymentsResource:
     """``POST /api/shops/{shop_id}/orders/{order_id}/payments`` with an app token holding
     ``order:write`` in that shop. ``Idempotency-Key`` is honoured by the kit's API itself."""
@@ -29,10 +38,7 @@ class PaymentsResource:
         self.kit = kit
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, shop_id: int, order_id: int) -> None:
-        require_app(req, "order", "write", shop_id=shop_id)
-        body = read_json(req, PaymentBody)
-        if not 1 <= len(body.reference) <= 200:
-            raise falcon.HTTPBadRequest(title="Invalid request", description="reference is 1-200 characters", code="$.reference")
+        body = _read_money(req, shop_id)
         service = self.kit.services.get(OrderService)
         # Once per reference: a retry of a payment that went through answers as it did.
         order = service.record_payment(
@@ -52,10 +58,7 @@ class RefundsResource:
         self.kit = kit
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, shop_id: int, order_id: int) -> None:
-        require_app(req, "order", "write", shop_id=shop_id)
-        body = read_json(req, PaymentBody)
-        if not 1 <= len(body.reference) <= 200:
-            raise falcon.HTTPBadRequest(title="Invalid request", description="reference is 1-200 characters", code="$.reference")
+        body = _read_money(req, shop_id)
         service = self.kit.services.get(OrderService)
         order = service.record_refund(
             shop_id=shop_id, order_id=order_id, amount=body.amount, reference=body.reference, currency=body.currency

@@ -107,18 +107,9 @@ class OrderService:
         a ``ConflictError``.
         """
         with self.db.atomic():
-            order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
-            if order is None:
-                raise NotFoundError("Order", order_id)
-            try:
-                with self.db.atomic():
-                    OrderPayment.insert(
-                        order=order.id, shop_id=shop_id, reference=reference, amount=amount, currency=currency
-                    ).execute(self.db)
-            except peewee.IntegrityError:
-                # Recorded before, maybe by a request running alongside this one (the unique
-                # index made this insert wait for it): the same payment, or a misuse.
-                return self._recorded(shop_id, order_id, amount, reference, currency)
+            order, new = self._record_once(OrderPayment, shop_id, order_id, amount, reference, currency)
+            if not new:
+                return order
             paid = int(order.paid_amount) + int(amount)
             status = "paid" if paid >= int(order.total) else order.status
             return self.orders.update(
@@ -127,9 +118,31 @@ class OrderService:
                 expected_version=order.version,
             )
 
+    def _record_once(
+        self, model: type[OrderPayment] | type[OrderRefund], shop_id: int, order_id: int, amount: int,
+        reference: str, currency: str,
+    ) -> tuple[Order, bool]:
+        """In the caller's transaction: the shop's order with a new ``model`` row (payment or
+        refund) for ``reference``, and ``True``; or, when the reference was recorded before,
+        the order as it is and ``False`` (a ``ConflictError`` if it was another order's,
+        amount or currency)."""
+        order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
+        if order is None:
+            raise NotFoundError("Order", order_id)
+        try:
+            with self.db.atomic():
+                model.insert(
+                    order=order.id, shop_id=shop_id, reference=reference, amount=amount, currency=currency
+                ).execute(self.db)
+        except peewee.IntegrityError:
+            # Recorded before, maybe by a request running alongside this one (the unique
+            # index made this insert wait for it): the same payment or refund, or a misuse.
+            return self._recorded(shop_id, order_id, amount, reference, currency, model), False
+        return order, True
+
     def _recorded(
         self, shop_id: int, order_id: int, amount: int, reference: str, currency: str,
-        model: type[OrderPayment] | type[OrderRefund] = OrderPayment,
+        model: type[OrderPayment] | type[OrderRefund],
     ) -> Order:
         what = "payment" if model is OrderPayment else "refund"
         earlier = model.select().where((model.shop_id == shop_id) & (model.reference == reference)).get(self.db)
@@ -177,16 +190,9 @@ class OrderService:
         ``ConflictError``.
         """
         with self.db.atomic():
-            order = self.orders.find_one({"id": order_id, "shop_id": shop_id})
-            if order is None:
-                raise NotFoundError("Order", order_id)
-            try:
-                with self.db.atomic():
-                    OrderRefund.insert(
-                        order=order.id, shop_id=shop_id, reference=reference, amount=amount, currency=currency
-                    ).execute(self.db)
-            except peewee.IntegrityError:
-                return self._recorded(shop_id, order_id, amount, reference, currency, OrderRefund)
+            order, new = self._record_once(OrderRefund, shop_id, order_id, amount, reference, currency)
+            if not new:
+                return order
             refunded = self.refunded(order.id)
             if refunded > int(order.paid_amount):
                 raise ConflictError(
