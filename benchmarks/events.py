@@ -3,6 +3,10 @@
     python -m benchmarks.events            # full run, about 2.5 minutes
     python -m benchmarks.events --quick    # smoke run, seconds
     python -m benchmarks.events --markdown # tables as markdown (for docs/benchmarks.md)
+    python -m benchmarks.events --only throughput --profile
+                                           # async events end to end vs raw Huey (5,000 events,
+                                           # 1 and 4 consumer threads), with the CPU per event
+                                           # by stage (benchmarks/_events_throughput.py)
 
 In-process parts (``emit``, ``HookRegistry.run``) need nothing. The async parts need Redis,
 ``CZO_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/14``; the test suite uses db 15),
@@ -11,8 +15,9 @@ and PostgreSQL, ``CZO_BENCH_DATABASE_URL`` (default
 schema ``czo_bench_events`` (dropped at the end), a second kit keeps its outbox in a temporary
 SQLite file, and every Huey queue is named ``czo_bench_<pid>_...`` and deleted at the end.
 
-The kit's consumer is the in-process one, ``kit.consumer(workers=4, sweep_interval=3600)``
-(Huey worker threads in this process); raw Huey gets the same consumer settings.
+The kit's consumer is the in-process one, ``kit.consumer(workers=N, sweep_interval=3600)``
+(Huey worker threads in this process: one worker process); raw Huey gets the same consumer
+settings. The end-to-end throughput runs with 1 and 4 threads; the latency with 4.
 
 Last, ``emit_async`` and a worker's per-event work with 200,000 old delivered rows in the
 tables against empty tables, on each database (``benchmarks/_events_retention.py``; schemas
