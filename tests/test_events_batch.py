@@ -233,3 +233,29 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_reruns_only_what_was_runnin
     attempts = dict(pg.all("SELECT attempts, count(*) FROM czo_event_delivery GROUP BY attempts"))
     assert set(attempts) <= {1, 2} and attempts.get(2, 0) <= 2, (attempts, claimed)
     assert pg.one("SELECT count(*) FROM czo_event_dead_letter") == 0
+
+
+@pytest.mark.parametrize("backend", DATABASES, indirect=True)
+def test_a_batch_whose_first_delivery_exists_already_still_counts_every_start(
+    make_kit: Callable[..., Kit],
+) -> None:
+    # A dispatch of the previous release created the first event's delivery (queued) just
+    # before this batch marked the event: the batch skips it and queues it; the next one,
+    # created not started, is started before it runs.
+    from czo_kit.db.model import utcnow
+
+    kit = make_kit()
+    assert kit.outbox is not None and kit.queue is not None
+    handler = Recorder()
+    kit.events.on("test.stock.changed", handler, id="h")
+    first, second = (kit.events.emit_async("test.stock.changed", {"n": n}).event_id for n in range(2))
+    kit.outbox.flush()
+    kit.queue.flush()
+    now = utcnow()
+    EventDelivery.insert(event_id=first, subscriber="test.stock.changed|h", state="queued", max_attempts=6,
+                         created_at=now, updated_at=now).execute(kit.db)
+    assert kit.outbox.dispatch_many([first, second]) == {"done": 1, "queued": 1}
+    states = {key: (d.state, d.attempts) for key, d in by_subscriber(kit).items()}
+    assert states == {(first, "h"): ("queued", 0), (second, "h"): ("done", 1)}
+    assert [c.attempt for _, c in handler.calls] == [1]
+    assert [task.name for task in kit.queue.pending()] == [DELIVER_TASK]

@@ -504,20 +504,22 @@ class Outbox(OutboxAdmin):
         if not claimed:
             return
         batch = Batch([d for d, _, _ in claimed], time.monotonic() + self.settings.batch_budget)
-        batch.take(0)  # the first was inserted started
+        batch.take(0)  # the first runs at once
         if len(claimed) > 1:
             self._watch.watch(batch)
         succeeded: tuple[int, Subscription] | None = None  # recorded with the next start
         try:
             for n, (delivery, event, sub) in enumerate(claimed):
-                if n > 0:
-                    if not batch.take(n):
-                        break  # the watch handed the rest back to the queue
+                if n > 0 and not batch.take(n):
+                    break  # the watch handed the rest back to the queue
+                if delivery.attempts == 0:  # not started yet (all but the first, as a rule)
                     self._finish_and_start(succeeded[0] if succeeded else None, int(delivery.id))
                     delivery.attempts = 1
-                    if succeeded is not None:
-                        self._succeeded(succeeded[1], counts)
-                        succeeded = None
+                elif succeeded is not None:
+                    self._finish_and_start(succeeded[0], None)
+                if succeeded is not None:
+                    self._succeeded(succeeded[1], counts)
+                    succeeded = None
                 state = self._run_claimed(delivery, event, sub)
                 if state == "done":
                     succeeded = (int(delivery.id), sub)
