@@ -90,6 +90,7 @@ class Relay:
         self._marks: list[Any] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
+        self._mark_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -210,15 +211,18 @@ class Relay:
         self._down_since = None
 
     def _mark(self) -> None:
-        with self._relay_lock:
-            ids, self._marks = self._marks, []
-        if ids and not self._abandoned:
-            try:
-                self.mark(ids)
-            except Exception as exc:
-                self.log.warning(
-                    "could not mark %d relayed %s (%r); the sweep may queue them twice", len(ids), self.what, exc
-                )
+        # One marking at a time: a flush() waits for the relay thread's marks under way, so
+        # that what it relayed is marked when flush() returns.
+        with self._mark_lock:
+            with self._relay_lock:
+                ids, self._marks = self._marks, []
+            if ids and not self._abandoned:
+                try:
+                    self.mark(ids)
+                except Exception as exc:
+                    self.log.warning(
+                        "could not mark %d relayed %s (%r); the sweep may queue them twice", len(ids), self.what, exc
+                    )
 
     def flush(self, *, mark: bool = True) -> None:
         """Relay (and mark) everything held, in the calling thread, even during an outage."""
