@@ -672,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     tables = [("End-to-end throughput", throughput_module.format_throughput(results, markdown=args.markdown))]
     if args.profile:
-        tables.append(("CPU per event by stage (ms)", throughput_module.format_profile(results, markdown=args.markdown)))
+        profile = throughput_module.format_profile(results, markdown=args.markdown)
+        tables.append(("CPU per event by stage (ms)", profile))
     print(compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed, tables=tables))
     rows = [row for _, section in sections for row in section]
     if args.json:
@@ -723,7 +724,8 @@ def _main_throughput(args: argparse.Namespace) -> int:
         _pg.drop_schema(database_url, schema)
     tables = [("End-to-end throughput", throughput_module.format_throughput(results, markdown=args.markdown))]
     if args.profile:
-        tables.append(("CPU per event by stage (ms)", throughput_module.format_profile(results, markdown=args.markdown)))
+        profile = throughput_module.format_profile(results, markdown=args.markdown)
+        tables.append(("CPU per event by stage (ms)", profile))
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     notes = [
         f"{results[0]['events']:,} events per run, one no-op subscriber; one consumer in this process; "

@@ -280,7 +280,10 @@ class Outbox(OutboxAdmin):
                 template = info.template(
                     ("outbox_queued", size),
                     lambda: EventOutbox.update(
-                        {EventOutbox.state: "queued", EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value)}
+                        {
+                            EventOutbox.state: "queued",
+                            EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value),
+                        }
                     ).where(_in_clause(EventOutbox.event_id, size) & (EventOutbox.state == "pending")),
                 )
                 info.execute(template, {"now": utcnow(), **keys})
@@ -440,8 +443,10 @@ class Outbox(OutboxAdmin):
                 subscribers: list[tuple[str, Subscription | None]] = [(s.id, s) for s in own]
                 if event.subscribers:
                     mine = {s.id for s in own}
-                    recorded = (f"{event.name}|{base}" for base in msgspec.json.decode(event.subscribers, type=list[str]))
-                    subscribers += [(sub_id, None) for sub_id in recorded if sub_id not in mine]
+                    recorded = msgspec.json.decode(event.subscribers, type=list[str])
+                    subscribers += [
+                        (sub_id, None) for sub_id in (f"{event.name}|{base}" for base in recorded) if sub_id not in mine
+                    ]
                 for sub_id, sub in subscribers:
                     planned[(event_id, sub_id)] = sub
                     first = sub is not None and not started
@@ -492,7 +497,9 @@ class Outbox(OutboxAdmin):
             created += info.load_all(info.execute(template, values).fetchall())
         return created
 
-    def _run_batch(self, claimed: list[tuple[EventDelivery, EventOutbox, Subscription]], counts: dict[str, int]) -> None:
+    def _run_batch(
+        self, claimed: list[tuple[EventDelivery, EventOutbox, Subscription]], counts: dict[str, int]
+    ) -> None:
         """Run claimed deliveries one after the other. The first was inserted started
         (attempt 1); each next one is started (its attempt counted, its lease renewed) in the
         round trip that records the previous one's success, so that a worker killed here

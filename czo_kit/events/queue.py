@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from czo_kit.events._heartbeat import Heartbeat
     from czo_kit.events.outbox import Outbox
 
-__all__ = ["DISPATCH_MANY_TASK", "DISPATCH_TASK", "DELIVER_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer", "Sweeper"]
+__all__ = [
+    "DELIVER_TASK", "DISPATCH_MANY_TASK", "DISPATCH_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer",
+    "Sweeper",
+]
 
 log = logging.getLogger("czo_kit.events")
 
