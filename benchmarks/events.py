@@ -3,6 +3,10 @@
     python -m benchmarks.events            # full run, about 2.5 minutes
     python -m benchmarks.events --quick    # smoke run, seconds
     python -m benchmarks.events --markdown # tables as markdown (for docs/benchmarks.md)
+    python -m benchmarks.events --only throughput --profile
+                                           # async events end to end vs raw Huey (5,000 events,
+                                           # 1 and 4 consumer threads), with the CPU per event
+                                           # by stage (benchmarks/_events_throughput.py)
 
 In-process parts (``emit``, ``HookRegistry.run``) need nothing. The async parts need Redis,
 ``CZO_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/14``; the test suite uses db 15),
@@ -11,8 +15,9 @@ and PostgreSQL, ``CZO_BENCH_DATABASE_URL`` (default
 schema ``czo_bench_events`` (dropped at the end), a second kit keeps its outbox in a temporary
 SQLite file, and every Huey queue is named ``czo_bench_<pid>_...`` and deleted at the end.
 
-The kit's consumer is the in-process one, ``kit.consumer(workers=4, sweep_interval=3600)``
-(Huey worker threads in this process); raw Huey gets the same consumer settings.
+The kit's consumer is the in-process one, ``kit.consumer(workers=N, sweep_interval=3600)``
+(Huey worker threads in this process: one worker process); raw Huey gets the same consumer
+settings. The end-to-end throughput runs with 1 and 4 threads; the latency with 4.
 
 Last, ``emit_async`` and a worker's per-event work with 200,000 old delivered rows in the
 tables against empty tables, on each database (``benchmarks/_events_retention.py``; schemas
@@ -31,10 +36,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 
 from benchmarks import _events_retention as retention_module
+from benchmarks import _events_throughput as throughput_module
 from benchmarks import _pg
 from benchmarks._stats import (
     Call,
@@ -62,7 +69,9 @@ ENQUEUE_P95_LIMIT_MS = 1.0
 HUEY_BASELINES_TASKS_S = 1_520  # docs: BASELINES, raw Huey no-op tasks, 4 worker threads
 
 WORKERS = 4
-THROUGHPUT_EVENTS = 2_000
+THROUGHPUT_EVENTS = 5_000
+THROUGHPUT_THREADS = [1, 4]
+THROUGHPUT_TARGET = 0.6  # kit events/s over raw Huey no-op tasks/s, same run (issue 13)
 LATENCY_EVENTS = 300
 
 
@@ -397,71 +406,6 @@ def _wait_stats(kit: Any, goal: int, timeout: float, poll: float = 0.02) -> tupl
         time.sleep(poll)
 
 
-def throughput(kit: Any, raw: RawHuey, *, events: int, rounds: int,
-               progress: Callable[[str], None]) -> dict[str, Any]:
-    """Events through the kit's consumer vs raw Huey no-op tasks, same consumer settings."""
-    from czo_kit.events.queue import InProcessConsumer
-
-    handled = [0]
-    handled_at = [0.0]
-    lock = threading.Lock()
-
-    def on_event(payload: Any, ctx: Any) -> None:
-        with lock:
-            handled[0] += 1
-            handled_at[0] = time.perf_counter()
-
-    kit.events.on(BenchThroughput, on_event, id="bench-throughput")
-    out: dict[str, Any] = {"kit": [], "raw": [], "events": events, "workers": WORKERS,
-                           "pool_in_use": [pooled_in_use(kit)]}
-    order = ["raw", "kit", "kit", "raw"] if rounds > 1 else ["kit", "raw"]
-    for side in order[: 2 * rounds]:
-        if side == "kit":
-            _reset_outbox(kit)
-            handled[0] = 0
-            progress(f"throughput: emitting {events:,} async events")
-            started = time.perf_counter()
-            for i in range(events):
-                kit.events.emit_async(BenchThroughput(seq=i))
-            produced = time.perf_counter() - started
-            progress(f"throughput: kit consumer, {WORKERS} workers")
-            consumer = kit.consumer(workers=WORKERS, sweep_interval=3600)
-            started = time.perf_counter()
-            consumer.start()
-            try:
-                finished, stats = _wait_stats(kit, events, timeout=600)
-            finally:
-                consumer.stop()
-                out["pool_in_use"].append(pooled_in_use(kit))
-            elapsed = finished - started
-            if stats.get("done", 0) != events:
-                raise RuntimeError(f"only {stats} of {events} deliveries finished")
-            out["kit"].append({
-                "seconds": elapsed, "events_per_s": events / elapsed,
-                "handlers_done_s": handled_at[0] - started, "produce_per_s": events / produced,
-                "handled": handled[0],
-            })
-        else:
-            raw.huey.flush()
-            with raw.lock:
-                raw.count, raw.goal = 0, events
-                raw.done.clear()
-            for i in range(events):
-                raw.huey.enqueue(raw.count_task.s(i, priority=50))
-            progress(f"throughput: raw Huey consumer, {WORKERS} workers, {events:,} tasks")
-            consumer = InProcessConsumer(raw.huey, workers=WORKERS)
-            started = time.perf_counter()
-            consumer.start()
-            try:
-                if not raw.done.wait(timeout=600):
-                    raise RuntimeError(f"raw Huey ran only {raw.count} of {events} tasks")
-                elapsed = time.perf_counter() - started
-            finally:
-                consumer.stop()
-            out["raw"].append({"seconds": elapsed, "tasks_per_s": events / elapsed})
-    return out
-
-
 def _reset_outbox(kit: Any) -> None:
     from czo_kit.events.outbox import EVENT_MODELS
 
@@ -530,26 +474,6 @@ def latency(kit: Any, raw: RawHuey, *, count: int, progress: Callable[[str], Non
     return row
 
 
-def format_throughput(result: dict[str, Any], *, markdown: bool) -> str:
-    kit_rates = [r["events_per_s"] for r in result["kit"]]
-    raw_rates = [r["tasks_per_s"] for r in result["raw"]]
-    kit_rate = statistics.mean(kit_rates)
-    raw_rate = statistics.mean(raw_rates)
-    produce = statistics.mean(r["produce_per_s"] for r in result["kit"])
-    body = [
-        ["kit: async events delivered (dispatch + deliver tasks each)",
-         " / ".join(f"{v:,.0f}" for v in kit_rates), f"{kit_rate:,.0f}", f"{kit_rate / raw_rate:.2f}x"],
-        ["kit: Huey tasks run (2 per event)", " / ".join(f"{2 * v:,.0f}" for v in kit_rates),
-         f"{2 * kit_rate:,.0f}", f"{2 * kit_rate / raw_rate:.2f}x"],
-        ["raw Huey: no-op tasks", " / ".join(f"{v:,.0f}" for v in raw_rates), f"{raw_rate:,.0f}", "1.00x"],
-        ["raw Huey no-op tasks, BASELINES.md (4 threads)", "", f"{HUEY_BASELINES_TASKS_S:,}",
-         f"{HUEY_BASELINES_TASKS_S / raw_rate:.2f}x"],
-        ["kit: emit_async, producer side (one thread)", " / ".join(f"{r['produce_per_s']:,.0f}" for r in result["kit"]),
-         f"{produce:,.0f}", ""],
-    ]
-    return render(["per second", "runs", "mean", "vs raw Huey, this run"], body, markdown=markdown)
-
-
 # -- running ------------------------------------------------------------------------------
 
 
@@ -560,7 +484,7 @@ def run(
     schema: str = DEFAULT_SCHEMA,
     quick: bool = False,
     progress: Callable[[str], None] = lambda text: None,
-) -> tuple[list[tuple[str, list[Comparison]]], list[Check], list[str], dict[str, Any]]:
+) -> tuple[list[tuple[str, list[Comparison]]], list[Check], list[str], list[dict[str, Any]]]:
     import redis
 
     def n(full: int) -> int:
@@ -575,6 +499,7 @@ def run(
     rows += hooks
 
     queues = Queues()
+    app_name = f"czo_bench_{os.getpid()}"  # finds the kit's PostgreSQL backends for the CPU profile
     client = redis.Redis.from_url(redis_url)
     client.ping()
     _pg.fresh_schema(database_url, schema)
@@ -591,14 +516,21 @@ def run(
         kits["SQLite"] = make_kit(f"sqlite:///{tmp.name}/bench.sqlite3", redis_url, queues.sqlite)
         async_rows = emit_async_rows("SQLite", kits["SQLite"], raw, n, w, progress)
         kits.pop("SQLite").close()
-        kits["PostgreSQL"] = pg = make_kit(_pg.schema_url(database_url, schema), redis_url, queues.kit)
+        kits["PostgreSQL"] = pg = make_kit(
+            _pg.schema_url(database_url, schema) + "&" + urlencode({"application_name": app_name}), redis_url,
+            queues.kit,
+        )
         (path,) = pg.db.execute_sql("SHOW search_path").fetchone()
         if path.strip('"') != schema:
             raise RuntimeError(f"search_path is {path!r}, expected {schema!r}")
         async_rows += emit_async_rows("PostgreSQL", pg, raw, n, w, progress)
         _reset_outbox(pg)
-        result = throughput(pg, raw, events=200 if quick else THROUGHPUT_EVENTS, rounds=1 if quick else 2,
-                            progress=progress)
+        results = throughput_module.throughput(
+            pg, raw, client, event=BenchThroughput, reset=_reset_outbox, in_use=pooled_in_use,
+            events=200 if quick else THROUGHPUT_EVENTS, workers=THROUGHPUT_THREADS, rounds=1 if quick else 2,
+            app_name=app_name, progress=progress,
+        )
+        result = results[-1]
         latency_row = latency(pg, raw, count=20 if quick else LATENCY_EVENTS, progress=progress,
                               pool_log=result["pool_in_use"])
         kits.pop("PostgreSQL").close()
@@ -620,6 +552,7 @@ def run(
     sqlite_enqueue = next(r for r in async_rows if "SQLite" in r.operation)
     hooks_row = hooks[0]
     kit_rate = statistics.mean(r["events_per_s"] for r in result["kit"])
+    raw_rate = statistics.mean(r["tasks_per_s"] for r in result["raw"])
     checks = [
         Check("emit typed Event, 10 handlers: p99", by_name["emit typed Event, 10 handlers"].kit.p99, EMIT10_P99_LIMIT),
         Check("emit by name + mapping, 10 handlers: p99", by_name["emit by name + mapping, 10 handlers"].kit.p99,
@@ -632,9 +565,10 @@ def run(
     notes = [
         f"HookRegistry.run overhead over the plain call: p50 {hooks_row.kit.p50 - hooks_row.base.p50:.1f} µs, "
         f"p99 {hooks_row.kit.p99 - hooks_row.base.p99:.1f} µs.",
-        f"End-to-end: {result['events']:,} async events, one no-op subscriber, in-process consumer with "
-        f"{WORKERS} worker threads, PostgreSQL outbox, Redis queue; timed from consumer start until "
-        f"outbox.stats() shows every delivery done (polled every 20 ms). Kit: {kit_rate:,.0f} events/s.",
+        f"End-to-end: {result['events']:,} async events, one no-op subscriber, one consumer (this process) "
+        f"with 1 and {result['workers']} worker threads, PostgreSQL outbox, Redis queue; timed from consumer "
+        f"start until every handler ran and outbox.stats() shows every delivery done. Kit with "
+        f"{result['workers']} threads: {kit_rate:,.0f} events/s, {kit_rate / raw_rate:.2f}x raw Huey.",
         "PostgreSQL pool connections checked out, at the start and after each kit consumer stopped: "
         + " → ".join(str(v) for v in result["pool_in_use"])
         + " (the kit's default pool of 10; a stopped consumer's workers and sweeper give theirs back).",
@@ -656,7 +590,8 @@ def run(
         Check(f"{row.operation}: p50 vs empty tables", row.ratio, RETENTION_RATIO_LIMIT, unit="x")
         for row in retention if row.operation.startswith(("emit_async", "worker"))
     ]
-    return sections, checks, notes, result
+    checks += throughput_checks(results)
+    return sections, checks, notes, results
 
 
 QUICK_OLD_ROWS = 20_000
@@ -700,11 +635,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"scratch schema (default {DEFAULT_SCHEMA})")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    parser.add_argument("--only", choices=["shop-emit"], help="run one part only: shop-emit (emit of a shop "
-                        "event through a kit vs blinker, on PostgreSQL and SQLite)")
+    parser.add_argument("--only", choices=["shop-emit", "throughput"], help="run one part only: shop-emit "
+                        "(emit of a shop event through a kit vs blinker, on PostgreSQL and SQLite); throughput "
+                        "(async events end to end vs raw Huey, with --events, --threads, --profile)")
+    parser.add_argument("--events", type=int, default=THROUGHPUT_EVENTS,
+                        help=f"--only throughput: events per run (default {THROUGHPUT_EVENTS:,})")
+    parser.add_argument("--threads", default=",".join(map(str, THROUGHPUT_THREADS)),
+                        help="--only throughput: consumer thread counts, comma-separated (default 1,4)")
+    parser.add_argument("--rounds", type=int, default=2, help="--only throughput: runs of each side (default 2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the CPU per event by stage (producer, relay, worker, PostgreSQL, Redis)")
     args = parser.parse_args(argv)
     if args.only == "shop-emit":
         return _main_shop_emit(args)
+    if args.only == "throughput":
+        return _main_throughput(args)
     import peewee
     import psycopg2
     import redis
@@ -713,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(["blinker", "pluggy", "huey", "redis", "msgspec", "peewee", "psycopg2-binary"])
     started = time.monotonic()
     try:
-        sections, checks, notes, result = run(
+        sections, checks, notes, results = run(
             redis_url, database_url, schema=args.schema, quick=args.quick,
             progress=lambda text: print(text, file=sys.stderr, flush=True),
         )
@@ -725,14 +670,77 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     elapsed = time.monotonic() - started
-    throughput_table = format_throughput(result, markdown=args.markdown)
-    print(compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed,
-                         tables=[("End-to-end throughput", throughput_table)]))
+    tables = [("End-to-end throughput", throughput_module.format_throughput(results, markdown=args.markdown))]
+    if args.profile:
+        profile = throughput_module.format_profile(results, markdown=args.markdown)
+        tables.append(("CPU per event by stage (ms)", profile))
+    print(compose_report(env, sections, checks, notes=notes, markdown=args.markdown, elapsed=elapsed, tables=tables))
     rows = [row for _, section in sections for row in section]
     if args.json:
         write_json(args.json, env=env, quick=args.quick, sections=sections, checks=checks, notes=notes,
-                   throughput=result)
+                   throughput=results)
     return 1 if any("mismatch" in row.extra for row in rows) else 0
+
+
+def throughput_checks(results: Sequence[dict[str, Any]]) -> list[Check]:
+    checks = []
+    for result in results:
+        kit = statistics.mean(r["events_per_s"] for r in result["kit"])
+        raw = statistics.mean(r["tasks_per_s"] for r in result["raw"])
+        checks.append(Check(f"async events end to end, {result['workers']} thread(s): kit / raw Huey (at least)",
+                            kit / raw, THROUGHPUT_TARGET, unit="x", at_least=True))
+    return checks
+
+
+def _main_throughput(args: argparse.Namespace) -> int:
+    """Only the end-to-end throughput (kit vs raw Huey), on PostgreSQL and Redis."""
+    import redis
+
+    redis_url, database_url = _pg.redis_url(), _pg.database_url()
+    env = environment(["huey", "redis", "msgspec", "peewee", "psycopg2-binary"])
+    started = time.monotonic()
+    queues = Queues()
+    app_name = f"czo_bench_{os.getpid()}"
+    client = redis.Redis.from_url(redis_url)
+    schema = args.schema + "_throughput"
+    _pg.fresh_schema(database_url, schema)
+    progress = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    raw = RawHuey(redis_url, queues.raw)
+    kit = make_kit(_pg.schema_url(database_url, schema) + "&" + urlencode({"application_name": app_name}),
+                   redis_url, queues.kit)
+    try:
+        kit.create_kit_tables()
+        results = throughput_module.throughput(
+            kit, raw, client, event=BenchThroughput, reset=_reset_outbox, in_use=pooled_in_use,
+            events=40 if args.quick else args.events,
+            workers=[int(n) for n in args.threads.split(",")], rounds=1 if args.quick else args.rounds,
+            app_name=app_name, progress=progress,
+        )
+    finally:
+        kit.close()
+        raw.huey.storage.close()
+        _pg.delete_redis_keys(client, [queues.pattern])
+        client.close()
+        _pg.drop_schema(database_url, schema)
+    tables = [("End-to-end throughput", throughput_module.format_throughput(results, markdown=args.markdown))]
+    if args.profile:
+        profile = throughput_module.format_profile(results, markdown=args.markdown)
+        tables.append(("CPU per event by stage (ms)", profile))
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    notes = [
+        f"{results[0]['events']:,} events per run, one no-op subscriber; one consumer in this process; "
+        "PostgreSQL outbox, Redis queue; sides alternate raw, kit, kit, raw.",
+        "CPU from /proc: the producer is this process's main thread, the relay its thread, the worker this "
+        "process while the consumer ran; PostgreSQL the kit's backends (by application_name); Redis its INFO "
+        "cpu, which counts every client of a shared server.",
+        f"load average (1, 5, 15 min) at the end: {load}",
+    ]
+    print(compose_report(env, [], throughput_checks(results), notes=notes, markdown=args.markdown,
+                         elapsed=time.monotonic() - started, tables=tables))
+    if args.json:
+        write_json(args.json, env=env, quick=args.quick, sections=[], checks=throughput_checks(results), notes=notes,
+                   throughput=results)
+    return 0
 
 
 def _main_shop_emit(args: argparse.Namespace) -> int:

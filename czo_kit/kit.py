@@ -186,6 +186,7 @@ class Kit:
             relay_grace=min(10.0, settings.events_lease),
             shutdown_timeout=settings.events_shutdown_timeout,
             retention=settings.events_retention,
+            dispatch_batch=settings.events_dispatch_batch,
         )
         self.deliverer: InProcessDeliverer | None = None
         enqueuer: Enqueuer

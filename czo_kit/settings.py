@@ -108,6 +108,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events_lease: Seconds = 300.0
     """Seconds an async handler may run before its delivery is presumed lost and re-run."""
 
+    events_dispatch_batch: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
+    """Most committed async events the relay hands to the queue in one dispatch task; a worker
+    dispatches them and runs their quick handlers in that task. ``1``: one task per event, the
+    only kind workers older than the batch task run (set it during a rolling deploy from such
+    a release, until every worker runs this one)."""
+
     events_sweep_interval: Seconds = 30.0
     """Seconds between two sweeps for events a crash left behind."""
 

@@ -105,6 +105,7 @@ def test_the_sweep_does_not_flood_a_queue_that_still_has_a_backlog(
 
     from czo_kit.db.model import utcnow
     from czo_kit.events.outbox import EventDelivery, EventOutbox
+    from czo_kit.events.queue import DELIVER_TASK
 
     settings = settings_for(sqlite_url, queue_url=f"sqlite:///{tmp_path / 'q.sqlite3'}", plugins=())
     with Kit(settings) as kit:
@@ -119,9 +120,11 @@ def test_the_sweep_does_not_flood_a_queue_that_still_has_a_backlog(
             kit.outbox.dispatch(row.event_id)
         long_ago = utcnow() - dt.timedelta(seconds=kit.outbox.settings.lease + 60)
         EventDelivery.update(updated_at=long_ago).execute(kit.db)  # queued for "too long"
-        assert kit.queue.pending_count() == 10  # 5 dispatch and 5 deliver tasks still wait
+        waiting = kit.queue.pending_count()  # the 5 events' dispatch task(s) and 5 deliver tasks
+        assert len(kit.queue_tasks.queued_events()) == 5
+        assert sum(1 for task in kit.queue.pending() if task.name == DELIVER_TASK) == 5
         assert kit.outbox.sweep().get("requeued") == 0  # a backlog: nothing re-queued
-        assert kit.queue.pending_count() == 10
+        assert kit.queue.pending_count() == waiting
         kit.queue.flush()  # now the tasks really are gone
         assert kit.outbox.sweep()["requeued"] == 5
         assert kit.queue.pending_count() == 5

@@ -57,8 +57,19 @@ class Relay:
         kept: str = "the outbox",
         thread_name: str = "czo-outbox-relay",
         logger: logging.Logger = log,
+        relay_many: Callable[[list[Any]], None] | None = None,
+        many: int = 1,
+        linger: float = 0.0,
     ) -> None:
         self.relay = relay
+        self.relay_many = relay_many
+        """Hands over several items at once (all or none; raises if not taken): items held
+        together whose elements after the first are equal, up to ``many`` of them."""
+        self.many = max(1, many)
+        self.linger = linger
+        """Seconds between two hand-offs at most as often (with ``relay_many``): an item
+        committed right after a hand-off waits for the rest of it, so that a burst goes to the
+        queue in batches that grow with its rate; an item after a quiet spell goes at once."""
         self.mark = mark
         self.what = what
         self.kept = kept
@@ -79,6 +90,7 @@ class Relay:
         self._marks: list[Any] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
+        self._mark_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,12 +119,18 @@ class Relay:
 
     def _run(self) -> None:
         last_mark = time.monotonic()
+        last_handoff = 0.0
         while not self._stop.is_set():
             down = self._down_since is not None
             self._wake.wait(max(0.0, self._next_try - time.monotonic()) if down else self.mark_interval)
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if self.linger > 0 and not down and self._todo:
+                rest = last_handoff + self.linger - time.monotonic()
+                if rest > 0 and self._stop.wait(rest):
+                    break
+                last_handoff = time.monotonic()
             self._relay_pending()
             now = time.monotonic()
             if self._marks and (len(self._marks) >= self.batch or now - last_mark >= self.mark_interval):
@@ -128,25 +146,43 @@ class Relay:
                 todo, self._todo = self._todo, []
             done = 0
             try:
-                for item, committed in todo:
+                while done < len(todo):
                     if self._abandoned or (self._deadline is not None and time.monotonic() >= self._deadline):
                         break
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
                         break
+                    group = self._group(todo, done)
                     try:
-                        self.relay(*item)
+                        if len(group) == 1:
+                            self.relay(*group[0][0])
+                        else:
+                            assert self.relay_many is not None
+                            self.relay_many([item for item, _ in group])
                     except Exception as exc:
                         self._failed(exc, len(todo) - done + len(self._todo))
                         break
-                    _metrics.outbox_relayed(self, committed)
+                    for item, committed in group:
+                        _metrics.outbox_relayed(self, committed)
                     if self._down_since is not None:
                         self._recovered(len(todo) - done)
-                    self._marks.append(item[0])
-                    done += 1
+                    self._marks.extend(item[0] for item, _ in group)
+                    done += len(group)
             finally:
                 if done < len(todo):
                     with self._lock:  # back in front of what was added meanwhile: commit order
                         self._todo[:0] = todo[done:]
+
+    def _group(self, todo: list[_Held], start: int) -> list[_Held]:
+        """The items from ``start`` that go to the queue together: one without
+        ``relay_many``, else the next ones alike after their first element (for the outbox:
+        same delay and priority), commit order kept."""
+        if self.relay_many is None or self.many == 1:
+            return todo[start : start + 1]
+        tail = todo[start][0][1:]
+        end = start + 1
+        while end < len(todo) and end - start < self.many and todo[end][0][1:] == tail:
+            end += 1
+        return todo[start:end]
 
     def _failed(self, exc: Exception, held: int) -> None:
         if self._abandoned:
@@ -175,15 +211,18 @@ class Relay:
         self._down_since = None
 
     def _mark(self) -> None:
-        with self._relay_lock:
-            ids, self._marks = self._marks, []
-        if ids and not self._abandoned:
-            try:
-                self.mark(ids)
-            except Exception as exc:
-                self.log.warning(
-                    "could not mark %d relayed %s (%r); the sweep may queue them twice", len(ids), self.what, exc
-                )
+        # One marking at a time: a flush() waits for the relay thread's marks under way, so
+        # that what it relayed is marked when flush() returns.
+        with self._mark_lock:
+            with self._relay_lock:
+                ids, self._marks = self._marks, []
+            if ids and not self._abandoned:
+                try:
+                    self.mark(ids)
+                except Exception as exc:
+                    self.log.warning(
+                        "could not mark %d relayed %s (%r); the sweep may queue them twice", len(ids), self.what, exc
+                    )
 
     def flush(self, *, mark: bool = True) -> None:
         """Relay (and mark) everything held, in the calling thread, even during an outage."""

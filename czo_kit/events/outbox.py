@@ -6,9 +6,16 @@ The life of an event::
 
     emit_async  -> outbox row, with the subscribers the producer knows         state pending
                    (same transaction as the business write)
-    commit      -> relay enqueues a dispatch task, marks the row               state queued
-    dispatch    -> one delivery row per subscriber, those recorded by the      state dispatched
-                   producer and the worker's own, one deliver task each
+    commit      -> relay enqueues a dispatch task for the events committed     state queued
+                   together (up to ``dispatch_batch``), marks the rows
+    dispatch    -> in one transaction: the rows marked, one delivery row per   state dispatched
+                   subscriber, those recorded by the producer and the
+                   worker's own; the worker's own are created claimed
+                   (running, a lease), the others queued with a deliver task
+    run         -> the claimed ones run in that task, one after the other:     done | retry | dead
+                   each start counted (attempts) in the round trip that
+                   records the previous success; past ``batch_budget`` the
+                   rest go back to the queue, one deliver task each
     deliver     -> claim (queued/retry/waiting -> running, with a lease), run,  done | retry | dead
                    record; a worker without the subscriber hands it back        | waiting
 
@@ -27,8 +34,9 @@ import os
 import random
 import shlex
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +44,12 @@ import msgspec
 import peewee
 
 from czo_kit._faults import fault_point
-from czo_kit.db._sql import Slot, model_info
+from czo_kit.db._sql import Slot, SqlTemplate, model_info
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
 from czo_kit.db.transactions import on_commit
 from czo_kit.events._admin import OutboxAdmin
+from czo_kit.events._batch import Batch, BatchWatch
 from czo_kit.events._models import (
     DELIVERY_LIVE,
     EVENT_MODELS,
@@ -85,6 +94,16 @@ class OutboxSettings:
     the relay still holds; the rest stay pending for the sweep."""
     retention: float = 7 * 86400.0
     """Seconds finished rows are kept before ``prune()`` deletes them."""
+    dispatch_batch: int = 50
+    """Most committed events the relay hands to the queue in one dispatch task (a worker then
+    dispatches them and runs their handlers together); 1 sends one task per event, the only
+    kind workers older than the batch task run."""
+    batch_budget: float = 0.2
+    """Seconds a worker runs the handlers of a dispatch batch alone: then it hands what it has
+    not started back to the queue, for every worker to share."""
+    relay_linger: float = 0.02
+    """Seconds between two hand-offs of the relay at least: events committed meanwhile go in
+    one task (a burst in batches; an event after a quiet spell goes at once)."""
 
 
 class Enqueuer:
@@ -95,6 +114,11 @@ class Enqueuer:
 
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         raise NotImplementedError
+
+    def dispatch_many(self, event_ids: list[str], *, delay: float, priority: int) -> None:
+        """Queue the dispatch of several events as one task (one task each by default)."""
+        for event_id in event_ids:
+            self.dispatch(event_id, delay=delay, priority=priority)
 
     def pending(self) -> int:
         """How many tasks wait in the queue (0 if unknown)."""
@@ -155,8 +179,13 @@ class Outbox(OutboxAdmin):
         self._warned: set[str] = set()  # subscribers this worker said it does not have
         self._warn_lock = threading.Lock()
         self._sweep_lock = threading.Lock()
+        self._relaxed_templates: dict[str, SqlTemplate] = {}
+        self._watch = BatchWatch(self._release_claims, after=self._release_connection)
         self._tables_ready = False
-        self._relayer = Relay(self._relay, self._mark_queued, shutdown_timeout=self.settings.shutdown_timeout)
+        self._relayer = Relay(
+            self._relay, self._mark_queued, shutdown_timeout=self.settings.shutdown_timeout,
+            relay_many=self._relay_many, many=self.settings.dispatch_batch, linger=self.settings.relay_linger,
+        )
 
     def ensure_tables(self) -> None:
         """Make the event tables exist (they are the kit's own, not a module's), so that the
@@ -233,16 +262,31 @@ class Outbox(OutboxAdmin):
         fault_point("events.relay")  # tests kill the producer here: committed, not queued
         self.queue.dispatch(event_id, delay=delay, priority=priority)
 
+    def _relay_many(self, items: list[tuple[str, float, int]]) -> None:
+        """Queue the dispatch of committed events sharing a delay and a priority as one task;
+        raises if the queue did not take it (then none of them is queued)."""
+        fault_point("events.relay")
+        _, delay, priority = items[0]
+        self.queue.dispatch_many([item[0] for item in items], delay=delay, priority=priority)
+
     def _mark_queued(self, ids: list[str]) -> None:
-        """Tell the sweep these events are in the queue (500 per statement)."""
+        """Tell the sweep these events are in the queue (512 per statement)."""
         opened = self.db.is_closed()  # leave a caller's own connection open (flush from its thread)
+        info = model_info(EventOutbox, self.db)
         try:
-            for start in range(0, len(ids), 500):
-                (
-                    EventOutbox.update(state="queued", updated_at=utcnow())
-                    .where(EventOutbox.event_id.in_(ids[start : start + 500]) & (EventOutbox.state == "pending"))
-                    .execute(self.db)
+            for start in range(0, len(ids), _IN_MAX):
+                chunk = ids[start : start + _IN_MAX]
+                size, keys = _in_slots(chunk)
+                template = info.template(
+                    ("outbox_queued", size),
+                    lambda: EventOutbox.update(
+                        {
+                            EventOutbox.state: "queued",
+                            EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value),
+                        }
+                    ).where(_in_clause(EventOutbox.event_id, size) & (EventOutbox.state == "pending")),
                 )
+                info.execute(template, {"now": utcnow(), **keys})
         finally:
             if opened and not self.db.is_closed() and not self.db.in_transaction():
                 self.db.close()
@@ -350,6 +394,234 @@ class Outbox(OutboxAdmin):
             log.warning("delivery %s could not run now (%r); it is queued for another try", delivery_id, exc)
             self.queue.deliver(delivery_id, delay=self.settings.retry_base, priority=priority)
 
+    # -- the batch path: dispatch and run in one worker task ------------------------------
+
+    def dispatch_many(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """What a worker does with a dispatch task (of one event or a batch): in one
+        transaction, mark the events dispatched and create their deliveries, those of the
+        subscribers this worker has already claimed (``running``, attempt 1, a lease), the
+        others ``queued`` with a deliver task each for a worker that has them; then run the
+        claimed ones here (see ``_run_batch``). Events already dispatched are left alone (a
+        duplicate task). Returns how many deliveries ended in each state.
+
+        A worker killed meanwhile leaves ``running`` rows whose lease runs out: the sweep runs
+        them again, as for a single delivery (those not started yet are at attempt 0)."""
+        self.ensure_tables()
+        counts: dict[str, int] = {}
+        for start in range(0, len(event_ids), _IN_MAX):
+            self._dispatch_chunk([str(e) for e in event_ids[start : start + _IN_MAX]], counts)
+        return counts
+
+    def _dispatch_chunk(self, ids: list[str], counts: dict[str, int]) -> None:
+        info = model_info(EventOutbox, self.db)
+        size, keys = _in_slots(ids)
+        mark = info.template(
+            ("outbox_dispatch_many", size),
+            lambda: EventOutbox.update(
+                {EventOutbox.state: "dispatched", EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value)}
+            )
+            .where(_in_clause(EventOutbox.event_id, size) & OUTBOX_LIVE)
+            .returning(*info.fields),
+        )
+        now = utcnow()
+        lease = now + dt.timedelta(seconds=self.settings.lease)
+        planned: dict[tuple[str, str], Subscription | None] = {}  # (event id, subscriber) -> own subscription
+        with self.db.atomic():
+            # The update locks the rows it marks: a concurrent dispatch of the same event waits,
+            # then finds it dispatched and leaves it.
+            marked = info.execute(self._relaxed(mark), {"now": now, **keys}).fetchall()
+            events = {str(e.event_id): e for e in map(info.load, marked)}
+            rows: list[dict[str, Any]] = []
+            seen: set[str] = set()  # an id repeated in one task is dispatched once
+            started = False
+            for event_id in ids:
+                event = events.get(event_id)
+                if event is None or event_id in seen:
+                    continue
+                seen.add(event_id)
+                own = [s for s in self.emitter.subscribers(event.name) if not s.once or self.emitter.claim_once(s)]
+                subscribers: list[tuple[str, Subscription | None]] = [(s.id, s) for s in own]
+                if event.subscribers:
+                    mine = {s.id for s in own}
+                    recorded = msgspec.json.decode(event.subscribers, type=list[str])
+                    subscribers += [
+                        (sub_id, None) for sub_id in (f"{event.name}|{base}" for base in recorded) if sub_id not in mine
+                    ]
+                for sub_id, sub in subscribers:
+                    planned[(event_id, sub_id)] = sub
+                    first = sub is not None and not started
+                    started = started or first
+                    rows.append({
+                        "event_id": event_id, "subscriber": sub_id,
+                        "state": "running" if sub is not None else "queued",
+                        "attempts": 1 if first else 0,  # the first runs at once; the rest are started in turn
+                        "lease_until": lease if sub is not None else None,
+                        "max_attempts": event.retries + 1, "priority": event.priority, "now": now,
+                    })
+            created = self._insert_deliveries(rows) if rows else []
+        claimed: list[tuple[EventDelivery, EventOutbox, Subscription]] = []
+        for delivery in created:
+            sub = planned.get((str(delivery.event_id), delivery.subscriber))
+            if delivery.state == "running" and sub is not None:
+                claimed.append((delivery, events[str(delivery.event_id)], sub))
+            else:
+                self.queue.deliver(int(delivery.id), delay=0, priority=int(delivery.priority))
+                counts["queued"] = counts.get("queued", 0) + 1
+        if len(created) < len(rows):
+            # Some deliveries existed already (a dispatch of old code raced this one): queue
+            # those still waiting; claiming makes any duplicate harmless.
+            made = {(str(d.event_id), d.subscriber) for d in created}
+            for event_id in {row["event_id"] for row in rows if (row["event_id"], row["subscriber"]) not in made}:
+                for delivery_id, priority in (
+                    EventDelivery.select(EventDelivery.id, EventDelivery.priority)
+                    .where((EventDelivery.event_id == event_id) & (EventDelivery.state == "queued"))
+                    .tuples()
+                    .execute(self.db)
+                ):
+                    self.queue.deliver(int(delivery_id), delay=0, priority=int(priority))
+                    counts["queued"] = counts.get("queued", 0) + 1
+        claimed.sort(key=lambda item: -int(item[0].attempts))  # the one inserted started runs first
+        self._run_batch(claimed, counts)
+
+    def _insert_deliveries(self, rows: list[dict[str, Any]]) -> list[EventDelivery]:
+        """Insert delivery rows (duplicates of existing ones are skipped), in statements of a
+        few compiled sizes; the rows created, in full."""
+        info = model_info(EventDelivery, self.db)
+        created: list[EventDelivery] = []
+        for start in range(0, len(rows), _INSERT_MAX):
+            chunk = rows[start : start + _INSERT_MAX]
+            size = _bucket(len(chunk))
+            chunk += [chunk[-1]] * (size - len(chunk))  # a repeated row is skipped as a conflict
+            template = info.template(("delivery_insert_many", size), lambda: _delivery_insert(info, size))
+            values = {f"{name}{i}": value for i, row in enumerate(chunk) for name, value in row.items()}
+            created += info.load_all(info.execute(template, values).fetchall())
+        return created
+
+    def _run_batch(
+        self, claimed: list[tuple[EventDelivery, EventOutbox, Subscription]], counts: dict[str, int]
+    ) -> None:
+        """Run claimed deliveries one after the other. The first was inserted started
+        (attempt 1); each next one is started (its attempt counted, its lease renewed) in the
+        round trip that records the previous one's success, so that a worker killed here
+        leaves one delivery run twice at most, as a single delivery would: those done are
+        recorded, those not started are still at attempt 0 and run once when their lease runs
+        out. A failure is recorded on its own (retry or dead). Once the batch has run for
+        ``settings.batch_budget``, the watch hands what it has not started back to the queue
+        (slow handlers are shared by every worker)."""
+        if not claimed:
+            return
+        batch = Batch([d for d, _, _ in claimed], time.monotonic() + self.settings.batch_budget)
+        batch.take(0)  # the first runs at once
+        if len(claimed) > 1:
+            self._watch.watch(batch)
+        succeeded: tuple[int, Subscription] | None = None  # recorded with the next start
+        try:
+            for n, (delivery, event, sub) in enumerate(claimed):
+                if n > 0 and not batch.take(n):
+                    break  # the watch handed the rest back to the queue
+                if delivery.attempts == 0:  # not started yet (all but the first, as a rule)
+                    self._finish_and_start(succeeded[0] if succeeded else None, int(delivery.id))
+                    delivery.attempts = 1
+                elif succeeded is not None:
+                    self._finish_and_start(succeeded[0], None)
+                if succeeded is not None:
+                    self._succeeded(succeeded[1], counts)
+                    succeeded = None
+                state = self._run_claimed(delivery, event, sub)
+                if state == "done":
+                    succeeded = (int(delivery.id), sub)
+                else:
+                    counts[state] = counts.get(state, 0) + 1
+        finally:
+            if batch.released:
+                counts["queued"] = counts.get("queued", 0) + len(claimed) - batch.next
+            batch.finish()
+            self._watch.unwatch(batch)
+            if succeeded is not None:
+                self._finish_and_start(succeeded[0], None)
+                self._succeeded(succeeded[1], counts)
+
+    def _succeeded(self, sub: Subscription, counts: dict[str, int]) -> None:
+        counts["done"] = counts.get("done", 0) + 1
+        self.emitter.release_once(sub)
+
+    def _finish_and_start(self, done_id: int | None, start_id: int | None) -> None:
+        """Record a success and start the next claimed delivery, in one round trip."""
+        info = model_info(EventDelivery, self.db)
+        now = utcnow()
+        statements: list[tuple[SqlTemplate, dict[str, Any]]] = []
+        if done_id is not None:
+            statements.append((self._done_template(), {"now": now, "id": done_id}))
+        if start_id is not None:
+            start = info.template(
+                ("start",),
+                lambda: EventDelivery.update(
+                    {
+                        EventDelivery.attempts: EventDelivery.attempts + 1,
+                        EventDelivery.lease_until: Slot("lease", EventDelivery.lease_until.db_value),
+                        EventDelivery.updated_at: Slot("now", EventDelivery.updated_at.db_value),
+                    }
+                ).where((EventDelivery.id == Slot("id")) & (EventDelivery.state == "running")),
+            )
+            lease = now + dt.timedelta(seconds=self.settings.lease)
+            statements.append((start, {"now": now, "lease": lease, "id": start_id}))
+        if self._pg and not self.db.in_transaction():
+            self._relaxed_autocommit(statements)
+        else:
+            for template, values in statements:
+                info.execute(template, values)
+
+    # PostgreSQL waits for the disk at every commit (synchronous_commit), which costs more than
+    # all the rest of a batch on a busy server. The worker's own commits (dispatched, done) may
+    # skip that wait: a crash of the server can only lose the last of them, and losing one
+    # only runs work again (the event is dispatched again, the delivery's lease runs out),
+    # never skips it: at-least-once holds. The WAL is written in order, so a commit that
+    # waits (a handler's, a producer's) makes every earlier one durable too. Never for a
+    # caller's transaction, nor for the producer's outbox row.
+    _RELAXED = "SET LOCAL synchronous_commit TO OFF; "
+
+    @property
+    def _pg(self) -> bool:
+        return isinstance(self.db, peewee.PostgresqlDatabase)
+
+    def _relaxed(self, template: SqlTemplate) -> SqlTemplate:
+        """``template`` run first thing in the worker's own transaction, which then commits
+        without waiting for the disk (PostgreSQL; elsewhere ``template`` itself)."""
+        if not self._pg or self.db.transaction_depth() != 1:
+            return template
+        relaxed = self._relaxed_templates.get(template.sql)
+        if relaxed is None:
+            relaxed = object.__new__(SqlTemplate)
+            relaxed.sql, relaxed.plan = self._RELAXED + template.sql, template.plan
+            if len(self._relaxed_templates) < 64:
+                self._relaxed_templates[template.sql] = relaxed
+        return relaxed
+
+    def _relaxed_autocommit(self, statements: list[tuple[SqlTemplate, dict[str, Any]]]) -> None:
+        """Run statements in a transaction of their own that commits without waiting for the
+        disk, in one round trip (PostgreSQL, outside any transaction)."""
+        sql = "BEGIN; " + self._RELAXED + "; ".join(t.sql for t, _ in statements) + "; COMMIT"
+        params = [p for template, values in statements for p in template.params(values)]
+        try:
+            self.db.execute_sql(sql, params)
+        except Exception:
+            try:  # a statement failed inside the block: end it before the connection is reused
+                self.db.execute_sql("ROLLBACK")
+            except Exception:
+                log.debug("could not roll back a failed worker statement", exc_info=True)
+            raise
+
+    def _release_claims(self, deliveries: list[EventDelivery]) -> None:
+        """Give claimed deliveries not started (attempt 0) back to the queue (the watch's
+        thread)."""
+        EventDelivery.update(
+            state="queued", lease_until=None, updated_at=utcnow()
+        ).where(
+            EventDelivery.id.in_([d.id for d in deliveries]) & (EventDelivery.state == "running")
+        ).execute(self.db)
+        for delivery in deliveries:
+            self.queue.deliver(int(delivery.id), delay=0, priority=int(delivery.priority))
+
     def _claim(self, delivery_id: int) -> EventDelivery | None:
         now = utcnow()
         info = model_info(EventDelivery, self.db)
@@ -372,9 +644,13 @@ class Outbox(OutboxAdmin):
         ).fetchone()
         return info.load(row) if row is not None else None
 
-    def _done(self, delivery_id: int) -> None:
+    def _release_connection(self) -> None:
+        if not self.db.is_closed() and not self.db.in_transaction():
+            self.db.close()
+
+    def _done_template(self) -> SqlTemplate:
         info = model_info(EventDelivery, self.db)
-        template = info.template(
+        return info.template(
             ("done",),
             lambda: EventDelivery.update(
                 {
@@ -385,7 +661,9 @@ class Outbox(OutboxAdmin):
                 }
             ).where(EventDelivery.id == Slot("id")),
         )
-        info.execute(template, {"now": utcnow(), "id": int(delivery_id)})
+
+    def _done(self, delivery_id: int) -> None:
+        model_info(EventDelivery, self.db).execute(self._done_template(), {"now": utcnow(), "id": int(delivery_id)})
 
     def deliver(self, delivery_id: int) -> str:
         """Run one delivery if it is still due; returns the state it ends in (or ``skipped``)."""
@@ -399,6 +677,15 @@ class Outbox(OutboxAdmin):
         sub = self.emitter.subscription(delivery.subscriber)
         if sub is None:
             return self._hand_back(delivery, event)
+        state = self._run_claimed(delivery, event, sub)
+        if state == "done":
+            self._done(int(delivery.id))
+            self.emitter.release_once(sub)
+        return state
+
+    def _run_claimed(self, delivery: EventDelivery, event: EventOutbox, sub: Subscription) -> str:
+        """Run a claimed delivery's handler: ``done`` (for the caller to record), or the
+        failure recorded here (``retry`` or ``dead``)."""
         ctx = EventContext(
             event_id=event.event_id,
             name=event.name,
@@ -420,8 +707,6 @@ class Outbox(OutboxAdmin):
             if delivery.attempts >= delivery.max_attempts:
                 self.emitter.release_once(sub)
             return self._retry_or_die(delivery, event, repr(exc), format_traceback(exc))
-        self._done(int(delivery.id))
-        self.emitter.release_once(sub)
         return "done"
 
     def _hand_back(self, delivery: EventDelivery, event: EventOutbox) -> str:
@@ -620,6 +905,59 @@ class Outbox(OutboxAdmin):
         for delivery_id, priority in found:
             self.queue.deliver(delivery_id, delay=0, priority=priority)
         return len(found)
+
+
+_IN_MAX = 512
+"""Most values in one compiled ``IN (...)`` list."""
+_INSERT_MAX = 128
+"""Most delivery rows in one compiled insert."""
+
+
+def _bucket(n: int) -> int:
+    """The compiled size that holds ``n`` values: the next power of two (a few shapes only)."""
+    size = 1
+    while size < n:
+        size *= 2
+    return size
+
+
+def _in_slots(values: Sequence[Any]) -> tuple[int, dict[str, Any]]:
+    """``values`` as the slots ``k0``... of an ``IN`` list of a compiled size, padded with
+    the last value (a repeat changes nothing)."""
+    size = _bucket(len(values))
+    keys = {f"k{i}": value for i, value in enumerate(values)}
+    last = values[-1]
+    for i in range(len(values), size):
+        keys[f"k{i}"] = last
+    return size, keys
+
+
+def _in_clause(field: peewee.Field, size: int) -> peewee.Expression:
+    return field.in_([Slot(f"k{i}") for i in range(size)])
+
+
+def _delivery_insert(info: Any, size: int) -> peewee.Node:
+    fields = info.field_map
+    lease = fields["lease_until"]
+    stamp = fields["created_at"]
+    return (
+        EventDelivery.insert_many([
+            {
+                fields["event_id"]: Slot(f"event_id{i}"),
+                fields["subscriber"]: Slot(f"subscriber{i}"),
+                fields["state"]: Slot(f"state{i}"),
+                fields["attempts"]: Slot(f"attempts{i}"),
+                lease: Slot(f"lease_until{i}", lease.db_value),
+                fields["max_attempts"]: Slot(f"max_attempts{i}"),
+                fields["priority"]: Slot(f"priority{i}"),
+                stamp: Slot(f"now{i}", stamp.db_value),
+                fields["updated_at"]: Slot(f"now{i}", stamp.db_value),
+            }
+            for i in range(size)
+        ])
+        .on_conflict_ignore()
+        .returning(*info.fields)
+    )
 
 
 def idempotent(db: peewee.Database, *, key: Callable[[EventContext], str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

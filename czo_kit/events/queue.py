@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     from czo_kit.events._heartbeat import Heartbeat
     from czo_kit.events.outbox import Outbox
 
-__all__ = ["DISPATCH_TASK", "DELIVER_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer", "Sweeper"]
+__all__ = [
+    "DELIVER_TASK", "DISPATCH_MANY_TASK", "DISPATCH_TASK", "HueyQueue", "InProcessConsumer", "MsgspecSerializer",
+    "Sweeper",
+]
 
 log = logging.getLogger("czo_kit.events")
 
 DISPATCH_TASK = "czo_events_dispatch"
+DISPATCH_MANY_TASK = "czo_events_dispatch_many"
 DELIVER_TASK = "czo_events_deliver"
 WEBHOOK_TASK = "czo_webhooks_deliver"
 
@@ -114,8 +118,14 @@ class HueyQueue(Enqueuer):
         self.outbox: Outbox | None = None
         self.webhooks: Any = None
 
+        # Task names and arguments are a contract with workers of other releases: a queue may
+        # hold tasks of the previous release during a rolling deploy. dispatch(event_id) and
+        # deliver(delivery_id) are those of every release; dispatch_many(event_ids) is newer.
         def dispatch(event_id: str) -> None:
-            self._outbox().dispatch(event_id)
+            self._outbox().dispatch_many([event_id])
+
+        def dispatch_many(event_ids: list[str]) -> None:
+            self._outbox().dispatch_many(event_ids)
 
         def deliver(delivery_id: int) -> None:
             self._outbox().deliver(int(delivery_id))
@@ -126,6 +136,7 @@ class HueyQueue(Enqueuer):
             self.webhooks.deliver(int(delivery_id))
 
         self._dispatch = huey.task(name=DISPATCH_TASK)(dispatch)
+        self._dispatch_many = huey.task(name=DISPATCH_MANY_TASK)(dispatch_many)
         self._deliver = huey.task(name=DELIVER_TASK)(deliver)
         self._deliver_webhook = huey.task(name=WEBHOOK_TASK)(deliver_webhook)
 
@@ -137,12 +148,29 @@ class HueyQueue(Enqueuer):
     def dispatch(self, event_id: str, *, delay: float, priority: int) -> None:
         self.huey.enqueue(self._dispatch.s(event_id, delay=delay or None, priority=priority))
 
+    def dispatch_many(self, event_ids: list[str], *, delay: float, priority: int) -> None:
+        if len(event_ids) == 1:
+            self.dispatch(event_ids[0], delay=delay, priority=priority)
+        else:
+            self.huey.enqueue(self._dispatch_many.s(list(event_ids), delay=delay or None, priority=priority))
+
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
 
     def pending(self) -> int:
         count: int = self.huey.pending_count()
         return count
+
+    def queued_events(self) -> list[str]:
+        """The event ids in the dispatch tasks that wait in the queue (not those scheduled
+        for later), in queue order: a batch task counts for each of its events."""
+        found: list[str] = []
+        for task in self.huey.pending():
+            if task.name == DISPATCH_MANY_TASK:
+                found += [str(event_id) for event_id in task.args[0]]
+            elif task.name == DISPATCH_TASK:
+                found.append(str(task.args[0]))
+        return found
 
 
 class WebhookQueue:
