@@ -9,7 +9,9 @@ a harmless duplicate dispatch.
 
 The webhook dispatcher runs a relay of its own for its deliveries (``what`` names them in the
 log): an item is any tuple, ``relay(*item)`` hands it over and ``mark`` gets the first
-elements of those handed over.
+elements of those handed over. Given ``relay_many``, the relay hands over up to ``batch``
+items at once (``relay_many(items)``, all taken or none), so that one queue task can carry
+many of them.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ class Relay:
         kept: str = "the outbox",
         thread_name: str = "czo-outbox-relay",
         logger: logging.Logger = log,
+        relay_many: Callable[[list[Any]], None] | None = None,
     ) -> None:
         self.relay = relay
+        self.relay_many = relay_many
         self.mark = mark
         self.what = what
         self.kept = kept
@@ -127,22 +131,28 @@ class Relay:
             with self._lock:
                 todo, self._todo = self._todo, []
             done = 0
+            step = self.batch if self.relay_many is not None else 1
             try:
-                for item, committed in todo:
+                while done < len(todo):
                     if self._abandoned or (self._deadline is not None and time.monotonic() >= self._deadline):
                         break
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
                         break
+                    held = todo[done:done + step]
                     try:
-                        self.relay(*item)
+                        if self.relay_many is not None:
+                            self.relay_many([item for item, _ in held])
+                        else:
+                            self.relay(*held[0][0])
                     except Exception as exc:
                         self._failed(exc, len(todo) - done + len(self._todo))
                         break
-                    _metrics.outbox_relayed(self, committed)
+                    for _, committed in held:
+                        _metrics.outbox_relayed(self, committed)
                     if self._down_since is not None:
                         self._recovered(len(todo) - done)
-                    self._marks.append(item[0])
-                    done += 1
+                    self._marks.extend(item[0] for item, _ in held)
+                    done += len(held)
             finally:
                 if done < len(todo):
                     with self._lock:  # back in front of what was added meanwhile: commit order
