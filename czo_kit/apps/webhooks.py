@@ -77,7 +77,7 @@ log.addFilter(TracebackScrubber())
 
 RESPONSE_EXCERPT = 1024
 
-CLAIM_BATCH = 16
+CLAIM_BATCH = 64
 """Deliveries of one queue task claimed per statement."""
 
 SWEEP_PRUNE_BATCHES = 20
@@ -414,9 +414,9 @@ class WebhookDispatcher(WebhookOperations):
         started = utcnow()
         clock = time.monotonic()
         try:
-            self.http.check(target, what="webhook target")
+            checked = self.http.check(target, what="webhook target")
             response = self.http.request(
-                "POST", target, body=body, headers=headers,
+                "POST", checked, body=body, headers=headers,
                 max_bytes=RESPONSE_EXCERPT, connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout, what="webhook target",
             )

@@ -30,7 +30,7 @@ DELIVER_TASK = "czo_events_deliver"
 WEBHOOK_TASK = "czo_webhooks_deliver"
 WEBHOOKS_TASK = "czo_webhooks_deliver_many"
 
-WEBHOOK_TASK_BATCH = 16
+WEBHOOK_TASK_BATCH = 64
 """Most webhook deliveries one queue task carries: a burst is spread over several tasks (so
 over the consumer's threads), each of which pays the queue's round trips once for all its
 deliveries."""
