@@ -3,8 +3,10 @@
 When an event carrying a ``shop_id`` is emitted, each active subscription of that shop gets a
 delivery row, in the emitting transaction (next to the event's outbox row), holding the JSON
 body built once (so its ``id`` is stable across retries). After commit a relay thread hands
-each delivery to the queue, so a hung queue holds up no caller. A worker claims it with a
-lease, signs it afresh, POSTs it, and records the attempt (an exception with its traceback).
+the deliveries to the queue, many to a task, so a hung queue holds up no caller. A worker
+claims a task's deliveries with a lease in one statement, signs each afresh, POSTs it, and
+records the attempt (an exception with its traceback); plain successes are recorded a few
+at a time (``_webhook_batch``).
 2xx is delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with
 jitter (``Retry-After`` honoured); any other answer is dead at once. A target that keeps
 failing is paused by a circuit breaker (``_circuits``): its deliveries wait, they are not
