@@ -321,6 +321,11 @@ def record_deliveries(kit: Any, count: int) -> float:
 def kit_throughput(kit: Any, count: int, receiver: ReceiverProcess) -> dict[str, Any]:
     reset_kit(kit)
     produce = record_deliveries(kit, count)
+    # Everything in the queue before the clock starts, as the hand-built side enqueues before
+    # its consumer starts: otherwise the consumer would idle, or run the events' own dispatch
+    # tasks, while the relay threads are still handing over.
+    kit.webhooks.flush()
+    kit.outbox.flush()
     before = receiver.stats().get("/kit", 0)
     consumer = kit.consumer(workers=1, sweep_interval=3600)
     started = time.perf_counter()

@@ -28,7 +28,7 @@ __all__ = ["Delivered", "DeliveredBuffer", "claim", "give_back"]
 FLUSH_EVERY = 64
 """Successful attempts recorded per transaction at most."""
 
-FLUSH_AFTER = 0.02
+FLUSH_AFTER = 0.03
 """Seconds a success waits in the buffer at most before it is recorded (checked at the next
 attempt, and always at the end of a task): a slow target flushes at every delivery, so what a
 killed worker leaves to be sent twice stays a few deliveries per thread."""
