@@ -148,3 +148,28 @@ def test_kill_9_with_successes_buffered_sends_every_webhook_at_least_once(
     assert len(message_ids) == total and message_ids <= set(seen), "a delivery never reached the receiver"
     twice = [key for key, count in seen.items() if count > 1]
     assert len(twice) >= lost_records, twice  # the buffered ones were sent again: at least once, not lost
+
+
+def test_a_batch_running_past_half_its_lease_hands_the_rest_back_unattempted(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_lease=0.4)
+    with Receiver(lambda request: Reply(200, delay=0.3)) as receiver, app_kit(settings) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        with kit.db.atomic():
+            for n in range(3):
+                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+        ids = sorted(d.id for d in kit.webhooks.deliveries())
+        assert kit.queue is not None
+        kit.webhooks.flush()
+        kit.queue.flush()  # no consumer here: the test runs the batch itself
+        # The first POST takes 0.3 s, past half the 0.4 s lease: the other two go back to
+        # the queue without an attempt spent, instead of waiting under a lease about to end.
+        assert kit.webhooks.deliver_many(ids) == ["delivered", "queued", "queued"]
+        rows = {d.id: (d.state, d.attempts, d.lease_until) for d in kit.webhooks.deliveries()}
+        assert rows[ids[1]] == ("queued", 0, None) and rows[ids[2]] == ("queued", 0, None)
+        assert len(receiver.posts("/hook")) == 1
+        assert kit.queue.pending_count() >= 1  # handed to the queue again, in one task
+        with kit.consumer(workers=1, sweep_interval=60):
+            wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 3}, what="the rest")
+        assert len(receiver.posts("/hook")) == 3
