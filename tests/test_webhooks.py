@@ -607,16 +607,18 @@ def test_a_failing_target_is_paused_then_probed_and_recovers(make_kit: KitFactor
 
 
 def watch_outcomes(kit: Kit) -> list[tuple[int, str]]:
-    """Every ``deliver`` the workers run, with the state it ended in, in order."""
+    """Every delivery the workers attempt, with the state it ended in, in order (a queue task
+    carries one or several: ``deliver`` goes through ``deliver_many``)."""
     outcomes: list[tuple[int, str]] = []
-    real = kit.webhooks.deliver
+    real = kit.webhooks.deliver_many
 
-    def deliver(delivery_id: int) -> str:
-        state = real(delivery_id)
-        outcomes.append((int(delivery_id), state))
-        return state
+    def deliver_many(delivery_ids: Any) -> list[str]:
+        ids = [int(i) for i in delivery_ids]
+        states = real(ids)
+        outcomes.extend(zip(ids, states, strict=True))
+        return states
 
-    kit.webhooks.deliver = deliver  # type: ignore[method-assign]
+    kit.webhooks.deliver_many = deliver_many  # type: ignore[method-assign]
     return outcomes
 
 

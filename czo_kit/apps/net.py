@@ -146,7 +146,10 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="czo-http-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._heap[0][2] is entry:
+                # Sooner than what the thread sleeps until: wake it. Otherwise let it sleep: a
+                # wake-up per request would cost every request a switch to that thread.
+                self._cond.notify()
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
@@ -156,8 +159,12 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap:
+                # Requests that finished in time are dropped without waiting for their deadline.
+                while self._heap and self._heap[0][2][0] is None:
+                    heapq.heappop(self._heap)
+                if not self._heap:
                     self._cond.wait()
+                    continue
                 at, _, entry = self._heap[0]
                 wait = at - time.monotonic()
                 if wait > 0:

@@ -3,8 +3,10 @@
 When an event carrying a ``shop_id`` is emitted, each active subscription of that shop gets a
 delivery row, in the emitting transaction (next to the event's outbox row), holding the JSON
 body built once (so its ``id`` is stable across retries). After commit a relay thread hands
-each delivery to the queue, so a hung queue holds up no caller. A worker claims it with a
-lease, signs it afresh, POSTs it, and records the attempt (an exception with its traceback).
+the deliveries to the queue, many to a task, so a hung queue holds up no caller. A worker
+claims a task's deliveries with a lease in one statement, signs each afresh, POSTs it, and
+records the attempt (an exception with its traceback); plain successes are recorded a few
+at a time (``_webhook_batch``).
 2xx is delivered; network errors, timeouts, 5xx, 408 and 429 are retried on a schedule with
 jitter (``Retry-After`` honoured); any other answer is dead at once. A target that keeps
 failing is paused by a circuit breaker (``_circuits``): its deliveries wait, they are not
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import logging
 import random
-import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +32,9 @@ import peewee
 import urllib3
 
 from czo_kit import metrics as _metrics
-from czo_kit.apps._circuits import CircuitBreaker, CircuitState
+from czo_kit.apps import _webhook_batch as _batch
+from czo_kit.apps._circuits import CircuitBreaker, CircuitRow, CircuitState
+from czo_kit.apps._webhook_batch import Delivered, DeliveredBuffer
 from czo_kit.apps._webhook_models import (
     DEFAULT_SCHEDULE,
     NOT_DELIVERED_TERM,
@@ -73,6 +78,9 @@ log = logging.getLogger("czo_kit.webhooks")
 log.addFilter(TracebackScrubber())
 
 RESPONSE_EXCERPT = 1024
+
+CLAIM_BATCH = 64
+"""Deliveries of one queue task claimed per statement."""
 
 SWEEP_PRUNE_BATCHES = 20
 """Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
@@ -130,6 +138,7 @@ class WebhookDispatcher(WebhookOperations):
         self._relayer = Relay(
             self._hand_over, _no_marks, shutdown_timeout=self.settings.shutdown_timeout,
             what="webhook deliveries", kept="the deliveries table", thread_name="czo-webhook-relay", logger=log,
+            relay_many=self._hand_over_many, many=500,
         )
 
     def ensure_tables(self, *, required: bool = True) -> bool:
@@ -196,14 +205,28 @@ class WebhookDispatcher(WebhookOperations):
             return None
 
         def write() -> int:
-            ids = [
-                row[0]
-                for row in WebhookDelivery.insert_many(rows).returning(WebhookDelivery.id).tuples().execute(self.db)
-            ]
+            ids = self._insert_deliveries(rows)
             on_commit(self.db, lambda: self._enqueue_all(ids))
             return len(ids)
 
         return write
+
+    def _insert_deliveries(self, rows: list[dict[str, Any]]) -> list[int]:
+        """INSERT the delivery rows of one event (one per subscription) RETURNING their ids,
+        through a statement compiled once per number of rows."""
+        columns = tuple(rows[0])
+        info, template = self._template(
+            WebhookDelivery, ("insert", len(rows), columns),
+            lambda i: WebhookDelivery.insert_many(
+                [
+                    {i.field_map[c]: Slot(f"{c}.{n}", i.field_map[c].db_value) for c in columns}
+                    for n in range(len(rows))
+                ]
+            ).returning(WebhookDelivery.id),
+        )
+        values = {f"{c}.{n}": value for n, row in enumerate(rows) for c, value in row.items()}
+        cursor = self.db.execute_sql(template.sql, template.params(values))
+        return [int(row[0]) for row in cursor.fetchall()]
 
     def _enqueue_all(self, ids: Sequence[int]) -> None:
         """Queue committed deliveries: handed to the relay, which queues them off the caller's
@@ -219,6 +242,26 @@ class WebhookDispatcher(WebhookOperations):
         queue = self.queue
         if queue is not None:
             queue.deliver(delivery_id, delay=delay)
+
+    def _hand_over_many(self, items: list[tuple[int, float]]) -> None:
+        """The relay's hand-over of what it holds: one queue task for many deliveries where the
+        queue can (``deliver_many``); raises when the queue did not take them."""
+        by_delay: dict[float, list[int]] = {}
+        for delivery_id, delay in items:
+            by_delay.setdefault(delay, []).append(int(delivery_id))
+        for delay, ids in by_delay.items():
+            self._queue_ids(ids, delay)
+
+    def _queue_ids(self, ids: list[int], delay: float) -> None:
+        queue = self.queue
+        if queue is None:
+            return
+        many = getattr(queue, "deliver_many", None)
+        if many is not None:
+            many(ids, delay=delay)
+        else:
+            for delivery_id in ids:
+                queue.deliver(delivery_id, delay=delay)
 
     def flush(self) -> None:
         """Queue every committed delivery the relay still holds, now, in this thread."""
@@ -236,29 +279,9 @@ class WebhookDispatcher(WebhookOperations):
     # The worker's statements are compiled once (Peewee builds them with named slots) and
     # reused: building Peewee queries per delivery cost more than the database itself.
 
-    def _template(self, model: type[peewee.Model], key: str, build: Callable[[Any], peewee.Node]) -> tuple[Any, Any]:
+    def _template(self, model: type[peewee.Model], key: Any, build: Callable[[Any], peewee.Node]) -> tuple[Any, Any]:
         info = model_info(model, self.db)
-        return info, info.template((key,), lambda: build(info))
-
-    def _claim(self, delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
-        info, template = self._template(
-            WebhookDelivery, "claim",
-            lambda i: WebhookDelivery.update(
-                {
-                    WebhookDelivery.state: "running",
-                    WebhookDelivery.attempts: WebhookDelivery.attempts + 1,
-                    WebhookDelivery.lease_until: Slot("lease", WebhookDelivery.lease_until.db_value),
-                    WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
-                }
-            )
-            .where((WebhookDelivery.id == Slot("id")) & WebhookDelivery.state.in_(("queued", "retry")))
-            .returning(*i.fields),
-        )
-        row = info.execute(
-            template, {"lease": now + dt.timedelta(seconds=self.settings.lease), "now": now, "id": int(delivery_id)}
-        ).fetchone()
-        delivery: WebhookDelivery | None = info.load(row) if row is not None else None
-        return delivery
+        return info, info.template(key if isinstance(key, tuple) else (key,), lambda: build(info))
 
     def _secrets(self, installation_id: int, now: dt.datetime) -> list[str]:
         """Secrets to sign with: the current one first, then any still in their grace period."""
@@ -275,13 +298,77 @@ class WebhookDispatcher(WebhookOperations):
 
     def deliver(self, delivery_id: int) -> str:
         """Attempt one delivery; returns the state it ends in (or ``skipped``/``paused``)."""
+        return self.deliver_many([delivery_id])[0]
+
+    def deliver_many(self, delivery_ids: Sequence[int]) -> list[str]:
+        """Attempt each delivery, in order (one queue task's batch); returns the state each
+        ends in, as ``deliver`` does (``queued`` for one handed back to the queue because the
+        batch ran long).
+
+        Deliveries are claimed ``CLAIM_BATCH`` at a time in one statement; the circuit of each
+        target and the secrets of each installation are read once per claim; successes to a
+        target whose circuit is closed are recorded a few at a time (``DeliveredBuffer``),
+        anything else at once, exactly as a single delivery is. A claim held for half the
+        lease gives back what it has not attempted yet, so no lease runs out under a live
+        worker."""
         self.ensure_tables()
+        ids = list(dict.fromkeys(int(i) for i in delivery_ids))
+        states: dict[int, str] = {}
+        buffer = DeliveredBuffer(self.db)
+        started = time.monotonic()
+        try:
+            for start in range(0, len(ids), CLAIM_BATCH):
+                if start and time.monotonic() - started > self.settings.lease / 2:
+                    self._requeue(ids[start:], states)  # never claimed: still queued
+                    break
+                claimed = _batch.claim(self.db, ids[start:start + CLAIM_BATCH], utcnow(), self.settings.lease)
+                self._deliver_claimed(claimed, buffer, states)
+        finally:
+            self._flush(buffer)
+        return [states.get(i, "skipped") for i in ids]
+
+    def _deliver_claimed(self, claimed: list[WebhookDelivery], buffer: DeliveredBuffer, states: dict[int, str]) -> None:
+        claimed_at = time.monotonic()
+        circuits: dict[str, CircuitRow | None] = {}
+        secrets_: dict[int, list[str]] = {}
+        for index, delivery in enumerate(claimed):
+            if index and time.monotonic() - claimed_at > self.settings.lease / 2:
+                rest = [int(d.id) for d in claimed[index:]]
+                _batch.give_back(self.db, rest, utcnow())
+                self._requeue(rest, states)
+                return
+            states[int(delivery.id)] = self._attempt(delivery, circuits, secrets_, buffer)
+            if buffer.due():
+                self._flush(buffer)
+
+    def _requeue(self, ids: list[int], states: dict[int, str]) -> None:
+        """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
+        for delivery_id in ids:
+            states[delivery_id] = "queued"
+        try:
+            self._queue_ids(ids, 0.0)
+        except Exception as exc:
+            log.warning("could not queue %d webhook deliveries again (%r); the sweep queues them", len(ids), exc)
+
+    def _flush(self, buffer: DeliveredBuffer) -> None:
         now = utcnow()
-        delivery = self._claim(delivery_id, now)
-        if delivery is None:
-            return "skipped"  # delivered, dead, gone, or running elsewhere: a duplicate task
+        for item in buffer.flush(now):
+            _metrics.webhook_result(self, item.delivery, "delivered", now)
+
+    def _attempt(
+        self,
+        delivery: WebhookDelivery,
+        circuits: dict[str, CircuitRow | None],
+        secrets_by_installation: dict[int, list[str]],
+        buffer: DeliveredBuffer,
+    ) -> str:
+        """One claimed delivery: the circuit, the signature, the POST, its record."""
+        delivery_id = int(delivery.id)
+        now = utcnow()
         origin = str(delivery.origin)
-        circuit = self.breaker.row(origin)
+        if origin not in circuits:
+            circuits[origin] = self.breaker.row(origin)
+        circuit = circuits[origin]
         wait = self.breaker.wait(origin, now, circuit)
         if wait > 0:
             # Paused, not failed: give the claim back without using up an attempt, and wait
@@ -293,8 +380,12 @@ class WebhookDispatcher(WebhookOperations):
             if self.queue is not None:
                 self.queue.deliver(delivery_id, delay=wait + random.uniform(0, 1))
             _metrics.webhook_result(self, delivery, "paused", now)
+            circuits.pop(origin, None)  # the probe may have been taken meanwhile: read again
             return "paused"
-        secrets_ = self._secrets(int(delivery.__data__["installation"]), now)
+        installation_id = int(delivery.__data__["installation"])
+        if installation_id not in secrets_by_installation:
+            secrets_by_installation[installation_id] = self._secrets(installation_id, now)
+        secrets_ = secrets_by_installation[installation_id]
         if not secrets_:
             # Uninstalled since the claim (secrets and deliveries go with the installation):
             # never send a webhook unsigned.
@@ -323,15 +414,21 @@ class WebhookDispatcher(WebhookOperations):
         failed: Failure | None = None
         target = str(delivery.target_url)
         started = utcnow()
+        clock = time.monotonic()
         try:
-            self.http.check(target, what="webhook target")
+            checked = self.http.check(target, what="webhook target")
             response = self.http.request(
-                "POST", target, body=body, headers=headers,
+                "POST", checked, body=body, headers=headers,
                 max_bytes=RESPONSE_EXCERPT, connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout, what="webhook target",
             )
             status = response.status
             excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
+            if circuit is None and 200 <= status < 300:
+                # The common case, recorded with others in one transaction: nothing for the
+                # breaker to do (no failure on record for this target).
+                buffer.add(Delivered(delivery, started, (time.monotonic() - clock) * 1000, status, excerpt))
+                return "delivered"
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
         except UnsafeURLError as exc:
             failed = failure(exc, target_url=target, secrets=secrets_)
@@ -348,6 +445,10 @@ class WebhookDispatcher(WebhookOperations):
             failed = failure(exc, target_url=target, secrets=secrets_)
             return self._record(delivery, started, None, None, failed.error, final=False, target_failed=False,
                                 circuit=circuit, failed=failed)
+        # Anything but a plain success is recorded at once, after what the buffer holds, and
+        # the breaker hears it: this target's circuit is read again for the next delivery.
+        self._flush(buffer)
+        circuits.pop(origin, None)
         if status is not None and 200 <= status < 300:
             return self._record(delivery, started, status, excerpt, None, final=False, delivered=True, circuit=circuit)
         retryable = status is None or status >= 500 or status in (408, 429)

@@ -9,7 +9,9 @@ a harmless duplicate dispatch.
 
 The webhook dispatcher runs a relay of its own for its deliveries (``what`` names them in the
 log): an item is any tuple, ``relay(*item)`` hands it over and ``mark`` gets the first
-elements of those handed over.
+elements of those handed over. Given ``relay_many``, the relay hands over up to ``many``
+items alike after their first element at once (``relay_many(items)``, all taken or none), so
+that one queue task can carry many of them.
 """
 
 from __future__ import annotations

@@ -32,6 +32,17 @@ DISPATCH_TASK = "czo_events_dispatch"
 DISPATCH_MANY_TASK = "czo_events_dispatch_many"
 DELIVER_TASK = "czo_events_deliver"
 WEBHOOK_TASK = "czo_webhooks_deliver"
+WEBHOOKS_TASK = "czo_webhooks_deliver_many"
+
+WEBHOOK_TASK_BATCH = 64
+"""Most webhook deliveries one queue task carries: a burst is spread over several tasks (so
+over the consumer's threads), each of which pays the queue's round trips once for all its
+deliveries."""
+
+WEBHOOK_TASK_SPREAD = 2
+"""A burst of fewer than ``WEBHOOK_TASK_SPREAD * WEBHOOK_TASK_BATCH`` deliveries still goes
+out as this many tasks, so that a slow target is not waited on by one consumer thread alone;
+more would cost a claim and a record per task (the batch's main saving)."""
 
 
 class _WireMessage(msgspec.Struct, array_like=True):
@@ -135,10 +146,16 @@ class HueyQueue(Enqueuer):
                 raise RuntimeError("the queue is not attached to a webhook dispatcher")
             self.webhooks.deliver(int(delivery_id))
 
+        def deliver_webhooks(delivery_ids: list[int]) -> None:
+            if self.webhooks is None:
+                raise RuntimeError("the queue is not attached to a webhook dispatcher")
+            self.webhooks.deliver_many([int(i) for i in delivery_ids])
+
         self._dispatch = huey.task(name=DISPATCH_TASK)(dispatch)
         self._dispatch_many = huey.task(name=DISPATCH_MANY_TASK)(dispatch_many)
         self._deliver = huey.task(name=DELIVER_TASK)(deliver)
         self._deliver_webhook = huey.task(name=WEBHOOK_TASK)(deliver_webhook)
+        self._deliver_webhooks = huey.task(name=WEBHOOKS_TASK)(deliver_webhooks)
 
     def _outbox(self) -> Outbox:
         if self.outbox is None:
@@ -181,6 +198,17 @@ class WebhookQueue:
 
     def deliver(self, delivery_id: int, *, delay: float) -> None:
         self.queue.huey.enqueue(self.queue._deliver_webhook.s(int(delivery_id), delay=delay or None, priority=60))
+
+    def deliver_many(self, delivery_ids: list[int], *, delay: float) -> None:
+        """Enqueue ``delivery_ids`` as a few tasks of at most ``WEBHOOK_TASK_BATCH`` each."""
+        ids = [int(i) for i in delivery_ids]
+        size = max(1, min(WEBHOOK_TASK_BATCH, -(-len(ids) // WEBHOOK_TASK_SPREAD)))
+        for start in range(0, len(ids), size):
+            part = ids[start:start + size]
+            if len(part) == 1:
+                self.deliver(part[0], delay=delay)
+            else:
+                self.queue.huey.enqueue(self.queue._deliver_webhooks.s(part, delay=delay or None, priority=60))
 
     def pending(self) -> int:
         return self.queue.pending()
