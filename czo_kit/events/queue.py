@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -140,6 +140,22 @@ class HueyQueue(Enqueuer):
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
 
+    def dispatch_many(self, items: Sequence[tuple[str, float, int]]) -> None:
+        self._enqueue_many([self._dispatch.s(e, delay=d or None, priority=p) for e, d, p in items])
+
+    def deliver_many(self, items: Sequence[tuple[int, float, int]]) -> None:
+        self._enqueue_many([self._deliver.s(int(i), delay=d or None, priority=p) for i, d, p in items])
+
+    def _enqueue_many(self, tasks: list[Any]) -> None:
+        """One call to the queue for all of ``tasks`` where it can (the kit's Redis queue),
+        else one each."""
+        many = getattr(self.huey, "enqueue_many", None)
+        if many is not None:
+            many(tasks)
+            return
+        for task in tasks:
+            self.huey.enqueue(task)
+
     def pending(self) -> int:
         count: int = self.huey.pending_count()
         return count
@@ -153,6 +169,11 @@ class WebhookQueue:
 
     def deliver(self, delivery_id: int, *, delay: float) -> None:
         self.queue.huey.enqueue(self.queue._deliver_webhook.s(int(delivery_id), delay=delay or None, priority=60))
+
+    def deliver_many(self, items: Sequence[tuple[int, float]]) -> None:
+        self.queue._enqueue_many(
+            [self.queue._deliver_webhook.s(int(i), delay=d or None, priority=60) for i, d in items]
+        )
 
     def pending(self) -> int:
         return self.queue.pending()
@@ -212,6 +233,8 @@ class Sweeper:
                     if self.prune and hasattr(self.outbox, "prune"):
                         self._step("prune", self._prune)
                     next_sweep = time.monotonic() + self.interval
+                    if any(getattr(t, "sweep_unfinished", False) is True for t in (self.outbox, *self.others)):
+                        next_sweep = time.monotonic()  # a backlog: on with it after a heartbeat
                 # The sweeper sleeps most of the time: give its connections back meanwhile.
                 for target in (self.outbox, *self.others):
                     _release(getattr(target, "db", None))
