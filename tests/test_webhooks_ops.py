@@ -572,3 +572,43 @@ def payload_id(delivery: Any) -> int:
     from czo_kit.apps.webhooks import payload_of
 
     return int(payload_of(delivery)["data"]["id"])
+
+
+def queued_webhook_ids(kit: Kit) -> list[int]:
+    """The delivery ids in the webhook tasks waiting in the queue (a task may carry several)."""
+    from czo_kit.events.queue import WEBHOOK_TASK, WEBHOOKS_TASK
+
+    assert kit.queue is not None
+    ids: list[int] = []
+    for task in kit.queue.pending():
+        if task.name == WEBHOOKS_TASK:
+            ids += [int(i) for i in task.args[0]]
+        elif task.name == WEBHOOK_TASK:
+            ids.append(int(task.args[0]))
+    return sorted(ids)
+
+
+def test_the_sweep_requeues_lost_deliveries_behind_a_backlog_once_per_lease(kit: Kit, receiver: Receiver) -> None:
+    """Deliveries whose tasks were lost (a killed worker took them) are queued again although
+    an unrelated task waits in the queue, and only once per lease: the sweep's claim moves
+    their timestamp, so a second sweep right after queues nothing."""
+    from czo_kit.apps.webhooks import WebhookDelivery
+    from czo_kit.db.model import utcnow
+
+    assert kit.queue is not None and kit.outbox is not None
+    install(kit, receiver.url)
+    for _ in range(3):
+        kit.events.emit_async("order.created", ORDER)
+    assert len(kit.webhooks.deliveries()) == 3
+    kit.webhooks.flush()
+    kit.outbox.flush()
+    kit.queue.flush()  # the tasks are gone with the worker that took them
+    kit.outbox.queue.dispatch("unrelated-work", delay=0, priority=50)
+    assert kit.queue.pending_count() == 1
+    long_ago = utcnow() - dt.timedelta(seconds=kit.webhooks.settings.lease + 60)
+    WebhookDelivery.update(updated_at=long_ago).execute(kit.db)
+    assert kit.webhooks.sweep()["requeued"] == 3
+    assert queued_webhook_ids(kit) == sorted(d.id for d in WebhookDelivery.select().execute(kit.db))
+    waiting = kit.queue.pending_count()
+    assert kit.webhooks.sweep()["requeued"] == 0
+    assert kit.queue.pending_count() == waiting

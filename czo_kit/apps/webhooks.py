@@ -51,6 +51,7 @@ from czo_kit.apps.net import OutboundHTTP, parse_target, shown_url
 from czo_kit.apps.registry import APP_MODELS, AppInstallation, AppRegistry, AppSecret, AppWebhook
 from czo_kit.apps.signing import sign
 from czo_kit.context import clean_correlation_id
+from czo_kit.db._claim import SWEEP_BUDGET, claim, drain, lost_cut, release
 from czo_kit.db._sql import Slot, model_info
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
@@ -92,6 +93,9 @@ class WebhookEnqueuer(Protocol):
     def deliver(self, delivery_id: int, *, delay: float) -> None: ...
 
     def pending(self) -> int: ...
+
+    # Optional: ``deliver_many(items: Sequence[tuple[int, float]])``, (id, delay) pairs in one
+    # call; the sweep uses it where the queue has it (the kit's does).
 
 
 def _retry_after(value: str | None, now: dt.datetime) -> float | None:
@@ -319,7 +323,7 @@ class WebhookDispatcher(WebhookOperations):
         try:
             for start in range(0, len(ids), CLAIM_BATCH):
                 if start and time.monotonic() - started > self.settings.lease / 2:
-                    self._requeue(ids[start:], states)  # never claimed: still queued
+                    self._hand_back(ids[start:], states)  # never claimed: still queued
                     break
                 claimed = _batch.claim(self.db, ids[start:start + CLAIM_BATCH], utcnow(), self.settings.lease)
                 self._deliver_claimed(claimed, buffer, states)
@@ -335,13 +339,13 @@ class WebhookDispatcher(WebhookOperations):
             if index and time.monotonic() - claimed_at > self.settings.lease / 2:
                 rest = [int(d.id) for d in claimed[index:]]
                 _batch.give_back(self.db, rest, utcnow())
-                self._requeue(rest, states)
+                self._hand_back(rest, states)
                 return
             states[int(delivery.id)] = self._attempt(delivery, circuits, secrets_, buffer)
             if buffer.due():
                 self._flush(buffer)
 
-    def _requeue(self, ids: list[int], states: dict[int, str]) -> None:
+    def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
         for delivery_id in ids:
             states[delivery_id] = "queued"
@@ -626,35 +630,29 @@ class WebhookDispatcher(WebhookOperations):
             )
             .execute(self.db)
         )
-        recovered = list(
-            WebhookDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where(NOT_DELIVERED_TERM & (WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now))
-            .returning(WebhookDelivery.id)
-            .tuples()
-            .execute(self.db)
+        # In bounded claims, as Outbox.sweep (``czo_kit.db._claim``): several workers sweeping
+        # at once share the pass. A queued one whose task is older than a lease is queued
+        # again even while the queue has a backlog (it may have been lost with a killed
+        # worker); the claim moves its timestamp, so at most once per lease, and a duplicate
+        # task finds the delivery claimed.
+        deadline = time.monotonic() + SWEEP_BUDGET
+        recovered, done_recovered = self._requeue(
+            NOT_DELIVERED_TERM & (WebhookDelivery.state == "running") & (WebhookDelivery.lease_until < now),
+            {WebhookDelivery.state: "queued", WebhookDelivery.lease_until: None},
+            WebhookDelivery.updated_at, stale, deadline,
         )
-        lost = list(
-            WebhookDelivery.select(WebhookDelivery.id)
-            .where(
-                NOT_DELIVERED_TERM
-                & (
-                    ((WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < stale))
-                    | ((WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < stale))
-                )
-            )
-            .tuples()
-            .execute(self.db)
+        lost_before = lost_cut(self.queue, stale)  # not what waits behind a backlog (Outbox._sweep)
+        lost, done_lost = self._requeue(
+            NOT_DELIVERED_TERM & (WebhookDelivery.state == "queued") & (WebhookDelivery.updated_at < lost_before),
+            {}, WebhookDelivery.updated_at, stale, deadline, order=WebhookDelivery.updated_at,
         )
-        if lost and self.queue is not None and self.queue.pending() > 0:
-            lost = []  # a backlog, not a loss: see Outbox.sweep
-        ids = [r[0] for r in recovered] + [r[0] for r in lost]
-        if lost:
-            WebhookDelivery.update(updated_at=now).where(WebhookDelivery.id.in_([r[0] for r in lost])).execute(self.db)
-        if self.queue is not None:
-            for delivery_id in ids:
-                self.queue.deliver(delivery_id, delay=0)
-        counts = {"recovered": len(recovered), "requeued": len(lost), "dead": int(exhausted)}
-        if ids:
+        late, done_late = self._requeue(
+            NOT_DELIVERED_TERM & (WebhookDelivery.state == "retry") & (WebhookDelivery.next_attempt_at < lost_before),
+            {}, WebhookDelivery.next_attempt_at, stale, deadline,
+        )
+        self.sweep_unfinished = not (done_recovered and done_lost and done_late)
+        counts = {"recovered": recovered, "requeued": lost + late, "dead": int(exhausted)}
+        if recovered or lost or late:
             log.warning("webhook sweep re-queued %s", counts)
         # Retention on the sweep's beat, a bounded amount each time: a large backlog (a first
         # run after an upgrade) goes over several sweeps instead of holding this one up.
@@ -667,6 +665,46 @@ class WebhookDispatcher(WebhookOperations):
         if cleared["abandoned_installs"]:
             log.warning("removed %d install(s) abandoned mid-way", cleared["abandoned_installs"])
         return {**counts, **cleared}
+
+    sweep_unfinished = False
+    """Whether the last sweep stopped at its time budget with more to do (see ``Sweeper``)."""
+
+    def _requeue(
+        self, due: Any, changes: dict[Any, Any], column: peewee.Field, stale: dt.datetime, deadline: float,
+        *, order: peewee.Field | None = None,
+    ) -> tuple[int, bool]:
+        """Claim deliveries matching ``due`` a batch at a time (``changes``, and ``column``
+        moved to now so that ``due`` no longer matches) and queue each batch in one call."""
+        queue = self.queue
+        claimed = [utcnow()]
+
+        def take() -> list[tuple[Any, ...]]:
+            at = claimed[0] = utcnow()
+            return claim(
+                self.db, WebhookDelivery, WebhookDelivery.id, due,
+                {**changes, column: at, WebhookDelivery.updated_at: at}, (WebhookDelivery.id,), order=order,
+            )
+
+        def hand(batch: list[tuple[Any, ...]]) -> None:
+            ids = [int(row[0]) for row in batch]
+            if queue is None:
+                return  # no queue configured: a worker's sweep hands them out (after a lease)
+            try:
+                many = getattr(queue, "deliver_many", None)
+                if many is not None:
+                    many(ids, delay=0)  # tasks of up to 64 deliveries
+                else:
+                    for delivery_id in ids:
+                        queue.deliver(delivery_id, delay=0)
+            except Exception:
+                try:
+                    release(self.db, WebhookDelivery, WebhookDelivery.id, ids, column, claimed[0],
+                            stale - dt.timedelta(seconds=1))
+                except Exception:  # the database too: the claim runs out with its lease
+                    log.debug("could not give back a sweep's claim", exc_info=True)
+                raise
+
+        return drain(take, hand, deadline)
 
 
 def _origin(target_url: str) -> str:

@@ -44,6 +44,7 @@ import msgspec
 import peewee
 
 from czo_kit._faults import fault_point
+from czo_kit.db._claim import SWEEP_BUDGET, claim, drain, lost_cut, release
 from czo_kit.db._sql import Slot, SqlTemplate, model_info
 from czo_kit.db._tables import ensure_tables
 from czo_kit.db.model import utcnow
@@ -120,9 +121,25 @@ class Enqueuer:
         for event_id in event_ids:
             self.dispatch(event_id, delay=delay, priority=priority)
 
+    def dispatch_each(self, items: Sequence[tuple[str, float, int]]) -> None:
+        """``dispatch`` of each ``(event_id, delay, priority)``; a queue that can take them in
+        one call (the kit's Redis queue) overrides it: the sweep re-queues in batches."""
+        for event_id, delay, priority in items:
+            self.dispatch(event_id, delay=delay, priority=priority)
+
+    def deliver_each(self, items: Sequence[tuple[int, float, int]]) -> None:
+        """``deliver`` of each ``(delivery_id, delay, priority)`` (see ``dispatch_each``)."""
+        for delivery_id, delay, priority in items:
+            self.deliver(delivery_id, delay=delay, priority=priority)
+
     def pending(self) -> int:
         """How many tasks wait in the queue (0 if unknown)."""
         return 0
+
+    def oldest_waiting(self) -> dt.datetime | None:
+        """When the oldest task waiting in the queue was enqueued (now if none waits); None
+        if unknown (see ``HueyQueue.oldest_waiting``)."""
+        return None
 
     inline = False
     """True where there is no queue (``czo_kit.events.deliverer``): a committed event is then
@@ -800,82 +817,144 @@ class Outbox(OutboxAdmin):
             self._sweep_lock.release()
 
     def _sweep(self) -> dict[str, int]:
+        """One pass, in bounded claims (``czo_kit.db._claim``): each batch is taken out of
+        the sweep's reach by the statement that reads it, so several workers sweeping at
+        once share the pass and none queues a row another one queued."""
         self.ensure_tables()
         now = utcnow()
         grace = now - dt.timedelta(seconds=self.settings.relay_grace)
         stale = now - dt.timedelta(seconds=self.settings.lease)
+        deadline = time.monotonic() + SWEEP_BUDGET
         counts = {"events": 0, "recovered": 0, "requeued": 0}
+        finished = True
 
         # Committed but never queued (producer died after commit), or queued long ago but
-        # never dispatched (the dispatch task was lost).
-        events = list(
-            EventOutbox.select(EventOutbox.event_id, EventOutbox.deliver_at, EventOutbox.priority)
-            .where(
-                OUTBOX_LIVE  # through the live rows' index: delivered ones are not read
-                & (
-                    ((EventOutbox.state == "pending") & (EventOutbox.updated_at < grace))
-                    | (
-                        (EventOutbox.state == "queued")
-                        & (EventOutbox.updated_at < stale)
-                        & (EventOutbox.deliver_at < stale)
-                    )
-                )
-            )
-            .tuples()
-            .execute(self.db)
+        # never dispatched (the dispatch task was lost). One statement claims a batch and
+        # marks it queued (moving updated_at); if the queue refuses the batch, it goes back
+        # to pending. A sweeper killed between the claim and the enqueue leaves its batch
+        # queued: the next sweep takes it after a lease, as any lost dispatch.
+        lost_before = lost_cut(self.queue, stale)
+        pending = OUTBOX_LIVE & (EventOutbox.state == "pending") & (EventOutbox.updated_at < grace)
+        never_dispatched = (  # through the live rows' index: delivered ones are not read
+            OUTBOX_LIVE & (EventOutbox.state == "queued") & (EventOutbox.updated_at < lost_before)
+            & (EventOutbox.deliver_at < lost_before)
         )
-        for event_id, deliver_at, priority in events:
-            delay = max(0.0, (deliver_at - now).total_seconds())
-            self.queue.dispatch(event_id, delay=delay, priority=priority)
-            # Not back from "dispatched": a worker may have dispatched it since the select
-            # (or, idle, right after the enqueue above).
-            EventOutbox.update(state="queued", updated_at=utcnow()).where(
-                (EventOutbox.event_id == event_id) & EventOutbox.state.in_(("pending", "queued"))
-            ).execute(self.db)
-            counts["events"] += 1
+        claimed = [now]  # when the batch in hand was claimed
+        for due, was in ((pending, "pending"), (never_dispatched, "queued")):
+
+            def take_events(due: Any = due) -> list[tuple[Any, ...]]:
+                claimed[0] = utcnow()
+                return claim(
+                    self.db, EventOutbox, EventOutbox.event_id, due,
+                    {EventOutbox.state: "queued", EventOutbox.updated_at: claimed[0]},
+                    (EventOutbox.event_id, EventOutbox.deliver_at, EventOutbox.priority),
+                    order=EventOutbox.updated_at,
+                )
+
+            def hand_events(batch: list[tuple[Any, ...]], was: str = was) -> None:
+                try:
+                    self._enqueue_many(
+                        "dispatch",
+                        [(e, max(0.0, (EventOutbox.deliver_at.python_value(at) - now).total_seconds()), p)
+                         for e, at, p in batch],
+                    )
+                except Exception:
+                    self._release(EventOutbox, EventOutbox.event_id, EventOutbox.updated_at, batch, claimed[0], stale,
+                                  {EventOutbox.state: was})
+                    raise
+
+            found, done = drain(take_events, hand_events, deadline)
+            counts["events"] += found
+            finished &= done
 
         # Running past its lease: the worker died mid-handler. Run it again (at least once).
-        recovered = list(
-            EventDelivery.update(state="queued", lease_until=None, updated_at=now)
-            .where(DELIVERY_LIVE & (EventDelivery.state == "running") & (EventDelivery.lease_until < now))
-            .returning(EventDelivery.id, EventDelivery.priority)
-            .tuples()
-            .execute(self.db)
+        counts["recovered"], done = self._requeue_deliveries(
+            DELIVERY_LIVE & (EventDelivery.state == "running") & (EventDelivery.lease_until < now),
+            {EventDelivery.state: "queued", EventDelivery.lease_until: None},
+            EventDelivery.updated_at, stale, deadline,
         )
-        for delivery_id, priority in recovered:
-            self.queue.deliver(delivery_id, delay=0, priority=priority)
-        counts["recovered"] = len(recovered)
+        finished &= done
 
-        requeued = self._sweep_waiting(now, stale)
+        requeued, done = self._sweep_waiting(now, stale, deadline)
+        finished &= done
 
-        # Queued, or due for another try, for longer than a lease: the task was lost (popped by
-        # a worker that died before claiming it, or dropped with a queue that was wiped).
-        lost = list(
-            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
-            .where(
-                DELIVERY_LIVE
-                & (
-                    ((EventDelivery.state == "queued") & (EventDelivery.updated_at < stale))
-                    | (EventDelivery.state.in_(("retry", "waiting")) & (EventDelivery.next_attempt_at < stale))
-                )
-            )
-            .tuples()
-            .execute(self.db)
+        # Queued, or due for another try, for longer than a lease and since before the oldest
+        # task still waiting in the queue: the task was lost (popped by a worker that died
+        # before claiming it, or dropped with a queue that was wiped). One queued after that
+        # task still waits behind it (a backlog): not queued again, so a long drain is not
+        # flooded with duplicates, and a lost one is found under any steady load, since the
+        # queue's oldest task is then young. Where the queue cannot say, once per lease (the
+        # claim moves the timestamp; the delivery's own claim makes a duplicate harmless).
+        lost, done = self._requeue_deliveries(
+            DELIVERY_LIVE & (EventDelivery.state == "queued") & (EventDelivery.updated_at < lost_before),
+            {}, EventDelivery.updated_at, stale, deadline, order=EventDelivery.updated_at,
         )
-        if lost and self.queue.pending() > 0:
-            # Tasks are still waiting in the queue: these deliveries are most likely among them
-            # (a backlog, not a loss). Re-queueing now would only flood the queue with
-            # duplicates; once it drains, anything still queued here really was lost.
-            lost = []
-        for delivery_id, priority in lost:
-            EventDelivery.update(updated_at=now).where(EventDelivery.id == delivery_id).execute(self.db)
-            self.queue.deliver(delivery_id, delay=0, priority=priority)
-        counts["requeued"] = requeued + len(lost)
+        finished &= done
+        late, done = self._requeue_deliveries(
+            DELIVERY_LIVE & EventDelivery.state.in_(("retry", "waiting"))
+            & (EventDelivery.next_attempt_at < lost_before),
+            {}, EventDelivery.next_attempt_at, stale, deadline,
+        )
+        finished &= done
+        counts["requeued"] = requeued + lost + late
+        self.sweep_unfinished = not finished
         if any(counts.values()):
-            log.warning("event sweep re-queued %s", counts)
+            log.warning("event sweep re-queued %s%s", counts, "" if finished else " (more next pass)")
         return counts
 
-    def _sweep_waiting(self, now: dt.datetime, stale: dt.datetime) -> int:
+    sweep_unfinished = False
+    """Whether the last sweep stopped at its time budget with more to do (the sweeper then
+    runs the next one at once)."""
+
+    def _requeue_deliveries(
+        self, due: Any, changes: dict[Any, Any], column: peewee.Field, stale: dt.datetime, deadline: float,
+        *, order: peewee.Field | None = None,
+    ) -> tuple[int, bool]:
+        """Claim deliveries matching ``due`` a batch at a time (``changes``, and ``column``
+        moved to now so that ``due`` no longer matches) and queue each batch in one call."""
+
+        claimed = [utcnow()]  # when the batch in hand was claimed
+
+        def take() -> list[tuple[Any, ...]]:
+            at = claimed[0] = utcnow()
+            return claim(
+                self.db, EventDelivery, EventDelivery.id, due,
+                {**changes, column: at, EventDelivery.updated_at: at},
+                (EventDelivery.id, EventDelivery.priority), order=order,
+            )
+
+        def hand(batch: list[tuple[Any, ...]]) -> None:
+            try:
+                self._enqueue_many("deliver", [(int(i), 0.0, int(p)) for i, p in batch])
+            except Exception:
+                self._release(EventDelivery, EventDelivery.id, column, batch, claimed[0], stale)
+                raise
+
+        return drain(take, hand, deadline)
+
+    def _enqueue_many(self, kind: str, items: list[tuple[Any, float, int]]) -> None:
+        """``dispatch_each``/``deliver_each`` where the queue has them (any ``Enqueuer``),
+        else one call per item (a duck-typed queue)."""
+        many = getattr(self.queue, f"{kind}_each", None)
+        if many is not None:
+            many(items)
+            return
+        one = getattr(self.queue, kind)
+        for key, delay, priority in items:
+            one(key, delay=delay, priority=priority)
+
+    def _release(
+        self, model: type[peewee.Model], key: peewee.Field, column: peewee.Field, batch: list[tuple[Any, ...]],
+        claimed_at: dt.datetime, stale: dt.datetime, restore: dict[Any, Any] | None = None,
+    ) -> None:
+        """The queue refused a claimed batch: make it due for the next sweep again."""
+        try:
+            release(self.db, model, key, [row[0] for row in batch], column, claimed_at,
+                    stale - dt.timedelta(seconds=1), restore)
+        except Exception:  # the database too: the claim runs out with its lease
+            log.debug("could not give back a sweep's claim", exc_info=True)
+
+    def _sweep_waiting(self, now: dt.datetime, stale: dt.datetime, deadline: float) -> tuple[int, bool]:
         """Queue now the deliveries waiting for a subscriber this worker has: a worker without
         it handed them back for later, maybe long before this one started. Not those just
         queued (their task is on its way)."""
@@ -886,25 +965,16 @@ class Outbox(OutboxAdmin):
         )
         mine = [sub for (sub,) in waited_for.tuples().execute(self.db) if self.emitter.subscription(sub) is not None]
         if not mine:
-            return 0
-        found = list(
-            EventDelivery.select(EventDelivery.id, EventDelivery.priority)
-            .where(
-                DELIVERY_LIVE
-                & (EventDelivery.state == "waiting")
-                & EventDelivery.subscriber.in_(mine)
-                & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale))
-            )
-            .tuples()
-            .execute(self.db)
+            return 0, True
+        # The claim sets next_attempt_at to the claim's time: neither in the future nor a
+        # lease ago, so no other sweep takes it again within a lease.
+        return self._requeue_deliveries(
+            DELIVERY_LIVE
+            & (EventDelivery.state == "waiting")
+            & EventDelivery.subscriber.in_(mine)
+            & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale)),
+            {}, EventDelivery.next_attempt_at, stale, deadline,
         )
-        if found:
-            EventDelivery.update(next_attempt_at=now, updated_at=now).where(
-                EventDelivery.id.in_([delivery_id for delivery_id, _ in found]) & (EventDelivery.state == "waiting")
-            ).execute(self.db)
-        for delivery_id, priority in found:
-            self.queue.deliver(delivery_id, delay=0, priority=priority)
-        return len(found)
 
 
 _IN_MAX = 512

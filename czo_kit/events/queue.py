@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from huey import Huey
 from huey.registry import Message
 from huey.serializer import Serializer
+from huey.storage import PriorityRedisStorage
 
 from czo_kit.events.outbox import Enqueuer
 
@@ -121,6 +123,10 @@ class MsgspecSerializer(Serializer):  # type: ignore[misc]
         raise ValueError("queue message is not in czo-kit's msgpack format")
 
 
+_PRIORITIES_READ = 32
+"""Distinct task priorities ``HueyQueue.oldest_waiting`` reads at most (the kit uses a few)."""
+
+
 class HueyQueue(Enqueuer):
     """Registers the event tasks on ``huey`` and enqueues them for the outbox."""
 
@@ -174,9 +180,50 @@ class HueyQueue(Enqueuer):
     def deliver(self, delivery_id: int, *, delay: float, priority: int) -> None:
         self.huey.enqueue(self._deliver.s(int(delivery_id), delay=delay or None, priority=priority))
 
+    def dispatch_each(self, items: Sequence[tuple[str, float, int]]) -> None:
+        self._enqueue_many([self._dispatch.s(e, delay=d or None, priority=p) for e, d, p in items])
+
+    def deliver_each(self, items: Sequence[tuple[int, float, int]]) -> None:
+        self._enqueue_many([self._deliver.s(int(i), delay=d or None, priority=p) for i, d, p in items])
+
+    def _enqueue_many(self, tasks: list[Any]) -> None:
+        """One call to the queue for all of ``tasks`` where it can (the kit's Redis queue),
+        else one each."""
+        many = getattr(self.huey, "enqueue_many", None)
+        if many is not None:
+            many(tasks)
+            return
+        for task in tasks:
+            self.huey.enqueue(task)
+
     def pending(self) -> int:
         count: int = self.huey.pending_count()
         return count
+
+    def oldest_waiting(self) -> dt.datetime | None:
+        """When the oldest task still waiting in the queue was enqueued (now if none waits),
+        or None where the storage cannot say. Huey's Redis priority storage prefixes each
+        member with its enqueue time and orders members of one priority by it, so the first
+        member of each priority is that priority's oldest: a few reads, whatever the backlog.
+        The sweep uses it to tell a lost task from one still waiting behind a backlog."""
+        storage = self.huey.storage
+        if not isinstance(storage, PriorityRedisStorage):
+            return None
+        oldest: int | None = None
+        low: str = "-inf"
+        for _ in range(_PRIORITIES_READ):
+            first = storage.conn.zrangebyscore(storage.queue_key, low, "+inf", start=0, num=1, withscores=True)
+            if not first:
+                break
+            member, score = first[0]
+            (stamp,) = struct.unpack(">Q", bytes(member[:8]))
+            oldest = stamp if oldest is None else min(oldest, stamp)
+            low = f"({score!r}"
+        else:
+            return None  # more priorities than read: cannot say
+        if oldest is None:
+            return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.fromtimestamp(oldest / 1e6, dt.timezone.utc)
 
     def queued_events(self) -> list[str]:
         """The event ids in the dispatch tasks that wait in the queue (not those scheduled
@@ -212,6 +259,9 @@ class WebhookQueue:
 
     def pending(self) -> int:
         return self.queue.pending()
+
+    def oldest_waiting(self) -> dt.datetime | None:
+        return self.queue.oldest_waiting()
 
 
 PRUNE_BUDGET = 2.0
@@ -268,6 +318,8 @@ class Sweeper:
                     if self.prune and hasattr(self.outbox, "prune"):
                         self._step("prune", self._prune)
                     next_sweep = time.monotonic() + self.interval
+                    if any(getattr(t, "sweep_unfinished", False) is True for t in (self.outbox, *self.others)):
+                        next_sweep = time.monotonic()  # a backlog: on with it after a heartbeat
                 # The sweeper sleeps most of the time: give its connections back meanwhile.
                 for target in (self.outbox, *self.others):
                     _release(getattr(target, "db", None))
