@@ -853,8 +853,7 @@ class Outbox(OutboxAdmin):
 
             def hand_events(batch: list[tuple[Any, ...]], was: str = was) -> None:
                 try:
-                    self._enqueue_many(
-                        "dispatch",
+                    self._dispatch_batch(
                         [(e, max(0.0, (EventOutbox.deliver_at.python_value(at) - now).total_seconds()), p)
                          for e, at, p in batch],
                     )
@@ -931,6 +930,24 @@ class Outbox(OutboxAdmin):
                 raise
 
         return drain(take, hand, deadline)
+
+    def _dispatch_batch(self, items: list[tuple[str, float, int]]) -> None:
+        """Queue the dispatch of a sweep's claimed events as the relay does: those due now,
+        of one priority, in tasks of ``settings.dispatch_batch`` events (a backlog after an
+        outage drains at the batched rate); delayed ones one task each, at their time."""
+        now_by_priority: dict[int, list[str]] = {}
+        later: list[tuple[str, float, int]] = []
+        for event_id, delay, priority in items:
+            if delay > 0 or self.settings.dispatch_batch <= 1:
+                later.append((event_id, delay, priority))
+            else:
+                now_by_priority.setdefault(priority, []).append(event_id)
+        size = max(1, self.settings.dispatch_batch)
+        for priority, ids in now_by_priority.items():
+            for start in range(0, len(ids), size):
+                self.queue.dispatch_many(ids[start : start + size], delay=0.0, priority=priority)
+        if later:
+            self._enqueue_many("dispatch", later)
 
     def _enqueue_many(self, kind: str, items: list[tuple[Any, float, int]]) -> None:
         """``dispatch_each``/``deliver_each`` where the queue has them (any ``Enqueuer``),
