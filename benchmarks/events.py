@@ -588,7 +588,7 @@ def run(
         )
     checks += [
         Check(f"{row.operation}: p50 vs empty tables", row.ratio, RETENTION_RATIO_LIMIT, unit="x")
-        for row in retention if row.operation.startswith(("emit_async", "worker"))
+        for row in retention if row.operation.startswith(("emit_async", "relay", "worker"))
     ]
     checks += throughput_checks(results)
     return sections, checks, notes, results
