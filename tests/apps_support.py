@@ -284,3 +284,21 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0, what: str 
     from czo_kit.testing.cache import wait_until
 
     assert wait_until(condition, timeout=timeout, interval=0.02), f"timed out after {timeout}s waiting for {what}"
+
+
+def webhook_worker_env(pg_url: str, redis_url: str, queue_name: str, *, lease: float) -> dict[str, str]:
+    """The environment of a webhook worker process in the kill -9 tests: this run's servers, a
+    queue of its own, a short lease (so the sweep recovers what a killed worker held) and the
+    loopback receiver allowed; no other CZO_ setting leaks in from the test process."""
+    from conftest import SECRET as TEST_SECRET
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
+        "CZO_DATABASE_URL": pg_url,
+        "CZO_QUEUE_URL": redis_url,
+        "CZO_QUEUE_NAME": queue_name,
+        "CZO_SECRET_KEY": TEST_SECRET,
+        "CZO_WEBHOOKS_LEASE": f"{lease:g}",
+        "CZO_APPS_ALLOW_PRIVATE_URLS": "true",
+        "CZO_LOG_LEVEL": "WARNING",
+    }

@@ -43,6 +43,7 @@ from apps_support import (
     manifest,
     raw_rows,
     wait_for,
+    webhook_worker_env,
 )
 from czo_kit import Kit
 from czo_kit.apps import InstallResult, sign, verify_signature
@@ -688,18 +689,7 @@ def test_kill_9_during_1000_deliveries_loses_nothing(
     queue_name = f"czo_webhook_kill_{uuid.uuid4().hex[:8]}"
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    from conftest import SECRET as TEST_SECRET
-
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
-        "CZO_DATABASE_URL": pg_url,
-        "CZO_QUEUE_URL": redis_url,
-        "CZO_QUEUE_NAME": queue_name,
-        "CZO_SECRET_KEY": TEST_SECRET,
-        "CZO_WEBHOOKS_LEASE": "3",
-        "CZO_APPS_ALLOW_PRIVATE_URLS": "true",
-        "CZO_LOG_LEVEL": "WARNING",
-    }
+    env = webhook_worker_env(pg_url, redis_url, queue_name, lease=3)
     seen: Counter[str] = Counter()
     seen_lock = threading.Lock()
 

@@ -18,7 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from apps_support import OWNER, Receiver, Reply, Request, app_kit, app_settings, manifest, raw_rows, wait_for
+from apps_support import (
+    OWNER,
+    Receiver,
+    Reply,
+    Request,
+    app_kit,
+    app_settings,
+    manifest,
+    raw_rows,
+    wait_for,
+    webhook_worker_env,
+)
 from czo_kit import Kit
 from czo_kit.settings import Settings
 
@@ -78,18 +89,7 @@ def test_kill_9_with_successes_buffered_sends_every_webhook_at_least_once(
     queue_name = f"czo_webhook_batch_kill_{uuid.uuid4().hex[:8]}"
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    from conftest import SECRET as TEST_SECRET
-
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CZO_")},
-        "CZO_DATABASE_URL": pg_url,
-        "CZO_QUEUE_URL": redis_url,
-        "CZO_QUEUE_NAME": queue_name,
-        "CZO_SECRET_KEY": TEST_SECRET,
-        "CZO_WEBHOOKS_LEASE": "4",
-        "CZO_APPS_ALLOW_PRIVATE_URLS": "true",
-        "CZO_LOG_LEVEL": "WARNING",
-    }
+    env = webhook_worker_env(pg_url, redis_url, queue_name, lease=4)
     seen: Counter[str] = Counter()
     lock = threading.Lock()
     hold = threading.Event()  # the worker's next POST hangs until the kill
