@@ -9,7 +9,9 @@ Every POST is answered ``200 {"ok":true}`` at once. When the JSON body's ``data`
 ``"notify": true``, the receiver writes ``<path> <data["seq"]> <arrival>`` as a line on its
 stdout, ``arrival`` being ``time.monotonic_ns()`` taken as soon as the body has been read:
 CLOCK_MONOTONIC is one clock for every process on the machine, so the parent can subtract
-its own start time from it. ``GET /stats`` answers the POST counts per path as JSON. The
+its own start time from it. ``GET /stats`` answers the POST counts per path as JSON;
+``GET /duplicates`` the POSTs per path whose ``webhook-id`` header (the delivery's message id,
+one per delivery) had already arrived on that path: a delivery POSTed more than once. The
 child runs this file as a script (standard library only) and stops when its stdin closes.
 """
 
@@ -35,6 +37,8 @@ def serve() -> None:
     clock = time.monotonic_ns
     lock = threading.Lock()
     counts: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
+    duplicates: dict[str, int] = {}
     out = sys.stdout.buffer
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -63,17 +67,24 @@ def serve() -> None:
                     line = f"{path} {int(data['seq'])} {at}\n".encode()
             except (ValueError, AttributeError, KeyError, TypeError):
                 pass
+            message_id = self.headers.get("webhook-id")
             with lock:
                 counts[path] = counts.get(path, 0) + 1
+                if message_id is not None:
+                    ids = seen.setdefault(path, set())
+                    if message_id in ids:
+                        duplicates[path] = duplicates.get(path, 0) + 1
+                    else:
+                        ids.add(message_id)
                 if line:
                     out.write(line)
                     out.flush()
             self._reply(200, REPLY)
 
         def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/stats":
+            if self.path in ("/stats", "/duplicates"):
                 with lock:
-                    body = json.dumps(counts).encode()
+                    body = json.dumps(counts if self.path == "/stats" else duplicates).encode()
                 self._reply(200, body)
             else:
                 self._reply(404, b"{}")
@@ -97,7 +108,8 @@ def serve() -> None:
 
 
 class ReceiverProcess:
-    """Runs this file as a child process; ``url``, ``wait(path, seq)``, ``stats()``."""
+    """Runs this file as a child process; ``url``, ``wait(path, seq)``, ``stats()``,
+    ``duplicates()``."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,12 +162,20 @@ class ReceiverProcess:
                 return got[2]
             self._early[got[:2]] = got[2]  # a duplicate or an earlier one: keep it
 
-    def stats(self) -> dict[str, int]:
+    def _get(self, path: str) -> dict[str, int]:
         import urllib.request
 
-        with urllib.request.urlopen(self.url + "/stats", timeout=10) as response:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
             counts: dict[str, int] = json.loads(response.read())
         return counts
+
+    def stats(self) -> dict[str, int]:
+        """POSTs received so far, per path."""
+        return self._get("/stats")
+
+    def duplicates(self) -> dict[str, int]:
+        """POSTs so far, per path, repeating a ``webhook-id`` that path had already received."""
+        return self._get("/duplicates")
 
     def stop(self) -> None:
         process = self.process

@@ -1,6 +1,6 @@
 """Recovery and workers at scale on one PostgreSQL and one Redis: sweeps, outage drain, workers.
 
-Three parts, each with real processes (``czo-kit worker`` for the workers):
+Four parts, each with real processes (``czo-kit worker`` for the workers):
 
 (a) ``sweep``: a sweep re-queues 20,000 pending outbox rows (committed events whose producer
     died before the relay queued them), one and two sweeper processes at once, the sweep
@@ -16,10 +16,18 @@ Three parts, each with real processes (``czo-kit worker`` for the workers):
 (c) ``workers``: the same drain of ``--backlog`` events with 1, 2 and 4 worker processes:
     events/s, and duplicates ((event, subscriber) runs beyond the first: there should be none
     without a crash).
+(d) ``webhooks``: a backlog of ``--deliveries`` webhook deliveries drained by 1, 2 and 4
+    worker processes into a local receiver (``benchmarks/_receiver.py``, a process of its
+    own). The backlog is what the kit writes: an app subscribed to ``order.created`` is
+    installed in a shop (``benchmarks.webhooks.install_app``) and that many shop events are
+    emitted with ``emit_async`` in transactions of 100 (``benchmarks.webhooks.record_deliveries``)
+    while no worker runs, and handed to Redis; then the workers start. Time until every
+    delivery is ``delivered``, deliveries/s, and duplicates: POSTs whose ``webhook-id`` (one
+    per delivery) had already reached the receiver.
 
-One command: ``python -m benchmarks.scale`` (``--only sweep|outage|workers``, ``--quick``,
-``--markdown``, ``--json PATH``). Everything happens in a scratch schema and under Redis
-keys of its own, removed at the end.
+One command: ``python -m benchmarks.scale`` (``--only sweep|outage|workers|webhooks``,
+``--quick``, ``--markdown``, ``--json PATH``). Everything happens in a scratch schema and
+under Redis keys of its own, removed at the end.
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from benchmarks._pg import database_url, delete_redis_keys, drop_schema, fresh_schema, redis_url, schema_url
+from benchmarks._receiver import ReceiverProcess
 from benchmarks._stats import environment, environment_line
 
 DEFAULT_SCHEMA = "czo_bench_scale"
@@ -192,6 +201,14 @@ class World:
         self.sql("VACUUM ANALYZE czo_event_delivery")
         return time.perf_counter() - started
 
+    def vacuum(self, tables: Sequence[str]) -> None:
+        """``VACUUM ANALYZE`` each of ``tables`` (autovacuum is off here: fresh statistics)."""
+        from psycopg2 import sql
+
+        with self.conn.cursor() as cur:
+            for table in tables:
+                cur.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+
     def queued_tasks(self) -> int:
         return int(self.redis.zcard(f"huey.redis.{self.queue}"))
 
@@ -268,19 +285,46 @@ def czo_kit_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "czo_kit.cli"]
 
 
+Workers: TypeAlias = list[tuple[subprocess.Popen[bytes], Any]]
+
+
+def start_workers(world: World, env: dict[str, str], workers: int, threads: int) -> Workers:
+    """``workers`` ``czo-kit worker`` processes, their output in ``worker-<n>.log``."""
+    procs: Workers = []
+    for n in range(workers):
+        log = open(world.tmp / f"worker-{n}.log", "wb")  # noqa: SIM115 - closed in stop_workers
+        procs.append((subprocess.Popen(
+            [*czo_kit_command(), "worker", "-w", str(threads), "--max-delay", "0.1"],
+            env=env, cwd=str(world.tmp), stdout=log, stderr=subprocess.STDOUT,
+        ), log))
+    return procs
+
+
+def check_workers(world: World, procs: Workers) -> None:
+    for n, (proc, _) in enumerate(procs):
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {n} stopped: " + (world.tmp / f"worker-{n}.log").read_text()[-2000:])
+
+
+def stop_workers(procs: Workers) -> None:
+    for proc, _ in procs:
+        proc.terminate()
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 def drain(world: World, rows: int, workers: int, threads: int) -> dict[str, Any]:
     """``rows`` pending events, then ``workers`` ``czo-kit worker`` processes: until when
     is everything queued, and delivered."""
     world.reset(rows)
     env = {**world.env, "CZO_PLUGINS": "czo-bench-scale"}
-    procs = []
     started = time.perf_counter()
-    for n in range(workers):
-        log = open(world.tmp / f"worker-{n}.log", "wb")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(
-            [*czo_kit_command(), "worker", "-w", str(threads), "--max-delay", "0.1"],
-            env=env, cwd=str(world.tmp), stdout=log, stderr=subprocess.STDOUT,
-        ), log))
+    procs = start_workers(world, env, workers, threads)
     queued_at = None
     try:
         while True:
@@ -297,20 +341,11 @@ def drain(world: World, rows: int, workers: int, threads: int) -> dict[str, Any]
                 if live == 0 and busy == 0:
                     drained_at = now
                     break
-            if any(p.poll() is not None for p, _ in procs):
-                raise RuntimeError("a worker stopped: " + (world.tmp / "worker-0.log").read_text()[-2000:])
+            check_workers(world, procs)
             if now > 3 * 3600:
                 raise RuntimeError("not drained after 3 hours")
     finally:
-        for proc, log in procs:
-            proc.terminate()
-        for proc, log in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        stop_workers(procs)
     runs = world.one("SELECT count(*) FROM bench_runs")
     distinct = world.one("SELECT count(DISTINCT event_id) FROM bench_runs")
     done = world.one("SELECT count(*) FROM czo_event_delivery WHERE state = 'done'")
@@ -320,6 +355,87 @@ def drain(world: World, rows: int, workers: int, threads: int) -> dict[str, Any]
         "runs": runs, "distinct": distinct, "duplicates": runs - distinct, "done": done,
         "hour_minutes": HOUR_AT_400 / (rows / drained_at) / 60,
     }
+
+
+# -- (d) webhook deliveries with real workers ----------------------------------------------
+
+WEBHOOK_PATH = "/kit"  # the target benchmarks.webhooks.install_app subscribes the app with
+
+
+def webhook_tables() -> list[str]:
+    from czo_kit.apps.webhooks import WebhookAttempt, WebhookCircuit, WebhookDelivery
+    from czo_kit.events.outbox import EVENT_MODELS
+
+    return [str(model._meta.table_name) for model in (WebhookAttempt, WebhookDelivery, WebhookCircuit, *EVENT_MODELS)]
+
+
+def webhook_drain(world: World, kit: Any, receiver: ReceiverProcess, deliveries: int, workers: int,
+                  threads: int) -> dict[str, Any]:
+    """A backlog of ``deliveries`` webhook deliveries written by ``kit`` (no worker running),
+    then ``workers`` worker processes: until when is every one delivered, and how many POSTs
+    reached the receiver twice."""
+    from benchmarks import webhooks
+
+    webhooks.reset_kit(kit)  # empty queue, deliveries, attempts, circuits and outbox
+    world.vacuum(webhook_tables())
+    produce = webhooks.record_deliveries(kit, deliveries)  # raises unless all `deliveries` are queued
+    kit.webhooks.flush()  # every delivery's task (and every event's) in Redis before the workers start
+    kit.outbox.flush()
+    world.vacuum(webhook_tables())
+    tasks = world.queued_tasks()
+    posts_before = receiver.stats().get(WEBHOOK_PATH, 0)
+    duplicates_before = receiver.duplicates().get(WEBHOOK_PATH, 0)
+    # The workers decrypt the app's signing secret with the producing kit's secret key, and
+    # POST to the receiver on loopback.
+    env = {**world.env, "CZO_SECRET_KEY": webhooks.SECRET, "CZO_APPS_ALLOW_PRIVATE_URLS": "true"}
+    started = time.perf_counter()
+    procs = start_workers(world, env, workers, threads)
+    first_at = None
+    first_left = deliveries
+    try:
+        while True:
+            time.sleep(0.05)
+            states = dict(world.sql("SELECT state, count(*) FROM czo_webhook_delivery "
+                                    "WHERE state != 'delivered' GROUP BY state"))  # the live rows' partial index
+            now = time.perf_counter() - started
+            left = sum(states.values())
+            if first_at is None and left < deliveries:
+                first_at, first_left = now, left
+            if left == 0:
+                drained_at = now
+                break
+            if states.get("dead"):
+                raise RuntimeError(f"dead webhook deliveries: {states}")
+            check_workers(world, procs)
+            if now > 3600:
+                raise RuntimeError(f"webhook deliveries not drained after an hour: {states}")
+    finally:
+        stop_workers(procs)
+    posts = receiver.stats().get(WEBHOOK_PATH, 0) - posts_before
+    duplicates = receiver.duplicates().get(WEBHOOK_PATH, 0) - duplicates_before
+    attempts = world.one("SELECT coalesce(sum(attempts), 0) FROM czo_webhook_delivery")
+    assert first_at is not None
+    return {
+        "deliveries": deliveries, "workers": workers, "threads": threads, "produce_per_s": deliveries / produce,
+        "tasks_queued": tasks, "first_s": first_at, "drained_s": drained_at, "per_s": deliveries / drained_at,
+        "per_s_after_first": (first_left / (drained_at - first_at)) if drained_at > first_at else None,
+        "posts": posts, "duplicates": duplicates, "attempts": int(attempts),
+    }
+
+
+def part_webhooks(world: World, deliveries: int, threads: int) -> list[dict[str, Any]]:
+    from benchmarks import webhooks
+
+    receiver = ReceiverProcess().start()
+    kit: Any = None
+    try:
+        kit = webhooks.make_kit(world.url, world.redis_url, world.queue)
+        webhooks.install_app(kit, receiver.url)
+        return [webhook_drain(world, kit, receiver, deliveries, n, threads) for n in (1, 2, 4)]
+    finally:
+        if kit is not None:
+            kit.close()
+        receiver.stop()
 
 
 # -- output -----------------------------------------------------------------------------
@@ -359,12 +475,25 @@ def render(results: dict[str, Any], markdown: bool) -> str:
         for w in ws:
             lines.append(f"| {w['workers']} | {w['drain_per_s']:,.0f} | {w['drain_per_s'] / ws[0]['drain_per_s']:.2f}x "
                          f"| {w['duplicates']} | {w['done']:,} |")
+    if "webhooks" in results:
+        hs = results["webhooks"]
+        lines += ["", f"(d) webhooks: {hs[0]['deliveries']:,} webhook deliveries to a receiver on loopback (one "
+                  f"app, one subscription), emitted before the workers start, {hs[0]['threads']} threads per "
+                  "process; times from the workers' start (process start-up included)", ""]
+        lines += ["| worker processes | first delivered after | drained after | deliveries/s | vs 1 process "
+                  "| deliveries/s after the first | POSTs | duplicates (same webhook-id) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for h in hs:
+            after = h["per_s_after_first"]
+            lines.append(f"| {h['workers']} | {h['first_s']:.1f} s | {h['drained_s']:.1f} s | {h['per_s']:,.0f} "
+                         f"| {h['per_s'] / hs[0]['per_s']:.2f}x | {'' if after is None else f'{after:,.0f}'} "
+                         f"| {h['posts']:,} | {h['duplicates']} |")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["sweep", "outage", "workers"], help="run one part only")
+    parser.add_argument("--only", choices=["sweep", "outage", "workers", "webhooks"], help="run one part only")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (small backlogs, one repeat)")
     parser.add_argument("--rows", type=int, default=20_000, help="pending rows of the sweep part (default 20,000)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each sweep configuration (default 3)")
@@ -374,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the outage part (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker process (default 4)")
     parser.add_argument("--backlog", type=int, default=10_000, help="events of the workers part (default 10,000)")
+    parser.add_argument("--deliveries", type=int, default=4_000,
+                        help="webhook deliveries of the webhooks part (default 4,000)")
     parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"scratch schema (default {DEFAULT_SCHEMA})")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
@@ -384,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child_sweep:
         return child_sweep(args.child_sweep, args.go, args.ready)
     if args.quick:
-        args.rows, args.repeats, args.minutes, args.backlog = 2_000, 1, 0.25, 1_000
+        args.rows, args.repeats, args.minutes, args.backlog, args.deliveries = 2_000, 1, 0.25, 1_000, 400
     world = World(args.schema)
     results: dict[str, Any] = {}
     try:
@@ -394,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["outage"] = drain(world, int(args.minutes * 60 * 400), args.workers, args.threads)
         if args.only in (None, "workers"):
             results["workers"] = [drain(world, args.backlog, n, args.threads) for n in (1, 2, 4)]
+        if args.only in (None, "webhooks"):
+            results["webhooks"] = part_webhooks(world, args.deliveries, args.threads)
     finally:
         world.close()
     print(render(results, args.markdown))
