@@ -237,7 +237,7 @@ def sweep_run(world: World, kind: str, sweepers: int, rows: int) -> dict[str, An
     deadline = time.monotonic() + 120
     while not all(ready.exists() for _, ready in procs):
         if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
-            raise RuntimeError("a sweeper did not start: " + " | ".join(p.stderr.read() for p, _ in procs if p.poll()))
+            raise RuntimeError("a sweeper did not start: " + " | ".join(p.stderr.read() for p, _ in procs if p.poll() and p.stderr))
         time.sleep(0.01)
     started = time.perf_counter()
     go.write_text("go")
@@ -366,7 +366,8 @@ def webhook_tables() -> list[str]:
     from czo_kit.apps.webhooks import WebhookAttempt, WebhookCircuit, WebhookDelivery
     from czo_kit.events.outbox import EVENT_MODELS
 
-    return [str(model._meta.table_name) for model in (WebhookAttempt, WebhookDelivery, WebhookCircuit, *EVENT_MODELS)]
+    models: list[Any] = [WebhookAttempt, WebhookDelivery, WebhookCircuit, *EVENT_MODELS]
+    return [str(model._meta.table_name) for model in models]
 
 
 def webhook_drain(world: World, kit: Any, receiver: ReceiverProcess, deliveries: int, workers: int,
