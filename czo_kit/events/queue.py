@@ -203,7 +203,7 @@ class HueyQueue(Enqueuer):
     def oldest_waiting(self) -> dt.datetime | None:
         """When the oldest task still waiting in the queue was enqueued (now if none waits),
         or None where the storage cannot say. Huey's Redis priority storage prefixes each
-        member with its enqueue time and orders members of one priority by it, so the first
+        member with its enqueue time and sorts members of one priority by it, so the first
         member of each priority is that priority's oldest: a few reads, whatever the backlog.
         The sweep uses it to tell a lost task from one still waiting behind a backlog."""
         storage = self.huey.storage
