@@ -10,11 +10,14 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import peewee
@@ -284,6 +287,16 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0, what: str 
     from czo_kit.testing.cache import wait_until
 
     assert wait_until(condition, timeout=timeout, interval=0.02), f"timed out after {timeout}s waiting for {what}"
+
+
+def start_script(script: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Run ``script`` with this interpreter in a process of its own (a worker that a kill -9
+    test stops), its output written to ``log`` for the failure report."""
+    out = open(log, "wb")  # noqa: SIM115 - the child holds its own descriptor
+    try:
+        return subprocess.Popen([sys.executable, str(script)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()
 
 
 def webhook_worker_env(pg_url: str, redis_url: str, queue_name: str, *, lease: float) -> dict[str, str]:

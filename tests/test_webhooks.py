@@ -9,12 +9,10 @@ import datetime as dt
 import hashlib
 import hmac
 import importlib.metadata
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -42,6 +40,7 @@ from apps_support import (
     kit_factory,
     manifest,
     raw_rows,
+    start_script,
     wait_for,
     webhook_worker_env,
 )
@@ -699,11 +698,7 @@ def test_kill_9_during_1000_deliveries_loses_nothing(
         return Reply(200, delay=0.02)
 
     def start_worker(name: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        try:
-            return subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
+        return start_script(script, env, tmp_path / f"{name}.log")
 
     settings = app_settings(
         settings_for, pg_url, str(tmp_path), queue_url=redis_url, queue_name=queue_name, webhooks_lease=3.0

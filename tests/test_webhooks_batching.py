@@ -5,10 +5,8 @@ again (at least once; the receiver dedupes on ``webhook-id``)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import uuid
@@ -27,10 +25,10 @@ from apps_support import (
     app_settings,
     manifest,
     raw_rows,
+    start_script,
     wait_for,
     webhook_worker_env,
 )
-from czo_kit import Kit
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
@@ -103,11 +101,7 @@ def test_kill_9_with_successes_buffered_sends_every_webhook_at_least_once(
         return Reply(200)
 
     def start_worker(name: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        try:
-            return subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
+        return start_script(script, env, tmp_path / f"{name}.log")
 
     settings = app_settings(
         settings_for, pg_url, str(tmp_path), queue_url=redis_url, queue_name=queue_name, webhooks_lease=4.0
