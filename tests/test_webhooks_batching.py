@@ -5,8 +5,6 @@ again (at least once; the receiver dedupes on ``webhook-id``)."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import textwrap
 import threading
 import uuid
@@ -23,12 +21,15 @@ from apps_support import (
     Request,
     app_kit,
     app_settings,
+    kill_9,
     manifest,
     raw_rows,
-    start_script,
     wait_for,
     webhook_worker_env,
+    worker_processes,
 )
+from czo_kit import Kit
+from czo_kit.apps import _webhook_batch
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
@@ -58,6 +59,19 @@ def test_deliveries_to_one_target_share_one_kept_alive_connection_and_one_task(
         assert len({p.client_port for p in posts}) == 1, "each delivery opened a connection of its own"
         assert len(batches) < 10 and sum(batches) == 10, batches  # tasks of several deliveries
         assert len(raw_rows(kit, "czo_webhook_attempt")) == 10
+
+
+def orders_queued(kit: Kit, receiver_url: str, total: int) -> None:
+    """Install the receiver's app on an empty queue, then emit ``total`` orders in one
+    transaction and wait until the relays have handed their events and deliveries over."""
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
+    assert kit.queue is not None
+    kit.queue.flush()
+    with kit.db.atomic():
+        for n in range(total):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+    kit.outbox.flush()
+    kit.webhooks.flush()
 
 
 WORKER = textwrap.dedent(
@@ -100,26 +114,19 @@ def test_kill_9_with_successes_buffered_sends_every_webhook_at_least_once(
             hold.wait(60)
         return Reply(200)
 
-    def start_worker(name: str) -> subprocess.Popen[bytes]:
-        return start_script(script, env, tmp_path / f"{name}.log")
-
     settings = app_settings(
         settings_for, pg_url, str(tmp_path), queue_url=redis_url, queue_name=queue_name, webhooks_lease=4.0
     )
-    workers: list[subprocess.Popen[bytes]] = []
-    with Receiver(script_) as receiver, app_kit(settings) as kit:
+    with (
+        Receiver(script_) as receiver,
+        app_kit(settings) as kit,
+        worker_processes(kit, script, env, tmp_path) as start_worker,
+    ):
         try:
-            kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
-            assert kit.queue is not None
-            kit.queue.flush()
-            with kit.db.atomic():
-                for n in range(total):
-                    kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-            kit.webhooks.flush()
-            workers.append(start_worker("first"))
+            orders_queued(kit, receiver.url, total)
+            first = start_worker("first")
             wait_for(lambda: sum(seen.values()) == answered + 1, timeout=60, what="the POST that hangs")
-            workers[0].send_signal(signal.SIGKILL)
-            workers[0].wait(timeout=10)
+            kill_9(first)
             # Five POSTs were answered 2xx (a first task may have carried one delivery alone,
             # recorded at its end); the others' record was in the buffer the kill took.
             states = kit.webhooks.stats(delivered=True)
@@ -127,17 +134,11 @@ def test_kill_9_with_successes_buffered_sends_every_webhook_at_least_once(
             assert lost_records > 0 and states.get("running", 0) >= lost_records + 1, states
             hold.set()
 
-            workers.append(start_worker("second"))
+            start_worker("second")
             wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": total}, timeout=120,
                      what="every delivery after the restart")
         finally:
             hold.set()
-            for process in workers:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-            if kit.queue is not None:
-                kit.queue.flush()
         message_ids = {row["message_id"] for row in raw_rows(kit, "czo_webhook_delivery")}
     assert len(message_ids) == total and message_ids <= set(seen), "a delivery never reached the receiver"
     twice = [key for key, count in seen.items() if count > 1]
@@ -167,3 +168,115 @@ def test_a_batch_running_past_half_its_lease_hands_the_rest_back_unattempted(
         with kit.consumer(workers=1, sweep_interval=60):
             wait_for(lambda: kit.webhooks.stats(delivered=True) == {"delivered": 3}, what="the rest")
         assert len(receiver.posts("/hook")) == 3
+
+
+def test_a_delivery_on_its_last_attempt_is_claimed_alone_right_before_its_post(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
+    with Receiver() as receiver, app_kit(settings) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        with kit.db.atomic():
+            for n in range(4):
+                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+        kit.webhooks.flush()
+        assert kit.queue is not None
+        kit.queue.flush()  # no consumer here: the test runs the batch itself
+        ids = sorted(d.id for d in kit.webhooks.deliveries())
+        # Two of them had an attempt counted by a worker that died (the sweep queued them again).
+        kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1 WHERE id IN (?, ?)', (ids[1], ids[3]))
+        claims: list[list[int]] = []
+        real_claim = _webhook_batch.claim
+
+        def claim(db: object, chunk: list[int], *args: object) -> list[object]:
+            taken = real_claim(db, chunk, *args)  # type: ignore[arg-type]
+            claims.append([int(d.id) for d in taken])
+            return taken  # type: ignore[return-value]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_webhook_batch, "claim", claim)
+            assert kit.webhooks.deliver_many(ids) == ["delivered"] * 4
+        # The batch took the two on their first attempt; each last attempt was claimed alone.
+        assert claims == [[ids[0], ids[2]], [ids[1]], [ids[3]]]
+        rows = {row["id"]: row["attempts"] for row in raw_rows(kit, "czo_webhook_delivery")}
+        assert rows == {ids[0]: 1, ids[1]: 2, ids[2]: 1, ids[3]: 2}
+    assert sorted(p.json()["data"]["id"] for p in receiver.posts("/hook")) == [0, 1, 2, 3]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_killing_the_worker_twice_dead_letters_only_what_it_was_posting(
+    pg_url: str, redis_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # Two attempts per delivery. The first worker is killed holding a claim of 32 (one attempt
+    # each counted); the sweep queues them again; the second is killed on its first POST of one
+    # of those. Before, the second claim took all of them on their last attempt and the sweep
+    # dead-lettered every one; now only the delivery it was sending ends dead.
+    total = 64
+    queue_name = f"czo_webhook_last_{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**webhook_worker_env(pg_url, redis_url, queue_name, lease=3), "CZO_WEBHOOKS_RETRY_SCHEDULE": "1"}
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+    hang_on: set[str] = set()  # message ids whose next POST hangs (once), until the kill
+    hanging = threading.Event()
+    release = threading.Event()
+
+    def script_(request: Request) -> Reply:
+        message_id = request.headers["webhook-id"]
+        with lock:
+            seen[message_id] += 1
+            hang = message_id in hang_on and not hanging.is_set()
+            if hang:
+                hanging.set()
+        if hang:
+            release.wait(60)
+        return Reply(200)
+
+    def rows() -> list[dict[str, object]]:
+        return raw_rows(kit, "czo_webhook_delivery")
+
+    settings = app_settings(
+        settings_for, pg_url, str(tmp_path), queue_url=redis_url, queue_name=queue_name,
+        webhooks_lease=3.0, webhooks_retry_schedule=(1.0,),
+    )
+    with (
+        Receiver(script_) as receiver,
+        app_kit(settings) as kit,
+        worker_processes(kit, script, env, tmp_path) as start_worker,
+    ):
+        try:
+            orders_queued(kit, receiver.url, total)
+            # Two tasks of 32, whatever the relay grouped: the first worker's claim holds 32.
+            assert kit.queue is not None and kit.webhooks.queue is not None
+            kit.queue.flush()
+            kit.webhooks.queue.deliver_many(sorted(int(row["id"]) for row in rows()), delay=0)
+            assert kit.queue.pending_count() == 2
+            with lock:
+                hang_on.update(str(row["message_id"]) for row in rows())  # the first POST of all hangs
+            first = start_worker("first")
+            wait_for(hanging.is_set, timeout=60, what="the first worker's hanging POST")
+            kill_9(first)
+            held = {str(row["message_id"]) for row in rows() if row["state"] == "running"}
+            assert len(held) > 1 and all(row["attempts"] == 1 for row in rows() if row["state"] == "running")
+            with lock:  # the second worker hangs on the first of those it sends again
+                hang_on.clear()
+                hang_on.update(held)
+                hanging.clear()
+            release.set()
+            release = threading.Event()
+            second = start_worker("second")
+            wait_for(hanging.is_set, timeout=60, what="the second worker's hanging POST")
+            kill_9(second)
+            release.set()
+            start_worker("third")
+            wait_for(lambda: all(row["state"] in ("delivered", "dead") for row in rows()), timeout=120,
+                     what="every delivery delivered or dead")
+        finally:
+            release.set()
+        dead = [row for row in rows() if row["state"] == "dead"]
+        delivered = {str(row["message_id"]) for row in rows() if row["state"] == "delivered"}
+    assert len(dead) == 1, [(row["message_id"], row["attempts"], row["last_error"]) for row in dead]
+    assert str(dead[0]["message_id"]) in held  # the one the second worker was sending
+    assert len(delivered) == total - 1 and delivered <= set(seen)

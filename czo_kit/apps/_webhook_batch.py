@@ -51,16 +51,29 @@ def _id_slots(size: int) -> list[Slot]:
     return [Slot(f"id{k}") for k in range(size)]
 
 
+def _claimable(size: int, alone: bool) -> peewee.Expression:
+    term = WebhookDelivery.id.in_(_id_slots(size)) & WebhookDelivery.state.in_(("queued", "retry"))
+    if alone:
+        return term
+    return term & (WebhookDelivery.attempts + 1 < WebhookDelivery.max_attempts)
+
+
 def claim(db: peewee.Database, ids: Sequence[int], now: dt.datetime, lease: float) -> list[WebhookDelivery]:
     """Take ``ids`` that are ``queued`` or ``retry`` (``running``, one more attempt used, under a
     lease): one statement for all; those another worker took, or that are done, are left out.
-    In id order."""
+    In id order.
+
+    A claim of several leaves out the deliveries on their last attempt too: the attempt is
+    counted at the claim, so a worker killed while it held the batch would spend the last
+    attempt of deliveries it never sent, and the sweep would dead-letter them. The caller
+    claims those alone, each right before its POST (``WebhookDispatcher.deliver_many``)."""
     if not ids:
         return []
     info = model_info(WebhookDelivery, db)
     size, values = _ids_in(ids)
+    alone = len(ids) == 1
     template = info.template(
-        ("claim", size),
+        ("claim", size, alone),
         lambda: WebhookDelivery.update(
             {
                 WebhookDelivery.state: "running",
@@ -69,7 +82,7 @@ def claim(db: peewee.Database, ids: Sequence[int], now: dt.datetime, lease: floa
                 WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
             }
         )
-        .where(WebhookDelivery.id.in_(_id_slots(size)) & WebhookDelivery.state.in_(("queued", "retry")))
+        .where(_claimable(size, alone))
         .returning(*info.fields),
     )
     values.update(lease=now + dt.timedelta(seconds=lease), now=now)

@@ -314,7 +314,11 @@ class WebhookDispatcher(WebhookOperations):
         target whose circuit is closed are recorded a few at a time (``DeliveredBuffer``),
         anything else at once, exactly as a single delivery is. A claim held for half the
         lease gives back what it has not attempted yet, so no lease runs out under a live
-        worker."""
+        worker.
+
+        A delivery on its last attempt is never claimed with others (``_batch.claim``): it is
+        claimed alone right before its POST, so a worker killed mid-batch cannot use up the
+        last attempt of deliveries it never sent."""
         self.ensure_tables()
         ids = list(dict.fromkeys(int(i) for i in delivery_ids))
         states: dict[int, str] = {}
@@ -325,8 +329,12 @@ class WebhookDispatcher(WebhookOperations):
                 if start and time.monotonic() - started > self.settings.lease / 2:
                     self._hand_back(ids[start:], states)  # never claimed: still queued
                     break
-                claimed = _batch.claim(self.db, ids[start:start + CLAIM_BATCH], utcnow(), self.settings.lease)
+                chunk = ids[start:start + CLAIM_BATCH]
+                claimed = _batch.claim(self.db, chunk, utcnow(), self.settings.lease)
                 self._deliver_claimed(claimed, buffer, states)
+                if len(chunk) > 1 and len(claimed) < len(chunk):
+                    # Left out: on its last attempt, or taken by another worker, or done.
+                    self._deliver_alone([i for i in chunk if i not in states], buffer, states, started)
         finally:
             self._flush(buffer)
         return [states.get(i, "skipped") for i in ids]
@@ -344,6 +352,14 @@ class WebhookDispatcher(WebhookOperations):
             states[int(delivery.id)] = self._attempt(delivery, circuits, secrets_, buffer)
             if buffer.due():
                 self._flush(buffer)
+
+    def _deliver_alone(self, ids: list[int], buffer: DeliveredBuffer, states: dict[int, str], started: float) -> None:
+        """Claim and attempt each of ``ids`` on its own, in turn (as ``deliver`` does)."""
+        for index, delivery_id in enumerate(ids):
+            if time.monotonic() - started > self.settings.lease / 2:
+                self._hand_back(ids[index:], states)  # not claimed: still queued
+                return
+            self._deliver_claimed(_batch.claim(self.db, [delivery_id], utcnow(), self.settings.lease), buffer, states)
 
     def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
