@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -297,6 +298,37 @@ def start_script(script: Path, env: dict[str, str], log: Path) -> subprocess.Pop
         return subprocess.Popen([sys.executable, str(script)], env=env, stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
+
+
+@contextmanager
+def worker_processes(
+    kit: Kit, script: Path, env: dict[str, str], logs: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``start(name, **more_env)`` runs ``script`` as a worker process (``start_script``, its
+    log in ``logs/name.log``); on the way out, whatever happened, the workers still running
+    are killed and the kit's queue is emptied, so nothing outlives the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, **more_env: str) -> subprocess.Popen[bytes]:
+        process = start_script(script, {**env, **more_env}, logs / f"{name}.log")
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        if kit.queue is not None:
+            kit.queue.flush()
+
+
+def kill_9(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``process`` and reap it."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def webhook_worker_env(pg_url: str, redis_url: str, queue_name: str, *, lease: float) -> dict[str, str]:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,10 +32,12 @@ from apps_support import (
     app_settings,
     consuming,
     drop_tables,
+    kill_9,
     kit_factory,
     manifest,
     raw_rows,
     wait_for,
+    worker_processes,
 )
 from czo_kit import Kit, hookimpl
 from czo_kit.apps import AppManifest, InstalledApp, PermissionSpec, WebhookSpec, parse_manifest
@@ -503,44 +502,25 @@ def test_a_delivery_whose_worker_is_killed_is_redelivered_not_lost(
     }
     settings = app_settings(settings_for, db_url, str(tmp_path), queue_url=queue_url, queue_name=queue_name,
                             webhooks_lease=2.0)
-    workers: list[subprocess.Popen[bytes]] = []
-
-    def start_worker(name: str, **extra: str) -> subprocess.Popen[bytes]:
-        with open(tmp_path / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(script)], env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT
-            )
-        workers.append(process)
-        return process
-
-    with probe_kit(settings) as kit:
-        try:
-            kit.apps.install(shop_id=1, installer_id=OWNER, app_id="probe")
-            if kit.queue is None:
-                # Without a queue the process that emits delivers: the first worker does both.
-                first = start_worker("first", PROBE_EMIT="1")
-            else:
-                kit.events.emit_async("order.created", ORDER)
-                kit.webhooks.flush()
-                first = start_worker("first")
-            wait_for(marker.exists, timeout=60, what="the handler to start in the first worker")
-            assert states(kit) == {"running": 1}
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-            start_worker("second")
-            wait_for(lambda: states(kit) == {"delivered": 1}, timeout=60, what="the redelivery")
-        finally:
-            for process in workers:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-            if kit.queue is not None:
-                kit.queue.flush()
+    with probe_kit(settings) as kit, worker_processes(kit, script, env, tmp_path) as start_worker:
+        kit.apps.install(shop_id=1, installer_id=OWNER, app_id="probe")
+        if kit.queue is None:
+            # Without a queue the process that emits delivers: the first worker does both.
+            first = start_worker("first", PROBE_EMIT="1")
+        else:
+            kit.events.emit_async("order.created", ORDER)
+            kit.webhooks.flush()
+            first = start_worker("first")
+        wait_for(marker.exists, timeout=60, what="the handler to start in the first worker")
+        assert states(kit) == {"running": 1}
+        kill_9(first)
+        second = start_worker("second")
+        wait_for(lambda: states(kit) == {"delivered": 1}, timeout=60, what="the redelivery")
         [delivery] = kit.webhooks.deliveries()
         rows = raw_rows(kit, "probe_row")
     # The killed attempt wrote nothing (its transaction died with it); the second one did.
     assert delivery.attempts == 2
-    assert [(r["attempt"], r["pid"]) for r in rows] == [(2, workers[1].pid)]
+    assert [(r["attempt"], r["pid"]) for r in rows] == [(2, second.pid)]
 
 
 # -- installing through the API and the command line -------------------------------------------

@@ -10,9 +10,7 @@ import hashlib
 import hmac
 import importlib.metadata
 import re
-import signal
 import socket
-import subprocess
 import textwrap
 import threading
 import time
@@ -37,12 +35,13 @@ from apps_support import (
     app_kit,
     app_settings,
     consuming,
+    kill_9,
     kit_factory,
     manifest,
     raw_rows,
-    start_script,
     wait_for,
     webhook_worker_env,
+    worker_processes,
 )
 from czo_kit import Kit
 from czo_kit.apps import InstallResult, sign, verify_signature
@@ -697,46 +696,37 @@ def test_kill_9_during_1000_deliveries_loses_nothing(
             seen[request.headers["webhook-id"]] += 1
         return Reply(200, delay=0.02)
 
-    def start_worker(name: str) -> subprocess.Popen[bytes]:
-        return start_script(script, env, tmp_path / f"{name}.log")
-
     settings = app_settings(
         settings_for, pg_url, str(tmp_path), queue_url=redis_url, queue_name=queue_name, webhooks_lease=3.0
     )
-    workers: list[subprocess.Popen[bytes]] = []
-    with Receiver(slow) as receiver, app_kit(settings) as kit:
-        try:
-            install(kit, receiver.url)
-            assert kit.queue is not None
-            kit.queue.flush()
+    with (
+        Receiver(slow) as receiver,
+        app_kit(settings) as kit,
+        worker_processes(kit, script, env, tmp_path) as start_worker,
+    ):
+        install(kit, receiver.url)
+        assert kit.queue is not None
+        kit.queue.flush()
 
-            def delivered() -> int:
-                return int(kit.webhooks.stats(delivered=True).get("delivered", 0))
+        def delivered() -> int:
+            return int(kit.webhooks.stats(delivered=True).get("delivered", 0))
 
-            emitting = time.monotonic()
-            for start in range(0, total, 100):
-                with kit.db.atomic():
-                    for i in range(start, start + 100):
-                        kit.events.emit_async("order.created", {"shop_id": 1, "id": i, "total": i})
-            emitting = time.monotonic() - emitting
-            assert kit.webhooks.stats() == {"queued": total}
-            workers.append(start_worker("first"))
-            wait_for(lambda: delivered() >= total // 10, timeout=60, what="10% delivered")
-            at_kill = delivered()
-            workers[0].send_signal(signal.SIGKILL)
-            workers[0].wait(timeout=10)
-            assert at_kill < total, "everything was delivered before the kill: nothing left to recover"
-            stats_at_kill = kit.webhooks.stats(delivered=True)
+        emitting = time.monotonic()
+        for start in range(0, total, 100):
+            with kit.db.atomic():
+                for i in range(start, start + 100):
+                    kit.events.emit_async("order.created", {"shop_id": 1, "id": i, "total": i})
+        emitting = time.monotonic() - emitting
+        assert kit.webhooks.stats() == {"queued": total}
+        first = start_worker("first")
+        wait_for(lambda: delivered() >= total // 10, timeout=60, what="10% delivered")
+        at_kill = delivered()
+        kill_9(first)
+        assert at_kill < total, "everything was delivered before the kill: nothing left to recover"
+        stats_at_kill = kit.webhooks.stats(delivered=True)
 
-            workers.append(start_worker("second"))
-            wait_for(lambda: delivered() == total, timeout=180, what="every delivery after the restart")
-        finally:
-            for process in workers:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-            if kit.queue is not None:
-                kit.queue.flush()
+        start_worker("second")
+        wait_for(lambda: delivered() == total, timeout=180, what="every delivery after the restart")
         message_ids = {row["message_id"] for row in raw_rows(kit, "czo_webhook_delivery")}
         assert kit.webhooks.stats(delivered=True) == {"delivered": total}
     missing = message_ids - set(seen)
