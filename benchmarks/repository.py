@@ -33,7 +33,8 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -587,17 +588,9 @@ def run(
     progress: Callable[[str], None] = lambda text: None,
 ) -> list[Comparison]:
     """Set up the schema, run every case (or those whose name starts with one of ``only``)."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
-        raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
-    # The schema name matched the pattern above before it reaches these statements.
-    _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
-    db: peewee.Database | None = None
-    driver: Any = None
-    try:
-        db = open_database(base_url, schema)
+    with scratch_schema(base_url, schema) as (db, driver):
         progress(f"loading {READ_ROWS + PAGE_ROWS + UPDATE_ROWS:,} rows into schema {schema}")
         load_data(db)
-        driver = open_driver(base_url, schema)
         cases = build_cases(db, quick=quick, driver=driver)
         if only:
             cases = [c for c in cases if any(c.name.startswith(prefix) for prefix in only)]
@@ -610,6 +603,22 @@ def run(
             progress(", ".join(case.name for case in group) + f": {group[0].iterations:,} x {sides} calls")
             results.extend(run_group(group))
         return results
+
+
+@contextmanager
+def scratch_schema(base_url: str, schema: str) -> Iterator[tuple[peewee.Database, Any]]:
+    """A new, empty ``schema``, with the kit's pooled database and a plain psycopg2 connection
+    (``open_driver``) in it; both closed and the schema dropped on the way out."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
+    # The schema name matched the pattern above before it reaches these statements.
+    _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
+    db: peewee.Database | None = None
+    driver: Any = None
+    try:
+        db = open_database(base_url, schema)
+        driver = open_driver(base_url, schema)
+        yield db, driver
     finally:
         if driver is not None:
             driver.close()
@@ -672,16 +681,9 @@ def run_growth(
     progress: Callable[[str], None] = lambda text: None,
 ) -> list[Comparison]:
     """The first page and a cursor page at ``GROWTH_DEPTH`` of ``GROWTH_ROWS``, kit and psycopg2."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
-        raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
-    _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
-    db: peewee.Database | None = None
-    driver: Any = None
-    try:
-        db = open_database(base_url, schema)
+    with scratch_schema(base_url, schema) as (db, driver):
         db.bind([GrowthRow])
         GrowthRow._schema.create_table(safe=True)  # type: ignore[attr-defined]
-        driver = open_driver(base_url, schema)
         started = time.monotonic()
         progress(f"filling {GROWTH_ROWS:,} rows into {schema}.{GrowthRow._meta.table_name}")
         fill_growth(driver, GROWTH_ROWS)
@@ -714,13 +716,6 @@ def run_growth(
             Comparison(f"growth: cursor @ {GROWTH_DEPTH:,}", deep, deep_raw, DRIVER_TARGET,
                        "(price, id) > (%s, %s)", baseline="psycopg2"),
         ]
-    finally:
-        if driver is not None:
-            driver.close()
-        if db is not None:
-            db.close()
-            db.close_all()  # type: ignore[attr-defined]  # a pooled database
-        _admin(base_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def growth_derived(rows: Sequence[Comparison]) -> list[tuple[str, float, float, float | None]]:
