@@ -177,14 +177,16 @@ def test_a_delivery_on_its_last_attempt_is_claimed_alone_right_before_its_post(
     with Receiver() as receiver, app_kit(settings) as kit:
         kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
         with kit.db.atomic():
-            for n in range(4):
+            for n in range(5):
                 kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
         kit.webhooks.flush()
         assert kit.queue is not None
         kit.queue.flush()  # no consumer here: the test runs the batch itself
         ids = sorted(d.id for d in kit.webhooks.deliveries())
-        # Two of them had an attempt counted by a worker that died (the sweep queued them again).
+        # Two of them had an attempt counted by a worker that died (the sweep queued them again);
+        # the last one was delivered already (this task is a duplicate for it).
         kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1 WHERE id IN (?, ?)', (ids[1], ids[3]))
+        kit.db.execute_sql("UPDATE \"czo_webhook_delivery\" SET state = 'delivered' WHERE id = ?", (ids[4],))
         claims: list[list[int]] = []
         real_claim = _webhook_batch.claim
 
@@ -195,11 +197,12 @@ def test_a_delivery_on_its_last_attempt_is_claimed_alone_right_before_its_post(
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_webhook_batch, "claim", claim)
-            assert kit.webhooks.deliver_many(ids) == ["delivered"] * 4
-        # The batch took the two on their first attempt; each last attempt was claimed alone.
+            assert kit.webhooks.deliver_many(ids) == ["delivered"] * 4 + ["skipped"]
+        # The batch took the two on their first attempt; each last attempt was claimed alone,
+        # and the delivered one not at all.
         assert claims == [[ids[0], ids[2]], [ids[1]], [ids[3]]]
         rows = {row["id"]: row["attempts"] for row in raw_rows(kit, "czo_webhook_delivery")}
-        assert rows == {ids[0]: 1, ids[1]: 2, ids[2]: 1, ids[3]: 2}
+        assert rows == {ids[0]: 1, ids[1]: 2, ids[2]: 1, ids[3]: 2, ids[4]: 0}
     assert sorted(p.json()["data"]["id"] for p in receiver.posts("/hook")) == [0, 1, 2, 3]
 
 

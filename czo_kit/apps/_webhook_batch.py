@@ -23,7 +23,7 @@ import peewee
 from czo_kit.apps._webhook_models import WebhookAttempt, WebhookDelivery
 from czo_kit.db._sql import Slot, model_info
 
-__all__ = ["Delivered", "DeliveredBuffer", "claim", "give_back"]
+__all__ = ["Delivered", "DeliveredBuffer", "claim", "give_back", "waiting"]
 
 FLUSH_EVERY = 64
 """Successful attempts recorded per transaction at most."""
@@ -88,6 +88,19 @@ def claim(db: peewee.Database, ids: Sequence[int], now: dt.datetime, lease: floa
     values.update(lease=now + dt.timedelta(seconds=lease), now=now)
     rows = info.execute(template, values).fetchall()
     return sorted((info.load(row) for row in rows), key=lambda d: int(d.id))
+
+
+def waiting(db: peewee.Database, ids: Sequence[int]) -> list[int]:
+    """Which of ``ids`` are still ``queued`` or ``retry`` (not taken, not done), in id order: after
+    a claim of several, the ones it left out on their last attempt."""
+    if not ids:
+        return []
+    query = (
+        WebhookDelivery.select(WebhookDelivery.id)
+        .where(WebhookDelivery.id.in_(list(ids)) & WebhookDelivery.state.in_(("queued", "retry")))
+        .order_by(WebhookDelivery.id)
+    )
+    return [int(row[0]) for row in db.execute(query).fetchall()]
 
 
 def give_back(db: peewee.Database, ids: Sequence[int], now: dt.datetime) -> None:

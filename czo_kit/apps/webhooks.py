@@ -333,8 +333,9 @@ class WebhookDispatcher(WebhookOperations):
                 claimed = _batch.claim(self.db, chunk, utcnow(), self.settings.lease)
                 self._deliver_claimed(claimed, buffer, states)
                 if len(chunk) > 1 and len(claimed) < len(chunk):
-                    # Left out: on its last attempt, or taken by another worker, or done.
-                    self._deliver_alone([i for i in chunk if i not in states], buffer, states, started)
+                    # Left out: on its last attempt (still waiting), or taken elsewhere, or done.
+                    left = [i for i in chunk if i not in states]
+                    self._deliver_alone(_batch.waiting(self.db, left), buffer, states, started)
         finally:
             self._flush(buffer)
         return [states.get(i, "skipped") for i in ids]
