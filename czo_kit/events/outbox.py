@@ -443,10 +443,13 @@ class Outbox(OutboxAdmin):
         now = utcnow()
         lease = now + dt.timedelta(seconds=self.settings.lease)
         planned: dict[tuple[str, str], Subscription | None] = {}  # (event id, subscriber) -> own subscription
+        # Asked before the block: inside a caller's transaction ``atomic()`` is a savepoint,
+        # which Peewee does not count as a transaction.
+        own = not self.db.in_transaction()
         with self.db.atomic():
             # The update locks the rows it marks: a concurrent dispatch of the same event waits,
             # then finds it dispatched and leaves it.
-            marked = info.execute(self._relaxed(mark), {"now": now, **keys}).fetchall()
+            marked = info.execute(self._relaxed(mark) if own else mark, {"now": now, **keys}).fetchall()
             events = {str(e.event_id): e for e in map(info.load, marked)}
             rows: list[dict[str, Any]] = []
             seen: set[str] = set()  # an id repeated in one task is dispatched once
@@ -603,7 +606,10 @@ class Outbox(OutboxAdmin):
 
     def _relaxed(self, template: SqlTemplate) -> SqlTemplate:
         """``template`` run first thing in the worker's own transaction, which then commits
-        without waiting for the disk (PostgreSQL; elsewhere ``template`` itself)."""
+        without waiting for the disk (PostgreSQL; elsewhere ``template`` itself). Only where
+        the caller opened that transaction itself: a savepoint in a caller's transaction has
+        the same depth (Peewee does not count savepoints), and ``SET LOCAL`` there would
+        outlive it to the caller's commit."""
         if not self._pg or self.db.transaction_depth() != 1:
             return template
         relaxed = self._relaxed_templates.get(template.sql)
