@@ -445,11 +445,11 @@ class Outbox(OutboxAdmin):
         planned: dict[tuple[str, str], Subscription | None] = {}  # (event id, subscriber) -> own subscription
         # Asked before the block: inside a caller's transaction ``atomic()`` is a savepoint,
         # which Peewee does not count as a transaction.
-        own = not self.db.in_transaction()
+        own_transaction = not self.db.in_transaction()
         with self.db.atomic():
             # The update locks the rows it marks: a concurrent dispatch of the same event waits,
             # then finds it dispatched and leaves it.
-            marked = info.execute(self._relaxed(mark) if own else mark, {"now": now, **keys}).fetchall()
+            marked = info.execute(self._relaxed(mark) if own_transaction else mark, {"now": now, **keys}).fetchall()
             events = {str(e.event_id): e for e in map(info.load, marked)}
             rows: list[dict[str, Any]] = []
             seen: set[str] = set()  # an id repeated in one task is dispatched once
@@ -480,12 +480,15 @@ class Outbox(OutboxAdmin):
                     })
             created = self._insert_deliveries(rows) if rows else []
         claimed: list[tuple[EventDelivery, EventOutbox, Subscription]] = []
+        # The queue failing now (an outage) must not keep the claimed deliveries from running
+        # here: what it did not take is a queued row, which the sweep queues again.
+        queue_up = _QueueOnce(self.queue)
         for delivery in created:
             sub = planned.get((str(delivery.event_id), delivery.subscriber))
             if delivery.state == "running" and sub is not None:
                 claimed.append((delivery, events[str(delivery.event_id)], sub))
             else:
-                self.queue.deliver(int(delivery.id), delay=0, priority=int(delivery.priority))
+                queue_up(int(delivery.id), int(delivery.priority))
                 counts["queued"] = counts.get("queued", 0) + 1
         if len(created) < len(rows):
             # Some deliveries existed already (a dispatch of old code raced this one): queue
@@ -498,8 +501,9 @@ class Outbox(OutboxAdmin):
                     .tuples()
                     .execute(self.db)
                 ):
-                    self.queue.deliver(int(delivery_id), delay=0, priority=int(priority))
+                    queue_up(int(delivery_id), int(priority))
                     counts["queued"] = counts.get("queued", 0) + 1
+        queue_up.report()
         claimed.sort(key=lambda item: -int(item[0].attempts))  # the one inserted started runs first
         self._run_batch(claimed, counts)
 
@@ -785,7 +789,12 @@ class Outbox(OutboxAdmin):
             last_traceback=trace,
             updated_at=now,
         ).where(EventDelivery.id == delivery.id).execute(self.db)
-        self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        try:
+            self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        except Exception as exc:
+            # Recorded as due: the sweep queues it. Raising here would also stop a batch's
+            # other deliveries until their lease runs out.
+            log.warning("could not queue the retry of delivery %s (%r); the sweep queues it", delivery.id, exc)
         return "retry"
 
     def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str, trace: str | None) -> str:
@@ -998,6 +1007,32 @@ class Outbox(OutboxAdmin):
             & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale)),
             {}, EventDelivery.next_attempt_at, stale, deadline,
         )
+
+
+class _QueueOnce:
+    """Deliver tasks for a batch's deliveries that other workers run: after the queue fails
+    once, the rest are not tried (each try may wait for a timeout); they stay queued rows."""
+
+    def __init__(self, queue: Enqueuer) -> None:
+        self.queue = queue
+        self.error: Exception | None = None
+        self.left = 0
+
+    def __call__(self, delivery_id: int, priority: int) -> None:
+        if self.error is None:
+            try:
+                self.queue.deliver(delivery_id, delay=0, priority=priority)
+                return
+            except Exception as exc:
+                self.error = exc
+        self.left += 1
+
+    def report(self) -> None:
+        if self.error is not None:
+            log.warning(
+                "could not queue %d delivery(ies) for other workers (%r); the sweep queues them",
+                self.left, self.error,
+            )
 
 
 _IN_MAX = 512
