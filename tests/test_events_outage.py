@@ -314,6 +314,7 @@ def test_a_batch_runs_its_claimed_deliveries_while_the_queue_redis_is_down(
         }
         server.start()  # on the same port, empty: the sweep finds what was never queued
         with producer.consumer(workers=2, sweep_interval=0.2):
-            assert wait_until(lambda: producer.outbox.stats() == {"done": 6}, timeout=HANG_GUARD), producer.outbox.stats()
+            done = wait_until(lambda: producer.outbox.stats() == {"done": 6}, timeout=HANG_GUARD)
+            assert done, producer.outbox.stats()
         assert sorted(elsewhere) == sorted(ids)
         assert sorted(mine) == sorted([*ids, ids[1]])
