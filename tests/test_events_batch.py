@@ -259,3 +259,124 @@ def test_a_batch_whose_first_delivery_exists_already_still_counts_every_start(
     assert states == {(first, "h"): ("queued", 0), (second, "h"): ("done", 1)}
     assert [c.attempt for _, c in handler.calls] == [1]
     assert [task.name for task in kit.queue.pending()] == [DELIVER_TASK]
+
+
+# -- the worker's unsynchronised commits stay its own -------------------------------------
+
+PG_ONLY = [p for p in DATABASES if p.values[0][0] == "postgresql"]
+
+
+def synchronous_commit(kit: Kit) -> str:
+    return str(kit.db.execute_sql("SHOW synchronous_commit").fetchone()[0])
+
+
+@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
+def test_a_batch_dispatched_inside_a_callers_transaction_leaves_its_commit_synchronous(
+    make_kit: Callable[..., Kit],
+) -> None:
+    # A caller that dispatches in its own transaction (a script, Huey's immediate mode under a
+    # flush) must commit as it always does: the relaxed commit is the worker's own.
+    kit = make_kit()
+    assert kit.outbox is not None
+    handler = Recorder()
+    kit.events.on("test.stock.changed", handler, id="h")
+    ids = [kit.events.emit_async("test.stock.changed", {"n": n}).event_id for n in range(3)]
+    with kit.db.atomic():
+        assert synchronous_commit(kit) == "on"
+        assert kit.outbox.dispatch_many(ids) == {"done": 3}
+        assert synchronous_commit(kit) == "on"
+    assert synchronous_commit(kit) == "on"
+    assert {d.state for d in deliveries(kit)} == {"done"}
+
+
+@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
+def test_a_handler_writing_inside_a_batch_commits_synchronously(make_kit: Callable[..., Kit]) -> None:
+    kit = make_kit()
+    assert kit.outbox is not None
+    seen: list[tuple[str, str]] = []
+
+    def handler(payload: Any, ctx: EventContext) -> None:
+        seen.append(("bare", synchronous_commit(kit)))
+        with kit.db.atomic():
+            seen.append(("atomic", synchronous_commit(kit)))
+            with kit.db.atomic():
+                seen.append(("savepoint", synchronous_commit(kit)))
+
+    kit.events.on("test.stock.changed", handler, id="h")
+    ids = [kit.events.emit_async("test.stock.changed", {"n": n}).event_id for n in range(3)]
+    assert kit.outbox.dispatch_many(ids) == {"done": 3}
+    assert len(seen) == 9 and {value for _, value in seen} == {"on"}, seen
+
+
+@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
+def test_a_once_subscription_survives_a_dispatch_the_database_rolled_back(make_kit: Callable[..., Kit]) -> None:
+    # The dispatch transaction fails (here a lock it could not get in time): the event stays
+    # queued for another dispatch, and that one must still find the ``once`` subscription.
+    import peewee
+
+    kit = make_kit()
+    assert kit.outbox is not None
+    once, steady = Recorder(), Recorder()
+    kit.events.once("test.stock.changed", once, id="once")
+    kit.events.on("test.stock.changed", steady, id="steady")
+    event_id = kit.events.emit_async("test.stock.changed", {"n": 1}).event_id
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with kit.db.atomic():
+            kit.db.execute_sql("LOCK TABLE czo_event_delivery IN SHARE MODE")
+            locked.set()
+            release.wait(TIMEOUT)
+        kit.db.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(TIMEOUT)
+        kit.db.execute_sql("SET lock_timeout = '50ms'")
+        with pytest.raises(peewee.OperationalError):
+            kit.outbox.dispatch_many([event_id])
+    finally:
+        release.set()
+        holder.join()
+    kit.db.execute_sql("RESET lock_timeout")
+    assert {row.state for row in outbox_rows(kit)} <= {"pending", "queued"} and deliveries(kit) == []
+    assert kit.outbox.dispatch_many([event_id]) == {"done": 2}
+    assert len(once.calls) == 1 and len(steady.calls) == 1
+    assert kit.events.subscription("test.stock.changed|once") is None  # forgotten once delivered
+
+
+@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
+def test_a_once_subscription_survives_a_single_dispatch_the_database_rolled_back(
+    make_kit: Callable[..., Kit],
+) -> None:
+    # The same for a dispatch of one event as the in-process deliverer (no queue) runs it.
+    import peewee
+
+    kit = make_kit()
+    assert kit.outbox is not None
+    once = Recorder()
+    kit.events.once("test.stock.changed", once, id="once")
+    event_id = kit.events.emit_async("test.stock.changed", {"n": 1}).event_id
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with kit.db.atomic():
+            kit.db.execute_sql("LOCK TABLE czo_event_delivery IN SHARE MODE")
+            locked.set()
+            release.wait(TIMEOUT)
+        kit.db.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(TIMEOUT)
+        kit.db.execute_sql("SET lock_timeout = '50ms'")
+        with pytest.raises(peewee.OperationalError):
+            kit.outbox.dispatch(event_id, inline=True)
+    finally:
+        release.set()
+        holder.join()
+    kit.db.execute_sql("RESET lock_timeout")
+    assert kit.outbox.dispatch(event_id, inline=True) == 1
+    assert len(once.calls) == 1

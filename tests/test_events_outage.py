@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from czo_kit import Kit
-from czo_kit.events.outbox import EventOutbox
+from czo_kit.events.outbox import EventDelivery, EventOutbox
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
 from test_cache_redis import PrivateRedis, free_port, redis_server_binary  # noqa: F401
@@ -274,3 +274,47 @@ def test_everything_starts_while_the_queue_redis_is_down_and_catches_up_when_it_
     assert "Traceback" not in log_text, worker.tail()
     assert log_text.count("is unreachable") == 1 and log_text.count("answers again") == 1, worker.tail(60)
     assert log_text.count("sweep of Outbox failed") == 1 and "sweep of Outbox works again" in log_text, worker.tail(60)
+
+
+def test_a_batch_runs_its_claimed_deliveries_while_the_queue_redis_is_down(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    # A worker took a dispatch task, then Redis went away: the deliveries it claimed in the
+    # batch still run there and then (not a lease later); what needed the queue (a subscriber
+    # of another worker, a retry) stays in the tables and the sweep queues it once Redis is back.
+    settings = make_settings(settings_for, sqlite_url, server)
+    elsewhere: list[str] = []
+    mine: list[str] = []
+    lock = threading.Lock()
+
+    def recorder(into: list[str]) -> Callable[[Any, Any], None]:
+        def handler(payload: Any, ctx: Any) -> None:
+            with lock:
+                into.append(ctx.event_id)
+            if into is mine and payload["n"] == 1 and ctx.attempt == 1:
+                raise RuntimeError("first attempt fails")
+        return handler
+
+    with Kit(settings) as producer, Kit(settings) as worker:
+        assert producer.outbox is not None and worker.outbox is not None
+        producer.events.on(EVENT, recorder(elsewhere), id="elsewhere")
+        producer.events.on(EVENT, recorder(mine), id="mine")
+        worker.events.on(EVENT, recorder(mine), id="mine")
+        producer.outbox.ensure_tables()
+        ids = [producer.events.emit_async(EVENT, {"n": n}).event_id for n in range(3)]
+        producer.outbox.flush()
+        server.kill()
+        worker.outbox.dispatch_many(ids)  # the task the worker had taken
+        assert sorted(mine) == sorted(ids), "the claimed deliveries did not run"
+        by_sub = {(d.event_id, d.subscriber.split("|")[1]): d.state for d in EventDelivery.select().execute(worker.db)}
+        assert by_sub == {
+            **{(e, "elsewhere"): "queued" for e in ids},
+            **{(e, "mine"): "done" for e in ids if e != ids[1]},
+            (ids[1], "mine"): "retry",
+        }
+        server.start()  # on the same port, empty: the sweep finds what was never queued
+        with producer.consumer(workers=2, sweep_interval=0.2):
+            done = wait_until(lambda: producer.outbox.stats() == {"done": 6}, timeout=HANG_GUARD)
+            assert done, producer.outbox.stats()
+        assert sorted(elsewhere) == sorted(ids)
+        assert sorted(mine) == sorted([*ids, ids[1]])

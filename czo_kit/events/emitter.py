@@ -214,6 +214,15 @@ class EventEmitter:
             self._store(sub.name, tuple(s for s in self._subs.get(sub.name, ()) if s is not sub))
             return True
 
+    def unclaim_once(self, sub: Subscription) -> None:
+        """Undo ``claim_once`` when the dispatch that claimed it rolled back: the event is
+        dispatched again later and must find it (unless it was unsubscribed meanwhile)."""
+        with self._lock:
+            if sub.active or self._by_id.get(sub.id) is not sub:
+                return
+            sub.active = True
+            self._store(sub.name, (*self._subs.get(sub.name, ()), sub))
+
     def release_once(self, sub: Subscription) -> None:
         """Forget a ``once`` subscription whose async delivery has finished."""
         if not sub.once:

@@ -347,7 +347,8 @@ class Outbox(OutboxAdmin):
             return 0
         now = utcnow()
         # A ``once`` subscription is claimed by the first event dispatched to it.
-        subscribers = [s.id for s in self.emitter.subscribers(row.name) if not s.once or self.emitter.claim_once(s)]
+        taken: list[Subscription] = []  # given back if the transaction below rolls back
+        subscribers = [s.id for s in self.emitter.subscribers(row.name) if not s.once or self._claim_once(s, taken)]
         if row.subscribers:
             # Subscribers the producer had and this worker may not (an older or narrower
             # worker): their deliveries wait for a worker that has them.
@@ -362,30 +363,35 @@ class Outbox(OutboxAdmin):
                 {EventOutbox.state: "dispatched", EventOutbox.updated_at: Slot("now", EventOutbox.updated_at.db_value)}
             ).where(EventOutbox.event_id == Slot("id", EventOutbox.event_id.db_value)),
         )
-        with self.db.atomic():
-            if subscribers:
-                queued = [
-                    (int(delivery_id), int(priority))
-                    for delivery_id, priority in EventDelivery.insert_many(
-                        [
-                            {
-                                "event_id": event_id,
-                                "subscriber": sub,
-                                "state": "queued",
-                                "max_attempts": row.retries + 1,
-                                "priority": row.priority,
-                                "created_at": now,
-                                "updated_at": now,
-                            }
-                            for sub in subscribers
-                        ]
-                    )
-                    .on_conflict_ignore()
-                    .returning(EventDelivery.id, EventDelivery.priority)
-                    .tuples()
-                    .execute(self.db)
-                ]
-            info.execute(mark, {"now": now, "id": event_id})
+        try:
+            with self.db.atomic():
+                if subscribers:
+                    queued = [
+                        (int(delivery_id), int(priority))
+                        for delivery_id, priority in EventDelivery.insert_many(
+                            [
+                                {
+                                    "event_id": event_id,
+                                    "subscriber": sub,
+                                    "state": "queued",
+                                    "max_attempts": row.retries + 1,
+                                    "priority": row.priority,
+                                    "created_at": now,
+                                    "updated_at": now,
+                                }
+                                for sub in subscribers
+                            ]
+                        )
+                        .on_conflict_ignore()
+                        .returning(EventDelivery.id, EventDelivery.priority)
+                        .tuples()
+                        .execute(self.db)
+                    ]
+                info.execute(mark, {"now": now, "id": event_id})
+        except BaseException:
+            for sub in taken:
+                self.emitter.unclaim_once(sub)
+            raise
         if len(queued) < len(subscribers):
             # Some deliveries existed already (a dispatch interrupted after its commit): queue
             # every one still waiting; claiming makes any duplicate harmless.
@@ -443,46 +449,58 @@ class Outbox(OutboxAdmin):
         now = utcnow()
         lease = now + dt.timedelta(seconds=self.settings.lease)
         planned: dict[tuple[str, str], Subscription | None] = {}  # (event id, subscriber) -> own subscription
-        with self.db.atomic():
-            # The update locks the rows it marks: a concurrent dispatch of the same event waits,
-            # then finds it dispatched and leaves it.
-            marked = info.execute(self._relaxed(mark), {"now": now, **keys}).fetchall()
-            events = {str(e.event_id): e for e in map(info.load, marked)}
-            rows: list[dict[str, Any]] = []
-            seen: set[str] = set()  # an id repeated in one task is dispatched once
-            started = False
-            for event_id in ids:
-                event = events.get(event_id)
-                if event is None or event_id in seen:
-                    continue
-                seen.add(event_id)
-                own = [s for s in self.emitter.subscribers(event.name) if not s.once or self.emitter.claim_once(s)]
-                subscribers: list[tuple[str, Subscription | None]] = [(s.id, s) for s in own]
-                if event.subscribers:
-                    mine = {s.id for s in own}
-                    recorded = msgspec.json.decode(event.subscribers, type=list[str])
-                    subscribers += [
-                        (sub_id, None) for sub_id in (f"{event.name}|{base}" for base in recorded) if sub_id not in mine
-                    ]
-                for sub_id, sub in subscribers:
-                    planned[(event_id, sub_id)] = sub
-                    first = sub is not None and not started
-                    started = started or first
-                    rows.append({
-                        "event_id": event_id, "subscriber": sub_id,
-                        "state": "running" if sub is not None else "queued",
-                        "attempts": 1 if first else 0,  # the first runs at once; the rest are started in turn
-                        "lease_until": lease if sub is not None else None,
-                        "max_attempts": event.retries + 1, "priority": event.priority, "now": now,
-                    })
-            created = self._insert_deliveries(rows) if rows else []
+        # Asked before the block: inside a caller's transaction ``atomic()`` is a savepoint,
+        # which Peewee does not count as a transaction.
+        own_transaction = not self.db.in_transaction()
+        taken: list[Subscription] = []  # ``once`` subscriptions claimed here: given back on a rollback
+        try:
+            with self.db.atomic():
+                # The update locks the rows it marks: a concurrent dispatch of the same event waits,
+                # then finds it dispatched and leaves it.
+                statement = self._relaxed(mark) if own_transaction else mark
+                marked = info.execute(statement, {"now": now, **keys}).fetchall()
+                events = {str(e.event_id): e for e in map(info.load, marked)}
+                rows: list[dict[str, Any]] = []
+                seen: set[str] = set()  # an id repeated in one task is dispatched once
+                started = False
+                for event_id in ids:
+                    event = events.get(event_id)
+                    if event is None or event_id in seen:
+                        continue
+                    seen.add(event_id)
+                    own = [s for s in self.emitter.subscribers(event.name) if not s.once or self._claim_once(s, taken)]
+                    subscribers: list[tuple[str, Subscription | None]] = [(s.id, s) for s in own]
+                    if event.subscribers:
+                        mine = {s.id for s in own}
+                        recorded = msgspec.json.decode(event.subscribers, type=list[str])
+                        named = (f"{event.name}|{base}" for base in recorded)
+                        subscribers += [(sub_id, None) for sub_id in named if sub_id not in mine]
+                    for sub_id, sub in subscribers:
+                        planned[(event_id, sub_id)] = sub
+                        first = sub is not None and not started
+                        started = started or first
+                        rows.append({
+                            "event_id": event_id, "subscriber": sub_id,
+                            "state": "running" if sub is not None else "queued",
+                            "attempts": 1 if first else 0,  # the first runs at once; the rest are started in turn
+                            "lease_until": lease if sub is not None else None,
+                            "max_attempts": event.retries + 1, "priority": event.priority, "now": now,
+                        })
+                created = self._insert_deliveries(rows) if rows else []
+        except BaseException:
+            for sub in taken:  # the event is dispatched again later: it must find them
+                self.emitter.unclaim_once(sub)
+            raise
         claimed: list[tuple[EventDelivery, EventOutbox, Subscription]] = []
+        # The queue failing now (an outage) must not keep the claimed deliveries from running
+        # here: what it did not take is a queued row, which the sweep queues again.
+        queue_up = _QueueOnce(self.queue)
         for delivery in created:
             sub = planned.get((str(delivery.event_id), delivery.subscriber))
             if delivery.state == "running" and sub is not None:
                 claimed.append((delivery, events[str(delivery.event_id)], sub))
             else:
-                self.queue.deliver(int(delivery.id), delay=0, priority=int(delivery.priority))
+                queue_up(int(delivery.id), int(delivery.priority))
                 counts["queued"] = counts.get("queued", 0) + 1
         if len(created) < len(rows):
             # Some deliveries existed already (a dispatch of old code raced this one): queue
@@ -495,10 +513,17 @@ class Outbox(OutboxAdmin):
                     .tuples()
                     .execute(self.db)
                 ):
-                    self.queue.deliver(int(delivery_id), delay=0, priority=int(priority))
+                    queue_up(int(delivery_id), int(priority))
                     counts["queued"] = counts.get("queued", 0) + 1
+        queue_up.report()
         claimed.sort(key=lambda item: -int(item[0].attempts))  # the one inserted started runs first
         self._run_batch(claimed, counts)
+
+    def _claim_once(self, sub: Subscription, taken: list[Subscription]) -> bool:
+        if not self.emitter.claim_once(sub):
+            return False
+        taken.append(sub)
+        return True
 
     def _insert_deliveries(self, rows: list[dict[str, Any]]) -> list[EventDelivery]:
         """Insert delivery rows (duplicates of existing ones are skipped), in statements of a
@@ -603,7 +628,10 @@ class Outbox(OutboxAdmin):
 
     def _relaxed(self, template: SqlTemplate) -> SqlTemplate:
         """``template`` run first thing in the worker's own transaction, which then commits
-        without waiting for the disk (PostgreSQL; elsewhere ``template`` itself)."""
+        without waiting for the disk (PostgreSQL; elsewhere ``template`` itself). Only where
+        the caller opened that transaction itself: a savepoint in a caller's transaction has
+        the same depth (Peewee does not count savepoints), and ``SET LOCAL`` there would
+        outlive it to the caller's commit."""
         if not self._pg or self.db.transaction_depth() != 1:
             return template
         relaxed = self._relaxed_templates.get(template.sql)
@@ -779,7 +807,12 @@ class Outbox(OutboxAdmin):
             last_traceback=trace,
             updated_at=now,
         ).where(EventDelivery.id == delivery.id).execute(self.db)
-        self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        try:
+            self.queue.deliver(delivery.id, delay=wait, priority=delivery.priority)
+        except Exception as exc:
+            # Recorded as due: the sweep queues it. Raising here would also stop a batch's
+            # other deliveries until their lease runs out.
+            log.warning("could not queue the retry of delivery %s (%r); the sweep queues it", delivery.id, exc)
         return "retry"
 
     def _finish_dead(self, delivery: EventDelivery, event: EventOutbox | None, error: str, trace: str | None) -> str:
@@ -992,6 +1025,32 @@ class Outbox(OutboxAdmin):
             & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale)),
             {}, EventDelivery.next_attempt_at, stale, deadline,
         )
+
+
+class _QueueOnce:
+    """Deliver tasks for a batch's deliveries that other workers run: after the queue fails
+    once, the rest are not tried (each try may wait for a timeout); they stay queued rows."""
+
+    def __init__(self, queue: Enqueuer) -> None:
+        self.queue = queue
+        self.error: Exception | None = None
+        self.left = 0
+
+    def __call__(self, delivery_id: int, priority: int) -> None:
+        if self.error is None:
+            try:
+                self.queue.deliver(delivery_id, delay=0, priority=priority)
+                return
+            except Exception as exc:
+                self.error = exc
+        self.left += 1
+
+    def report(self) -> None:
+        if self.error is not None:
+            log.warning(
+                "could not queue %d delivery(ies) for other workers (%r); the sweep queues them",
+                self.left, self.error,
+            )
 
 
 _IN_MAX = 512
