@@ -348,6 +348,12 @@ def _filter_error(where: Any) -> str:
         ({"name__contains": "a"}, {"name__contains": 5}),
         ({"name__startswith": "a"}, {"name__startswith": b"a"}),
         ({"name__icontains": "a"}, {"name__icontains": 1.5}),
+        # True == 1 and False == 0 in Python: a boolean's shape must not be a list length's.
+        ({"price__in": [1]}, {"price__in": True}),
+        ({"price__in": []}, {"price__in": False}),
+        ({"price__not_in": []}, {"price__not_in": False}),
+        ({"note__is_null": True}, {"note__is_null": ["n1"]}),
+        ({"note__is_null": False}, {"note__is_null": []}),
     ],
 )
 def test_a_bad_value_in_a_known_shape_gives_the_same_error(repo: Any, good: Any, bad: Any) -> None:
