@@ -17,7 +17,7 @@ import peewee
 import pytest
 
 from czo_kit.db import Model, create_repository
-from czo_kit.db._sql import MAX_SHAPES, ShapeCache, model_info
+from czo_kit.db._sql import MAX_SHAPE_PARAMETERS, MAX_SHAPES, ShapeCache, model_info
 from czo_kit.db.filters import compile_where
 from czo_kit.default_plugins.postgres import create_postgresql_database
 from czo_kit.default_plugins.sqlite import create_sqlite_database
@@ -474,3 +474,26 @@ def test_many_distinct_shapes_evict_the_oldest_and_still_answer(repo: Any) -> No
     want = _expected(repo, lambda r: r["shop_id"] == 2 and r["price"] <= 15)
     assert first == {"shop_id": 2, "price__lte": 15}
     assert _ids(repo.find_many(first, limit=100)) == want
+
+
+def test_large_shapes_are_kept_within_a_parameter_budget(repo: Any) -> None:
+    """A client can send shapes of thousands of parameters (many long ``in`` lists): the cache
+    bounds their total, not only their number, so memory stays flat."""
+    info = model_info(ShapeItem, repo.db)
+    assert info.shapes.budget == MAX_SHAPE_PARAMETERS
+    info.shapes = ShapeCache(MAX_SHAPES, 1200)
+    keys = [f + op for f in ("id", "shop_id", "price", "version") for op in ("__in", "__not_in")]
+    orders = [keys[i:] + keys[:i] for i in range(len(keys))]
+    orders += [list(reversed(keys)) for keys in orders]
+    for i, order in enumerate(orders):
+        # 8 lists of up to 64 slots: over 400 parameters a shape, so two fit in the budget.
+        where: dict[str, Any] = {key: list(range(i, i + 40)) for key in order}
+        for key in order[:3]:
+            where[key] = [v for v in where[key] if v % 3]
+        assert repo.count(where) == len(repo.find_many(where, limit=100).items)
+        assert len(info.shapes) <= 2
+        assert sum(len(entry[0].plan) for entry in info.shapes._entries.values()) <= 1200
+        assert info.shapes.weight <= 1200
+    # A small shape still gets in, and answers its own rows.
+    assert repo.count({"price": 3}) == len(_expected(repo, lambda r: r["price"] == 3))
+    assert ("count", False, False, (("price", "v"),)) in info.shapes._entries
