@@ -346,6 +346,8 @@ def _cut_short(payload: bytes) -> bool:
         msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         return "truncated" in str(exc)
+    except RecursionError:  # unsigned bytes nested deeper than msgspec recurses: never a cursor
+        return False
     return False
 
 
