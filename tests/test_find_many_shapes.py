@@ -497,3 +497,60 @@ def test_large_shapes_are_kept_within_a_parameter_budget(repo: Any) -> None:
     # A small shape still gets in, and answers its own rows.
     assert repo.count({"price": 3}) == len(_expected(repo, lambda r: r["price"] == 3))
     assert ("count", False, False, (("price", "v"),)) in info.shapes._entries
+
+
+class LongTextItem(Model):
+    title = peewee.CharField(max_length=600)
+    subtitle = peewee.CharField(max_length=600, null=True)
+    body = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "czo_test_long_text_item"
+
+
+@pytest.mark.parametrize(
+    "order_by", [["title", "subtitle"], ["-subtitle", "title"], "body", ["-body", "-title"]]
+)
+def test_cursors_of_long_sort_values_are_accepted_back(db: peewee.Database, order_by: Any) -> None:
+    """A cursor carries the edge row's sort values: ordering on long text makes it long, and
+    the kit must take back every cursor it hands out."""
+    db.bind([LongTextItem])
+    db.drop_tables([LongTextItem], safe=True)
+    db.create_tables([LongTextItem])
+    try:
+        repo = create_repository(LongTextItem, db=db, secret_key=SECRET)
+        # Full-length values of 3- and 4-byte characters; some equal, some NULL.
+        rows = [
+            {
+                "title": ("字" if i % 2 else "😀") * 599 + str(i % 4),
+                "subtitle": None if i % 5 == 0 else "語" * 598 + f"{i % 3:02d}",
+                "body": None if i % 6 == 0 else "é" * 1500 + str(i % 3),
+            }
+            for i in range(14)
+        ]
+        repo.create_many(rows)
+        want = [r.id for r in repo.find_many(order_by=order_by, offset=0, limit=100).items]
+        assert len(want) == 14
+        seen: list[int] = []
+        page = repo.find_many(order_by=order_by, limit=3)
+        longest = 0
+        while True:
+            seen += _ids(page)
+            if page.next_cursor is None:
+                break
+            longest = max(longest, len(page.next_cursor))
+            page = repo.find_many(order_by=order_by, limit=3, cursor=page.next_cursor)
+        assert seen == want
+        assert longest > 2048
+        back = _ids(page)
+        while page.prev_cursor is not None:
+            page = repo.find_many(order_by=order_by, limit=3, cursor=page.prev_cursor)
+            back = _ids(page) + back
+        assert back == want
+        # Oversized junk is still refused before anything is decoded.
+        with pytest.raises(InvalidCursorError, match="characters long"):
+            repo.find_many(order_by="title", limit=3, cursor="A" * 20_000)
+        with pytest.raises(InvalidCursorError, match="characters long"):
+            repo.find_many(order_by="body", limit=3, cursor="A" * 100_000)
+    finally:
+        db.drop_tables([LongTextItem], safe=True)
