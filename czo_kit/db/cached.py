@@ -234,10 +234,17 @@ class CachedQueries(Queries[M]):
         info = self._info
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidCursorError(f"cursor must be a string, got {type(cursor).__name__}")
+        # The limit as this repository resolves it (its own default and maximum) and its
+        # cursor key: another repository of the table shares the cache namespace, and its
+        # page, or its max_limit, or its cursors, must not answer here.
+        size = self._check_limit(limit)
         key = self._arguments_key(
             "many",
             where,
-            (self._order_key(order_by), limit, offset, cursor, with_total, with_deleted, only_deleted),
+            (
+                self._order_key(order_by), size, offset, cursor, with_total, with_deleted, only_deleted,
+                self._codec.key_id,
+            ),
         )
 
         def load() -> Any:

@@ -225,6 +225,8 @@ class CursorCodec:
         self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
         self._encoder = msgspec.msgpack.Encoder()
         self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
+        # Names the key without revealing it: cached pages hold cursors signed with it.
+        self.key_id: bytes = hmac.new(self._key, b"key id", hashlib.sha256).digest()[:8]
         self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
         # The typed shape of each sort order's values, built once (msgspec compiles a type
         # on first use; a fresh tuple[...] per call would be compiled every time).
