@@ -554,3 +554,25 @@ def test_repositories_with_other_limits_or_keys_never_answer_from_each_others_pa
     mine = other_key.find_many(limit=3)
     assert mine.next_cursor is not None
     assert len(other_key.find_many(limit=3, cursor=mine.next_cursor).items) == 3
+
+
+def test_expressions_whose_values_differ_only_in_type_are_cached_apart(
+    db: peewee.Database, repo: Any, plain: Any
+) -> None:
+    """``1`` and ``"1"`` print alike but are other values to the database (SQLite never finds
+    an integer equal to text): each expression answers as uncached, whichever ran first."""
+    repo.create_many([gadget(n) for n in range(6)])
+    shop = Gadget.shop_id + 0  # not a field: its values are bound as they are
+    for values in ((1, "1"), ("1", 1), (True, "True"), (decimal.Decimal("2"), 2)):
+        for value in values:
+            where = shop == value
+            try:
+                want: Any = [g.id for g in plain.find_many(where, order_by="id").items]
+            except peewee.DatabaseError:
+                want = "error"
+            try:
+                answer: Any = [g.id for g in repo.find_many(where, order_by="id").items]
+            except peewee.DatabaseError:
+                answer = "error"
+            assert answer == want, (values, value)
+        repo.cache.clear()

@@ -110,7 +110,8 @@ class CachedQueries(Queries[M]):
         query = self._select(where, True, False)  # raises InvalidFilterError on bad input
         sql, params = self.db.get_sql_context().sql(query).query()
         try:
-            blob = _KEY_ENCODER.encode((method, sql, [str(p) for p in params], extra))
+            # Typed: 1 and "1" print alike but are other values to the database.
+            blob = _KEY_ENCODER.encode((method, sql, [(type(p).__name__, str(p)) for p in params], extra))
         except (TypeError, msgspec.EncodeError):
             raise InvalidFilterError(f"cannot build a cache key for where={where!r}") from None
         return method + ":" + hashlib.blake2b(blob, digest_size=16).hexdigest()
