@@ -532,3 +532,47 @@ def test_bad_filters_still_raise_and_cache_nothing(
             with pytest.raises(error):
                 call()
     assert stored.calls == []
+
+
+def test_repositories_with_other_limits_or_keys_never_answer_from_each_others_pages(
+    db: peewee.Database, cache: CacheManager
+) -> None:
+    """Two repositories of one table share the cache (same namespace): a page cached by one
+    must not answer the other when their limits or cursor keys differ."""
+    wide = create_repository(Gadget, db=db, cache=cache, secret_key=SECRET, default_limit=8, max_limit=50)
+    narrow = create_repository(Gadget, db=db, cache=cache, secret_key=SECRET, default_limit=2, max_limit=5)
+    other_key = create_repository(Gadget, db=db, cache=cache, secret_key=b"o" * 32)
+    wide.create_many([gadget(n) for n in range(12)])
+    assert len(wide.find_many(limit=10).items) == 10
+    with pytest.raises(InvalidFilterError, match="limit"):
+        narrow.find_many(limit=10)  # its max_limit holds, whatever another cached
+    assert len(wide.find_many().items) == 8
+    page = narrow.find_many()
+    assert (len(page.items), page.limit) == (2, 2)
+    assert len(narrow.find_many(offset=0, with_total=False).items) == 2
+    wide.find_many(limit=3)
+    mine = other_key.find_many(limit=3)
+    assert mine.next_cursor is not None
+    assert len(other_key.find_many(limit=3, cursor=mine.next_cursor).items) == 3
+
+
+def test_expressions_whose_values_differ_only_in_type_are_cached_apart(
+    db: peewee.Database, repo: Any, plain: Any
+) -> None:
+    """``1`` and ``"1"`` print alike but are other values to the database (SQLite never finds
+    an integer equal to text): each expression answers as uncached, whichever ran first."""
+    repo.create_many([gadget(n) for n in range(6)])
+    shop = Gadget.shop_id + 0  # not a field: its values are bound as they are
+    for values in ((1, "1"), ("1", 1), (True, "True"), (decimal.Decimal("2"), 2)):
+        for value in values:
+            where = shop == value
+            try:
+                want: Any = [g.id for g in plain.find_many(where, order_by="id").items]
+            except peewee.DatabaseError:
+                want = "error"
+            try:
+                answer: Any = [g.id for g in repo.find_many(where, order_by="id").items]
+            except peewee.DatabaseError:
+                answer = "error"
+            assert answer == want, (values, value)
+        repo.cache.clear()

@@ -17,7 +17,7 @@ import peewee
 import pytest
 
 from czo_kit.db import Model, create_repository
-from czo_kit.db._sql import MAX_SHAPES, ShapeCache, model_info
+from czo_kit.db._sql import MAX_SHAPE_PARAMETERS, MAX_SHAPES, ShapeCache, model_info
 from czo_kit.db.filters import compile_where
 from czo_kit.default_plugins.postgres import create_postgresql_database
 from czo_kit.default_plugins.sqlite import create_sqlite_database
@@ -348,6 +348,12 @@ def _filter_error(where: Any) -> str:
         ({"name__contains": "a"}, {"name__contains": 5}),
         ({"name__startswith": "a"}, {"name__startswith": b"a"}),
         ({"name__icontains": "a"}, {"name__icontains": 1.5}),
+        # True == 1 and False == 0 in Python: a boolean's shape must not be a list length's.
+        ({"price__in": [1]}, {"price__in": True}),
+        ({"price__in": []}, {"price__in": False}),
+        ({"price__not_in": []}, {"price__not_in": False}),
+        ({"note__is_null": True}, {"note__is_null": ["n1"]}),
+        ({"note__is_null": False}, {"note__is_null": []}),
     ],
 )
 def test_a_bad_value_in_a_known_shape_gives_the_same_error(repo: Any, good: Any, bad: Any) -> None:
@@ -468,3 +474,83 @@ def test_many_distinct_shapes_evict_the_oldest_and_still_answer(repo: Any) -> No
     want = _expected(repo, lambda r: r["shop_id"] == 2 and r["price"] <= 15)
     assert first == {"shop_id": 2, "price__lte": 15}
     assert _ids(repo.find_many(first, limit=100)) == want
+
+
+def test_large_shapes_are_kept_within_a_parameter_budget(repo: Any) -> None:
+    """A client can send shapes of thousands of parameters (many long ``in`` lists): the cache
+    bounds their total, not only their number, so memory stays flat."""
+    info = model_info(ShapeItem, repo.db)
+    assert info.shapes.budget == MAX_SHAPE_PARAMETERS
+    info.shapes = ShapeCache(MAX_SHAPES, 1200)
+    keys = [f + op for f in ("id", "shop_id", "price", "version") for op in ("__in", "__not_in")]
+    orders = [keys[i:] + keys[:i] for i in range(len(keys))]
+    orders += [list(reversed(keys)) for keys in orders]
+    for i, order in enumerate(orders):
+        # 8 lists of up to 64 slots: over 400 parameters a shape, so two fit in the budget.
+        where: dict[str, Any] = {key: list(range(i, i + 40)) for key in order}
+        for key in order[:3]:
+            where[key] = [v for v in where[key] if v % 3]
+        assert repo.count(where) == len(repo.find_many(where, limit=100).items)
+        assert len(info.shapes) <= 2
+        assert sum(len(entry[0].plan) for entry in info.shapes._entries.values()) <= 1200
+        assert info.shapes.weight <= 1200
+    # A small shape still gets in, and answers its own rows.
+    assert repo.count({"price": 3}) == len(_expected(repo, lambda r: r["price"] == 3))
+    assert ("count", False, False, (("price", "v"),)) in info.shapes._entries
+
+
+class LongTextItem(Model):
+    title = peewee.CharField(max_length=600)
+    subtitle = peewee.CharField(max_length=600, null=True)
+    body = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "czo_test_long_text_item"
+
+
+@pytest.mark.parametrize(
+    "order_by", [["title", "subtitle"], ["-subtitle", "title"], "body", ["-body", "-title"]]
+)
+def test_cursors_of_long_sort_values_are_accepted_back(db: peewee.Database, order_by: Any) -> None:
+    """A cursor carries the edge row's sort values: ordering on long text makes it long, and
+    the kit must take back every cursor it hands out."""
+    db.bind([LongTextItem])
+    db.drop_tables([LongTextItem], safe=True)
+    db.create_tables([LongTextItem])
+    try:
+        repo = create_repository(LongTextItem, db=db, secret_key=SECRET)
+        # Full-length values of 3- and 4-byte characters; some equal, some NULL.
+        rows = [
+            {
+                "title": ("字" if i % 2 else "😀") * 599 + str(i % 4),
+                "subtitle": None if i % 5 == 0 else "語" * 598 + f"{i % 3:02d}",
+                "body": None if i % 6 == 0 else "é" * 1500 + str(i % 3),
+            }
+            for i in range(14)
+        ]
+        repo.create_many(rows)
+        want = [r.id for r in repo.find_many(order_by=order_by, offset=0, limit=100).items]
+        assert len(want) == 14
+        seen: list[int] = []
+        page = repo.find_many(order_by=order_by, limit=3)
+        longest = 0
+        while True:
+            seen += _ids(page)
+            if page.next_cursor is None:
+                break
+            longest = max(longest, len(page.next_cursor))
+            page = repo.find_many(order_by=order_by, limit=3, cursor=page.next_cursor)
+        assert seen == want
+        assert longest > 2048
+        back = _ids(page)
+        while page.prev_cursor is not None:
+            page = repo.find_many(order_by=order_by, limit=3, cursor=page.prev_cursor)
+            back = _ids(page) + back
+        assert back == want
+        # Oversized junk is still refused before anything is decoded.
+        with pytest.raises(InvalidCursorError, match="characters long"):
+            repo.find_many(order_by="title", limit=3, cursor="A" * 20_000)
+        with pytest.raises(InvalidCursorError, match="characters long"):
+            repo.find_many(order_by="body", limit=3, cursor="A" * 100_000)
+    finally:
+        db.drop_tables([LongTextItem], safe=True)

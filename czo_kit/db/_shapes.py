@@ -37,6 +37,9 @@ __all__ = ["MAX_IN_SLOTS", "Condition", "bind_where", "compile_shape", "where_sh
 MAX_IN_SLOTS = 64
 
 _SCALAR = "v"  # a value's shape when it is neither None, a boolean, nor a list
+# A boolean's shape. Not True / False themselves: they equal 1 / 0, the shapes of ``in`` lists
+# of one and no values, and a shape key holding one would find the other's statement.
+_TRUE, _FALSE = "true", "false"
 
 # How a condition's value becomes parameters.
 _BIND_NONE = 0  # no parameter: IS NULL / IS NOT NULL / IN () / NOT IN ()
@@ -73,8 +76,10 @@ def where_shape(model: type[peewee.Model], where: Any) -> tuple[Any, ...] | None
     for key, value in where.items():
         if type(key) is not str:
             return None
-        if value is None or value is True or value is False:
-            kind: Any = value
+        if value is None:
+            kind: Any = None
+        elif value is True or value is False:
+            kind = _TRUE if value else _FALSE
         elif isinstance(value, _COLLECTIONS):
             if len(value) > MAX_IN_SLOTS:
                 return None
@@ -174,7 +179,7 @@ def compile_shape(
         bucket = 0
         node: Any
         if op == "is_null":
-            bind, node = _BIND_NONE, field.is_null(kind)
+            bind, node = _BIND_NONE, field.is_null(kind == _TRUE)
         elif op in _COMPARE:
             if kind is None:  # eq / ne None; compile_where refused the others
                 bind, node = _BIND_NONE, field.is_null(op == "eq")

@@ -20,7 +20,7 @@ import peewee
 from czo_kit.db.model import UTCDateTimeField, has_soft_delete, has_version
 from czo_kit.errors import ConflictError, InvalidDataError, InvalidFilterError
 
-__all__ = ["MAX_SHAPES", "ModelInfo", "ShapeCache", "Slot", "SqlTemplate", "model_info"]
+__all__ = ["MAX_SHAPES", "MAX_SHAPE_PARAMETERS", "ModelInfo", "ShapeCache", "Slot", "SqlTemplate", "model_info"]
 
 M = TypeVar("M", bound=peewee.Model)
 
@@ -66,20 +66,28 @@ class SqlTemplate:
 
 
 MAX_SHAPES = 2048  # compiled query shapes kept per model and database
+# Parameters of those statements kept in all (per model and database). A shape can hold
+# thousands (64 conditions, ``in`` lists of up to 64 values), each costing a plan entry; a count
+# of entries alone would let a client fill the cache with its largest shapes (hundreds of MB).
+MAX_SHAPE_PARAMETERS = 65_536
 
 
 class ShapeCache:
-    """A thread-safe LRU of compiled statements keyed by query shape, at most ``size`` long.
+    """A thread-safe LRU of compiled statements keyed by query shape, at most ``size`` long
+    and at most ``budget`` in total weight (a statement's weight: its number of parameters).
 
     Distinct filters a client can send are unbounded; the least recently used shape is
     dropped (and compiled again if it comes back) so memory stays flat whatever arrives.
     """
 
-    __slots__ = ("_entries", "_lock", "size")
+    __slots__ = ("_entries", "_lock", "_weight", "_weights", "budget", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, budget: int = MAX_SHAPE_PARAMETERS) -> None:
         self.size = size
+        self.budget = budget
         self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._weights: dict[Any, int] = {}
+        self._weight = 0
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
@@ -89,12 +97,21 @@ class ShapeCache:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: Any, entry: Any) -> None:
+    def put(self, key: Any, entry: Any, weight: int = 1) -> None:
         with self._lock:
+            self._weight += weight - self._weights.get(key, 0)
+            self._weights[key] = weight
             self._entries[key] = entry
             self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            # The newest entry stays even when it alone is over the budget: it is in use.
+            while len(self._entries) > self.size or (self._weight > self.budget and len(self._entries) > 1):
+                old, _ = self._entries.popitem(last=False)
+                self._weight -= self._weights.pop(old)
+
+    @property
+    def weight(self) -> int:
+        """The total weight of the statements kept."""
+        return self._weight
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -102,6 +119,8 @@ class ShapeCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._weights.clear()
+            self._weight = 0
 
 
 def _is_plain_utc(field: peewee.Field) -> bool:

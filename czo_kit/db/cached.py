@@ -110,7 +110,8 @@ class CachedQueries(Queries[M]):
         query = self._select(where, True, False)  # raises InvalidFilterError on bad input
         sql, params = self.db.get_sql_context().sql(query).query()
         try:
-            blob = _KEY_ENCODER.encode((method, sql, [str(p) for p in params], extra))
+            # Typed: 1 and "1" print alike but are other values to the database.
+            blob = _KEY_ENCODER.encode((method, sql, [(type(p).__name__, str(p)) for p in params], extra))
         except (TypeError, msgspec.EncodeError):
             raise InvalidFilterError(f"cannot build a cache key for where={where!r}") from None
         return method + ":" + hashlib.blake2b(blob, digest_size=16).hexdigest()
@@ -234,10 +235,17 @@ class CachedQueries(Queries[M]):
         info = self._info
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidCursorError(f"cursor must be a string, got {type(cursor).__name__}")
+        # The limit as this repository resolves it (its own default and maximum) and its
+        # cursor key: another repository of the table shares the cache namespace, and its
+        # page, or its max_limit, or its cursors, must not answer here.
+        size = self._check_limit(limit)
         key = self._arguments_key(
             "many",
             where,
-            (self._order_key(order_by), limit, offset, cursor, with_total, with_deleted, only_deleted),
+            (
+                self._order_key(order_by), size, offset, cursor, with_total, with_deleted, only_deleted,
+                self._codec.key_id,
+            ),
         )
 
         def load() -> Any:

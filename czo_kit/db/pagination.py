@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import decimal
 import hashlib
 import hmac
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -26,6 +29,7 @@ from czo_kit.errors import InvalidCursorError, InvalidFilterError
 
 __all__ = [
     "MAX_CURSOR_LENGTH",
+    "MAX_TEXT_CURSOR_LENGTH",
     "CursorCodec",
     "PaginatedResult",
     "SortKey",
@@ -36,7 +40,11 @@ __all__ = [
 T = TypeVar("T")
 
 CURSOR_VERSION = 1
+# The longest cursor taken back, unless its sort order can make longer ones: ordering on a long
+# CharField raises the limit to what its longest values give, and on a TextField / BlobField
+# (no length bound) to MAX_TEXT_CURSOR_LENGTH, about 48 KB of sort values.
 MAX_CURSOR_LENGTH = 2048
+MAX_TEXT_CURSOR_LENGTH = 65_536
 MAX_SORT_KEYS = 8
 _MAC_BYTES = 16
 _FINGERPRINT_BYTES = 8
@@ -217,10 +225,13 @@ class CursorCodec:
         self._key = hmac.new(key, b"czo-kit:cursor:v1", hashlib.sha256).digest()
         self._encoder = msgspec.msgpack.Encoder()
         self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
+        # Names the key without revealing it: cached pages hold cursors signed with it.
+        self.key_id: bytes = hmac.new(self._key, b"key id", hashlib.sha256).digest()[:8]
         self._decoder = msgspec.msgpack.Decoder(tuple[int, str, bytes, list[Any]])
         # The typed shape of each sort order's values, built once (msgspec compiles a type
         # on first use; a fresh tuple[...] per call would be compiled every time).
         self._value_types: dict[bytes, tuple[Any, tuple[tuple[type, bool], ...] | None]] = {}
+        self._limits: dict[bytes, int] = {}  # the longest cursor of each sort order
 
     def _mac(self, payload: bytes) -> bytes:
         # Copying a keyed HMAC skips hashing the key again: half the cost of hmac.new per call.
@@ -241,9 +252,14 @@ class CursorCodec:
             raise InvalidCursorError(f"cursor must be a string, got {type(token).__name__}")
         if not token:
             raise InvalidCursorError("cursor is empty")
-        if len(token) > MAX_CURSOR_LENGTH:
+        limit = MAX_CURSOR_LENGTH
+        if len(token) > limit:
+            limit = self._limits.get(order.fingerprint) or _max_length(order)
+            if len(self._limits) < 256:  # one per sort order; a request can pick any
+                self._limits[order.fingerprint] = limit
+        if len(token) > limit:
             raise InvalidCursorError(
-                f"cursor is {len(token)} characters long; a valid one is under {MAX_CURSOR_LENGTH}"
+                f"cursor is {len(token)} characters long; a valid one is under {limit}"
             )
         raw = _unbase64(token)
         if raw is None:
@@ -300,6 +316,24 @@ class CursorCodec:
         return ("next" if direction == "n" else "prev"), list(typed)
 
 
+def _max_length(order: SortOrder) -> int:
+    """The longest cursor ``order`` can give (``MAX_CURSOR_LENGTH`` at least)."""
+    size = 32 + _MAC_BYTES  # the header, fingerprint and array of values, then the MAC
+    for key in order.keys:
+        field = key.field.rel_field if isinstance(key.field, peewee.ForeignKeyField) else key.field
+        kind = python_type(field)
+        if isinstance(field, peewee.CharField) and field.max_length:
+            size += 4 * field.max_length + 5  # up to 4 bytes of UTF-8 a character
+        elif kind in _SHORT or getattr(kind, "__args__", (None,))[0] in _SHORT:
+            size += 128  # a number, date, time, UUID or decimal (as text) is shorter
+        else:  # text or bytes of any length, or a type of its own
+            return MAX_TEXT_CURSOR_LENGTH
+    return max(MAX_CURSOR_LENGTH, -(-size * 4 // 3))
+
+
+_SHORT = (int, float, bool, decimal.Decimal, dt.datetime, dt.date, dt.time, uuid.UUID)
+
+
 _EXACT = (int, str, float, bool, bytes)  # types msgpack decodes to exactly
 
 
@@ -346,6 +380,8 @@ def _cut_short(payload: bytes) -> bool:
         msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         return "truncated" in str(exc)
+    except RecursionError:  # unsigned bytes nested deeper than msgspec recurses: never a cursor
+        return False
     return False
 
 

@@ -209,8 +209,9 @@ class Queries(RepositoryBase[M]):
             query = query.order_by(*order.orderings(reverse=backward)).limit(Slot(n))
             if offset is not None:
                 query = query.offset(Slot(n + 1))
-            entry = (SqlTemplate(self.db, query), conditions)
-            info.shapes.put(key, entry)
+            template = SqlTemplate(self.db, query)
+            entry = (template, conditions)
+            info.shapes.put(key, entry, len(template.plan))
         template, conditions = entry
         params: list[Any] = []
         bind_where(conditions, where, params)
@@ -351,8 +352,9 @@ class Queries(RepositoryBase[M]):
             condition, conditions, _ = compile_shape(self.model, self.db, shape)
             query = self._scoped(condition, with_deleted, only_deleted)
             counted = query.select(peewee.fn.COUNT(peewee.SQL("*"))).order_by()
-            entry = (SqlTemplate(self.db, counted), conditions)
-            info.shapes.put(key, entry)
+            template = SqlTemplate(self.db, counted)
+            entry = (template, conditions)
+            info.shapes.put(key, entry, len(template.plan))
         template, conditions = entry
         params: list[Any] = []
         bind_where(conditions, where, params)

@@ -466,6 +466,9 @@ class RepositoryContract:
         other_key = make_repository(secret_key=b"z" * 32)
         foreign = other_key.find_many(order_by="price", limit=3).next_cursor
         garbage = base64.urlsafe_b64encode(bytes(range(7, 67))).decode().rstrip("=")
+        # A cursor's own header, then values nested deeper than a decoder recurses, unsigned.
+        header = base64.urlsafe_b64decode(good + "=" * (-len(good) % 4))[:14]
+        nested = base64.urlsafe_b64encode(header + b"\x91" * 1400 + b"\x01" + bytes(16)).decode().rstrip("=")
         cases: list[tuple[Any, str]] = [
             ("", "empty"),
             ("!!!not base64!!!", "base64"),
@@ -482,6 +485,7 @@ class RepositoryContract:
             ("A" * 5000, "characters long"),
             (12345, "string"),
             (good + "AAAA", "signature"),
+            (nested, "signature"),
         ]
         for token, fragment in cases:
             with pytest.raises(InvalidCursorError) as info:
