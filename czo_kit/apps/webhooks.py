@@ -628,6 +628,7 @@ class WebhookDispatcher(WebhookOperations):
 
         Every query here reads the live partial index (``NOT_DELIVERED_TERM`` repeats its
         condition for SQLite): the sweep costs the same however much history is kept."""
+        self.sweep_unfinished = False  # until this pass stops at its budget: not if it fails
         self.ensure_tables()
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)

@@ -820,6 +820,7 @@ class Outbox(OutboxAdmin):
         """One pass, in bounded claims (``czo_kit.db._claim``): each batch is taken out of
         the sweep's reach by the statement that reads it, so several workers sweeping at
         once share the pass and none queues a row another one queued."""
+        self.sweep_unfinished = False  # until this pass stops at its budget: not if it fails
         self.ensure_tables()
         now = utcnow()
         grace = now - dt.timedelta(seconds=self.settings.relay_grace)
