@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,13 +76,18 @@ def test_after_the_cool_down_exactly_one_probe_goes_out(kit: Kit, receiver: Rece
     assert attempts == {first: 2, second: 2, third: 1}  # pauses used up no attempt
 
 
-def test_a_worker_dying_on_the_last_attempt_makes_the_delivery_dead(kit: Kit, receiver: Receiver) -> None:
+def test_a_worker_dying_on_the_last_attempt_makes_the_delivery_dead(
+    kit: Kit, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
     (delivery_id,) = _deliveries(kit, 1)
     WebhookDelivery.update(
         state="running", attempts=WebhookDelivery.max_attempts, lease_until=utcnow() - dt.timedelta(seconds=1)
     ).where(WebhookDelivery.id == delivery_id).execute(kit.db)
-    counts = kit.webhooks.sweep()
+    with caplog.at_level(logging.WARNING):
+        counts = kit.webhooks.sweep()
+    # Said as loudly as a last attempt that fails: the sweep's dead letters used to go unlogged.
+    assert [r.levelno for r in caplog.records if "dead" in r.getMessage()] == [logging.ERROR], caplog.text
     assert counts["dead"] == 1 and counts["recovered"] == 0
     (row,) = kit.webhooks.deliveries()
     assert row.state == "dead" and "lease expired" in (row.last_error or "")

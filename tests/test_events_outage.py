@@ -15,7 +15,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -318,3 +320,60 @@ def test_a_batch_runs_its_claimed_deliveries_while_the_queue_redis_is_down(
             assert done, producer.outbox.stats()
         assert sorted(elsewhere) == sorted(ids)
         assert sorted(mine) == sorted([*ids, ids[1]])
+
+
+def test_a_sweep_that_fails_midway_through_a_backlog_waits_for_its_interval(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep that stops at its time budget with more to do is followed at once by the next;
+    one that fails (the queue's Redis went away) is not: the sweeper waits out its interval
+    instead of claiming, failing and giving back a batch as fast as it can for the whole
+    outage. It used to, when the pass before the failure had stopped at its budget."""
+    import datetime as dt
+
+    import czo_kit.events.outbox as outbox_module
+    from czo_kit.db._claim import SWEEP_BATCH
+    from czo_kit.events._heartbeat import Heartbeat
+    from czo_kit.events.queue import Sweeper
+
+    with Kit(make_settings(settings_for, sqlite_url, server)) as kit:
+        assert kit.outbox is not None
+        kit.outbox.ensure_tables()
+        long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+        EventOutbox.insert_many([
+            {"event_id": f"backlog-{n}", "name": EVENT, "payload": b"\x80", "correlation_id": "c",
+             "created_at": long_ago, "deliver_at": long_ago, "retries": 0, "priority": 50, "state": "pending",
+             "updated_at": long_ago}
+            for n in range(3 * SWEEP_BATCH)
+        ]).execute(kit.db)  # committed, never queued: a backlog after an outage
+        monkeypatch.setattr(outbox_module, "SWEEP_BUDGET", 0.0)  # each pass stops after a batch
+        kit.outbox.sweep()
+        assert kit.outbox.sweep_unfinished  # more to do: the next pass would follow at once
+        server.kill()  # refused at once: each pass fails fast
+
+        sweeps: list[float] = []
+        beats: list[float] = []
+        real_sweep = kit.outbox.sweep
+        heartbeat = Heartbeat(kit.db, kind="test", queue="", plugins=(), interval=0.02)
+        real_beat = heartbeat.beat
+
+        def sweep() -> dict[str, int]:
+            sweeps.append(time.monotonic())
+            return real_sweep()
+
+        def beat() -> None:
+            beats.append(time.monotonic())
+            real_beat()
+
+        monkeypatch.setattr(kit.outbox, "sweep", sweep)
+        monkeypatch.setattr(heartbeat, "beat", beat)
+        sweeper = Sweeper(kit.outbox, 3600.0, heartbeat=heartbeat, prune=False)
+        sweeper.start()
+        try:
+            assert wait_until(lambda: len(beats) >= 30, timeout=HANG_GUARD)
+        finally:
+            sweeper.stop()
+        assert len(sweeps) == 1, f"{len(sweeps)} sweeps in {len(beats)} heartbeats, with a 3600 s interval"
+        # The failed pass gave its claim back: what the first pass did not queue is pending again.
+        left = Counter(states(kit, [f"backlog-{n}" for n in range(3 * SWEEP_BATCH)]).values())
+        assert left == {"queued": SWEEP_BATCH, "pending": 2 * SWEEP_BATCH}, left

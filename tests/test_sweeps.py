@@ -243,3 +243,38 @@ def test_a_delivery_queued_behind_the_oldest_waiting_task_is_left_to_the_backlog
         tasks = queued_tasks(redis_url, queue_name)
         requeued = sorted(int(arg) for name, arg in tasks if name.endswith("czo_events_deliver"))
         assert requeued == lost, tasks
+
+
+def test_waiting_deliveries_are_queued_once_by_a_pass_however_many(
+    private_pg: tuple[str, Pg], redis_url: str, queue_name: str  # noqa: F811
+) -> None:
+    """Deliveries handed back by a worker without their subscriber wait for a worker that has
+    it; its sweep queues them now, each once. The claim moves them to the claim's time, which
+    is after the pass began: a claim of a full batch must not take the same rows again (it
+    used to, batch after batch until the pass's time budget ran out)."""
+    db_url, pg = private_pg
+    rows = 1_200  # more than one claim takes
+    settings = Settings(
+        database_url=db_url, queue_url=redis_url, queue_name=queue_name, secret_key=SECRET, plugins=(),
+        events_lease=300.0,
+    )
+    with Kit(settings) as kit:
+        assert kit.outbox is not None and kit.queue is not None
+        kit.events.on(EVENT, lambda payload, ctx: None, id="probe-0")
+        (sub,) = kit.outbox.emitter.subscribers(EVENT)
+        kit.outbox.ensure_tables()
+        pg.all(
+            "INSERT INTO czo_event_delivery (event_id, subscriber, state, attempts, max_attempts, priority, "
+            "next_attempt_at, created_at, updated_at) "
+            "SELECT 'waiting-' || g, %s, 'waiting', 0, 3, 50, (now() at time zone 'utc') + interval '1 hour', "
+            "(now() at time zone 'utc') - interval '1 minute', (now() at time zone 'utc') - interval '1 minute' "
+            f"FROM generate_series(1, {rows}) AS g RETURNING id",
+            (sub.id,),
+        )  # handed back for an hour by a worker without the subscriber
+        counts = kit.outbox.sweep()
+        tasks = queued_tasks(redis_url, queue_name)
+        per_delivery = Counter(int(arg) for name, arg in tasks if name.endswith("czo_events_deliver"))
+        twice = {i: n for i, n in per_delivery.items() if n > 1}
+        assert not twice, f"{len(twice)} delivery(ies) queued more than once, e.g. {list(twice.items())[:3]}"
+        assert len(per_delivery) == rows and counts["requeued"] == rows, (len(per_delivery), counts)
+        assert kit.outbox.sweep()["requeued"] == 0  # the next pass leaves them to their tasks

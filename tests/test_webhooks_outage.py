@@ -169,3 +169,59 @@ def test_closing_during_a_hang_keeps_the_deadline_and_the_sweep_delivers_the_res
             )
     ids_posted = [p.json()["data"]["id"] for p in receiver.posts("/hook")]
     assert sorted(set(ids_posted)) == list(range(1, 12))
+
+
+def test_a_webhook_sweep_that_fails_midway_through_a_backlog_waits_for_its_interval(
+    server: PrivateRedis, sqlite_url: str, tmp_path: Path, settings_for: SettingsFor, receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the event sweep (test_events_outage): a webhook sweep that stopped at its budget is
+    followed at once by the next, but one that fails while the queue's Redis is down waits
+    out the sweeper's interval, instead of claiming and giving back a batch in a tight loop."""
+    import datetime as dt
+    import time
+
+    import czo_kit.apps.webhooks as webhooks_module
+    from czo_kit.apps._webhook_models import WebhookDelivery
+    from czo_kit.db._claim import SWEEP_BATCH
+    from czo_kit.events._heartbeat import Heartbeat
+    from czo_kit.events.queue import Sweeper
+
+    with app_kit(settings(settings_for, sqlite_url, tmp_path, server)) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        kit.events.emit("order.created", dict(ORDER, id=1))
+        (first,) = WebhookDelivery.select().dicts().execute(kit.db)
+        long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+        WebhookDelivery.insert_many([
+            {**{k: v for k, v in first.items() if k != "id"}, "message_id": f"msg_backlog_{n}", "state": "queued",
+             "updated_at": long_ago}
+            for n in range(3 * SWEEP_BATCH)
+        ]).execute(kit.db)  # queued an hour ago, their tasks lost with a wiped queue
+        monkeypatch.setattr(webhooks_module, "SWEEP_BUDGET", 0.0)  # each pass stops after a batch
+        kit.webhooks.sweep()
+        assert kit.webhooks.sweep_unfinished  # more to do: the next pass would follow at once
+        server.kill()  # refused at once: each pass fails fast
+
+        sweeps: list[float] = []
+        beats: list[float] = []
+        real_sweep = kit.webhooks.sweep
+        heartbeat = Heartbeat(kit.db, kind="test", queue="", plugins=(), interval=0.02)
+        real_beat = heartbeat.beat
+
+        def sweep() -> dict[str, int]:
+            sweeps.append(time.monotonic())
+            return real_sweep()
+
+        def beat() -> None:
+            beats.append(time.monotonic())
+            real_beat()
+
+        monkeypatch.setattr(kit.webhooks, "sweep", sweep)
+        monkeypatch.setattr(heartbeat, "beat", beat)
+        sweeper = Sweeper(kit.outbox, 3600.0, kit.webhooks, heartbeat=heartbeat, prune=False)
+        sweeper.start()
+        try:
+            assert wait_until(lambda: len(beats) >= 30, timeout=HANG_GUARD)
+        finally:
+            sweeper.stop()
+        assert len(sweeps) == 1, f"{len(sweeps)} sweeps in {len(beats)} heartbeats, with a 3600 s interval"

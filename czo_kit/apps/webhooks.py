@@ -629,6 +629,7 @@ class WebhookDispatcher(WebhookOperations):
 
         Every query here reads the live partial index (``NOT_DELIVERED_TERM`` repeats its
         condition for SQLite): the sweep costs the same however much history is kept."""
+        self.sweep_unfinished = False  # until this pass stops at its budget: not if it fails
         self.ensure_tables()
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
@@ -671,6 +672,11 @@ class WebhookDispatcher(WebhookOperations):
         counts = {"recovered": recovered, "requeued": lost + late, "dead": int(exhausted)}
         if recovered or lost or late:
             log.warning("webhook sweep re-queued %s", counts)
+        if exhausted:  # as a delivery that fails its last attempt is (``_attempt``): said, not silent
+            log.error(
+                "%d webhook deliver%s dead: the worker stopped during the last attempt (lease expired); "
+                "`czo-kit webhooks dead` lists them", exhausted, "y is" if exhausted == 1 else "ies are",
+            )
         # Retention on the sweep's beat, a bounded amount each time: a large backlog (a first
         # run after an upgrade) goes over several sweeps instead of holding this one up.
         counts["pruned"] = self.prune(max_batches=SWEEP_PRUNE_BATCHES)

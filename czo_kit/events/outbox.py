@@ -853,6 +853,7 @@ class Outbox(OutboxAdmin):
         """One pass, in bounded claims (``czo_kit.db._claim``): each batch is taken out of
         the sweep's reach by the statement that reads it, so several workers sweeping at
         once share the pass and none queues a row another one queued."""
+        self.sweep_unfinished = False  # until this pass stops at its budget: not if it fails
         self.ensure_tables()
         now = utcnow()
         grace = now - dt.timedelta(seconds=self.settings.relay_grace)
@@ -907,7 +908,7 @@ class Outbox(OutboxAdmin):
         )
         finished &= done
 
-        requeued, done = self._sweep_waiting(now, stale, deadline)
+        requeued, done = self._sweep_waiting(stale, deadline)
         finished &= done
 
         # Queued, or due for another try, for longer than a lease and since before the oldest
@@ -943,14 +944,16 @@ class Outbox(OutboxAdmin):
         *, order: peewee.Field | None = None,
     ) -> tuple[int, bool]:
         """Claim deliveries matching ``due`` a batch at a time (``changes``, and ``column``
-        moved to now so that ``due`` no longer matches) and queue each batch in one call."""
+        moved to now so that ``due`` no longer matches) and queue each batch in one call.
+        ``due`` may be a function of the claim's time, for a condition that must not match
+        what an earlier claim of the pass moved to its own time."""
 
         claimed = [utcnow()]  # when the batch in hand was claimed
 
         def take() -> list[tuple[Any, ...]]:
             at = claimed[0] = utcnow()
             return claim(
-                self.db, EventDelivery, EventDelivery.id, due,
+                self.db, EventDelivery, EventDelivery.id, due(at) if callable(due) else due,
                 {**changes, column: at, EventDelivery.updated_at: at},
                 (EventDelivery.id, EventDelivery.priority), order=order,
             )
@@ -1004,7 +1007,7 @@ class Outbox(OutboxAdmin):
         except Exception:  # the database too: the claim runs out with its lease
             log.debug("could not give back a sweep's claim", exc_info=True)
 
-    def _sweep_waiting(self, now: dt.datetime, stale: dt.datetime, deadline: float) -> tuple[int, bool]:
+    def _sweep_waiting(self, stale: dt.datetime, deadline: float) -> tuple[int, bool]:
         """Queue now the deliveries waiting for a subscriber this worker has: a worker without
         it handed them back for later, maybe long before this one started. Not those just
         queued (their task is on its way)."""
@@ -1017,12 +1020,16 @@ class Outbox(OutboxAdmin):
         if not mine:
             return 0, True
         # The claim sets next_attempt_at to the claim's time: neither in the future nor a
-        # lease ago, so no other sweep takes it again within a lease.
+        # lease ago, so no other sweep takes it again within a lease. "In the future" is as of
+        # each claim, not of the pass's start: the rows an earlier batch of this pass moved to
+        # its time are after the start, and would be taken again batch after batch.
         return self._requeue_deliveries(
-            DELIVERY_LIVE
-            & (EventDelivery.state == "waiting")
-            & EventDelivery.subscriber.in_(mine)
-            & ((EventDelivery.next_attempt_at > now) | (EventDelivery.next_attempt_at < stale)),
+            lambda at: (
+                DELIVERY_LIVE
+                & (EventDelivery.state == "waiting")
+                & EventDelivery.subscriber.in_(mine)
+                & ((EventDelivery.next_attempt_at > at) | (EventDelivery.next_attempt_at < stale))
+            ),
             {}, EventDelivery.next_attempt_at, stale, deadline,
         )
 
