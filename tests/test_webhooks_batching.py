@@ -30,6 +30,7 @@ from apps_support import (
 )
 from czo_kit import Kit
 from czo_kit.apps import _webhook_batch
+from czo_kit.apps.signing import verify_signature
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
@@ -280,3 +281,55 @@ def test_killing_the_worker_twice_dead_letters_only_what_it_was_posting(
     assert len(dead) == 1, [(row["message_id"], row["attempts"], row["last_error"]) for row in dead]
     assert str(dead[0]["message_id"]) in held  # the one the second worker was sending
     assert len(delivered) == total - 1 and delivered <= set(seen)
+
+
+def three_queued(kit: Kit, receiver_url: str) -> list[int]:
+    """Install the receiver's app and record three deliveries, none in the queue (the test
+    runs the batch itself)."""
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
+    with kit.db.atomic():
+        for n in range(3):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+    kit.webhooks.flush()
+    assert kit.queue is not None
+    kit.queue.flush()
+    return sorted(int(d.id) for d in kit.webhooks.deliveries())
+
+
+def test_an_uninstall_during_a_batch_stops_its_webhooks_as_for_one_delivery(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+
+    def uninstall_on_first(request: Request) -> Reply:
+        kit_[0].apps.uninstall(shop_id=1, app_id="acme")  # the app is gone before it answers
+        return Reply(200)
+
+    with Receiver(uninstall_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        states = kit.webhooks.deliver_many(ids)
+        # The other two went with the installation: never sent to the app it no longer is.
+        assert len(receiver.posts("/hook")) == 1, states
+        assert states[1:] == ["skipped", "skipped"]
+
+
+def test_a_secret_rotated_without_grace_during_a_batch_signs_the_rest_of_it(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+    new: list[str] = []
+
+    def rotate_on_first(request: Request) -> Reply:
+        if not new:  # the old secret leaked: rotated with no grace, it signs nothing more
+            new.append(kit_[0].apps.rotate_webhook_secret(shop_id=1, app_id="acme", grace=0))
+        return Reply(200)
+
+    with Receiver(rotate_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+        posts = receiver.posts("/hook")
+    assert len(posts) == 3
+    for post in posts[1:]:
+        assert verify_signature(post.body, post.headers["x-czo-signature"], new[0])

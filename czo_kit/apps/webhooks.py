@@ -310,7 +310,8 @@ class WebhookDispatcher(WebhookOperations):
         batch ran long).
 
         Deliveries are claimed ``CLAIM_BATCH`` at a time in one statement; the circuit of each
-        target and the secrets of each installation are read once per claim; successes to a
+        target is read once per claim (again after any failure), the signing secrets before
+        each POST (a rotation or an uninstall counts from the next one); successes to a
         target whose circuit is closed are recorded a few at a time (``DeliveredBuffer``),
         anything else at once, exactly as a single delivery is. A claim held for half the
         lease gives back what it has not attempted yet, so no lease runs out under a live
@@ -342,14 +343,13 @@ class WebhookDispatcher(WebhookOperations):
     def _deliver_claimed(self, claimed: list[WebhookDelivery], buffer: DeliveredBuffer, states: dict[int, str]) -> None:
         claimed_at = time.monotonic()
         circuits: dict[str, CircuitRow | None] = {}
-        secrets_: dict[int, list[str]] = {}
         for index, delivery in enumerate(claimed):
             if index and time.monotonic() - claimed_at > self.settings.lease / 2:
                 rest = [int(d.id) for d in claimed[index:]]
                 _batch.give_back(self.db, rest, utcnow())
                 self._hand_back(rest, states)
                 return
-            states[int(delivery.id)] = self._attempt(delivery, circuits, secrets_, buffer)
+            states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
             if buffer.due():
                 self._flush(buffer)
 
@@ -379,7 +379,6 @@ class WebhookDispatcher(WebhookOperations):
         self,
         delivery: WebhookDelivery,
         circuits: dict[str, CircuitRow | None],
-        secrets_by_installation: dict[int, list[str]],
         buffer: DeliveredBuffer,
     ) -> str:
         """One claimed delivery: the circuit, the signature, the POST, its record."""
@@ -402,10 +401,10 @@ class WebhookDispatcher(WebhookOperations):
             _metrics.webhook_result(self, delivery, "paused", now)
             circuits.pop(origin, None)  # the probe may have been taken meanwhile: read again
             return "paused"
-        installation_id = int(delivery.__data__["installation"])
-        if installation_id not in secrets_by_installation:
-            secrets_by_installation[installation_id] = self._secrets(installation_id, now)
-        secrets_ = secrets_by_installation[installation_id]
+        # Read for each delivery, never kept for the batch: a secret rotated without grace (it
+        # leaked) signs nothing more, and an uninstalled app is sent nothing more, from the next
+        # delivery on, as for a delivery alone.
+        secrets_ = self._secrets(int(delivery.__data__["installation"]), now)
         if not secrets_:
             # Uninstalled since the claim (secrets and deliveries go with the installation):
             # never send a webhook unsigned.
