@@ -31,6 +31,7 @@ from apps_support import (
 from czo_kit import Kit
 from czo_kit.apps import _webhook_batch
 from czo_kit.apps.signing import verify_signature
+from czo_kit.db.model import utcnow
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
@@ -333,3 +334,38 @@ def test_a_secret_rotated_without_grace_during_a_batch_signs_the_rest_of_it(
     assert len(posts) == 3
     for post in posts[1:]:
         assert verify_signature(post.body, post.headers["x-czo-signature"], new[0])
+
+
+def test_a_batch_that_outlived_its_lease_never_gives_back_another_workers_claim(
+    db_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+    ids: list[int] = []
+    others: list[int] = []
+
+    def outlive_the_lease(request: Request) -> Reply:
+        # The first POST outlasts the whole lease (a slow target, a pause of the worker): the
+        # sweep takes the batch's deliveries back, and another worker claims the second one.
+        kit = kit_[0]
+
+        def expired() -> bool:
+            row = kit.webhooks.delivery(ids[0])
+            return row.lease_until is not None and row.lease_until < utcnow()
+
+        if not others:
+            wait_for(expired, what="the batch's lease to run out")
+            assert kit.webhooks.sweep()["recovered"] == 3
+            others.extend(int(d.id) for d in _webhook_batch.claim(kit.db, [ids[1]], utcnow(), 60.0))
+        return Reply(200)
+
+    settings = app_settings(settings_for, db_url, str(tmp_path), webhooks_lease=0.4)
+    with Receiver(outlive_the_lease) as receiver, app_kit(settings) as kit:
+        kit_.append(kit)
+        ids.extend(three_queued(kit, receiver.url))
+        kit.webhooks.deliver_many(ids)
+        assert others == [ids[1]]
+        other = kit.webhooks.delivery(ids[1])
+        # Still the other worker's: running under its lease, with its attempt counted.
+        assert (other.state, other.attempts) == ("running", 2)
+        assert other.lease_until is not None and other.lease_until > utcnow()
+        assert [p.json()["data"]["id"] for p in receiver.posts("/hook")] == [0]

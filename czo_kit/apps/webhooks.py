@@ -346,7 +346,7 @@ class WebhookDispatcher(WebhookOperations):
         for index, delivery in enumerate(claimed):
             if index and time.monotonic() - claimed_at > self.settings.lease / 2:
                 rest = [int(d.id) for d in claimed[index:]]
-                _batch.give_back(self.db, rest, utcnow())
+                _batch.give_back(self.db, rest, utcnow(), delivery.lease_until)  # one lease per claim
                 self._hand_back(rest, states)
                 return
             states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
