@@ -5,6 +5,7 @@ again (at least once; the receiver dedupes on ``webhook-id``)."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 import threading
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from apps_support import (
     OWNER,
@@ -33,6 +35,7 @@ from czo_kit.apps import _webhook_batch
 from czo_kit.apps.signing import verify_signature
 from czo_kit.db.model import utcnow
 from czo_kit.settings import Settings
+from test_cache_redis import PrivateRedis
 
 SettingsFor = Callable[..., Settings]
 
@@ -369,3 +372,32 @@ def test_a_batch_that_outlived_its_lease_never_gives_back_another_workers_claim(
         assert (other.state, other.attempts) == ("running", 2)
         assert other.lease_until is not None and other.lease_until > utcnow()
         assert [p.json()["data"]["id"] for p in receiver.posts("/hook")] == [0]
+
+
+@pytest.mark.redis
+def test_a_batch_stopped_by_a_failure_gives_back_what_it_did_not_attempt(
+    sqlite_url: str, redis_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is needed to start a queue server of this test's own"
+    queue = PrivateRedis(binary)
+    queue.start()
+
+    def fail_then_lose_the_queue(request: Request) -> Reply:
+        queue.kill()  # the queue's server goes away: the retry of this 503 cannot be queued
+        return Reply(503)
+
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), queue_url=queue.url)
+    try:
+        with Receiver(fail_then_lose_the_queue) as receiver, app_kit(settings) as kit:
+            ids = three_queued(kit, receiver.url)
+            with pytest.raises(redis.ConnectionError):
+                kit.webhooks.deliver_many(ids)
+            rows = {d.id: d for d in kit.webhooks.deliveries()}
+            assert (rows[ids[0]].state, rows[ids[0]].attempts) == ("retry", 1)  # recorded: the sweep re-queues it
+            # The two never sent are queued again with no attempt spent, not held ``running``
+            # for a whole lease with an attempt counted.
+            assert [(rows[i].state, rows[i].attempts, rows[i].lease_until) for i in ids[1:]] == [("queued", 0, None)] * 2
+            assert len(receiver.posts("/hook")) == 1
+    finally:
+        queue.kill()

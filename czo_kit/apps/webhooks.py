@@ -336,6 +336,11 @@ class WebhookDispatcher(WebhookOperations):
                 if len(chunk) > 1 and len(claimed) < len(chunk):
                     # Left out: on its last attempt, or taken by another worker, or done.
                     self._deliver_alone([i for i in chunk if i not in states], buffer, states, started)
+        except BaseException:
+            # This task stops here: the rest of its deliveries (given back, or never claimed)
+            # go back to the queue now rather than after the sweep finds their task lost.
+            self._hand_back([i for i in ids if i not in states], {})
+            raise
         finally:
             self._flush(buffer)
         return [states.get(i, "skipped") for i in ids]
@@ -349,9 +354,18 @@ class WebhookDispatcher(WebhookOperations):
                 _batch.give_back(self.db, rest, utcnow(), delivery.lease_until)  # one lease per claim
                 self._hand_back(rest, states)
                 return
-            states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
-            if buffer.due():
-                self._flush(buffer)
+            try:
+                states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
+                if buffer.due():
+                    self._flush(buffer)
+            except BaseException:
+                # A failure of this side (the database, the queue) stops the batch: what it
+                # has not attempted is given back, its attempt unused, not held ``running``
+                # until the lease runs out. The one being attempted is left as it stands (its
+                # retry may be recorded already): never handed back to the queue.
+                states.setdefault(int(delivery.id), "running")
+                self._give_back(claimed[index + 1:])
+                raise
 
     def _deliver_alone(self, ids: list[int], buffer: DeliveredBuffer, states: dict[int, str], started: float) -> None:
         """Claim and attempt each of ``ids`` on its own, in turn (as ``deliver`` does)."""
@@ -360,6 +374,15 @@ class WebhookDispatcher(WebhookOperations):
                 self._hand_back(ids[index:], states)  # not claimed: still queued
                 return
             self._deliver_claimed(_batch.claim(self.db, [delivery_id], utcnow(), self.settings.lease), buffer, states)
+
+    def _give_back(self, rest: list[WebhookDelivery]) -> None:
+        """Give back claimed deliveries not attempted, on the way out of a failed batch."""
+        if not rest:
+            return
+        try:
+            _batch.give_back(self.db, [int(d.id) for d in rest], utcnow(), rest[0].lease_until)
+        except Exception as exc:  # the database too: the claim runs out with its lease
+            log.warning("could not give back %d claimed webhook deliveries (%r); the sweep queues them", len(rest), exc)
 
     def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
