@@ -336,11 +336,6 @@ class WebhookDispatcher(WebhookOperations):
                 if len(chunk) > 1 and len(claimed) < len(chunk):
                     # Left out: on its last attempt, or taken by another worker, or done.
                     self._deliver_alone([i for i in chunk if i not in states], buffer, states, started)
-        except BaseException:
-            # This task stops here: the rest of its deliveries (given back, or never claimed)
-            # go back to the queue now rather than after the sweep finds their task lost.
-            self._hand_back([i for i in ids if i not in states], {})
-            raise
         finally:
             self._flush(buffer)
         return [states.get(i, "skipped") for i in ids]
@@ -360,11 +355,11 @@ class WebhookDispatcher(WebhookOperations):
                     self._flush(buffer)
             except BaseException:
                 # A failure of this side (the database, the queue) stops the batch: what it
-                # has not attempted is given back, its attempt unused, not held ``running``
-                # until the lease runs out. The one being attempted is left as it stands (its
-                # retry may be recorded already): never handed back to the queue.
-                states.setdefault(int(delivery.id), "running")
-                self._give_back(claimed[index + 1:])
+                # has not attempted is given back, its attempt unused, and queued again, not
+                # held ``running`` until the lease runs out. The one being attempted is left
+                # as it stands (its retry may be recorded already). Ids never claimed are not
+                # queued again (one the claim itself fails on would loop): the sweep finds them.
+                self._give_back(claimed[index + 1:], states)
                 raise
 
     def _deliver_alone(self, ids: list[int], buffer: DeliveredBuffer, states: dict[int, str], started: float) -> None:
@@ -375,14 +370,18 @@ class WebhookDispatcher(WebhookOperations):
                 return
             self._deliver_claimed(_batch.claim(self.db, [delivery_id], utcnow(), self.settings.lease), buffer, states)
 
-    def _give_back(self, rest: list[WebhookDelivery]) -> None:
-        """Give back claimed deliveries not attempted, on the way out of a failed batch."""
+    def _give_back(self, rest: list[WebhookDelivery], states: dict[int, str]) -> None:
+        """Give back claimed deliveries not attempted, and queue them again, on the way out
+        of a failed batch."""
         if not rest:
             return
+        ids = [int(d.id) for d in rest]
         try:
-            _batch.give_back(self.db, [int(d.id) for d in rest], utcnow(), rest[0].lease_until)
+            _batch.give_back(self.db, ids, utcnow(), rest[0].lease_until)
         except Exception as exc:  # the database too: the claim runs out with its lease
-            log.warning("could not give back %d claimed webhook deliveries (%r); the sweep queues them", len(rest), exc)
+            log.warning("could not give back %d claimed webhook deliveries (%r); the sweep queues them", len(ids), exc)
+            return
+        self._hand_back(ids, states)
 
     def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
