@@ -401,3 +401,30 @@ def test_a_batch_stopped_by_a_failure_gives_back_what_it_did_not_attempt(
             assert len(receiver.posts("/hook")) == 1
     finally:
         queue.kill()
+
+
+def test_a_success_on_its_last_attempt_is_recorded_before_the_next_post(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # Kept in the buffer, a last attempt's success would be ``running`` on its last attempt
+    # during the next POST: a worker killed then leaves it to the sweep, which dead-letters it
+    # ("stopped during the last attempt") although the receiver has it.
+    kit_: list[Kit] = []
+    seen_first: list[str] = []
+
+    def look_at_the_first(request: Request) -> Reply:
+        if request.json()["data"]["id"] == 1:
+            first = [row for row in raw_rows(kit_[0], "czo_webhook_delivery") if row["attempts"] == 2]
+            seen_first.extend(str(row["state"]) for row in first if row["message_id"] == first_id[0])
+        return Reply(200)
+
+    first_id: list[str] = []
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
+    with Receiver(look_at_the_first) as receiver, app_kit(settings) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1')  # each on its last attempt
+        first_id.append(str(kit.webhooks.delivery(ids[0]).message_id))
+        assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+        assert len(receiver.posts("/hook")) == 3
+    assert seen_first == ["delivered"]

@@ -465,9 +465,10 @@ class WebhookDispatcher(WebhookOperations):
             )
             status = response.status
             excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
-            if circuit is None and 200 <= status < 300:
+            if circuit is None and 200 <= status < 300 and int(delivery.attempts) < int(delivery.max_attempts):
                 # The common case, recorded with others in one transaction: nothing for the
-                # breaker to do (no failure on record for this target).
+                # breaker to do (no failure on record for this target). Not a last attempt:
+                # left ``running`` by a killed worker, the sweep would dead-letter it.
                 buffer.add(Delivered(delivery, started, (time.monotonic() - clock) * 1000, status, excerpt))
                 return "delivered"
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
