@@ -6,6 +6,7 @@ again (at least once; the receiver dedupes on ``webhook-id``)."""
 from __future__ import annotations
 
 import shutil
+import socket
 import textwrap
 import threading
 import uuid
@@ -31,7 +32,8 @@ from apps_support import (
     worker_processes,
 )
 from czo_kit import Kit
-from czo_kit.apps import _webhook_batch
+from czo_kit.apps import _webhook_batch, net
+from czo_kit.apps.net import OutboundHTTP
 from czo_kit.apps.signing import verify_signature
 from czo_kit.db.model import utcnow
 from czo_kit.settings import Settings
@@ -428,3 +430,73 @@ def test_a_success_on_its_last_attempt_is_recorded_before_the_next_post(
         assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
         assert len(receiver.posts("/hook")) == 3
     assert seen_first == ["delivered"]
+
+
+class KeepAliveServer:
+    """A loopback HTTP/1.1 server that answers every request 200 and never closes a
+    connection itself (as a target whose idle timeout is long, or a hostile one): ``open``
+    counts the connections a client still holds."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.open = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while True:
+                length = 0
+                line = reader.readline()
+                if not line:
+                    return  # the client closed the connection
+                while line not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                    line = reader.readline()
+                reader.read(length)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self.open -= 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_target_no_longer_posted_to_has_its_kept_alive_connection_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its address changed (DNS rotation) or its app went: a pool kept for ever would hold its
+    # sockets for ever, one more set at each change, until the worker runs out of descriptors.
+    monkeypatch.setattr(net, "POOL_IDLE", 0.2)
+    old, new = KeepAliveServer(), KeepAliveServer()
+    http = OutboundHTTP(allow_private=True)
+    try:
+        assert http.request("POST", old.url + "/hook", body=b"{}").status == 200
+        assert old.open == 1
+
+        def old_closed() -> bool:
+            assert http.request("POST", new.url + "/hook", body=b"{}").status == 200
+            return old.open == 0
+
+        wait_for(old_closed, what="the connection to the target no longer used to be closed")
+        assert new.open == 1  # the one in use is kept alive
+    finally:
+        http.close()
+        old.close()
+        new.close()

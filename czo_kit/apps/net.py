@@ -206,6 +206,12 @@ class _HTTPSConnection(_DeadlineMixin, urllib3.connection.HTTPSConnection):
     pass
 
 
+POOL_IDLE = 60.0
+"""Seconds a target's pool may go unused before its kept-alive connections are closed and it
+is dropped: a target's addresses change (DNS rotation) and apps come and go, and a pool kept
+for ever holds its sockets for ever (open, or half-closed by the server)."""
+
+
 @dataclass
 class _Resolved:
     addresses: list[str]
@@ -224,6 +230,9 @@ class OutboundHTTP:
     _pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = field(default_factory=dict)
     _dns: dict[tuple[str, int], _Resolved] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_use: dict[tuple[str, str, int, str], tuple[int, float]] = field(default_factory=dict)
+    """Per pool: requests running on it, and when the last one ended (monotonic)."""
+    _checked_idle: float = 0.0
 
     def check(self, url: str, *, what: str = "URL") -> Target:
         """Parse ``url`` and check every address its host resolves to."""
@@ -254,6 +263,28 @@ class OutboundHTTP:
                 )
         self._dns[key] = _Resolved(addresses, now + self.dns_ttl)
         return addresses
+
+    def _take(self, target: Target, address: str) -> tuple[tuple[str, str, int, str], urllib3.HTTPConnectionPool]:
+        """The pool of ``target`` at ``address``, counted in use until ``_release``; pools no
+        request used for ``POOL_IDLE`` seconds are closed on the way."""
+        key = (target.scheme, target.host, target.port, address)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked_idle >= min(1.0, POOL_IDLE):
+                self._checked_idle = now
+                for idle in [k for k, (n, at) in self._in_use.items() if not n and now - at > POOL_IDLE and k != key]:
+                    del self._in_use[idle]
+                    old = self._pools.pop(idle, None)
+                    if old is not None:
+                        old.close()
+            running, at = self._in_use.get(key, (0, now))
+            self._in_use[key] = (running + 1, at)
+        return key, self._pool(target, address)
+
+    def _release(self, key: tuple[str, str, int, str]) -> None:
+        with self._lock:
+            running, _ = self._in_use.get(key, (1, 0.0))
+            self._in_use[key] = (max(0, running - 1), time.monotonic())
 
     def _pool(self, target: Target, address: str) -> urllib3.HTTPConnectionPool:
         key = (target.scheme, target.host, target.port, address)
@@ -306,8 +337,9 @@ class OutboundHTTP:
         chunks: list[bytes] = []
         size = 0
         truncated = False
+        key, pool = self._take(target, address)
         try:
-            response = self._pool(target, address).urlopen(
+            response = pool.urlopen(
                 method,
                 target.path,
                 body=body,
@@ -346,6 +378,7 @@ class OutboundHTTP:
                     response.close()  # do not reuse a connection with unread data
                 else:
                     response.release_conn()
+            self._release(key)
         data = b"".join(chunks)
         return HTTPResponse(
             status=response.status,
@@ -361,3 +394,4 @@ class OutboundHTTP:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+            self._in_use.clear()
