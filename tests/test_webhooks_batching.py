@@ -437,7 +437,9 @@ class KeepAliveServer:
     connection itself (as a target whose idle timeout is long, or a hostile one): ``open``
     counts the connections a client still holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, close_reused: bool = False) -> None:
+        self.close_reused = close_reused  # close a connection as its second request arrives
+        self.answered = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.open = 0
@@ -456,6 +458,7 @@ class KeepAliveServer:
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
+        served = 0
         try:
             while True:
                 length = 0
@@ -468,6 +471,11 @@ class KeepAliveServer:
                         length = int(value)
                     line = reader.readline()
                 reader.read(length)
+                if self.close_reused and served:
+                    return  # its idle timeout ran out as the request came in: no answer
+                served += 1
+                with self.lock:
+                    self.answered += 1
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         except OSError:
             return
@@ -500,3 +508,21 @@ def test_a_target_no_longer_posted_to_has_its_kept_alive_connection_closed(monke
         http.close()
         old.close()
         new.close()
+
+
+def test_a_kept_alive_connection_the_target_closed_as_a_delivery_went_out_is_no_target_failure(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # A server closes an idle kept-alive connection (its keep-alive timeout) just as the next
+    # delivery goes out on it: nothing was answered. The delivery goes again on a new
+    # connection, not into the retry schedule with a failure counted against the target.
+    server = KeepAliveServer(close_reused=True)
+    try:
+        with app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+            ids = three_queued(kit, server.url)
+            assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+            assert raw_rows(kit, "czo_webhook_circuit") == []
+            assert sorted(row["status"] for row in raw_rows(kit, "czo_webhook_attempt")) == [200] * 3
+        assert server.answered == 3
+    finally:
+        server.close()

@@ -185,12 +185,28 @@ _deadline: contextvars.ContextVar[tuple[float, list[list[Any]]] | None] = contex
 )
 
 
+_reused: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("czo_http_reused", default=None)
+
+
 class _DeadlineMixin:
-    """Puts the socket under the current request's deadline before the response is awaited."""
+    """Puts the socket under the current request's deadline before the response is awaited,
+    and tells the request whether it went out on a kept-alive connection (``_reused``)."""
 
     sock: socket.socket | None
+    _czo_fresh = False  # connected since the last response was awaited
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._czo_fresh = True
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        sent = _reused.get()
+        if sent is not None:
+            sent.append(self.sock is not None and not self._czo_fresh)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
     def getresponse(self) -> Any:
+        self._czo_fresh = False
         current = _deadline.get()
         if current is not None and self.sock is not None:
             at, entries = current
@@ -338,19 +354,33 @@ class OutboundHTTP:
         size = 0
         truncated = False
         key, pool = self._take(target, address)
+        reused: list[bool] = []
+        reused_token = _reused.set(reused)
         try:
-            response = pool.urlopen(
-                method,
-                target.path,
-                body=body,
-                headers=sent,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                timeout=urllib3.Timeout(
-                    connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
-                ),
-            )
+            def send() -> Any:
+                return pool.urlopen(
+                    method,
+                    target.path,
+                    body=body,
+                    headers=sent,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(
+                        connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
+                    ),
+                )
+
+            try:
+                response = send()
+            except urllib3.exceptions.ProtocolError as exc:
+                # A kept-alive connection the server closed (its idle timeout) as the request
+                # went out on it: nothing was answered, and the server is not at fault. Sent
+                # once more, on a new connection; any other failure stands.
+                closed = any(isinstance(arg, ConnectionError) for arg in exc.args)
+                if not (closed and reused and reused[-1]) or time.monotonic() >= limit:
+                    raise
+                response = send()
             while True:
                 if time.monotonic() > limit:
                     raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s")
@@ -370,6 +400,7 @@ class OutboundHTTP:
             # The watchdog cut the socket: say so, not "connection closed".
             raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s") from exc
         finally:
+            _reused.reset(reused_token)
             _deadline.reset(token)
             for entry in watched:
                 _watchdog.cancel(entry)
