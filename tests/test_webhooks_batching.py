@@ -5,6 +5,8 @@ again (at least once; the receiver dedupes on ``webhook-id``)."""
 
 from __future__ import annotations
 
+import shutil
+import socket
 import textwrap
 import threading
 import uuid
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from apps_support import (
     OWNER,
@@ -29,8 +32,12 @@ from apps_support import (
     worker_processes,
 )
 from czo_kit import Kit
-from czo_kit.apps import _webhook_batch
+from czo_kit.apps import _webhook_batch, net
+from czo_kit.apps.net import OutboundHTTP
+from czo_kit.apps.signing import verify_signature
+from czo_kit.db.model import utcnow
 from czo_kit.settings import Settings
+from test_cache_redis import PrivateRedis
 
 SettingsFor = Callable[..., Settings]
 
@@ -283,3 +290,242 @@ def test_killing_the_worker_twice_dead_letters_only_what_it_was_posting(
     assert len(dead) == 1, [(row["message_id"], row["attempts"], row["last_error"]) for row in dead]
     assert str(dead[0]["message_id"]) in held  # the one the second worker was sending
     assert len(delivered) == total - 1 and delivered <= set(seen)
+
+
+def three_queued(kit: Kit, receiver_url: str) -> list[int]:
+    """Install the receiver's app and record three deliveries, none in the queue (the test
+    runs the batch itself)."""
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
+    with kit.db.atomic():
+        for n in range(3):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+    kit.webhooks.flush()
+    assert kit.queue is not None
+    kit.queue.flush()
+    return sorted(int(d.id) for d in kit.webhooks.deliveries())
+
+
+def test_an_uninstall_during_a_batch_stops_its_webhooks_as_for_one_delivery(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+
+    def uninstall_on_first(request: Request) -> Reply:
+        kit_[0].apps.uninstall(shop_id=1, app_id="acme")  # the app is gone before it answers
+        return Reply(200)
+
+    with Receiver(uninstall_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        states = kit.webhooks.deliver_many(ids)
+        # The other two went with the installation: never sent to the app it no longer is.
+        assert len(receiver.posts("/hook")) == 1, states
+        assert states[1:] == ["skipped", "skipped"]
+
+
+def test_a_secret_rotated_without_grace_during_a_batch_signs_the_rest_of_it(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+    new: list[str] = []
+
+    def rotate_on_first(request: Request) -> Reply:
+        if not new:  # the old secret leaked: rotated with no grace, it signs nothing more
+            new.append(kit_[0].apps.rotate_webhook_secret(shop_id=1, app_id="acme", grace=0))
+        return Reply(200)
+
+    with Receiver(rotate_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+        posts = receiver.posts("/hook")
+    assert len(posts) == 3
+    for post in posts[1:]:
+        assert verify_signature(post.body, post.headers["x-czo-signature"], new[0])
+
+
+def test_a_batch_that_outlived_its_lease_never_gives_back_another_workers_claim(
+    db_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    kit_: list[Kit] = []
+    ids: list[int] = []
+    others: list[int] = []
+
+    def outlive_the_lease(request: Request) -> Reply:
+        # The first POST outlasts the whole lease (a slow target, a pause of the worker): the
+        # sweep takes the batch's deliveries back, and another worker claims the second one.
+        kit = kit_[0]
+
+        def expired() -> bool:
+            row = kit.webhooks.delivery(ids[0])
+            return row.lease_until is not None and row.lease_until < utcnow()
+
+        if not others:
+            wait_for(expired, what="the batch's lease to run out")
+            assert kit.webhooks.sweep()["recovered"] == 3
+            others.extend(int(d.id) for d in _webhook_batch.claim(kit.db, [ids[1]], utcnow(), 60.0))
+        return Reply(200)
+
+    settings = app_settings(settings_for, db_url, str(tmp_path), webhooks_lease=0.4)
+    with Receiver(outlive_the_lease) as receiver, app_kit(settings) as kit:
+        kit_.append(kit)
+        ids.extend(three_queued(kit, receiver.url))
+        kit.webhooks.deliver_many(ids)
+        assert others == [ids[1]]
+        other = kit.webhooks.delivery(ids[1])
+        # Still the other worker's: running under its lease, with its attempt counted.
+        assert (other.state, other.attempts) == ("running", 2)
+        assert other.lease_until is not None and other.lease_until > utcnow()
+        assert [p.json()["data"]["id"] for p in receiver.posts("/hook")] == [0]
+
+
+@pytest.mark.redis
+def test_a_batch_stopped_by_a_failure_gives_back_what_it_did_not_attempt(
+    sqlite_url: str, redis_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is needed to start a queue server of this test's own"
+    queue = PrivateRedis(binary)
+    queue.start()
+
+    def fail_then_lose_the_queue(request: Request) -> Reply:
+        queue.kill()  # the queue's server goes away: the retry of this 503 cannot be queued
+        return Reply(503)
+
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), queue_url=queue.url)
+    try:
+        with Receiver(fail_then_lose_the_queue) as receiver, app_kit(settings) as kit:
+            ids = three_queued(kit, receiver.url)
+            with pytest.raises(redis.ConnectionError):
+                kit.webhooks.deliver_many(ids)
+            rows = {d.id: d for d in kit.webhooks.deliveries()}
+            assert (rows[ids[0]].state, rows[ids[0]].attempts) == ("retry", 1)  # recorded: the sweep re-queues it
+            # The two never sent are queued again with no attempt spent, not held ``running``
+            # for a whole lease with an attempt counted.
+            assert [(rows[i].state, rows[i].attempts, rows[i].lease_until) for i in ids[1:]] == [("queued", 0, None)] * 2
+            assert len(receiver.posts("/hook")) == 1
+    finally:
+        queue.kill()
+
+
+def test_a_success_on_its_last_attempt_is_recorded_before_the_next_post(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # Kept in the buffer, a last attempt's success would be ``running`` on its last attempt
+    # during the next POST: a worker killed then leaves it to the sweep, which dead-letters it
+    # ("stopped during the last attempt") although the receiver has it.
+    kit_: list[Kit] = []
+    seen_first: list[str] = []
+
+    def look_at_the_first(request: Request) -> Reply:
+        if request.json()["data"]["id"] == 1:
+            first = [row for row in raw_rows(kit_[0], "czo_webhook_delivery") if row["attempts"] == 2]
+            seen_first.extend(str(row["state"]) for row in first if row["message_id"] == first_id[0])
+        return Reply(200)
+
+    first_id: list[str] = []
+    settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
+    with Receiver(look_at_the_first) as receiver, app_kit(settings) as kit:
+        kit_.append(kit)
+        ids = three_queued(kit, receiver.url)
+        kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1')  # each on its last attempt
+        first_id.append(str(kit.webhooks.delivery(ids[0]).message_id))
+        assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+        assert len(receiver.posts("/hook")) == 3
+    assert seen_first == ["delivered"]
+
+
+class KeepAliveServer:
+    """A loopback HTTP/1.1 server that answers every request 200 and never closes a
+    connection itself (as a target whose idle timeout is long, or a hostile one): ``open``
+    counts the connections a client still holds."""
+
+    def __init__(self, *, close_reused: bool = False) -> None:
+        self.close_reused = close_reused  # close a connection as its second request arrives
+        self.answered = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.open = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        served = 0
+        try:
+            while True:
+                length = 0
+                line = reader.readline()
+                if not line:
+                    return  # the client closed the connection
+                while line not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                    line = reader.readline()
+                reader.read(length)
+                if self.close_reused and served:
+                    return  # its idle timeout ran out as the request came in: no answer
+                served += 1
+                with self.lock:
+                    self.answered += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self.open -= 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_target_no_longer_posted_to_has_its_kept_alive_connection_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its address changed (DNS rotation) or its app went: a pool kept for ever would hold its
+    # sockets for ever, one more set at each change, until the worker runs out of descriptors.
+    monkeypatch.setattr(net, "POOL_IDLE", 0.2)
+    old, new = KeepAliveServer(), KeepAliveServer()
+    http = OutboundHTTP(allow_private=True)
+    try:
+        assert http.request("POST", old.url + "/hook", body=b"{}").status == 200
+        assert old.open == 1
+
+        def old_closed() -> bool:
+            assert http.request("POST", new.url + "/hook", body=b"{}").status == 200
+            return old.open == 0
+
+        wait_for(old_closed, what="the connection to the target no longer used to be closed")
+        assert new.open == 1  # the one in use is kept alive
+    finally:
+        http.close()
+        old.close()
+        new.close()
+
+
+def test_a_kept_alive_connection_the_target_closed_as_a_delivery_went_out_is_no_target_failure(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # A server closes an idle kept-alive connection (its keep-alive timeout) just as the next
+    # delivery goes out on it: nothing was answered. The delivery goes again on a new
+    # connection, not into the retry schedule with a failure counted against the target.
+    server = KeepAliveServer(close_reused=True)
+    try:
+        with app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+            ids = three_queued(kit, server.url)
+            assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
+            assert raw_rows(kit, "czo_webhook_circuit") == []
+            assert sorted(row["status"] for row in raw_rows(kit, "czo_webhook_attempt")) == [200] * 3
+        assert server.answered == 3
+    finally:
+        server.close()

@@ -103,8 +103,11 @@ def waiting(db: peewee.Database, ids: Sequence[int]) -> list[int]:
     return [int(row[0]) for row in db.execute(query).fetchall()]
 
 
-def give_back(db: peewee.Database, ids: Sequence[int], now: dt.datetime) -> None:
-    """Return claimed deliveries not attempted yet to ``queued``, their attempt unused."""
+def give_back(db: peewee.Database, ids: Sequence[int], now: dt.datetime, lease_until: dt.datetime | None) -> None:
+    """Return claimed deliveries not attempted yet to ``queued``, their attempt unused: those
+    still under this claim's lease (``lease_until``, as the claim returned it). One whose
+    lease ran out may have been taken back by the sweep and claimed by another worker since:
+    it is that worker's, left alone."""
     if not ids:
         return
     info = model_info(WebhookDelivery, db)
@@ -118,9 +121,13 @@ def give_back(db: peewee.Database, ids: Sequence[int], now: dt.datetime) -> None
                 WebhookDelivery.lease_until: None,
                 WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
             }
-        ).where(WebhookDelivery.id.in_(_id_slots(size)) & (WebhookDelivery.state == "running")),
+        ).where(
+            WebhookDelivery.id.in_(_id_slots(size))
+            & (WebhookDelivery.state == "running")
+            & (WebhookDelivery.lease_until == Slot("lease", WebhookDelivery.lease_until.db_value))
+        ),
     )
-    values["now"] = now
+    values.update(now=now, lease=lease_until)
     info.execute(template, values)
 
 

@@ -185,12 +185,28 @@ _deadline: contextvars.ContextVar[tuple[float, list[list[Any]]] | None] = contex
 )
 
 
+_reused: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("czo_http_reused", default=None)
+
+
 class _DeadlineMixin:
-    """Puts the socket under the current request's deadline before the response is awaited."""
+    """Puts the socket under the current request's deadline before the response is awaited,
+    and tells the request whether it went out on a kept-alive connection (``_reused``)."""
 
     sock: socket.socket | None
+    _czo_fresh = False  # connected since the last response was awaited
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._czo_fresh = True
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        sent = _reused.get()
+        if sent is not None:
+            sent.append(self.sock is not None and not self._czo_fresh)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
     def getresponse(self) -> Any:
+        self._czo_fresh = False
         current = _deadline.get()
         if current is not None and self.sock is not None:
             at, entries = current
@@ -204,6 +220,12 @@ class _HTTPConnection(_DeadlineMixin, urllib3.connection.HTTPConnection):
 
 class _HTTPSConnection(_DeadlineMixin, urllib3.connection.HTTPSConnection):
     pass
+
+
+POOL_IDLE = 60.0
+"""Seconds a target's pool may go unused before its kept-alive connections are closed and it
+is dropped: a target's addresses change (DNS rotation) and apps come and go, and a pool kept
+for ever holds its sockets for ever (open, or half-closed by the server)."""
 
 
 @dataclass
@@ -224,6 +246,9 @@ class OutboundHTTP:
     _pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = field(default_factory=dict)
     _dns: dict[tuple[str, int], _Resolved] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_use: dict[tuple[str, str, int, str], tuple[int, float]] = field(default_factory=dict)
+    """Per pool: requests running on it, and when the last one ended (monotonic)."""
+    _checked_idle: float = 0.0
 
     def check(self, url: str, *, what: str = "URL") -> Target:
         """Parse ``url`` and check every address its host resolves to."""
@@ -254,6 +279,28 @@ class OutboundHTTP:
                 )
         self._dns[key] = _Resolved(addresses, now + self.dns_ttl)
         return addresses
+
+    def _take(self, target: Target, address: str) -> tuple[tuple[str, str, int, str], urllib3.HTTPConnectionPool]:
+        """The pool of ``target`` at ``address``, counted in use until ``_release``; pools no
+        request used for ``POOL_IDLE`` seconds are closed on the way."""
+        key = (target.scheme, target.host, target.port, address)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked_idle >= min(1.0, POOL_IDLE):
+                self._checked_idle = now
+                for idle in [k for k, (n, at) in self._in_use.items() if not n and now - at > POOL_IDLE and k != key]:
+                    del self._in_use[idle]
+                    old = self._pools.pop(idle, None)
+                    if old is not None:
+                        old.close()
+            running, at = self._in_use.get(key, (0, now))
+            self._in_use[key] = (running + 1, at)
+        return key, self._pool(target, address)
+
+    def _release(self, key: tuple[str, str, int, str]) -> None:
+        with self._lock:
+            running, _ = self._in_use.get(key, (1, 0.0))
+            self._in_use[key] = (max(0, running - 1), time.monotonic())
 
     def _pool(self, target: Target, address: str) -> urllib3.HTTPConnectionPool:
         key = (target.scheme, target.host, target.port, address)
@@ -306,19 +353,34 @@ class OutboundHTTP:
         chunks: list[bytes] = []
         size = 0
         truncated = False
+        key, pool = self._take(target, address)
+        reused: list[bool] = []
+        reused_token = _reused.set(reused)
         try:
-            response = self._pool(target, address).urlopen(
-                method,
-                target.path,
-                body=body,
-                headers=sent,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                timeout=urllib3.Timeout(
-                    connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
-                ),
-            )
+            def send() -> Any:
+                return pool.urlopen(
+                    method,
+                    target.path,
+                    body=body,
+                    headers=sent,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(
+                        connect=connect_timeout or self.connect_timeout, read=read_timeout or self.read_timeout
+                    ),
+                )
+
+            try:
+                response = send()
+            except urllib3.exceptions.ProtocolError as exc:
+                # A kept-alive connection the server closed (its idle timeout) as the request
+                # went out on it: nothing was answered, and the server is not at fault. Sent
+                # once more, on a new connection; any other failure stands.
+                closed = any(isinstance(arg, ConnectionError) for arg in exc.args)
+                if not (closed and reused and reused[-1]) or time.monotonic() >= limit:
+                    raise
+                response = send()
             while True:
                 if time.monotonic() > limit:
                     raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s")
@@ -338,6 +400,7 @@ class OutboundHTTP:
             # The watchdog cut the socket: say so, not "connection closed".
             raise TimeoutError(f"{what} {shown_url(target.url)[:80]!r} took longer than {limit - started:.1f}s") from exc
         finally:
+            _reused.reset(reused_token)
             _deadline.reset(token)
             for entry in watched:
                 _watchdog.cancel(entry)
@@ -346,6 +409,7 @@ class OutboundHTTP:
                     response.close()  # do not reuse a connection with unread data
                 else:
                     response.release_conn()
+            self._release(key)
         data = b"".join(chunks)
         return HTTPResponse(
             status=response.status,
@@ -361,3 +425,4 @@ class OutboundHTTP:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+            self._in_use.clear()

@@ -310,7 +310,8 @@ class WebhookDispatcher(WebhookOperations):
         batch ran long).
 
         Deliveries are claimed ``CLAIM_BATCH`` at a time in one statement; the circuit of each
-        target and the secrets of each installation are read once per claim; successes to a
+        target is read once per claim (again after any failure), the signing secrets before
+        each POST (a rotation or an uninstall counts from the next one); successes to a
         target whose circuit is closed are recorded a few at a time (``DeliveredBuffer``),
         anything else at once, exactly as a single delivery is. A claim held for half the
         lease gives back what it has not attempted yet, so no lease runs out under a live
@@ -343,16 +344,24 @@ class WebhookDispatcher(WebhookOperations):
     def _deliver_claimed(self, claimed: list[WebhookDelivery], buffer: DeliveredBuffer, states: dict[int, str]) -> None:
         claimed_at = time.monotonic()
         circuits: dict[str, CircuitRow | None] = {}
-        secrets_: dict[int, list[str]] = {}
         for index, delivery in enumerate(claimed):
             if index and time.monotonic() - claimed_at > self.settings.lease / 2:
                 rest = [int(d.id) for d in claimed[index:]]
-                _batch.give_back(self.db, rest, utcnow())
+                _batch.give_back(self.db, rest, utcnow(), delivery.lease_until)  # one lease per claim
                 self._hand_back(rest, states)
                 return
-            states[int(delivery.id)] = self._attempt(delivery, circuits, secrets_, buffer)
-            if buffer.due():
-                self._flush(buffer)
+            try:
+                states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
+                if buffer.due():
+                    self._flush(buffer)
+            except BaseException:
+                # A failure of this side (the database, the queue) stops the batch: what it
+                # has not attempted is given back, its attempt unused, and queued again, not
+                # held ``running`` until the lease runs out. The one being attempted is left
+                # as it stands (its retry may be recorded already). Ids never claimed are not
+                # queued again (one the claim itself fails on would loop): the sweep finds them.
+                self._give_back(claimed[index + 1:], states)
+                raise
 
     def _deliver_alone(self, ids: list[int], buffer: DeliveredBuffer, states: dict[int, str], started: float) -> None:
         """Claim and attempt each of ``ids`` on its own, in turn (as ``deliver`` does)."""
@@ -361,6 +370,19 @@ class WebhookDispatcher(WebhookOperations):
                 self._hand_back(ids[index:], states)  # not claimed: still queued
                 return
             self._deliver_claimed(_batch.claim(self.db, [delivery_id], utcnow(), self.settings.lease), buffer, states)
+
+    def _give_back(self, rest: list[WebhookDelivery], states: dict[int, str]) -> None:
+        """Give back claimed deliveries not attempted, and queue them again, on the way out
+        of a failed batch."""
+        if not rest:
+            return
+        ids = [int(d.id) for d in rest]
+        try:
+            _batch.give_back(self.db, ids, utcnow(), rest[0].lease_until)
+        except Exception as exc:  # the database too: the claim runs out with its lease
+            log.warning("could not give back %d claimed webhook deliveries (%r); the sweep queues them", len(ids), exc)
+            return
+        self._hand_back(ids, states)
 
     def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
@@ -380,7 +402,6 @@ class WebhookDispatcher(WebhookOperations):
         self,
         delivery: WebhookDelivery,
         circuits: dict[str, CircuitRow | None],
-        secrets_by_installation: dict[int, list[str]],
         buffer: DeliveredBuffer,
     ) -> str:
         """One claimed delivery: the circuit, the signature, the POST, its record."""
@@ -403,10 +424,10 @@ class WebhookDispatcher(WebhookOperations):
             _metrics.webhook_result(self, delivery, "paused", now)
             circuits.pop(origin, None)  # the probe may have been taken meanwhile: read again
             return "paused"
-        installation_id = int(delivery.__data__["installation"])
-        if installation_id not in secrets_by_installation:
-            secrets_by_installation[installation_id] = self._secrets(installation_id, now)
-        secrets_ = secrets_by_installation[installation_id]
+        # Read for each delivery, never kept for the batch: a secret rotated without grace (it
+        # leaked) signs nothing more, and an uninstalled app is sent nothing more, from the next
+        # delivery on, as for a delivery alone.
+        secrets_ = self._secrets(int(delivery.__data__["installation"]), now)
         if not secrets_:
             # Uninstalled since the claim (secrets and deliveries go with the installation):
             # never send a webhook unsigned.
@@ -445,9 +466,10 @@ class WebhookDispatcher(WebhookOperations):
             )
             status = response.status
             excerpt = response.body[:RESPONSE_EXCERPT].decode("utf-8", "replace")
-            if circuit is None and 200 <= status < 300:
+            if circuit is None and 200 <= status < 300 and int(delivery.attempts) < int(delivery.max_attempts):
                 # The common case, recorded with others in one transaction: nothing for the
-                # breaker to do (no failure on record for this target).
+                # breaker to do (no failure on record for this target). Not a last attempt:
+                # left ``running`` by a killed worker, the sweep would dead-letter it.
                 buffer.add(Delivered(delivery, started, (time.monotonic() - clock) * 1000, status, excerpt))
                 return "delivered"
             retry_after = _retry_after(response.headers.get("retry-after"), utcnow())
