@@ -529,3 +529,32 @@ def test_a_kept_alive_connection_the_target_closed_as_a_delivery_went_out_is_no_
         assert server.answered == 3
     finally:
         server.close()
+
+
+def test_deliveries_handed_back_unclaimed_look_freshly_queued_to_the_sweep(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # Three deliveries on their last attempt (claimed one by one); the first POST outlasts
+    # half the lease, so the other two go back to the queue without being claimed. The sweep
+    # counts a queued delivery older than the oldest waiting task as lost: their timestamp
+    # must say they were queued just now, or each would be queued a second time.
+    settings = app_settings(
+        settings_for, sqlite_url, str(tmp_path), webhooks_lease=1.0, webhooks_retry_schedule=(1.0,)
+    )
+    with Receiver(lambda request: Reply(200, delay=0.6)) as receiver, app_kit(settings) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        with kit.db.atomic():
+            for n in range(3):
+                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+        kit.webhooks.flush()
+        assert kit.queue is not None
+        kit.queue.flush()  # no consumer here: the test runs the batch itself
+        ids = sorted(d.id for d in kit.webhooks.deliveries())
+        kit.db.execute_sql(
+            "UPDATE \"czo_webhook_delivery\" SET attempts = 1, updated_at = '2000-01-01 00:00:00'"
+        )
+        assert kit.webhooks.deliver_many(ids) == ["delivered", "queued", "queued"]
+        rows = {d.id: d for d in kit.webhooks.deliveries()}
+        for delivery_id in ids[1:]:
+            assert rows[delivery_id].state == "queued" and rows[delivery_id].attempts == 1
+            assert rows[delivery_id].updated_at.year > 2000, "handed back with its old timestamp"

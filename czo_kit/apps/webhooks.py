@@ -385,10 +385,18 @@ class WebhookDispatcher(WebhookOperations):
         self._hand_back(ids, states)
 
     def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
-        """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses."""
+        """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses.
+
+        Their ``updated_at`` moves to now first: the sweep counts a queued delivery older than
+        the oldest task still waiting as lost, and this one's task is new."""
         for delivery_id in ids:
             states[delivery_id] = "queued"
         try:
+            (
+                WebhookDelivery.update(updated_at=utcnow())
+                .where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state == "queued"))
+                .execute(self.db)
+            )
             self._queue_ids(ids, 0.0)
         except Exception as exc:
             log.warning("could not queue %d webhook deliveries again (%r); the sweep queues them", len(ids), exc)
