@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -558,3 +559,29 @@ def test_deliveries_handed_back_unclaimed_look_freshly_queued_to_the_sweep(
         for delivery_id in ids[1:]:
             assert rows[delivery_id].state == "queued" and rows[delivery_id].attempts == 1
             assert rows[delivery_id].updated_at.year > 2000, "handed back with its old timestamp"
+
+
+def test_many_tasks_with_forged_arguments_fail_clearly_and_touch_nothing(
+    sqlite_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    # Someone who can write to the queue's storage enqueues a many-task whose argument is not
+    # a list of ids: a string of digits used to read as one delivery id per character.
+    with Receiver() as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
+        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
+        with kit.db.atomic():
+            for n in range(3):
+                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+        kit.webhooks.flush()
+        assert kit.queue is not None and kit.webhooks.queue is not None
+        kit.queue.flush()
+        queue: Any = kit.webhooks.queue.queue  # the kit's HueyQueue, which registers the tasks
+        forged_ids = "".join(str(d.id) for d in kit.webhooks.deliveries())
+        for task, argument in (
+            (queue._deliver_webhooks, forged_ids), (queue._deliver_webhooks, [True]),
+            (queue._deliver_webhooks, ["1"]), (queue._deliver_webhooks, {"1": 1}),
+            (queue._dispatch_many, "ev"), (queue._dispatch_many, [1, 2]),
+        ):
+            with pytest.raises(TypeError, match="expects a list of"):
+                task.call_local(argument)
+        assert kit.webhooks.stats() == {"queued": 3}
+        assert receiver.posts("/hook") == []

@@ -127,6 +127,17 @@ _PRIORITIES_READ = 32
 """Distinct task priorities ``HueyQueue.oldest_waiting`` reads at most (the kit uses a few)."""
 
 
+def _task_ids(values: Any, kind: type, task: str) -> list[Any]:
+    """The ids a many-task carries, checked: a list of ``kind`` (no bool for int). A task
+    written by anything else (a string would read as one id per character) fails with this
+    error; its rows stay in the tables, where the sweep finds them."""
+    if not isinstance(values, (list, tuple)) or any(
+        type(value) is not kind for value in values  # noqa: E721 - exactly int or str, not bool
+    ):
+        raise TypeError(f"task {task} expects a list of {kind.__name__} ids, got {str(values)[:200]!r}")
+    return list(values)
+
+
 class HueyQueue(Enqueuer):
     """Registers the event tasks on ``huey`` and enqueues them for the outbox."""
 
@@ -142,7 +153,7 @@ class HueyQueue(Enqueuer):
             self._outbox().dispatch_many([event_id])
 
         def dispatch_many(event_ids: list[str]) -> None:
-            self._outbox().dispatch_many(event_ids)
+            self._outbox().dispatch_many(_task_ids(event_ids, str, DISPATCH_MANY_TASK))
 
         def deliver(delivery_id: int) -> None:
             self._outbox().deliver(int(delivery_id))
@@ -155,7 +166,7 @@ class HueyQueue(Enqueuer):
         def deliver_webhooks(delivery_ids: list[int]) -> None:
             if self.webhooks is None:
                 raise RuntimeError("the queue is not attached to a webhook dispatcher")
-            self.webhooks.deliver_many([int(i) for i in delivery_ids])
+            self.webhooks.deliver_many(_task_ids(delivery_ids, int, WEBHOOKS_TASK))
 
         self._dispatch = huey.task(name=DISPATCH_TASK)(dispatch)
         self._dispatch_many = huey.task(name=DISPATCH_MANY_TASK)(dispatch_many)
