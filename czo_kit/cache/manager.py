@@ -268,7 +268,10 @@ class CacheManager:
         if parts[4]:
             for item in parts[4].split(b","):
                 tag, _, version = item.partition(b"=")
-                tags.append((tag.decode(), version))
+                try:
+                    tags.append((tag.decode(), version))
+                except UnicodeDecodeError:  # not written by the kit, whose tags are str
+                    return None
         return fresh, stale, tags, raw[newline + 1 :], parts[1]
 
     def _decode(self, payload: bytes, kind: Any) -> Any:
