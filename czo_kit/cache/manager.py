@@ -42,8 +42,8 @@ T = TypeVar("T")
 MAX_KEY_LENGTH = 512
 MAX_TAG_LENGTH = 256
 MAX_TTL = 10 * 365 * 86400.0
-_BAD_KEY = re.compile(r"[\x00-\x1f\x7f]")
-_GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
+_BAD_KEY = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates (no UTF-8)
+_GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f\ud800-\udfff]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
 
@@ -192,7 +192,7 @@ class CacheManager:
         if len(key) > MAX_KEY_LENGTH or _BAD_KEY.search(key):
             raise ValueError(
                 f"cache key {key[:40]!r}... must be at most {MAX_KEY_LENGTH} characters "
-                "without control characters"
+                "without control characters or lone surrogates"
             )
         return self._key_prefix + key
 
@@ -720,7 +720,7 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
         if not isinstance(tag, str) or len(tag) > MAX_TAG_LENGTH or not _GOOD_TAG.fullmatch(tag):
             raise ValueError(
                 f"invalid tag {tag!r}: tags are 1-{MAX_TAG_LENGTH} characters without spaces, "
-                "control characters, ',', '=' or '|'"
+                "control characters, lone surrogates, ',', '=' or '|'"
             )
         if tag.startswith("ns:"):
             raise ValueError(f"invalid tag {tag!r}: tags starting with 'ns:' are the namespaces' own (use clear())")
