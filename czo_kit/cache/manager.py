@@ -46,6 +46,8 @@ _BAD_KEY = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lo
 _GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f\ud800-\udfff]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
+_RESERVED = ("tag:", "lock:")
+"""Where the root keeps tag versions and stampede locks: no root key or namespace goes there."""
 
 _Entry = tuple[int, int, list[tuple[str, bytes]], bytes, bytes]
 """An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload, and
@@ -178,6 +180,8 @@ class CacheManager:
             raise ValueError(
                 f"namespace names are letters, digits, '_', '.', '-'; got {name!r}"
             )
+        if not self._path and name + ":" in _RESERVED:
+            raise ValueError(f"namespace {name!r} is reserved at the root: the cache keeps its {name} keys there")
         child = object.__new__(CacheManager)
         child._shared = self._shared
         child._path = (*self._path, name)
@@ -193,6 +197,11 @@ class CacheManager:
             raise ValueError(
                 f"cache key {key[:40]!r}... must be at most {MAX_KEY_LENGTH} characters "
                 "without control characters or lone surrogates"
+            )
+        if not self._path and key.startswith(_RESERVED):
+            raise ValueError(
+                f"cache key {key[:40]!r}: keys starting with 'tag:' or 'lock:' are reserved at the root "
+                "(tag versions and stampede locks live there); use a namespace"
             )
         return self._key_prefix + key
 

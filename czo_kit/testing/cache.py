@@ -311,6 +311,28 @@ class CacheDriverContract:
             with pytest.raises(ValueError):
                 cache.namespace(bad)  # type: ignore[arg-type]
 
+    def test_keys_never_reach_the_tag_versions_or_the_locks(self, cache: CacheManager) -> None:
+        """Tag versions live at ``<prefix>tag:<tag>`` and locks at ``<prefix>lock:<full key>``.
+        A root key ``tag:t`` (from a request, say) overwrote the version of ``t`` with an
+        envelope, which every later writer of ``t`` then recorded: its newline split their
+        headers, so no entry of ``t`` was ever served again (and the key was extended on each
+        write); a root ``lock:...`` key held another key's stampede lock."""
+        for key in ("tag:t", "tag:ns:widget", "lock:" + cache.key("k")):
+            with pytest.raises(ValueError, match="reserved"):
+                cache.set(key, "hostile")
+            with pytest.raises(ValueError, match="reserved"):
+                cache.get(key)
+        for name in ("tag", "lock"):
+            with pytest.raises(ValueError, match="reserved"):
+                cache.namespace(name)
+        nested = cache.namespace("widget")
+        nested.set("tag:t", "fine")  # under the namespace: no clash
+        assert nested.get("tag:t") == "fine" and nested.namespace("tag").key("t") == nested.key("tag:t")
+        factory = Counter("v")
+        assert cache.get_or_set("k", factory, tags=["t"]) == "v"
+        assert cache.get_or_set("k", factory, tags=["t"]) == "v"
+        assert factory.calls == 1
+
     def test_invalidate_by_glob_pattern(self, cache: CacheManager) -> None:
         for key in ("p:1", "p:2", "p:10", "q:1", "a*b", "aXb"):
             cache.set(key, key)
