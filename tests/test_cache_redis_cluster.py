@@ -381,7 +381,7 @@ def add_empty_primary(cluster: LocalCluster) -> tuple[int, str]:
         return all(
             len([line for line in cluster.command(p, "CLUSTER", "NODES").splitlines() if "connected" in line]) == 4
             for p in (*cluster.ports, port)
-        ) and node_id in cluster.command(cluster.ports[0], "CLUSTER", "NODES")
+        ) and "cluster_state:ok" in cluster.command(port, "CLUSTER", "INFO")
 
     assert wait_until(everyone_knows_everyone, timeout=30)
     return port, node_id
@@ -414,3 +414,32 @@ def test_a_slot_migrating_to_a_new_node_is_served_as_misses_not_raised(
     assert "moving" not in cache.get_many(["moving", "warm"], tags=["t"])
     assert cache.delete_many(["moving", "warm"]) in (0, 1)
     assert cache.stats()["errors"] >= 1
+
+
+def test_invalidate_by_pattern_scans_a_primary_added_since_the_client_last_looked(
+    private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    """The client learns the slot map once and refreshes it only on a redirection or an error.
+    After a new primary took slots (scale-out), ``invalidate`` scanned only the primaries the
+    client knew, missed the keys now on the new one, said it was done, and the next read,
+    following MOVED, served the value it should have removed."""
+    cache = make_cache(private_cluster.url)
+    cache.set("k1", "old")
+    assert cache.get("k1") == "old"  # the client has its slot map: three primaries
+    port, new_id = add_empty_primary(private_cluster)
+    full = cache.key("k1")
+    slot = private_cluster.command(port, "CLUSTER", "KEYSLOT", full).strip()
+    source = private_cluster.primary_of(full)
+    source_id = private_cluster.command(source, "CLUSTER", "MYID").strip()
+    private_cluster.command(port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    private_cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+    assert private_cluster.command(source, "MIGRATE", "127.0.0.1", str(port), "", "0", "5000", "KEYS", full).strip() == "OK"
+    for node in (port, source, *(p for p in private_cluster.ports if p != source)):
+        assert private_cluster.command(node, "CLUSTER", "SETSLOT", slot, "NODE", new_id).strip() == "OK"
+    private_cluster.wait_ok()
+    assert private_cluster.keys_on(port, full) == [full]
+
+    assert cache.invalidate("k*") == 1
+    assert cache.get("k1") is None
+    assert private_cluster.keys_on(port, full) == []
+    assert cache.stats()["errors"] == 0

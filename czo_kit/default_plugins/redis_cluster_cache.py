@@ -179,8 +179,12 @@ class RedisClusterDriver(RedisCommands):
     def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
         from redis.cluster import RedisCluster
 
-        # Each primary holds its own slots' keys: SCAN every one of them to its end.
-        keys: Iterator[Any] = self.client.scan_iter(match=pattern, count=batch, target_nodes=RedisCluster.PRIMARIES)
+        client = self.client
+        # The client refreshes its slot map only on a redirection or an error: a primary added
+        # since it last looked (slots moved onto it) would go unscanned, its keys kept. One
+        # CLUSTER SLOTS first, then SCAN every primary, each to its end.
+        client.nodes_manager.initialize()
+        keys: Iterator[Any] = client.scan_iter(match=pattern, count=batch, target_nodes=RedisCluster.PRIMARIES)
         return keys
 
     def release_lock(self, key: str, token: str) -> bool:
