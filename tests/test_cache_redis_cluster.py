@@ -387,6 +387,20 @@ def add_empty_primary(cluster: LocalCluster) -> tuple[int, str]:
     return port, node_id
 
 
+def move_slot_of(cluster: LocalCluster, full: str, port: int, new_id: str) -> None:
+    """Migrate the slot of ``full`` (and the key) to the node on ``port``, and wait until every
+    node agrees."""
+    slot = cluster.command(port, "CLUSTER", "KEYSLOT", full).strip()
+    source = cluster.primary_of(full)
+    source_id = cluster.command(source, "CLUSTER", "MYID").strip()
+    cluster.command(port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+    assert cluster.command(source, "MIGRATE", "127.0.0.1", str(port), "", "0", "5000", "KEYS", full).strip() in ("OK", "NOKEY")
+    for node in (port, source, *(p for p in cluster.ports if p != source)):
+        assert cluster.command(node, "CLUSTER", "SETSLOT", slot, "NODE", new_id).strip() == "OK"
+    cluster.wait_ok()
+
+
 def test_a_slot_migrating_to_a_new_node_is_served_as_misses_not_raised(
     private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
 ) -> None:
@@ -428,18 +442,29 @@ def test_invalidate_by_pattern_scans_a_primary_added_since_the_client_last_looke
     assert cache.get("k1") == "old"  # the client has its slot map: three primaries
     port, new_id = add_empty_primary(private_cluster)
     full = cache.key("k1")
-    slot = private_cluster.command(port, "CLUSTER", "KEYSLOT", full).strip()
-    source = private_cluster.primary_of(full)
-    source_id = private_cluster.command(source, "CLUSTER", "MYID").strip()
-    private_cluster.command(port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    private_cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
-    assert private_cluster.command(source, "MIGRATE", "127.0.0.1", str(port), "", "0", "5000", "KEYS", full).strip() == "OK"
-    for node in (port, source, *(p for p in private_cluster.ports if p != source)):
-        assert private_cluster.command(node, "CLUSTER", "SETSLOT", slot, "NODE", new_id).strip() == "OK"
-    private_cluster.wait_ok()
+    move_slot_of(private_cluster, full, port, new_id)
     assert private_cluster.keys_on(port, full) == [full]
 
     assert cache.invalidate("k*") == 1
     assert cache.get("k1") is None
     assert private_cluster.keys_on(port, full) == []
     assert cache.stats()["errors"] == 0
+
+
+def test_ping_and_status_ask_a_primary_added_since_the_client_last_looked(
+    private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    """``ping()`` and ``czo-kit status`` asked the primaries of the slot map the client held,
+    refreshed only on a redirection or an error: a primary added since, then lost, went unseen
+    and the cache was reported healthy while that primary's slots were misses."""
+    cache = make_cache(private_cluster.url, timeout=0.3, retry_after=0.01)
+    cache.set("k1", 1)
+    assert cache.ping()
+    port, new_id = add_empty_primary(private_cluster)
+    move_slot_of(private_cluster, cache.key("k1"), port, new_id)
+    private_cluster.kill(port)
+    assert not cache.ping()
+    driver = cache.driver
+    assert isinstance(driver, RedisClusterDriver)
+    ok, detail = driver.health()
+    assert not ok and f"127.0.0.1:{port}" in detail and "of 4" in detail

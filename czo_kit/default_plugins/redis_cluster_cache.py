@@ -195,6 +195,7 @@ class RedisClusterDriver(RedisCommands):
 
         def every_primary() -> bool:
             client = self.client
+            client.nodes_manager.initialize()  # a primary added since the last redirection too
             return all(client.ping(target_nodes=node) for node in client.get_primaries())
 
         try:
@@ -206,6 +207,7 @@ class RedisClusterDriver(RedisCommands):
         """Whether every primary answers, and which do not (for ``czo-kit status``)."""
         try:
             client = self.client
+            self._call(client.nodes_manager.initialize)  # the slot map as it is now
         except CacheUnavailable as exc:
             return False, f"no node of the cluster answers: {exc}"
         down = []
