@@ -109,6 +109,31 @@ def test_tag_bumps_deletes_and_raw_writes_elsewhere_invalidate(pair: Callable[..
     assert reader.get("c") is None
 
 
+def test_a_non_utf8_key_in_a_push_does_not_hide_the_keys_after_it(
+    pair: Callable[..., CacheManager], redis_url: str
+) -> None:
+    """Redis sends the keys written in one event-loop turn in one push, sorted. A key that is
+    not UTF-8 (another program's, under the prefix) failed to decode in the handler, redis-py
+    logged and swallowed the error, and the keys after it in that push were never dropped: the
+    reader served the old value of ``b`` for as long as it held it."""
+    reader, writer = pair(), pair()
+    writer.set("b", "old")
+    assert reader.get("b") == "old" and reader.get("b") == "old"  # the second from the near cache
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        with raw.pipeline(transaction=True) as multi:  # one turn of the event loop: one push
+            multi.set(writer.key("a").encode() + b"\xff", b"foreign")
+            multi.set(writer.key("b"), b"changed behind the near cache")
+            multi.execute()
+        assert reader.get("b") is None  # not an envelope of the kit: a miss, not "old"
+        writer.set("b", "new")
+        assert reader.get("b") == "new"
+        raw.delete(writer.key("a").encode() + b"\xff")
+    finally:
+        raw.close()
+    assert near_of(reader).tracking
+
+
 def test_expiry_and_flushdb_empty_it(private_redis: PrivateRedis, pair: Callable[..., CacheManager]) -> None:
     reader, writer = pair(private_redis.url), pair(private_redis.url)
     writer.set("short", "s", ttl=2.0)  # read back at once: 2 s leave room for a busy machine

@@ -695,3 +695,22 @@ def test_a_thousand_short_entries_with_their_own_tags_leave_no_key_behind(
     finally:
         cache.clear()
         client.close()
+
+
+def test_a_foreign_value_whose_header_is_not_utf8_is_a_miss(
+    redis_url: str, make_cache: Callable[..., CacheManager]
+) -> None:
+    """A value under the prefix that looks like the kit's envelope but names a tag in bytes
+    that are not UTF-8 (another program's, or a corrupted one) raised UnicodeDecodeError from
+    every read of it, get_or_set included; like any envelope the kit cannot open, it is a miss."""
+    cache = make_cache(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.set(cache.key("k"), b"CZ1|0|99999999999999|99999999999999|\xff=1\n\xa3abc")
+        assert cache.get("k", "missing") == "missing"
+        assert cache.get_many(["k"]) == {}
+        assert cache.get_or_set("k", lambda: "computed") == "computed"
+        assert cache.get("k") == "computed"
+    finally:
+        raw.delete(cache.key("k"))
+        raw.close()

@@ -363,3 +363,108 @@ def test_tag_version_keys_expire_with_their_entries_on_the_cluster(
     cache.invalidate_tags(["product:1"])
     assert pttl() == -2  # gone: a version is removed, never counted on
     assert cache.get_many(["p", "q", "r"]) == {} and cache.get("s") == 4
+
+
+# -- resharding onto a new node -----------------------------------------------------------
+
+
+def add_empty_primary(cluster: LocalCluster) -> tuple[int, str]:
+    """Start a fourth node, join it as a primary without slots; its port and node id."""
+    from redis_cluster import free_ports
+
+    port = free_ports(1)[0]
+    cluster.start_node(port)
+    cluster.command(port, "CLUSTER", "MEET", "127.0.0.1", str(cluster.ports[0]))
+    node_id = cluster.command(port, "CLUSTER", "MYID").strip()
+
+    def everyone_knows_everyone() -> bool:
+        return all(
+            len([line for line in cluster.command(p, "CLUSTER", "NODES").splitlines() if "connected" in line]) == 4
+            for p in (*cluster.ports, port)
+        ) and "cluster_state:ok" in cluster.command(port, "CLUSTER", "INFO")
+
+    assert wait_until(everyone_knows_everyone, timeout=30)
+    return port, node_id
+
+
+def move_slot_of(cluster: LocalCluster, full: str, port: int, new_id: str) -> None:
+    """Migrate the slot of ``full`` (and the key) to the node on ``port``, and wait until every
+    node agrees."""
+    slot = cluster.command(port, "CLUSTER", "KEYSLOT", full).strip()
+    source = cluster.primary_of(full)
+    source_id = cluster.command(source, "CLUSTER", "MYID").strip()
+    cluster.command(port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+    assert cluster.command(source, "MIGRATE", "127.0.0.1", str(port), "", "0", "5000", "KEYS", full).strip() in ("OK", "NOKEY")
+    for node in (port, source, *(p for p in cluster.ports if p != source)):
+        assert cluster.command(node, "CLUSTER", "SETSLOT", slot, "NODE", new_id).strip() == "OK"
+    cluster.wait_ok()
+
+
+def test_a_slot_migrating_to_a_new_node_is_served_as_misses_not_raised(
+    private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    """Scaling out: a new primary joins and slots migrate to it. A key of a migrating slot
+    that has already moved answers ASK with the new node's address; redis-py's cluster client,
+    not knowing that node (it holds no slot yet, so no slot map names it), raised
+    AttributeError ('NoneType' object has no attribute 'redis_connection'), which reached the
+    caller of get and set."""
+    cache = make_cache(private_cluster.url, timeout=0.5, retry_after=0.01)
+    cache.set("warm", 1)  # the client has its slot map: three primaries
+    assert cache.get("warm") == 1
+    port, new_id = add_empty_primary(private_cluster)
+    full = cache.key("moving")
+    slot = private_cluster.command(port, "CLUSTER", "KEYSLOT", full).strip()
+    source = private_cluster.primary_of(full)
+    source_id = private_cluster.command(source, "CLUSTER", "MYID").strip()
+    assert private_cluster.command(port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id).strip() == "OK"
+    assert private_cluster.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", new_id).strip() == "OK"
+    # "moving" is not on the source: as for a key already migrated, the source answers ASK.
+    assert cache.get("moving") is None
+    cache.set("moving", "x")
+    assert cache.get_or_set("moving", lambda: "computed") == "computed"
+    assert cache.delete("moving") is False
+    cache.set_many({"moving": 1, "warm": 2}, tags=["t"])  # pipelines, split by slot
+    assert "moving" not in cache.get_many(["moving", "warm"], tags=["t"])
+    assert cache.delete_many(["moving", "warm"]) in (0, 1)
+    assert cache.stats()["errors"] >= 1
+
+
+def test_invalidate_by_pattern_scans_a_primary_added_since_the_client_last_looked(
+    private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    """The client learns the slot map once and refreshes it only on a redirection or an error.
+    After a new primary took slots (scale-out), ``invalidate`` scanned only the primaries the
+    client knew, missed the keys now on the new one, said it was done, and the next read,
+    following MOVED, served the value it should have removed."""
+    cache = make_cache(private_cluster.url)
+    cache.set("k1", "old")
+    assert cache.get("k1") == "old"  # the client has its slot map: three primaries
+    port, new_id = add_empty_primary(private_cluster)
+    full = cache.key("k1")
+    move_slot_of(private_cluster, full, port, new_id)
+    assert private_cluster.keys_on(port, full) == [full]
+
+    assert cache.invalidate("k*") == 1
+    assert cache.get("k1") is None
+    assert private_cluster.keys_on(port, full) == []
+    assert cache.stats()["errors"] == 0
+
+
+def test_ping_and_status_ask_a_primary_added_since_the_client_last_looked(
+    private_cluster: LocalCluster, make_cache: Callable[..., CacheManager]
+) -> None:
+    """``ping()`` and ``czo-kit status`` asked the primaries of the slot map the client held,
+    refreshed only on a redirection or an error: a primary added since, then lost, went unseen
+    and the cache was reported healthy while that primary's slots were misses."""
+    cache = make_cache(private_cluster.url, timeout=0.3, retry_after=0.01)
+    cache.set("k1", 1)
+    assert cache.ping()
+    port, new_id = add_empty_primary(private_cluster)
+    move_slot_of(private_cluster, cache.key("k1"), port, new_id)
+    private_cluster.kill(port)
+    assert not cache.ping()
+    driver = cache.driver
+    assert isinstance(driver, RedisClusterDriver)
+    ok, detail = driver.health()
+    assert not ok and f"127.0.0.1:{port}" in detail and "of 4" in detail

@@ -42,10 +42,12 @@ T = TypeVar("T")
 MAX_KEY_LENGTH = 512
 MAX_TAG_LENGTH = 256
 MAX_TTL = 10 * 365 * 86400.0
-_BAD_KEY = re.compile(r"[\x00-\x1f\x7f]")
-_GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f]+")
+_BAD_KEY = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates (no UTF-8)
+_GOOD_TAG = re.compile(r"[^\x00-\x20,=|\x7f\ud800-\udfff]+")
 _GOOD_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+")
 _MISSING: Any = object()
+_RESERVED = ("tag:", "lock:")
+"""Where the root keeps tag versions and stampede locks: no root key or namespace goes there."""
 
 _Entry = tuple[int, int, list[tuple[str, bytes]], bytes, bytes]
 """An opened envelope: fresh-until and stale-until (ms), recorded tag versions, payload, and
@@ -178,6 +180,8 @@ class CacheManager:
             raise ValueError(
                 f"namespace names are letters, digits, '_', '.', '-'; got {name!r}"
             )
+        if not self._path and name + ":" in _RESERVED:
+            raise ValueError(f"namespace {name!r} is reserved at the root: the cache keeps its {name} keys there")
         child = object.__new__(CacheManager)
         child._shared = self._shared
         child._path = (*self._path, name)
@@ -192,7 +196,12 @@ class CacheManager:
         if len(key) > MAX_KEY_LENGTH or _BAD_KEY.search(key):
             raise ValueError(
                 f"cache key {key[:40]!r}... must be at most {MAX_KEY_LENGTH} characters "
-                "without control characters"
+                "without control characters or lone surrogates"
+            )
+        if not self._path and key.startswith(_RESERVED):
+            raise ValueError(
+                f"cache key {key[:40]!r}: keys starting with 'tag:' or 'lock:' are reserved at the root "
+                "(tag versions and stampede locks live there); use a namespace"
             )
         return self._key_prefix + key
 
@@ -268,7 +277,10 @@ class CacheManager:
         if parts[4]:
             for item in parts[4].split(b","):
                 tag, _, version = item.partition(b"=")
-                tags.append((tag.decode(), version))
+                try:
+                    tags.append((tag.decode(), version))
+                except UnicodeDecodeError:  # not written by the kit, whose tags are str
+                    return None
         return fresh, stale, tags, raw[newline + 1 :], parts[1]
 
     def _decode(self, payload: bytes, kind: Any) -> Any:
@@ -717,7 +729,7 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
         if not isinstance(tag, str) or len(tag) > MAX_TAG_LENGTH or not _GOOD_TAG.fullmatch(tag):
             raise ValueError(
                 f"invalid tag {tag!r}: tags are 1-{MAX_TAG_LENGTH} characters without spaces, "
-                "control characters, ',', '=' or '|'"
+                "control characters, lone surrogates, ',', '=' or '|'"
             )
         if tag.startswith("ns:"):
             raise ValueError(f"invalid tag {tag!r}: tags starting with 'ns:' are the namespaces' own (use clear())")

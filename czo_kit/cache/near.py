@@ -123,14 +123,21 @@ class NearCache:
         return True
 
     def _on_invalidate(self, message: list[Any]) -> None:
-        # Runs inside read_response, so with the lock held.
-        keys = message[1] if len(message) > 1 else None
+        # Runs inside read_response, so with the lock held. redis-py logs and swallows what
+        # this raises, so nothing may: a failure part-way through a push would leave the
+        # keys after it held. A key that is not UTF-8 (another program's) is never held here;
+        # anything else unexpected empties the near cache.
         self.counts["invalidations"] += 1
-        if keys is None:  # FLUSHDB / FLUSHALL
+        try:
+            keys = message[1] if len(message) > 1 else None
+            if keys is None:  # FLUSHDB / FLUSHALL
+                self._entries.clear()
+                return
+            for key in keys:
+                self._entries.pop(key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key, None)
+        except Exception:
             self._entries.clear()
-            return
-        for key in keys:
-            self._entries.pop(key.decode() if isinstance(key, bytes) else key, None)
+            raise
 
     def _drain(self) -> bool:
         """Apply every invalidation waiting on the socket (lock held); False if tracking broke."""

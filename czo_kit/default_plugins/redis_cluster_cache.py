@@ -22,6 +22,7 @@ down; until it answers, reads are misses as with the single-node driver.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,11 @@ class RedisClusterDriver(RedisCommands):
             return f"Redis Cluster cannot serve the command: {type(exc).__name__}: {exc}"
         if isinstance(exc, errors.ClusterCrossSlotError):  # pragma: no cover - every command is split by slot
             return f"a command spanned hash slots (a bug in the cluster driver): {exc}"
+        if isinstance(exc, AttributeError) and _raised_in(exc, self._redis):
+            # An ASK redirection to a node that its slot map does not name yet (a new primary
+            # that slots are migrating to holds none, so no map names it): redis-py looks the
+            # node up, gets None, and fails on it. It passes once the slot is moved.
+            return f"Redis Cluster client failed on a slot being moved to a node it does not know yet: {exc!r}"
         return super()._outage(exc)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -173,8 +179,12 @@ class RedisClusterDriver(RedisCommands):
     def _scan(self, pattern: str, batch: int) -> Iterator[Any]:
         from redis.cluster import RedisCluster
 
-        # Each primary holds its own slots' keys: SCAN every one of them to its end.
-        keys: Iterator[Any] = self.client.scan_iter(match=pattern, count=batch, target_nodes=RedisCluster.PRIMARIES)
+        client = self.client
+        # The client refreshes its slot map only on a redirection or an error: a primary added
+        # since it last looked (slots moved onto it) would go unscanned, its keys kept. One
+        # CLUSTER SLOTS first, then SCAN every primary, each to its end.
+        client.nodes_manager.initialize()
+        keys: Iterator[Any] = client.scan_iter(match=pattern, count=batch, target_nodes=RedisCluster.PRIMARIES)
         return keys
 
     def release_lock(self, key: str, token: str) -> bool:
@@ -185,6 +195,7 @@ class RedisClusterDriver(RedisCommands):
 
         def every_primary() -> bool:
             client = self.client
+            client.nodes_manager.initialize()  # a primary added since the last redirection too
             return all(client.ping(target_nodes=node) for node in client.get_primaries())
 
         try:
@@ -196,6 +207,7 @@ class RedisClusterDriver(RedisCommands):
         """Whether every primary answers, and which do not (for ``czo-kit status``)."""
         try:
             client = self.client
+            self._call(client.nodes_manager.initialize)  # the slot map as it is now
         except CacheUnavailable as exc:
             return False, f"no node of the cluster answers: {exc}"
         down = []
@@ -250,6 +262,17 @@ def create_redis_cluster_driver(url: str, *, settings: Settings) -> RedisCluster
         )
 
     return RedisClusterDriver(connect)
+
+
+def _raised_in(exc: BaseException, module: Any) -> bool:
+    """Whether ``exc`` was raised by code of ``module``'s package (its innermost frame)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(module.__file__))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
 
 
 def _node(host: str, port: int) -> Any:
