@@ -191,6 +191,16 @@ def reset_app_tables(url: str) -> None:
         db.close()
 
 
+EVENT_TABLES = ("czo_event_delivery", "czo_event_dead_letter", "czo_event_processed", "czo_event_outbox")
+
+
+def reset_event_tables(url: str) -> None:
+    """Start from an empty outbox on PostgreSQL (one schema per session): a kit's sweep (its
+    in-process deliverer, without a queue) would run the events other tests left there, with
+    this test's handlers and apps."""
+    drop_tables(url, *EVENT_TABLES)
+
+
 def drop_tables(url: str, *tables: str) -> None:
     """PostgreSQL tables outlive a test (one schema per session): start without these."""
     if not url.startswith("postgres"):

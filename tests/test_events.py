@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from apps_support import reset_event_tables
 from czo_kit import Kit
 from czo_kit.events import (
     Event,
@@ -67,6 +68,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def kit(database_url: str, settings_for: SettingsFor) -> Iterator[Kit]:
     """A kit without a queue, on each database: ``emit_async`` runs handlers in-process."""
+    reset_event_tables(database_url)  # its deliverer would run what other tests left
     with Kit(settings_for(database_url, queue_url="", plugins=())) as built:
         assert built.queue is None and built.deliverer is not None
         built.outbox.ensure_tables()  # as with a queue: no DDL in the first emit's transaction

@@ -14,7 +14,7 @@ import peewee
 import pytest
 import svcs
 
-from apps_support import drop_tables, reset_app_tables
+from apps_support import reset_app_tables, reset_event_tables
 from czo_kit import Kit, hookimpl
 from czo_kit.cache import create_cache
 from czo_kit.db import Model, create_mutations, create_queries, create_repository
@@ -178,7 +178,6 @@ def _listen(events: EventEmitter, names: list[str]) -> list[str]:
 
 
 VERBS = ["created", "updated", "deleted", "restored", "hard_deleted"]
-EVENT_TABLES = ("czo_event_delivery", "czo_event_dead_letter", "czo_event_processed", "czo_event_outbox")
 
 
 def test_event_names_follow_the_repositorys_prefix(tmp_path: Any) -> None:
@@ -437,7 +436,7 @@ def reviews_kit(reviews_settings: Settings) -> Iterator[Kit]:
     # tests left behind would be run by this kit's in-process deliverer (it has no queue),
     # with this test's handlers. Start without them.
     reset_app_tables(reviews_settings.database_url)
-    drop_tables(reviews_settings.database_url, *EVENT_TABLES)
+    reset_event_tables(reviews_settings.database_url)
     with Kit(reviews_settings) as kit:
         kit.create_tables()
         try:
