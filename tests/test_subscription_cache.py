@@ -408,3 +408,46 @@ def test_a_change_in_another_schema_of_the_database_is_acknowledged_not_applied(
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other_schema)))
         admin.close()
+
+
+@pytest.mark.postgres
+def test_forged_notifications_neither_cut_the_listener_off_nor_hide_a_change(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any user of the database may NOTIFY the channels. Payloads that are no change of this
+    kit's (a shop id longer than Python parses, garbage, an ack for a pid that large) are
+    answered by forgetting more, never by the listener losing its connection: the real change
+    that follows is seen, and the change's commit is acknowledged by the same listener."""
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.apps._models import AppWebhook
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        dbname, params = parse_postgresql_url(pg_url)
+        forger = psycopg2.connect(dbname=dbname, **params)
+        try:
+            with forger, forger.cursor() as cursor:  # one transaction: delivered together
+                for channel, payload in [
+                    (_subscriptions.CHANNEL, "9" * 5000),
+                    (_subscriptions.CHANNEL, "1" + "0" * 7000 + ":token"),
+                    (_subscriptions.CHANNEL, "garbage"),
+                    (_subscriptions.CHANNEL, ""),
+                    (_subscriptions.ACK_CHANNEL, "token:" + "9" * 5000),
+                ]:
+                    cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        finally:
+            forger.close()
+        warm(kit)  # read the forged ones, and hold shop 1 again
+        with caplog.at_level(logging.WARNING, logger=_subscriptions.log.name):
+            with kit.db.atomic():  # a direct write, announced as the docs say
+                AppWebhook.update(is_active=False).where(AppWebhook.shop_id == 1).execute(kit.db)
+                cache.changed(1)
+            assert delivered(kit, emit(kit)) == 0
+        assert cache.listener_pid() == pid, "a forged notification cut the listener off"
+        assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]

@@ -148,11 +148,11 @@ class SubscriptionCache:
                     return False
                 try:
                     conn.poll()  # what reached the socket, without waiting
+                    if conn.notifies:
+                        self._notified(conn)
                 except Exception:
-                    self._lost(conn)
+                    self._lost(conn)  # a notification read may not have been applied
                     return False
-                if conn.notifies:
-                    self._notified(conn)
             return True
         if mode == "sqlite":
             with self._lock:
@@ -281,7 +281,7 @@ class SubscriptionCache:
             payload = str(notify.payload)
             if notify.channel == ACK_CHANNEL:
                 token, _, pid = payload.rpartition(":")
-                if token in self._acks and pid.isdigit():
+                if token in self._acks and _is_id(pid):
                     self._acks[token].add(int(pid))
                 continue
             shop, _, token = payload.partition(":")
@@ -294,7 +294,7 @@ class SubscriptionCache:
                     tokens.append(token)
                 continue
             self._generation += 1
-            if shop.isascii() and shop.isdigit():
+            if _is_id(shop):
                 self._map.pop(int(shop), None)
             else:
                 self._map.clear()
@@ -532,6 +532,12 @@ def _after_fork(ref: weakref.ref[SubscriptionCache]) -> None:
     cache = ref()
     if cache is not None:
         cache._after_fork()
+
+
+def _is_id(text: str) -> bool:
+    """Whether a notification's ``text`` is an id ``int()`` takes: any database user may send
+    any payload, up to 8000 bytes (more digits than ``int()`` converts)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _read_version(connection: sqlite3.Connection) -> int:
