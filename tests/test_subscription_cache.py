@@ -451,3 +451,36 @@ def test_forged_notifications_neither_cut_the_listener_off_nor_hide_a_change(
             assert delivered(kit, emit(kit)) == 0
         assert cache.listener_pid() == pid, "a forged notification cut the listener off"
         assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("undo", ["transaction", "atomic savepoint", "savepoint"])
+def test_a_change_rolled_back_by_hand_neither_waits_for_nor_ends_the_listeners(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, caplog: pytest.LogCaptureFixture, undo: str
+) -> None:
+    """``changed()`` followed by an explicit ``rollback()`` (of the transaction handle, or of a
+    savepoint): its NOTIFY is undone, so no listener will ever acknowledge it. The commit that
+    follows must not wait for that, nor end every listener of the database as unresponsive."""
+    from czo_kit.apps import _subscriptions
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        with caplog.at_level(logging.WARNING, logger=_subscriptions.log.name):
+            with kit.db.atomic() as txn:
+                if undo == "transaction":
+                    cache.changed(1)
+                    txn.rollback()
+                elif undo == "atomic savepoint":
+                    with kit.db.atomic() as savepoint:
+                        cache.changed(1)
+                        savepoint.rollback()
+                else:
+                    with kit.db.savepoint() as savepoint:
+                        cache.changed(1)
+                        savepoint.rollback()
+        assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
+        assert cache.listener_pid() == pid
+        assert delivered(kit, emit(kit)) == 1
