@@ -90,6 +90,7 @@ class Relay:
         # Also the initial state: a forked child starts without the parent's thread and work.
         self._todo: list[_Held] = []
         self._taken = 0  # of those a relaying pass took from _todo, the ones not handed over yet
+        self._calling_since: float | None = None  # when the call to the queue under way started
         self._marks: list[Any] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
@@ -108,12 +109,19 @@ class Relay:
 
     def add(self, item: _Relayed) -> None:
         with self._lock:
-            # Counted with what a pass holds: a queue that hangs (no call fails) is held up as long.
-            if len(self._todo) + self._taken >= self.max_held:
+            # Limited while the queue fails, or hangs: a call to it that has not returned for
+            # longer than the back-off's cap (no call fails then). Counted with what the pass
+            # in that call holds.
+            calling = self._calling_since
+            stalled = self._down_since is not None or (
+                calling is not None and time.monotonic() - calling > self.retry_max
+            )
+            if stalled and len(self._todo) + self._taken >= self.max_held:
                 if not self._dropped and self._down_since is None:
                     self.log.warning(
-                        "the queue has not taken %d committed %s yet; more are left pending in %s "
-                        "until it does, and the sweep queues them", self.max_held, self.what, self.kept,
+                        "the queue has not answered for %.1fs; holding %d committed %s, more are left "
+                        "pending in %s until it does, and the sweep queues them",
+                        time.monotonic() - (calling or 0.0), self.max_held, self.what, self.kept,
                     )
                 self._dropped += 1  # pending in the outbox: the sweep queues it
                 return
@@ -162,6 +170,7 @@ class Relay:
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
                         break
                     group = self._group(todo, done)
+                    self._calling_since = time.monotonic()
                     try:
                         if len(group) == 1:
                             self.relay(*group[0][0])
@@ -180,6 +189,7 @@ class Relay:
                     with self._lock:
                         self._taken = len(todo) - done
             finally:
+                self._calling_since = None
                 with self._lock:
                     self._taken = 0
                     if done < len(todo):  # back in front of what was added meanwhile: commit order
