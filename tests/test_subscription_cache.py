@@ -484,3 +484,47 @@ def test_a_change_rolled_back_by_hand_neither_waits_for_nor_ends_the_listeners(
         assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
         assert cache.listener_pid() == pid
         assert delivered(kit, emit(kit)) == 1
+
+
+@pytest.mark.postgres
+def test_a_listener_that_cannot_be_ended_does_not_spare_the_others(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two listeners that do not answer, one of a role this kit may not end (kits of other
+    schemas and roles share the database and its channel): the other is still ended, so
+    its process does not serve what the change made stale."""
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    monkeypatch.setattr(_subscriptions, "ACK_TIMEOUT", 0.5)
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        dbname, params = parse_postgresql_url(pg_url)
+        stuck = [
+            psycopg2.connect(dbname=dbname, **{**params, "application_name": _subscriptions.LISTENER_NAME})
+            for _ in range(2)
+        ]
+        refused: list[int] = []
+        execute_sql = kit.db.execute_sql
+
+        def refusing_the_first(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if "pg_terminate_backend" in sql and not refused:
+                refused.append(int(args[0][0]))
+                raise peewee.ProgrammingError("permission denied to terminate process")
+            return execute_sql(sql, *args, **kwargs)
+
+        monkeypatch.setattr(kit.db, "execute_sql", refusing_the_first)
+        try:
+            for conn in stuck:
+                conn.autocommit = True
+                with conn.cursor() as cursor:
+                    cursor.execute(f"LISTEN {_subscriptions.CHANNEL}")
+            install(kit)
+            assert len(refused) == 1
+            other = ({conn.get_backend_pid() for conn in stuck} - set(refused)).pop()
+            alive = execute_sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (other,)).fetchone()
+            assert alive is None, "the listener that could be ended was left running"
+        finally:
+            for conn in stuck:
+                conn.close()

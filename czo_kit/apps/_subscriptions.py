@@ -373,17 +373,20 @@ class SubscriptionCache:
             return
         log.warning("subscriptions listeners %s did not acknowledge a change in %gs: ending their connections",
                     sorted(pids), ACK_TIMEOUT)
+        ended: set[int] = set()
         for pid in pids:
             try:
                 self.db.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
             except peewee.DatabaseError:
                 # Not allowed to (another role without pg_signal_backend): the change is
                 # committed all the same; that process may serve what it holds until it hears.
+                # The others are still ended.
                 log.warning("could not end subscriptions listener %s: its process may lag this change", pid,
                             exc_info=True)
-                return
+                continue
+            ended.add(pid)
         deadline = time.monotonic() + ACK_TIMEOUT
-        while pids & self._listeners() and time.monotonic() < deadline:
+        while ended & self._listeners() and time.monotonic() < deadline:
             time.sleep(0.02)
 
     # -- SQLite -----------------------------------------------------------------------------
