@@ -528,3 +528,48 @@ def test_a_listener_that_cannot_be_ended_does_not_spare_the_others(
         finally:
             for conn in stuck:
                 conn.close()
+
+
+@pytest.mark.postgres
+def test_a_listener_ended_by_the_server_is_not_trusted_on_its_last_words(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    """``pg_terminate_backend`` (or a shutdown) first sends the listener its FATAL message,
+    which libpq hands over as a notice, not an error: the end of the socket comes later, once
+    the server cleaned up, and by then the backend is gone from ``pg_stat_activity`` so no
+    committer waits for it. The first read after that message must count as the end: a
+    change committed meanwhile was never notified to it."""
+    import threading
+
+    import psycopg2
+
+    from czo_kit.apps._models import AppWebhook
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        held = cache._lock
+        held.acquire()  # the listener thread reads its socket only under this lock: not now
+        try:
+            kit.db.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_for(
+                lambda: not kit.db.execute_sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(),
+                what="the listener's backend to end",
+            )
+            # Committed while nobody listens for this process (as a committer that found the
+            # listener gone does): nothing tells it but its connection's end.
+            dbname, params = parse_postgresql_url(pg_url)
+            writer = psycopg2.connect(dbname=dbname, **params)
+            try:
+                with writer, writer.cursor() as cursor:
+                    cursor.execute(f"UPDATE {AppWebhook._meta.table_name} SET is_active = false WHERE shop_id = 1")
+            finally:
+                writer.close()
+            # This thread reads the socket first (the listener thread waits on the old lock).
+            cache._lock = threading.Lock()
+            assert delivered(kit, emit(kit)) == 0
+        finally:
+            held.release()

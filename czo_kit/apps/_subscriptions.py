@@ -147,7 +147,7 @@ class SubscriptionCache:
                     self._start()
                     return False
                 try:
-                    conn.poll()  # what reached the socket, without waiting
+                    _read(conn)  # what reached the socket, without waiting
                     if conn.notifies:
                         self._notified(conn)
                 except Exception:
@@ -343,7 +343,7 @@ class SubscriptionCache:
                     conn = self._conn
                     if conn is not None:
                         try:
-                            conn.poll()
+                            _read(conn)
                             if conn.notifies:
                                 self._notified(conn)
                         except Exception:
@@ -477,7 +477,7 @@ class SubscriptionCache:
                     return  # a lookup found it broken
                 try:
                     if conn in ready:
-                        conn.poll()
+                        _read(conn)
                     elif not ready:
                         with conn.cursor() as cursor:  # silence: is the connection still there?
                             cursor.execute("SELECT 1")
@@ -535,6 +535,20 @@ def _after_fork(ref: weakref.ref[SubscriptionCache]) -> None:
     cache = ref()
     if cache is not None:
         cache._after_fork()
+
+
+def _read(conn: Any) -> None:
+    """``conn.poll()``, raising when the server is ending the connection. Its FATAL message
+    (``pg_terminate_backend``, a shutdown) reaches libpq as a notice, not an error; the end of
+    the socket follows only once the server has cleaned up, after the backend has left
+    ``pg_stat_activity`` (so no committer waits for it any more): a change committed in
+    between is never notified here. The listening connection sends nothing that has notices
+    otherwise; any one (a "queue is full" warning included) ends it: it reconnects."""
+    conn.poll()
+    if conn.notices:
+        message = str(conn.notices[-1]).strip()
+        del conn.notices[:]
+        raise ConnectionError(f"the server said: {message}")
 
 
 def _is_id(text: str) -> bool:
