@@ -573,3 +573,24 @@ def test_a_listener_ended_by_the_server_is_not_trusted_on_its_last_words(
             assert delivered(kit, emit(kit)) == 0
         finally:
             held.release()
+
+
+@pytest.mark.postgres
+def test_a_chatty_server_does_not_end_the_listener(
+    pg_base_url: str, pg_schema: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    """Notices sent during the listener's queries (``client_min_messages = debug5`` set for
+    the database user, a warning at connect) are not the server ending it."""
+    separator = "&" if "?" in pg_base_url else "?"
+    options = f"-csearch_path={pg_schema} -cclient_min_messages=debug5"
+    url = pg_base_url + separator + urlencode({"options": options})
+    with app_kit(app_settings(settings_for, url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=False)
+        assert delivered(kit, emit(kit)) == 0
+        kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=True)
+        assert delivered(kit, emit(kit)) == 1
+        assert cache.listener_pid() == pid

@@ -430,11 +430,15 @@ class SubscriptionCache:
         conn = psycopg2.connect(dbname=self.db.database, **params)
         conn.autocommit = True
         with conn.cursor() as cursor:
+            # Only errors reach this connection from now on: a notice is the server ending it.
+            cursor.execute("SET client_min_messages = error")
             cursor.execute(f"LISTEN {CHANNEL}")
             cursor.execute(f"LISTEN {ACK_CHANNEL}")
             cursor.execute("SET application_name = %s", (LISTENER_NAME,))
             cursor.execute("SELECT current_schema()")
             (schema,) = cursor.fetchone()
+        # What the server said on the way in (a collation version warning, say) is no end.
+        del conn.notices[:]
         self._scope = str(schema or "")
         return conn
 
@@ -542,8 +546,8 @@ def _read(conn: Any) -> None:
     (``pg_terminate_backend``, a shutdown) reaches libpq as a notice, not an error; the end of
     the socket follows only once the server has cleaned up, after the backend has left
     ``pg_stat_activity`` (so no committer waits for it any more): a change committed in
-    between is never notified here. The listening connection sends nothing that has notices
-    otherwise; any one (a "queue is full" warning included) ends it: it reconnects."""
+    between is never notified here. The listening connection is told only errors
+    (``client_min_messages``), so a notice is one sent while no query runs: the end."""
     conn.poll()
     if conn.notices:
         message = str(conn.notices[-1]).strip()
