@@ -77,6 +77,42 @@ def test_a_failing_on_commit_callback_does_not_stop_the_others(
     db.close()
 
 
+def test_on_commit_drops_what_an_explicit_rollback_undid(sqlite_url: str, settings_for: Callable[..., Settings]) -> None:
+    """``rollback()`` on the handle of a transaction or savepoint undoes the work registered
+    since it began: so are its callbacks; those registered after it are kept."""
+    db = create_sqlite_database(sqlite_url, settings=settings_for(sqlite_url))
+    ran: list[str] = []
+    with db.atomic() as txn:
+        on_commit(db, lambda: ran.append("undone by the transaction's rollback"))
+        txn.rollback()
+        on_commit(db, lambda: ran.append("after the transaction's rollback"))
+        with db.atomic() as savepoint:
+            on_commit(db, lambda: ran.append("undone by an atomic savepoint's rollback"))
+            savepoint.rollback()
+            on_commit(db, lambda: ran.append("after an atomic savepoint's rollback"))
+        on_commit(db, lambda: ran.append("kept before a bare savepoint"))
+        with db.savepoint() as bare:
+            on_commit(db, lambda: ran.append("undone by a bare savepoint's rollback"))
+            with db.atomic():
+                on_commit(db, lambda: ran.append("undone with its enclosing savepoint"))
+            bare.rollback()
+            on_commit(db, lambda: ran.append("after a bare savepoint's rollback"))
+    assert ran == [
+        "after the transaction's rollback",
+        "after an atomic savepoint's rollback",
+        "kept before a bare savepoint",
+        "after a bare savepoint's rollback",
+    ]
+    ran.clear()
+    with db.transaction():  # no atomic() frame: on_commit falls back to Peewee's list
+        on_commit(db, lambda: ran.append("kept"))
+        with db.savepoint() as bare:
+            on_commit(db, lambda: ran.append("undone"))
+            bare.rollback()
+    assert ran == ["kept"]
+    db.close()
+
+
 class Stamp(Model):
     at = UTCDateTimeField()
 

@@ -111,6 +111,66 @@ def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
         assert set(states(worker, ids).values()) == {"dispatched"}
 
 
+def test_what_the_relay_holds_while_the_queue_redis_hangs_stays_within_its_limit(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    """A Redis that accepts connections and never answers makes no call fail: the relay's
+    hand-off hangs, and everything committed meanwhile is held. Once the call has hung longer
+    than the back-off's cap, at most ``max_held`` of it, in the hand-off or waiting; the rest
+    stays ``pending`` for the sweep, and none is lost."""
+    settings = make_settings(settings_for, sqlite_url, server)
+    kit = Kit(settings)
+    assert kit.outbox is not None and server.process is not None
+    kit.outbox.ensure_tables()
+    kit.events.emit_async(EVENT, {"n": -1})
+    kit.outbox.flush()  # the queue's connection is open and has answered once
+    relay = kit.outbox._relayer
+    relay.max_held = 5
+    relay.retry_max = 0.2  # how long a call may hang before the queue counts as down
+    server.pause()
+    try:
+        ids = [kit.events.emit_async(EVENT, {"n": 0}).event_id]
+        # The relay thread is in the hand-off, which never returns while Redis is paused.
+        assert wait_until(lambda: not relay._todo and relay._relay_lock.locked(), timeout=HANG_GUARD)
+        calling = time.monotonic()  # the call began before this: it has hung longer than the cap once
+        assert wait_until(lambda: time.monotonic() - calling > relay.retry_max, timeout=HANG_GUARD)
+        ids += [kit.events.emit_async(EVENT, {"n": n}).event_id for n in range(1, 50)]
+        assert len(relay._todo) < relay.max_held, f"{len(relay._todo)} held besides the one in the hand-off"
+        kit.close()  # by its deadline, the thread left stuck
+    finally:
+        server.resume()
+
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def handler(payload: Any, ctx: Any) -> None:
+        with lock:
+            ran.append(ctx.event_id)
+
+    with Kit(settings) as worker:
+        assert worker.outbox is not None
+        worker.events.on(EVENT, handler, id="outage-handler")
+        with worker.consumer(workers=2, sweep_interval=0.2):
+            assert wait_until(lambda: set(ids) <= set(ran), timeout=HANG_GUARD), (
+                f"{len(set(ids) - set(ran))} of {len(ids)} never delivered; outbox {states(worker, ids)}"
+            )
+
+
+def test_a_burst_larger_than_the_limit_is_held_while_the_queue_answers(
+    server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor
+) -> None:
+    """The limit is for a queue that fails or hangs: a commit of more events than it, with the
+    queue answering, hands them all over (none waits for the sweep)."""
+    with Kit(make_settings(settings_for, sqlite_url, server)) as kit:
+        assert kit.outbox is not None
+        kit.outbox.ensure_tables()
+        kit.outbox._relayer.max_held = 5
+        with kit.db.atomic():
+            ids = [kit.events.emit_async(EVENT, {"n": n}).event_id for n in range(50)]
+        kit.outbox.flush()
+        assert set(states(kit, ids).values()) == {"queued"}
+
+
 def test_a_queue_outage_is_logged_once_and_its_end_once(
     server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -408,3 +408,189 @@ def test_a_change_in_another_schema_of_the_database_is_acknowledged_not_applied(
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other_schema)))
         admin.close()
+
+
+@pytest.mark.postgres
+def test_forged_notifications_neither_cut_the_listener_off_nor_hide_a_change(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any user of the database may NOTIFY the channels. Payloads that are no change of this
+    kit's (a shop id longer than Python parses, garbage, an ack for a pid that large) are
+    answered by forgetting more, never by the listener losing its connection: the real change
+    that follows is seen, and the change's commit is acknowledged by the same listener."""
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.apps._models import AppWebhook
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        dbname, params = parse_postgresql_url(pg_url)
+        forger = psycopg2.connect(dbname=dbname, **params)
+        try:
+            with forger, forger.cursor() as cursor:  # one transaction: delivered together
+                for channel, payload in [
+                    (_subscriptions.CHANNEL, "9" * 5000),
+                    (_subscriptions.CHANNEL, "1" + "0" * 7000 + ":token"),
+                    (_subscriptions.CHANNEL, "garbage"),
+                    (_subscriptions.CHANNEL, ""),
+                    (_subscriptions.ACK_CHANNEL, "token:" + "9" * 5000),
+                ]:
+                    cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        finally:
+            forger.close()
+        warm(kit)  # read the forged ones, and hold shop 1 again
+        with caplog.at_level(logging.WARNING, logger=_subscriptions.log.name):
+            with kit.db.atomic():  # a direct write, announced as the docs say
+                AppWebhook.update(is_active=False).where(AppWebhook.shop_id == 1).execute(kit.db)
+                cache.changed(1)
+            assert delivered(kit, emit(kit)) == 0
+        assert cache.listener_pid() == pid, "a forged notification cut the listener off"
+        assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("undo", ["transaction", "atomic savepoint", "savepoint"])
+def test_a_change_rolled_back_by_hand_neither_waits_for_nor_ends_the_listeners(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, caplog: pytest.LogCaptureFixture, undo: str
+) -> None:
+    """``changed()`` followed by an explicit ``rollback()`` (of the transaction handle, or of a
+    savepoint): its NOTIFY is undone, so no listener will ever acknowledge it. The commit that
+    follows must not wait for that, nor end every listener of the database as unresponsive."""
+    from czo_kit.apps import _subscriptions
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        with caplog.at_level(logging.WARNING, logger=_subscriptions.log.name):
+            with kit.db.atomic() as txn:
+                if undo == "transaction":
+                    cache.changed(1)
+                    txn.rollback()
+                elif undo == "atomic savepoint":
+                    with kit.db.atomic() as savepoint:
+                        cache.changed(1)
+                        savepoint.rollback()
+                else:
+                    with kit.db.savepoint() as savepoint:
+                        cache.changed(1)
+                        savepoint.rollback()
+        assert not [r.getMessage() for r in caplog.records if "listener" in r.getMessage()]
+        assert cache.listener_pid() == pid
+        assert delivered(kit, emit(kit)) == 1
+
+
+@pytest.mark.postgres
+def test_a_listener_that_cannot_be_ended_does_not_spare_the_others(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two listeners that do not answer, one of a role this kit may not end (kits of other
+    schemas and roles share the database and its channel): the other is still ended, so
+    its process does not serve what the change made stale."""
+    import psycopg2
+
+    from czo_kit.apps import _subscriptions
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    monkeypatch.setattr(_subscriptions, "ACK_TIMEOUT", 0.5)
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        dbname, params = parse_postgresql_url(pg_url)
+        stuck = [
+            psycopg2.connect(dbname=dbname, **{**params, "application_name": _subscriptions.LISTENER_NAME})
+            for _ in range(2)
+        ]
+        refused: list[int] = []
+        execute_sql = kit.db.execute_sql
+
+        def refusing_the_first(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if "pg_terminate_backend" in sql and not refused:
+                refused.append(int(args[0][0]))
+                raise peewee.ProgrammingError("permission denied to terminate process")
+            return execute_sql(sql, *args, **kwargs)
+
+        monkeypatch.setattr(kit.db, "execute_sql", refusing_the_first)
+        try:
+            for conn in stuck:
+                conn.autocommit = True
+                with conn.cursor() as cursor:
+                    cursor.execute(f"LISTEN {_subscriptions.CHANNEL}")
+            install(kit)
+            assert len(refused) == 1
+            other = ({conn.get_backend_pid() for conn in stuck} - set(refused)).pop()
+            alive = execute_sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (other,)).fetchone()
+            assert alive is None, "the listener that could be ended was left running"
+        finally:
+            for conn in stuck:
+                conn.close()
+
+
+@pytest.mark.postgres
+def test_a_listener_ended_by_the_server_is_not_trusted_on_its_last_words(
+    pg_url: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    """``pg_terminate_backend`` (or a shutdown) first sends the listener its FATAL message,
+    which libpq hands over as a notice, not an error: the end of the socket comes later, once
+    the server cleaned up, and by then the backend is gone from ``pg_stat_activity`` so no
+    committer waits for it. The first read after that message must count as the end: a
+    change committed meanwhile was never notified to it."""
+    import threading
+
+    import psycopg2
+
+    from czo_kit.apps._models import AppWebhook
+    from czo_kit.default_plugins.postgres import parse_postgresql_url
+
+    with app_kit(app_settings(settings_for, pg_url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        held = cache._lock
+        held.acquire()  # the listener thread reads its socket only under this lock: not now
+        try:
+            kit.db.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_for(
+                lambda: not kit.db.execute_sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone(),
+                what="the listener's backend to end",
+            )
+            # Committed while nobody listens for this process (as a committer that found the
+            # listener gone does): nothing tells it but its connection's end.
+            dbname, params = parse_postgresql_url(pg_url)
+            writer = psycopg2.connect(dbname=dbname, **params)
+            try:
+                with writer, writer.cursor() as cursor:
+                    cursor.execute(f"UPDATE {AppWebhook._meta.table_name} SET is_active = false WHERE shop_id = 1")
+            finally:
+                writer.close()
+            # This thread reads the socket first (the listener thread waits on the old lock).
+            cache._lock = threading.Lock()
+            assert delivered(kit, emit(kit)) == 0
+        finally:
+            held.release()
+
+
+@pytest.mark.postgres
+def test_a_chatty_server_does_not_end_the_listener(
+    pg_base_url: str, pg_schema: str, settings_for: SettingsFor, tmp_path: Path
+) -> None:
+    """Notices sent during the listener's queries (``client_min_messages = debug5`` set for
+    the database user, a warning at connect) are not the server ending it."""
+    separator = "&" if "?" in pg_base_url else "?"
+    options = f"-csearch_path={pg_schema} -cclient_min_messages=debug5"
+    url = pg_base_url + separator + urlencode({"options": options})
+    with app_kit(app_settings(settings_for, url, str(tmp_path))) as kit:
+        install(kit)
+        warm(kit)
+        cache = kit.apps.subscription_cache
+        pid = cache.listener_pid()
+        kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=False)
+        assert delivered(kit, emit(kit)) == 0
+        kit.apps.set_webhook_active(shop_id=1, app_id="acme", name="orders", active=True)
+        assert delivered(kit, emit(kit)) == 1
+        assert cache.listener_pid() == pid

@@ -147,12 +147,12 @@ class SubscriptionCache:
                     self._start()
                     return False
                 try:
-                    conn.poll()  # what reached the socket, without waiting
+                    _read(conn)  # what reached the socket, without waiting
+                    if conn.notifies:
+                        self._notified(conn)
                 except Exception:
-                    self._lost(conn)
+                    self._lost(conn)  # a notification read may not have been applied
                     return False
-                if conn.notifies:
-                    self._notified(conn)
             return True
         if mode == "sqlite":
             with self._lock:
@@ -281,7 +281,7 @@ class SubscriptionCache:
             payload = str(notify.payload)
             if notify.channel == ACK_CHANNEL:
                 token, _, pid = payload.rpartition(":")
-                if token in self._acks and pid.isdigit():
+                if token in self._acks and _is_id(pid):
                     self._acks[token].add(int(pid))
                 continue
             shop, _, token = payload.partition(":")
@@ -294,7 +294,7 @@ class SubscriptionCache:
                     tokens.append(token)
                 continue
             self._generation += 1
-            if shop.isascii() and shop.isdigit():
+            if _is_id(shop):
                 self._map.pop(int(shop), None)
             else:
                 self._map.clear()
@@ -343,7 +343,7 @@ class SubscriptionCache:
                     conn = self._conn
                     if conn is not None:
                         try:
-                            conn.poll()
+                            _read(conn)
                             if conn.notifies:
                                 self._notified(conn)
                         except Exception:
@@ -373,17 +373,20 @@ class SubscriptionCache:
             return
         log.warning("subscriptions listeners %s did not acknowledge a change in %gs: ending their connections",
                     sorted(pids), ACK_TIMEOUT)
+        ended: set[int] = set()
         for pid in pids:
             try:
                 self.db.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
             except peewee.DatabaseError:
                 # Not allowed to (another role without pg_signal_backend): the change is
                 # committed all the same; that process may serve what it holds until it hears.
+                # The others are still ended.
                 log.warning("could not end subscriptions listener %s: its process may lag this change", pid,
                             exc_info=True)
-                return
+                continue
+            ended.add(pid)
         deadline = time.monotonic() + ACK_TIMEOUT
-        while pids & self._listeners() and time.monotonic() < deadline:
+        while ended & self._listeners() and time.monotonic() < deadline:
             time.sleep(0.02)
 
     # -- SQLite -----------------------------------------------------------------------------
@@ -427,11 +430,15 @@ class SubscriptionCache:
         conn = psycopg2.connect(dbname=self.db.database, **params)
         conn.autocommit = True
         with conn.cursor() as cursor:
+            # Only errors reach this connection from now on: a notice is the server ending it.
+            cursor.execute("SET client_min_messages = error")
             cursor.execute(f"LISTEN {CHANNEL}")
             cursor.execute(f"LISTEN {ACK_CHANNEL}")
             cursor.execute("SET application_name = %s", (LISTENER_NAME,))
             cursor.execute("SELECT current_schema()")
             (schema,) = cursor.fetchone()
+        # What the server said on the way in (a collation version warning, say) is no end.
+        del conn.notices[:]
         self._scope = str(schema or "")
         return conn
 
@@ -474,7 +481,7 @@ class SubscriptionCache:
                     return  # a lookup found it broken
                 try:
                     if conn in ready:
-                        conn.poll()
+                        _read(conn)
                     elif not ready:
                         with conn.cursor() as cursor:  # silence: is the connection still there?
                             cursor.execute("SELECT 1")
@@ -532,6 +539,26 @@ def _after_fork(ref: weakref.ref[SubscriptionCache]) -> None:
     cache = ref()
     if cache is not None:
         cache._after_fork()
+
+
+def _read(conn: Any) -> None:
+    """``conn.poll()``, raising when the server is ending the connection. Its FATAL message
+    (``pg_terminate_backend``, a shutdown) reaches libpq as a notice, not an error; the end of
+    the socket follows only once the server has cleaned up, after the backend has left
+    ``pg_stat_activity`` (so no committer waits for it any more): a change committed in
+    between is never notified here. The listening connection is told only errors
+    (``client_min_messages``), so a notice is one sent while no query runs: the end."""
+    conn.poll()
+    if conn.notices:
+        message = str(conn.notices[-1]).strip()
+        del conn.notices[:]
+        raise ConnectionError(f"the server said: {message}")
+
+
+def _is_id(text: str) -> bool:
+    """Whether a notification's ``text`` is an id ``int()`` takes: any database user may send
+    any payload, up to 8000 bytes (more digits than ``int()`` converts)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _read_version(connection: sqlite3.Connection) -> int:

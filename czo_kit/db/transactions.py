@@ -3,7 +3,9 @@
 Peewee's ``after_commit`` keeps a callback registered inside a savepoint even when that
 savepoint rolls back. Here each ``atomic()`` block keeps its own list: a committed savepoint
 hands its callbacks to the enclosing block, a rolled-back one drops them, and only the
-outermost commit runs them.
+outermost commit runs them. An explicit ``rollback()`` of a transaction or savepoint (the
+handle ``atomic()``, ``transaction()`` or ``savepoint()`` gives) drops the callbacks
+registered since it began, too.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class TransactionalDatabaseMixin(peewee.Database):
     def atomic(self, *args: Any, **kwargs: Any) -> peewee._atomic:
         """A transaction, or a savepoint when one is open; a context manager or decorator."""
         return _Atomic(self, *args, **kwargs)
+
+    def transaction(self, *args: Any, **kwargs: Any) -> peewee._transaction:
+        return _Transaction(self, *args, **kwargs)
+
+    def savepoint(self) -> peewee._savepoint:
+        return _Savepoint(self)
 
     def on_commit(self, fn: Callback) -> Callback:
         """Run ``fn`` after the outermost transaction commits; at once outside a transaction.
@@ -96,6 +104,33 @@ class _Atomic(peewee._atomic):
         else:
             _run_callbacks(callbacks)
         return suppressed
+
+
+class _Transaction(peewee._transaction):
+    def rollback(self, begin: bool = True) -> None:
+        # The whole transaction is undone (Peewee drops its own callbacks): so are ours.
+        for frame in self.db._czo_frames():
+            frame.clear()
+        super().rollback(begin)
+
+
+class _Savepoint(peewee._savepoint):
+    def _begin(self) -> None:
+        super()._begin()  # type: ignore[misc]
+        # Where the callbacks registered from now on start: this frame, at this length.
+        frames = self.db._czo_frames()
+        self._czo_mark = (len(frames), len(frames[-1]) if frames else 0, len(self.db._state.commit_callbacks))
+
+    def rollback(self, begin: bool = True) -> None:
+        # Before re-beginning, which marks again: what is registered afterwards is kept.
+        depth, length, bare = self._czo_mark
+        frames = self.db._czo_frames()
+        for frame in frames[depth:]:
+            frame.clear()
+        if depth and len(frames) >= depth:
+            del frames[depth - 1][length:]
+        del self.db._state.commit_callbacks[bare:]  # a bare transaction's (on_commit's fallback)
+        super().rollback(begin)
 
 
 def _run_callbacks(callbacks: list[Callback]) -> None:

@@ -89,6 +89,8 @@ class Relay:
     def _after_fork(self) -> None:
         # Also the initial state: a forked child starts without the parent's thread and work.
         self._todo: list[_Held] = []
+        self._taken = 0  # of those a relaying pass took from _todo, the ones not handed over yet
+        self._calling_since: float | None = None  # when the call to the queue under way started
         self._marks: list[Any] = []
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()  # one relaying pass at a time keeps commit order
@@ -107,7 +109,20 @@ class Relay:
 
     def add(self, item: _Relayed) -> None:
         with self._lock:
-            if self._down_since is not None and len(self._todo) >= self.max_held:
+            # Limited while the queue fails, or hangs: a call to it that has not returned for
+            # longer than the back-off's cap (no call fails then). Counted with what the pass
+            # in that call holds.
+            calling = self._calling_since
+            stalled = self._down_since is not None or (
+                calling is not None and time.monotonic() - calling > self.retry_max
+            )
+            if stalled and len(self._todo) + self._taken >= self.max_held:
+                if not self._dropped and self._down_since is None:
+                    self.log.warning(
+                        "the queue has not answered for %.1fs; holding %d committed %s, more are left "
+                        "pending in %s until it does, and the sweep queues them",
+                        time.monotonic() - (calling or 0.0), self.max_held, self.what, self.kept,
+                    )
                 self._dropped += 1  # pending in the outbox: the sweep queues it
                 return
             self._todo.append((item, time.monotonic()))  # added on commit: the lag starts here
@@ -146,6 +161,7 @@ class Relay:
         with self._relay_lock:
             with self._lock:
                 todo, self._todo = self._todo, []
+                self._taken = len(todo)
             done = 0
             try:
                 while done < len(todo):
@@ -154,6 +170,7 @@ class Relay:
                     if self._down_since is not None and not force and time.monotonic() < self._next_try:
                         break
                     group = self._group(todo, done)
+                    self._calling_since = time.monotonic()
                     try:
                         if len(group) == 1:
                             self.relay(*group[0][0])
@@ -165,13 +182,17 @@ class Relay:
                         break
                     for item, committed in group:
                         _metrics.outbox_relayed(self, committed)
-                    if self._down_since is not None:
+                    if self._down_since is not None or self._dropped:
                         self._recovered(len(todo) - done)
                     self._marks.extend(item[0] for item, _ in group)
                     done += len(group)
+                    with self._lock:
+                        self._taken = len(todo) - done
             finally:
-                if done < len(todo):
-                    with self._lock:  # back in front of what was added meanwhile: commit order
+                self._calling_since = None
+                with self._lock:
+                    self._taken = 0
+                    if done < len(todo):  # back in front of what was added meanwhile: commit order
                         self._todo[:0] = todo[done:]
 
     def _group(self, todo: list[_Held], start: int) -> list[_Held]:
@@ -191,7 +212,8 @@ class Relay:
             return  # a call that outlived close(): its events are already reported as left
         now = time.monotonic()
         if self._down_since is None:
-            self._down_since, self._failures, self._dropped, self._retry_in = now, 0, 0, 0.25
+            # (_dropped may count some already: a hang before the first failure.)
+            self._down_since, self._failures, self._retry_in = now, 0, 0.25
             # One line per outage, not a traceback per event: the events are safe in the outbox.
             self.log.warning(
                 "the queue is unreachable (%s: %s); holding %d committed %s and trying again "
@@ -203,7 +225,14 @@ class Relay:
         self._next_try = now + self._retry_in
 
     def _recovered(self, held: int) -> None:
-        down_for = time.monotonic() - (self._down_since or 0.0)
+        if self._down_since is None:  # it hung without failing, and some were left to the sweep
+            self.log.warning(
+                "the queue takes %s again; %d committed while it did not answer stay pending for the sweep",
+                self.what, self._dropped,
+            )
+            self._dropped = 0
+            return
+        down_for = time.monotonic() - self._down_since
         self.log.warning(
             "the queue is reachable again after %.1fs and %d failed attempt(s); handing over %d held "
             "%s%s",
@@ -211,6 +240,7 @@ class Relay:
             f"; {self._dropped} more stay pending for the sweep" if self._dropped else "",
         )
         self._down_since = None
+        self._dropped = 0
 
     def _mark(self) -> None:
         # One marking at a time: a flush() waits for the relay thread's marks under way, so
