@@ -217,3 +217,30 @@ def test_a_retry_task_run_early_is_queued_again_for_its_time(
             wait_for(lambda: kit.webhooks.delivery(delivery_id).state == "delivered", what="the retry")
         assert len(posted) == 1
         assert posted[0].at >= (due - dt.timedelta(seconds=2.0)).timestamp()  # _webhook_batch.DUE_SLACK
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_slow_last_attempt_dead_lettered_by_the_sweep_still_records_its_outcome(
+    db_url: str, settings_for: SettingsFor, tmp_path: Path, status: int
+) -> None:
+    # The sweep takes a last attempt whose lease ran out for a worker that died: dead. A worker
+    # that was only slow then records what really happened, not "stopped" (nobody else can
+    # hold a dead delivery): delivered, or dead with the target's answer.
+    with Receiver(lambda request: Reply(status)) as receiver, app_kit(
+        app_settings(settings_for, db_url, str(tmp_path))
+    ) as kit:
+        [delivery_id] = queued(kit, receiver.url)
+        WebhookDelivery.update(attempts=WebhookDelivery.max_attempts - 1).where(
+            WebhookDelivery.id == delivery_id
+        ).execute(kit.db)
+        [stale] = _webhook_batch.claim(kit.db, [delivery_id], utcnow(), 0.2)
+        wait_for(lambda: kit.webhooks.delivery(delivery_id).lease_until < utcnow(), what="the lease to run out")
+        assert kit.webhooks.sweep()["dead"] == 1
+        states: dict[int, str] = {}
+        kit.webhooks._deliver_claimed([stale], DeliveredBuffer(kit.db), states)
+        row = kit.webhooks.delivery(delivery_id)
+        assert (states[delivery_id], row.state, row.last_status) == (
+            {200: "delivered", 503: "dead"}[status], {200: "delivered", 503: "dead"}[status], status
+        )
+        assert row.lease_until is None and "lease expired" not in (row.last_error or "")
+        assert [a["status"] for a in raw_rows(kit, "czo_webhook_attempt")] == [status]

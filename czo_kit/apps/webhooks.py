@@ -87,6 +87,10 @@ EARLY_WINDOW = 60.0
 """Seconds before its retry is due a task that finds it not due queues it again for then; a
 task earlier than that is a duplicate, and leaves it (``_not_due_yet``)."""
 
+HELD = ("running", "dead")
+"""States of a delivery still under its claim's lease: ``running``, or ``dead`` by the sweep,
+which dead-letters a last attempt whose lease ran out and leaves it that lease."""
+
 SWEEP_PRUNE_BATCHES = 20
 """Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
 
@@ -639,7 +643,7 @@ class WebhookDispatcher(WebhookOperations):
                 }
             ).where(
                 (WebhookDelivery.id == Slot("id"))
-                & (WebhookDelivery.state == "running")
+                & WebhookDelivery.state.in_(HELD)
                 & (WebhookDelivery.lease_until == Slot("lease", WebhookDelivery.lease_until.db_value))
             ),
         )
@@ -726,10 +730,12 @@ class WebhookDispatcher(WebhookOperations):
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
         # A delivery whose worker kept dying on it has used its attempts: it is dead, or a
-        # poison delivery would be retried for ever.
+        # poison delivery would be retried for ever. It keeps the lease it died under: a
+        # worker that was only slow still records its outcome then (``_record``), the true
+        # one (delivered, say) over this guess; nothing else can claim a dead delivery.
         exhausted = (
             WebhookDelivery.update(
-                state="dead", lease_until=None, updated_at=now,
+                state="dead", updated_at=now,
                 last_error="the worker stopped during the last attempt (lease expired)",
             )
             .where(
@@ -826,7 +832,7 @@ def _held(delivery: WebhookDelivery) -> peewee.Expression:
     """The delivery still under the lease its claim returned (nobody took it over since)."""
     held: peewee.Expression = (
         (WebhookDelivery.id == int(delivery.id))
-        & (WebhookDelivery.state == "running")
+        & WebhookDelivery.state.in_(HELD)
         & (WebhookDelivery.lease_until == delivery.lease_until)
     )
     return held
