@@ -27,12 +27,18 @@ import peewee
 from czo_kit.apps._webhook_models import WebhookAttempt, WebhookDelivery
 from czo_kit.db._sql import Slot, model_info
 
-__all__ = ["DUE_SLACK", "Delivered", "DeliveredBuffer", "Left", "claim", "existing", "give_back", "left_out"]
+__all__ = [
+    "DUE_SLACK", "HELD", "Delivered", "DeliveredBuffer", "Left", "claim", "existing", "give_back", "held", "left_out",
+]
 
 DUE_SLACK = 2.0
 """Seconds before its ``next_attempt_at`` a ``retry`` delivery may be claimed: its own delayed
 task, run by a host whose clock is a little behind the one that scheduled it, is not turned
 away for a clock difference."""
+
+HELD = ("running", "dead")
+"""States of a delivery still under its claim's lease: ``running``, or ``dead`` by the sweep,
+which dead-letters a last attempt whose lease ran out and leaves it that lease."""
 
 FLUSH_EVERY = 64
 """Successful attempts recorded per transaction at most."""
@@ -173,6 +179,16 @@ def give_back(db: peewee.Database, ids: Sequence[int], now: dt.datetime, lease_u
     )
     values.update(now=now, lease=lease_until)
     info.execute(template, values)
+
+
+def held(delivery: WebhookDelivery) -> peewee.Expression:
+    """``delivery`` still under the lease its claim returned (nobody took it over since)."""
+    term: peewee.Expression = (
+        (WebhookDelivery.id == int(delivery.id))
+        & WebhookDelivery.state.in_(HELD)
+        & (WebhookDelivery.lease_until == delivery.lease_until)
+    )
+    return term
 
 
 def existing(db: peewee.Database, ids: Sequence[int]) -> set[int]:

@@ -87,10 +87,6 @@ EARLY_WINDOW = 60.0
 """Seconds before its retry is due a task that finds it not due queues it again for then; a
 task earlier than that is a duplicate, and leaves it (``_not_due_yet``)."""
 
-HELD = ("running", "dead")
-"""States of a delivery still under its claim's lease: ``running``, or ``dead`` by the sweep,
-which dead-letters a last attempt whose lease ran out and leaves it that lease."""
-
 SWEEP_PRUNE_BATCHES = 20
 """Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
 
@@ -464,7 +460,7 @@ class WebhookDispatcher(WebhookOperations):
             paused = WebhookDelivery.update(
                 state="retry", attempts=WebhookDelivery.attempts - 1, lease_until=None,
                 next_attempt_at=now + dt.timedelta(seconds=wait), updated_at=now,
-            ).where(_held(delivery)).execute(self.db)
+            ).where(_batch.held(delivery)).execute(self.db)
             if not paused:
                 # The lease ran out before this (a worker paused for that long): the delivery
                 # is another claim's now, or queued again by the sweep.
@@ -643,7 +639,7 @@ class WebhookDispatcher(WebhookOperations):
                 }
             ).where(
                 (WebhookDelivery.id == Slot("id"))
-                & WebhookDelivery.state.in_(HELD)
+                & WebhookDelivery.state.in_(_batch.HELD)
                 & (WebhookDelivery.lease_until == Slot("lease", WebhookDelivery.lease_until.db_value))
             ),
         )
@@ -826,16 +822,6 @@ class WebhookDispatcher(WebhookOperations):
                 raise
 
         return drain(take, hand, deadline)
-
-
-def _held(delivery: WebhookDelivery) -> peewee.Expression:
-    """The delivery still under the lease its claim returned (nobody took it over since)."""
-    held: peewee.Expression = (
-        (WebhookDelivery.id == int(delivery.id))
-        & WebhookDelivery.state.in_(HELD)
-        & (WebhookDelivery.lease_until == delivery.lease_until)
-    )
-    return held
 
 
 def _origin(target_url: str) -> str:
