@@ -50,7 +50,11 @@ def _deliveries(kit: Kit, count: int) -> list[int]:
 
 
 def _cool_down_over(kit: Kit) -> None:
-    WebhookCircuit.update(opened_until=utcnow() - dt.timedelta(seconds=1)).execute(kit.db)
+    """As if the cool-down had passed: the circuit's, and the wait of the deliveries it paused
+    (a delivery waiting for its retry is not sent before its time)."""
+    past = utcnow() - dt.timedelta(seconds=1)
+    WebhookCircuit.update(opened_until=past).execute(kit.db)
+    WebhookDelivery.update(next_attempt_at=past).where(WebhookDelivery.state == "retry").execute(kit.db)
 
 
 def test_after_the_cool_down_exactly_one_probe_goes_out(kit: Kit, receiver: Receiver) -> None:

@@ -83,6 +83,10 @@ RESPONSE_EXCERPT = 1024
 CLAIM_BATCH = 64
 """Deliveries of one queue task claimed per statement."""
 
+EARLY_WINDOW = 60.0
+"""Seconds before its retry is due a task that finds it not due queues it again for then; a
+task earlier than that is a duplicate, and leaves it (``_not_due_yet``)."""
+
 SWEEP_PRUNE_BATCHES = 20
 """Batches of delivered deliveries each sweep prunes at most (20 x 500 = 10,000)."""
 
@@ -333,13 +337,32 @@ class WebhookDispatcher(WebhookOperations):
                 chunk = ids[start:start + CLAIM_BATCH]
                 claimed = _batch.claim(self.db, chunk, utcnow(), self.settings.lease)
                 self._deliver_claimed(claimed, buffer, states)
-                if len(chunk) > 1 and len(claimed) < len(chunk):
-                    # Left out: on its last attempt (still waiting), or taken elsewhere, or done.
-                    left = [i for i in chunk if i not in states]
-                    self._deliver_alone(_batch.waiting(self.db, left), buffer, states, started)
+                if len(claimed) < len(chunk):
+                    # Left out: on its last attempt (still waiting), a retry not due yet, or
+                    # taken elsewhere, or done.
+                    left = _batch.left_out(self.db, [i for i in chunk if i not in states], utcnow())
+                    self._not_due_yet(left.early)
+                    if len(chunk) > 1:
+                        self._deliver_alone(left.waiting, buffer, states, started)
         finally:
             self._flush(buffer)
         return [states.get(i, "skipped") for i in ids]
+
+    def _not_due_yet(self, early: list[tuple[int, float]]) -> None:
+        """Retries this task found before their time (``_batch.left_out``): never sent early.
+        One due within ``EARLY_WINDOW`` is queued again for when it is due (its own delayed
+        task, run a little early by a host whose clock is behind); one further off was named
+        by a duplicate task (a sweep's, a hand-back) and is left to its own delayed task, or
+        to the sweep, which queues a retry overdue by a lease."""
+        queue = self.queue
+        for delivery_id, remaining in early:
+            if queue is None or remaining > EARLY_WINDOW:
+                continue
+            try:
+                queue.deliver(delivery_id, delay=remaining)
+            except Exception as exc:
+                log.warning("could not queue webhook delivery %s for its retry (%r); the sweep queues it",
+                            delivery_id, exc)
 
     def _deliver_claimed(self, claimed: list[WebhookDelivery], buffer: DeliveredBuffer, states: dict[int, str]) -> None:
         claimed_at = time.monotonic()
@@ -405,6 +428,17 @@ class WebhookDispatcher(WebhookOperations):
         now = utcnow()
         for item in buffer.flush(now):
             _metrics.webhook_result(self, item.delivery, "delivered", now)
+        for item in buffer.superseded:
+            self._superseded(item.delivery, "delivered", item.status, None)
+
+    def _superseded(self, delivery: WebhookDelivery, outcome: str, status: int | None, error: str | None) -> None:
+        """Say that an outcome came after its claim's lease ran out, and was left to whoever
+        holds the delivery now (at info: nothing is lost; the receiver may see it twice)."""
+        log.info(
+            "webhook %s attempt %d ended %s (%s) after its lease ran out; the delivery was queued "
+            "again since, so its state is left to that claim", delivery.message_id, int(delivery.attempts),
+            outcome, status if status is not None else error,
+        )
 
     def _attempt(
         self,
@@ -423,10 +457,15 @@ class WebhookDispatcher(WebhookOperations):
         if wait > 0:
             # Paused, not failed: give the claim back without using up an attempt, and wait
             # for the probe.
-            WebhookDelivery.update(
+            paused = WebhookDelivery.update(
                 state="retry", attempts=WebhookDelivery.attempts - 1, lease_until=None,
                 next_attempt_at=now + dt.timedelta(seconds=wait), updated_at=now,
-            ).where(WebhookDelivery.id == delivery_id).execute(self.db)
+            ).where(_batch.held(delivery)).execute(self.db)
+            if not paused:
+                # The lease ran out before this (a worker paused for that long): the delivery
+                # is another claim's now, or queued again by the sweep.
+                self._superseded(delivery, "paused", None, None)
+                return "skipped"
             if self.queue is not None:
                 self.queue.deliver(delivery_id, delay=wait + random.uniform(0, 1))
             _metrics.webhook_result(self, delivery, "paused", now)
@@ -538,10 +577,13 @@ class WebhookDispatcher(WebhookOperations):
                     attempt=int(delivery.attempts), correlation_id=delivery.correlation_id,
                 )
                 state = self._record(
-                    delivery, started, None, None, None, final=False, delivered=True, target_failed=False
+                    delivery, started, None, None, None, final=False, delivered=True, target_failed=False,
+                    history=False,
                 )
                 if state == "skipped":
-                    transaction.rollback()  # uninstalled during the attempt: its writes go too
+                    # Uninstalled during the attempt, or the delivery's lease ran out and another
+                    # claim holds it (and runs the handler itself): this run's writes go.
+                    transaction.rollback()
                 return state
         except Exception as exc:
             # The app's own failure, not a target's: no circuit counts it, and the retries,
@@ -564,7 +606,12 @@ class WebhookDispatcher(WebhookOperations):
         target_failed: bool = True,
         circuit: tuple[int, Any] | None = None,
         failed: Failure | None = None,
+        history: bool = True,
     ) -> str:
+        """Record the outcome of an attempt under its claim's lease (``delivery.lease_until``),
+        and the attempt; returns the state it ends in, or ``skipped`` when the delivery is
+        gone, or another claim's now (then the attempt is kept as history, unless ``history``
+        is false, and nothing else is changed)."""
         now = utcnow()
         duration = (now - started).total_seconds() * 1000
         attempt = int(delivery.attempts)
@@ -590,7 +637,11 @@ class WebhookDispatcher(WebhookOperations):
                     WebhookDelivery.delivered_at: Slot("delivered", WebhookDelivery.delivered_at.db_value),
                     WebhookDelivery.updated_at: Slot("now", WebhookDelivery.updated_at.db_value),
                 }
-            ).where(WebhookDelivery.id == Slot("id")),
+            ).where(
+                (WebhookDelivery.id == Slot("id"))
+                & WebhookDelivery.state.in_(_batch.HELD)
+                & (WebhookDelivery.lease_until == Slot("lease", WebhookDelivery.lease_until.db_value))
+            ),
         )
         insert_info, insert = self._template(
             WebhookAttempt, "attempt",
@@ -616,11 +667,17 @@ class WebhookDispatcher(WebhookOperations):
                     "state": state, "status": status, "error": short_error, "detail": detail,
                     "next": now + dt.timedelta(seconds=delay) if delay is not None else None,
                     "delivered": now if delivered else None, "now": now, "id": int(delivery.id),
+                    "lease": delivery.lease_until,
                 },
             ).rowcount
-            if not updated:
-                # The app was uninstalled while this attempt was in flight, taking the delivery
-                # with it: nothing to record (the attempt row would have no delivery), no retry.
+            # Not updated: the app was uninstalled while this attempt was in flight, taking the
+            # delivery with it (nothing to record: the attempt row would have no delivery), or
+            # the claim's lease ran out and the sweep queued the delivery again, maybe for
+            # another worker's claim: its state is that claim's to record, not this one's.
+            superseded = not updated and bool(_batch.existing(self.db, [int(delivery.id)]))
+            if not updated and not (superseded and history):
+                if superseded:
+                    self._superseded(delivery, state, status, short_error)
                 return "skipped"
             insert_info.execute(
                 insert,
@@ -630,6 +687,11 @@ class WebhookDispatcher(WebhookOperations):
                     "detail": detail,
                 },
             )
+        if superseded:
+            # The attempt went out and is kept in the history; the outcome is left to the
+            # claim that holds the delivery now (no retry queued, no breaker count, no metric).
+            self._superseded(delivery, state, status, short_error)
+            return "skipped"
         if target_failed and (status is not None or error is not None):
             answered = status is not None and status < 500 and status not in (408, 429)
             self.breaker.result(str(delivery.origin), delivered or answered, now, circuit)
@@ -664,10 +726,12 @@ class WebhookDispatcher(WebhookOperations):
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.lease)
         # A delivery whose worker kept dying on it has used its attempts: it is dead, or a
-        # poison delivery would be retried for ever.
+        # poison delivery would be retried for ever. It keeps the lease it died under: a
+        # worker that was only slow still records its outcome then (``_record``), the true
+        # one (delivered, say) over this guess; nothing else can claim a dead delivery.
         exhausted = (
             WebhookDelivery.update(
-                state="dead", lease_until=None, updated_at=now,
+                state="dead", updated_at=now,
                 last_error="the worker stopped during the last attempt (lease expired)",
             )
             .where(
