@@ -13,8 +13,8 @@ import dataclasses
 import os
 import signal
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -308,18 +308,11 @@ def test_a_handler_writing_inside_a_batch_commits_synchronously(make_kit: Callab
     assert len(seen) == 9 and {value for _, value in seen} == {"on"}, seen
 
 
-@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
-def test_a_once_subscription_survives_a_dispatch_the_database_rolled_back(make_kit: Callable[..., Kit]) -> None:
-    # The dispatch transaction fails (here a lock it could not get in time): the event stays
-    # queued for another dispatch, and that one must still find the ``once`` subscription.
-    import peewee
-
-    kit = make_kit()
-    assert kit.outbox is not None
-    once, steady = Recorder(), Recorder()
-    kit.events.once("test.stock.changed", once, id="once")
-    kit.events.on("test.stock.changed", steady, id="steady")
-    event_id = kit.events.emit_async("test.stock.changed", {"n": 1}).event_id
+@contextmanager
+def deliveries_locked(kit: Kit) -> Iterator[None]:
+    """Another connection holds a SHARE lock on the delivery table for the block, and this
+    thread's statements give up waiting for a lock after 50 ms: a dispatch in the block
+    fails in the database (PostgreSQL)."""
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
@@ -334,12 +327,27 @@ def test_a_once_subscription_survives_a_dispatch_the_database_rolled_back(make_k
     try:
         assert locked.wait(TIMEOUT)
         kit.db.execute_sql("SET lock_timeout = '50ms'")
-        with pytest.raises(peewee.OperationalError):
-            kit.outbox.dispatch_many([event_id])
+        yield
     finally:
         release.set()
         holder.join()
-    kit.db.execute_sql("RESET lock_timeout")
+        kit.db.execute_sql("RESET lock_timeout")
+
+
+@pytest.mark.parametrize("backend", PG_ONLY, indirect=True)
+def test_a_once_subscription_survives_a_dispatch_the_database_rolled_back(make_kit: Callable[..., Kit]) -> None:
+    # The dispatch transaction fails (here a lock it could not get in time): the event stays
+    # queued for another dispatch, and that one must still find the ``once`` subscription.
+    import peewee
+
+    kit = make_kit()
+    assert kit.outbox is not None
+    once, steady = Recorder(), Recorder()
+    kit.events.once("test.stock.changed", once, id="once")
+    kit.events.on("test.stock.changed", steady, id="steady")
+    event_id = kit.events.emit_async("test.stock.changed", {"n": 1}).event_id
+    with deliveries_locked(kit), pytest.raises(peewee.OperationalError):
+        kit.outbox.dispatch_many([event_id])
     assert {row.state for row in outbox_rows(kit)} <= {"pending", "queued"} and deliveries(kit) == []
     assert kit.outbox.dispatch_many([event_id]) == {"done": 2}
     assert len(once.calls) == 1 and len(steady.calls) == 1
@@ -358,25 +366,7 @@ def test_a_once_subscription_survives_a_single_dispatch_the_database_rolled_back
     once = Recorder()
     kit.events.once("test.stock.changed", once, id="once")
     event_id = kit.events.emit_async("test.stock.changed", {"n": 1}).event_id
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_lock() -> None:
-        with kit.db.atomic():
-            kit.db.execute_sql("LOCK TABLE czo_event_delivery IN SHARE MODE")
-            locked.set()
-            release.wait(TIMEOUT)
-        kit.db.close()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(TIMEOUT)
-        kit.db.execute_sql("SET lock_timeout = '50ms'")
-        with pytest.raises(peewee.OperationalError):
-            kit.outbox.dispatch(event_id, inline=True)
-    finally:
-        release.set()
-        holder.join()
-    kit.db.execute_sql("RESET lock_timeout")
+    with deliveries_locked(kit), pytest.raises(peewee.OperationalError):
+        kit.outbox.dispatch(event_id, inline=True)
     assert kit.outbox.dispatch(event_id, inline=True) == 1
     assert len(once.calls) == 1

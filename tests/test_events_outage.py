@@ -69,6 +69,27 @@ def paused(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
+def run_by_a_new_worker(settings: Settings, ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Start a worker (two consumer threads, a sweep every 0.2 s) with a handler of ``EVENT``
+    and wait until it has run every one of ``ids``: the event ids it ran, in order (repeats
+    included), and the outbox states of ``ids`` at the end."""
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def handler(payload: Any, ctx: Any) -> None:
+        with lock:
+            ran.append(ctx.event_id)
+
+    with Kit(settings) as worker:
+        assert worker.outbox is not None
+        worker.events.on(EVENT, handler, id="outage-handler")
+        with worker.consumer(workers=2, sweep_interval=0.2):
+            assert wait_until(lambda: set(ids) <= set(ran), timeout=HANG_GUARD), (
+                f"{len(set(ids) - set(ran))} of {len(ids)} never delivered; outbox {states(worker, ids)}"
+            )
+        return ran, states(worker, ids)
+
+
 
 def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
     server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor
@@ -93,22 +114,9 @@ def test_close_keeps_its_deadline_while_the_queue_redis_hangs(
         server.resume()
 
     # A worker started after the server came back delivers every one of them, once.
-    ran: list[str] = []
-    lock = threading.Lock()
-
-    def handler(payload: Any, ctx: Any) -> None:
-        with lock:
-            ran.append(ctx.event_id)
-
-    with Kit(settings) as worker:
-        assert worker.outbox is not None
-        worker.events.on(EVENT, handler, id="outage-handler")
-        with worker.consumer(workers=2, sweep_interval=0.2):
-            assert wait_until(lambda: set(ids) <= set(ran), timeout=HANG_GUARD), (
-                f"{len(set(ids) - set(ran))} of 20 never delivered; outbox {states(worker, ids)}"
-            )
-        assert sorted(ran.count(i) for i in ids) == [1] * 20
-        assert set(states(worker, ids).values()) == {"dispatched"}
+    ran, final = run_by_a_new_worker(settings, ids)
+    assert sorted(ran.count(i) for i in ids) == [1] * 20
+    assert set(final.values()) == {"dispatched"}
 
 
 def test_what_the_relay_holds_while_the_queue_redis_hangs_stays_within_its_limit(
@@ -140,20 +148,7 @@ def test_what_the_relay_holds_while_the_queue_redis_hangs_stays_within_its_limit
     finally:
         server.resume()
 
-    ran: list[str] = []
-    lock = threading.Lock()
-
-    def handler(payload: Any, ctx: Any) -> None:
-        with lock:
-            ran.append(ctx.event_id)
-
-    with Kit(settings) as worker:
-        assert worker.outbox is not None
-        worker.events.on(EVENT, handler, id="outage-handler")
-        with worker.consumer(workers=2, sweep_interval=0.2):
-            assert wait_until(lambda: set(ids) <= set(ran), timeout=HANG_GUARD), (
-                f"{len(set(ids) - set(ran))} of {len(ids)} never delivered; outbox {states(worker, ids)}"
-            )
+    run_by_a_new_worker(settings, ids)  # none lost
 
 
 def test_a_burst_larger_than_the_limit_is_held_while_the_queue_answers(
@@ -382,6 +377,37 @@ def test_a_batch_runs_its_claimed_deliveries_while_the_queue_redis_is_down(
         assert sorted(mine) == sorted([*ids, ids[1]])
 
 
+def sweeps_in_thirty_beats(kit: Kit, swept: Any, monkeypatch: pytest.MonkeyPatch, *more: Any) -> tuple[int, int]:
+    """Run a worker's sweeper (sweeps every hour, heartbeat every 20 ms; ``more`` are its other
+    recoverers) for 30 heartbeats: how many times ``swept.sweep`` ran, and the beats counted."""
+    from czo_kit.events._heartbeat import Heartbeat
+    from czo_kit.events.queue import Sweeper
+
+    sweeps: list[float] = []
+    beats: list[float] = []
+    real_sweep = swept.sweep
+    heartbeat = Heartbeat(kit.db, kind="test", queue="", plugins=(), interval=0.02)
+    real_beat = heartbeat.beat
+
+    def sweep() -> dict[str, int]:
+        sweeps.append(time.monotonic())
+        return dict(real_sweep())
+
+    def beat() -> None:
+        beats.append(time.monotonic())
+        real_beat()
+
+    monkeypatch.setattr(swept, "sweep", sweep)
+    monkeypatch.setattr(heartbeat, "beat", beat)
+    sweeper = Sweeper(kit.outbox, 3600.0, *more, heartbeat=heartbeat, prune=False)
+    sweeper.start()
+    try:
+        assert wait_until(lambda: len(beats) >= 30, timeout=HANG_GUARD)
+    finally:
+        sweeper.stop()
+    return len(sweeps), len(beats)
+
+
 def test_a_sweep_that_fails_midway_through_a_backlog_waits_for_its_interval(
     server: PrivateRedis, sqlite_url: str, settings_for: SettingsFor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,8 +419,6 @@ def test_a_sweep_that_fails_midway_through_a_backlog_waits_for_its_interval(
 
     import czo_kit.events.outbox as outbox_module
     from czo_kit.db._claim import SWEEP_BATCH
-    from czo_kit.events._heartbeat import Heartbeat
-    from czo_kit.events.queue import Sweeper
 
     with Kit(make_settings(settings_for, sqlite_url, server)) as kit:
         assert kit.outbox is not None
@@ -411,29 +435,8 @@ def test_a_sweep_that_fails_midway_through_a_backlog_waits_for_its_interval(
         assert kit.outbox.sweep_unfinished  # more to do: the next pass would follow at once
         server.kill()  # refused at once: each pass fails fast
 
-        sweeps: list[float] = []
-        beats: list[float] = []
-        real_sweep = kit.outbox.sweep
-        heartbeat = Heartbeat(kit.db, kind="test", queue="", plugins=(), interval=0.02)
-        real_beat = heartbeat.beat
-
-        def sweep() -> dict[str, int]:
-            sweeps.append(time.monotonic())
-            return real_sweep()
-
-        def beat() -> None:
-            beats.append(time.monotonic())
-            real_beat()
-
-        monkeypatch.setattr(kit.outbox, "sweep", sweep)
-        monkeypatch.setattr(heartbeat, "beat", beat)
-        sweeper = Sweeper(kit.outbox, 3600.0, heartbeat=heartbeat, prune=False)
-        sweeper.start()
-        try:
-            assert wait_until(lambda: len(beats) >= 30, timeout=HANG_GUARD)
-        finally:
-            sweeper.stop()
-        assert len(sweeps) == 1, f"{len(sweeps)} sweeps in {len(beats)} heartbeats, with a 3600 s interval"
+        sweeps, beats = sweeps_in_thirty_beats(kit, kit.outbox, monkeypatch)
+        assert sweeps == 1, f"{sweeps} sweeps in {beats} heartbeats, with a 3600 s interval"
         # The failed pass gave its claim back: what the first pass did not queue is pending again.
         left = Counter(states(kit, [f"backlog-{n}" for n in range(3 * SWEEP_BATCH)]).values())
         assert left == {"queued": SWEEP_BATCH, "pending": 2 * SWEEP_BATCH}, left

@@ -69,6 +69,19 @@ def test_deliveries_to_one_target_share_one_kept_alive_connection_and_one_task(
         assert len(raw_rows(kit, "czo_webhook_attempt")) == 10
 
 
+def three_queued(kit: Kit, receiver_url: str, count: int = 3) -> list[int]:
+    """Install the receiver's app and record ``count`` deliveries (three by default), none in
+    the queue (the test runs the batch itself); their ids, in order."""
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
+    with kit.db.atomic():
+        for n in range(count):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+    kit.webhooks.flush()
+    assert kit.queue is not None
+    kit.queue.flush()
+    return sorted(int(d.id) for d in kit.webhooks.deliveries())
+
+
 def orders_queued(kit: Kit, receiver_url: str, total: int) -> None:
     """Install the receiver's app on an empty queue, then emit ``total`` orders in one
     transaction and wait until the relays have handed their events and deliveries over."""
@@ -158,14 +171,7 @@ def test_a_batch_running_past_half_its_lease_hands_the_rest_back_unattempted(
 ) -> None:
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_lease=0.4)
     with Receiver(lambda request: Reply(200, delay=0.3)) as receiver, app_kit(settings) as kit:
-        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
-        with kit.db.atomic():
-            for n in range(3):
-                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-        ids = sorted(d.id for d in kit.webhooks.deliveries())
-        assert kit.queue is not None
-        kit.webhooks.flush()
-        kit.queue.flush()  # no consumer here: the test runs the batch itself
+        ids = three_queued(kit, receiver.url)
         # The first POST takes 0.3 s, past half the 0.4 s lease: the other two go back to
         # the queue without an attempt spent, instead of waiting under a lease about to end.
         assert kit.webhooks.deliver_many(ids) == ["delivered", "queued", "queued"]
@@ -183,14 +189,7 @@ def test_a_delivery_on_its_last_attempt_is_claimed_alone_right_before_its_post(
 ) -> None:
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
     with Receiver() as receiver, app_kit(settings) as kit:
-        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
-        with kit.db.atomic():
-            for n in range(5):
-                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-        kit.webhooks.flush()
-        assert kit.queue is not None
-        kit.queue.flush()  # no consumer here: the test runs the batch itself
-        ids = sorted(d.id for d in kit.webhooks.deliveries())
+        ids = three_queued(kit, receiver.url, 5)
         # Two of them had an attempt counted by a worker that died (the sweep queued them again);
         # the last one was delivered already (this task is a duplicate for it).
         kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1 WHERE id IN (?, ?)', (ids[1], ids[3]))
@@ -293,17 +292,6 @@ def test_killing_the_worker_twice_dead_letters_only_what_it_was_posting(
     assert len(delivered) == total - 1 and delivered <= set(seen)
 
 
-def three_queued(kit: Kit, receiver_url: str) -> list[int]:
-    """Install the receiver's app and record three deliveries, none in the queue (the test
-    runs the batch itself)."""
-    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
-    with kit.db.atomic():
-        for n in range(3):
-            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-    kit.webhooks.flush()
-    assert kit.queue is not None
-    kit.queue.flush()
-    return sorted(int(d.id) for d in kit.webhooks.deliveries())
 
 
 def test_an_uninstall_during_a_batch_stops_its_webhooks_as_for_one_delivery(
@@ -543,14 +531,7 @@ def test_deliveries_handed_back_unclaimed_look_freshly_queued_to_the_sweep(
         settings_for, sqlite_url, str(tmp_path), webhooks_lease=1.0, webhooks_retry_schedule=(1.0,)
     )
     with Receiver(lambda request: Reply(200, delay=0.6)) as receiver, app_kit(settings) as kit:
-        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
-        with kit.db.atomic():
-            for n in range(3):
-                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-        kit.webhooks.flush()
-        assert kit.queue is not None
-        kit.queue.flush()  # no consumer here: the test runs the batch itself
-        ids = sorted(d.id for d in kit.webhooks.deliveries())
+        ids = three_queued(kit, receiver.url)
         kit.db.execute_sql(
             "UPDATE \"czo_webhook_delivery\" SET attempts = 1, updated_at = '2000-01-01 00:00:00'"
         )
@@ -567,15 +548,9 @@ def test_many_tasks_with_forged_arguments_fail_clearly_and_touch_nothing(
     # Someone who can write to the queue's storage enqueues a many-task whose argument is not
     # a list of ids: a string of digits used to read as one delivery id per character.
     with Receiver() as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
-        kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
-        with kit.db.atomic():
-            for n in range(3):
-                kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-        kit.webhooks.flush()
-        assert kit.queue is not None and kit.webhooks.queue is not None
-        kit.queue.flush()
+        forged_ids = "".join(str(i) for i in three_queued(kit, receiver.url))
+        assert kit.webhooks.queue is not None
         queue: Any = kit.webhooks.queue.queue  # the kit's HueyQueue, which registers the tasks
-        forged_ids = "".join(str(d.id) for d in kit.webhooks.deliveries())
         for task, argument in (
             (queue._deliver_webhooks, forged_ids), (queue._deliver_webhooks, [True]),
             (queue._deliver_webhooks, ["1"]), (queue._deliver_webhooks, {"1": 1}),

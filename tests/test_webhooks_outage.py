@@ -19,7 +19,7 @@ from czo_kit import Kit
 from czo_kit.settings import Settings
 from czo_kit.testing.cache import wait_until
 from test_cache_redis import PrivateRedis, redis_server_binary  # noqa: F401
-from test_events_outage import paused
+from test_events_outage import paused, sweeps_in_thirty_beats
 
 pytestmark = pytest.mark.redis
 
@@ -179,13 +179,10 @@ def test_a_webhook_sweep_that_fails_midway_through_a_backlog_waits_for_its_inter
     followed at once by the next, but one that fails while the queue's Redis is down waits
     out the sweeper's interval, instead of claiming and giving back a batch in a tight loop."""
     import datetime as dt
-    import time
 
     import czo_kit.apps.webhooks as webhooks_module
     from czo_kit.apps._webhook_models import WebhookDelivery
     from czo_kit.db._claim import SWEEP_BATCH
-    from czo_kit.events._heartbeat import Heartbeat
-    from czo_kit.events.queue import Sweeper
 
     with app_kit(settings(settings_for, sqlite_url, tmp_path, server)) as kit:
         kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver.url))
@@ -202,26 +199,5 @@ def test_a_webhook_sweep_that_fails_midway_through_a_backlog_waits_for_its_inter
         assert kit.webhooks.sweep_unfinished  # more to do: the next pass would follow at once
         server.kill()  # refused at once: each pass fails fast
 
-        sweeps: list[float] = []
-        beats: list[float] = []
-        real_sweep = kit.webhooks.sweep
-        heartbeat = Heartbeat(kit.db, kind="test", queue="", plugins=(), interval=0.02)
-        real_beat = heartbeat.beat
-
-        def sweep() -> dict[str, int]:
-            sweeps.append(time.monotonic())
-            return real_sweep()
-
-        def beat() -> None:
-            beats.append(time.monotonic())
-            real_beat()
-
-        monkeypatch.setattr(kit.webhooks, "sweep", sweep)
-        monkeypatch.setattr(heartbeat, "beat", beat)
-        sweeper = Sweeper(kit.outbox, 3600.0, kit.webhooks, heartbeat=heartbeat, prune=False)
-        sweeper.start()
-        try:
-            assert wait_until(lambda: len(beats) >= 30, timeout=HANG_GUARD)
-        finally:
-            sweeper.stop()
-        assert len(sweeps) == 1, f"{len(sweeps)} sweeps in {len(beats)} heartbeats, with a 3600 s interval"
+        sweeps, beats = sweeps_in_thirty_beats(kit, kit.webhooks, monkeypatch, kit.webhooks)
+        assert sweeps == 1, f"{sweeps} sweeps in {beats} heartbeats, with a 3600 s interval"
