@@ -180,7 +180,7 @@ def test_a_webhook_sweep_that_fails_midway_through_a_backlog_waits_for_its_inter
     out the sweeper's interval, instead of claiming and giving back a batch in a tight loop."""
     import datetime as dt
 
-    import czo_kit.apps.webhooks as webhooks_module
+    import czo_kit.apps._webhook_sweep as sweep_module
     from czo_kit.apps._webhook_models import WebhookDelivery
     from czo_kit.db._claim import SWEEP_BATCH
 
@@ -194,7 +194,7 @@ def test_a_webhook_sweep_that_fails_midway_through_a_backlog_waits_for_its_inter
              "updated_at": long_ago}
             for n in range(3 * SWEEP_BATCH)
         ]).execute(kit.db)  # queued an hour ago, their tasks lost with a wiped queue
-        monkeypatch.setattr(webhooks_module, "SWEEP_BUDGET", 0.0)  # each pass stops after a batch
+        monkeypatch.setattr(sweep_module, "SWEEP_BUDGET", 0.0)  # each pass stops after a batch
         kit.webhooks.sweep()
         assert kit.webhooks.sweep_unfinished  # more to do: the next pass would follow at once
         server.kill()  # refused at once: each pass fails fast
