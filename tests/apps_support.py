@@ -300,6 +300,19 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0, what: str 
     assert wait_until(condition, timeout=timeout, interval=0.02), f"timed out after {timeout}s waiting for {what}"
 
 
+def recorded_deliveries(kit: Kit, receiver_url: str, count: int = 3) -> list[int]:
+    """Install the receiver's app and record ``count`` deliveries (three by default), none in
+    the queue (the test runs them itself); their ids, in order."""
+    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
+    with kit.db.atomic():
+        for n in range(count):
+            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
+    kit.webhooks.flush()
+    assert kit.queue is not None
+    kit.queue.flush()
+    return sorted(int(d.id) for d in kit.webhooks.deliveries())
+
+
 def start_script(script: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Run ``script`` with this interpreter in a process of its own (a worker that a kill -9
     test stops), its output written to ``log`` for the failure report."""

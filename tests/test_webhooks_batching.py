@@ -28,6 +28,7 @@ from apps_support import (
     kill_9,
     manifest,
     raw_rows,
+    recorded_deliveries,
     wait_for,
     webhook_worker_env,
     worker_processes,
@@ -67,19 +68,6 @@ def test_deliveries_to_one_target_share_one_kept_alive_connection_and_one_task(
         assert len({p.client_port for p in posts}) == 1, "each delivery opened a connection of its own"
         assert len(batches) < 10 and sum(batches) == 10, batches  # tasks of several deliveries
         assert len(raw_rows(kit, "czo_webhook_attempt")) == 10
-
-
-def three_queued(kit: Kit, receiver_url: str, count: int = 3) -> list[int]:
-    """Install the receiver's app and record ``count`` deliveries (three by default), none in
-    the queue (the test runs the batch itself); their ids, in order."""
-    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
-    with kit.db.atomic():
-        for n in range(count):
-            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-    kit.webhooks.flush()
-    assert kit.queue is not None
-    kit.queue.flush()
-    return sorted(int(d.id) for d in kit.webhooks.deliveries())
 
 
 def orders_queued(kit: Kit, receiver_url: str, total: int) -> None:
@@ -171,7 +159,7 @@ def test_a_batch_running_past_half_its_lease_hands_the_rest_back_unattempted(
 ) -> None:
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_lease=0.4)
     with Receiver(lambda request: Reply(200, delay=0.3)) as receiver, app_kit(settings) as kit:
-        ids = three_queued(kit, receiver.url)
+        ids = recorded_deliveries(kit, receiver.url)
         # The first POST takes 0.3 s, past half the 0.4 s lease: the other two go back to
         # the queue without an attempt spent, instead of waiting under a lease about to end.
         assert kit.webhooks.deliver_many(ids) == ["delivered", "queued", "queued"]
@@ -189,7 +177,7 @@ def test_a_delivery_on_its_last_attempt_is_claimed_alone_right_before_its_post(
 ) -> None:
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
     with Receiver() as receiver, app_kit(settings) as kit:
-        ids = three_queued(kit, receiver.url, 5)
+        ids = recorded_deliveries(kit, receiver.url, 5)
         # Two of them had an attempt counted by a worker that died (the sweep queued them again);
         # the last one was delivered already (this task is a duplicate for it).
         kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1 WHERE id IN (?, ?)', (ids[1], ids[3]))
@@ -305,7 +293,7 @@ def test_an_uninstall_during_a_batch_stops_its_webhooks_as_for_one_delivery(
 
     with Receiver(uninstall_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
         kit_.append(kit)
-        ids = three_queued(kit, receiver.url)
+        ids = recorded_deliveries(kit, receiver.url)
         states = kit.webhooks.deliver_many(ids)
         # The other two went with the installation: never sent to the app it no longer is.
         assert len(receiver.posts("/hook")) == 1, states
@@ -325,7 +313,7 @@ def test_a_secret_rotated_without_grace_during_a_batch_signs_the_rest_of_it(
 
     with Receiver(rotate_on_first) as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
         kit_.append(kit)
-        ids = three_queued(kit, receiver.url)
+        ids = recorded_deliveries(kit, receiver.url)
         assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
         posts = receiver.posts("/hook")
     assert len(posts) == 3
@@ -358,7 +346,7 @@ def test_a_batch_that_outlived_its_lease_never_gives_back_another_workers_claim(
     settings = app_settings(settings_for, db_url, str(tmp_path), webhooks_lease=0.4)
     with Receiver(outlive_the_lease) as receiver, app_kit(settings) as kit:
         kit_.append(kit)
-        ids.extend(three_queued(kit, receiver.url))
+        ids.extend(recorded_deliveries(kit, receiver.url))
         kit.webhooks.deliver_many(ids)
         assert others == [ids[1]]
         other = kit.webhooks.delivery(ids[1])
@@ -384,7 +372,7 @@ def test_a_batch_stopped_by_a_failure_gives_back_what_it_did_not_attempt(
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), queue_url=queue.url)
     try:
         with Receiver(fail_then_lose_the_queue) as receiver, app_kit(settings) as kit:
-            ids = three_queued(kit, receiver.url)
+            ids = recorded_deliveries(kit, receiver.url)
             with pytest.raises(redis.ConnectionError):
                 kit.webhooks.deliver_many(ids)
             rows = {d.id: d for d in kit.webhooks.deliveries()}
@@ -416,7 +404,7 @@ def test_a_success_on_its_last_attempt_is_recorded_before_the_next_post(
     settings = app_settings(settings_for, sqlite_url, str(tmp_path), webhooks_retry_schedule=(1.0,))  # 2 attempts
     with Receiver(look_at_the_first) as receiver, app_kit(settings) as kit:
         kit_.append(kit)
-        ids = three_queued(kit, receiver.url)
+        ids = recorded_deliveries(kit, receiver.url)
         kit.db.execute_sql('UPDATE "czo_webhook_delivery" SET attempts = 1')  # each on its last attempt
         first_id.append(str(kit.webhooks.delivery(ids[0]).message_id))
         assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
@@ -511,7 +499,7 @@ def test_a_kept_alive_connection_the_target_closed_as_a_delivery_went_out_is_no_
     server = KeepAliveServer(close_reused=True)
     try:
         with app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
-            ids = three_queued(kit, server.url)
+            ids = recorded_deliveries(kit, server.url)
             assert kit.webhooks.deliver_many(ids) == ["delivered"] * 3
             assert raw_rows(kit, "czo_webhook_circuit") == []
             assert sorted(row["status"] for row in raw_rows(kit, "czo_webhook_attempt")) == [200] * 3
@@ -531,7 +519,7 @@ def test_deliveries_handed_back_unclaimed_look_freshly_queued_to_the_sweep(
         settings_for, sqlite_url, str(tmp_path), webhooks_lease=1.0, webhooks_retry_schedule=(1.0,)
     )
     with Receiver(lambda request: Reply(200, delay=0.6)) as receiver, app_kit(settings) as kit:
-        ids = three_queued(kit, receiver.url)
+        ids = recorded_deliveries(kit, receiver.url)
         kit.db.execute_sql(
             "UPDATE \"czo_webhook_delivery\" SET attempts = 1, updated_at = '2000-01-01 00:00:00'"
         )
@@ -548,7 +536,7 @@ def test_many_tasks_with_forged_arguments_fail_clearly_and_touch_nothing(
     # Someone who can write to the queue's storage enqueues a many-task whose argument is not
     # a list of ids: a string of digits used to read as one delivery id per character.
     with Receiver() as receiver, app_kit(app_settings(settings_for, sqlite_url, str(tmp_path))) as kit:
-        forged_ids = "".join(str(i) for i in three_queued(kit, receiver.url))
+        forged_ids = "".join(str(i) for i in recorded_deliveries(kit, receiver.url))
         assert kit.webhooks.queue is not None
         queue: Any = kit.webhooks.queue.queue  # the kit's HueyQueue, which registers the tasks
         for task, argument in (

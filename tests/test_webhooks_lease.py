@@ -20,8 +20,8 @@ from apps_support import (
     app_kit,
     app_settings,
     drop_tables,
-    manifest,
     raw_rows,
+    recorded_deliveries,
     wait_for,
 )
 from czo_kit import Kit
@@ -32,19 +32,6 @@ from czo_kit.db.model import utcnow
 from czo_kit.settings import Settings
 
 SettingsFor = Callable[..., Settings]
-
-
-def queued(kit: Kit, receiver_url: str, count: int = 1) -> list[int]:
-    """Install the receiver's app and record ``count`` deliveries, none in the queue (the test
-    runs them itself)."""
-    kit.apps.install(shop_id=1, installer_id=OWNER, manifest=manifest(receiver_url))
-    with kit.db.atomic():
-        for n in range(count):
-            kit.events.emit_async("order.created", {"shop_id": 1, "id": n, "total": n})
-    kit.webhooks.flush()
-    assert kit.queue is not None
-    kit.queue.flush()
-    return sorted(int(d.id) for d in kit.webhooks.deliveries())
 
 
 def taken_over(kit: Kit, delivery_id: int) -> tuple[WebhookDelivery, WebhookDelivery]:
@@ -77,7 +64,7 @@ def test_a_late_outcome_leaves_the_claim_that_took_the_delivery_over_alone(
     with Receiver(lambda request: Reply(status)) as receiver, app_kit(
         app_settings(settings_for, db_url, str(tmp_path))
     ) as kit:
-        [delivery_id] = queued(kit, receiver.url)
+        [delivery_id] = recorded_deliveries(kit, receiver.url, 1)
         stale, other = taken_over(kit, delivery_id)
         caplog.set_level("INFO", logger="czo_kit.webhooks")
         buffer = DeliveredBuffer(kit.db)
@@ -104,7 +91,7 @@ def test_a_flush_records_each_success_under_its_own_claims_lease(
     # One buffer spans two claims (two leases): the success of the one taken over since is
     # kept as history only; the other is recorded delivered, in the same flush.
     with Receiver() as receiver, app_kit(app_settings(settings_for, db_url, str(tmp_path))) as kit:
-        first, second = queued(kit, receiver.url, 2)
+        first, second = recorded_deliveries(kit, receiver.url, 2)
         stale, other = taken_over(kit, first)
         [mine] = _webhook_batch.claim(kit.db, [second], utcnow(), 60.0)
         assert mine.lease_until != other.lease_until
@@ -123,7 +110,7 @@ def test_a_pause_after_the_lease_ran_out_leaves_the_new_claim_alone(
     db_url: str, settings_for: SettingsFor, tmp_path: Path
 ) -> None:
     with Receiver() as receiver, app_kit(app_settings(settings_for, db_url, str(tmp_path))) as kit:
-        [delivery_id] = queued(kit, receiver.url)
+        [delivery_id] = recorded_deliveries(kit, receiver.url, 1)
         stale, other = taken_over(kit, delivery_id)
         origin = str(stale.origin)
         # The target's circuit opened meanwhile: the stale worker would hand the delivery back
@@ -181,7 +168,7 @@ def test_a_duplicate_task_never_sends_a_retry_before_its_time(
     db_url: str, settings_for: SettingsFor, tmp_path: Path
 ) -> None:
     with Receiver() as receiver, app_kit(app_settings(settings_for, db_url, str(tmp_path))) as kit:
-        first, second = queued(kit, receiver.url, 2)
+        first, second = recorded_deliveries(kit, receiver.url, 2)
         due = retry_in(kit, second, 3600)  # a Retry-After of an hour
         assert kit.webhooks.deliver(second) == "skipped"
         assert kit.webhooks.deliver_many([first, second]) == ["delivered", "skipped"]
@@ -194,7 +181,7 @@ def test_a_retry_task_a_little_early_still_sends_it(db_url: str, settings_for: S
     # The retry's own delayed task, run by a host whose clock is a second behind the one that
     # scheduled it, is not turned away.
     with Receiver() as receiver, app_kit(app_settings(settings_for, db_url, str(tmp_path))) as kit:
-        [delivery_id] = queued(kit, receiver.url)
+        [delivery_id] = recorded_deliveries(kit, receiver.url, 1)
         retry_in(kit, delivery_id, 1.0)
         assert kit.webhooks.deliver(delivery_id) == "delivered"
         assert kit.webhooks.delivery(delivery_id).attempts == 2
@@ -209,7 +196,7 @@ def test_a_retry_task_run_early_is_queued_again_for_its_time(
     with Receiver(lambda request: posted.append(request) or Reply()) as receiver, app_kit(
         app_settings(settings_for, db_url, str(tmp_path))
     ) as kit:
-        [delivery_id] = queued(kit, receiver.url)
+        [delivery_id] = recorded_deliveries(kit, receiver.url, 1)
         due = retry_in(kit, delivery_id, 4.0)
         assert kit.queue is not None
         kit.webhooks.queue.deliver(delivery_id, delay=0)  # type: ignore[union-attr]
@@ -229,7 +216,7 @@ def test_a_slow_last_attempt_dead_lettered_by_the_sweep_still_records_its_outcom
     with Receiver(lambda request: Reply(status)) as receiver, app_kit(
         app_settings(settings_for, db_url, str(tmp_path))
     ) as kit:
-        [delivery_id] = queued(kit, receiver.url)
+        [delivery_id] = recorded_deliveries(kit, receiver.url, 1)
         WebhookDelivery.update(attempts=WebhookDelivery.max_attempts - 1).where(
             WebhookDelivery.id == delivery_id
         ).execute(kit.db)
