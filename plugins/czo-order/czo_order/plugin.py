@@ -29,16 +29,29 @@ def czo_register_migrations(register: Any) -> None:
 
 @hookimpl
 def czo_register_events(events: EventEmitter, kit: Kit) -> None:
+    def follow_product(shop_id: int, product_id: int) -> None:
+        """Open order lines of a product are available while it is, whichever of its events
+        this is. Events may arrive twice, late or out of order (at least once, several
+        workers): a ``product.deleted`` run after the ``product.restored`` that followed it
+        must not leave the lines unavailable, so the product's state is read, not the event's
+        kind. Read in a transaction: from the database, never from a cache."""
+        from czo_product import ProductRepository
+
+        products = kit.services.get_abstract(ProductRepository)
+        with kit.db.atomic():
+            product = products.find_by_id(product_id, with_deleted=True)
+            available = product is not None and product.deleted_at is None
+            kit.services.get(OrderService).set_product_availability(shop_id, product_id, available=available)
+
     def on_product_deleted(event: ProductDeleted, ctx: EventContext) -> None:
-        """Open order lines of a deleted product are marked unavailable."""
-        kit.services.get(OrderService).set_product_availability(event.shop_id, event.id, available=False)
+        """Open order lines of a deleted product are marked unavailable..."""
+        follow_product(event.shop_id, event.id)
 
     def on_product_restored(event: ProductRestored, ctx: EventContext) -> None:
         """...and available again when the product comes back."""
-        kit.services.get(OrderService).set_product_availability(event.shop_id, event.id, available=True)
+        follow_product(event.shop_id, event.id)
 
-    # Setting a flag is idempotent, so an at-least-once redelivery is harmless. The ids are
-    # explicit: they name these handlers in delivery records, across deployments.
+    # The ids are explicit: they name these handlers in delivery records, across deployments.
     events.on(ProductDeleted, on_product_deleted, id="czo_order.mark_lines_unavailable")
     events.on(ProductRestored, on_product_restored, id="czo_order.mark_lines_available")
 
