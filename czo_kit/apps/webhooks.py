@@ -367,7 +367,7 @@ class WebhookDispatcher(WebhookOperations, WebhookSweep):
             if index and time.monotonic() - claimed_at > self.settings.lease / 2:
                 rest = [int(d.id) for d in claimed[index:]]
                 _batch.give_back(self.db, rest, utcnow(), delivery.lease_until)  # one lease per claim
-                self._hand_back(rest, states)
+                self._hand_back(rest, states, stamped=True)
                 return
             try:
                 states[int(delivery.id)] = self._attempt(delivery, circuits, buffer)
@@ -401,21 +401,23 @@ class WebhookDispatcher(WebhookOperations, WebhookSweep):
         except Exception as exc:  # the database too: the claim runs out with its lease
             log.warning("could not give back %d claimed webhook deliveries (%r); the sweep queues them", len(ids), exc)
             return
-        self._hand_back(ids, states)
+        self._hand_back(ids, states, stamped=True)
 
-    def _hand_back(self, ids: list[int], states: dict[int, str]) -> None:
+    def _hand_back(self, ids: list[int], states: dict[int, str], *, stamped: bool = False) -> None:
         """Hand ``ids`` (queued, not claimed) back to the queue; the sweep finds any it refuses.
 
-        Their ``updated_at`` moves to now first: the sweep counts a queued delivery older than
-        the oldest task still waiting as lost, and this one's task is new."""
+        Their ``updated_at`` moves to now first, unless ``give_back`` just did (``stamped``): the
+        sweep counts a queued delivery older than the oldest task still waiting as lost, and
+        this one's task is new."""
         for delivery_id in ids:
             states[delivery_id] = "queued"
         try:
-            (
-                WebhookDelivery.update(updated_at=utcnow())
-                .where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state == "queued"))
-                .execute(self.db)
-            )
+            if not stamped:
+                (
+                    WebhookDelivery.update(updated_at=utcnow())
+                    .where(WebhookDelivery.id.in_(ids) & (WebhookDelivery.state == "queued"))
+                    .execute(self.db)
+                )
             self._queue_ids(ids, 0.0)
         except Exception as exc:
             log.warning("could not queue %d webhook deliveries again (%r); the sweep queues them", len(ids), exc)
